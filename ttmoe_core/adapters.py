@@ -1,0 +1,201 @@
+"""Adapter modules: a frozen ``nn.Linear`` with a bank of E experts' TT-LoRA cores, and injection.
+
+``TTLoRALinear`` computes ``y = W x + b + α · TT_e(x)`` where ``e`` is the expert of x's row.
+Which expert each row uses is never module state: it comes from the caller through the
+context variable set by ``use_experts`` (each thread/async task has its own context, so one
+shared model serves concurrent requests correctly). With a single expert and no selection the
+module behaves like a plain TT-LoRA layer (training). Rows with expert index -1 get no update
+(the frozen base model, used by routers that read base representations).
+
+Injection replaces target submodules with wrappers (as PEFT does); no ``forward`` is rebound.
+The LoRA baseline is PEFT's own ``LoraConfig`` / ``get_peft_model``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from . import tt
+
+# Per-row expert index [B] (long) for the forward running in this context; None = "the only one".
+_EXPERT_INDEX: contextvars.ContextVar[torch.Tensor | None] = contextvars.ContextVar(
+    "ttmoe_expert_index", default=None)
+
+
+@contextlib.contextmanager
+def use_experts(expert_idx: torch.Tensor | None) -> Iterator[None]:
+    """Within the block, row b of every TT-LoRA layer uses expert ``expert_idx[b]`` (-1: none)."""
+    token = _EXPERT_INDEX.set(expert_idx)
+    try:
+        yield
+    finally:
+        _EXPERT_INDEX.reset(token)
+
+
+def current_expert_index() -> torch.Tensor | None:
+    """The per-row expert index of the running forward, or None."""
+    return _EXPERT_INDEX.get()
+
+
+class TTLoRALinear(nn.Module):
+    """Frozen linear layer + E experts' TT cores stacked along a leading axis.
+
+    cores[k]: [E, r_{k-1}, s_k, r_k]. Input x: [..., d_in] (for per-row experts: [B, T, d_in]).
+    """
+
+    def __init__(self, base: nn.Linear, in_factors: Sequence[int], out_factors: Sequence[int],
+                 rank: int | Sequence[int], alpha: float, num_experts: int = 1,
+                 init: str = "kaiming", generator: torch.Generator | None = None):
+        super().__init__()
+        tt.split_shape(list(in_factors) + list(out_factors), base.in_features, base.out_features)
+        self.base = base
+        for p in self.base.parameters():
+            p.requires_grad_(False)
+        self.in_factors = [int(m) for m in in_factors]
+        self.out_factors = [int(n) for n in out_factors]
+        self.alpha = float(alpha)
+        self.core_shapes = tt.core_shapes(self.in_factors, self.out_factors, rank)
+        weight = base.weight
+        chains = [tt.init_cores(self.core_shapes, init, generator=generator)
+                  for _ in range(num_experts)]
+        banks = [torch.stack([chain[k] for chain in chains]) for k in range(len(self.core_shapes))]
+        self.cores = nn.ParameterList(
+            nn.Parameter(bank.to(device=weight.device, dtype=weight.dtype)) for bank in banks)
+
+    @property
+    def num_experts(self) -> int:
+        return self.cores[0].shape[0]
+
+    def delta(self, x: torch.Tensor, expert_idx: torch.Tensor | None) -> torch.Tensor:
+        """``α · TT(x)`` for every row: [..., d_in] -> [..., d_out]."""
+        if expert_idx is None:
+            if self.num_experts != 1:
+                raise RuntimeError(
+                    f"this layer holds {self.num_experts} experts: select them per row with "
+                    "adapters.use_experts(expert_idx)")
+            return self.alpha * tt.tt_contract(x, [c[0] for c in self.cores],
+                                               self.in_factors, self.out_factors)
+        if expert_idx.shape[0] != x.shape[0]:
+            raise ValueError(f"expert_idx has {expert_idx.shape[0]} rows, input has {x.shape[0]}")
+        active = expert_idx >= 0
+        gathered = [c[expert_idx.clamp(min=0)] for c in self.cores]  # [B, r, s, r'] each
+        x3 = x.reshape(x.shape[0], -1, x.shape[-1])
+        out = tt.tt_contract_per_row(x3, gathered, self.in_factors, self.out_factors)
+        if not bool(active.all()):
+            out = out * active.to(out.dtype)[:, None, None]
+        return self.alpha * out.reshape(*x.shape[:-1], -1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        expert_idx = current_expert_index()
+        if expert_idx is not None and bool((expert_idx < 0).all()):
+            return self.base(x)
+        return self.base(x) + self.delta(x, expert_idx)
+
+    def delta_weight(self, expert: int = 0) -> torch.Tensor:
+        """Dense ``α · ΔW`` [d_out, d_in] of one expert (for checks and plots)."""
+        return self.alpha * tt.reconstruct([c[expert] for c in self.cores],
+                                           self.in_factors, self.out_factors)
+
+
+class ReconstructedTTLoRALinear(nn.Module):
+    """The paper's slower path: rebuild ``W + α ΔW`` every call, then one dense GEMM.
+
+    Exists only for the contraction-vs-reconstruction comparison; shares the cores of ``layer``.
+    """
+
+    def __init__(self, layer: TTLoRALinear):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.layer.base.weight + self.layer.delta_weight(0)
+        return nn.functional.linear(x, weight, self.layer.base.bias)
+
+
+def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    parent_name, _, child = name.rpartition(".")
+    return (model.get_submodule(parent_name) if parent_name else model), child
+
+
+def find_targets(model: nn.Module, targets: Sequence[str]) -> list[str]:
+    """Qualified names of ``nn.Linear`` submodules whose last name component is in ``targets``."""
+    wanted = set(targets)
+    names = [name for name, module in model.named_modules()
+             if isinstance(module, nn.Linear) and name.rpartition(".")[2] in wanted]
+    if not names:
+        linear = sorted({n.rpartition(".")[2] for n, m in model.named_modules()
+                         if isinstance(m, nn.Linear)})
+        raise ValueError(f"no linear module named {sorted(wanted)} in the model; "
+                         f"its linear modules are named {linear}")
+    return names
+
+
+def resolve_factors(d_in: int, d_out: int,
+                    shape: Sequence[int] | None) -> tuple[list[int], list[int]]:
+    """(input factors, output factors) from a flat shape or, when None, the balanced default."""
+    if shape is None:
+        return tt.default_factors(d_in, d_out)
+    return tt.split_shape(shape, d_in, d_out)
+
+
+def inject_tt_lora(model: nn.Module, targets: Sequence[str], *, rank: int, alpha: float,
+                   shapes: Mapping[str, Sequence[int]] | None = None, num_experts: int = 1,
+                   init: str = "kaiming", generator: torch.Generator | None = None) -> list[str]:
+    """Freeze ``model`` and replace each target linear with a ``TTLoRALinear``; returns their names.
+
+    ``shapes`` maps a target name (e.g. "query") to its flat TT shape; missing ones are automatic.
+    """
+    for p in model.parameters():
+        p.requires_grad_(False)
+    names = find_targets(model, targets)
+    shapes = dict(shapes or {})
+    for name in names:
+        base = model.get_submodule(name)
+        short = name.rpartition(".")[2]
+        m, n = resolve_factors(base.in_features, base.out_features, shapes.get(short))
+        parent, child = _parent(model, name)
+        setattr(parent, child, TTLoRALinear(base, m, n, rank, alpha, num_experts, init, generator))
+    return names
+
+
+def tt_layers(model: nn.Module) -> dict[str, TTLoRALinear]:
+    """All TT-LoRA layers of a model by qualified name."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, TTLoRALinear)}
+
+
+def tt_layer_shapes(model: nn.Module) -> dict[str, dict]:
+    """Per layer: input/output factors and core shapes (what a config records)."""
+    return {name: {"in_factors": layer.in_factors, "out_factors": layer.out_factors,
+                   "core_shapes": [list(s) for s in layer.core_shapes]}
+            for name, layer in tt_layers(model).items()}
+
+
+def expert_cores(model: nn.Module, expert: int = 0) -> dict[str, torch.Tensor]:
+    """Flat tensor dict ``{"<layer>.cores.<k>": [r, s, r']}`` of one expert (detached, CPU)."""
+    return {f"{name}.cores.{k}": core[expert].detach().cpu().contiguous()
+            for name, layer in tt_layers(model).items() for k, core in enumerate(layer.cores)}
+
+
+@torch.no_grad()
+def load_expert_cores(model: nn.Module, tensors: Mapping[str, torch.Tensor],
+                      expert: int = 0) -> None:
+    """Copy one expert's cores (as produced by ``expert_cores``) into slot ``expert`` of the bank."""
+    for name, layer in tt_layers(model).items():
+        for k, core in enumerate(layer.cores):
+            core[expert].copy_(tensors[f"{name}.cores.{k}"])
+
+
+def inject_lora(model: nn.Module, targets: Sequence[str], *, rank: int, alpha: float,
+                dropout: float = 0.0) -> nn.Module:
+    """The LoRA baseline through PEFT; returns the PEFT-wrapped model (base frozen)."""
+    from peft import LoraConfig, get_peft_model
+
+    find_targets(model, targets)  # same clear error as TT-LoRA when nothing matches
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout,
+                        target_modules=list(targets), bias="none")
+    return get_peft_model(model, config)

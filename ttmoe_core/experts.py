@@ -1,0 +1,350 @@
+"""One expert: TT-LoRA cores (or a PEFT LoRA baseline) on a frozen base model + a task head.
+
+``train_expert`` trains one expert on its task alone and reports progress through a callback;
+``evaluate_expert`` gives the task's metrics and a confusion matrix. An ``Expert`` is plain data
+(config, tensors, metrics) that ``store`` writes and reads; ``build_expert_model`` turns it back
+into a runnable module on a copy of a base model.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, fields
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import adapters, tasks
+from .backbone import Backbone, BackboneInfo, load_backbone, mean_pool, tokenize
+
+METHODS = ("tt-lora", "lora")
+# the paper's defaults: TT-LoRA rank 5, α 16, lr 5e-3; LoRA rank 16, α 8, lr 5e-4
+METHOD_DEFAULTS = {"tt-lora": {"rank": 5, "alpha": 16.0, "lr": 5e-3},
+                   "lora": {"rank": 16, "alpha": 8.0, "lr": 5e-4}}
+
+
+class ConfigError(ValueError):
+    """An expert configuration value is invalid."""
+
+
+class TrainingError(RuntimeError):
+    """Training stopped (NaN loss, cancelled)."""
+
+
+@dataclass
+class ExpertConfig:
+    """Everything that defines how one expert is trained (serialised next to its weights)."""
+    task: str
+    method: str = "tt-lora"            # "tt-lora" | "lora"
+    rank: int | None = None            # None: method default (5 / 16)
+    alpha: float | None = None         # None: method default (16 / 8)
+    shapes: dict[str, list[int]] | None = None   # target -> flat TT shape; None: balanced
+    targets: list[str] | None = None   # None: q/v projections of the architecture
+    init: str = "kaiming"              # "kaiming" (paper, ΔW≠0 at step 0) | "zero" (ΔW=0)
+    lr: float | None = None            # None: method default (5e-3 / 5e-4)
+    steps: int = 300
+    batch_size: int = 32
+    max_length: int = 128
+    seed: int = 0
+    device: str | None = None          # None: CUDA when present, else CPU
+    train_limit: int | None = None     # subsample the train split (seeded)
+    eval_limit: int | None = 2000      # subsample the validation split (seeded)
+    warmup_fraction: float = 0.06
+    weight_decay: float = 0.0
+
+    def resolved(self) -> "ExpertConfig":
+        """A copy with method defaults filled in; raises ConfigError on bad values."""
+        if self.method not in METHODS:
+            raise ConfigError(f"unknown method {self.method!r}: use one of {', '.join(METHODS)}")
+        defaults = METHOD_DEFAULTS[self.method]
+        cfg = copy.deepcopy(self)
+        cfg.rank = defaults["rank"] if cfg.rank is None else int(cfg.rank)
+        cfg.alpha = defaults["alpha"] if cfg.alpha is None else float(cfg.alpha)
+        cfg.lr = defaults["lr"] if cfg.lr is None else float(cfg.lr)
+        checks = [(cfg.rank >= 1, f"rank must be >= 1, got {cfg.rank}"),
+                  (cfg.lr > 0 and math.isfinite(cfg.lr), f"lr must be > 0, got {cfg.lr}"),
+                  (cfg.steps >= 1, f"steps must be >= 1, got {cfg.steps}"),
+                  (cfg.batch_size >= 1, f"batch size must be >= 1, got {cfg.batch_size}"),
+                  (cfg.max_length >= 8, f"max length must be >= 8, got {cfg.max_length}"),
+                  (cfg.init in ("kaiming", "zero"), f"init must be kaiming or zero, got {cfg.init!r}"),
+                  (0 <= cfg.warmup_fraction < 1, "warmup fraction must be in [0, 1)")]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        return cfg
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> "ExpertConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(f"unknown expert config keys {sorted(unknown)}")
+        if "task" not in data:
+            raise ConfigError("expert config has no 'task'")
+        return cls(**dict(data))
+
+
+@dataclass
+class Expert:
+    """A trained expert as data: what the store writes and the mixture loads."""
+    name: str
+    config: ExpertConfig                 # resolved (explicit rank, α, shapes, targets)
+    label_names: list[str]
+    tensors: dict[str, torch.Tensor]     # "<layer>.cores.<k>" or PEFT lora keys, + "head.*"
+    base: BackboneInfo
+    tt_layout: dict[str, dict] = field(default_factory=dict)  # target -> in/out factors
+    metrics: dict = field(default_factory=dict)
+    history: list[dict] = field(default_factory=list)   # [{step, loss, examples_per_s}]
+    data: dict = field(default_factory=dict)            # sources and sizes of train/eval data
+    created: str = ""
+
+    @property
+    def num_labels(self) -> int:
+        return max(1, len(self.label_names))
+
+    @property
+    def is_regression(self) -> bool:
+        return not self.label_names
+
+    def trainable_params(self) -> int:
+        return sum(t.numel() for t in self.tensors.values())
+
+    def adapter_params(self) -> int:
+        return sum(t.numel() for k, t in self.tensors.items() if not k.startswith("head."))
+
+
+@dataclass
+class Progress:
+    step: int
+    total_steps: int
+    loss: float
+    examples_per_s: float
+    elapsed_s: float
+
+
+class ExpertModel(nn.Module):
+    """Adapted base model + linear head on the mean-pooled last hidden state."""
+
+    def __init__(self, encoder: nn.Module, hidden_size: int, num_labels: int, dropout: float = 0.1):
+        super().__init__()
+        self.encoder = encoder
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(hidden_size, num_labels)
+
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """batch of token ids -> logits [B, C]."""
+        hidden = self.encoder(**batch).last_hidden_state          # [B, T, H]
+        return self.head(self.dropout(mean_pool(hidden, batch["attention_mask"])))
+
+
+def _resolve_targets_and_shapes(cfg: ExpertConfig, model: nn.Module) -> ExpertConfig:
+    from .backbone import default_targets
+
+    cfg.targets = list(cfg.targets or default_targets(model.config.model_type))
+    if cfg.method == "tt-lora":
+        shapes = dict(cfg.shapes or {})
+        for target in cfg.targets:
+            name = adapters.find_targets(model, [target])[0]
+            layer = model.get_submodule(name)
+            try:
+                m, n = adapters.resolve_factors(layer.in_features, layer.out_features,
+                                                shapes.get(target))
+            except ValueError as exc:
+                raise ConfigError(f"shape for {target}: {exc}") from None
+            shapes[target] = m + n
+        cfg.shapes = shapes
+    return cfg
+
+
+def build_expert_model(expert_or_config: Expert | ExpertConfig, backbone: Backbone,
+                       num_labels: int | None = None,
+                       generator: torch.Generator | None = None) -> ExpertModel:
+    """A fresh copy of the base model with the expert's adapters (+ its weights if an Expert)."""
+    expert = expert_or_config if isinstance(expert_or_config, Expert) else None
+    cfg = (expert.config if expert else expert_or_config).resolved()
+    encoder = copy.deepcopy(backbone.model)
+    cfg = _resolve_targets_and_shapes(cfg, encoder)
+    if cfg.method == "tt-lora":
+        adapters.inject_tt_lora(encoder, cfg.targets, rank=cfg.rank, alpha=cfg.alpha,
+                                shapes=cfg.shapes, init=cfg.init, generator=generator)
+    else:
+        encoder = adapters.inject_lora(encoder, cfg.targets, rank=cfg.rank, alpha=cfg.alpha)
+    labels = expert.num_labels if expert else num_labels
+    model = ExpertModel(encoder, backbone.info.hidden_size, labels).to(backbone.device)
+    if expert is not None:
+        load_expert_tensors(model, expert)
+    return model
+
+
+def tt_layout(encoder: nn.Module, targets: list[str]) -> dict[str, dict]:
+    """Input/output factors per target (the same in every layer)."""
+    layers = adapters.tt_layers(encoder)
+    layout = {}
+    for target in targets:
+        layer = next(m for name, m in layers.items() if name.rpartition(".")[2] == target)
+        layout[target] = {"in_factors": layer.in_factors, "out_factors": layer.out_factors}
+    return layout
+
+
+def expert_tensors(model: ExpertModel, method: str) -> dict[str, torch.Tensor]:
+    """The trainable tensors of an expert model, detached on CPU."""
+    if method == "tt-lora":
+        tensors = adapters.expert_cores(model.encoder)
+    else:
+        from peft import get_peft_model_state_dict
+        tensors = {k: v.detach().cpu().contiguous()
+                   for k, v in get_peft_model_state_dict(model.encoder).items()}
+    tensors.update({f"head.{k}": v.detach().cpu().contiguous()
+                    for k, v in model.head.state_dict().items()})
+    return tensors
+
+
+@torch.no_grad()
+def load_expert_tensors(model: ExpertModel, expert: Expert) -> None:
+    if expert.config.method == "tt-lora":
+        adapters.load_expert_cores(model.encoder, expert.tensors)
+    else:
+        from peft import set_peft_model_state_dict
+        set_peft_model_state_dict(model.encoder, {k: v for k, v in expert.tensors.items()
+                                                  if not k.startswith("head.")})
+    model.head.load_state_dict({k[5:]: v for k, v in expert.tensors.items()
+                                if k.startswith("head.")})
+
+
+def _batches(num_rows: int, batch_size: int, generator: torch.Generator):
+    """Endless shuffled mini-batch indices, epoch after epoch."""
+    while True:
+        order = torch.randperm(num_rows, generator=generator).tolist()
+        for start in range(0, num_rows, batch_size):
+            yield order[start:start + batch_size]
+
+
+def _loss(logits: torch.Tensor, labels: torch.Tensor, regression: bool) -> torch.Tensor:
+    if regression:
+        return nn.functional.mse_loss(logits.squeeze(-1), labels.float())
+    return nn.functional.cross_entropy(logits, labels.long())
+
+
+def train_expert(config: ExpertConfig, backbone: Backbone | None = None, *,
+                 train_data: "tasks.TaskData | None" = None,
+                 eval_data: "tasks.TaskData | None" = None,
+                 progress: Callable[[Progress], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None,
+                 log_every: int = 5, data_dir=None, name: str | None = None) -> Expert:
+    """Train one expert on its task alone (base frozen), evaluate it, return it as data."""
+    cfg = config.resolved()
+    backbone = backbone or load_backbone(device=cfg.device)
+    device = backbone.device
+    train_data = train_data or tasks.load_task(cfg.task, "train", data_dir=data_dir,
+                                               limit=cfg.train_limit, seed=cfg.seed)
+    if len(train_data) == 0:
+        raise ConfigError(f"no training rows for task {cfg.task!r}")
+    regression = not train_data.label_names
+    torch.manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    cfg = _resolve_targets_and_shapes(cfg, backbone.model)
+    model = build_expert_model(cfg, backbone, num_labels=max(1, len(train_data.label_names)),
+                               generator=generator)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warmup = max(1, int(cfg.warmup_fraction * cfg.steps))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (cfg.steps - s) / max(1, cfg.steps - warmup))))
+    labels_all = torch.tensor(train_data.labels)
+    history: list[dict] = []
+    model.train()
+    model.encoder.eval()  # frozen base without dropout for both methods; the head keeps its dropout
+    start, seen, running = time.perf_counter(), 0, []
+    batches = _batches(len(train_data), cfg.batch_size, generator)
+    for step in range(1, cfg.steps + 1):
+        if should_stop is not None and should_stop():
+            raise TrainingError(f"training cancelled at step {step - 1} of {cfg.steps}")
+        rows = next(batches)
+        batch = tokenize(backbone.tokenizer, [train_data.texts[i] for i in rows],
+                         [train_data.text_pairs[i] for i in rows] if train_data.text_pairs else None,
+                         cfg.max_length, device)
+        loss = _loss(model(batch), labels_all[rows].to(device), regression)
+        if not torch.isfinite(loss):
+            raise TrainingError(f"loss became {loss.item()} at step {step}: lower the learning rate "
+                                f"(now {cfg.lr:g}) or use init='zero'")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        seen += len(rows)
+        running.append(loss.item())
+        if step % log_every == 0 or step == cfg.steps:
+            elapsed = time.perf_counter() - start
+            event = Progress(step, cfg.steps, float(np.mean(running)), seen / elapsed, elapsed)
+            history.append({"step": step, "loss": event.loss, "examples_per_s": event.examples_per_s})
+            running = []
+            if progress is not None:
+                progress(event)
+    train_seconds = time.perf_counter() - start
+    model.eval()
+    expert = Expert(name=name or cfg.task, config=cfg, label_names=list(train_data.label_names),
+                    tensors=expert_tensors(model, cfg.method), base=backbone.info,
+                    tt_layout=tt_layout(model.encoder, cfg.targets) if cfg.method == "tt-lora" else {},
+                    history=history, created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+    eval_data = eval_data or tasks.load_task(cfg.task, "validation", data_dir=data_dir,
+                                             limit=cfg.eval_limit, seed=cfg.seed)
+    result = evaluate_model(model, backbone, eval_data, cfg.task, max_length=cfg.max_length)
+    expert.metrics = {**result["metrics"], "confusion": result["confusion"],
+                      "train_seconds": round(train_seconds, 2), "eval_rows": len(eval_data)}
+    expert.data = {"train": train_data.source, "train_rows": len(train_data),
+                   "eval": eval_data.source, "eval_rows": len(eval_data)}
+    return expert
+
+
+@torch.no_grad()
+def predict_logits(model: ExpertModel, backbone: Backbone, texts: list[str],
+                   text_pairs: list[str] | None, max_length: int = 128,
+                   batch_size: int = 64) -> torch.Tensor:
+    """Logits [N, C] of an expert model for a list of inputs."""
+    model.eval()
+    out = []
+    for start in range(0, len(texts), batch_size):
+        batch = tokenize(backbone.tokenizer, texts[start:start + batch_size],
+                         text_pairs[start:start + batch_size] if text_pairs else None,
+                         max_length, backbone.device)
+        out.append(model(batch).float().cpu())
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def evaluate_model(model: ExpertModel, backbone: Backbone, data: "tasks.TaskData",
+                   task: str | None, max_length: int = 128) -> dict:
+    """Metrics, confusion matrix [C, C] (rows: true), predictions for labelled data."""
+    logits = predict_logits(model, backbone, data.texts, data.text_pairs, max_length)
+    regression = not data.label_names
+    preds = logits.squeeze(-1).tolist() if regression else logits.argmax(-1).tolist()
+    spec_or_metric = tasks.TASKS[task] if task in tasks.TASKS else (
+        "pearson_spearman" if regression else "accuracy")
+    metrics = tasks.compute_metrics(spec_or_metric, data.labels, preds)
+    confusion = []
+    if not regression:
+        num = len(data.label_names)
+        matrix = np.zeros((num, num), dtype=int)
+        for true, pred in zip(data.labels, preds):
+            matrix[int(true), int(pred)] += 1
+        confusion = matrix.tolist()
+    return {"metrics": {k: float(v) for k, v in metrics.items()}, "confusion": confusion,
+            "predictions": preds, "rows": len(data)}
+
+
+def evaluate_expert(expert: Expert, backbone: Backbone, data: "tasks.TaskData") -> dict:
+    """Evaluate a stored expert on labelled data (see ``evaluate_model``)."""
+    if data.label_names and list(data.label_names) != list(expert.label_names):
+        if len(data.label_names) != len(expert.label_names):
+            raise ConfigError(f"data has labels {list(data.label_names)}, expert "
+                              f"{expert.name!r} predicts {expert.label_names}")
+    model = build_expert_model(expert, backbone)
+    return evaluate_model(model, backbone, data, expert.config.task,
+                          max_length=expert.config.max_length)

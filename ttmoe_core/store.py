@@ -1,0 +1,236 @@
+"""The workspace on disk: experts (and packs) as safetensors + JSON, atomic writes, validation.
+
+An expert folder follows PEFT's layout:
+
+    <expert>/adapter_config.json        method, task, labels, TT shapes/ranks, α, targets,
+                                        base model + fingerprint, training settings, metrics,
+                                        and a manifest of every tensor (shape, dtype)
+    <expert>/adapter_model.safetensors  TT cores (or LoRA A/B) + the task head
+
+Writes go to a temporary sibling folder that is renamed into place, so a crash never leaves a
+half-written expert. Loading checks everything and raises ``StoreError`` with a message a person
+can act on; nothing is unpickled or executed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from . import tt
+from .backbone import BackboneInfo
+from .experts import ConfigError, Expert, ExpertConfig
+
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+FORMAT = "ttmoe-expert"
+FORMAT_VERSION = 1
+
+
+class StoreError(ValueError):
+    """A file or folder of the workspace is missing, malformed, or does not fit."""
+
+
+@contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary folder; on success it replaces ``path`` in one rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        yield tmp
+        old = None
+        if path.exists():
+            old = path.parent / f".{path.name}.old-{os.getpid()}"
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_json(path: Path, data: Mapping) -> None:
+    """Write JSON atomically (temp file + rename)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path, what: str) -> dict:
+    if not path.is_file():
+        raise StoreError(f"{what}: {path} is missing")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise StoreError(f"{what}: {path} is not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise StoreError(f"{what}: {path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(data, dict):
+        raise StoreError(f"{what}: {path} must hold a JSON object")
+    return data
+
+
+def read_tensors(path: Path, what: str) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise StoreError(f"{what}: {path} is missing")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise StoreError(f"{what}: {path} is not a readable safetensors file "
+                         f"(truncated or corrupt: {exc})") from None
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def manifest(tensors: Mapping[str, torch.Tensor]) -> dict:
+    return {k: {"shape": list(v.shape), "dtype": _dtype_name(v.dtype)} for k, v in sorted(tensors.items())}
+
+
+def check_tensors(tensors: Mapping[str, torch.Tensor], expected: Mapping[str, Mapping],
+                  what: str) -> None:
+    """Same keys, shapes and dtypes as the manifest, all finite; else StoreError."""
+    missing, extra = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+    if missing:
+        raise StoreError(f"{what}: tensors missing from the weights file: {missing[:5]}"
+                         f"{' …' if len(missing) > 5 else ''}")
+    if extra:
+        raise StoreError(f"{what}: unexpected tensors in the weights file: {extra[:5]}")
+    for key, spec in expected.items():
+        tensor = tensors[key]
+        if list(tensor.shape) != list(spec["shape"]):
+            raise StoreError(f"{what}: tensor {key} has shape {list(tensor.shape)}, "
+                             f"the config says {spec['shape']}")
+        if _dtype_name(tensor.dtype) != spec["dtype"]:
+            raise StoreError(f"{what}: tensor {key} has dtype {_dtype_name(tensor.dtype)}, "
+                             f"the config says {spec['dtype']}")
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise StoreError(f"{what}: tensor {key} holds NaN or infinite values")
+
+
+def expert_config_dict(expert: Expert) -> dict:
+    cfg = expert.config
+    tt_info = None
+    if cfg.method == "tt-lora":
+        tt_info = {target: {"in_factors": list(layout["in_factors"]),
+                            "out_factors": list(layout["out_factors"]),
+                            "core_shapes": [list(s) for s in tt.core_shapes(
+                                layout["in_factors"], layout["out_factors"], cfg.rank)]}
+                   for target, layout in expert.tt_layout.items()}
+    return {
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "name": expert.name, "method": cfg.method, "task": cfg.task,
+        "label_names": list(expert.label_names),
+        "rank": cfg.rank, "alpha": cfg.alpha, "targets": cfg.targets, "tt": tt_info,
+        "base_model": expert.base.to_dict(),
+        "training": cfg.to_dict(),
+        "metrics": expert.metrics, "history": expert.history, "data": expert.data,
+        "created": expert.created,
+        "trainable_params": expert.trainable_params(),
+        "tensors": manifest(expert.tensors),
+    }
+
+
+def save_expert(expert: Expert, path: str | Path) -> Path:
+    """Write an expert folder atomically; returns its path."""
+    path = Path(path)
+    config = expert_config_dict(expert)
+    with atomic_dir(path) as tmp:
+        save_file({k: v.contiguous() for k, v in expert.tensors.items()}, str(tmp / WEIGHTS_FILE),
+                  metadata={"format": FORMAT, "name": expert.name})
+        write_json(tmp / CONFIG_FILE, config)
+    return path
+
+
+def load_expert(path: str | Path, expected_fingerprint: str | None = None) -> Expert:
+    """Read and validate an expert folder; StoreError on any problem."""
+    path = Path(path)
+    what = f"expert {path.name!r}"
+    if not path.is_dir():
+        raise StoreError(f"{what}: folder {path} does not exist")
+    data = read_json(path / CONFIG_FILE, what)
+    if data.get("format") != FORMAT:
+        raise StoreError(f"{what}: {CONFIG_FILE} is not a TT-LoRA MoE expert config "
+                         f"(format {data.get('format')!r}, expected {FORMAT!r})")
+    for key in ("name", "method", "task", "label_names", "base_model", "training", "tensors"):
+        if key not in data:
+            raise StoreError(f"{what}: {CONFIG_FILE} lacks the key {key!r}")
+    try:
+        config = ExpertConfig.from_dict(data["training"]).resolved()
+        base = BackboneInfo(**data["base_model"])
+    except (ConfigError, TypeError) as exc:
+        raise StoreError(f"{what}: bad training settings or base model in {CONFIG_FILE}: {exc}") from None
+    if expected_fingerprint is not None and base.fingerprint != expected_fingerprint:
+        raise StoreError(f"{what} was trained on base model {base.name!r} (fingerprint "
+                         f"{base.fingerprint[:12]}…), not on the loaded one ({expected_fingerprint[:12]}…)")
+    tensors = read_tensors(path / WEIGHTS_FILE, what)
+    check_tensors(tensors, data["tensors"], what)
+    _check_structure(tensors, config, data, what)
+    layout = {target: {"in_factors": info["in_factors"], "out_factors": info["out_factors"]}
+              for target, info in (data.get("tt") or {}).items()}
+    return Expert(name=data["name"], config=config, label_names=list(data["label_names"]),
+                  tensors=tensors, base=base, tt_layout=layout, metrics=data.get("metrics", {}),
+                  history=data.get("history", []), data=data.get("data", {}),
+                  created=data.get("created", ""))
+
+
+def _check_structure(tensors: Mapping[str, torch.Tensor], config: ExpertConfig, data: Mapping,
+                     what: str) -> None:
+    """Cores agree with the recorded TT shapes and rank; the head with the labels and model."""
+    num_labels = max(1, len(data["label_names"]))
+    hidden = data["base_model"]["hidden_size"]
+    head = tensors.get("head.weight")
+    if head is None or list(head.shape) != [num_labels, hidden]:
+        raise StoreError(f"{what}: head.weight must have shape [{num_labels}, {hidden}] "
+                         f"for labels {data['label_names']}")
+    if config.method != "tt-lora":
+        return
+    layout = data.get("tt") or {}
+    if set(layout) != set(config.targets or []):
+        raise StoreError(f"{what}: TT layout covers {sorted(layout)}, targets are {config.targets}")
+    for target, info in layout.items():
+        try:
+            expected = [list(s) for s in tt.core_shapes(info["in_factors"], info["out_factors"],
+                                                         config.rank)]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StoreError(f"{what}: bad TT layout for {target}: {exc}") from None
+        if expected != [list(s) for s in info.get("core_shapes", expected)]:
+            raise StoreError(f"{what}: recorded core shapes of {target} disagree with its factors")
+        layers = sorted({k.rsplit(".cores.", 1)[0] for k in tensors
+                         if k.rsplit(".cores.", 1)[0].endswith("." + target)})
+        if not layers:
+            raise StoreError(f"{what}: no TT cores for target {target}")
+        for layer in layers:
+            got = [list(tensors[f"{layer}.cores.{k}"].shape) if f"{layer}.cores.{k}" in tensors
+                   else None for k in range(len(expected))]
+            if got != expected:
+                raise StoreError(f"{what}: cores of {layer} have shapes {got}, expected {expected}")
+
+
+def list_experts(root: str | Path) -> tuple[list[Path], dict[Path, str]]:
+    """Expert folders under ``root`` (one level): (valid ones, {invalid one: reason})."""
+    root = Path(root)
+    valid, invalid = [], {}
+    if not root.is_dir():
+        return valid, invalid
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if not (folder / CONFIG_FILE).exists() and not (folder / WEIGHTS_FILE).exists():
+            continue
+        try:
+            load_expert(folder)
+            valid.append(folder)
+        except StoreError as exc:
+            invalid[folder] = str(exc)
+    return valid, invalid
