@@ -152,6 +152,26 @@ def tokenize(tokenizer, texts: list[str], text_pairs: list[str] | None, max_leng
     return {k: v.to(device) for k, v in batch.items()}
 
 
+def tokenize_mixed(tokenizer, texts: list[str], text_pairs: list[str | None] | None,
+                   max_length: int, device: torch.device) -> tuple[dict[str, torch.Tensor], list[bool]]:
+    """Batch whose rows may or may not have a second text; also which rows were truncated."""
+    pairs = text_pairs if text_pairs is not None else [None] * len(texts)
+    encoded, truncated = [], []
+    for text, pair in zip(texts, pairs):
+        full = tokenizer(text, pair)
+        truncated.append(len(full["input_ids"]) > max_length)
+        encoded.append(tokenizer(text, pair, truncation=True, max_length=max_length)
+                       if truncated[-1] else full)
+    width = max(len(e["input_ids"]) for e in encoded)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    batch = {}
+    for key in encoded[0].keys():
+        fill = pad_id if key == "input_ids" else 0
+        batch[key] = torch.tensor([list(e[key]) + [fill] * (width - len(e[key])) for e in encoded],
+                                  dtype=torch.long, device=device)
+    return batch, truncated
+
+
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Mean of hidden states over real tokens: [B, T, H], [B, T] -> [B, H]."""
     mask = attention_mask.unsqueeze(-1).to(hidden.dtype)

@@ -20,6 +20,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -48,16 +49,22 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
         yield tmp
-        old = None
-        if path.exists():
-            old = path.parent / f".{path.name}.old-{os.getpid()}"
-            os.replace(path, old)
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def replace_dir(src: str | Path, dest: str | Path) -> None:
+    """Move a finished folder into place, replacing ``dest`` (two renames)."""
+    src, dest = Path(src), Path(dest)
+    old = None
+    if dest.exists():
+        old = dest.parent / f".{dest.name}.old-{os.getpid()}"
+        os.replace(dest, old)
+    os.replace(src, dest)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def write_json(path: Path, data: Mapping) -> None:
@@ -234,3 +241,127 @@ def list_experts(root: str | Path) -> tuple[list[Path], dict[Path, str]]:
         except StoreError as exc:
             invalid[folder] = str(exc)
     return valid, invalid
+
+
+# ----------------------------------------------------------------------------- packs
+#
+#   <pack>/pack.json                 experts by name, base model + fingerprint, router variant
+#                                    and layer, metrics, date
+#   <pack>/experts/<name>/           one expert folder each (as above)
+#   <pack>/router_config.json        RouterConfig, expert order, metrics, tensor manifest
+#   <pack>/router.safetensors
+
+PACK_FILE = "pack.json"
+ROUTER_CONFIG_FILE = "router_config.json"
+ROUTER_WEIGHTS_FILE = "router.safetensors"
+PACK_FORMAT = "ttmoe-pack"
+ROUTER_FORMAT = "ttmoe-router"
+
+
+@dataclass
+class Pack:
+    path: Path
+    experts: list[Expert]
+    base_model: dict
+    router_config: object | None          # router.RouterConfig
+    router_state: dict[str, torch.Tensor] | None
+    router_metrics: dict
+    manifest: dict
+    max_length: int = 128
+
+    @property
+    def names(self) -> list[str]:
+        return [e.name for e in self.experts]
+
+    def build_router(self):
+        from .moe import router_from_state
+
+        return router_from_state(self.router_config, self.router_state, len(self.experts),
+                                 self.base_model["hidden_size"], self.base_model["num_layers"])
+
+
+def _pack_manifest(path: Path, names: list[str], base: BackboneInfo, extra: Mapping | None) -> dict:
+    previous = read_json(path / PACK_FILE, "pack") if (path / PACK_FILE).exists() else {}
+    return {**previous, "format": PACK_FORMAT, "format_version": FORMAT_VERSION,
+            "experts": names, "base_model": base.to_dict(), **(extra or {})}
+
+
+def add_expert_to_pack(pack_dir: str | Path, expert: Expert) -> Path:
+    """Write one expert into ``<pack>/experts/<name>`` and list it; other experts' files untouched."""
+    pack_dir = Path(pack_dir)
+    names = read_json(pack_dir / PACK_FILE, "pack")["experts"] if (pack_dir / PACK_FILE).exists() else []
+    if expert.name in names:
+        raise StoreError(f"pack {pack_dir} already has an expert named {expert.name!r}")
+    if names:
+        first = load_expert(pack_dir / "experts" / names[0])
+        if first.base.fingerprint != expert.base.fingerprint:
+            raise StoreError(f"expert {expert.name!r} was trained on another base model than the "
+                             f"pack's experts ({first.base.name!r})")
+    save_expert(expert, pack_dir / "experts" / expert.name)
+    write_json(pack_dir / PACK_FILE, _pack_manifest(pack_dir, names + [expert.name], expert.base,
+                                                    {"router": None}))
+    return pack_dir
+
+
+def save_router(pack_dir: str | Path, router, names: list[str], metrics: Mapping,
+                base: BackboneInfo, extra: Mapping | None = None) -> None:
+    """Write (or replace) the pack's router; expert folders are not touched."""
+    pack_dir = Path(pack_dir)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in router.state_dict().items()}
+    config = {"format": ROUTER_FORMAT, "format_version": FORMAT_VERSION,
+              "config": router.config.to_dict(), "experts": list(names),
+              "base_model": base.to_dict(), "metrics": dict(metrics),
+              "params": sum(t.numel() for t in tensors.values()), "tensors": manifest(tensors)}
+    tmp = pack_dir / f".{ROUTER_WEIGHTS_FILE}.tmp-{os.getpid()}"
+    save_file(tensors, str(tmp))
+    os.replace(tmp, pack_dir / ROUTER_WEIGHTS_FILE)
+    write_json(pack_dir / ROUTER_CONFIG_FILE, config)
+    write_json(pack_dir / PACK_FILE, _pack_manifest(pack_dir, list(names), base, {
+        "router": {"variant": router.config.variant, "layer": router.config.layer,
+                   "params": config["params"]},
+        "metrics": {"router": dict(metrics)}, **(extra or {})}))
+
+
+def load_pack(path: str | Path, expected_fingerprint: str | None = None) -> Pack:
+    """Read and validate a pack: experts agree on the base model, router fits the experts."""
+    from .router import RouterConfig, RouterError
+
+    path = Path(path)
+    if not path.is_dir():
+        raise StoreError(f"pack folder {path} does not exist")
+    data = read_json(path / PACK_FILE, f"pack {path.name!r}")
+    if data.get("format") != PACK_FORMAT or not isinstance(data.get("experts"), list):
+        raise StoreError(f"pack {path.name!r}: {PACK_FILE} is not a TT-LoRA MoE pack manifest")
+    base = data.get("base_model") or {}
+    fingerprint = expected_fingerprint or base.get("fingerprint")
+    experts = []
+    for name in data["experts"]:
+        expert = load_expert(path / "experts" / name)
+        if expert.base.fingerprint != base.get("fingerprint"):
+            raise StoreError(f"pack {path.name!r}: expert {name!r} was trained on another base "
+                             f"model ({expert.base.name!r}) than the pack's ({base.get('name')!r})")
+        if fingerprint != expert.base.fingerprint:
+            raise StoreError(f"pack {path.name!r} was built on base model {base.get('name')!r} "
+                             f"(fingerprint {expert.base.fingerprint[:12]}…), not on the loaded "
+                             f"one ({fingerprint[:12]}…)")
+        experts.append(expert)
+    if not experts:
+        raise StoreError(f"pack {path.name!r} lists no experts")
+    router_config = router_state = None
+    router_metrics: dict = {}
+    if (path / ROUTER_CONFIG_FILE).exists():
+        what = f"router of pack {path.name!r}"
+        rdata = read_json(path / ROUTER_CONFIG_FILE, what)
+        if rdata.get("experts") != data["experts"]:
+            raise StoreError(f"{what} was trained for experts {rdata.get('experts')}, the pack "
+                             f"lists {data['experts']}: retrain the router (train-router)")
+        try:
+            router_config = RouterConfig.from_dict(rdata["config"])
+        except (KeyError, TypeError, RouterError) as exc:
+            raise StoreError(f"{what}: bad config ({exc})") from None
+        router_state = read_tensors(path / ROUTER_WEIGHTS_FILE, what)
+        check_tensors(router_state, rdata.get("tensors", {}), what)
+        router_metrics = rdata.get("metrics", {})
+    return Pack(path=path, experts=experts, base_model=base, router_config=router_config,
+                router_state=router_state, router_metrics=router_metrics, manifest=data,
+                max_length=router_config.max_length if router_config else 128)
