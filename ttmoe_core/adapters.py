@@ -199,3 +199,18 @@ def inject_lora(model: nn.Module, targets: Sequence[str], *, rank: int, alpha: f
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout,
                         target_modules=list(targets), bias="none")
     return get_peft_model(model, config)
+
+
+def inject_bottleneck(model: nn.Module, name: str, *, reduction: int = 16) -> nn.Module:
+    """The bottleneck-adapter baseline (Pfeiffer ``seq_bn``) through the ``adapters`` library.
+
+    Adds and activates adapter ``name``; only its weights are trainable. (The library wires its
+    layers into the model itself; we do not patch anything.)
+    """
+    import adapters as adapters_lib
+
+    adapters_lib.init(model)
+    model.add_adapter(name, config=adapters_lib.SeqBnConfig(reduction_factor=reduction))
+    model.train_adapter(name)
+    model.set_active_adapters(name)
+    return model

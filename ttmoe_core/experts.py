@@ -22,10 +22,13 @@ from torch import nn
 from . import adapters, tasks
 from .backbone import Backbone, BackboneInfo, load_backbone, mean_pool, tokenize
 
-METHODS = ("tt-lora", "lora")
-# the paper's defaults: TT-LoRA rank 5, α 16, lr 5e-3; LoRA rank 16, α 8, lr 5e-4
+METHODS = ("tt-lora", "lora", "adapter")
+# the paper's defaults: TT-LoRA rank 5, α 16, lr 5e-3; LoRA rank 16, α 8, lr 5e-4;
+# bottleneck adapter (Pfeiffer seq_bn, `adapters` library): rank = reduction factor 16, lr 5e-4
 METHOD_DEFAULTS = {"tt-lora": {"rank": 5, "alpha": 16.0, "lr": 5e-3},
-                   "lora": {"rank": 16, "alpha": 8.0, "lr": 5e-4}}
+                   "lora": {"rank": 16, "alpha": 8.0, "lr": 5e-4},
+                   "adapter": {"rank": 16, "alpha": 1.0, "lr": 5e-4}}
+ADAPTER_NAME = "expert"   # name of the bottleneck adapter inside an `adapters` model
 
 
 class ConfigError(ValueError):
@@ -40,8 +43,8 @@ class TrainingError(RuntimeError):
 class ExpertConfig:
     """Everything that defines how one expert is trained (serialised next to its weights)."""
     task: str
-    method: str = "tt-lora"            # "tt-lora" | "lora"
-    rank: int | None = None            # None: method default (5 / 16)
+    method: str = "tt-lora"            # "tt-lora" | "lora" | "adapter" (baselines)
+    rank: int | None = None            # None: method default (5 / 16; adapter: reduction 16)
     alpha: float | None = None         # None: method default (16 / 8)
     shapes: dict[str, list[int]] | None = None   # target -> flat TT shape; None: balanced
     targets: list[str] | None = None   # None: q/v projections of the architecture
@@ -175,8 +178,10 @@ def build_expert_model(expert_or_config: Expert | ExpertConfig, backbone: Backbo
     if cfg.method == "tt-lora":
         adapters.inject_tt_lora(encoder, cfg.targets, rank=cfg.rank, alpha=cfg.alpha,
                                 shapes=cfg.shapes, init=cfg.init, generator=generator)
-    else:
+    elif cfg.method == "lora":
         encoder = adapters.inject_lora(encoder, cfg.targets, rank=cfg.rank, alpha=cfg.alpha)
+    else:
+        adapters.inject_bottleneck(encoder, ADAPTER_NAME, reduction=cfg.rank)
     labels = expert.num_labels if expert else num_labels
     model = ExpertModel(encoder, backbone.info.hidden_size, labels).to(backbone.device)
     if expert is not None:
@@ -198,6 +203,9 @@ def expert_tensors(model: ExpertModel, method: str) -> dict[str, torch.Tensor]:
     """The trainable tensors of an expert model, detached on CPU."""
     if method == "tt-lora":
         tensors = adapters.expert_cores(model.encoder)
+    elif method == "adapter":
+        tensors = {k: v.detach().cpu().contiguous() for k, v in model.encoder.state_dict().items()
+                   if f"adapters.{ADAPTER_NAME}." in k}
     else:
         from peft import get_peft_model_state_dict
         tensors = {k: v.detach().cpu().contiguous()
@@ -211,6 +219,11 @@ def expert_tensors(model: ExpertModel, method: str) -> dict[str, torch.Tensor]:
 def load_expert_tensors(model: ExpertModel, expert: Expert) -> None:
     if expert.config.method == "tt-lora":
         adapters.load_expert_cores(model.encoder, expert.tensors)
+    elif expert.config.method == "adapter":
+        missing = model.encoder.load_state_dict(
+            {k: v for k, v in expert.tensors.items() if not k.startswith("head.")}, strict=False)
+        if missing.unexpected_keys:
+            raise ConfigError(f"unexpected adapter tensors {missing.unexpected_keys[:3]}")
     else:
         from peft import set_peft_model_state_dict
         set_peft_model_state_dict(model.encoder, {k: v for k, v in expert.tensors.items()
