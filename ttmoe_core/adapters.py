@@ -14,6 +14,7 @@ The LoRA baseline is PEFT's own ``LoraConfig`` / ``get_peft_model``.
 from __future__ import annotations
 
 import contextlib
+import math
 import contextvars
 from collections.abc import Iterator, Mapping, Sequence
 
@@ -52,7 +53,11 @@ class TTLoRALinear(nn.Module):
                  rank: int | Sequence[int], alpha: float, num_experts: int = 1,
                  init: str = "kaiming", generator: torch.Generator | None = None):
         super().__init__()
-        tt.split_shape(list(in_factors) + list(out_factors), base.in_features, base.out_features)
+        if math.prod(in_factors) != base.in_features or math.prod(out_factors) != base.out_features:
+            raise ValueError(
+                f"TT factors {list(in_factors)} | {list(out_factors)} multiply to "
+                f"{math.prod(in_factors)} x {math.prod(out_factors)}, the layer is "
+                f"{base.in_features} x {base.out_features}")
         self.base = base
         for p in self.base.parameters():
             p.requires_grad_(False)
@@ -185,7 +190,16 @@ def expert_cores(model: nn.Module, expert: int = 0) -> dict[str, torch.Tensor]:
 def load_expert_cores(model: nn.Module, tensors: Mapping[str, torch.Tensor],
                       expert: int = 0) -> None:
     """Copy one expert's cores (as produced by ``expert_cores``) into slot ``expert`` of the bank."""
-    for name, layer in tt_layers(model).items():
+    layers = tt_layers(model)
+    expected = {f"{name}.cores.{k}" for name, layer in layers.items()
+                for k in range(len(layer.cores))}
+    given = {key for key in tensors if ".cores." in key}
+    if expected != given:
+        missing, extra = sorted(expected - given), sorted(given - expected)
+        raise ValueError(f"TT cores do not match the model's TT-LoRA layers: missing {missing[:4]}"
+                         f"{'…' if len(missing) > 4 else ''}, unexpected {extra[:4]}"
+                         f"{'…' if len(extra) > 4 else ''}")
+    for name, layer in layers.items():
         for k, core in enumerate(layer.cores):
             core[expert].copy_(tensors[f"{name}.cores.{k}"])
 

@@ -131,7 +131,9 @@ def load_backbone(spec: str | Path | None = None, device: str | torch.device | N
     try:
         model = AutoModel.from_pretrained(str(path), local_files_only=offline)
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=offline)
-    except OSError as exc:
+    except (OSError, ValueError, TypeError) as exc:
+        # OSError: missing files; ValueError/TypeError: a folder transformers cannot make sense
+        # of (e.g. weights without tokenizer files)
         raise BackboneError(f"could not load base model {name!r}: {exc}".splitlines()[0]) from exc
     return wrap(model.to(pick_device(device)), tokenizer, name)
 

@@ -256,7 +256,7 @@ def train_expert(config: ExpertConfig, backbone: Backbone | None = None, *,
     cfg = config.resolved()
     backbone = backbone or load_backbone(device=cfg.device)
     device = backbone.device
-    train_data = train_data or tasks.load_task(cfg.task, "train", data_dir=data_dir,
+    train_data = train_data if train_data is not None else tasks.load_task(cfg.task, "train", data_dir=data_dir,
                                                limit=cfg.train_limit, seed=cfg.seed)
     if len(train_data) == 0:
         raise ConfigError(f"no training rows for task {cfg.task!r}")
@@ -307,7 +307,7 @@ def train_expert(config: ExpertConfig, backbone: Backbone | None = None, *,
                     tensors=expert_tensors(model, cfg.method), base=backbone.info,
                     tt_layout=tt_layout(model.encoder, cfg.targets) if cfg.method == "tt-lora" else {},
                     history=history, created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
-    eval_data = eval_data or tasks.load_task(cfg.task, "validation", data_dir=data_dir,
+    eval_data = eval_data if eval_data is not None else tasks.load_task(cfg.task, "validation", data_dir=data_dir,
                                              limit=cfg.eval_limit, seed=cfg.seed)
     result = evaluate_model(model, backbone, eval_data, cfg.task, max_length=cfg.max_length)
     expert.metrics = {**result["metrics"], "confusion": result["confusion"],

@@ -65,6 +65,11 @@ class TTLoRAMoE(nn.Module):
                  max_length: int = 128):
         super().__init__()
         targets, shapes, rank = _stack_layout(experts)
+        if experts[0].base.fingerprint != backbone.info.fingerprint:
+            raise MoEError(f"the experts were trained on another base model "
+                           f"({experts[0].base.name!r}, fingerprint "
+                           f"{experts[0].base.fingerprint[:12]}…) than the loaded "
+                           f"{backbone.info.name!r} ({backbone.info.fingerprint[:12]}…)")
         self.backbone = backbone
         self.names = [e.name for e in experts]
         self.experts = list(experts)
@@ -93,7 +98,10 @@ class TTLoRAMoE(nn.Module):
         for layer_name, layer in adapters.tt_layers(self.encoder).items():
             for k, bank in enumerate(layer.cores):
                 for idx, expert in enumerate(experts):
-                    core = expert.tensors[f"{layer_name}.cores.{k}"]
+                    key = f"{layer_name}.cores.{k}"
+                    if key not in expert.tensors:
+                        raise MoEError(f"expert {expert.name!r} has no tensor {key!r}")
+                    core = expert.tensors[key]
                     if k == 0:  # fold each expert's α into its first core (layer α is 1)
                         core = core * expert.config.alpha
                     bank[idx].copy_(_pad_core(core, bank.shape[1:]))

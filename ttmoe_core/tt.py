@@ -143,7 +143,7 @@ def init_cores(shapes: Sequence[CoreShape], init: str = "kaiming", *,
         gain = math.sqrt(2.0 / (1 + 8.0))
         bound = gain * math.sqrt(3.0 / fan_in)
         core.uniform_(-bound, bound, generator=generator)
-        core /= core.norm() + 1e-6
+        core /= core.norm()
         cores.append(core.to(dtype))
     if init == "zero":
         cores[-1] = torch.zeros_like(cores[-1])

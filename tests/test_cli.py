@@ -1,0 +1,288 @@
+"""``python -m ttmoe_core``: budget numbers, one-line usage errors (exit 2, no traceback), predict /
+train-router / eval-moe on a tiny pack whose base model is a loadable folder, and slow end-to-end
+runs on the embedded model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.tinymodels import SAMPLES, saved_tiny_bert, tiny_pack, tree_hashes
+from ttmoe_core import backbone, cli
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_usage_error(code: int, err: str) -> None:
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), err
+    assert "Traceback" not in err
+
+
+def run_module(*argv: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ttmoe_core", *map(str, argv)], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+# ----------------------------------------------------------------------------- budget
+
+
+def test_budget_paper_call(capsys):
+    code, out, _ = run_cli(capsys, "budget", "--model", "llama-3.2-1b", "--method", "tt-lora",
+                           "--rank", "5", "--targets", "q_proj,v_proj",
+                           "--shape", "q_proj=16,8,4,4,4,4,8,16", "--shape", "v_proj=16,16,4,2,2,16,16",
+                           "--json")
+    assert code == 0
+    report = json.loads(out)
+    assert report["trainable_params"] == 33920
+    assert report["lora_params"] == 1703936
+
+
+def test_budget_lora(capsys):
+    code, out, _ = run_cli(capsys, "budget", "--model", "llama-3.2-1b", "--method", "lora",
+                           "--rank", "16", "--json")
+    assert code == 0 and json.loads(out)["trainable_params"] == 1703936
+
+
+def test_budget_bad_shape_subprocess():
+    proc = run_module("budget", "--model", "llama-3.2-1b", "--shape", "q_proj=16,8,4,4,4,4,8",
+                      "--json", timeout=120)
+    assert_usage_error(proc.returncode, proc.stderr)
+    assert proc.stdout == ""
+
+
+@pytest.mark.parametrize("argv", [
+    ["budget", "--rank", "0"],
+    ["budget", "--shape", "q_proj"],
+    ["budget", "--method", "nope"],
+    ["budget", "--model", "no-such-model"],
+])
+def test_budget_bad_values(capsys, argv):
+    assert_usage_error(*run_cli(capsys, *argv)[::2])
+
+
+# ----------------------------------------------------------------------------- usage errors
+
+
+@pytest.mark.parametrize("extra", [["--task", "no-such-task"],
+                                   ["--task", "sst2", "--max-steps", "0"],
+                                   ["--task", "sst2", "--lr", "-1"],
+                                   ["--task", "sst2", "--lr", "abc"],
+                                   ["--task", "sst2", "--batch-size", "-3"]])
+def test_train_expert_usage_errors(capsys, tmp_path, extra):
+    code, out, err = run_cli(capsys, "train-expert", "--out", tmp_path / "e", "--data-dir", SAMPLES,
+                             *extra)
+    assert_usage_error(code, err)
+    assert not (tmp_path / "e").exists()
+
+
+def test_eval_expert_missing_folder(capsys, tmp_path):
+    assert_usage_error(*run_cli(capsys, "eval-expert", tmp_path / "nope", "--json")[::2])
+
+
+def test_unknown_command_and_no_command(capsys):
+    assert_usage_error(*run_cli(capsys, "frobnicate")[::2])
+    assert run_cli(capsys)[0] == 2
+
+
+# ----------------------------------------------------------------------------- tiny pack
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory) -> backbone.Backbone:
+    """A tiny BERT saved to a folder: its name is that folder, so the CLI can load it."""
+    folder = tmp_path_factory.mktemp("tiny-base")
+    bb = saved_tiny_bert(folder)
+    again = backbone.load_backbone(str(folder), device="cpu")
+    assert again.info.fingerprint == bb.info.fingerprint and again.info.name == str(folder)
+    return bb
+
+
+@pytest.fixture(scope="module")
+def pack(tmp_path_factory, tiny_base) -> Path:
+    return tiny_pack(tmp_path_factory.mktemp("cli") / "pack", tiny_base, ["mnli", "sst2", "rte"])[0]
+
+
+@pytest.fixture
+def pack_copy(pack, tmp_path) -> Path:
+    dest = tmp_path / "pack"
+    shutil.copytree(pack, dest)
+    return dest
+
+
+def test_predict_json_one_line(capsys, pack):
+    code, out, err = run_cli(capsys, "predict", "--json", "--pack", pack,
+                             "a gorgeous , witty , seductive movie .")
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert len(lines) == 1
+    row = json.loads(lines[0])
+    assert {"expert", "router_probs", "label", "label_probs"} <= set(row)
+    assert row["expert"] in ("mnli", "sst2", "rte")
+    assert sum(row["router_probs"].values()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_predict_forced_expert_and_table(capsys, pack):
+    code, out, _ = run_cli(capsys, "predict", "--json", "--pack", pack, "--expert", "rte",
+                           "--text-pair", "A man is outside.", "A man walks his dog.", "Nobody.")
+    assert code == 0
+    rows = [json.loads(line) for line in out.strip().splitlines()]
+    assert [r["expert"] for r in rows] == ["rte", "rte"]
+    assert all(r["text_pair"] == "A man is outside." for r in rows)
+    code, out, _ = run_cli(capsys, "predict", "--pack", pack, "hello there")
+    assert code == 0 and "expert=" in out and "label=" in out
+
+
+def test_predict_input_file_mixed_lines(capsys, pack, tmp_path):
+    path = tmp_path / "in.jsonl"
+    path.write_text("\n".join([
+        json.dumps({"text": "a gorgeous , witty , seductive movie ."}),
+        "this is {not json",
+        json.dumps({"text": "   "}),
+        json.dumps({"text": "The cat sat.", "text_pair": "A cat is sitting."}),
+    ]) + "\n", encoding="utf-8")
+    code, out, err = run_cli(capsys, "predict", "--json", "--pack", pack, "--input-file", path)
+    assert code == 1
+    rows = [json.loads(line) for line in out.strip().splitlines()]
+    assert len(rows) == 4
+    assert "error" not in rows[0] and rows[0]["text"].startswith("a gorgeous")
+    assert rows[1]["line"] == 2 and "error" in rows[1]
+    assert rows[2]["line"] == 3 and "error" in rows[2]
+    assert "error" not in rows[3] and rows[3]["text_pair"] == "A cat is sitting."
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 2 and "Traceback" not in err
+
+
+def test_predict_truncation_note(capsys, pack):
+    code, out, err = run_cli(capsys, "predict", "--json", "--pack", pack, " ".join(["word"] * 200))
+    assert code == 0 and json.loads(out)["truncated"] is True
+    assert "truncated" in err
+
+
+@pytest.mark.parametrize("argv", [
+    ["predict", "--pack", "{pack}"],                                  # no input
+    ["predict", "--pack", "{pack}", "   "],                           # empty text
+    ["predict", "--pack", "{pack}", "--expert", "nope", "hello"],     # unknown expert
+    ["predict", "--pack", "{missing}", "hello"],                      # missing pack
+    ["predict", "--pack", "{pack}", "--input-file", "{missing}"],     # missing input file
+    ["predict", "--pack", "{pack}", "--input-file", "{latin1}"],      # not UTF-8
+    ["predict", "--pack", "{pack}", "--input-file", "{blank}"],       # no lines
+    ["predict", "--pack", "{pack}", "--input-file", "{latin1}", "text"],  # both
+])
+def test_predict_usage_errors(capsys, pack, tmp_path, argv):
+    latin1 = tmp_path / "latin1.jsonl"
+    latin1.write_bytes('{"text": "caf\u00e9"}\n'.encode("latin-1"))
+    blank = tmp_path / "blank.jsonl"
+    blank.write_text("\n\n", encoding="utf-8")
+    values = {"pack": pack, "missing": tmp_path / "missing", "latin1": latin1, "blank": blank}
+    assert_usage_error(*run_cli(capsys, *[a.format(**values) for a in argv])[::2])
+
+
+def test_mixture_commands_missing_pack(capsys, tmp_path):
+    assert_usage_error(*run_cli(capsys, "eval-moe", "--pack", tmp_path / "nope", "--json")[::2])
+    assert_usage_error(*run_cli(capsys, "train-router", "--pack", tmp_path / "nope",
+                                "--quiet")[::2])
+
+
+def test_eval_expert_model_folder_without_tokenizer(capsys, tmp_path, pack):
+    folder = tmp_path / "no-tokenizer"
+    folder.mkdir()
+    base = Path(json.loads((pack / "pack.json").read_text())["base_model"]["name"])
+    shutil.copy(base / "config.json", folder / "config.json")
+    shutil.copy(base / "model.safetensors", folder / "model.safetensors")
+    assert_usage_error(*run_cli(capsys, "eval-expert", pack / "experts" / "sst2",
+                                "--model", folder, "--data-dir", SAMPLES, "--json")[::2])
+
+
+def test_train_router_keeps_experts(capsys, pack_copy):
+    names = ["mnli", "sst2", "rte"]
+    before = {n: tree_hashes(pack_copy / "experts" / n) for n in names}
+    code, out, err = run_cli(capsys, "train-router", "--pack", pack_copy, "--per-task", "10",
+                             "--eval-per-task", "5", "--epochs", "2", "--data-dir", SAMPLES,
+                             "--layer", "0,1", "--json", "--quiet")
+    assert code == 0, err
+    summary = json.loads(out)
+    assert len(summary["per_layer"]) == 2 and set(summary["per_layer"]) == {"0", "1"}
+    assert summary["layer"] in (0, 1) and summary["names"] == names
+    assert sum(map(sum, summary["confusion"])) == 15
+    assert {n: tree_hashes(pack_copy / "experts" / n) for n in names} == before
+    router_config = json.loads((pack_copy / "router_config.json").read_text())
+    assert router_config["config"]["variant"] == "fusion"
+    assert router_config["config"]["layer"] == summary["layer"]
+
+
+def test_train_router_bad_layer(capsys, pack_copy):
+    code, _, err = run_cli(capsys, "train-router", "--pack", pack_copy, "--per-task", "4",
+                           "--eval-per-task", "2", "--epochs", "1", "--data-dir", SAMPLES,
+                           "--layer", "9", "--quiet")
+    assert_usage_error(code, err)
+
+
+def test_eval_moe(capsys, pack):
+    code, out, err = run_cli(capsys, "eval-moe", "--pack", pack, "--per-task", "5",
+                             "--data-dir", SAMPLES, "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert {"routing_accuracy", "confusion", "per_task"} <= set(result)
+    assert 0 <= result["routing_accuracy"] <= 1
+    assert sum(map(sum, result["confusion"])) == 15
+    for name in ("mnli", "sst2", "rte"):
+        row = result["per_task"][name]
+        assert "mixture" in row and "oracle" in row and row["metric"] in row["oracle"]
+
+
+# ----------------------------------------------------------------------------- embedded model
+
+
+@pytest.mark.slow
+def test_end_to_end_embedded_expert(tmp_path, tiny_base):
+    out = tmp_path / "mrpc"
+    proc = run_module("train-expert", "--task", "mrpc", "--method", "tt-lora", "--max-steps", "20",
+                      "--batch-size", "8", "--max-length", "64", "--eval-limit", "100",
+                      "--data-dir", SAMPLES, "--out", out, "--quiet", "--json")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["task"] == "mrpc" and 0 <= summary["accuracy"] <= 1
+    assert (out / "adapter_config.json").is_file() and (out / "adapter_model.safetensors").is_file()
+
+    proc = run_module("eval-expert", out, "--json", "--data-dir", SAMPLES)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert 0 <= report["accuracy"] <= 1 and report["rows"] == 100
+
+    samples = tmp_path / "five.jsonl"
+    samples.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"text": "He said the food was good.", "text_pair": "He stated the meal was good.", "label": 1},
+        {"text": "The stock rose 5 percent.", "text_pair": "It rained all day in Paris.", "label": 0},
+        {"text": "She left early.", "text_pair": "She departed ahead of time.", "label": "equivalent"},
+        {"text": "The court ruled today.", "text_pair": "Bananas are yellow.", "label": "not_equivalent"},
+        {"text": "Profits fell sharply.", "text_pair": "Earnings dropped steeply.", "label": 1},
+    ]), encoding="utf-8")
+    proc = run_module("eval-expert", out, "--input-file", samples, "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["rows"] == 5 and 0 <= report["accuracy"] <= 1
+
+    proc = run_module("eval-expert", out, "--model", tiny_base.info.name, "--json")
+    assert_usage_error(proc.returncode, proc.stderr)
+
+
+@pytest.mark.slow
+def test_demo_pack_routes_sst2():
+    if not (REPO / "assets" / "demo" / "pack.json").is_file():
+        pytest.skip("no demo pack at assets/demo (built by `python -m ttmoe_core build-demo`)")
+    proc = run_module("predict", "--json", "a gorgeous , witty , seductive movie .")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["expert"] == "sst2"

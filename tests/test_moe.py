@@ -1,0 +1,348 @@
+"""TTLoRAMoE on a tiny random BERT: the mixed batch equals the per-expert runs row by row (PEFT's
+mixed-batch pattern), routing, independence of E, thread safety, input validation, evaluation."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import threading
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from tests.tinymodels import SAMPLES, random_expert, tiny_bert, tiny_expert, tiny_router
+from ttmoe_core import backbone, experts, moe, router, tasks
+from ttmoe_core.backbone import BackboneInfo, mean_pool
+
+MAX_LENGTH = 128
+
+
+@pytest.fixture(scope="module")
+def bb() -> backbone.Backbone:
+    return tiny_bert(seed=0)
+
+
+@pytest.fixture(scope="module")
+def three(bb) -> list[experts.Expert]:
+    """mnli (3 labels, rank 3), sst2 (2 labels, rank 5), rte (2 labels, rank 4): they differ."""
+    return [tiny_expert(bb, "mnli", rank=3, seed=0), tiny_expert(bb, "sst2", rank=5, seed=1),
+            tiny_expert(bb, "rte", rank=4, seed=2)]
+
+
+@pytest.fixture(scope="module")
+def trained_router(bb, three) -> router.Router:
+    return tiny_router(bb, three, variant="mlp", layers=(1,), epochs=3)[0]
+
+
+@pytest.fixture(scope="module")
+def moe64(bb, three) -> moe.TTLoRAMoE:
+    """The three experts stacked, no router, in float64."""
+    return moe.TTLoRAMoE(bb, three, None, max_length=MAX_LENGTH).double()
+
+
+@pytest.fixture(scope="module")
+def routed(bb, three, trained_router) -> moe.TTLoRAMoE:
+    return moe.TTLoRAMoE(bb, three, trained_router, max_length=MAX_LENGTH)
+
+
+@pytest.fixture(scope="module")
+def rows() -> list[tuple[str, str, str | None]]:
+    """An interleaved batch: (expert name, text, pair); pairs (mnli, rte) and singles (sst2)."""
+    data = {t: tasks.load_task(t, "validation", data_dir=SAMPLES, limit=3, seed=0)
+            for t in ("mnli", "sst2", "rte")}
+    out = []
+    for i in range(3):
+        for task in ("mnli", "sst2", "rte"):
+            d = data[task]
+            out.append((task, d.texts[i], d.text_pairs[i] if d.text_pairs else None))
+    return out
+
+
+def reference_probs(bb, expert: experts.Expert, text: str, pair: str | None) -> torch.Tensor:
+    """Label probabilities of one row through the expert alone (its own model, float64)."""
+    model = experts.build_expert_model(expert, bb).double().eval()
+    batch = backbone.tokenize(bb.tokenizer, [text], [pair] if pair is not None else None,
+                              MAX_LENGTH, bb.device)
+    with torch.no_grad():
+        return torch.softmax(model(batch)[0], -1)
+
+
+# ----------------------------------------------------------------------------- mixed batch
+
+
+def test_mixed_batch_equals_per_expert_runs_row_by_row(bb, three, moe64, rows):
+    by_name = {e.name: e for e in three}
+    assert {e.config.rank for e in three} == {3, 4, 5}
+    out = moe64.predict([t for _, t, _ in rows], [p for _, _, p in rows],
+                        expert=[name for name, _, _ in rows])
+    assert len(out) == len(rows)
+    models = {e.name: experts.build_expert_model(e, bb).double().eval() for e in three}
+    for (name, text, pair), got in zip(rows, out):
+        expert = by_name[name]
+        assert got["expert"] == name and got["text"] == text and got["text_pair"] == pair
+        assert list(got["label_probs"]) == expert.label_names
+        batch = backbone.tokenize(bb.tokenizer, [text], [pair] if pair is not None else None,
+                                  MAX_LENGTH, bb.device)
+        with torch.no_grad():
+            want = torch.softmax(models[name](batch)[0], -1)
+        assert len(want) == len(expert.label_names)
+        np.testing.assert_allclose(list(got["label_probs"].values()), want.numpy(),
+                                   rtol=0, atol=1e-9)
+        assert got["label"] == expert.label_names[int(want.argmax())]
+
+
+def test_experts_really_differ(moe64, rows):
+    """Guard for the test above: forcing another expert changes the answer."""
+    texts, pairs = [t for _, t, _ in rows], [p for _, _, p in rows]
+    a = moe64.predict(texts, pairs, expert="sst2")
+    b = moe64.predict(texts, pairs, expert="rte")
+    assert any(abs(x["label_probs"]["negative"] - y["label_probs"]["entailment"]) > 1e-6
+               for x, y in zip(a, b))
+
+
+# ----------------------------------------------------------------------------- routed predict
+
+
+def test_routed_predict_documented_keys(routed, three):
+    texts = ["a gorgeous , witty , seductive movie .", "The cat sat on the mat."]
+    pairs = [None, "A cat is sitting."]
+    out = routed.predict(texts, pairs)
+    by_name = {e.name: e for e in three}
+    for row in out:
+        assert {"expert", "router_probs", "label", "label_probs", "truncated"} <= set(row)
+        assert list(row["router_probs"]) == routed.names
+        assert math.isclose(sum(row["router_probs"].values()), 1.0, abs_tol=1e-5)
+        assert row["expert"] == max(row["router_probs"], key=row["router_probs"].get)
+        expert = by_name[row["expert"]]
+        assert row["task"] == expert.config.task
+        assert row["label"] in expert.label_names
+        assert list(row["label_probs"]) == expert.label_names
+        assert math.isclose(sum(row["label_probs"].values()), 1.0, abs_tol=1e-5)
+        assert row["truncated"] is False
+
+
+def test_long_input_is_truncated(routed):
+    long = " ".join(["word"] * (MAX_LENGTH + 50))
+    out = routed.predict([long, "short"])
+    assert out[0]["truncated"] is True and out[1]["truncated"] is False
+    forced = routed.predict([long], expert="sst2")
+    assert forced[0]["truncated"] is True and forced[0]["expert"] == "sst2"
+
+
+def test_forced_expert_still_reports_router_probs(routed):
+    out = routed.predict(["some text"], expert="rte")
+    assert out[0]["expert"] == "rte"
+    assert math.isclose(sum(out[0]["router_probs"].values()), 1.0, abs_tol=1e-5)
+
+
+# ----------------------------------------------------------------------------- independent of E
+
+
+def test_expert_part_does_not_depend_on_num_experts(bb, three, moe64, rows):
+    extras = [random_expert(three[0], "rand0", rank=7, num_labels=4, seed=10),
+              random_expert(three[0], "rand1", rank=2, num_labels=2, seed=11),
+              random_expert(three[0], "rand2", rank=6, num_labels=3, seed=12)]
+    bigger = moe.TTLoRAMoE(bb, [extras[0], three[0], extras[1], three[1], three[2], extras[2]],
+                           None, max_length=MAX_LENGTH).double()
+    assert len(bigger.names) == 6
+    texts, pairs, names = [t for _, t, _ in rows], [p for _, _, p in rows], [n for n, _, _ in rows]
+    small_out = moe64.predict(texts, pairs, expert=names)
+    big_out = bigger.predict(texts, pairs, expert=names)
+    for a, b in zip(small_out, big_out):
+        assert a["expert"] == b["expert"] and a["label"] == b["label"]
+        np.testing.assert_allclose(list(a["label_probs"].values()),
+                                   list(b["label_probs"].values()), rtol=0, atol=1e-10)
+    # rows of the random experts mixed in do not disturb the others
+    mixed_names = [n if i % 2 else "rand0" for i, n in enumerate(names)]
+    mixed = bigger.predict(texts, pairs, expert=mixed_names)
+    for i, (a, b) in enumerate(zip(small_out, mixed)):
+        if i % 2:
+            np.testing.assert_allclose(list(a["label_probs"].values()),
+                                       list(b["label_probs"].values()), rtol=0, atol=1e-10)
+        else:
+            assert b["expert"] == "rand0" and len(b["label_probs"]) == 4
+
+
+# ----------------------------------------------------------------------------- threads
+
+
+def test_threads_share_one_mixture(routed, rows):
+    texts, pairs, names = [t for _, t, _ in rows], [p for _, _, p in rows], [n for n, _, _ in rows]
+    jobs = []
+    for i in range(8):
+        take = [(i + j) % len(rows) for j in range(1 + i % 4)]
+        forced = None if i % 3 == 0 else ([names[j] for j in take] if i % 3 == 1
+                                          else routed.names[i % 3])
+        jobs.append(([texts[j] for j in take], [pairs[j] for j in take], forced))
+    expected = [routed.predict(t, p, expert=f) for t, p, f in jobs]
+    for _ in range(3):
+        barrier = threading.Barrier(len(jobs))
+        results: list = [None] * len(jobs)
+        errors: list = []
+
+        def work(slot: int) -> None:
+            try:
+                barrier.wait(timeout=30)
+                t, p, f = jobs[slot]
+                results[slot] = routed.predict(t, p, expert=f)
+            except Exception as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(len(jobs))]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(timeout=60)
+        assert not errors, errors
+        assert results == expected
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize("texts, pairs, forced", [
+    ([], None, None),
+    ([""], None, None),
+    (["   "], None, None),
+    (["ok", ""], None, None),
+    (["ok"], None, "no-such-expert"),
+    (["ok", "fine"], None, ["sst2", "nope"]),
+    (["ok", "fine"], ["pair"], None),
+    (["ok", "fine"], None, ["sst2", "rte", "mnli"]),
+])
+def test_bad_input_raises_moe_error(routed, texts, pairs, forced):
+    with pytest.raises(moe.MoEError):
+        routed.predict(texts, pairs, expert=forced)
+
+
+def test_no_router_needs_forced_expert(moe64):
+    with pytest.raises(moe.MoEError):
+        moe64.predict(["hello"])
+
+
+def test_stacking_different_tt_shapes_refused(bb, three):
+    other = tiny_expert(bb, "sst2", rank=3, name="sst2-other-shape",
+                        shapes={"query": [4, 12, 12, 4], "value": [4, 12, 12, 4]})
+    assert other.tt_layout != three[0].tt_layout
+    with pytest.raises(moe.MoEError):
+        moe.TTLoRAMoE(bb, [three[0], other], None)
+
+
+def test_lora_expert_refused(bb, three):
+    lora = tiny_expert(bb, "sst2", rank=2, method="lora", name="sst2-lora")
+    with pytest.raises(moe.MoEError):
+        moe.TTLoRAMoE(bb, [three[0], lora], None)
+
+
+def test_empty_or_duplicate_experts_refused(bb, three):
+    with pytest.raises(moe.MoEError):
+        moe.TTLoRAMoE(bb, [], None)
+    with pytest.raises(moe.MoEError):
+        moe.TTLoRAMoE(bb, [three[0], three[0]], None)
+
+
+def test_experts_from_different_base_models_refused(bb, three):
+    foreign_info = BackboneInfo(**{**three[1].base.to_dict(), "fingerprint": "0" * 64})
+    foreign = dataclasses.replace(three[1], base=foreign_info)
+    with pytest.raises(moe.MoEError):
+        moe.TTLoRAMoE(bb, [three[0], foreign], None)
+
+
+def test_experts_refused_on_another_backbone(three):
+    other = tiny_bert(seed=1)
+    assert other.info.fingerprint != three[0].base.fingerprint
+    with pytest.raises(ValueError):   # MoEError or backbone.BackboneError
+        moe.TTLoRAMoE(other, three, None)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+class LookupRouter(router.Router):
+    """A router that is always right: one-hot logits looked up from the row's surface features."""
+
+    def __init__(self, table: dict[bytes, int], num_experts: int, hidden_size: int):
+        super().__init__(router.RouterConfig(variant="fusion", layer=0), num_experts, hidden_size)
+        self.table = table
+        self.dummy = nn.Parameter(torch.zeros(1))   # the mixture reads the router's dtype
+
+    @staticmethod
+    def key(surface_row: torch.Tensor) -> bytes:
+        return np.round(surface_row.detach().cpu().double().numpy(), 4).tobytes()
+
+    def forward(self, feats):
+        idx = [self.table[self.key(row)] for row in feats["surface"]]
+        logits = torch.full((len(idx), self.num_experts), -30.0, dtype=feats["surface"].dtype)
+        logits[torch.arange(len(idx)), torch.tensor(idx)] = 30.0
+        return logits + 0 * self.dummy
+
+
+def test_evaluate_mixture_with_trained_router(routed, three):
+    pairs = [(e.name, e.config.task) for e in three]
+    per_task = 6
+    result = moe.evaluate_mixture(routed, pairs, per_task, data_dir=SAMPLES)
+    assert 0.0 <= result["routing_accuracy"] <= 1.0
+    assert result["names"] == routed.names
+    assert sum(map(sum, result["confusion"])) == result["rows"] == per_task * len(three)
+    diag = sum(result["confusion"][i][i] for i in range(len(three)))
+    assert math.isclose(result["routing_accuracy"], diag / result["rows"])
+    for i, (name, task) in enumerate(pairs):
+        row = result["per_task"][name]
+        assert math.isclose(row["routing_accuracy"], result["confusion"][i][i] / per_task)
+        metric = row["metric"]
+        assert metric in row["mixture"] and metric in row["oracle"]
+        # the oracle is the forced expert's metric, computed independently here
+        data = tasks.load_task(task, "validation", data_dir=SAMPLES, limit=per_task, seed=0)
+        forced = routed.predict(data.texts, data.text_pairs, expert=name)
+        preds = [three[i].label_names.index(r["label"]) for r in forced]
+        want = tasks.compute_metrics(tasks.TASKS[task], data.labels, preds)
+        assert row["oracle"][metric] == pytest.approx(want[metric], abs=1e-9)
+        # rows routed to the right expert answer exactly as the oracle does
+        routed_rows = routed.predict(data.texts, data.text_pairs)
+        for got, ref in zip(routed_rows, forced):
+            if got["expert"] == name:
+                assert got["label"] == ref["label"]
+                np.testing.assert_allclose(list(got["label_probs"].values()),
+                                           list(ref["label_probs"].values()), atol=1e-5)
+        if row["routing_accuracy"] == 1.0:
+            assert row["mixture"] == row["oracle"]
+
+
+def test_always_right_router_makes_mixture_equal_oracle(bb, three):
+    pairs = [(e.name, e.config.task) for e in three]
+    per_task = 5
+    table = {}
+    for idx, (_, task) in enumerate(pairs):
+        data = tasks.load_task(task, "validation", data_dir=SAMPLES, limit=per_task, seed=0)
+        surface = router.surface_features(data.texts, data.text_pairs)
+        for row in surface:
+            table[LookupRouter.key(row)] = idx
+    assert len(table) == per_task * len(pairs)
+    oracle_moe = moe.TTLoRAMoE(bb, three, LookupRouter(table, len(three), bb.info.hidden_size),
+                               max_length=MAX_LENGTH)
+    result = moe.evaluate_mixture(oracle_moe, pairs, per_task, data_dir=SAMPLES)
+    assert result["routing_accuracy"] == 1.0
+    assert result["confusion"] == [[per_task if i == j else 0 for j in range(3)] for i in range(3)]
+    for name, _ in pairs:
+        assert result["per_task"][name]["mixture"] == result["per_task"][name]["oracle"]
+
+
+# ----------------------------------------------------------------------------- route pass
+
+
+def test_route_pass_reads_the_base_model_with_adapters_off(bb, routed, rows):
+    texts, pairs = [t for _, t, _ in rows], [p for _, _, p in rows]
+    batch, _ = backbone.tokenize_mixed(bb.tokenizer, texts, pairs, MAX_LENGTH, bb.device)
+    cfg = router.RouterConfig(variant="mlp", layer=2).resolved(bb.info.num_layers)
+    feats = router.batch_features(routed.encoder, batch, texts, pairs, cfg)
+    with torch.no_grad():
+        plain = backbone.hidden_states(bb.model, batch, 2)
+    want = torch.stack([mean_pool(h, batch["attention_mask"]) for h in plain], 1)
+    torch.testing.assert_close(feats["pooled"], want, rtol=0, atol=1e-6)
+    # guard: with the adapters on, the encoder's states differ
+    from ttmoe_core.adapters import use_experts
+    with torch.no_grad(), use_experts(torch.zeros(len(texts), dtype=torch.long)):
+        adapted = backbone.hidden_states(routed.encoder, batch, 2)
+    assert not torch.allclose(adapted[-1], plain[-1], atol=1e-4)

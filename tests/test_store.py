@@ -1,0 +1,373 @@
+"""Tests of ttmoe_core.store: expert round trip (bit-equal), atomic writes, and one clear
+StoreError per kind of corruption; nothing is unpickled."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import struct
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from ttmoe_core import experts, store, tasks
+from ttmoe_core.store import CONFIG_FILE, WEIGHTS_FILE, StoreError
+
+
+def _config(**overrides) -> experts.ExpertConfig:
+    settings = dict(task="sst2", steps=3, batch_size=4, max_length=32, eval_limit=8, train_limit=16)
+    settings.update(overrides)
+    return experts.ExpertConfig(**settings)
+
+
+@pytest.fixture(scope="module")
+def sst2(samples_dir):
+    return (tasks.load_task("sst2", "train", data_dir=samples_dir, limit=16),
+            tasks.load_task("sst2", "validation", data_dir=samples_dir, limit=8))
+
+
+@pytest.fixture(scope="module")
+def tt_expert(tiny_bert, sst2) -> experts.Expert:
+    train, valid = sst2
+    return experts.train_expert(_config(), tiny_bert, train_data=train, eval_data=valid)
+
+
+@pytest.fixture(scope="module")
+def lora_expert(tiny_bert, sst2) -> experts.Expert:
+    train, valid = sst2
+    return experts.train_expert(_config(method="lora", lr=5e-3), tiny_bert, train_data=train,
+                                eval_data=valid)
+
+
+@pytest.fixture
+def saved(tt_expert, tmp_path):
+    path = tmp_path / "experts" / "sst2"
+    store.save_expert(tt_expert, path)
+    return path
+
+
+def _read_config(path):
+    return json.loads((path / CONFIG_FILE).read_text())
+
+
+def _write_config(path, data):
+    (path / CONFIG_FILE).write_text(json.dumps(data))
+
+
+def _rewrite_weights(path, change, update_manifest=False):
+    """Apply ``change`` to the tensor dict of the weights file (and optionally to the manifest)."""
+    tensors = load_file(str(path / WEIGHTS_FILE))
+    change(tensors)
+    save_file(tensors, str(path / WEIGHTS_FILE))
+    if update_manifest:
+        data = _read_config(path)
+        data["tensors"] = {k: {"shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")}
+                           for k, v in tensors.items()}
+        _write_config(path, data)
+
+
+def _core_key(expert, target="query", layer=0, k=0):
+    return f"encoder.layer.{layer}.attention.self.{target}.cores.{k}"
+
+
+# ----------------------------------------------------------------------------- round trip
+
+
+def test_round_trip_is_exact(tt_expert, saved, tmp_path):
+    assert sorted(os.listdir(saved)) == sorted([CONFIG_FILE, WEIGHTS_FILE])
+    assert os.listdir(saved.parent) == ["sst2"]                  # no temporary leftovers
+    loaded = store.load_expert(saved, expected_fingerprint=tt_expert.base.fingerprint)
+    assert set(loaded.tensors) == set(tt_expert.tensors)
+    for key, tensor in tt_expert.tensors.items():
+        assert loaded.tensors[key].dtype == tensor.dtype
+        assert torch.equal(loaded.tensors[key], tensor), key
+    assert loaded.config == tt_expert.config
+    assert loaded.metrics == tt_expert.metrics and loaded.metrics["eval_rows"] == 8
+    assert loaded.base == tt_expert.base
+    assert loaded.label_names == tt_expert.label_names
+    assert loaded.tt_layout == tt_expert.tt_layout
+    assert loaded.history == tt_expert.history
+    assert loaded.name == tt_expert.name and loaded.created == tt_expert.created
+    assert loaded.trainable_params() == tt_expert.trainable_params()
+    # saving the loaded expert again gives the same tensors and the same config file
+    again = tmp_path / "again"
+    store.save_expert(loaded, again)
+    reread = load_file(str(again / WEIGHTS_FILE))
+    assert set(reread) == set(tt_expert.tensors)
+    assert all(torch.equal(reread[k], v) for k, v in tt_expert.tensors.items())
+    assert _read_config(again) == _read_config(saved)
+
+
+def test_config_records_paper_layout(tt_expert, saved):
+    data = _read_config(saved)
+    assert data["format"] == store.FORMAT and data["method"] == "tt-lora"
+    assert data["rank"] == 5 and data["alpha"] == 16.0 and data["targets"] == ["query", "value"]
+    assert data["trainable_params"] == sum(t.numel() for t in tt_expert.tensors.values())
+    for target in ("query", "value"):
+        info = data["tt"][target]
+        assert info["core_shapes"][0][0] == 1 and info["core_shapes"][-1][2] == 1
+        assert [s[1] for s in info["core_shapes"]] == info["in_factors"] + info["out_factors"]
+    for key, spec in data["tensors"].items():
+        assert spec["shape"] == list(tt_expert.tensors[key].shape)
+
+
+def test_weights_file_is_safetensors_not_pickle(saved):
+    raw = (saved / WEIGHTS_FILE).read_bytes()
+    (header_len,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + header_len])
+    assert set(header) - {"__metadata__"} == set(_read_config(saved)["tensors"])
+    assert not raw.startswith(b"\x80") and b"PK\x03\x04" not in raw[:4]   # neither pickle nor zip
+
+
+def test_loading_never_unpickles(saved, monkeypatch):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the store must not unpickle")
+
+    monkeypatch.setattr(torch, "load", forbidden)
+    monkeypatch.setattr(pickle, "load", forbidden)
+    monkeypatch.setattr(pickle, "loads", forbidden)
+    expert = store.load_expert(saved)
+    assert expert.tensors
+
+
+def test_overwrite_replaces_whole_folder(tt_expert, saved):
+    (saved / "stale.txt").write_text("from an older version")
+    renamed = experts.Expert(**{**tt_expert.__dict__, "name": "renamed"})
+    store.save_expert(renamed, saved)
+    assert sorted(os.listdir(saved)) == sorted([CONFIG_FILE, WEIGHTS_FILE])
+    assert os.listdir(saved.parent) == ["sst2"]
+    assert store.load_expert(saved).name == "renamed"
+
+
+def test_failed_save_leaves_previous_folder_untouched(tt_expert, saved, monkeypatch):
+    before = {name: (saved / name).read_bytes() for name in os.listdir(saved)}
+
+    def disk_full(path, data):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(store, "write_json", disk_full)
+    changed = experts.Expert(**{**tt_expert.__dict__, "name": "changed",
+                                "tensors": {k: v + 1 for k, v in tt_expert.tensors.items()}})
+    with pytest.raises(OSError, match="disk full"):
+        store.save_expert(changed, saved)
+    assert {name: (saved / name).read_bytes() for name in os.listdir(saved)} == before
+    assert os.listdir(saved.parent) == ["sst2"]                  # temp folder removed
+
+
+def test_atomic_dir_failure_keeps_old_content(tmp_path):
+    target = tmp_path / "folder"
+    with store.atomic_dir(target) as tmp:
+        (tmp / "a.txt").write_text("old")
+    assert (target / "a.txt").read_text() == "old"
+    with pytest.raises(RuntimeError):
+        with store.atomic_dir(target) as tmp:
+            (tmp / "a.txt").write_text("new")
+            (tmp / "b.txt").write_text("new")
+            raise RuntimeError("crash while writing")
+    assert os.listdir(target) == ["a.txt"] and (target / "a.txt").read_text() == "old"
+    assert os.listdir(tmp_path) == ["folder"]
+
+
+# ----------------------------------------------------------------------------- corruption
+
+
+def test_missing_folder(tmp_path):
+    with pytest.raises(StoreError, match="does not exist"):
+        store.load_expert(tmp_path / "nope")
+
+
+def test_missing_weights_file(saved):
+    (saved / WEIGHTS_FILE).unlink()
+    with pytest.raises(StoreError, match=f"{WEIGHTS_FILE}.* is missing"):
+        store.load_expert(saved)
+
+
+def test_missing_config_file(saved):
+    (saved / CONFIG_FILE).unlink()
+    with pytest.raises(StoreError, match=f"{CONFIG_FILE}.* is missing"):
+        store.load_expert(saved)
+
+
+def test_malformed_json_mentions_line(saved):
+    (saved / CONFIG_FILE).write_text('{\n  "format": "ttmoe-expert",\n  "name": oops\n}\n')
+    with pytest.raises(StoreError, match="not valid JSON.*line 3"):
+        store.load_expert(saved)
+
+
+def test_json_not_an_object(saved):
+    (saved / CONFIG_FILE).write_text("[1, 2, 3]")
+    with pytest.raises(StoreError, match="JSON object"):
+        store.load_expert(saved)
+
+
+def test_truncated_weights(saved):
+    raw = (saved / WEIGHTS_FILE).read_bytes()
+    (saved / WEIGHTS_FILE).write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(StoreError, match="truncated or corrupt"):
+        store.load_expert(saved)
+
+
+def test_garbage_weights(saved):
+    (saved / WEIGHTS_FILE).write_bytes(b"\x80\x04not a safetensors file at all")
+    with pytest.raises(StoreError, match="safetensors"):
+        store.load_expert(saved)
+
+
+def test_extra_tensor(saved):
+    _rewrite_weights(saved, lambda t: t.update({"sneaky.weight": torch.zeros(2)}))
+    with pytest.raises(StoreError, match="unexpected tensors.*sneaky.weight"):
+        store.load_expert(saved)
+
+
+def test_missing_tensor(tt_expert, saved):
+    key = _core_key(tt_expert, layer=1, k=2)
+    _rewrite_weights(saved, lambda t: t.pop(key))
+    with pytest.raises(StoreError, match=f"missing.*{key}"):
+        store.load_expert(saved)
+
+
+def test_wrong_shape_with_consistent_manifest(tt_expert, saved):
+    key = _core_key(tt_expert, target="value", layer=0, k=0)       # [1, s, r] -> [s, r, 1]
+    shape = tt_expert.tensors[key].shape
+    assert shape[0] == 1
+
+    def reshape(t):
+        t[key] = t[key].reshape(shape[1], shape[2], 1).contiguous()
+
+    _rewrite_weights(saved, reshape, update_manifest=True)
+    with pytest.raises(StoreError, match="value.* shapes"):
+        store.load_expert(saved)
+
+
+def test_wrong_shape_against_manifest(tt_expert, saved):
+    key = _core_key(tt_expert)
+
+    def grow(t):
+        t[key] = torch.cat([t[key], t[key]], dim=1)
+
+    _rewrite_weights(saved, grow)
+    with pytest.raises(StoreError, match=f"{key} has shape"):
+        store.load_expert(saved)
+
+
+def test_wrong_head_shape_with_consistent_manifest(saved):
+    _rewrite_weights(saved, lambda t: t.update({"head.weight": torch.zeros(3, 48)}),
+                     update_manifest=True)
+    with pytest.raises(StoreError, match="head.weight"):
+        store.load_expert(saved)
+
+
+def test_wrong_dtype(tt_expert, saved):
+    key = _core_key(tt_expert)
+    assert _read_config(saved)["tensors"][key]["dtype"] == "float32"
+
+    def to_double(t):
+        t[key] = t[key].double()
+
+    _rewrite_weights(saved, to_double)
+    with pytest.raises(StoreError, match="dtype float64.*float32"):
+        store.load_expert(saved)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_tensor(tt_expert, saved, value):
+    key = _core_key(tt_expert, target="value", layer=1, k=1)
+
+    def poison(t):
+        t[key] = t[key].clone()
+        t[key].view(-1)[3] = value
+
+    _rewrite_weights(saved, poison)
+    with pytest.raises(StoreError, match="NaN or infinite"):
+        store.load_expert(saved)
+
+
+def test_foreign_base_model(tt_expert, saved):
+    with pytest.raises(StoreError, match="fingerprint"):
+        store.load_expert(saved, expected_fingerprint="0" * 64)
+    assert store.load_expert(saved, expected_fingerprint=tt_expert.base.fingerprint).tensors
+
+
+def test_wrong_format_tag(saved):
+    data = _read_config(saved)
+    data["format"] = "peft-lora"
+    _write_config(saved, data)
+    with pytest.raises(StoreError, match="format 'peft-lora'"):
+        store.load_expert(saved)
+
+
+@pytest.mark.parametrize("change,pattern", [
+    (lambda d: d.pop("tensors"), "lacks the key 'tensors'"),
+    (lambda d: d["training"].update(rank=0), "bad training settings"),
+    (lambda d: d["training"].update(bogus=1), "bad training settings"),
+    (lambda d: d["base_model"].pop("fingerprint"), "bad training settings or base model"),
+])
+def test_bad_config_content(saved, change, pattern):
+    data = _read_config(saved)
+    change(data)
+    _write_config(saved, data)
+    with pytest.raises(StoreError, match=pattern):
+        store.load_expert(saved)
+
+
+def test_missing_layer_with_consistent_manifest(tt_expert, saved, tiny_bert):
+    missing = [k for k in tt_expert.tensors if k.startswith("encoder.layer.1.attention.self.query.")]
+
+    def drop(t):
+        for key in missing:
+            t.pop(key)
+
+    _rewrite_weights(saved, drop, update_manifest=True)
+    try:
+        loaded = store.load_expert(saved)
+    except StoreError as exc:
+        assert "layer.1" in str(exc) or "query" in str(exc)
+        return
+    with pytest.raises(ValueError, match="layer.1"):
+        experts.build_expert_model(loaded, tiny_bert)
+
+
+def test_list_experts_sorts_valid_and_invalid(tt_expert, tmp_path):
+    root = tmp_path / "workspace"
+    store.save_expert(tt_expert, root / "good")
+    store.save_expert(tt_expert, root / "no_weights")
+    (root / "no_weights" / WEIGHTS_FILE).unlink()
+    store.save_expert(tt_expert, root / "bad_json")
+    (root / "bad_json" / CONFIG_FILE).write_text("{")
+    shutil.copytree(root / "good", root / ".hidden")              # temp/hidden folders are skipped
+    (root / "unrelated").mkdir()                                  # not an expert folder at all
+    (root / "unrelated" / "notes.txt").write_text("hello")
+    (root / "a_file.txt").write_text("not a folder")
+    valid, invalid = store.list_experts(root)
+    assert valid == [root / "good"]
+    assert set(invalid) == {root / "no_weights", root / "bad_json"}
+    assert "missing" in invalid[root / "no_weights"]
+    assert "JSON" in invalid[root / "bad_json"]
+    assert store.list_experts(tmp_path / "does-not-exist") == ([], {})
+
+
+# ----------------------------------------------------------------------------- LoRA
+
+
+def test_lora_round_trip_same_logits(lora_expert, tiny_bert, sst2, tmp_path, reference_logits):
+    _, valid = sst2
+    assert lora_expert.config.method == "lora" and lora_expert.config.rank == 16
+    assert any("lora_B" in k for k in lora_expert.tensors)
+    path = store.save_expert(lora_expert, tmp_path / "lora")
+    loaded = store.load_expert(path)
+    assert set(loaded.tensors) == set(lora_expert.tensors)
+    assert all(torch.equal(loaded.tensors[k], v) for k, v in lora_expert.tensors.items())
+    assert loaded.config == lora_expert.config and loaded.metrics == lora_expert.metrics
+    before = experts.predict_logits(experts.build_expert_model(lora_expert, tiny_bert), tiny_bert,
+                                    valid.texts, valid.text_pairs, max_length=32)
+    after = experts.predict_logits(experts.build_expert_model(loaded, tiny_bert), tiny_bert,
+                                   valid.texts, valid.text_pairs, max_length=32)
+    assert torch.equal(before, after)
+    # and they are the logits of the merged W + (α/r)·B·A model, so the LoRA weights are applied
+    ref = reference_logits(tiny_bert, loaded, valid.texts, valid.text_pairs, 32)
+    torch.testing.assert_close(after, ref, rtol=1e-4, atol=1e-5)
+    b_norm = sum(float(v.norm()) for k, v in loaded.tensors.items() if "lora_B" in k)
+    assert b_norm > 0                                             # trained away from B = 0
