@@ -1,10 +1,23 @@
-"""TT-LoRA MoE Studio — navigation only (pages live in pages/)."""
+"""TT-LoRA MoE Studio: navigation only (each page lives in pages/)."""
 
 import streamlit as st
 
-st.set_page_config(page_title="TT-LoRA MoE Studio", page_icon="🧩", layout="wide")
-st.title("TT-LoRA MoE Studio")
-st.write("The engine (`ttmoe_core`) is ready from the command line; the pages are coming: "
-         "budget calculator, expert training, router, playground.")
-st.code("python -m ttmoe_core budget --model llama-3.2-1b --method tt-lora --rank 5 "
-        "--targets q_proj,v_proj --shape q_proj=16,8,4,4,4,4,8,16 --shape v_proj=16,16,4,2,2,16,16")
+st.set_page_config(page_title="TT-LoRA MoE Studio", page_icon=":material/hub:", layout="wide")
+st.set_option("client.showErrorDetails", "type")  # a bug shows its type, never a traceback
+st.set_option("client.toolbarMode", "viewer")
+
+st.navigation({
+    "Learn": [
+        st.Page("pages/overview.py", title="Overview", icon=":material/hub:", default=True),
+        st.Page("pages/budget.py", title="Budget calculator", icon=":material/calculate:"),
+        st.Page("pages/compare.py", title="Compare with the paper", icon=":material/compare:"),
+    ],
+    "Build": [
+        st.Page("pages/train.py", title="Train an expert", icon=":material/model_training:"),
+        st.Page("pages/experts.py", title="Experts", icon=":material/inventory_2:"),
+        st.Page("pages/router.py", title="Router", icon=":material/alt_route:"),
+    ],
+    "Use": [
+        st.Page("pages/playground.py", title="Playground", icon=":material/chat:"),
+    ],
+}).run()

@@ -1,0 +1,325 @@
+"""What the pages share: folders, cached engine objects, safe calls, small formatting helpers.
+
+A plain module (``st.navigation`` lists the pages explicitly, so this file is never a page).
+Cached resources are shared by every session of the server: the base model and each mixture are
+read-only at inference (the expert of each row travels with the call), and training works on a
+copy of the base model. Results read from disk are cached with a stamp of the files' mtimes, so a
+changed folder is read again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import streamlit as st
+
+from ttmoe_core import backbone, budget, experts, jobs, moe, router, store, tasks
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PACK_ENV = "TTMOE_PACK"              # another pack as the app's default (else assets/demo)
+WORKSPACE_ENV = "TTMOE_WORKSPACE"    # the default workspace folder (else <repo>/workspace)
+BUILD_DEMO = "python -m ttmoe_core build-demo"
+
+# what engine calls raise for bad input or files; shown as one st.error line
+ENGINE_ERRORS = (store.StoreError, tasks.DataError, experts.ConfigError, experts.TrainingError,
+                 moe.MoEError, router.RouterError, backbone.BackboneError, ValueError, OSError)
+
+
+# ----------------------------------------------------------------------------- folders
+
+
+def default_pack_dir() -> Path:
+    return Path(os.environ.get(PACK_ENV) or REPO_ROOT / "assets" / "demo")
+
+
+def default_workspace() -> Path:
+    return Path(os.environ.get(WORKSPACE_ENV) or REPO_ROOT / "workspace").expanduser()
+
+
+def _ensure_app_navigation() -> None:
+    """Rerun through app.py when Streamlit ran this page on its own (legacy pages/ mode).
+
+    Streamlit treats a ``pages/`` folder next to the entry script as a legacy multipage app
+    until the first ``st.navigation`` call of the process: a fresh server whose first visitor
+    opens a deep link (``/budget``) runs ``pages/budget.py`` alone, with the folder's listing as
+    navigation and without app.py's page config, until someone opens the root page. Switching
+    the legacy mode off and rerunning makes app.py run this page (same url path, same page).
+    Once per session at most: the rerun drops one-shot values such as a button click.
+    """
+    try:
+        from streamlit.runtime.pages_manager import PagesManager
+    except ImportError:  # a Streamlit without the legacy mode
+        return
+    if getattr(PagesManager, "uses_pages_directory", False):
+        PagesManager.uses_pages_directory = False
+        if not st.session_state.get("_app_navigation_rerun"):
+            st.session_state["_app_navigation_rerun"] = True
+            st.rerun()
+
+
+def setup() -> Path:
+    """Every page's first call: app navigation, the sidebar's settings; returns the workspace."""
+    _ensure_app_navigation()
+    if "workspace" not in st.session_state:
+        st.session_state.workspace = str(default_workspace())
+    with st.sidebar:
+        value = st.text_input("Workspace folder", value=st.session_state.workspace,
+                              help="Where trained experts and new packs are saved "
+                                   f"(default: ./workspace, or ${WORKSPACE_ENV}).")
+        st.session_state.workspace = value.strip() or str(default_workspace())
+        device = "CUDA GPU" if _cuda() else "CPU"
+        st.caption(f"Base model: all-MiniLM-L6-v2 (embedded) · device: {device}")
+    return Path(st.session_state.workspace).expanduser()
+
+
+@st.cache_resource(show_spinner=False)
+def _cuda() -> bool:
+    import torch
+    return torch.cuda.is_available()
+
+
+def packs_dir(workspace: Path) -> Path:
+    return workspace / "packs"
+
+
+def pack_choices(workspace: Path) -> dict[str, Path]:
+    """{label: folder} of the demo pack and every pack in ``<workspace>/packs``."""
+    demo = default_pack_dir()
+    choices = {f"demo pack ({short_path(demo)})": demo}
+    root = packs_dir(workspace)
+    if root.is_dir():
+        for folder in sorted(p for p in root.iterdir() if (p / store.PACK_FILE).is_file()):
+            choices[f"workspace pack: {folder.name}"] = folder
+    return choices
+
+
+def pick_pack(workspace: Path, key: str) -> Path:
+    """A selectbox of the packs (demo first); returns the chosen folder."""
+    choices = pack_choices(workspace)
+    if len(choices) == 1:
+        return next(iter(choices.values()))
+    label = st.selectbox("Pack", list(choices), key=key,
+                         help="The demo pack, or a pack built on the Router page.")
+    return choices[label]
+
+
+def pack_missing(path: Path) -> bool:
+    """True (and a friendly note on how to build it) when ``path`` holds no pack."""
+    if (path / store.PACK_FILE).is_file():
+        return False
+    if path == default_pack_dir():
+        command = (BUILD_DEMO if path == REPO_ROOT / "assets" / "demo"
+                   else f"{BUILD_DEMO} --out {path}")
+        st.info(f"The demo pack is not built yet (no `{short_path(path / store.PACK_FILE)}`). Build it "
+                f"once with\n\n```\n{command}\n```\n\nIt trains six TT-LoRA experts (MNLI, "
+                "CoLA, RTE, SST-2, QNLI, QQP) and a router on the embedded MiniLM; on a laptop "
+                "CPU this takes a while. Everything else in the app works without it.",
+                icon=":material/info:")
+    else:
+        st.warning(f"{path} holds no pack ({store.PACK_FILE} is missing).")
+    return True
+
+
+def short_path(path: Path) -> str:
+    """``path`` relative to the repository when inside it (for captions)."""
+    try:
+        return str(path.resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
+def stamp(*paths: Path) -> float:
+    """Latest mtime among the files under ``paths`` (0 when none): a cache key for folders."""
+    latest = 0.0
+    for path in paths:
+        if path.is_file():
+            latest = max(latest, path.stat().st_mtime)
+        elif path.is_dir():
+            for child in path.rglob("*.json"):
+                latest = max(latest, child.stat().st_mtime)
+            latest = max(latest, path.stat().st_mtime)
+    return latest
+
+
+# ----------------------------------------------------------------------------- safe calls
+
+
+def safe(fn: Callable[..., T], *args: Any, what: str = "", **kwargs: Any) -> T | None:
+    """``fn(*args, **kwargs)``; on failure one ``st.error`` line (never a traceback) and None."""
+    try:
+        return fn(*args, **kwargs)
+    except ENGINE_ERRORS as exc:
+        st.error(f"{what + ': ' if what else ''}{one_line(exc)}", icon=":material/error:")
+    except Exception as exc:  # a bug: log the traceback for the developer, show one line
+        log.exception("unexpected error in %s", getattr(fn, "__name__", fn))
+        st.error(f"Unexpected error{' in ' + what if what else ''}: {type(exc).__name__}: "
+                 f"{one_line(exc)}", icon=":material/error:")
+    return None
+
+
+def one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+# ----------------------------------------------------------------------------- cached engine objects
+
+
+@st.cache_resource(show_spinner="Loading the base model (all-MiniLM-L6-v2)…")
+def get_backbone() -> backbone.Backbone:
+    """The frozen base model, shared by all sessions (never modified: training copies it)."""
+    return backbone.load_backbone()
+
+
+@st.cache_resource(show_spinner="Loading the mixture (experts + router)…", max_entries=4)
+def get_mixture(path: str, folder_stamp: float) -> moe.TTLoRAMoE:
+    """A pack's mixture on the shared base model; ``folder_stamp`` reloads it when files change."""
+    return moe.TTLoRAMoE.from_pack(path, backbone=get_backbone())
+
+
+@st.cache_resource
+def job_registry() -> jobs.JobRegistry:
+    """The server's background jobs (survive reruns and page changes)."""
+    return jobs.JobRegistry()
+
+
+def expert_info(expert: experts.Expert, folder: Path) -> dict:
+    """Plain-data summary of an expert for tables and captions."""
+    cfg = expert.config
+    head = sum(t.numel() for k, t in expert.tensors.items() if k.startswith("head."))
+    metric = (tasks.primary_metric(cfg.task) if cfg.task in tasks.TASKS
+              else ("pearson" if expert.is_regression else "accuracy"))
+    return {"name": expert.name, "folder": str(folder), "task": cfg.task, "method": cfg.method,
+            "rank": cfg.rank, "alpha": cfg.alpha, "targets": list(cfg.targets or []),
+            "tt_layout": {t: {"in_factors": list(l["in_factors"]), "out_factors": list(l["out_factors"])}
+                          for t, l in expert.tt_layout.items()},
+            "label_names": list(expert.label_names), "metrics": dict(expert.metrics),
+            "metric": metric, "metric_value": expert.metrics.get(metric),
+            "history": list(expert.history), "data": dict(expert.data), "created": expert.created,
+            "training": cfg.to_dict(), "trainable_params": expert.trainable_params(),
+            "adapter_params": expert.adapter_params(), "head_params": head,
+            "base": expert.base.to_dict()}
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def pack_summary(path: str, folder_stamp: float) -> dict:
+    """{"error"} or the pack's manifest, experts (``expert_info``) and stored router metrics."""
+    try:
+        pack = store.load_pack(path)
+    except (store.StoreError, OSError, ValueError) as exc:
+        return {"error": one_line(exc)}
+    router_info = None
+    if pack.router_config is not None:
+        router_info = {"config": pack.router_config.to_dict(), "metrics": pack.router_metrics,
+                       "params": (pack.manifest.get("router") or {}).get("params")}
+    folder = Path(path)
+    infos = [expert_info(e, folder / "experts" / e.name) for e in pack.experts]
+    created = pack.manifest.get("created") or max((i["created"] for i in infos), default="")
+    return {"path": path, "names": pack.names, "manifest": pack.manifest, "router": router_info,
+            "experts": infos, "created": created, "base_model": pack.base_model}
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def folder_experts(root: str, folder_stamp: float) -> tuple[list[dict], dict[str, str]]:
+    """Experts under ``root`` (one level): ([expert_info], {invalid folder: reason})."""
+    valid, invalid = store.list_experts(root)
+    infos = []
+    for folder in valid:
+        try:
+            infos.append(expert_info(store.load_expert(folder), folder))
+        except store.StoreError as exc:  # changed between the listing and now
+            invalid[folder] = str(exc)
+    return infos, {str(k): v for k, v in invalid.items()}
+
+
+def lora_reference(info: dict) -> int | None:
+    """LoRA r16 parameters on the same targets of the same base model (None when unknown)."""
+    name = info["base"].get("name", "")
+    if name not in budget.PRESETS or not info["targets"]:
+        return None
+    try:
+        return budget.compute_budget(name, "lora", rank=budget.DEFAULT_LORA_RANK,
+                                     targets=info["targets"]).trainable_params
+    except ValueError:
+        return None
+
+
+# ----------------------------------------------------------------------------- formatting
+
+
+def fmt_date(iso: str | None) -> str:
+    """``2026-11-24T22:27:46+00:00`` -> ``2026-11-24 22:27 UTC`` (unknown: "date unknown")."""
+    if not iso:
+        return "date unknown"
+    try:
+        when = dt.datetime.fromisoformat(iso)
+    except ValueError:
+        return iso
+    if when.tzinfo is not None:
+        when = when.astimezone(dt.timezone.utc)
+    return when.strftime("%Y-%m-%d %H:%M") + " UTC"
+
+
+def fmt_metric(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else ("–" if value is None else str(value))
+
+
+def training_caption(info: dict) -> str:
+    """Where an expert's numbers come from: date, settings, data."""
+    cfg = info["training"]
+    data = info.get("data") or {}
+    parts = [f"trained {fmt_date(info['created'])}", f"{cfg.get('steps')} steps",
+             f"batch {cfg.get('batch_size')}", f"lr {cfg.get('lr'):g}" if cfg.get("lr") else "",
+             f"max length {cfg.get('max_length')}", f"init {cfg.get('init')}", f"seed {cfg.get('seed')}"]
+    text = " · ".join(p for p in parts if p)
+    if data.get("eval"):
+        text += f". Validation: {data.get('eval_rows', '?')} rows of {data['eval']}"
+    return text + "."
+
+
+def shape_text(layout: dict) -> str:
+    """``{"in_factors": [8, 8, 6], "out_factors": [6, 8, 8]}`` -> ``8,8,6 | 6,8,8``."""
+    return (",".join(map(str, layout["in_factors"])) + " | "
+            + ",".join(map(str, layout["out_factors"])))
+
+
+def parse_shape(text: str, d_in: int, d_out: int) -> tuple[list[int] | None, str | None]:
+    """A typed TT shape: (None, None) for "automatic"/empty, (shape, None) or (None, error)."""
+    from ttmoe_core import tt
+
+    text = (text or "").strip().lower()
+    if text in ("", "auto", "automatic"):
+        return None, None
+    try:
+        shape = [int(part) for part in text.replace(" ", "").replace("|", ",").split(",") if part]
+    except ValueError:
+        return None, f"“{text}” is not a list of integers: write e.g. 8,8,6,6,8,8 or “automatic”"
+    try:
+        m, n = tt.split_shape(shape, d_in, d_out)
+    except ValueError as exc:
+        return None, str(exc)
+    return m + n, None
+
+
+def fmt_bytes(num_bytes: int) -> str:
+    """``135680`` -> ``132.5 KiB`` (binary units)."""
+    value = float(num_bytes)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            break
+        value /= 1024
+    return f"{value:.0f} B" if unit == "B" else f"{value:.1f} {unit}"
+
+
+def default_state(key: str, value: Any) -> None:
+    """Give a keyed widget its first value through session state (so callbacks may change it)."""
+    if key not in st.session_state:
+        st.session_state[key] = value

@@ -1,0 +1,128 @@
+"""Compare with the paper: the committed report (reports/) and a background re-run of `small`."""
+
+import datetime as dt
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from pages import common
+from ttmoe_core import report
+
+REPORT_ENV = "TTMOE_REPORT_DIR"        # another report folder to show (else <repo>/reports)
+COMMAND = "python -m ttmoe_core report --budget full --out reports"
+
+workspace = common.setup()
+registry = common.job_registry()
+ss = st.session_state
+
+
+def committed_dir() -> Path:
+    return Path(os.environ.get(REPORT_ENV) or common.REPO_ROOT / "reports")
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def load_results(path: str, folder_stamp: float) -> dict:
+    """{"error"} or the report's results.json (``folder_stamp`` reloads it when files change)."""
+    try:
+        data = json.loads((Path(path) / report.RESULTS_FILE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {"error": f"no {report.RESULTS_FILE} in {path}"}
+    except (OSError, ValueError) as exc:
+        return {"error": f"cannot read {Path(path) / report.RESULTS_FILE}: {common.one_line(exc)}"}
+    if not isinstance(data, dict) or "experiments" not in data or "meta" not in data:
+        return {"error": f"{Path(path) / report.RESULTS_FILE} is not a report's results"}
+    return data
+
+
+def show_report(results: dict, key: str) -> None:
+    """Headline numbers, the paper's claims with their verdicts, then each section's tables and plots."""
+    meta, machine = results["meta"], results["meta"]["machine"]
+    exps = results["experiments"]
+    holds = sum(exp["claim"]["verdict"] == "holds" for exp in exps.values())
+    cols = st.columns(4)
+    cols[0].metric("Budget", meta["budget"])
+    cols[1].metric("Run time", f"{meta['seconds'] / 60:.1f} min",
+                   help="Wall time of the whole run, training included.")
+    cols[2].metric("Finished", common.fmt_date(meta.get("finished")))
+    cols[3].metric("Paper's claims that hold here", f"{holds} of {len(exps)}")
+    st.caption(f"{machine.get('gpu') or machine['cpu']} · {machine['usable_cpus'] or machine['logical_cpus']} "
+               f"cores · torch {machine['torch']}, {machine['torch_threads']} threads on {machine['device']} · "
+               f"load average {machine['load_average_at_start']} at start · base model "
+               f"{meta['base_model']['name']} · seed {meta['seed']} · `{meta['command']}`")
+    st.dataframe(pd.DataFrame([{"experiment": report.SECTION_TITLES[name], "paper's claim": exp["claim"]["paper"],
+                                "here": exp["claim"]["verdict"], "evidence": exp["claim"]["evidence"]}
+                               for name, exp in exps.items()]), hide_index=True)
+    figures = report.build_figures(results)
+    names = [name for name in report.SECTIONS if name in exps]
+    for name, tab in zip(names, st.tabs([report.SECTION_TITLES[n].split(" (")[0] for n in names])):
+        with tab:
+            st.markdown(report.render_section(results, name, figure_links=False))
+            for fig_name in report.SECTION_FIGURES[name]:
+                if fig_name in figures:
+                    st.plotly_chart(figures[fig_name], key=f"{key}_{fig_name}")
+
+
+def job_view(job_id: str, polling: bool) -> None:
+    job = registry.get(job_id)
+    if job is None:
+        return
+    if polling and not job.running:
+        st.rerun()
+    if job.running:
+        last = job.last() or {}
+        done, total = last.get("done", 0), max(1, last.get("total", 1))
+        st.progress(min(1.0, done / total),
+                    text=f"{last.get('stage', 'starting')}: {done} of {total} · {job.elapsed:.0f} s")
+        if st.button("Cancel", key=f"cancel_report_{job_id}", icon=":material/stop_circle:"):
+            job.cancel()
+        return
+    if job.status != "done":
+        (st.warning if job.status == "cancelled" else st.error)(
+            f"The report run {job.status}: {job.error}", icon=":material/warning:")
+        return
+    out = Path(job.result["out"])
+    st.success(f"Done in {job.result['seconds']:.0f} s: `{out}`.", icon=":material/check_circle:")
+    results = load_results(str(out), common.stamp(out))
+    if "error" in results:
+        st.error(results["error"], icon=":material/error:")
+    else:
+        show_report(results, key=f"rerun_{job_id}")
+
+
+st.title("Compare with the paper")
+st.caption("The experiments of Kunwar et al. (2025) re-run with this project's code on the embedded "
+           "MiniLM: contraction vs reconstruction, TT-LoRA vs LoRA vs adapters, router variants, "
+           "expert integration and a mixed-task test against AdapterFusion. Every number below comes "
+           "from a run, with its date, machine and settings.")
+
+st.header("Committed report")
+folder = committed_dir()
+committed = load_results(str(folder), common.stamp(folder))
+if "error" in committed:
+    st.info(f"No report to show yet ({committed['error']}). Produce it with `{COMMAND}`.",
+            icon=":material/info:")
+else:
+    st.caption(f"From `{folder / report.MARKDOWN_FILE}`.")
+    show_report(committed, key="committed")
+
+st.divider()
+st.header("Re-run the small budget")
+small = report.BUDGETS["small"]
+st.caption(f"The same five experiments at CI scale ({small.steps} steps of batch {small.batch_size} per "
+           f"expert, {small.eval_rows} validation rows a task; about 5 minutes on 2 CPU cores), in the "
+           "background. The result goes to the workspace; the committed report is not touched. Its "
+           "numbers are far from the full run's: it checks that everything runs, not what holds.")
+own = registry.get(ss.get("report_job"))
+busy = own is not None and own.running
+if st.button("Run the small report", type="primary", icon=":material/play_arrow:", disabled=busy):
+    out = workspace / "reports" / f"small-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    own = registry.submit("report", f"small report {out.name}", report.report_job, "small", out)
+    ss["report_job"] = own.id
+if own is not None:
+    if own.running:
+        st.fragment(run_every=2.0)(job_view)(own.id, True)
+    else:
+        job_view(own.id, False)

@@ -1,0 +1,220 @@
+"""Router: the pack's stored router metrics; train a router for chosen experts in the background."""
+
+import datetime as dt
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from pages import common
+from ttmoe_core import budget, figures, jobs, router, store, tasks
+
+workspace = common.setup()
+registry = common.job_registry()
+ss = st.session_state
+BASE = budget.PRESETS["all-minilm-l6-v2"]      # the embedded base model's dimensions
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+VARIANT_HELP = {"paper": "the authors': last layer, last token, noisy gating (full pass)",
+                "linear": "one linear layer on the mean-pooled states of layer k",
+                "mlp": "an MLP on the mean-pooled states of layer k",
+                "fusion": "ours: MLP on layers 0..k + character n-grams of the raw text"}
+
+
+def router_report(names: list[str], metrics: dict, key: str) -> None:
+    """Confusion heatmap (counts or row-normalised), accuracy per task and per layer."""
+    left, right = st.columns([3, 2], gap="large")
+    with left:
+        normalise = st.toggle("Row-normalised", value=True, key=f"normalise_{key}",
+                              help="Each row (true task) sums to 100%; off: counts of inputs.")
+        st.plotly_chart(figures.confusion_heatmap(
+            names, metrics["confusion"], normalise=normalise,
+            title="Where each task's held-out inputs were routed"), key=f"confusion_{key}")
+    with right:
+        st.plotly_chart(figures.metric_bar(metrics.get("per_task", {}),
+                                           title="Routed to the right expert, per task"),
+                        key=f"per_task_{key}")
+        if len(metrics.get("per_layer") or {}) > 1:
+            per_layer = {f"layer {k}": v for k, v in metrics["per_layer"].items()}
+            st.plotly_chart(figures.metric_bar(per_layer, title="Accuracy per base layer k"),
+                            key=f"per_layer_{key}")
+
+
+def stored_router(pack_dir: Path) -> None:
+    summary = common.pack_summary(str(pack_dir), common.stamp(pack_dir))
+    if "error" in summary:
+        st.error(f"Cannot read the pack: {summary['error']}", icon=":material/error:")
+        return
+    info = summary["router"]
+    if info is None:
+        st.info("This pack has no router yet: train one below.")
+        return
+    metrics, cfg = info["metrics"], info["config"]
+    num_layers = summary["base_model"].get("num_layers", 0)
+    cols = st.columns(5)
+    cols[0].metric("Routing accuracy", f"{metrics.get('accuracy', float('nan')):.1%}",
+                   help="Share of held-out inputs sent to their own task's expert.")
+    cols[1].metric("Held-out inputs", f"{metrics.get('rows', 0):,}")
+    cols[2].metric("Variant", cfg["variant"], help=VARIANT_HELP.get(cfg["variant"]))
+    cols[3].metric("Base layer k", cfg["layer"],
+                   help=f"The router runs the base model up to layer k: "
+                        f"{cfg['layer']}/{num_layers} of a pass.")
+    cols[4].metric("Router parameters", f"{info['params']:,}" if info.get("params") else "–")
+    router_report(summary["names"], metrics, key=f"stored_{pack_dir}")
+    build = summary["manifest"].get("build") or {}
+    sources = metrics.get("sources") or {}
+    st.caption(
+        f"Stored in `{common.short_path(pack_dir / store.ROUTER_CONFIG_FILE)}` "
+        f"({common.fmt_date(summary['manifest'].get('created') or summary['created'])}). "
+        f"Trained on {metrics.get('train_rows', '?')} inputs ({cfg['epochs']} epochs, lr "
+        f"{cfg['lr']:g}, max length {cfg['max_length']}); scored on {metrics.get('rows', '?')} "
+        "held-out inputs the router never saw.")
+    with st.expander("Where the held-out inputs come from"):
+        if build.get("command"):
+            st.markdown(f"Pack built with `{build['command']}`.")
+        st.markdown("\n".join(f"- **{k}**: {v}" for k, v in sources.items()))
+
+
+def save_result(result: dict, layer_idx: int) -> None:
+    """Write the chosen layer's router into the new pack (``store.save_router``)."""
+    best = result["results"][layer_idx]
+    report = best["report"].to_dict()
+    report.pop("history", None)
+    metrics = {**report, "train_rows": result["train_rows"], "held_out_rows": result["held_out_rows"],
+               "sources": result["sources"],
+               "per_layer": {str(r["layer"]): r["report"].accuracy for r in result["results"]},
+               "cost_fraction_of_pass": best["cost"]}
+    store.save_router(result["pack"], best["router"], result["names"], metrics, result["base"],
+                      extra={"created": result["created"], "built_by": "Router page"})
+
+
+def job_view(job_id: str, polling: bool) -> None:
+    job = registry.get(job_id)
+    if job is None:
+        return
+    if polling and not job.running:
+        st.rerun()
+    if job.running:
+        last = job.last() or {}
+        done, total = last.get("done", 0), max(1, last.get("total", 1))
+        st.progress(min(1.0, done / total),
+                    text=f"{last.get('stage', 'starting')}: {done} of {total} · {job.elapsed:.0f} s")
+        if st.button("Cancel", key=f"cancel_router_{job_id}", icon=":material/stop_circle:"):
+            job.cancel()
+        return
+    if job.status != "done":
+        (st.warning if job.status == "cancelled" else st.error)(
+            f"Router training {job.status}: {job.error}", icon=":material/warning:")
+        return
+    result = job.result
+    rows = [{"layer k": r["layer"], "held-out accuracy": r["report"].accuracy,
+             "cost (share of a pass)": r["cost"], "parameters": router.router_params(r["router"])}
+            for r in result["results"]]
+    best = max(range(len(rows)), key=lambda i: rows[i]["held-out accuracy"])
+    st.success(f"Trained {len(rows)} router(s) for {', '.join(result['names'])}: best "
+               f"{rows[best]['held-out accuracy']:.1%} on layer {rows[best]['layer k']}.",
+               icon=":material/check_circle:")
+    st.dataframe(pd.DataFrame(rows), hide_index=True, column_config={
+        "held-out accuracy": st.column_config.NumberColumn(format="%.3f"),
+        "cost (share of a pass)": st.column_config.NumberColumn(format="%.2f")})
+    chosen = st.selectbox("Show and save the router of layer", range(len(rows)), index=best,
+                          format_func=lambda i: f"k = {rows[i]['layer k']}", key=f"pick_{job_id}")
+    report = result["results"][chosen]["report"]
+    metrics = {"confusion": report.confusion, "per_task": report.per_task,
+               "per_layer": {str(r["layer"]): r["report"].accuracy for r in result["results"]}}
+    router_report(result["names"], metrics, key=f"job_{job_id}")
+    st.caption(f"Trained {common.fmt_date(result['created'])} on {result['train_rows']} inputs; "
+               f"scored on {result['held_out_rows']} held-out inputs: "
+               + "; ".join(f"{k}: {v}" for k, v in result["sources"].items()))
+    saved = (Path(result["pack"]) / store.ROUTER_CONFIG_FILE).is_file()
+    if st.button("Save this router to the pack", type="primary", key=f"save_{job_id}_{chosen}"):
+        if common.safe(save_result, result, chosen, what="save") is None:
+            saved = (Path(result["pack"]) / store.ROUTER_CONFIG_FILE).is_file()
+            if saved:
+                st.success(f"Saved to `{result['pack']}`: choose it as the pack on the Playground.")
+    if not saved:
+        st.caption(f"The pack `{result['pack']}` holds the experts; save a router to use it.")
+
+
+st.title("Router")
+st.caption("The router reads the frozen base model (up to layer k) and picks one expert per input; "
+           "it is trained on the task id while the experts stay frozen.")
+
+# ----------------------------------------------------------------------------- stored router
+st.header("Stored router")
+pack_dir = common.pick_pack(workspace, key="router_pack")
+if not common.pack_missing(pack_dir):
+    stored_router(pack_dir)
+
+# ----------------------------------------------------------------------------- new router
+st.divider()
+st.header("Train a router")
+st.caption("Choose experts (from the demo pack and your workspace): they are copied into a new "
+           "pack under the workspace, and a router is trained for them on their tasks' data.")
+options: dict[str, dict] = {}
+demo_experts = common.default_pack_dir() / "experts"
+for prefix, root in (("demo pack", demo_experts), ("workspace", workspace)):
+    if root.is_dir():
+        infos, _ = common.folder_experts(str(root), common.stamp(root))
+        options.update({f"{prefix} / {i['name']} ({i['task']}, {i['method']})": i for i in infos})
+if not options:
+    st.info("No experts to route between yet: build the demo pack "
+            f"(`{common.BUILD_DEMO}`) or train experts on the Train page.")
+else:
+    common.default_state("router_experts", [k for k in options if k.startswith("demo pack")])
+    chosen = st.multiselect("Experts", list(options), key="router_experts")
+    col_a, col_b, col_c = st.columns(3)
+    variant = col_a.selectbox("Variant", router.VARIANTS, index=router.VARIANTS.index("fusion"),
+                              help="; ".join(f"{v}: {h}" for v, h in VARIANT_HELP.items()))
+    col_a.caption(VARIANT_HELP[variant][0].upper() + VARIANT_HELP[variant][1:] + ".")
+    layers = col_a.multiselect("Base layer(s) k", list(range(BASE.num_layers + 1)), default=[2],
+                               disabled=variant == "paper",
+                               help="One router per layer; the paper variant reads the last layer.")
+    per_task = col_b.number_input("Training inputs per task", 10, 100_000, 300)
+    held_out = col_b.number_input("Held-out inputs per task", 10, 10_000, 100)
+    epochs = col_c.number_input("Epochs", 1, 1000, 60)
+    common.default_state("router_pack_name", dt.datetime.now().strftime("pack-%Y%m%d-%H%M"))
+    pack_name = col_c.text_input("New pack name", key="router_pack_name").strip()
+    new_pack = common.packs_dir(workspace) / pack_name
+    picked = [options[c] for c in chosen]
+    problems = []
+    if len(chosen) < 2:
+        problems.append("Choose at least two experts.")
+    unknown = [i["name"] for i in picked if i["task"] not in tasks.TASKS]
+    if unknown:
+        problems.append(f"{', '.join(unknown)}: trained on an uploaded file, not a known task, so "
+                        "there is no task data to teach the router with.")
+    if variant != "paper" and not layers:
+        problems.append("Choose at least one layer.")
+    if not NAME_PATTERN.match(pack_name):
+        problems.append("Pack name: letters, digits, “_”, “-” and “.” only.")
+    elif new_pack.exists():
+        problems.append(f"{new_pack} already exists: choose another pack name.")
+    layouts = {json.dumps(i["tt_layout"], sort_keys=True) for i in picked}
+    if any(i["method"] != "tt-lora" for i in picked) or len(layouts) > 1:
+        st.caption(":material/info: The Playground serves TT-LoRA experts that share their TT "
+                   "shapes; a router for other experts can be trained and stored all the same.")
+    for problem in problems:
+        st.caption(f":material/warning: {problem}")
+    own = registry.get(ss.get("router_job"))
+    if own is None and registry.running("router"):
+        own = registry.running("router")[0]  # a run started before a reload, or in another tab
+    busy = own is not None and own.running
+    if st.button("Train router", type="primary", icon=":material/alt_route:",
+                 disabled=bool(problems) or busy):
+        config = router.RouterConfig(variant=variant, layer=max(layers) if layers else None,
+                                     epochs=int(epochs))
+        base_model = common.safe(common.get_backbone, what="base model")
+        if base_model is not None:
+            own = registry.submit(
+                "router", f"{pack_name} ({variant})", jobs.train_router_job, config,
+                sorted(layers) or [BASE.num_layers], base_model,
+                [Path(i["folder"]) for i in picked], new_pack, int(per_task), int(held_out))
+            ss["router_job"] = own.id
+    if own is not None:
+        st.subheader("This run")
+        if own.running:
+            st.fragment(run_every=1.0)(job_view)(own.id, True)
+        else:
+            job_view(own.id, False)

@@ -1,0 +1,245 @@
+"""Train an expert: pick data and settings, train in the background, watch the loss, save."""
+
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from pages import common
+from ttmoe_core import budget, experts, figures, jobs, tasks
+
+workspace = common.setup()
+registry = common.job_registry()
+ss = st.session_state
+BASE = budget.PRESETS["all-minilm-l6-v2"]      # the embedded base model's dimensions
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+UPLOAD_SEED = 0
+METHOD_LABELS = {"tt-lora": "TT-LoRA", "lora": "LoRA (PEFT)", "adapter": "Bottleneck adapter"}
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def parse_upload(file_name: str, content: bytes, label_task: str | None) -> tasks.TaskData:
+    """An uploaded CSV/JSONL as TaskData (DataError, with the upload's name, when it is bad)."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / Path(file_name).name
+        path.write_bytes(content)
+        try:
+            return tasks.load_file(path, task=label_task)
+        except tasks.DataError as exc:
+            raise tasks.DataError(str(exc).replace(str(path), file_name)) from None
+
+
+def split_upload(data: tasks.TaskData) -> tuple[tasks.TaskData, tasks.TaskData]:
+    """A seeded 80/20 split of an uploaded file into training and validation rows."""
+    order = np.random.default_rng(UPLOAD_SEED).permutation(len(data))
+    cut = int(round(0.8 * len(data)))
+    note = f"{data.source}: seeded 80/20 split (seed {UPLOAD_SEED})"
+    return (data.select(sorted(order[:cut]), f"{note}, first part"),
+            data.select(sorted(order[cut:]), f"{note}, second part"))
+
+
+def show_result(result: dict) -> None:
+    """Validation metrics, confusion matrix and loss curve of a finished run."""
+    metrics = result["metrics"]
+    st.success(f"Saved expert **{result['name']}** to `{result['path']}`.",
+               icon=":material/check_circle:")
+    scores = {k: v for k, v in metrics.items() if isinstance(v, float) and k != "train_seconds"}
+    cols = st.columns(len(scores) + 2)
+    for col, (key, value) in zip(cols, scores.items()):
+        col.metric(f"Validation {key}", f"{value:.3f}")
+    cols[-2].metric("Training time", f"{metrics.get('train_seconds', 0):.1f} s")
+    cols[-1].metric("Trainable parameters", f"{result['trainable_params']:,}",
+                    help=f"adapter {result['adapter_params']:,} + task head")
+    left, right = st.columns(2)
+    if metrics.get("confusion"):
+        left.plotly_chart(figures.confusion_heatmap(
+            result["label_names"], metrics["confusion"], title="Confusion on the validation rows",
+            x_title="predicted", y_title="true label"), key=f"confusion_{result['path']}")
+    if result["history"]:
+        right.plotly_chart(figures.loss_curve(result["history"]), key=f"loss_{result['path']}")
+    data = result["data"]
+    st.caption(f"Trained {common.fmt_date(result['created'])} on {data.get('train_rows')} rows of "
+               f"{data.get('train')}; validated on {data.get('eval_rows')} rows of {data.get('eval')}.")
+    st.page_link("pages/experts.py", label="Look inside it on the Experts page",
+                 icon=":material/inventory_2:")
+
+
+def job_view(job_id: str, polling: bool) -> None:
+    """Progress of one training job; a finished job shows its result."""
+    job = registry.get(job_id)
+    if job is None:
+        return
+    if polling and not job.running:
+        st.rerun()  # the whole page once more, without the timer
+    last = job.last() or {}
+    curve = [e for e in job.events if e.get("stage") == "training" and "loss" in e]
+    if job.running:
+        train_event = job.last(stage="training") or {}
+        step, total = train_event.get("step", 0), train_event.get("total", 1)
+        if last.get("stage") == "evaluating":
+            text = f"Evaluating on {last['rows']} validation rows…"
+        elif last.get("stage") == "loading data":
+            text = "Loading the task data…"
+        else:
+            text = f"Step {step} of {total}"
+            if "loss" in train_event:
+                text += (f" · loss {train_event['loss']:.4f} · "
+                         f"{train_event['examples_per_s']:.1f} examples/s")
+        st.progress(min(1.0, step / max(1, total)), text=f"{text} · {job.elapsed:.0f} s")
+        if curve:
+            st.plotly_chart(figures.loss_curve(curve), key=f"live_loss_{job_id}")
+        if st.button("Cancel training", key=f"cancel_{job_id}", icon=":material/stop_circle:"):
+            job.cancel()
+            st.toast("Cancelling at the next step…")
+    elif job.status == "done":
+        show_result(job.result)
+    elif job.status == "cancelled":
+        st.warning(f"Training was cancelled ({job.error or 'stopped'}); nothing was saved.",
+                   icon=":material/stop_circle:")
+    else:
+        st.error(f"Training failed: {job.error}", icon=":material/error:")
+
+
+st.title("Train an expert")
+st.caption("One TT-LoRA expert (or a LoRA or bottleneck-adapter baseline) on one task, on the "
+           "frozen embedded MiniLM. Training runs in the background: you may leave this page "
+           "and come back.")
+
+# ----------------------------------------------------------------------------- data
+st.subheader("Data")
+source = st.radio("Training data", ["Task from the data folder", "Upload a CSV/JSONL file"],
+                  horizontal=True, key="train_source")
+task_name, train_data, eval_data, ready = None, None, None, True
+data_dir = tasks.default_data_dir()
+if source == "Task from the data folder":
+    available = tasks.available_tasks()
+    if not available:
+        st.error(f"No task data found: set ${tasks.DATA_DIR_ENV} to a folder in the hub layout "
+                 "(<dir>/<task>/<split>.parquet).", icon=":material/error:")
+        ready = False
+    else:
+        common.default_state("train_task", "sst2" if "sst2" in available else available[0])
+        col_task, col_about = st.columns([1, 2], vertical_alignment="bottom")
+        task_name = col_task.selectbox("Task", available, key="train_task")
+        spec = tasks.TASKS[task_name]
+        col_about.caption(f"Labels: {', '.join(spec.label_names) or 'a score (regression)'} · "
+                          f"metric {tasks.primary_metric(spec)} · data from `{data_dir}` (train "
+                          "split for training, validation split for the scores).")
+else:
+    upload = st.file_uploader("CSV or JSONL with columns text, optional text_pair, label",
+                              type=["csv", "tsv", "jsonl", "json"], key="train_upload")
+    label_task = st.selectbox("Label names", ["from the file"] + list(tasks.TASKS),
+                              help="Read labels as this task's label names (e.g. sst2: negative, "
+                                   "positive), or take the names found in the file.")
+    ready = False
+    if upload is None:
+        st.info("Upload a file to train on it: one row per example.")
+    else:
+        try:
+            data = parse_upload(upload.name, upload.getvalue(),
+                                None if label_task == "from the file" else label_task)
+            if len(data) < 5:
+                raise tasks.DataError(f"{upload.name} has {len(data)} rows: at least 5 are needed "
+                                      "(80% train, 20% validation)")
+            if not data.labels:
+                raise tasks.DataError(f"{upload.name} has no labels")
+        except tasks.DataError as exc:
+            st.error(str(exc), icon=":material/error:")
+        else:
+            train_data, eval_data = split_upload(data)
+            task_name = label_task if label_task != "from the file" else Path(upload.name).stem
+            ready = True
+            st.success(f"{len(data)} rows, labels {', '.join(data.label_names)}: "
+                       f"{len(train_data)} for training, {len(eval_data)} for validation.")
+
+# ----------------------------------------------------------------------------- settings
+st.subheader("Training settings")
+col_a, col_b, col_c = st.columns(3)
+with col_a:
+    method = st.radio("Method", experts.METHODS, horizontal=True, key="train_method",
+                      format_func=lambda m: METHOD_LABELS.get(m, m))
+    defaults = experts.METHOD_DEFAULTS[method]
+    rank = st.number_input("Reduction factor (bottleneck = 384 / factor)" if method == "adapter"
+                           else "Rank", 1, 384, defaults["rank"], key=f"train_rank_{method}")
+    alpha = st.number_input("α (scale of ΔW)", 0.01, 1024.0, defaults["alpha"],
+                            key=f"train_alpha_{method}", disabled=method == "adapter")
+    lr = st.number_input("Learning rate", 1e-6, 1.0, defaults["lr"], step=1e-4, format="%.1e",
+                         key=f"train_lr_{method}")
+with col_b:
+    steps = st.number_input("Steps", 1, 100_000, 300, key="train_steps")
+    batch_size = st.number_input("Batch size", 1, 1024, 32, key="train_batch")
+    max_length = st.number_input("Max length (tokens)", 8, 512, 128, key="train_max_length")
+    eval_limit = st.number_input("Validation rows (at most)", 1, 100_000, 500, key="train_eval_rows",
+                                 disabled=source != "Task from the data folder")
+with col_c:
+    init = st.selectbox("TT init", ["zero", "kaiming"], key="train_init",
+                        disabled=method != "tt-lora",
+                        help="zero: ΔW = 0 at step 0, as LoRA (the default, measured better); "
+                             "kaiming: the paper's normalised Kaiming cores.")
+    seed = st.number_input("Seed", 0, 2**31 - 1, 0, key="train_seed")
+    shapes: dict[str, list[int]] = {}
+    if method == "tt-lora":
+        for target in BASE.default_targets():
+            d_in, d_out = BASE.module_shape(target)
+            shape, error = common.parse_shape(
+                st.text_input(f"TT shape of {target} ({d_in} → {d_out})", "automatic",
+                              key=f"train_shape_{target}"), d_in, d_out)
+            if error:
+                st.error(error, icon=":material/error:")
+                ready = False
+            elif shape is not None:
+                shapes[target] = shape
+
+default_name = task_name or "expert"
+col_name, col_where = st.columns([1, 2], vertical_alignment="bottom")
+name = col_name.text_input("Expert name", default_name, key=f"train_name_{default_name}",
+                           help="Its folder in the workspace.").strip()
+col_where.caption(f"Saved to `{workspace / name}`.")
+out_dir = workspace / name
+name_ok = bool(NAME_PATTERN.match(name))
+overwrite = False
+if not name_ok:
+    st.error("Use letters, digits, “_”, “-” and “.” only (up to 64), starting with a letter "
+             "or digit.",
+             icon=":material/error:")
+elif out_dir.exists():
+    overwrite = st.checkbox(f"Replace the existing `{out_dir}`", key="train_overwrite")
+
+own_job = registry.get(ss.get("train_job"))
+if own_job is None and registry.running("train"):
+    own_job = registry.running("train")[0]  # a run started before a reload, or in another tab
+busy = own_job is not None and own_job.running
+if st.button("Train", type="primary", icon=":material/model_training:",
+             disabled=busy or not ready or not name_ok or (out_dir.exists() and not overwrite),
+             help="A training run is going on (one at a time)." if busy else None):
+    config = experts.ExpertConfig(
+        task=task_name, method=method, rank=int(rank), alpha=float(alpha), lr=float(lr),
+        shapes=shapes or None, init=init, steps=int(steps), batch_size=int(batch_size),
+        max_length=int(max_length), seed=int(seed), eval_limit=int(eval_limit))
+    resolved = common.safe(config.resolved, what="settings")
+    base_model = common.safe(common.get_backbone, what="base model") if resolved else None
+    if resolved and base_model:
+        job = registry.submit("train", f"{name} ({task_name}, {method}, {int(steps)} steps)",
+                              jobs.train_expert_job, config, base_model, out_dir, name,
+                              train_data=train_data, eval_data=eval_data)
+        ss["train_job"] = job.id
+        own_job = job
+
+# ----------------------------------------------------------------------------- progress
+if own_job is not None:
+    st.subheader("This run")
+    if own_job.running:
+        st.fragment(run_every=1.0)(job_view)(own_job.id, True)
+    else:
+        job_view(own_job.id, False)
+
+runs = registry.list("train")
+if runs:
+    with st.expander(f"Runs on this server ({len(runs)})"):
+        st.dataframe(pd.DataFrame([{
+            "run": label, "status": job.status, "seconds": round(job.elapsed, 1),
+            "saved to": (job.result or {}).get("path", ""), "error": job.error or ""}
+            for job, label in runs]), hide_index=True)

@@ -1,0 +1,350 @@
+"""Every page of the app under streamlit's AppTest: renders, main widgets, one real interaction.
+
+Pages run through app.py (st.navigation) with ``switch_page``. The workspace is a temporary
+folder; task data come from the shipped samples. Tests that need the demo pack (assets/demo, or
+$TTMOE_PACK) skip when it has not been built.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = REPO_ROOT / "assets" / "samples"
+PACK = Path(os.environ.get("TTMOE_PACK") or REPO_ROOT / "assets" / "demo")
+needs_pack = pytest.mark.skipif(not (PACK / "pack.json").is_file(),
+                                reason=f"no demo pack at {PACK} (python -m ttmoe_core build-demo)")
+PAGES = ["overview", "budget", "train", "experts", "router", "playground"]
+REVIEW = "a gorgeous , witty , seductive movie ."
+
+
+@pytest.fixture(autouse=True)
+def _env(monkeypatch, tmp_path):
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    monkeypatch.setenv("TTMOE_WORKSPACE", str(workspace))
+    monkeypatch.setenv("TTMOE_DATA_DIR", str(SAMPLES))
+    return workspace
+
+
+def open_page(page: str) -> AppTest:
+    at = AppTest.from_file(str(REPO_ROOT / "app.py"), default_timeout=120)
+    at.run()
+    if page != "overview":
+        at.switch_page(f"pages/{page}.py")
+        at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def button(at: AppTest, label: str):
+    return next(b for b in at.button if b.label == label)
+
+
+def by_label(widgets, prefix: str):
+    return next(w for w in widgets if w.label.startswith(prefix))
+
+
+def metric(at: AppTest, label: str) -> str:
+    return next(m.value for m in at.metric if m.label == label)
+
+
+# ----------------------------------------------------------------------------- every page
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_page_renders_with_its_main_widgets(page):
+    at = open_page(page)
+    assert at.title, "every page has a title"
+    if page == "overview":
+        assert len(at.page_link) == 5
+    elif page == "budget":
+        assert button(at, "Paper preset (LLaMA-3.2-1B)")
+        assert by_label(at.selectbox, "Method").value == "tt-lora"
+        assert metric(at, "Trainable parameters") == "9,360"  # MiniLM q/v, rank 5 (default)
+    elif page == "train":
+        assert by_label(at.selectbox, "Task").value == "sst2" and button(at, "Train")
+    elif page == "experts":
+        assert [h.value for h in at.header][:2] == ["Workspace", "Demo pack"]
+    elif page == "router":
+        assert "Train a router" in [h.value for h in at.header]
+    elif page == "playground" and (PACK / "pack.json").is_file():
+        assert at.text_area(key="pg_text").value == REVIEW and button(at, "Route and answer")
+
+
+@pytest.mark.parametrize("page", ["overview", "experts", "router", "playground"])
+def test_missing_demo_pack_gives_a_friendly_note(page, monkeypatch, tmp_path):
+    monkeypatch.setenv("TTMOE_PACK", str(tmp_path / "no-pack"))
+    at = open_page(page)
+    assert any("build-demo" in info.value for info in at.info)
+    assert not at.error
+
+
+@pytest.mark.parametrize("page", ["overview", "router", "playground"])
+def test_a_corrupt_pack_is_reported_not_raised(page, monkeypatch, tmp_path):
+    pack = tmp_path / "bad-pack"
+    (pack / "experts" / "sst2").mkdir(parents=True)
+    (pack / "pack.json").write_text(json.dumps({"format": "ttmoe-pack", "experts": ["sst2"]}))
+    (pack / "experts" / "sst2" / "adapter_config.json").write_text("{}")
+    monkeypatch.setenv("TTMOE_PACK", str(pack))
+    at = open_page(page)
+    assert any("sst2" in e.value for e in at.error), [e.value for e in at.error]
+
+
+# ----------------------------------------------------------------------------- budget
+
+
+def test_budget_paper_preset_gives_the_papers_counts():
+    at = open_page("budget")
+    button(at, "Paper preset (LLaMA-3.2-1B)").click()
+    at.run()
+    assert not at.exception and not at.error
+    assert metric(at, "Trainable parameters") == "33,920"
+    assert metric(at, "LoRA r16, same targets") == "1,703,936"
+    assert by_label(at.text_input, "TT shape of q_proj").value == "16,8,4,4,4,4,8,16"
+
+
+@pytest.mark.parametrize("shape, message", [("16,8,4", "does not fit"),
+                                            ("8,8,x", "not a list of integers")])
+def test_budget_bad_tt_shape_shows_an_error(shape, message):
+    at = open_page("budget")
+    by_label(at.text_input, "TT shape of query").set_value(shape)
+    at.run()
+    assert not at.exception
+    assert any(message in e.value for e in at.error)
+    assert not any(m.label == "Trainable parameters" for m in at.metric)
+
+
+@pytest.mark.parametrize("content, message", [(b"{not json", "not valid JSON"),
+                                              (b'{"model_type": "gpt2"}', "unsupported model_type"),
+                                              (b"\xff\xfe\x00", "not UTF-8")])
+def test_budget_bad_config_upload_shows_an_error(content, message):
+    at = open_page("budget")
+    by_label(at.radio, "Model from").set_value("Upload config.json")
+    at.run()
+    at.file_uploader[0].upload("config.json", content, "application/json")
+    at.run()
+    assert not at.exception
+    assert any(message in e.value for e in at.error), [e.value for e in at.error]
+
+
+def test_budget_uploaded_config_is_counted():
+    config = {"model_type": "bert", "hidden_size": 384, "num_hidden_layers": 6,
+              "intermediate_size": 1536, "num_attention_heads": 12, "vocab_size": 30522,
+              "max_position_embeddings": 512, "type_vocab_size": 2}
+    at = open_page("budget")
+    by_label(at.radio, "Model from").set_value("Upload config.json")
+    at.run()
+    at.file_uploader[0].upload("config.json", json.dumps(config).encode(), "application/json")
+    at.run()
+    assert not at.exception and not at.error
+    assert metric(at, "Trainable parameters") == "9,360"
+
+
+# ----------------------------------------------------------------------------- train
+
+
+@pytest.mark.slow
+def test_train_page_two_step_run_lands_in_the_workspace(_env):
+    at = open_page("train")
+    by_label(at.number_input, "Steps").set_value(2)
+    by_label(at.number_input, "Batch size").set_value(4)
+    by_label(at.number_input, "Max length").set_value(32)
+    by_label(at.number_input, "Validation rows").set_value(16)
+    at.run()
+    button(at, "Train").click()
+    at.run()
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        assert not at.exception and not at.error, [e.value for e in at.error]
+        if any("Saved expert" in s.value for s in at.success):
+            break
+        time.sleep(1.0)
+        at.run()
+    else:
+        pytest.fail("the training run did not finish in time")
+    folder = _env / "sst2"
+    saved = json.loads((folder / "adapter_config.json").read_text())
+    assert saved["training"]["steps"] == 2 and saved["training"]["batch_size"] == 4
+    assert saved["data"]["eval_rows"] == 16
+    assert 0.0 <= float(metric(at, "Validation accuracy")) <= 1.0
+    # the new expert is listed on the Experts page
+    experts_page = open_page("experts")
+    assert "workspace / sst2" in by_label(experts_page.selectbox, "Expert").options
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("reviews.csv", b"\xff\xfetext,label\n", "not UTF-8"),
+    ("reviews.csv", b"sentence,label\nfine,1\n", "no `text` column"),
+    ("reviews.jsonl", b'{"text": "a", "label": 0}\nnot json\n', "line 2 is not valid JSON"),
+])
+def test_train_bad_upload_shows_the_data_error(name, content, message):
+    at = open_page("train")
+    by_label(at.radio, "Training data").set_value("Upload a CSV/JSONL file")
+    at.run()
+    at.file_uploader[0].upload(name, content, "text/plain")
+    at.run()
+    assert not at.exception
+    assert any(message in e.value and name in e.value for e in at.error), [e.value for e in at.error]
+    assert button(at, "Train").disabled
+
+
+def test_train_good_upload_is_split_for_training():
+    rows = "\n".join(f"review number {i},{'positive' if i % 2 else 'negative'}" for i in range(10))
+    at = open_page("train")
+    by_label(at.radio, "Training data").set_value("Upload a CSV/JSONL file")
+    at.run()
+    at.file_uploader[0].upload("reviews.csv", f"text,label\n{rows}\n".encode(), "text/csv")
+    at.run()
+    assert not at.exception and not at.error
+    assert any("8 for training, 2 for validation" in s.value for s in at.success)
+    assert not button(at, "Train").disabled
+
+
+# ----------------------------------------------------------------------------- experts
+
+
+def test_experts_page_lists_a_corrupt_expert_with_its_reason(_env):
+    broken = _env / "broken"
+    broken.mkdir()
+    (broken / "adapter_config.json").write_text('{"format": "ttmoe-expert"')
+    foreign = _env / "foreign"
+    foreign.mkdir()
+    (foreign / "adapter_config.json").write_text('{"format": "peft-lora"}')
+    (_env / "not-an-expert").mkdir()  # folders without expert files are ignored
+    at = open_page("experts")
+    warnings = [w.value for w in at.warning]
+    assert any("broken" in w and "not valid JSON" in w for w in warnings), warnings
+    assert any("foreign" in w and "not a TT-LoRA MoE expert config" in w for w in warnings)
+    assert not any("not-an-expert" in w for w in warnings)
+
+
+def test_experts_page_renames_and_deletes_a_workspace_expert(_env):
+    from test_jobs import _expert
+    from ttmoe_core import store
+
+    store.save_expert(_expert("alpha"), _env / "alpha")
+    at = open_page("experts")
+    by_label(at.selectbox, "Expert").set_value("workspace / alpha")
+    at.run()
+    assert not at.exception and not at.error
+    assert metric(at, "Adapter parameters") == "40"   # cores of 2,4 | 4,2 at rank 2
+    by_label(at.text_input, "New name").set_value("beta")
+    at.run()
+    button(at, "Rename").click()
+    at.run()
+    assert not at.exception and not at.error
+    assert not (_env / "alpha").exists() and store.load_expert(_env / "beta").name == "beta"
+    by_label(at.selectbox, "Expert").set_value("workspace / beta")
+    at.run()
+    assert button(at, "Delete").disabled  # not before the confirmation
+    by_label(at.checkbox, "Yes, delete").check()
+    at.run()
+    button(at, "Delete").click()
+    at.run()
+    assert not at.exception and not (_env / "beta").exists()
+
+
+# ----------------------------------------------------------------------------- router
+
+
+@needs_pack
+def test_router_page_shows_the_stored_router_metrics():
+    stored = json.loads((PACK / "router_config.json").read_text())["metrics"]
+    at = open_page("router")
+    assert metric(at, "Routing accuracy") == f"{stored['accuracy']:.1%}"
+    assert metric(at, "Held-out inputs") == f"{stored['rows']:,}"
+    toggle = at.toggle[0]
+    assert toggle.label == "Row-normalised" and toggle.value
+    toggle.set_value(False)
+    at.run()
+    assert not at.exception
+
+
+@needs_pack
+@pytest.mark.slow
+def test_router_page_trains_and_saves_a_router_for_two_experts(_env):
+    at = open_page("router")
+    experts = by_label(at.multiselect, "Experts")
+    experts.set_value(experts.options[:2])
+    by_label(at.multiselect, "Base layer").set_value([0, 1])
+    by_label(at.number_input, "Training inputs per task").set_value(20)
+    by_label(at.number_input, "Held-out inputs per task").set_value(10)
+    by_label(at.number_input, "Epochs").set_value(3)
+    by_label(at.text_input, "New pack name").set_value("two")
+    at.run()
+    button(at, "Train router").click()
+    at.run()
+    deadline = time.time() + 180
+    while not any("Trained 2 router(s)" in s.value for s in at.success):
+        assert not at.exception and not at.error, [e.value for e in at.error]
+        assert time.time() < deadline, "router training did not finish in time"
+        time.sleep(0.5)
+        at.run()
+    layers = at.dataframe[0].value
+    assert list(layers["layer k"]) == [0, 1]
+    assert layers["held-out accuracy"].between(0, 1).all()
+    button(at, "Save this router to the pack").click()
+    at.run()
+    assert not at.exception and not at.error
+    pack = _env / "packs" / "two"
+    saved = json.loads((pack / "router_config.json").read_text())
+    assert saved["experts"] == json.loads((pack / "pack.json").read_text())["experts"]
+    assert set(saved["metrics"]["per_layer"]) == {"0", "1"} and saved["metrics"]["rows"] == 20
+    # the new pack can be chosen on the playground
+    playground = open_page("playground")
+    assert "workspace pack: two" in by_label(playground.selectbox, "Pack").options
+
+
+# ----------------------------------------------------------------------------- playground
+
+
+@needs_pack
+@pytest.mark.slow
+def test_playground_routes_a_review_to_sst2():
+    at = open_page("playground")
+    at.text_area(key="pg_text").set_value(REVIEW)
+    button(at, "Route and answer").click()
+    at.run()
+    assert not at.exception and not at.error
+    assert metric(at, "Chosen expert") == "sst2"
+    assert metric(at, "Answer") in ("positive", "negative")
+    # oracle: force another expert, compare side by side
+    at.toggle(key="pg_oracle").set_value(True)
+    at.run()
+    forced = next(n for n in at.selectbox(key="pg_forced").options if n != "sst2")
+    at.selectbox(key="pg_forced").set_value(forced)
+    button(at, "Route and answer").click()
+    at.run()
+    cards = [m.value for m in at.markdown if "answers" in m.value]
+    assert any("**Routed**" in c and "sst2" in c for c in cards)
+    assert any(f"**Forced: {forced}**" in c for c in cards)
+    # empty text: a message, no call
+    at.text_area(key="pg_text").set_value("   ")
+    button(at, "Route and answer").click()
+    at.run()
+    assert any("Type a text first" in e.value for e in at.error)
+
+
+@needs_pack
+@pytest.mark.slow
+def test_playground_batch_answers_every_line_in_one_call():
+    at = open_page("playground")
+    at.text_area(key="pg_batch").set_value(f"{REVIEW}\n\nIs it raining? ||| It rains today.\n")
+    button(at, "Answer all").click()
+    at.run()
+    assert not at.exception and not at.error
+    table = at.dataframe[0].value
+    assert list(table["text"]) == [REVIEW, "Is it raining?"]
+    assert list(table["second text"]) == ["", "It rains today."]
+    assert table["expert"].iloc[0] == "sst2"
+    at.text_area(key="pg_batch").set_value(" ||| only a pair")
+    button(at, "Answer all").click()
+    at.run()
+    assert any("no text before" in e.value for e in at.error)

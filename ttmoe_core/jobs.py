@@ -1,0 +1,265 @@
+"""Background jobs: run a long call (training) in a daemon thread and watch it from a UI.
+
+``Job(fn, *args, **kwargs)`` starts ``fn(job, *args, **kwargs)`` at once in a daemon thread. The
+function reports progress with ``job.report(**fields)`` (appended to ``job.events`` with a
+timestamp) and checks ``job.cancelled()`` to stop early. Its return value becomes ``job.result``;
+an exception becomes ``job.error`` (one line) and ``status == "failed"``, or ``"cancelled"`` when
+a cancel was asked for. A ``JobRegistry`` keeps jobs by id for whoever owns it (the app keeps one
+per server); nothing here is module-level state, and nothing imports streamlit.
+
+The two job functions the app runs, ``train_expert_job`` and ``train_router_job``, sit at the end:
+they call the engine and translate its callbacks into ``job.report``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+STATUSES = ("running", "done", "failed", "cancelled")
+
+
+class Job:
+    """One call running in a daemon thread; every field is safe to read from another thread."""
+
+    def __init__(self, fn: Callable[..., Any], *args: Any, **kwargs: Any):
+        self.id = uuid.uuid4().hex[:10]
+        self.status = "running"
+        self.result: Any = None
+        self.error: str | None = None
+        self.started = time.time()            # seconds since the epoch
+        self.finished: float | None = None
+        self._events: list[dict] = []
+        self._lock = threading.Lock()
+        self._cancel = threading.Event()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(fn, args, kwargs), daemon=True,
+                                        name=f"job-{self.id}")
+        self._thread.start()
+
+    def _run(self, fn: Callable[..., Any], args: tuple, kwargs: dict) -> None:
+        try:
+            result = fn(self, *args, **kwargs)
+        except Exception as exc:  # a job reports every failure instead of dying silently
+            message = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            if not isinstance(exc, ValueError | RuntimeError | OSError):
+                log.exception("job %s failed", self.id)
+                message = f"{type(exc).__name__}: {message}"
+            with self._lock:
+                self.error = message
+                self.status = "cancelled" if self._cancel.is_set() else "failed"
+        else:
+            with self._lock:
+                self.result = result
+                self.status = "cancelled" if self._cancel.is_set() else "done"
+        finally:
+            with self._lock:
+                self.finished = time.time()
+            self._done.set()
+
+    # ------------------------------------------------------------------ for the running function
+
+    def report(self, **fields: Any) -> None:
+        """Append one progress event ``{"t": seconds since start, **fields}``."""
+        with self._lock:
+            self._events.append({"t": time.time() - self.started, **fields})
+
+    def cancelled(self) -> bool:
+        """True once ``cancel()`` was called: the function should stop soon."""
+        return self._cancel.is_set()
+
+    # ------------------------------------------------------------------ for the watcher
+
+    def cancel(self) -> None:
+        """Ask the function to stop (it decides when, through ``cancelled()``)."""
+        self._cancel.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the job ends or ``timeout`` seconds pass; True when it has ended."""
+        return self._done.wait(timeout)
+
+    @property
+    def running(self) -> bool:
+        return not self._done.is_set()
+
+    @property
+    def events(self) -> list[dict]:
+        """A copy of the progress events so far."""
+        with self._lock:
+            return list(self._events)
+
+    def last(self, **match: Any) -> dict | None:
+        """The latest event whose fields equal ``match`` (any event when no match is given)."""
+        with self._lock:
+            for event in reversed(self._events):
+                if all(event.get(k) == v for k, v in match.items()):
+                    return dict(event)
+        return None
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds from start to end (or to now while running)."""
+        return (self.finished or time.time()) - self.started
+
+
+class JobRegistry:
+    """Jobs by id, with a kind ("train", "router") and an owner-chosen label; thread-safe."""
+
+    def __init__(self) -> None:
+        self._jobs: dict[str, tuple[Job, str, str]] = {}
+        self._lock = threading.Lock()
+
+    def submit(self, kind: str, label: str, fn: Callable[..., Any], *args: Any,
+               **kwargs: Any) -> Job:
+        """Start ``fn`` as a Job and keep it under ``kind``."""
+        job = Job(fn, *args, **kwargs)
+        with self._lock:
+            self._jobs[job.id] = (job, kind, label)
+        return job
+
+    def get(self, job_id: str | None) -> Job | None:
+        with self._lock:
+            entry = self._jobs.get(job_id) if job_id else None
+        return entry[0] if entry else None
+
+    def list(self, kind: str | None = None) -> list[tuple[Job, str]]:
+        """(job, label) pairs of one kind (all kinds when None), newest first."""
+        with self._lock:
+            entries = list(self._jobs.values())
+        return [(job, label) for job, k, label in sorted(entries, key=lambda e: -e[0].started)
+                if kind is None or k == kind]
+
+    def running(self, kind: str | None = None) -> list[Job]:
+        return [job for job, _ in self.list(kind) if job.running]
+
+    def remove(self, job_id: str) -> None:
+        """Forget a finished job (a running one is cancelled first)."""
+        with self._lock:
+            entry = self._jobs.pop(job_id, None)
+        if entry is not None and entry[0].running:
+            entry[0].cancel()
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+# ----------------------------------------------------------------------------- the app's jobs
+
+
+def train_expert_job(job: Job, config, backbone, out_dir: str | Path, name: str,
+                     train_data=None, eval_data=None, data_dir=None) -> dict:
+    """Train one expert (``experts.train_expert``), save it to ``out_dir``, return a summary.
+
+    Data not given is loaded for ``config.task`` from ``data_dir`` (``tasks.load_task``).
+    Events: ``stage`` "loading data", "training" (step, total, loss, examples_per_s, elapsed_s),
+    "evaluating" (rows), "saved" (path).
+    """
+    from . import experts, store, tasks
+
+    config = config.resolved()
+    if train_data is None or eval_data is None:
+        job.report(stage="loading data")
+        train_data = train_data if train_data is not None else tasks.load_task(config.task, "train", data_dir=data_dir,
+                                                   limit=config.train_limit, seed=config.seed)
+        eval_data = eval_data if eval_data is not None else tasks.load_task(config.task, "validation", data_dir=data_dir,
+                                                 limit=config.eval_limit, seed=config.seed)
+    total = config.steps
+    job.report(stage="training", step=0, total=total, train_rows=len(train_data),
+               eval_rows=len(eval_data))
+
+    def progress(event: experts.Progress) -> None:
+        job.report(stage="training", step=event.step, total=event.total_steps, loss=event.loss,
+                   examples_per_s=event.examples_per_s, elapsed_s=event.elapsed_s)
+        if event.step == event.total_steps:
+            job.report(stage="evaluating", rows=len(eval_data))
+
+    expert = experts.train_expert(config, backbone, train_data=train_data, eval_data=eval_data,
+                                  progress=progress, should_stop=job.cancelled,
+                                  log_every=max(1, total // 60), name=name)
+    store.save_expert(expert, out_dir)
+    job.report(stage="saved", path=str(out_dir))
+    return {"path": str(out_dir), "name": expert.name, "task": expert.config.task,
+            "method": expert.config.method, "metrics": expert.metrics,
+            "label_names": list(expert.label_names), "history": expert.history,
+            "data": expert.data, "training": expert.config.to_dict(),
+            "trainable_params": expert.trainable_params(),
+            "adapter_params": expert.adapter_params(), "created": expert.created}
+
+
+def build_pack(pack_dir: str | Path, expert_dirs: Sequence[str | Path]) -> list:
+    """A new pack folder holding copies of the given expert folders; returns the experts.
+
+    Raises ``store.StoreError`` when the folder exists, names clash or base models differ.
+    """
+    from . import store
+
+    pack_dir = Path(pack_dir)
+    if pack_dir.exists():
+        raise store.StoreError(f"{pack_dir} already exists: choose another pack name")
+    loaded = [store.load_expert(path) for path in expert_dirs]
+    names = [expert.name for expert in loaded]
+    clashes = sorted({n for n in names if names.count(n) > 1})
+    if clashes:
+        raise store.StoreError(f"two chosen experts are both named {clashes[0]!r}: rename one on "
+                               "the Experts page first")
+    building = pack_dir.with_name(f".{pack_dir.name}.building")
+    if building.exists():
+        import shutil
+        shutil.rmtree(building)
+    try:
+        for expert in loaded:
+            store.add_expert_to_pack(building, expert)
+        store.replace_dir(building, pack_dir)
+    except BaseException:
+        import shutil
+        shutil.rmtree(building, ignore_errors=True)
+        raise
+    return loaded
+
+
+def train_router_job(job: Job, router_config, layers: Sequence[int], backbone,
+                     expert_dirs: Sequence[str | Path], pack_dir: str | Path, per_task: int,
+                     eval_per_task: int, data_dir=None) -> dict:
+    """Build a pack from expert folders and fit one router per layer (``router.sweep_layers``).
+
+    Returns the pack path, expert names, and per layer the router and its held-out report; the
+    caller saves the one it wants with ``store.save_router``. Events: ``stage``, done, total.
+    A failed or cancelled run removes the pack folder it made.
+    """
+    import shutil
+
+    from . import router as routers
+
+    job.report(stage="building pack", done=0, total=len(expert_dirs))
+    experts_ = build_pack(pack_dir, expert_dirs)
+    job.report(stage="building pack", done=len(experts_), total=len(expert_dirs))
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if job.cancelled():
+            raise RuntimeError(f"router training cancelled during {stage}")
+        job.report(stage=stage, done=done, total=total)
+
+    try:
+        pairs = [(e.name, e.config.task) for e in experts_]
+        progress("loading data", 0, 2)
+        train = routers.routing_data(pairs, "train", per_task, data_dir)
+        held = routers.routing_data(pairs, "validation", eval_per_task, data_dir)
+        progress("loading data", 2, 2)
+        results = routers.sweep_layers(router_config, list(layers), backbone, train, held,
+                                       progress=progress)
+    except BaseException:
+        shutil.rmtree(pack_dir, ignore_errors=True)
+        raise
+    job.report(stage="trained", done=len(results), total=len(results))
+    return {"pack": str(pack_dir), "names": train.names, "sources": held.sources,
+            "train_rows": len(train.labels), "held_out_rows": len(held.labels),
+            "results": results, "base": backbone.info, "created": _now()}
