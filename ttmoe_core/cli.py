@@ -533,6 +533,9 @@ def build_parser() -> Parser:
     p.add_argument("--overwrite", action="store_true")
     _common_model_flags(p)
     p.set_defaults(func=cmd_build_demo)
+
+    from .report import add_report_parser  # the paper's five experiments (report.py)
+    add_report_parser(sub)
     return parser
 
 

@@ -1,0 +1,217 @@
+"""AdapterFusion (Pfeiffer et al., 2021) as a baseline, through the ``adapters`` library.
+
+Trained bottleneck adapters (``experts.train_expert(method="adapter")``, one per task) are loaded
+side by side into one copy of the base model, a ``Fuse`` block over all of them is added, and only
+the fusion layers and one linear head per task are trained (base and adapters frozen). One task
+(Table 6, "expert integration": fuse everything, train for one task) and several tasks at once
+(the paper's multi-task setting: one shared fusion, a head per task, mixed batches where each
+row's loss comes from its own task's head) are the same code.
+
+Conventions follow ``experts``: the base model runs in eval mode (no dropout), each head has
+dropout 0.1 on the mean-pooled last hidden state, AdamW with 6% linear warm-up then linear decay.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import experts, tasks
+from .backbone import Backbone, mean_pool, tokenize_mixed
+
+
+class FusionError(ValueError):
+    """The adapters cannot be fused (wrong method, base model, or missing tensors)."""
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    """How the fusion stage is trained (the adapters themselves are already trained)."""
+    steps: int = 300
+    batch_size: int = 32
+    max_length: int = 128
+    lr: float = 5e-4                # the adapter baseline's learning rate (experts.METHOD_DEFAULTS)
+    seed: int = 0
+    warmup_fraction: float = 0.06
+    weight_decay: float = 0.0
+    head_dropout: float = 0.1
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _adapter_tensors(expert: experts.Expert, name: str) -> dict[str, torch.Tensor]:
+    """An adapter expert's encoder tensors, renamed from ``experts.ADAPTER_NAME`` to ``name``."""
+    old, new = f".adapters.{experts.ADAPTER_NAME}.", f".adapters.{name}."
+    return {k.replace(old, new): v for k, v in expert.tensors.items() if not k.startswith("head.")}
+
+
+def fused_encoder(backbone: Backbone, adapter_experts: Mapping[str, experts.Expert]) -> nn.Module:
+    """A copy of the base model holding every adapter (named by its key) under one active ``Fuse``.
+
+    Only the fusion layers are trainable.
+    """
+    import adapters as adapters_lib
+    from adapters.composition import Fuse
+
+    if len(adapter_experts) < 2:
+        raise FusionError(f"fusion needs at least two adapters, got {len(adapter_experts)}")
+    for name, expert in adapter_experts.items():
+        if expert.config.method != "adapter":
+            raise FusionError(f"{name!r} is a {expert.config.method} expert, not a bottleneck adapter")
+        if expert.base.fingerprint != backbone.info.fingerprint:
+            raise FusionError(f"adapter {name!r} was trained on another base model ({expert.base.name!r})")
+    encoder = copy.deepcopy(backbone.model)
+    adapters_lib.init(encoder)
+    for name, expert in adapter_experts.items():
+        encoder.add_adapter(name, config=adapters_lib.SeqBnConfig(reduction_factor=expert.config.rank))
+        tensors = _adapter_tensors(expert, name)
+        result = encoder.load_state_dict(tensors, strict=False)
+        wanted = {k for k in encoder.state_dict() if f".adapters.{name}." in k}
+        if result.unexpected_keys or wanted - set(tensors):
+            raise FusionError(f"adapter {name!r}: tensors do not fit the model (unexpected "
+                              f"{result.unexpected_keys[:2]}, missing {sorted(wanted - set(tensors))[:2]})")
+    fuse = Fuse(*adapter_experts)
+    encoder.add_adapter_fusion(fuse)
+    encoder.train_adapter_fusion(fuse)       # freezes base and adapters, fusion layers trainable
+    encoder.set_active_adapters(fuse)
+    return encoder.to(backbone.device)
+
+
+class FusionModel(nn.Module):
+    """Fused encoder + one linear head per task on the mean-pooled last hidden state."""
+
+    def __init__(self, encoder: nn.Module, hidden_size: int, num_labels: Mapping[str, int],
+                 dropout: float = 0.1):
+        super().__init__()
+        self.encoder = encoder
+        self.tasks = list(num_labels)
+        self.dropout = nn.Dropout(dropout)
+        self.heads = nn.ModuleDict({t: nn.Linear(hidden_size, n) for t, n in num_labels.items()})
+
+    def pooled(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """[B, H] mean of the last hidden state over real tokens (dropout in training)."""
+        hidden = self.encoder(**batch).last_hidden_state                  # [B, T, H]
+        return self.dropout(mean_pool(hidden, batch["attention_mask"]))
+
+    def for_task(self, task: str) -> nn.Module:
+        """A module ``batch -> logits [B, C]`` of one task's head (what ``experts.evaluate_model`` takes)."""
+        if task not in self.heads:
+            raise FusionError(f"no head for task {task!r}; heads: {self.tasks}")
+        return _TaskView(self, task)
+
+    def fusion_params(self) -> int:
+        """Trainable parameters of the fusion layers (heads not included)."""
+        return sum(p.numel() for p in self.encoder.parameters() if p.requires_grad)
+
+    def head_params(self) -> int:
+        return sum(p.numel() for p in self.heads.parameters())
+
+
+class _TaskView(nn.Module):
+    def __init__(self, model: FusionModel, task: str):
+        super().__init__()
+        self.model = model
+        self.task = task
+
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return self.model.heads[self.task](self.model.pooled(batch))
+
+
+@dataclass
+class FusionResult:
+    model: FusionModel
+    config: FusionConfig
+    adapters: list[str]           # fused adapters, in Fuse order
+    tasks: list[str]              # tasks with a head
+    history: list[dict]           # [{step, loss, examples_per_s}]
+    train_seconds: float
+    train_rows: dict[str, int]
+
+    def params(self, adapter_experts: Mapping[str, experts.Expert]) -> dict[str, int]:
+        """Parameter counts: fused adapters (frozen), fusion layers and heads (trained)."""
+        adapter = sum(adapter_experts[name].adapter_params() for name in self.adapters)
+        fusion, heads = self.model.fusion_params(), self.model.head_params()
+        return {"adapters": adapter, "fusion": fusion, "heads": heads,
+                "trained": fusion + heads, "total": adapter + fusion + heads}
+
+
+def train_fusion(backbone: Backbone, adapter_experts: Mapping[str, experts.Expert],
+                 train_sets: Mapping[str, tasks.TaskData], config: FusionConfig, *,
+                 progress: Callable[[experts.Progress], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None, log_every: int = 5) -> FusionResult:
+    """Train the fusion layers + one head per task of ``train_sets`` on the mixture of their rows.
+
+    Every epoch shuffles all tasks' rows together, so a batch mixes tasks in proportion to their
+    sizes; each row's loss comes from its own task's head (batch loss = mean over rows).
+    """
+    if not train_sets:
+        raise FusionError("no training data given")
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    device = backbone.device
+    encoder = fused_encoder(backbone, adapter_experts)
+    num_labels = {t: max(1, len(d.label_names)) for t, d in train_sets.items()}
+    model = FusionModel(encoder, backbone.info.hidden_size, num_labels, config.head_dropout).to(device)
+    pool = [(t, i) for t, data in train_sets.items() for i in range(len(data))]   # (task, row)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    warmup = max(1, int(config.warmup_fraction * config.steps))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(
+        (s + 1) / warmup, max(0.0, (config.steps - s) / max(1, config.steps - warmup))))
+    model.train()
+    model.encoder.eval()   # frozen base and adapters without dropout, as in experts.train_expert
+    history, running, seen = [], [], 0
+    start = time.perf_counter()
+    batches = experts._batches(len(pool), config.batch_size, generator)
+    for step in range(1, config.steps + 1):
+        if should_stop is not None and should_stop():
+            raise experts.TrainingError(f"fusion training cancelled at step {step - 1} of {config.steps}")
+        rows = [pool[i] for i in next(batches)]
+        texts = [train_sets[t].texts[i] for t, i in rows]
+        pairs = [train_sets[t].text_pairs[i] if train_sets[t].text_pairs else None for t, i in rows]
+        batch, _ = tokenize_mixed(backbone.tokenizer, texts, pairs, config.max_length, device)
+        pooled = model.pooled(batch)                                          # [B, H]
+        loss = pooled.new_zeros(())
+        for task in dict.fromkeys(t for t, _ in rows):
+            idx = [k for k, (t, _) in enumerate(rows) if t == task]
+            data = train_sets[task]
+            labels = torch.tensor([data.labels[rows[k][1]] for k in idx], device=device)
+            logits = model.heads[task](pooled[idx])
+            loss = loss + experts._loss(logits, labels, not data.label_names) * len(idx)
+        loss = loss / len(rows)
+        if not torch.isfinite(loss):
+            raise experts.TrainingError(f"fusion loss became {loss.item()} at step {step}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        seen += len(rows)
+        running.append(loss.item())
+        if step % log_every == 0 or step == config.steps:
+            elapsed = time.perf_counter() - start
+            event = experts.Progress(step, config.steps, float(np.mean(running)), seen / elapsed, elapsed)
+            history.append({"step": step, "loss": event.loss, "examples_per_s": event.examples_per_s})
+            running = []
+            if progress is not None:
+                progress(event)
+    model.eval()
+    return FusionResult(model=model, config=config, adapters=list(adapter_experts),
+                        tasks=list(train_sets), history=history,
+                        train_seconds=time.perf_counter() - start,
+                        train_rows={t: len(d) for t, d in train_sets.items()})
+
+
+def evaluate_fusion(result: FusionResult, backbone: Backbone, data: tasks.TaskData,
+                    task: str | None = None) -> dict:
+    """Metrics of one task's head on labelled data (``experts.evaluate_model``'s dict)."""
+    task = task or data.task
+    return experts.evaluate_model(result.model.for_task(task), backbone, data, task,
+                                  max_length=result.config.max_length)
+
