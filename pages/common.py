@@ -323,3 +323,29 @@ def default_state(key: str, value: Any) -> None:
     """Give a keyed widget its first value through session state (so callbacks may change it)."""
     if key not in st.session_state:
         st.session_state[key] = value
+
+
+def staged_job_status(registry: jobs.JobRegistry, job_id: str, polling: bool, what: str,
+                      key: str) -> "jobs.Job | None":
+    """Progress bar + cancel while a staged job runs, its failure as one line; the job once done.
+
+    Returns the finished job (status "done") or None (running, failed, cancelled or unknown).
+    """
+    job = registry.get(job_id)
+    if job is None:
+        return None
+    if polling and not job.running:
+        st.rerun()
+    if job.running:
+        last = job.last() or {}
+        done, total = last.get("done", 0), max(1, last.get("total", 1))
+        st.progress(min(1.0, done / total),
+                    text=f"{last.get('stage', 'starting')}: {done} of {total} · {job.elapsed:.0f} s")
+        if st.button("Cancel", key=f"cancel_{key}_{job_id}", icon=":material/stop_circle:"):
+            job.cancel()
+        return None
+    if job.status != "done":
+        (st.warning if job.status == "cancelled" else st.error)(
+            f"{what} {job.status}: {job.error}", icon=":material/warning:")
+        return None
+    return job

@@ -66,22 +66,8 @@ def show_report(results: dict, key: str) -> None:
 
 
 def job_view(job_id: str, polling: bool) -> None:
-    job = registry.get(job_id)
+    job = common.staged_job_status(registry, job_id, polling, "The report run", "report")
     if job is None:
-        return
-    if polling and not job.running:
-        st.rerun()
-    if job.running:
-        last = job.last() or {}
-        done, total = last.get("done", 0), max(1, last.get("total", 1))
-        st.progress(min(1.0, done / total),
-                    text=f"{last.get('stage', 'starting')}: {done} of {total} · {job.elapsed:.0f} s")
-        if st.button("Cancel", key=f"cancel_report_{job_id}", icon=":material/stop_circle:"):
-            job.cancel()
-        return
-    if job.status != "done":
-        (st.warning if job.status == "cancelled" else st.error)(
-            f"The report run {job.status}: {job.error}", icon=":material/warning:")
         return
     out = Path(job.result["out"])
     st.success(f"Done in {job.result['seconds']:.0f} s: `{out}`.", icon=":material/check_circle:")

@@ -90,22 +90,8 @@ def save_result(result: dict, layer_idx: int) -> None:
 
 
 def job_view(job_id: str, polling: bool) -> None:
-    job = registry.get(job_id)
+    job = common.staged_job_status(registry, job_id, polling, "Router training", "router")
     if job is None:
-        return
-    if polling and not job.running:
-        st.rerun()
-    if job.running:
-        last = job.last() or {}
-        done, total = last.get("done", 0), max(1, last.get("total", 1))
-        st.progress(min(1.0, done / total),
-                    text=f"{last.get('stage', 'starting')}: {done} of {total} · {job.elapsed:.0f} s")
-        if st.button("Cancel", key=f"cancel_router_{job_id}", icon=":material/stop_circle:"):
-            job.cancel()
-        return
-    if job.status != "done":
-        (st.warning if job.status == "cancelled" else st.error)(
-            f"Router training {job.status}: {job.error}", icon=":material/warning:")
         return
     result = job.result
     rows = [{"layer k": r["layer"], "held-out accuracy": r["report"].accuracy,
