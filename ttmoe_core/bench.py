@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from . import adapters, tt
-from .backbone import Backbone, load_backbone, mean_pool, pick_device, tokenize_mixed
+from .backbone import Backbone, load_backbone, pick_device, tokenize_mixed
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_PACK = REPO_ROOT / "assets" / "demo"
@@ -148,17 +148,20 @@ def _load_average() -> list[float] | None:
         return None
 
 
-def machine_info(device: torch.device) -> dict:
-    """CPU model, cores, torch version, threads, GPU name: what a result needs to be read."""
-    cpu = platform.processor() or platform.machine()
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo where there is one, else what ``platform`` says."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    info = {"cpu": cpu, "cores": _all_cores(), "torch": torch.__version__,
+    return platform.processor() or platform.machine()
+
+
+def machine_info(device: torch.device) -> dict:
+    """CPU model, cores, torch version, threads, GPU name: what a result needs to be read."""
+    info = {"cpu": cpu_name(), "cores": _all_cores(), "torch": torch.__version__,
             "threads": torch.get_num_threads(), "device": str(device), "python": platform.python_version()}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
@@ -431,11 +434,9 @@ class GateWeightedMoE(nn.Module):
     @torch.no_grad()
     def expert_logits(self, batch: dict[str, torch.Tensor], expert_idx: torch.Tensor) -> torch.Tensor:
         """Logits [B, C_max] from the second pass, gate = one-hot(expert_idx)."""
-        with adapters.use_experts(expert_idx):
-            hidden = self.encoder(**batch).last_hidden_state              # [B, T, H]
-        pooled = mean_pool(hidden, batch["attention_mask"])               # [B, H]
-        weight, bias = self.head_weight[expert_idx], self.head_bias[expert_idx]
-        return torch.einsum("bch,bh->bc", weight, pooled) + bias
+        from .moe import per_row_logits
+
+        return per_row_logits(self.encoder, self.head_weight, self.head_bias, batch, expert_idx)
 
     @torch.no_grad()
     def forward(self, batch: dict[str, torch.Tensor], texts: Sequence[str],

@@ -51,6 +51,17 @@ def _stack_layout(experts: Sequence[Expert]) -> tuple[list[str], dict[str, list[
     return list(first.config.targets), shapes, max(e.config.rank for e in experts)
 
 
+def per_row_logits(encoder: nn.Module, head_weight: torch.Tensor, head_bias: torch.Tensor,
+                   batch: dict[str, torch.Tensor], expert_idx: torch.Tensor) -> torch.Tensor:
+    """Logits [B, C_max]: one pass of ``encoder`` with row b's expert ``expert_idx[b]`` in every
+    TT layer, mean-pooled, through row b's head (head_weight [E, C_max, H], head_bias [E, C_max])."""
+    with adapters.use_experts(expert_idx):
+        hidden = encoder(**batch).last_hidden_state                       # [B, T, H]
+    pooled = mean_pool(hidden, batch["attention_mask"])                   # [B, H]
+    weight, bias = head_weight[expert_idx], head_bias[expert_idx]         # [B, C_max, H], [B, C_max]
+    return torch.einsum("bch,bh->bc", weight, pooled) + bias
+
+
 def _pad_core(core: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     """Zero-pad a core [r, s, r'] to [R, s, R'] (the padded chain computes the same ΔW)."""
     out = torch.zeros(shape, dtype=core.dtype)
@@ -129,11 +140,7 @@ class TTLoRAMoE(nn.Module):
     @torch.no_grad()
     def expert_logits(self, batch: dict[str, torch.Tensor], expert_idx: torch.Tensor) -> torch.Tensor:
         """Logits [B, C_max] of each row's expert in one pass (padded labels are -inf)."""
-        with adapters.use_experts(expert_idx):
-            hidden = self.encoder(**batch).last_hidden_state              # [B, T, H]
-        pooled = mean_pool(hidden, batch["attention_mask"])               # [B, H]
-        weight, bias = self.head_weight[expert_idx], self.head_bias[expert_idx]
-        return torch.einsum("bch,bh->bc", weight, pooled) + bias
+        return per_row_logits(self.encoder, self.head_weight, self.head_bias, batch, expert_idx)
 
     # ------------------------------------------------------------------ public API
 
