@@ -192,27 +192,29 @@ def test_figures_carry_the_results_numbers(tmp_path):
 
 def _parse(argv):
     from ttmoe_core.cli import Parser
+    from ttmoe_core.cli import report as report_cli
 
     parser = Parser(prog="test")
-    report.add_report_parser(parser.add_subparsers(dest="command", parser_class=Parser))
+    report_cli.add_parsers(parser.add_subparsers(dest="command", parser_class=Parser))
     return parser.parse_args(argv)
 
 
 def test_report_parser_defaults_and_usage_errors(tmp_path):
     from ttmoe_core.cli import UsageError
+    from ttmoe_core.cli import report as report_cli
 
     args = _parse(["report"])
     assert (args.budget, args.out, args.data_dir, args.json) == ("small", "reports", None, False)
-    assert args.func is report.cmd_report
+    assert args.func is report_cli.cmd_report
     with pytest.raises(UsageError):
         _parse(["report", "--budget", "huge"])
     with pytest.raises(UsageError, match="not a folder"):
-        report.cmd_report(_parse(["report", "--data-dir", str(tmp_path / "nope")]))
+        report_cli.cmd_report(_parse(["report", "--data-dir", str(tmp_path / "nope")]))
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(UsageError, match="task data missing"):
-        report.cmd_report(_parse(["report", "--data-dir", str(empty), "--out", str(tmp_path / "out")]))
-    assert report.main(["--budget", "huge"]) == 2
+        report_cli.cmd_report(_parse(["report", "--data-dir", str(empty), "--out", str(tmp_path / "out")]))
+    assert report_cli.main(["--budget", "huge"]) == 2
 
 
 def test_unknown_budget_and_missing_tasks(tmp_path):

@@ -21,7 +21,7 @@ from torch import nn
 from . import adapters
 from .backbone import Backbone, load_backbone, mean_pool, tokenize_mixed
 from .experts import Expert
-from .router import Router, RouterConfig, batch_features
+from .router import Router, batch_features
 
 
 class MoEError(ValueError):
@@ -217,16 +217,6 @@ class TTLoRAMoE(nn.Module):
         pack = load_pack(path, expected_fingerprint=backbone.info.fingerprint)
         router = pack.build_router() if pack.router_state is not None else None
         return cls(backbone, pack.experts, router, max_length=pack.max_length)
-
-
-def router_from_state(config: RouterConfig, state: dict[str, torch.Tensor], num_experts: int,
-                      hidden_size: int, num_layers: int) -> Router:
-    """Rebuild a trained router from its config and tensors."""
-    from .router import build_router
-
-    router = build_router(config, num_experts, hidden_size, num_layers)
-    router.load_state_dict(state)
-    return router.eval()
 
 
 def evaluate_mixture(moe: TTLoRAMoE, expert_tasks: Sequence[tuple[str, str]], per_task: int | None,

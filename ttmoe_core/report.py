@@ -26,10 +26,8 @@ The experiments (one function each, returning plain data):
 
 from __future__ import annotations
 
-import argparse
 import copy
 import datetime as dt
-import json
 import math
 import os
 import pickle
@@ -1221,71 +1219,3 @@ def write_figures(figures: Mapping, folder: Path) -> dict:
             entry["png"] = f"{folder.name}/{name}.png"
         written[name] = entry
     return written
-
-
-# ----------------------------------------------------------------------------- command line
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    """``report``: run the experiments of one budget and write the report folder."""
-    from .backbone import BackboneError
-    from .cli import UsageError
-
-    last = {"stage": None}
-
-    def show(stage: str, done: int, total: int) -> None:
-        if stage != last["stage"] or done == total:
-            print(f"[{time.strftime('%H:%M:%S')}] {stage} ({done}/{total})", file=sys.stderr, flush=True)
-        last["stage"] = stage
-
-    out = Path(args.out)
-    if args.data_dir is not None and not Path(args.data_dir).is_dir():
-        raise UsageError(f"--data-dir {args.data_dir} is not a folder")
-    try:
-        results = run_report(args.budget, out, progress=None if args.json else show,
-                             data_dir=args.data_dir)
-    except (ReportError, tasks.DataError, BackboneError) as exc:
-        raise UsageError(str(exc)) from None
-    summary = {"out": str(out), "markdown": str(out / MARKDOWN_FILE), "results": str(out / RESULTS_FILE),
-               "figures": sorted(v["html"] for v in results["figures"].values()),
-               "seconds": results["meta"]["seconds"],
-               "verdicts": {name: exp["claim"]["verdict"] for name, exp in results["experiments"].items()}}
-    if args.json:
-        print(json.dumps(summary))
-    else:
-        print(f"wrote {summary['markdown']} and {summary['results']} in {summary['seconds']} s")
-        for name, verdict in summary["verdicts"].items():
-            print(f"  {name}: the paper's claim {verdict}")
-    return 0
-
-
-def add_report_parser(subparsers) -> argparse.ArgumentParser:
-    """Register the ``report`` subcommand (``func(args) -> int``) on a subparsers action."""
-    parser = subparsers.add_parser("report", help="re-run the paper's experiments into a report folder")
-    parser.add_argument("--budget", choices=list(BUDGETS), default="small",
-                        help="small: about 5 minutes on 2 CPU cores (CI); full: the committed reports/")
-    parser.add_argument("--out", default="reports", help="report folder (default: reports)")
-    parser.add_argument("--data-dir", default=None,
-                        help="task data folder (default: $TTMOE_DATA_DIR, ../shared/datasets, assets/samples)")
-    parser.add_argument("--json", action="store_true", help="print one JSON summary, no progress lines")
-    parser.set_defaults(func=cmd_report)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m ttmoe_core.report [--budget ...]``: the ``report`` subcommand on its own."""
-    from .cli import EXIT_USAGE, Parser, UsageError
-
-    parser = Parser(prog="python -m ttmoe_core.report")
-    sub = parser.add_subparsers(dest="command", parser_class=Parser)
-    add_report_parser(sub)
-    try:
-        args = parser.parse_args(["report", *(sys.argv[1:] if argv is None else argv)])
-        return args.func(args)
-    except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-
-
-if __name__ == "__main__":
-    sys.exit(main())

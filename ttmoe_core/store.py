@@ -274,10 +274,13 @@ class Pack:
         return [e.name for e in self.experts]
 
     def build_router(self):
-        from .moe import router_from_state
+        """The trained router, rebuilt from its config and tensors (eval mode)."""
+        from .router import build_router
 
-        return router_from_state(self.router_config, self.router_state, len(self.experts),
-                                 self.base_model["hidden_size"], self.base_model["num_layers"])
+        router = build_router(self.router_config, len(self.experts),
+                              self.base_model["hidden_size"], self.base_model["num_layers"])
+        router.load_state_dict(self.router_state)
+        return router.eval()
 
 
 def _pack_manifest(path: Path, names: list[str], base: BackboneInfo, extra: Mapping | None) -> dict:

@@ -1,0 +1,307 @@
+"""Commands for the mixture: ``predict``, ``train-router``, ``eval-moe``, ``build-demo``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .args import UsageError, common_model_flags, positive_float, positive_int, targets_arg, parse_layers
+
+
+DEMO_TASKS = ("mnli", "cola", "rte", "sst2", "qnli", "qqp")
+
+
+def default_pack() -> Path:
+    """The committed demo pack of this repository."""
+    return Path(__file__).resolve().parents[1] / "assets" / "demo"
+
+
+def _read_jsonl_inputs(path: str) -> list[tuple[int, dict | None, str | None]]:
+    """(line number, {"text", "text_pair"} or None, error or None) for each non-blank line."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        lines = raw.decode("utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise UsageError(f"{path} is not UTF-8 text") from None
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            rows.append((number, None, f"line {number} is not JSON ({exc.msg})"))
+            continue
+        if not isinstance(obj, dict) or not isinstance(obj.get("text"), str) or not obj["text"].strip():
+            rows.append((number, None, f"line {number} has no non-empty \"text\""))
+            continue
+        pair = obj.get("text_pair")
+        if pair is not None and (not isinstance(pair, str) or not pair.strip()):
+            pair = None
+        rows.append((number, {"text": obj["text"], "text_pair": pair}, None))
+    if not rows:
+        raise UsageError(f"{path} holds no input lines")
+    return rows
+
+
+def _load_moe(pack: str | None, device: str | None):
+    from .. import store
+    from ..backbone import BackboneError
+    from ..moe import MoEError, TTLoRAMoE
+
+    path = Path(pack) if pack else default_pack()
+    try:
+        return TTLoRAMoE.from_pack(path, device=device)
+    except (store.StoreError, BackboneError, MoEError) as exc:
+        raise UsageError(str(exc)) from None
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from ..moe import MoEError
+
+    if args.input_file and args.text:
+        raise UsageError("give texts or --input-file, not both")
+    if args.input_file:
+        rows = _read_jsonl_inputs(args.input_file)
+    else:
+        if not args.text:
+            raise UsageError("nothing to predict: give a text or --input-file F.jsonl")
+        if any(not t.strip() for t in args.text):
+            raise UsageError("empty text: give some words to classify")
+        rows = [(i + 1, {"text": t, "text_pair": args.text_pair}, None)
+                for i, t in enumerate(args.text)]
+    moe = _load_moe(args.pack, args.device)
+    good = [(n, r) for n, r, err in rows if err is None]
+    results: dict[int, dict] = {}
+    if good:
+        try:
+            out = moe.predict([r["text"] for _, r in good], [r["text_pair"] for _, r in good],
+                              expert=args.expert)
+        except MoEError as exc:
+            raise UsageError(str(exc)) from None
+        results = {n: res for (n, _), res in zip(good, out)}
+    failures = 0
+    table = []
+    for number, _, error in rows:
+        if error is not None:
+            failures += 1
+            print(f"error: {error}", file=sys.stderr)
+            record = {"line": number, "error": error}
+        else:
+            record = results[number]
+            if record["truncated"]:
+                print(f"note: input {number} is longer than {moe.max_length} tokens and was "
+                      "truncated", file=sys.stderr)
+        if args.json:
+            print(json.dumps(record))
+        else:
+            table.append(record)
+    if not args.json:
+        for record in table:
+            if "error" in record:
+                print(f"[{record['line']}] error: {record['error']}")
+                continue
+            conf = record["router_probs"].get(record["expert"], float("nan"))
+            label_p = max(record["label_probs"].values()) if record["label_probs"] else float("nan")
+            text = record["text"] if len(record["text"]) < 60 else record["text"][:57] + "..."
+            print(f"{text:<60}  expert={record['expert']:<6} ({conf:.2f})  "
+                  f"label={record['label']} ({label_p:.2f})")
+    return 1 if failures else 0
+
+
+def cmd_train_router(args: argparse.Namespace) -> int:
+    from .. import router as routers, store, tasks
+    from ..backbone import BackboneError, load_backbone
+
+    try:
+        pack = store.load_pack(args.pack)
+        backbone = load_backbone(pack.base_model["name"], device=args.device)
+        pack = store.load_pack(args.pack, expected_fingerprint=backbone.info.fingerprint)
+        pairs = [(e.name, e.config.task) for e in pack.experts]
+        train = routers.routing_data(pairs, "train", args.per_task, args.data_dir, args.seed)
+        held = routers.routing_data(pairs, "validation", args.eval_per_task, args.data_dir, args.seed)
+        results = routers.sweep_layers(
+            routers.RouterConfig(variant=args.variant, hidden=args.hidden, epochs=args.epochs,
+                                 lr=args.lr, seed=args.seed, max_length=args.max_length),
+            args.layer, backbone, train, held,
+            progress=None if args.quiet else _stage_printer())
+    except (store.StoreError, tasks.DataError, BackboneError, routers.RouterError) as exc:
+        raise UsageError(str(exc)) from None
+    best = max(results, key=lambda r: r["report"].accuracy)
+    metrics = {**best["report"].to_dict(), "train_rows": len(train.labels),
+               "held_out_rows": len(held.labels), "sources": held.sources,
+               "per_layer": {str(r["layer"]): r["report"].accuracy for r in results},
+               "cost_fraction_of_pass": best["cost"]}
+    metrics.pop("history", None)
+    store.save_router(args.pack, best["router"], train.names, metrics, backbone.info)
+    summary = {"pack": str(args.pack), "variant": args.variant, "layer": best["router"].config.layer,
+               "accuracy": best["report"].accuracy, "per_layer": metrics["per_layer"],
+               "per_task": best["report"].per_task, "confusion": best["report"].confusion,
+               "names": train.names, "router_params": routers.router_params(best["router"])}
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        for layer, acc in summary["per_layer"].items():
+            print(f"layer {layer:>2}: held-out routing accuracy {acc:.4f}")
+        print(f"saved {args.variant} router (layer {summary['layer']}, "
+              f"{summary['router_params']} params) to {args.pack}")
+        print(_confusion_text(summary["names"], summary["confusion"]))
+    return 0
+
+
+def _stage_printer():
+    last = {}
+
+    def show(stage: str, done: int, total: int) -> None:
+        if last.get(stage) != done and (done == total or done % max(1, total // 10) == 0):
+            print(f"  {stage}: {done}/{total}", file=sys.stderr)
+        last[stage] = done
+    return show
+
+
+def _confusion_text(names: list[str], confusion: list[list[int]]) -> str:
+    width = max(6, *(len(n) for n in names)) + 1
+    lines = ["true \\ routed".ljust(width + 8) + "".join(n.rjust(width) for n in names)]
+    for name, row in zip(names, confusion):
+        lines.append(name.ljust(width + 8) + "".join(str(v).rjust(width) for v in row))
+    return "\n".join(lines)
+
+
+def cmd_eval_moe(args: argparse.Namespace) -> int:
+    from .. import tasks
+    from ..moe import evaluate_mixture
+
+    moe = _load_moe(args.pack, args.device)
+    try:
+        result = evaluate_mixture(moe, [(e.name, e.config.task) for e in moe.experts],
+                                  args.per_task, args.data_dir)
+    except tasks.DataError as exc:
+        raise UsageError(str(exc)) from None
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"routing accuracy on held-out inputs: {result['routing_accuracy']:.4f} "
+          f"({result['rows']} rows)")
+    print(_confusion_text(result["names"], result["confusion"]))
+    print(f"\n{'expert':<8} {'metric':<9} {'mixture':>8} {'oracle':>8} {'gap':>7}  routing")
+    for name, row in result["per_task"].items():
+        key = row["metric"]
+        mix, ora = row["mixture"][key], row["oracle"][key]
+        print(f"{name:<8} {key:<9} {mix:8.4f} {ora:8.4f} {mix - ora:+7.4f}  {row['routing_accuracy']:.4f}")
+    return 0
+
+
+def cmd_build_demo(args: argparse.Namespace) -> int:
+    import time
+
+    from .. import experts, router as routers, store, tasks
+    from ..backbone import BackboneError, load_backbone
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise UsageError(f"{out} exists and is not empty; pass --overwrite to rebuild it")
+    started = time.perf_counter()
+    try:
+        backbone = load_backbone(args.model, device=args.device)
+        task_names = list(args.tasks)
+        for task in task_names:
+            tasks.get_task(task)
+    except (tasks.DataError, BackboneError) as exc:
+        raise UsageError(str(exc)) from None
+    build = out.with_name(f".{out.name}.building")
+    if build.exists():
+        import shutil
+        shutil.rmtree(build)
+    for task in task_names:
+        t0 = time.perf_counter()
+        config = experts.ExpertConfig(task=task, steps=args.steps, batch_size=args.batch_size,
+                                      max_length=args.max_length, seed=args.seed,
+                                      eval_limit=args.eval_limit, init=args.init)
+        expert = experts.train_expert(config, backbone, data_dir=args.data_dir)
+        store.add_expert_to_pack(build, expert)
+        shown = {k: round(v, 4) for k, v in expert.metrics.items() if isinstance(v, float)}
+        print(f"expert {task}: {shown} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+    pack = store.load_pack(build)
+    pairs = [(e.name, e.config.task) for e in pack.experts]
+    train = routers.routing_data(pairs, "train", args.per_task, args.data_dir, args.seed)
+    held = routers.routing_data(pairs, "validation", args.eval_per_task, args.data_dir, args.seed)
+    config = routers.RouterConfig(variant=args.variant, seed=args.seed, max_length=args.max_length)
+    result = routers.sweep_layers(config, [args.layer], backbone, train, held)[0]
+    router, report = result["router"], result["report"]
+    metrics = {**report.to_dict(), "train_rows": len(train.labels), "held_out_rows": len(held.labels),
+               "sources": held.sources}
+    metrics.pop("history", None)
+    seconds = time.perf_counter() - started
+    store.save_router(build, router, train.names, metrics, backbone.info,
+                      extra={"build": {"command": " ".join(sys.argv[1:]) or "build-demo",
+                                       "seconds": round(seconds, 1), "steps": args.steps,
+                                       "batch_size": args.batch_size, "max_length": args.max_length,
+                                       "seed": args.seed}})
+    store.replace_dir(build, out)
+    print(json.dumps({"pack": str(out), "seconds": round(seconds, 1),
+                      "routing_accuracy": report.accuracy}))
+    return 0
+
+
+
+def add_parsers(sub) -> None:
+    """Register this module's commands on a subparsers action."""
+    p = sub.add_parser("predict", help="route texts to experts and answer them")
+    p.add_argument("text", nargs="*", help="input text(s)")
+    p.add_argument("--text-pair", default=None, help="second text (pair tasks), for every text")
+    p.add_argument("--input-file", default=None, help="JSONL with text and optional text_pair")
+    p.add_argument("--pack", default=None, help="pack folder (default: assets/demo)")
+    p.add_argument("--expert", default=None, help="force this expert (oracle) instead of routing")
+    p.add_argument("--json", action="store_true", help="one JSON line per input")
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("train-router", help="train a pack's router (experts stay frozen)")
+    p.add_argument("--pack", required=True)
+    p.add_argument("--variant", default="fusion", choices=["paper", "linear", "mlp", "fusion"])
+    p.add_argument("--layer", type=parse_layers, default=[2],
+                   help="base layer k read by the router; a list (0,1,2) trains one per layer "
+                        "and keeps the best on held-out inputs")
+    p.add_argument("--per-task", type=positive_int, default=2000, help="training inputs per task")
+    p.add_argument("--eval-per-task", type=positive_int, default=500, help="held-out inputs per task")
+    p.add_argument("--epochs", type=positive_int, default=60)
+    p.add_argument("--hidden", type=positive_int, default=256)
+    p.add_argument("--lr", type=positive_float, default=2e-3)
+    p.add_argument("--max-length", type=positive_int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--device", default=None)
+    p.add_argument("--data-dir", default=None)
+    p.set_defaults(func=cmd_train_router)
+
+    p = sub.add_parser("eval-moe", help="routing accuracy and mixture vs oracle per task")
+    p.add_argument("--pack", default=None)
+    p.add_argument("--per-task", type=positive_int, default=500)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--device", default=None)
+    p.add_argument("--data-dir", default=None)
+    p.set_defaults(func=cmd_eval_moe)
+
+    p = sub.add_parser("build-demo", help="train the six demo experts and a router into a pack")
+    p.add_argument("--out", default=str(default_pack()))
+    p.add_argument("--tasks", type=targets_arg, default=list(DEMO_TASKS))
+    p.add_argument("--steps", type=positive_int, default=300)
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--max-length", type=positive_int, default=128)
+    p.add_argument("--eval-limit", type=positive_int, default=2000)
+    p.add_argument("--init", choices=["kaiming", "zero"], default="zero")
+    p.add_argument("--variant", default="fusion", choices=["paper", "linear", "mlp", "fusion"])
+    p.add_argument("--layer", type=int, default=2)
+    p.add_argument("--per-task", type=positive_int, default=2000)
+    p.add_argument("--eval-per-task", type=positive_int, default=500)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+    common_model_flags(p)
+    p.set_defaults(func=cmd_build_demo)
+

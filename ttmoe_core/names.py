@@ -1,0 +1,38 @@
+"""The one rule for names a user gives (experts, packs, sub-folders) and the one check that a path
+stays inside its root.
+
+A name is never a path: 1–64 characters from letters, digits and ``._-``, starting with a letter or
+a digit (so never ``.``, ``..``, a hidden file, an option-like ``-x`` or anything with a separator).
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+NAME_RULE = "1–64 characters: letters, digits, '.', '_' or '-', starting with a letter or a digit"
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+class NameError_(ValueError):
+    """A name that breaks the rule, or a path that leaves its root."""
+
+
+def is_valid_name(name: object) -> bool:
+    """Whether ``name`` is a string that follows ``NAME_RULE``."""
+    return isinstance(name, str) and NAME_PATTERN.fullmatch(name) is not None
+
+
+def check_name(name: object, what: str = "name") -> str:
+    """``name`` itself when it follows ``NAME_RULE``; else ``NameError_`` naming ``what``."""
+    if not is_valid_name(name):
+        raise NameError_(f"{what} {name!r} is not a valid name ({NAME_RULE})")
+    return name
+
+
+def inside(root: str | Path, *parts: str | Path) -> Path:
+    """``root/parts...`` resolved (symlinks followed); ``NameError_`` if it leaves ``root``."""
+    base = Path(root).resolve()
+    path = base.joinpath(*parts).resolve()
+    if path != base and base not in path.parents:
+        raise NameError_(f"{Path(*parts)} leaves {base}")
+    return path
