@@ -122,9 +122,14 @@ class ReconstructedTTLoRALinear(nn.Module):
         return nn.functional.linear(x, weight, self.layer.base.bias)
 
 
-def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+def replace_submodule(model: nn.Module, name: str, module: nn.Module) -> nn.Module:
+    """Put ``module`` at the qualified ``name`` of ``model`` (module replacement, never a patched
+    forward); returns the module that was there."""
     parent_name, _, child = name.rpartition(".")
-    return (model.get_submodule(parent_name) if parent_name else model), child
+    parent = model.get_submodule(parent_name) if parent_name else model
+    old = getattr(parent, child)
+    setattr(parent, child, module)
+    return old
 
 
 def find_targets(model: nn.Module, targets: Sequence[str]) -> list[str]:
@@ -163,8 +168,7 @@ def inject_tt_lora(model: nn.Module, targets: Sequence[str], *, rank: int, alpha
         base = model.get_submodule(name)
         short = name.rpartition(".")[2]
         m, n = resolve_factors(base.in_features, base.out_features, shapes.get(short))
-        parent, child = _parent(model, name)
-        setattr(parent, child, TTLoRALinear(base, m, n, rank, alpha, num_experts, init, generator))
+        replace_submodule(model, name, TTLoRALinear(base, m, n, rank, alpha, num_experts, init, generator))
     return names
 
 

@@ -132,6 +132,10 @@ TASKS: Mapping[str, TaskSpec] = MappingProxyType({
     )
 })
 
+# the six tasks of the demo pack and of the paper report's router and mixed-task experiments
+DEMO_TASKS: tuple[str, ...] = ("mnli", "cola", "rte", "sst2", "qnli", "qqp")
+
+
 
 @dataclass
 class TaskData:

@@ -7,10 +7,11 @@ import json
 import sys
 from pathlib import Path
 
-from .args import UsageError, common_model_flags, positive_float, positive_int, targets_arg, parse_layers
+from .. import tasks
+from .args import UsageError, common_model_flags, parse_layers, positive_float, positive_int, targets_arg
 
 
-DEMO_TASKS = ("mnli", "cola", "rte", "sst2", "qnli", "qqp")
+
 
 
 def default_pack() -> Path:
@@ -290,7 +291,7 @@ def add_parsers(sub) -> None:
 
     p = sub.add_parser("build-demo", help="train the six demo experts and a router into a pack")
     p.add_argument("--out", default=str(default_pack()))
-    p.add_argument("--tasks", type=targets_arg, default=list(DEMO_TASKS))
+    p.add_argument("--tasks", type=targets_arg, default=list(tasks.DEMO_TASKS))
     p.add_argument("--steps", type=positive_int, default=300)
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--max-length", type=positive_int, default=128)
