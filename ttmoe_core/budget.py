@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
-from ttmoe_core import tt
+from ttmoe_core import schema, tt
 
 LLAMA_LIKE = frozenset({"llama", "mistral", "qwen2"})
 BERT_LIKE = frozenset({"bert", "roberta", "xlm-roberta"})
@@ -111,6 +111,11 @@ def _require(config: Mapping, keys: Sequence[str], model_type: str) -> list[int]
     return values
 
 
+def _check_heads(hidden: int, heads: int, model_type: str) -> None:
+    if heads > hidden:
+        raise ValueError(f"{model_type} config: {heads} attention heads for hidden size {hidden}")
+
+
 def _llama_like_dims(config: Mapping, name: str, model_type: str) -> ModelDims:
     """LLaMA / Mistral / Qwen2 decoder: ``*ForCausalLM`` parameter count."""
     h, layers, inter, heads, vocab = _require(
@@ -118,6 +123,9 @@ def _llama_like_dims(config: Mapping, name: str, model_type: str) -> ModelDims:
                  "vocab_size"], model_type)
     kv_heads = config.get("num_key_value_heads") or heads
     head_dim = config.get("head_dim") or h // heads
+    if heads % kv_heads or head_dim < 1:
+        raise ValueError(f"{model_type} config: num_attention_heads ({heads}) must be a multiple of "
+                         f"num_key_value_heads ({kv_heads}) and no larger than hidden_size ({h})")
     q_dim, kv_dim = heads * head_dim, kv_heads * head_dim
     attention = h * q_dim + 2 * h * kv_dim + q_dim * h
     if model_type == "qwen2":  # q, k, v carry a bias, o does not
@@ -138,6 +146,7 @@ def _bert_like_dims(config: Mapping, name: str, model_type: str) -> ModelDims:
         config, ["hidden_size", "num_hidden_layers", "intermediate_size", "num_attention_heads",
                  "vocab_size", "max_position_embeddings"], model_type)
     token_types = config.get("type_vocab_size", 2)
+    _check_heads(h, heads, model_type)
     embeddings = (vocab + positions + token_types) * h + 2 * h  # + LayerNorm
     per_layer = (4 * (h * h + h)          # query, key, value, attention output
                  + (h * inter + inter)    # intermediate
@@ -153,18 +162,21 @@ def _distilbert_dims(config: Mapping, name: str) -> ModelDims:
     h, layers, inter, heads, vocab, positions = _require(
         config, ["dim", "n_layers", "hidden_dim", "n_heads", "vocab_size",
                  "max_position_embeddings"], DISTILBERT)
+    _check_heads(h, heads, DISTILBERT)
     embeddings = (vocab + positions) * h + 2 * h
     per_layer = 4 * (h * h + h) + (h * inter + inter) + (inter * h + h) + 2 * 2 * h
     total = embeddings + layers * per_layer
     return ModelDims(name, DISTILBERT, h, layers, inter, heads, heads, h // heads, vocab, total)
 
 
-def _dims_from_dict(config: Mapping, name: str | None) -> ModelDims:
-    model_type = config.get("model_type")
-    if model_type is None:
-        raise ValueError("config has no 'model_type': expected a Hugging Face config.json with "
+def _dims_from_dict(config: Mapping, name: str | None, file: str = "config") -> ModelDims:
+    if not isinstance(config, Mapping) or config.get("model_type") is None:
+        raise ValueError(f"{file} has no 'model_type': expected a Hugging Face config.json with "
                          f"one of {', '.join(SUPPORTED_MODEL_TYPES)}")
-    name = name or config.get("_name_or_path") or config.get("name_or_path") or model_type
+    schema.validate(dict(config), "model", file)   # types and ranges first (SchemaError is a ValueError)
+    model_type = config["model_type"]
+    given = config.get("_name_or_path") or config.get("name_or_path")
+    name = name or (given if isinstance(given, str) else None) or model_type
     if model_type in LLAMA_LIKE:
         return _llama_like_dims(config, name, model_type)
     if model_type in BERT_LIKE:
@@ -190,7 +202,8 @@ def dims_from_config(config: Mapping | str | Path) -> ModelDims:
         raise ValueError(f"{str(path)!r} is not valid JSON: {err}") from err
     if not isinstance(data, Mapping):
         raise ValueError(f"{str(path)!r} must hold a JSON object, got {type(data).__name__}")
-    return _dims_from_dict(data, data.get("_name_or_path") or str(path))
+    name = data.get("_name_or_path")
+    return _dims_from_dict(data, name if isinstance(name, str) and name else str(path), str(path))
 
 
 _PRESET_CONFIGS: Mapping[str, Mapping] = MappingProxyType({

@@ -27,10 +27,15 @@ CoreShape = tuple[int, int, int]
 # ----------------------------------------------------------------------------- shapes
 
 
+MAX_FACTORIZABLE = 1 << 40   # trial division to 2^20 at most: bounded time for any input
+
+
 def prime_factors(n: int) -> list[int]:
-    """Prime factors of ``n`` in ascending order (``n >= 1``)."""
-    if n < 1:
-        raise ValueError(f"cannot factorise {n}: must be a positive integer")
+    """Prime factors of ``n`` in ascending order (``1 <= n <= MAX_FACTORIZABLE``)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"cannot factorise {n!r}: must be a positive integer")
+    if n > MAX_FACTORIZABLE:
+        raise ValueError(f"cannot factorise {n}: larger than {MAX_FACTORIZABLE:,} (no layer is that wide)")
     factors, p = [], 2
     while p * p <= n:
         while n % p == 0:

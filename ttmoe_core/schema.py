@@ -1,0 +1,196 @@
+"""JSON schemas of every JSON file the engine reads, checked before any tensor is built.
+
+Files come from users and from the internet (packs are shared), so each one is validated by type
+and range with ``jsonschema`` (declarative schemas as data; already installed with Streamlit)
+before a single byte of tensor memory is allocated from its values. Every failure is one
+``SchemaError`` whose message names the file and the field, e.g.
+``adapter_config.json: field $.rank: 'abc' is not of type 'integer'``.
+
+Bounds are generous for real models (a 405B LLaMA has hidden size 16,384 and 126 layers) and
+small enough that no allowed value can make an allocation or a loop explode.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
+import jsonschema
+
+MAX_DIM = 1 << 20            # hidden / intermediate / head sizes
+MAX_LAYERS = 4096
+MAX_VOCAB = 1 << 24
+MAX_RANK = 4096
+MAX_FACTORS = 32             # TT modes per side
+MAX_EXPERTS = 100_000
+MAX_LABELS = 10_000
+MAX_TENSORS = 1_000_000
+MAX_ELEMENTS_PER_DIM = 1 << 31
+MAX_NAME = 256               # free-text names (task, target, label); expert names have their own rule
+
+DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "bool")
+
+
+class SchemaError(ValueError):
+    """A JSON file that does not follow its schema; the message names the file and the field."""
+
+
+def _int(lo: int, hi: int) -> dict:
+    return {"type": "integer", "minimum": lo, "maximum": hi}
+
+
+def _num(lo: float, hi: float, exclusive_lo: bool = False) -> dict:
+    bound = {"exclusiveMinimum": lo} if exclusive_lo else {"minimum": lo}
+    return {"type": "number", **bound, "maximum": hi}
+
+
+def _text(max_length: int = MAX_NAME) -> dict:
+    return {"type": "string", "minLength": 1, "maxLength": max_length}
+
+
+def _nullable(schema: dict) -> dict:
+    """``schema`` or null (a type list, so an error names the expected type, not "any of")."""
+    return {**schema, "type": [schema["type"], "null"]}
+
+
+def _int_list(lo: int, hi: int, max_items: int, min_items: int = 1) -> dict:
+    return {"type": "array", "items": _int(lo, hi), "minItems": min_items, "maxItems": max_items}
+
+
+BASE_MODEL = {
+    "type": "object",
+    "required": ["name", "model_type", "hidden_size", "num_layers", "fingerprint"],
+    "properties": {
+        "name": _text(4096), "model_type": _text(),
+        "hidden_size": _int(1, MAX_DIM), "num_layers": _int(1, MAX_LAYERS),
+        "fingerprint": {"type": "string", "pattern": "^[0-9a-f]{8,128}$"},
+    },
+}
+
+TENSOR_MANIFEST = {
+    "type": "object", "maxProperties": MAX_TENSORS,
+    "additionalProperties": {
+        "type": "object", "required": ["shape", "dtype"],
+        "properties": {"shape": _int_list(0, MAX_ELEMENTS_PER_DIM, 8, min_items=0),
+                       "dtype": {"enum": list(DTYPES)}},
+    },
+}
+
+EXPERT_TRAINING = {
+    "type": "object", "required": ["task"],
+    "properties": {
+        "task": _text(), "method": {"enum": ["tt-lora", "lora", "adapter"]},
+        "rank": _nullable(_int(1, MAX_RANK)), "alpha": _nullable(_num(0, 1e6, exclusive_lo=True)),
+        "shapes": _nullable({"type": "object", "maxProperties": 256,
+                             "additionalProperties": _int_list(1, MAX_DIM, 2 * MAX_FACTORS, 2)}),
+        "targets": _nullable({"type": "array", "items": _text(), "minItems": 1, "maxItems": 256}),
+        "init": {"enum": ["kaiming", "zero"]}, "lr": _nullable(_num(0, 10, exclusive_lo=True)),
+        "steps": _int(1, 10**9), "batch_size": _int(1, 1 << 20), "max_length": _int(8, 1 << 20),
+        "seed": _int(-(1 << 63), (1 << 64) - 1), "device": _nullable({"type": "string"}),
+        "train_limit": _nullable(_int(1, 10**12)), "eval_limit": _nullable(_int(1, 10**12)),
+        "warmup_fraction": {"type": "number", "minimum": 0, "exclusiveMaximum": 1},
+        "weight_decay": _num(0, 10),
+    },
+}
+
+TT_LAYOUT = _nullable({
+    "type": "object", "maxProperties": 256,
+    "additionalProperties": {
+        "type": "object", "required": ["in_factors", "out_factors"],
+        "properties": {
+            "in_factors": _int_list(1, MAX_DIM, MAX_FACTORS), "out_factors": _int_list(1, MAX_DIM, MAX_FACTORS),
+            "core_shapes": {"type": "array", "maxItems": 2 * MAX_FACTORS,
+                            "items": _int_list(1, max(MAX_DIM, MAX_RANK), 3, 3)},
+        },
+    },
+})
+
+EXPERT_CONFIG = {
+    "type": "object",
+    "required": ["format", "name", "method", "task", "label_names", "base_model", "training", "tensors"],
+    "properties": {
+        "format": {"const": "ttmoe-expert"}, "format_version": _int(1, 1),
+        "name": {"type": "string"}, "method": {"enum": ["tt-lora", "lora", "adapter"]}, "task": _text(),
+        "label_names": {"type": "array", "items": {"type": "string", "maxLength": MAX_NAME},
+                        "maxItems": MAX_LABELS},
+        "rank": _nullable(_int(1, MAX_RANK)), "alpha": _nullable({"type": "number"}),
+        "targets": _nullable({"type": "array", "items": _text(), "maxItems": 256}),
+        "tt": TT_LAYOUT, "base_model": BASE_MODEL, "training": EXPERT_TRAINING,
+        "metrics": {"type": "object"}, "history": {"type": "array"}, "data": {"type": "object"},
+        "created": {"type": "string"}, "trainable_params": _int(0, 1 << 62),
+        "tensors": TENSOR_MANIFEST,
+    },
+}
+
+ROUTER_SETTINGS = {
+    "type": "object", "required": ["variant"],
+    "properties": {
+        "variant": {"enum": ["paper", "linear", "mlp", "fusion"]},
+        "layer": _nullable(_int(0, MAX_LAYERS)), "hidden": _int(1, 1 << 16),
+        "epochs": _int(1, 10**6), "batch_size": _int(1, 1 << 20), "lr": _num(0, 10, exclusive_lo=True),
+        "weight_decay": _num(0, 10), "dropout": {"type": "number", "minimum": 0, "exclusiveMaximum": 1},
+        "seed": _int(-(1 << 63), (1 << 64) - 1), "max_length": _int(8, 1 << 20),
+    },
+}
+
+ROUTER_CONFIG = {
+    "type": "object", "required": ["format", "config", "experts", "base_model", "tensors"],
+    "properties": {
+        "format": {"const": "ttmoe-router"}, "format_version": _int(1, 1),
+        "config": ROUTER_SETTINGS,
+        "experts": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": MAX_EXPERTS},
+        "base_model": BASE_MODEL, "metrics": {"type": "object"}, "params": _int(0, 1 << 62),
+        "tensors": TENSOR_MANIFEST,
+    },
+}
+
+PACK_MANIFEST = {
+    "type": "object", "required": ["format", "experts", "base_model"],
+    "properties": {
+        "format": {"const": "ttmoe-pack"}, "format_version": _int(1, 1),
+        "experts": {"type": "array", "items": {"type": "string"}, "maxItems": MAX_EXPERTS},
+        "base_model": BASE_MODEL, "router": _nullable({"type": "object"}),
+        "metrics": {"type": "object"}, "build": {"type": "object"},
+    },
+}
+
+_POSITIVE = _int(1, MAX_DIM)
+_FLAG = {"type": "boolean"}
+MODEL_CONFIG = {
+    "type": "object", "required": ["model_type"],
+    "properties": {
+        "model_type": {"type": "string", "maxLength": MAX_NAME},
+        "hidden_size": _POSITIVE, "intermediate_size": _POSITIVE, "num_attention_heads": _POSITIVE,
+        "num_key_value_heads": _nullable(_POSITIVE), "head_dim": _nullable(_POSITIVE),
+        "num_hidden_layers": _int(1, MAX_LAYERS), "vocab_size": _int(1, MAX_VOCAB),
+        "max_position_embeddings": _int(1, MAX_VOCAB), "type_vocab_size": _int(0, MAX_VOCAB),
+        "tie_word_embeddings": _FLAG, "attention_bias": _FLAG, "mlp_bias": _FLAG,
+        # DistilBERT's names
+        "dim": _POSITIVE, "hidden_dim": _POSITIVE, "n_heads": _POSITIVE, "n_layers": _int(1, MAX_LAYERS),
+    },
+}
+
+SCHEMAS: Mapping[str, dict] = MappingProxyType({
+    "expert": EXPERT_CONFIG, "router": ROUTER_CONFIG, "pack": PACK_MANIFEST, "model": MODEL_CONFIG,
+})
+
+# "integer" means a JSON integer literal: 5.0 is refused (a float where code needs an int)
+_TYPES = jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
+    "integer", lambda _checker, value: isinstance(value, int) and not isinstance(value, bool))
+_Validator = jsonschema.validators.extend(jsonschema.Draft202012Validator, type_checker=_TYPES)
+_VALIDATORS = MappingProxyType({kind: _Validator(schema) for kind, schema in SCHEMAS.items()})
+
+
+def _field(error: jsonschema.ValidationError) -> str:
+    return error.json_path if error.absolute_path else "$"
+
+
+def validate(data: Any, kind: str, file: str) -> Any:
+    """``data`` itself when it follows the ``kind`` schema; else ``SchemaError`` naming ``file``
+    and the first offending field (the most specific error jsonschema finds)."""
+    validator = _VALIDATORS[kind]
+    error = jsonschema.exceptions.best_match(validator.iter_errors(data))
+    if error is not None:
+        message = error.message if len(error.message) <= 200 else error.message[:200] + "…"
+        raise SchemaError(f"{file}: field {_field(error)}: {message}")
+    return data
