@@ -13,6 +13,7 @@ import torch
 from tests.tinymodels import SAMPLES, random_expert, saved_tiny_bert, tiny_expert
 from ttmoe_core import adapters, bench, tt
 from ttmoe_core.backbone import tokenize_mixed
+from ttmoe_core.bench.__main__ import main
 from ttmoe_core.moe import TTLoRAMoE
 
 
@@ -21,7 +22,7 @@ def _positive_finite(value) -> bool:
 
 
 def _run_json(capsys, argv: list[str]) -> dict:
-    assert bench.main(argv) == 0
+    assert main(argv) == 0
     return json.loads(capsys.readouterr().out)
 
 
@@ -65,8 +66,8 @@ def test_adapters_quick_json(tmp_path, capsys, restore_threads):
 def test_adapters_table_output(tmp_path, capsys, restore_threads):
     model_dir = tmp_path / "tiny-bert"
     saved_tiny_bert(model_dir)
-    assert bench.main(["adapters", "--quick", "--threads", "1", "--model", str(model_dir),
-                       "--tokens", "2", "--repeats", "1"]) == 0
+    assert main(["adapters", "--quick", "--threads", "1", "--model", str(model_dir),
+                 "--tokens", "2", "--repeats", "1"]) == 0
     text = capsys.readouterr().out
     assert "inference_tt_vs_frozen" in text and "crossover" in text and "load average" in text
 
@@ -168,5 +169,5 @@ def test_time_interleaved_and_peak_memory():
 
 def test_crossover_detection():
     rows = [{"tokens": 1, "s": 0.5}, {"tokens": 4, "s": 0.9}, {"tokens": 16, "s": 1.5}]
-    assert bench._crossover(rows, "s") == 16
-    assert bench._crossover([{"tokens": 1, "s": 2.0}, {"tokens": 4, "s": 3.0}], "s") is None
+    assert bench.crossover(rows, "s") == 16
+    assert bench.crossover([{"tokens": 1, "s": 2.0}, {"tokens": 4, "s": 3.0}], "s") is None
