@@ -1,5 +1,6 @@
-"""ttmoe_core.bench: both subcommands on small settings (--quick --json), the paper-scheme module
-against the mixture, and the three adapter paths against each other. No timing thresholds."""
+"""ttmoe_core.bench: both subcommands on small settings (--quick --json), the command line's errors,
+the paper-scheme module against the mixture, the three adapter paths against each other, the
+timing and memory measurements, and the text rendering. No timing thresholds."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import torch
 from tests.tinymodels import SAMPLES, random_expert, saved_tiny_bert, tiny_expert
 from ttmoe_core import adapters, bench, tt
 from ttmoe_core.backbone import tokenize_mixed
+from ttmoe_core.bench.__main__ import main
+from ttmoe_core.cli.args import EXIT_USAGE
 from ttmoe_core.moe import TTLoRAMoE
 
 
@@ -20,8 +23,13 @@ def _positive_finite(value) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
 
 
+def _positive_bytes(value) -> bool:
+    """A measured peak memory: on CPU torch's profiler gives allocation events, so never None."""
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
 def _run_json(capsys, argv: list[str]) -> dict:
-    assert bench.main(argv) == 0
+    assert main(argv) == 0
     return json.loads(capsys.readouterr().out)
 
 
@@ -46,8 +54,11 @@ def test_adapters_quick_json(tmp_path, capsys, restore_threads):
         assert set(result[section]["times"]) == names
         for times in result[section]["times"].values():
             assert _positive_finite(times["median_s"]) and times["rounds"] == 2
-        for nbytes in result[section]["peak_bytes"].values():
-            assert nbytes is None or nbytes >= 0
+        assert set(result[section]["peak_bytes"]) == names
+        for name, nbytes in result[section]["peak_bytes"].items():
+            assert _positive_bytes(nbytes), (section, name, nbytes)
+    # a training step keeps activations for backward: it needs more than inference
+    assert result["train_step"]["peak_bytes"]["tt-lora"] > result["inference"]["peak_bytes"]["tt-lora"]
     assert result["settings"]["tt_modules"] == 4          # 2 layers x (query, value)
     layers = result["contraction"]
     assert [layer["d_in"] for layer in layers] == [384, 2048]
@@ -59,16 +70,27 @@ def test_adapters_quick_json(tmp_path, capsys, restore_threads):
             for key in ("contract_s", "contract_sequential_s", "reconstruct_s",
                         "contract_speedup", "sequential_speedup"):
                 assert _positive_finite(row[key]), key
+            for path in ("contract", "contract_sequential", "reconstruct"):
+                # at least the [tokens, d_out] float32 output
+                assert row[f"{path}_peak_bytes"] >= row["tokens"] * layer["d_out"] * 4, path
+            # reconstruction materialises ΔW [d_out, d_in] float32; contraction never does
+            assert row["reconstruct_peak_bytes"] >= layer["d_in"] * layer["d_out"] * 4
+            assert row["contract_peak_bytes"] < layer["d_in"] * layer["d_out"] * 4
     assert result["machine"]["threads"] == 1
+    assert result["memory_method"] == bench.MEMORY_NOTE_CPU
 
 
 def test_adapters_table_output(tmp_path, capsys, restore_threads):
     model_dir = tmp_path / "tiny-bert"
     saved_tiny_bert(model_dir)
-    assert bench.main(["adapters", "--quick", "--threads", "1", "--model", str(model_dir),
-                       "--tokens", "2", "--repeats", "1"]) == 0
+    assert main(["adapters", "--quick", "--threads", "1", "--model", str(model_dir),
+                 "--tokens", "2", "--repeats", "1"]) == 0
     text = capsys.readouterr().out
-    assert "inference_tt_vs_frozen" in text and "crossover" in text and "load average" in text
+    assert text.startswith("adapters benchmark, ")
+    for needle in ("load average", "inference frozen", "inference tt-lora", "inference lora",
+                   "train step tt-lora", "train step lora", "crossover", "inference_tt_vs_frozen"):
+        assert needle in text, needle
+    assert "llama-3.2-1b q_proj 2048x2048" in text and ", None" not in text
 
 
 def test_moe_quick_json_on_demo_pack(capsys, restore_threads):
@@ -81,11 +103,37 @@ def test_moe_quick_json_on_demo_pack(capsys, restore_threads):
                 "paper_vs_single_throughput", "mixture_speedup_vs_paper",
                 "expert_time_max_over_min"):
         assert _positive_finite(result["ratios"][key]), key
-    for times in result["times"].values():
+    accuracy = result["check"]["routing_accuracy_on_batch"]     # a fraction of the 6 rows
+    assert accuracy * 6 == pytest.approx(round(accuracy * 6))
+    assert accuracy >= 0.5                    # the demo router sends most rows to their expert
+    assert set(result["times"]) == set(result["peak_bytes"]) == {
+        "frozen base", "single expert", "mixture (route + experts)", "mixture expert part",
+        "paper (full route pass + gate-weighted pass)"}
+    for name, times in result["times"].items():
         assert _positive_finite(times["median_s"]) and _positive_finite(times["rows_per_s"])
+        assert times["rows_per_s"] == pytest.approx(6 / times["median_s"])
+        assert _positive_bytes(result["peak_bytes"][name]), name
     assert [row["experts"] for row in result["expert_scan"]] == [1, 6]
     assert [row["distinct_experts_in_batch"] for row in result["expert_scan"]] == [1, 6]
-    assert result["settings"]["rows"] == 6
+    assert result["settings"]["rows"] == 6 and result["settings"]["tokens_per_row_padded"] <= 24
+    text = bench.format_moe(result)
+    assert text.startswith("moe benchmark, ") and "routing accuracy on the batch" in text
+    assert all(name in text for name in result["times"]) and ", None" not in text
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["moe", "--rows", "0"], "--rows: must be >= 1, got 0"),
+    (["moe", "--experts-scan", "a,b"], "'a,b': give integers separated by commas"),
+    (["adapters", "--tokens", "4,0"], "each >= 1"),
+    (["adapters", "--threads", "x"], "'x' is not an integer"),
+    ([], "the following arguments are required: command"),
+])
+def test_bad_flags_are_one_line_usage_errors(capsys, argv, message):
+    assert main(argv) == EXIT_USAGE
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("error: python -m ttmoe_core.bench") and message in captured.err
+    assert captured.err.count("\n") == 1
 
 
 @pytest.fixture(scope="module")
@@ -159,14 +207,56 @@ def test_time_interleaved_and_peak_memory():
     fns = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
     times = bench.time_interleaved(fns, repeats=3, device=torch.device("cpu"), warmup=1)
     assert set(times) == {"a", "b"}
-    assert all(t["rounds"] == 3 and t["median_s"] >= 0 for t in times.values())
-    # warm-up + calibration, then rounds in rotating order: a b | b a | a b
-    assert calls[4:] == ["a", "b", "b", "a", "a", "b"]
-    nbytes = bench.peak_memory(lambda: torch.ones(1000, 1000) * 2, torch.device("cpu"))
-    assert nbytes is None or nbytes >= 4_000_000
+    for t in times.values():
+        assert t["rounds"] == 3 and t["calls_per_sample"] == 1
+        assert 0 < t["min_s"] <= t["median_s"] <= t["max_s"]
+    # warm-up + calibration per function, then rounds in rotating order: a b | b a | a b
+    assert calls == ["a", "a", "b", "b", "a", "b", "b", "a", "a", "b"]
+
+
+def test_time_interleaved_calibrates_calls_per_sample():
+    calls = []
+    times = bench.time_interleaved({"fast": lambda: calls.append(1)}, repeats=2,
+                                   device=torch.device("cpu"), warmup=0, min_sample_s=0.01)
+    n = times["fast"]["calls_per_sample"]
+    assert 1 < n <= 1000                     # a ~µs call needs many calls per 10 ms sample
+    assert len(calls) == 1 + 2 * n           # calibration, then n calls per round
+
+
+def test_peak_memory_counts_the_call_allocations_on_cpu():
+    cpu = torch.device("cpu")
+    small = bench.peak_memory(lambda: torch.ones(1000, 1000) * 2, cpu)
+    large = bench.peak_memory(lambda: torch.ones(2000, 2000) * 2, cpu)
+    assert _positive_bytes(small) and _positive_bytes(large)
+    assert small >= 1000 * 1000 * 4          # at least the float32 result
+    assert large >= 2000 * 2000 * 4 and large > 3 * small
+    assert bench.memory_note(cpu) == bench.MEMORY_NOTE_CPU
 
 
 def test_crossover_detection():
     rows = [{"tokens": 1, "s": 0.5}, {"tokens": 4, "s": 0.9}, {"tokens": 16, "s": 1.5}]
-    assert bench._crossover(rows, "s") == 16
-    assert bench._crossover([{"tokens": 1, "s": 2.0}, {"tokens": 4, "s": 3.0}], "s") is None
+    assert bench.crossover(rows, "s") == 16
+    assert bench.crossover([{"tokens": 1, "s": 2.0}, {"tokens": 4, "s": 3.0}], "s") is None
+    assert bench.crossover([{"tokens": 1, "s": 2.0}, {"tokens": 4, "s": 0.5}], "s") == 4
+
+
+def test_ratio_targets_are_checked_in_their_direction():
+    assert bench.ratio_check("inference_tt_vs_frozen", 1.0) == {
+        "value": 1.0, "target": "<= 1.15", "met": True}
+    assert bench.ratio_check("inference_tt_vs_frozen", 1.2)["met"] is False
+    assert bench.ratio_check("mixture_vs_single_throughput", 0.8)["met"] is True
+    assert bench.ratio_check("mixture_vs_single_throughput", 0.5)["met"] is False
+
+
+def test_header_names_the_gpu_only_when_there_is_one():
+    from ttmoe_core.bench.results import header_lines
+
+    result = {"benchmark": "moe", "date": "2026-01-01T00:00:00+00:00", "settings": {"rows": 2},
+              "load_average": {"before": [0.5, 0.4, 0.3], "after": None},
+              "machine": {"cpu": "cpu x", "cores": 2, "threads": 1, "torch": "2", "device": "cpu"}}
+    expected = "machine: cpu x, 2 cores, 1 threads, torch 2, device cpu"
+    assert header_lines(result)[1] == expected                        # results before runinfo
+    result["machine"]["gpu"] = None
+    assert header_lines(result)[1] == expected
+    result["machine"].update(device="cuda:0", gpu="H200")
+    assert header_lines(result)[1] == "machine: cpu x, 2 cores, 1 threads, torch 2, device cuda:0, H200"

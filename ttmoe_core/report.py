@@ -138,7 +138,7 @@ def machine_info(backbone: Backbone) -> dict:
     import peft
     import transformers
 
-    from .bench import cpu_name
+    from .runinfo import cpu_name
 
     cpu = cpu_name()
     try:

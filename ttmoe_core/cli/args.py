@@ -57,14 +57,24 @@ def targets_arg(text: str) -> list[str]:
     return names
 
 
-def parse_layers(text: str) -> list[int]:
+def int_list(text: str, minimum: int, example: str) -> list[int]:
+    """``"1,4,16"`` -> [1, 4, 16]: at least one integer, each >= ``minimum``; ``example`` says
+    what to write instead (e.g. "layer numbers like 2 or 0,1,2")."""
     try:
-        layers = [int(t) for t in text.split(",") if t.strip()]
+        values = [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: give layer numbers like 2 or 0,1,2") from None
-    if not layers or min(layers) < 0:
-        raise argparse.ArgumentTypeError("layers must be >= 0")
-    return layers
+        raise argparse.ArgumentTypeError(f"{text!r}: give {example}") from None
+    if not values or min(values) < minimum:
+        raise argparse.ArgumentTypeError(f"{text!r}: give {example}, each >= {minimum}")
+    return values
+
+
+def parse_layers(text: str) -> list[int]:
+    return int_list(text, 0, "layer numbers like 2 or 0,1,2")
+
+
+def positive_int_list(text: str) -> list[int]:
+    return int_list(text, 1, "integers separated by commas, like 1,4,16")
 
 
 def common_model_flags(parser: argparse.ArgumentParser) -> None:

@@ -1,0 +1,108 @@
+"""Benchmarks, measured side by side in one run: ``python -m ttmoe_core.bench adapters|moe``.
+
+``adapters``: on the base model (default: the embedded all-MiniLM-L6-v2)
+  - inference: frozen model vs the same model with TT-LoRA (rank 5) on every query/value module;
+  - training step (forward + backward + AdamW step): TT-LoRA vs PEFT LoRA r16, same head and loss;
+  - the adapter alone, contraction (``tt.tt_contract``, and the paper's mode-by-mode order
+    ``tt.tt_contract_sequential``) vs reconstruction (``ΔW`` from the cores, then ``x @ ΔW^T``) for
+    a 384×384 layer and the paper's 2048×2048 LLaMA-3.2-1B q_proj shape, per number of tokens;
+  - peak memory of each variant.
+``moe``: a mixed batch (rows of every expert's task, interleaved) through
+  (a) the mixture ``moe.TTLoRAMoE`` (routing included, and its expert part alone),
+  (b) one TT-LoRA expert alone on the same rows,
+  (c) the paper's scheme: a router pass over the whole base model, then a second full pass where
+      every layer sums the gate-weighted outputs of ALL E experts (``GateWeightedMoE``, checked
+      equal to the mixture before timing);
+  then the mixture's expert part for E = 1, 6, 16, 64 experts (random cores beyond the pack).
+
+Timing: the variants of a table run interleaved (the order rotates each round) and each figure
+is the median over the rounds; ``torch.cuda.synchronize`` brackets every sample on CUDA.
+``--json`` prints one JSON object with the same figures (seconds, bytes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+import torch
+
+from ..backbone import pick_device
+from ..cli.args import EXIT_USAGE, Parser, UsageError, positive_int, positive_int_list
+from ..runinfo import usable_cores
+from .adapters import ADAPTER_DEFAULTS, ADAPTER_QUICK, bench_adapters, format_adapters
+from .moe import DEMO_PACK, MOE_DEFAULTS, MOE_QUICK, bench_moe, format_moe
+
+
+def _settings(args: argparse.Namespace, defaults: dict, quick: dict) -> dict:
+    """The defaults (``--quick``: the tiny ones), each overridden by its flag when given."""
+    base = quick if args.quick else defaults
+    return {key: (getattr(args, key) if getattr(args, key, None) is not None else value)
+            for key, value in base.items()}
+
+
+def _run_adapters(args: argparse.Namespace, device: torch.device) -> tuple[dict, str]:
+    result = bench_adapters(_settings(args, ADAPTER_DEFAULTS, ADAPTER_QUICK), args.model, device)
+    return result, format_adapters(result)
+
+
+def _run_moe(args: argparse.Namespace, device: torch.device) -> tuple[dict, str]:
+    result = bench_moe(_settings(args, MOE_DEFAULTS, MOE_QUICK), args.pack, args.data_dir, device)
+    return result, format_moe(result)
+
+
+def build_parser() -> Parser:
+    """One subcommand per benchmark; each sets ``run(args, device) -> (result, text)``."""
+    parser = Parser(prog="python -m ttmoe_core.bench", description=__doc__,
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print one JSON object")
+    common.add_argument("--threads", type=positive_int, default=None,
+                        help="torch intra-op threads (default: all cores)")
+    common.add_argument("--repeats", type=positive_int, default=None,
+                        help="interleaved rounds per table (default 10; quick 2)")
+    common.add_argument("--quick", action="store_true", help="tiny settings (tests, smoke runs)")
+    common.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA if present)")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    a = sub.add_parser("adapters", parents=[common], help="TT-LoRA vs frozen / LoRA; contraction")
+    a.add_argument("--model", default=None, help="base model (default: embedded all-MiniLM-L6-v2)")
+    a.add_argument("--batch", type=positive_int, default=None, help="rows (default 32)")
+    a.add_argument("--length", type=positive_int, default=None, help="tokens per row (default 64)")
+    a.add_argument("--rank", type=positive_int, default=None, help="TT rank (default 5)")
+    a.add_argument("--lora-rank", type=positive_int, default=None, help="LoRA rank (default 16)")
+    a.add_argument("--tokens", type=positive_int_list, default=None,
+                   help="token counts for contraction vs reconstruction "
+                        "(default 1,4,16,64,256,1024,4096)")
+    a.set_defaults(run=_run_adapters)
+
+    m = sub.add_parser("moe", parents=[common], help="mixture vs single expert vs paper scheme")
+    m.add_argument("--pack", default=str(DEMO_PACK), help="pack folder (default: assets/demo)")
+    m.add_argument("--data-dir", default=None, help="task data folder (default: the engine's)")
+    m.add_argument("--rows", type=positive_int, default=None, help="mixed batch rows (default 48)")
+    m.add_argument("--max-length", type=positive_int, default=None,
+                   help="tokens per row at most (default: the pack's)")
+    m.add_argument("--experts-scan", type=positive_int_list, default=None,
+                   help="numbers of experts for the expert-part scan (default 1,6,16,64)")
+    m.set_defaults(run=_run_moe)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one benchmark; print its tables (or, with ``--json``, its result). Bad flags print
+    one line ``error: ...`` on stderr and return 2."""
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    torch.set_num_threads(args.threads or usable_cores())
+    result, text = args.run(args, pick_device(args.device))
+    print(json.dumps(result) if args.json else text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
