@@ -7,8 +7,9 @@ the fusion layers and one linear head per task are trained (base and adapters fr
 (the paper's multi-task setting: one shared fusion, a head per task, mixed batches where each
 row's loss comes from its own task's head) are the same code.
 
-Conventions follow ``experts``: the base model runs in eval mode (no dropout), each head has
-dropout 0.1 on the mean-pooled last hidden state, AdamW with 6% linear warm-up then linear decay.
+Training is ``experts.fit``, the experts' own loop: the base model runs in eval mode (no
+dropout), each head has dropout 0.1 on the mean-pooled last hidden state, AdamW with 6% linear
+warm-up then linear decay.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -160,20 +160,10 @@ def train_fusion(backbone: Backbone, adapter_experts: Mapping[str, experts.Exper
     num_labels = {t: max(1, len(d.label_names)) for t, d in train_sets.items()}
     model = FusionModel(encoder, backbone.info.hidden_size, num_labels, config.head_dropout).to(device)
     pool = [(t, i) for t, data in train_sets.items() for i in range(len(data))]   # (task, row)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    warmup = max(1, int(config.warmup_fraction * config.steps))
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(
-        (s + 1) / warmup, max(0.0, (config.steps - s) / max(1, config.steps - warmup))))
-    model.train()
-    model.encoder.eval()   # frozen base and adapters without dropout, as in experts.train_expert
-    history, running, seen = [], [], 0
-    start = time.perf_counter()
-    batches = experts._batches(len(pool), config.batch_size, generator)
-    for step in range(1, config.steps + 1):
-        if should_stop is not None and should_stop():
-            raise experts.TrainingError(f"fusion training cancelled at step {step - 1} of {config.steps}")
-        rows = [pool[i] for i in next(batches)]
+
+    def batch_loss(indices: list[int]) -> torch.Tensor:
+        """Mean over the rows of each row's loss under its own task's head."""
+        rows = [pool[i] for i in indices]
         texts = [train_sets[t].texts[i] for t, i in rows]
         pairs = [train_sets[t].text_pairs[i] if train_sets[t].text_pairs else None for t, i in rows]
         batch, _ = tokenize_mixed(backbone.tokenizer, texts, pairs, config.max_length, device)
@@ -183,25 +173,13 @@ def train_fusion(backbone: Backbone, adapter_experts: Mapping[str, experts.Exper
             idx = [k for k, (t, _) in enumerate(rows) if t == task]
             data = train_sets[task]
             labels = torch.tensor([data.labels[rows[k][1]] for k in idx], device=device)
-            logits = model.heads[task](pooled[idx])
-            loss = loss + experts._loss(logits, labels, not data.label_names) * len(idx)
-        loss = loss / len(rows)
-        if not torch.isfinite(loss):
-            raise experts.TrainingError(f"fusion loss became {loss.item()} at step {step}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        seen += len(rows)
-        running.append(loss.item())
-        if step % log_every == 0 or step == config.steps:
-            elapsed = time.perf_counter() - start
-            event = experts.Progress(step, config.steps, float(np.mean(running)), seen / elapsed, elapsed)
-            history.append({"step": step, "loss": event.loss, "examples_per_s": event.examples_per_s})
-            running = []
-            if progress is not None:
-                progress(event)
-    model.eval()
+            loss = loss + experts.task_loss(model.heads[task](pooled[idx]), labels,
+                                            not data.label_names) * len(idx)
+        return loss / len(rows)
+
+    start = time.perf_counter()
+    history = experts.fit(model, batch_loss, len(pool), config, generator, progress=progress,
+                          should_stop=should_stop, log_every=log_every, prefix="fusion ")
     return FusionResult(model=model, config=config, adapters=list(adapter_experts),
                         tasks=list(train_sets), history=history,
                         train_seconds=time.perf_counter() - start,
