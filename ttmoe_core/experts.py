@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import adapters, tasks
+from . import adapters, rng, tasks
 from .backbone import Backbone, BackboneInfo, load_backbone, mean_pool, tokenize
 
 METHODS = ("tt-lora", "lora", "adapter")
@@ -136,13 +136,19 @@ class Progress:
 
 
 class ExpertModel(nn.Module):
-    """Adapted base model + linear head on the mean-pooled last hidden state."""
+    """Adapted base model + linear head on the mean-pooled last hidden state.
 
-    def __init__(self, encoder: nn.Module, hidden_size: int, num_labels: int, dropout: float = 0.1):
+    ``generator`` draws the head's initial weights and, in training, its dropout masks.
+    """
+
+    def __init__(self, encoder: nn.Module, hidden_size: int, num_labels: int, dropout: float = 0.1,
+                 generator: torch.Generator | None = None):
         super().__init__()
+        generator = rng.given_or_seeded(generator)
         self.encoder = encoder
-        self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(hidden_size, num_labels)
+        self.dropout = rng.Dropout(dropout, generator)
+        with rng.drawing_from(generator):
+            self.head = nn.Linear(hidden_size, num_labels)
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """batch of token ids -> logits [B, C]."""
@@ -172,20 +178,27 @@ def _resolve_targets_and_shapes(cfg: ExpertConfig, model: nn.Module) -> ExpertCo
 def build_expert_model(expert_or_config: Expert | ExpertConfig, backbone: Backbone,
                        num_labels: int | None = None,
                        generator: torch.Generator | None = None) -> ExpertModel:
-    """A fresh copy of the base model with the expert's adapters (+ its weights if an Expert)."""
+    """A fresh copy of the base model with the expert's adapters (+ its weights if an Expert).
+
+    ``generator`` (None: one seeded with the config's seed) draws every initial weight (adapters
+    and head) and the head's dropout masks; the global RNG is never used.
+    """
     expert = expert_or_config if isinstance(expert_or_config, Expert) else None
     cfg = (expert.config if expert else expert_or_config).resolved()
+    generator = rng.given_or_seeded(generator, cfg.seed)
     encoder = copy.deepcopy(backbone.model)
     cfg = _resolve_targets_and_shapes(cfg, encoder)
-    if cfg.method == "tt-lora":
-        adapters.inject_tt_lora(encoder, cfg.targets, rank=cfg.rank, alpha=cfg.alpha,
-                                shapes=cfg.shapes, init=cfg.init, generator=generator)
-    elif cfg.method == "lora":
-        encoder = adapters.inject_lora(encoder, cfg.targets, rank=cfg.rank, alpha=cfg.alpha)
-    else:
-        adapters.inject_bottleneck(encoder, ADAPTER_NAME, reduction=cfg.rank)
+    with rng.drawing_from(generator):       # PEFT's and the adapters library's own initialisers
+        if cfg.method == "tt-lora":
+            adapters.inject_tt_lora(encoder, cfg.targets, rank=cfg.rank, alpha=cfg.alpha,
+                                    shapes=cfg.shapes, init=cfg.init, generator=generator)
+        elif cfg.method == "lora":
+            encoder = adapters.inject_lora(encoder, cfg.targets, rank=cfg.rank, alpha=cfg.alpha)
+        else:
+            adapters.inject_bottleneck(encoder, ADAPTER_NAME, reduction=cfg.rank)
     labels = expert.num_labels if expert else num_labels
-    model = ExpertModel(encoder, backbone.info.hidden_size, labels).to(backbone.device)
+    model = ExpertModel(encoder, backbone.info.hidden_size, labels,
+                        generator=generator).to(backbone.device)
     if expert is not None:
         load_expert_tensors(model, expert)
     return model
@@ -267,7 +280,8 @@ def fit(model: nn.Module, batch_loss: Callable[[list[int]], torch.Tensor], num_r
 
     ``batch_loss(rows)``: the mean loss (a scalar tensor) of the rows at these indices, drawn
     from 0..num_rows-1 in batches of ``config.batch_size``, reshuffled by ``generator`` every
-    epoch. ``config.steps`` AdamW steps on the parameters that require grad, learning rate with
+    epoch (the model's own randomness, e.g. dropout, should come from the same generator).
+    ``config.steps`` AdamW steps on the parameters that require grad, learning rate with
     linear warm-up over ``warmup_fraction`` of the steps then linear decay to 0. The model trains
     with its ``encoder`` (the frozen base) in eval mode, so only its own layers use dropout, and
     is left in eval mode. History: [{step, loss (mean since the last entry), examples_per_s}]
@@ -315,7 +329,11 @@ def train_expert(config: ExpertConfig, backbone: Backbone | None = None, *,
                  progress: Callable[[Progress], None] | None = None,
                  should_stop: Callable[[], bool] | None = None,
                  log_every: int = 5, data_dir=None, name: str | None = None) -> Expert:
-    """Train one expert on its task alone (base frozen), evaluate it, return it as data."""
+    """Train one expert on its task alone (base frozen), evaluate it, return it as data.
+
+    All randomness (initial weights, batch order, dropout) comes from one generator seeded with
+    ``config.seed``, so a run is repeatable and independent of other threads.
+    """
     cfg = config.resolved()
     backbone = backbone or load_backbone(device=cfg.device)
     device = backbone.device
@@ -324,8 +342,7 @@ def train_expert(config: ExpertConfig, backbone: Backbone | None = None, *,
     if len(train_data) == 0:
         raise ConfigError(f"no training rows for task {cfg.task!r}")
     regression = not train_data.label_names
-    torch.manual_seed(cfg.seed)
-    generator = torch.Generator().manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)   # init, batch order and dropout
     cfg = _resolve_targets_and_shapes(cfg, backbone.model)
     model = build_expert_model(cfg, backbone, num_labels=max(1, len(train_data.label_names)),
                                generator=generator)
