@@ -25,7 +25,7 @@ def bb():
 @pytest.fixture(scope="module")
 def sst2_cola():
     return {task: (tasks.load_task(task, "train", data_dir=SAMPLES, limit=16),
-                   tasks.load_task(task, "validation", data_dir=SAMPLES, limit=8))
+                   tasks.load_task(task, "validation", data_dir=SAMPLES, limit=24))
             for task in ("sst2", "cola")}
 
 
