@@ -186,6 +186,100 @@ def test_empty_train_data_is_an_error(tiny_bert, sst2, monkeypatch):
         experts.train_expert(_config(), tiny_bert, train_data=empty, eval_data=valid)
 
 
+class _ToyModel(torch.nn.Module):
+    """A frozen ``encoder`` + a trainable head: the shape of model ``experts.fit`` trains."""
+
+    def __init__(self, generator: torch.Generator):
+        super().__init__()
+        self.encoder = torch.nn.Linear(4, 4).requires_grad_(False)
+        self.head = torch.nn.Linear(4, 3)
+        with torch.no_grad():
+            for param in self.parameters():
+                param.copy_(torch.randn(param.shape, generator=generator))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.encoder(x)))
+
+
+def _toy_data(rows: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(5)
+    return torch.randn(rows, 4, generator=generator), torch.randint(0, 3, (rows,), generator=generator)
+
+
+def _reference_loop(model, x, y, config, generator) -> list[float]:
+    """The loop ``train_expert`` and ``baselines.train_fusion`` each had before ``fit``, written
+    out: AdamW, linear warm-up then decay, batches reshuffled every epoch; per-step losses."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    warmup = max(1, int(config.warmup_fraction * config.steps))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(
+        (s + 1) / warmup, max(0.0, (config.steps - s) / max(1, config.steps - warmup))))
+    batches: list[list[int]] = []
+    while len(batches) < config.steps:
+        order = torch.randperm(len(y), generator=generator).tolist()
+        batches += [order[i:i + config.batch_size] for i in range(0, len(y), config.batch_size)]
+    losses = []
+    for rows in batches[:config.steps]:
+        loss = torch.nn.functional.cross_entropy(model(x[rows]), y[rows])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+    return losses
+
+
+def test_fit_is_the_reference_loop():
+    x, y = _toy_data()
+    config = _config(steps=7, batch_size=4, lr=0.05, weight_decay=0.01, warmup_fraction=0.3)
+    reference = _ToyModel(torch.Generator().manual_seed(1))
+    losses = _reference_loop(reference, x, y, config, torch.Generator().manual_seed(2))
+    model = _ToyModel(torch.Generator().manual_seed(1))
+    events = []
+    history = experts.fit(model, lambda rows: experts.task_loss(model(x[rows]), y[rows], False),
+                          len(y), config, torch.Generator().manual_seed(2), progress=events.append,
+                          log_every=1)
+    assert [h["loss"] for h in history] == losses                  # exactly, step by step
+    assert [h["step"] for h in history] == list(range(1, 8)) and len(events) == 7
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
+                                                 reference.state_dict().values()))
+    assert not model.training                                       # left in eval mode
+    # log_every=3: the mean loss since the previous entry, at steps 3, 6 and the last one
+    model = _ToyModel(torch.Generator().manual_seed(1))
+    history = experts.fit(model, lambda rows: experts.task_loss(model(x[rows]), y[rows], False),
+                          len(y), config, torch.Generator().manual_seed(2), log_every=3)
+    assert [h["step"] for h in history] == [3, 6, 7]
+    assert [h["loss"] for h in history] == pytest.approx(
+        [np.mean(losses[:3]), np.mean(losses[3:6]), losses[6]], rel=1e-12)
+
+
+def test_fit_trains_with_the_encoder_in_eval_mode_and_reports_errors():
+    x, y = _toy_data()
+    model = _ToyModel(torch.Generator().manual_seed(1))
+    modes = []
+
+    def loss_of(rows):
+        modes.append((model.training, model.encoder.training))
+        return experts.task_loss(model(x[rows]), y[rows], False)
+
+    experts.fit(model, loss_of, len(y), _config(steps=2).resolved(), torch.Generator())
+    assert modes == [(True, False), (True, False)]
+    with pytest.raises(TrainingError, match="^fusion training cancelled at step 0 of 2$"):
+        experts.fit(model, loss_of, len(y), _config(steps=2).resolved(), torch.Generator(),
+                    should_stop=lambda: True, prefix="fusion ")
+    with pytest.raises(TrainingError, match="^loss became nan at step 1: try again$"):
+        experts.fit(model, lambda rows: torch.tensor(float("nan")), len(y),
+                    _config(steps=2).resolved(), torch.Generator(), nan_hint=": try again")
+
+
+def test_task_loss_regression_and_classification():
+    logits = torch.tensor([[0.5], [2.0]])
+    assert experts.task_loss(logits, torch.tensor([1.0, 2.0]), True).item() == pytest.approx(0.125)
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    expected = torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1]))
+    assert torch.equal(experts.task_loss(logits, torch.tensor([0, 1]), False), expected)
+
+
 # ----------------------------------------------------------------------------- rebuild + evaluate
 
 

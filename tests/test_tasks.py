@@ -316,5 +316,16 @@ def test_pearson_spearman_by_hand():
         compute_metrics("accuracy", [1, 0], [1])
 
 
-def test_module_has_no_streamlit_import():
-    assert "streamlit" not in Path(tasks.__file__).read_text(encoding="utf-8")
+def test_package_has_no_streamlit_import():
+    modules = sorted(Path(tasks.__file__).parent.glob("*.py"))
+    assert {m.stem for m in modules} >= {"__init__", "registry", "loading", "metrics"}
+    for module in modules:
+        assert "streamlit" not in module.read_text(encoding="utf-8"), module.name
+
+
+def test_package_keeps_the_public_api():
+    for name in tasks.__all__:
+        assert getattr(tasks, name) is not None, name
+    from ttmoe_core.tasks import loading, metrics, registry
+    assert tasks.load_task is loading.load_task and tasks.TASKS is registry.TASKS
+    assert tasks.compute_metrics is metrics.compute_metrics

@@ -7,8 +7,9 @@ the fusion layers and one linear head per task are trained (base and adapters fr
 (the paper's multi-task setting: one shared fusion, a head per task, mixed batches where each
 row's loss comes from its own task's head) are the same code.
 
-Conventions follow ``experts``: the base model runs in eval mode (no dropout), each head has
-dropout 0.1 on the mean-pooled last hidden state, AdamW with 6% linear warm-up then linear decay.
+Training is ``experts.fit``, the experts' own loop: the base model runs in eval mode (no
+dropout), each head has dropout 0.1 on the mean-pooled last hidden state, AdamW with 6% linear
+warm-up then linear decay.
 """
 
 from __future__ import annotations
@@ -18,11 +19,10 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 
-import numpy as np
 import torch
 from torch import nn
 
-from . import experts, tasks
+from . import experts, rng, tasks
 from .backbone import Backbone, mean_pool, tokenize_mixed
 
 
@@ -52,10 +52,11 @@ def _adapter_tensors(expert: experts.Expert, name: str) -> dict[str, torch.Tenso
     return {k.replace(old, new): v for k, v in expert.tensors.items() if not k.startswith("head.")}
 
 
-def fused_encoder(backbone: Backbone, adapter_experts: Mapping[str, experts.Expert]) -> nn.Module:
+def fused_encoder(backbone: Backbone, adapter_experts: Mapping[str, experts.Expert],
+                  generator: torch.Generator | None = None) -> nn.Module:
     """A copy of the base model holding every adapter (named by its key) under one active ``Fuse``.
 
-    Only the fusion layers are trainable.
+    Only the fusion layers are trainable; ``generator`` (None: seed 0) draws their initial weights.
     """
     import adapters as adapters_lib
     from adapters.composition import Fuse
@@ -68,17 +69,19 @@ def fused_encoder(backbone: Backbone, adapter_experts: Mapping[str, experts.Expe
         if expert.base.fingerprint != backbone.info.fingerprint:
             raise FusionError(f"adapter {name!r} was trained on another base model ({expert.base.name!r})")
     encoder = copy.deepcopy(backbone.model)
-    adapters_lib.init(encoder)
-    for name, expert in adapter_experts.items():
-        encoder.add_adapter(name, config=adapters_lib.SeqBnConfig(reduction_factor=expert.config.rank))
-        tensors = _adapter_tensors(expert, name)
-        result = encoder.load_state_dict(tensors, strict=False)
-        wanted = {k for k in encoder.state_dict() if f".adapters.{name}." in k}
-        if result.unexpected_keys or wanted - set(tensors):
-            raise FusionError(f"adapter {name!r}: tensors do not fit the model (unexpected "
-                              f"{result.unexpected_keys[:2]}, missing {sorted(wanted - set(tensors))[:2]})")
-    fuse = Fuse(*adapter_experts)
-    encoder.add_adapter_fusion(fuse)
+    with rng.drawing_from(rng.given_or_seeded(generator)):
+        adapters_lib.init(encoder)          # the library's initialisers draw from ``generator``
+        for name, expert in adapter_experts.items():
+            bottleneck = adapters_lib.SeqBnConfig(reduction_factor=expert.config.rank)
+            encoder.add_adapter(name, config=bottleneck)
+            tensors = _adapter_tensors(expert, name)
+            result = encoder.load_state_dict(tensors, strict=False)
+            missing = sorted({k for k in encoder.state_dict() if f".adapters.{name}." in k} - set(tensors))
+            if result.unexpected_keys or missing:
+                raise FusionError(f"adapter {name!r}: tensors do not fit the model (unexpected "
+                                  f"{result.unexpected_keys[:2]}, missing {missing[:2]})")
+        fuse = Fuse(*adapter_experts)
+        encoder.add_adapter_fusion(fuse)
     encoder.train_adapter_fusion(fuse)       # freezes base and adapters, fusion layers trainable
     encoder.set_active_adapters(fuse)
     return encoder.to(backbone.device)
@@ -88,12 +91,14 @@ class FusionModel(nn.Module):
     """Fused encoder + one linear head per task on the mean-pooled last hidden state."""
 
     def __init__(self, encoder: nn.Module, hidden_size: int, num_labels: Mapping[str, int],
-                 dropout: float = 0.1):
+                 dropout: float = 0.1, generator: torch.Generator | None = None):
         super().__init__()
+        generator = rng.given_or_seeded(generator)
         self.encoder = encoder
         self.tasks = list(num_labels)
-        self.dropout = nn.Dropout(dropout)
-        self.heads = nn.ModuleDict({t: nn.Linear(hidden_size, n) for t, n in num_labels.items()})
+        self.dropout = rng.Dropout(dropout, generator)       # masks drawn from ``generator``
+        with rng.drawing_from(generator):
+            self.heads = nn.ModuleDict({t: nn.Linear(hidden_size, n) for t, n in num_labels.items()})
 
     def pooled(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """[B, H] mean of the last hidden state over real tokens (dropout in training)."""
@@ -153,27 +158,17 @@ def train_fusion(backbone: Backbone, adapter_experts: Mapping[str, experts.Exper
     """
     if not train_sets:
         raise FusionError("no training data given")
-    torch.manual_seed(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)  # init, batch order and dropout
     device = backbone.device
-    encoder = fused_encoder(backbone, adapter_experts)
+    encoder = fused_encoder(backbone, adapter_experts, generator)
     num_labels = {t: max(1, len(d.label_names)) for t, d in train_sets.items()}
-    model = FusionModel(encoder, backbone.info.hidden_size, num_labels, config.head_dropout).to(device)
+    model = FusionModel(encoder, backbone.info.hidden_size, num_labels, config.head_dropout,
+                        generator).to(device)
     pool = [(t, i) for t, data in train_sets.items() for i in range(len(data))]   # (task, row)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    warmup = max(1, int(config.warmup_fraction * config.steps))
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(
-        (s + 1) / warmup, max(0.0, (config.steps - s) / max(1, config.steps - warmup))))
-    model.train()
-    model.encoder.eval()   # frozen base and adapters without dropout, as in experts.train_expert
-    history, running, seen = [], [], 0
-    start = time.perf_counter()
-    batches = experts._batches(len(pool), config.batch_size, generator)
-    for step in range(1, config.steps + 1):
-        if should_stop is not None and should_stop():
-            raise experts.TrainingError(f"fusion training cancelled at step {step - 1} of {config.steps}")
-        rows = [pool[i] for i in next(batches)]
+
+    def batch_loss(indices: list[int]) -> torch.Tensor:
+        """Mean over the rows of each row's loss under its own task's head."""
+        rows = [pool[i] for i in indices]
         texts = [train_sets[t].texts[i] for t, i in rows]
         pairs = [train_sets[t].text_pairs[i] if train_sets[t].text_pairs else None for t, i in rows]
         batch, _ = tokenize_mixed(backbone.tokenizer, texts, pairs, config.max_length, device)
@@ -183,25 +178,13 @@ def train_fusion(backbone: Backbone, adapter_experts: Mapping[str, experts.Exper
             idx = [k for k, (t, _) in enumerate(rows) if t == task]
             data = train_sets[task]
             labels = torch.tensor([data.labels[rows[k][1]] for k in idx], device=device)
-            logits = model.heads[task](pooled[idx])
-            loss = loss + experts._loss(logits, labels, not data.label_names) * len(idx)
-        loss = loss / len(rows)
-        if not torch.isfinite(loss):
-            raise experts.TrainingError(f"fusion loss became {loss.item()} at step {step}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        seen += len(rows)
-        running.append(loss.item())
-        if step % log_every == 0 or step == config.steps:
-            elapsed = time.perf_counter() - start
-            event = experts.Progress(step, config.steps, float(np.mean(running)), seen / elapsed, elapsed)
-            history.append({"step": step, "loss": event.loss, "examples_per_s": event.examples_per_s})
-            running = []
-            if progress is not None:
-                progress(event)
-    model.eval()
+            loss = loss + experts.task_loss(model.heads[task](pooled[idx]), labels,
+                                            not data.label_names) * len(idx)
+        return loss / len(rows)
+
+    start = time.perf_counter()
+    history = experts.fit(model, batch_loss, len(pool), config, generator, progress=progress,
+                          should_stop=should_stop, log_every=log_every, prefix="fusion ")
     return FusionResult(model=model, config=config, adapters=list(adapter_experts),
                         tasks=list(train_sets), history=history,
                         train_seconds=time.perf_counter() - start,

@@ -1,6 +1,7 @@
 """One expert: TT-LoRA cores (or a PEFT LoRA baseline) on a frozen base model + a task head.
 
 ``train_expert`` trains one expert on its task alone and reports progress through a callback;
+its loop, :func:`fit`, is also the AdapterFusion baseline's (``baselines``);
 ``evaluate_expert`` gives the task's metrics and a confusion matrix. An ``Expert`` is plain data
 (config, tensors, metrics) that ``store`` writes and reads; ``build_expert_model`` turns it back
 into a runnable module on a copy of a base model.
@@ -12,14 +13,15 @@ import copy
 import datetime as dt
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields
+from typing import Protocol
 
 import numpy as np
 import torch
 from torch import nn
 
-from . import adapters, tasks
+from . import adapters, rng, tasks
 from .backbone import Backbone, BackboneInfo, load_backbone, mean_pool, tokenize
 
 METHODS = ("tt-lora", "lora", "adapter")
@@ -134,13 +136,19 @@ class Progress:
 
 
 class ExpertModel(nn.Module):
-    """Adapted base model + linear head on the mean-pooled last hidden state."""
+    """Adapted base model + linear head on the mean-pooled last hidden state.
 
-    def __init__(self, encoder: nn.Module, hidden_size: int, num_labels: int, dropout: float = 0.1):
+    ``generator`` draws the head's initial weights and, in training, its dropout masks.
+    """
+
+    def __init__(self, encoder: nn.Module, hidden_size: int, num_labels: int, dropout: float = 0.1,
+                 generator: torch.Generator | None = None):
         super().__init__()
+        generator = rng.given_or_seeded(generator)
         self.encoder = encoder
-        self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(hidden_size, num_labels)
+        self.dropout = rng.Dropout(dropout, generator)
+        with rng.drawing_from(generator):
+            self.head = nn.Linear(hidden_size, num_labels)
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """batch of token ids -> logits [B, C]."""
@@ -170,20 +178,27 @@ def _resolve_targets_and_shapes(cfg: ExpertConfig, model: nn.Module) -> ExpertCo
 def build_expert_model(expert_or_config: Expert | ExpertConfig, backbone: Backbone,
                        num_labels: int | None = None,
                        generator: torch.Generator | None = None) -> ExpertModel:
-    """A fresh copy of the base model with the expert's adapters (+ its weights if an Expert)."""
+    """A fresh copy of the base model with the expert's adapters (+ its weights if an Expert).
+
+    ``generator`` (None: one seeded with the config's seed) draws every initial weight (adapters
+    and head) and the head's dropout masks; the global RNG is never used.
+    """
     expert = expert_or_config if isinstance(expert_or_config, Expert) else None
     cfg = (expert.config if expert else expert_or_config).resolved()
+    generator = rng.given_or_seeded(generator, cfg.seed)
     encoder = copy.deepcopy(backbone.model)
     cfg = _resolve_targets_and_shapes(cfg, encoder)
-    if cfg.method == "tt-lora":
-        adapters.inject_tt_lora(encoder, cfg.targets, rank=cfg.rank, alpha=cfg.alpha,
-                                shapes=cfg.shapes, init=cfg.init, generator=generator)
-    elif cfg.method == "lora":
-        encoder = adapters.inject_lora(encoder, cfg.targets, rank=cfg.rank, alpha=cfg.alpha)
-    else:
-        adapters.inject_bottleneck(encoder, ADAPTER_NAME, reduction=cfg.rank)
+    with rng.drawing_from(generator):       # PEFT's and the adapters library's own initialisers
+        if cfg.method == "tt-lora":
+            adapters.inject_tt_lora(encoder, cfg.targets, rank=cfg.rank, alpha=cfg.alpha,
+                                    shapes=cfg.shapes, init=cfg.init, generator=generator)
+        elif cfg.method == "lora":
+            encoder = adapters.inject_lora(encoder, cfg.targets, rank=cfg.rank, alpha=cfg.alpha)
+        else:
+            adapters.inject_bottleneck(encoder, ADAPTER_NAME, reduction=cfg.rank)
     labels = expert.num_labels if expert else num_labels
-    model = ExpertModel(encoder, backbone.info.hidden_size, labels).to(backbone.device)
+    model = ExpertModel(encoder, backbone.info.hidden_size, labels,
+                        generator=generator).to(backbone.device)
     if expert is not None:
         load_expert_tensors(model, expert)
     return model
@@ -232,7 +247,16 @@ def load_expert_tensors(model: ExpertModel, expert: Expert) -> None:
                                 if k.startswith("head.")})
 
 
-def _batches(num_rows: int, batch_size: int, generator: torch.Generator):
+class LoopConfig(Protocol):
+    """The settings :func:`fit` reads (``ExpertConfig`` resolved, ``baselines.FusionConfig``)."""
+    steps: int
+    batch_size: int
+    lr: float
+    warmup_fraction: float
+    weight_decay: float
+
+
+def _batches(num_rows: int, batch_size: int, generator: torch.Generator) -> Iterator[list[int]]:
     """Endless shuffled mini-batch indices, epoch after epoch."""
     while True:
         order = torch.randperm(num_rows, generator=generator).tolist()
@@ -240,10 +264,63 @@ def _batches(num_rows: int, batch_size: int, generator: torch.Generator):
             yield order[start:start + batch_size]
 
 
-def _loss(logits: torch.Tensor, labels: torch.Tensor, regression: bool) -> torch.Tensor:
+def task_loss(logits: torch.Tensor, labels: torch.Tensor, regression: bool) -> torch.Tensor:
+    """Mean loss of a batch: MSE on logits [B, 1] for regression, else cross-entropy on [B, C]."""
     if regression:
         return nn.functional.mse_loss(logits.squeeze(-1), labels.float())
     return nn.functional.cross_entropy(logits, labels.long())
+
+
+def fit(model: nn.Module, batch_loss: Callable[[list[int]], torch.Tensor], num_rows: int,
+        config: LoopConfig, generator: torch.Generator, *,
+        progress: Callable[[Progress], None] | None = None,
+        should_stop: Callable[[], bool] | None = None, log_every: int = 5,
+        prefix: str = "", nan_hint: str = "") -> list[dict]:
+    """The training loop of every expert and of the AdapterFusion baseline; returns its history.
+
+    ``batch_loss(rows)``: the mean loss (a scalar tensor) of the rows at these indices, drawn
+    from 0..num_rows-1 in batches of ``config.batch_size``, reshuffled by ``generator`` every
+    epoch (the model's own randomness, e.g. dropout, should come from the same generator).
+    ``config.steps`` AdamW steps on the parameters that require grad, learning rate with
+    linear warm-up over ``warmup_fraction`` of the steps then linear decay to 0. The model trains
+    with its ``encoder`` (the frozen base) in eval mode, so only its own layers use dropout, and
+    is left in eval mode. History: [{step, loss (mean since the last entry), examples_per_s}]
+    every ``log_every`` steps and at the last one, each also sent to ``progress``.
+    Raises TrainingError when ``should_stop()`` says so or the loss is not finite (messages
+    start with ``prefix``; ``nan_hint`` is appended to the non-finite one).
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    steps, warmup = config.steps, max(1, int(config.warmup_fraction * config.steps))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (steps - s) / max(1, steps - warmup))))
+    history: list[dict] = []
+    model.train()
+    model.encoder.eval()
+    start, seen, running = time.perf_counter(), 0, []
+    batches = _batches(num_rows, config.batch_size, generator)
+    for step in range(1, steps + 1):
+        if should_stop is not None and should_stop():
+            raise TrainingError(f"{prefix}training cancelled at step {step - 1} of {steps}")
+        rows = next(batches)
+        loss = batch_loss(rows)
+        if not torch.isfinite(loss):
+            raise TrainingError(f"{prefix}loss became {loss.item()} at step {step}{nan_hint}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        seen += len(rows)
+        running.append(loss.item())
+        if step % log_every == 0 or step == steps:
+            elapsed = time.perf_counter() - start
+            event = Progress(step, steps, float(np.mean(running)), seen / elapsed, elapsed)
+            history.append({"step": step, "loss": event.loss, "examples_per_s": event.examples_per_s})
+            running = []
+            if progress is not None:
+                progress(event)
+    model.eval()
+    return history
 
 
 def train_expert(config: ExpertConfig, backbone: Backbone | None = None, *,
@@ -252,7 +329,11 @@ def train_expert(config: ExpertConfig, backbone: Backbone | None = None, *,
                  progress: Callable[[Progress], None] | None = None,
                  should_stop: Callable[[], bool] | None = None,
                  log_every: int = 5, data_dir=None, name: str | None = None) -> Expert:
-    """Train one expert on its task alone (base frozen), evaluate it, return it as data."""
+    """Train one expert on its task alone (base frozen), evaluate it, return it as data.
+
+    All randomness (initial weights, batch order, dropout) comes from one generator seeded with
+    ``config.seed``, so a run is repeatable and independent of other threads.
+    """
     cfg = config.resolved()
     backbone = backbone or load_backbone(device=cfg.device)
     device = backbone.device
@@ -261,48 +342,23 @@ def train_expert(config: ExpertConfig, backbone: Backbone | None = None, *,
     if len(train_data) == 0:
         raise ConfigError(f"no training rows for task {cfg.task!r}")
     regression = not train_data.label_names
-    torch.manual_seed(cfg.seed)
-    generator = torch.Generator().manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)   # init, batch order and dropout
     cfg = _resolve_targets_and_shapes(cfg, backbone.model)
     model = build_expert_model(cfg, backbone, num_labels=max(1, len(train_data.label_names)),
                                generator=generator)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    warmup = max(1, int(cfg.warmup_fraction * cfg.steps))
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (cfg.steps - s) / max(1, cfg.steps - warmup))))
     labels_all = torch.tensor(train_data.labels)
-    history: list[dict] = []
-    model.train()
-    model.encoder.eval()  # frozen base without dropout for both methods; the head keeps its dropout
-    start, seen, running = time.perf_counter(), 0, []
-    batches = _batches(len(train_data), cfg.batch_size, generator)
-    for step in range(1, cfg.steps + 1):
-        if should_stop is not None and should_stop():
-            raise TrainingError(f"training cancelled at step {step - 1} of {cfg.steps}")
-        rows = next(batches)
+
+    def batch_loss(rows: list[int]) -> torch.Tensor:
         batch = tokenize(backbone.tokenizer, [train_data.texts[i] for i in rows],
                          [train_data.text_pairs[i] for i in rows] if train_data.text_pairs else None,
                          cfg.max_length, device)
-        loss = _loss(model(batch), labels_all[rows].to(device), regression)
-        if not torch.isfinite(loss):
-            raise TrainingError(f"loss became {loss.item()} at step {step}: lower the learning rate "
-                                f"(now {cfg.lr:g}) or use init='zero'")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        seen += len(rows)
-        running.append(loss.item())
-        if step % log_every == 0 or step == cfg.steps:
-            elapsed = time.perf_counter() - start
-            event = Progress(step, cfg.steps, float(np.mean(running)), seen / elapsed, elapsed)
-            history.append({"step": step, "loss": event.loss, "examples_per_s": event.examples_per_s})
-            running = []
-            if progress is not None:
-                progress(event)
+        return task_loss(model(batch), labels_all[rows].to(device), regression)
+
+    start = time.perf_counter()
+    history = fit(model, batch_loss, len(train_data), cfg, generator, progress=progress,
+                  should_stop=should_stop, log_every=log_every,
+                  nan_hint=f": lower the learning rate (now {cfg.lr:g}) or use init='zero'")
     train_seconds = time.perf_counter() - start
-    model.eval()
     expert = Expert(name=name or cfg.task, config=cfg, label_names=list(train_data.label_names),
                     tensors=expert_tensors(model, cfg.method), base=backbone.info,
                     tt_layout=tt_layout(model.encoder, cfg.targets) if cfg.method == "tt-lora" else {},

@@ -12,6 +12,8 @@ Variants (``RouterConfig.variant``):
   lengths: what the uncased tokenizer cannot see, e.g. SST-2's lower-cased, space-tokenised
   sentences vs CoLA's, or RTE's long news premises vs MNLI's).
 Cost: ``linear``/``mlp``/``fusion`` run the base model up to layer k only (k/L of a pass).
+Randomness (initial weights, dropout, gating noise, batch order) comes from the router's own
+generator, seeded with ``RouterConfig.seed`` by ``build_router``; the global RNG is never used.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import rng
 from .backbone import hidden_states, last_token, mean_pool
 
 VARIANTS = ("paper", "linear", "mlp", "fusion")
@@ -138,13 +141,18 @@ def extract_features(model: nn.Module, tokenizer, texts: Sequence[str],
 
 
 class Router(nn.Module):
-    """Features -> logits [N, E]. Subclasses read the feature keys they need."""
+    """Features -> logits [N, E]. Subclasses read the feature keys they need.
 
-    def __init__(self, config: RouterConfig, num_experts: int, hidden_size: int):
+    ``generator`` draws dropout masks and noise (and the weights, when built by ``build_router``).
+    """
+
+    def __init__(self, config: RouterConfig, num_experts: int, hidden_size: int,
+                 generator: torch.Generator | None = None):
         super().__init__()
         self.config = config
         self.num_experts = num_experts
         self.hidden_size = hidden_size
+        self.generator = rng.given_or_seeded(generator, config.seed)
 
     def forward(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
@@ -153,8 +161,8 @@ class Router(nn.Module):
 class PaperRouter(Router):
     """Last hidden state at the last real token -> E logits; noisy gating while training."""
 
-    def __init__(self, config, num_experts, hidden_size):
-        super().__init__(config, num_experts, hidden_size)
+    def __init__(self, config, num_experts, hidden_size, generator=None):
+        super().__init__(config, num_experts, hidden_size, generator)
         self.gate = nn.Linear(hidden_size, num_experts)
         self.noise = nn.Linear(hidden_size, num_experts)
 
@@ -162,13 +170,13 @@ class PaperRouter(Router):
         logits = self.gate(feats["last"])
         if self.training:
             noise_std = nn.functional.softplus(self.noise(feats["mean_last"]))
-            logits = logits + torch.randn_like(logits) * noise_std
+            logits = logits + rng.gaussian(logits, self.generator) * noise_std
         return logits
 
 
 class LinearRouter(Router):
-    def __init__(self, config, num_experts, hidden_size):
-        super().__init__(config, num_experts, hidden_size)
+    def __init__(self, config, num_experts, hidden_size, generator=None):
+        super().__init__(config, num_experts, hidden_size, generator)
         self.proj = nn.Linear(hidden_size, num_experts)
 
     def forward(self, feats):
@@ -176,10 +184,11 @@ class LinearRouter(Router):
 
 
 class MLPRouter(Router):
-    def __init__(self, config, num_experts, hidden_size):
-        super().__init__(config, num_experts, hidden_size)
+    def __init__(self, config, num_experts, hidden_size, generator=None):
+        super().__init__(config, num_experts, hidden_size, generator)
         self.mlp = nn.Sequential(nn.Linear(hidden_size, config.hidden), nn.GELU(),
-                                 nn.Dropout(config.dropout), nn.Linear(config.hidden, num_experts))
+                                 rng.Dropout(config.dropout, self.generator),
+                                 nn.Linear(config.hidden, num_experts))
 
     def forward(self, feats):
         return self.mlp(feats["pooled"][:, self.config.layer])
@@ -188,12 +197,13 @@ class MLPRouter(Router):
 class FusionRouter(Router):
     """MLP over [pooled layers 0..k, surface features of the raw text]."""
 
-    def __init__(self, config, num_experts, hidden_size):
-        super().__init__(config, num_experts, hidden_size)
+    def __init__(self, config, num_experts, hidden_size, generator=None):
+        super().__init__(config, num_experts, hidden_size, generator)
         width = (config.layer + 1) * hidden_size + 2 * SURFACE_DIM + 6
         self.norm = nn.LayerNorm((config.layer + 1) * hidden_size)
         self.mlp = nn.Sequential(nn.Linear(width, config.hidden), nn.GELU(),
-                                 nn.Dropout(config.dropout), nn.Linear(config.hidden, num_experts))
+                                 rng.Dropout(config.dropout, self.generator),
+                                 nn.Linear(config.hidden, num_experts))
 
     def forward(self, feats):
         pooled = self.norm(feats["pooled"][:, : self.config.layer + 1].flatten(1))
@@ -204,9 +214,14 @@ ROUTERS: dict[str, type[Router]] = {"paper": PaperRouter, "linear": LinearRouter
                                     "mlp": MLPRouter, "fusion": FusionRouter}
 
 
-def build_router(config: RouterConfig, num_experts: int, hidden_size: int, num_layers: int) -> Router:
+def build_router(config: RouterConfig, num_experts: int, hidden_size: int, num_layers: int,
+                 generator: torch.Generator | None = None) -> Router:
+    """A fresh router; ``generator`` (None: one seeded with ``config.seed``) draws its weights
+    and stays with it for dropout, noise and ``train_router``'s batch order."""
     config = config.resolved(num_layers)
-    return ROUTERS[config.variant](config, num_experts, hidden_size)
+    generator = rng.given_or_seeded(generator, config.seed)
+    with rng.drawing_from(generator):
+        return ROUTERS[config.variant](config, num_experts, hidden_size, generator)
 
 
 def router_params(router: Router) -> int:
@@ -234,10 +249,12 @@ def _take(feats: dict[str, torch.Tensor], idx) -> dict[str, torch.Tensor]:
 
 def train_router(router: Router, feats: dict[str, torch.Tensor], labels: torch.Tensor,
                  progress: Callable[[int, int, float], None] | None = None) -> list[dict]:
-    """Cross-entropy on the task id, Adam, minibatches; returns the loss history per epoch."""
+    """Cross-entropy on the task id, Adam, minibatches; returns the loss history per epoch.
+
+    Batch order, dropout and noise come from ``router.generator`` (never the global RNG).
+    """
     cfg = router.config
-    generator = torch.Generator().manual_seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
+    generator = router.generator
     optimizer = torch.optim.AdamW(router.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
     history = []
