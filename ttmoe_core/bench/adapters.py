@@ -149,7 +149,6 @@ def bench_adapters(settings: dict, model_spec: str | None, device: torch.device)
     labels = torch.arange(settings["batch"], device=device) % 2                  # [batch]
     steps, train_models = {}, {}
     for method in ("tt-lora", "lora"):
-        torch.manual_seed(0)   # PEFT's LoRA and the head's nn.Linear draw from the global RNG
         config = ExpertConfig(task="bench", method=method, rank=rank if method == "tt-lora" else lora_rank,
                               init="kaiming")
         model = build_expert_model(config, bb, num_labels=2, generator=torch.Generator().manual_seed(0))
