@@ -39,7 +39,7 @@ def load_results(path: str, folder_stamp: float) -> dict:
 
 def show_report(results: dict, key: str) -> None:
     """Headline numbers, the paper's claims with their verdicts, then each section's tables and plots."""
-    meta, machine = results["meta"], results["meta"]["machine"]
+    meta, machine = results["meta"], report.machine_summary(results["meta"])
     exps = results["experiments"]
     holds = sum(exp["claim"]["verdict"] == "holds" for exp in exps.values())
     cols = st.columns(4)
@@ -48,9 +48,9 @@ def show_report(results: dict, key: str) -> None:
                    help="Wall time of the whole run, training included.")
     cols[2].metric("Finished", common.fmt_date(meta.get("finished")))
     cols[3].metric("Paper's claims that hold here", f"{holds} of {len(exps)}")
-    st.caption(f"{machine.get('gpu') or machine['cpu']} · {machine['usable_cpus'] or machine['logical_cpus']} "
-               f"cores · torch {machine['torch']}, {machine['torch_threads']} threads on {machine['device']} · "
-               f"load average {machine['load_average_at_start']} at start · base model "
+    st.caption(f"{machine['gpu'] or machine['cpu']} · {machine['cores']} "
+               f"cores · torch {machine['torch']}, {machine['threads']} threads on {machine['device']} · "
+               f"load average {machine['load_average']} at start · base model "
                f"{meta['base_model']['name']} · seed {meta['seed']} · `{meta['command']}`")
     st.dataframe(pd.DataFrame([{"experiment": report.SECTION_TITLES[name], "paper's claim": exp["claim"]["paper"],
                                 "here": exp["claim"]["verdict"], "evidence": exp["claim"]["evidence"]}

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from ttmoe_core import baselines, experts, report, tasks
+from ttmoe_core import adapters, baselines, experts, report, tasks
+from ttmoe_core.report import contraction, worker
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NUMERIC_CELL = re.compile(r"^[+-]?(\d{1,3}(,\d{3})+|\d+)(\.\d+)?(e[+-]\d+)?(%|×)?$")
@@ -66,10 +67,10 @@ def untraced_numbers(markdown: str, results: dict) -> list[str]:
 
 def synthetic_results() -> dict:
     """A results dict shaped like ``run_report``'s, with made-up numbers (two tasks, two layers)."""
-    run = {"started": "2026-01-01T00:00:00+00:00", "seconds": 12.5, "load_average_at_start": 1.5,
-           "load_average_at_end": 1.7}
+    run = {"started": "2026-01-01T00:00:00+00:00", "seconds": 12.5, "load_average_at_start": [1.5, 1.25, 1.0],
+           "load_average_at_end": [1.75, 1.25, 1.0]}
     claim = {"paper": "something", "verdict": "holds", "evidence": "numbers"}
-    names = list(report.SIX_TASKS)
+    names = list(tasks.DEMO_TASKS)
     confusion = [[10 if i == j else 1 for j in range(6)] for i in range(6)]
     router_rows = [{"variant": v, "layer": k, "cost_fraction": k / 6, "params": 1234 + k,
                     "accuracy": 0.8 + 0.01 * k, "per_task": {n: 0.9 for n in names},
@@ -87,10 +88,11 @@ def synthetic_results() -> dict:
     return {
         "meta": {"budget": "small", "settings": report.BUDGETS["small"].to_dict(), "seed": 0,
                  "started": run["started"], "finished": "2026-01-01T00:05:00+00:00", "seconds": 300.0,
-                 "machine": {"platform": "Linux", "cpu": "CPU", "logical_cpus": 2, "usable_cpus": 2,
-                             "torch_threads": 2, "device": "cpu", "gpu": None, "memory_gib": 8.0,
-                             "load_average_at_start": 1.5, "python": "3.11", "torch": "2",
-                             "transformers": "4", "peft": "0", "adapters": "1"},
+                 "machine": {"platform": "Linux", "cpu": "CPU", "logical_cpus": 4, "cores": 2,
+                             "threads": 3, "device": "cpu", "gpu": None, "memory_gib": 8.0,
+                             "python": "3.11", "torch": "2", "transformers": "4", "peft": "0",
+                             "adapters": "1"},
+                 "load_average_at_start": [1.5, 1.25, 1.0],
                  "base_model": {"name": "all-minilm-l6-v2"}, "data_dir": "/data",
                  "command": "python -m ttmoe_core report --budget small"},
         "paper": dict(report.PAPER),
@@ -145,6 +147,30 @@ def test_render_markdown_has_every_section_and_claim():
     assert "![mixed](figures/mixed.png)" in text and "(figures/mixed.html)" in text
     assert "2026-01-01T00:00:00+00:00" in text and "seed 0" in text
     assert "–" in text  # a missing memory value renders as a dash, not "None"
+    # the machine (runinfo.machine_info's keys) and the 1-minute load average at start
+    assert ("Machine: CPU, 2 usable cores; Linux; torch 2 with 3 thread(s) on cpu; load average 1.5 at start"
+            in text)
+    assert "budget `small`, load average 1.5 at start.*" in text
+
+
+def test_results_of_older_versions_still_render():
+    """The committed reports/ (machine keys usable_cpus/torch_threads, one-number load averages)."""
+    results = json.loads((REPO_ROOT / "reports" / report.RESULTS_FILE).read_text(encoding="utf-8"))
+    assert "usable_cpus" in results["meta"]["machine"]      # still the old shape
+    text = report.render_markdown(results)
+    for name in report.SECTIONS:
+        assert f"## {report.SECTION_TITLES[name]}" in text
+    machine = results["meta"]["machine"]
+    assert (f"{machine['cpu']}, {machine['usable_cpus']} usable cores; {machine['platform']}; torch "
+            f"{machine['torch']} with {machine['torch_threads']} thread(s) on {machine['device']}; load average "
+            f"{machine['load_average_at_start']} at start") in text
+    run = results["experiments"]["mixed"]["run"]
+    assert f"load average {run['load_average_at_start']} at start.*" in text
+    assert report.machine_summary(results["meta"]) == {
+        "cpu": machine["cpu"], "gpu": machine["gpu"], "cores": machine["usable_cpus"],
+        "threads": machine["torch_threads"], "device": machine["device"], "platform": machine["platform"],
+        "torch": machine["torch"], "load_average": machine["load_average_at_start"]}
+    assert untraced_numbers(text, results) == []
 
 
 def test_every_table_number_is_traced_to_the_results():
@@ -217,6 +243,16 @@ def test_report_parser_defaults_and_usage_errors(tmp_path):
     assert report_cli.main(["--budget", "huge"]) == 2
 
 
+def test_report_module_runs_the_report_command():
+    """``python -m ttmoe_core.report`` is the ``report`` subcommand on its own."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "ttmoe_core.report", "--budget", "huge"], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "invalid choice: 'huge'" in done.stderr
+
+
 def test_unknown_budget_and_missing_tasks(tmp_path):
     with pytest.raises(report.ReportError, match="unknown budget"):
         report.run_report("medium", tmp_path)
@@ -276,15 +312,15 @@ def test_reconstructing_copy_matches_contraction(tiny_bert):
     config = experts.ExpertConfig(task="sst2", init="kaiming", max_length=16)
     model = experts.build_expert_model(config, tiny_bert, num_labels=2,
                                        generator=torch.Generator().manual_seed(0)).eval()
-    rebuilt = report._reconstructing_copy(model)
-    assert not report.adapters.tt_layers(model.encoder) == {}
-    assert all(isinstance(m, report.adapters.ReconstructedTTLoRALinear)
+    rebuilt = contraction.reconstructing_copy(model)
+    assert not adapters.tt_layers(model.encoder) == {}
+    assert all(isinstance(m, adapters.ReconstructedTTLoRALinear)
                for name, m in rebuilt.encoder.named_modules() if name.endswith(("query", "value")))
     batch = tiny_bert.tokenizer(["a short input", "another, longer input here"], padding=True,
                                 return_tensors="pt")
     with torch.no_grad():
-        _, contracted = report._forward(model, dict(batch))
-        _, reconstructed = report._forward(rebuilt, dict(batch))
+        _, contracted = contraction.forward(model, dict(batch))
+        _, reconstructed = contraction.forward(rebuilt, dict(batch))
     assert (contracted - reconstructed).abs().max() <= report.TOLERANCE
 
 
@@ -309,6 +345,20 @@ def test_compare_page_shows_a_report_folder(tmp_path, monkeypatch):
         assert report.SECTION_TITLES[name] in shown
     assert any(m.label == "Paper's claims that hold here" and m.value == "4 of 5" for m in at.metric)
     assert any(b.label == "Run the small report" for b in at.button)
+
+
+def test_compare_page_shows_the_committed_report(tmp_path, monkeypatch):
+    """The committed reports/ was written by an older version (other machine keys): still shown."""
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("TTMOE_REPORT_DIR", str(REPO_ROOT / "reports"))
+    monkeypatch.setenv("TTMOE_WORKSPACE", str(tmp_path / "workspace"))
+    at = AppTest.from_file(str(REPO_ROOT / "pages" / "compare.py"), default_timeout=60)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    machine = json.loads((REPO_ROOT / "reports" / report.RESULTS_FILE).read_text())["meta"]["machine"]
+    assert any(f"{machine['usable_cpus']} cores · torch {machine['torch']}, {machine['torch_threads']} threads"
+               in c.value for c in at.caption)
 
 
 def test_compare_page_without_a_report(tmp_path, monkeypatch):
@@ -346,7 +396,7 @@ def test_small_report_end_to_end(tmp_path, record_property):
         assert exp["claim"]["verdict"] in ("holds", "partly holds", "does not hold")
         assert exp["run"]["seconds"] > 0 and exp["run"]["started"] in markdown
     assert markdown.count("**Paper's claim:**") == len(report.SECTIONS)
-    assert results["meta"]["machine"]["torch_threads"] >= 1
+    assert results["meta"]["machine"]["threads"] >= 1 and results["meta"]["machine"]["cores"] >= 1
     # experiment 1 checked equality; experiment 2 trained every method on every comparison task
     assert results["experiments"]["contraction"]["max_abs_diff"] <= report.TOLERANCE
     methods = results["experiments"]["methods"]
@@ -377,7 +427,7 @@ def test_training_in_a_fresh_process_measures_memory(samples_dir):
     train = tasks.load_task("sst2", "train", data_dir=samples_dir, limit=16)
     valid = tasks.load_task("sst2", "validation", data_dir=samples_dir, limit=8)
     config = experts.ExpertConfig(task="sst2", steps=2, batch_size=4, max_length=32, eval_limit=8)
-    out = report._train_in_fresh_process(config.to_dict(), "all-minilm-l6-v2", train, valid)
+    out = worker.train_in_fresh_process(config.to_dict(), "all-minilm-l6-v2", train, valid)
     expert = out["expert"]
     assert isinstance(expert, experts.Expert) and expert.metrics["eval_rows"] == 8
     assert out["peak_growth_mib"] > 0

@@ -21,8 +21,10 @@ OUTPUT_CORE = "#FFA94D"
 FONT = dict(family="Inter, Segoe UI, sans-serif", size=13)
 
 
-def _layout(fig: go.Figure, title: str | None, height: int, right: int = 10,
-            **kwargs) -> go.Figure:
+def apply_layout(fig: go.Figure, title: str | None, height: int, right: int = 10,
+                 **kwargs) -> go.Figure:
+    """The house style of every figure (app and report): left-aligned title, ``height`` px, slim
+    margins (``right`` px on the right), the app's font; ``kwargs`` go to ``update_layout``."""
     fig.update_layout(title=dict(text=title, x=0, xanchor="left") if title else None,
                       height=height, margin=dict(l=10, r=right, t=48 if title else 10, b=10),
                       font=FONT, **kwargs)
@@ -43,7 +45,7 @@ def probability_bar(probs: Mapping[str, float], highlight: str | None = None,
     fig.update_xaxes(range=[0, 1.12], tickvals=[0, 0.25, 0.5, 0.75, 1], tickformat=".0%",
                      title=x_title)
     fig.update_yaxes(autorange="reversed")
-    return _layout(fig, title, height=60 + 34 * max(1, len(names)))
+    return apply_layout(fig, title, height=60 + 34 * max(1, len(names)))
 
 
 def router_probs_bar(probs: Mapping[str, float], chosen: str | None = None) -> go.Figure:
@@ -77,7 +79,7 @@ def confusion_heatmap(names: Sequence[str], matrix: Sequence[Sequence[float]],
         hovertemplate=f"{y_title} %{{y}}<br>{x_title} %{{x}}<br>%{{text}}<extra></extra>"))
     fig.update_xaxes(title=x_title, side="bottom", type="category")
     fig.update_yaxes(title=y_title, autorange="reversed", type="category")
-    return _layout(fig, title, height=120 + 48 * len(names))
+    return apply_layout(fig, title, height=120 + 48 * len(names))
 
 
 # ----------------------------------------------------------------------------- training
@@ -96,7 +98,7 @@ def loss_curve(history: Sequence[Mapping[str, float]], title: str | None = "Trai
     fig.update_layout(xaxis=dict(title="step"), yaxis=dict(title="loss"),
                       yaxis2=dict(title="examples/s", overlaying="y", side="right", showgrid=False),
                       legend=dict(orientation="h", y=1.02, x=1, xanchor="right", yanchor="bottom"))
-    return _layout(fig, title, height=320)
+    return apply_layout(fig, title, height=320)
 
 
 # ----------------------------------------------------------------------------- parameter budgets
@@ -118,7 +120,7 @@ def params_bar(labels: Sequence[str], counts: Sequence[int], log: bool = True,
     fig.update_xaxes(type="log" if log else "linear", dtick=1 if log else None,
                      title="trainable parameters" + (" (log scale)" if log else ""))
     fig.update_yaxes(autorange="reversed", type="category")
-    return _layout(fig, title, height=90 + 42 * max(1, len(labels)), right=30)
+    return apply_layout(fig, title, height=90 + 42 * max(1, len(labels)), right=30)
 
 
 def method_comparison_bar(reports: Sequence) -> go.Figure:
@@ -163,8 +165,8 @@ def tt_cores_figure(core_shapes: Sequence[Sequence[int]], num_input: int | None 
     fig.update_xaxes(visible=False, range=[-gap / 2, x - gap / 2])
     fig.update_yaxes(visible=False, range=[-top * 1.15, top * 1.9])
     total = sum(params)
-    return _layout(fig, title or f"TT cores: {len(shapes)} cores, {total:,} parameters", height=260,
-                   plot_bgcolor="rgba(0,0,0,0)")
+    return apply_layout(fig, title or f"TT cores: {len(shapes)} cores, {total:,} parameters", height=260,
+                        plot_bgcolor="rgba(0,0,0,0)")
 
 
 # ----------------------------------------------------------------------------- expert internals
@@ -229,7 +231,7 @@ def delta_w_norms(layer_names: Sequence[str], norms: Sequence[float],
     fig.update_xaxes(type="category")
     fig.update_layout(barmode="group",
                       legend=dict(orientation="h", y=1.02, x=1, xanchor="right", yanchor="bottom"))
-    return _layout(fig, title, height=320)
+    return apply_layout(fig, title, height=320)
 
 
 def singular_values(values: Sequence[float], title: str | None = None,
@@ -249,7 +251,7 @@ def singular_values(values: Sequence[float], title: str | None = None,
         fig.update_xaxes(range=[0.5, min(len(values), max(20, 4 * rank_bound)) + 0.5])
     fig.update_yaxes(type="log", title="singular value (log)", exponentformat="power")
     fig.update_xaxes(title="index")
-    return _layout(fig, title or "Singular values of α·ΔW", height=320)
+    return apply_layout(fig, title or "Singular values of α·ΔW", height=320)
 
 
 def metric_bar(values: Mapping[str, float], title: str | None = None, y_title: str = "accuracy",
@@ -264,7 +266,7 @@ def metric_bar(values: Mapping[str, float], title: str | None = None, y_title: s
         fig.update_yaxes(range=[0, 1.08], tickformat=".0%", title=y_title)
     else:
         fig.update_yaxes(title=y_title)
-    return _layout(fig, title, height=320)
+    return apply_layout(fig, title, height=320)
 
 
 # ----------------------------------------------------------------------------- the method
@@ -314,6 +316,6 @@ def pipeline_diagram(expert_names: Sequence[str], chosen: str | None = None) -> 
     arrow(9.2, y_chosen, 10.0, mid, ACCENT, 2.5)
     fig.update_xaxes(visible=False, range=[-0.1, 11.7])
     fig.update_yaxes(visible=False, range=[-0.2, height_units + 0.2])
-    return _layout(fig, None, height=int(90 + 42 * height_units), plot_bgcolor="rgba(0,0,0,0)",
-                   paper_bgcolor="rgba(0,0,0,0)")
+    return apply_layout(fig, None, height=int(90 + 42 * height_units), plot_bgcolor="rgba(0,0,0,0)",
+                        paper_bgcolor="rgba(0,0,0,0)")
 

@@ -1,0 +1,47 @@
+"""The paper's tables re-run on the embedded model: ``python -m ttmoe_core report --budget small|full``.
+
+``run_report(budget, out)`` runs five experiments of Kunwar et al. (2025) with the project's own
+code and writes, under ``out``:
+
+- ``results.json``: every number of the run (raw results, settings, date, machine, timings);
+- ``paper_tables.md``: the tables, each with its run's date, settings, seed and time taken, how
+  our setup differs from the paper's, and whether the paper's claim holds here;
+- ``figures/<name>.html`` (plotly) and ``figures/<name>.png`` (matplotlib, when installed).
+
+One module per experiment (each an ``exp_*`` function of the shared ``experiment.Run``,
+returning plain data):
+
+1. ``contraction``: inference time of TT layers that contract the cores (``TTLoRALinear``) vs the
+   same model whose TT layers rebuild ΔW every call (``ReconstructedTTLoRALinear``), per batch size.
+2. ``methods``: TT-LoRA vs LoRA (PEFT) vs bottleneck adapter, one expert per task, same training
+   loop (``experts.train_expert``) and step budget; parameters, metric, time, peak memory.
+3. ``routers``: router variants on six tasks (``router.sweep_layers``): held-out accuracy,
+   parameters, measured cost per input, confusion.
+4. ``integration``: each task through the mixture (router over every expert) vs the expert alone;
+   AdapterFusion over the same tasks' adapters, trained for one task, vs that adapter alone.
+5. ``mixed``: one test set mixing six tasks: TT-LoRA MoE vs one AdapterFusion trained on the mix.
+
+The rest: ``budgets`` (how much to run, constants), ``experiment`` (run state, shared helpers),
+``worker`` (a training in a fresh process, for peak memory), ``run`` (the run and its files),
+``markdown`` and ``plots`` (rendering). ``render_markdown(results)`` formats only numbers present
+in ``results`` (no arithmetic), through ``FORMATS``, so every number of a table can be traced to
+``results.json``.
+"""
+
+from .budgets import (BUDGETS, FIGURES_DIR, MARKDOWN_FILE, METHOD_LABELS, METHODS, MIXTURE_ROUTER, PAPER,
+                      RESULTS_FILE, SECTIONS, TOLERANCE, Progress, ReportBudget, ReportError, resolve_budget)
+from .contraction import exp_contraction
+from .integration import exp_integration
+from .markdown import FORMATS, SECTION_TITLES, fmt, machine_summary, render_markdown, render_section
+from .methods import exp_methods
+from .mixed import exp_mixed
+from .plots import SECTION_FIGURES, build_figures, png_available, write_figures
+from .routers import exp_routers, router_cost_ms
+from .run import EXPERIMENTS, report_job, run_report
+
+__all__ = ["BUDGETS", "EXPERIMENTS", "FIGURES_DIR", "FORMATS", "MARKDOWN_FILE", "METHOD_LABELS", "METHODS",
+           "MIXTURE_ROUTER", "PAPER", "RESULTS_FILE", "SECTIONS", "SECTION_FIGURES", "SECTION_TITLES",
+           "TOLERANCE", "Progress", "ReportBudget", "ReportError", "build_figures", "exp_contraction",
+           "exp_integration", "exp_methods", "exp_mixed", "exp_routers", "fmt", "machine_summary",
+           "png_available", "render_markdown", "render_section", "report_job", "resolve_budget",
+           "router_cost_ms", "run_report", "write_figures"]

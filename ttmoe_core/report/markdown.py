@@ -1,0 +1,236 @@
+"""The report as Markdown: one section per experiment (title, run line, tables, claim, differences).
+
+Every number of a table is ``FORMATS[kind](value)`` of a value stored in the results (no
+arithmetic here), so each cell can be traced to ``results.json``. The renderer reads results
+written by older versions too (the committed ``reports/results.json``): machine keys
+``usable_cpus``/``torch_threads`` and a load average stored as one number.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+from .budgets import METHOD_LABELS, SECTIONS
+from .plots import SECTION_FIGURES
+
+SECTION_TITLES = {
+    "contraction": "1. Contraction vs reconstruction (paper Table 3)",
+    "methods": "2. TT-LoRA vs LoRA vs Adapter, one expert per task (paper Tables 4 and 6, single training)",
+    "routers": "3. Router variants (paper Table 5)",
+    "integration": "4. Expert integration (paper Table 6, expert integration)",
+    "mixed": "5. Mixed-task evaluation (the \"4 points over AdapterFusion\" claim)",
+}
+
+FORMATS: dict[str, Callable[[float], str]] = {
+    "int": lambda v: f"{int(round(v)):,}",
+    "f3": lambda v: f"{v:.3f}",
+    "f2": lambda v: f"{v:.2f}",
+    "f1": lambda v: f"{v:.1f}",
+    "signed3": lambda v: f"{v:+.3f}",
+    "signed1": lambda v: f"{v:+.1f}",
+    "pct1": lambda v: f"{100 * v:.1f}%",
+    "pct2": lambda v: f"{100 * v:.2f}%",
+    "pct3": lambda v: f"{100 * v:.3f}%",
+    "sci": lambda v: f"{v:.1e}",
+    "ratio": lambda v: f"{v:.2f}×",
+}
+"""Every number in a table is ``FORMATS[kind](value)`` of a value stored in the results."""
+
+
+def fmt(value, kind: str) -> str:
+    """``FORMATS[kind](value)``; a dash for a missing or NaN value."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return FORMATS[kind](value)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _one_minute(load: float | Sequence[float] | None) -> float | None:
+    """The 1-minute load average of ``runinfo.load_average()``'s list (older results: one number)."""
+    return load[0] if isinstance(load, (list, tuple)) else load
+
+
+def _run_line(exp: dict, meta: dict) -> str:
+    run = exp["run"]
+    load = _one_minute(run.get("load_average_at_start"))
+    return (f"*Run: {run['started']}, {run['seconds']} s, seed {meta['seed']}, budget "
+            f"`{meta['budget']}`" + (f", load average {load} at start" if load is not None else "") + ".*")
+
+
+def _claim(exp: dict) -> str:
+    claim = exp["claim"]
+    return f"**Paper's claim:** {claim['paper']}. **Here it {claim['verdict']}:** {claim['evidence']}."
+
+
+def _differences(exp: dict) -> str:
+    return "Differences from the paper's setup:\n\n" + "\n".join(f"- {d}" for d in exp["differences"])
+
+
+def _figure_links(results: dict, names: Sequence[str]) -> str:
+    figures = results.get("figures") or {}
+    lines = []
+    for name in names:
+        entry = figures.get(name)
+        if not entry:
+            continue
+        if entry.get("png"):
+            lines.append(f"![{name}]({entry['png']})")
+        lines.append(f"[{name} (interactive)]({entry['html']})")
+    return "\n\n".join(lines)
+
+
+def _section_contraction(exp: dict) -> list[str]:
+    rows = [[str(r["batch_size"]), fmt(r["contract_ms"], "f2"), fmt(r["reconstruct_ms"], "f2"),
+             fmt(r["contract_ms_per_input"], "f3"), fmt(r["reconstruct_ms_per_input"], "f3"),
+             fmt(r["ratio"], "ratio"), fmt(r["max_abs_diff"], "sci"), fmt(r["hidden_max_abs_diff"], "sci"),
+             fmt(r["hidden_max_abs"], "f2")] for r in exp["rows"]]
+    return [_table(["batch size", "contraction ms", "reconstruction ms", "contraction ms/input",
+                    "reconstruction ms/input", "reconstruction / contraction", "max abs diff (logits)",
+                    "max abs diff (last hidden)", "max abs last hidden"], rows)]
+
+
+def _section_methods(exp: dict) -> list[str]:
+    rows = [[r["task"], METHOD_LABELS[r["method"]], fmt(r["trainable_params"], "int"),
+             fmt(r["adapter_params"], "int"), fmt(r["fraction_of_lora_adapter"], "pct1"), r["metric"],
+             fmt(r["value"], "f3"), fmt(r["train_seconds"], "f1"), fmt(r["peak_growth_mib"], "f1")]
+            for r in exp["rows"]]
+    per_task = _table(["task", "method", "trainable (adapter + head)", "adapter only",
+                       "adapter % of LoRA", "metric", "value", "train s", "peak memory growth MiB"], rows)
+    summary = _table(["method", "tasks", "adapter params", "mean metric", "mean train s",
+                      "mean peak growth MiB"],
+                     [[METHOD_LABELS[s["method"]], str(s["tasks"]), fmt(s["adapter_params"], "int"),
+                       fmt(s["mean_value"], "f3"), fmt(s["mean_train_seconds"], "f1"),
+                       fmt(s["mean_peak_growth_mib"], "f1")] for s in exp["summary"]])
+    paper = exp["paper"]
+    ratios = _table(["model", "TT-LoRA params", "LoRA params", "adapter params", "TT-LoRA % of LoRA",
+                     "TT-LoRA % of adapter", "paper: % of LoRA", "paper: % of adapters"],
+                    [[r["model"], fmt(r["tt_lora"], "int"), fmt(r["lora"], "int"),
+                      fmt(r["adapter"], "int"), fmt(r["fraction_of_lora"], "pct2"),
+                      fmt(r["fraction_of_adapter"], "pct2"),
+                      fmt(paper["tt_lora_fraction_of_lora"], "pct1"),
+                      fmt(paper["tt_lora_fraction_of_adapter"], "pct1")] for r in exp["ratios"]])
+    return ["Per task and method (adapter parameters without the task head; the metric is the "
+            "task's primary one on its validation rows):", per_task, "Mean over tasks:", summary,
+            "Parameter ratios (adapter only; LLaMA-3.2-1B counted by `budget.compute_budget` with the "
+            "paper's TT shapes, rank 5, q/v, LoRA r16):", ratios]
+
+
+def _section_routers(exp: dict) -> list[str]:
+    rows = [[r["variant"], str(r["layer"]), fmt(r["cost_fraction"], "f2"), fmt(r["params"], "int"),
+             fmt(r["accuracy"], "f3"), fmt(r["ms_per_input"], "f2"), fmt(r["fit_seconds"], "f1")]
+            for r in exp["rows"]]
+    main = _table(["variant", "layer k", "fraction of a full pass", "params", "held-out accuracy",
+                   "ms per input", "fit s"], rows)
+    best = [r for r in exp["rows"] if r["layer"] == exp["best_layer"][r["variant"]]]
+    recall = _table(["variant (best layer)"] + list(exp["names"]),
+                    [[f"{r['variant']} (k={r['layer']})"] + [fmt(r["per_task"][n], "f3") for n in exp["names"]]
+                     for r in best])
+    return [f"Held-out routing accuracy over {exp['held_out_rows']} inputs ({exp['train_rows']} to "
+            "train), router parameters and measured cost:", main,
+            "Recall per task (share of each task's inputs sent to its expert), best layer of each variant:",
+            recall]
+
+
+def _section_integration(exp: dict) -> list[str]:
+    rows = [[r["task"], r["metric"], fmt(r["expert_alone"], "f3"), fmt(r["mixture"], "f3"),
+             fmt(r["gap"], "signed3"), fmt(r["routing_accuracy"], "f3")] for r in exp["rows"]]
+    out = [f"Mixture of {len(exp['experts'])} TT-LoRA experts, router {exp['router']['variant']} at layer "
+           f"{exp['router']['layer']} (held-out routing accuracy {exp['router']['accuracy']:.3f}):",
+           _table(["task", "metric", "expert alone", "through the mixture", "mixture − alone",
+                   "routed right"], rows)]
+    if exp["fusion_rows"]:
+        frows = [[r["task"], r["metric"], fmt(r["adapter_alone"], "f3"), fmt(r["fusion"], "f3"),
+                  fmt(r["gap"], "signed3"), fmt(r["params"]["trained"], "int"), fmt(r["train_seconds"], "f1")]
+                 for r in exp["fusion_rows"]]
+        out += [f"AdapterFusion over the same {len(exp['experts'])} tasks' adapters, trained for one task:",
+                _table(["task", "metric", "adapter alone", "AdapterFusion", "fusion − alone",
+                        "trained params (fusion + head)", "train s"], frows)]
+    return out
+
+
+def _section_mixed(exp: dict) -> list[str]:
+    rows = [[r["task"], r["metric"], str(r["rows"]), fmt(r["moe"], "f3"), fmt(r["fusion"], "f3"),
+             fmt(r["gain_points"], "signed1"), fmt(r["routed_right"], "f3")] for r in exp["per_task"]]
+    rows.append(["**average**", "", "", fmt(exp["moe_mean"], "f3"), fmt(exp["fusion_mean"], "f3"),
+                 fmt(exp["gain_points"], "signed1"), ""])
+    p = exp["params"]
+    params = _table(["system", "parameters", "of which trained for the mix"],
+                    [["TT-LoRA MoE (experts + router)", fmt(p["moe_total"], "int"), fmt(p["moe_router"], "int")],
+                     ["AdapterFusion (adapters + fusion + heads)", fmt(p["fusion_total"], "int"),
+                      fmt(p["fusion_trained"], "int")]])
+    ratio = _table(["MoE parameters % of AdapterFusion", "paper"],
+                   [[fmt(p["moe_fraction_of_fusion"], "pct2"), fmt(p["paper_moe_fraction_of_fusion"], "pct2")]])
+    return [f"{exp['rows']} inputs of six tasks in one shuffled test set; per-task metric and average "
+            f"(gain in points = 100 × difference; paper: {exp['paper_gain_points']:+.1f}):",
+            _table(["task", "metric", "rows", "TT-LoRA MoE", "AdapterFusion", "MoE − fusion (points)",
+                    "routed right"], rows), "Parameters:", params, ratio]
+
+
+_SECTION_BODIES = {"contraction": _section_contraction, "methods": _section_methods,
+                   "routers": _section_routers, "integration": _section_integration,
+                   "mixed": _section_mixed}
+
+
+def render_section(results: dict, name: str, figure_links: bool = True) -> str:
+    """One experiment's section: title, run line, tables, claim, differences (+ figure links)."""
+    exp = results["experiments"][name]
+    parts = [f"## {SECTION_TITLES[name]}", _run_line(exp, results["meta"]), *_SECTION_BODIES[name](exp),
+             _claim(exp), _differences(exp)]
+    links = _figure_links(results, SECTION_FIGURES[name]) if figure_links else ""
+    return "\n\n".join(parts + ([links] if links else []))
+
+
+def machine_summary(meta: dict) -> dict:
+    """A run's machine in one shape, for new and older results (``meta`` of results.json).
+
+    Keys: ``cpu``, ``gpu`` (None on CPU), ``cores`` (usable), ``threads`` (torch), ``device``,
+    ``platform``, ``torch``, ``load_average`` (1 minute, at the start of the run; None if unknown).
+    """
+    machine = meta["machine"]
+    load = meta.get("load_average_at_start", machine.get("load_average_at_start"))
+    return {"cpu": machine["cpu"], "gpu": machine.get("gpu"),
+            "cores": machine.get("cores", machine.get("usable_cpus")) or machine["logical_cpus"],
+            "threads": machine.get("threads", machine.get("torch_threads")), "device": machine["device"],
+            "platform": machine["platform"], "torch": machine["torch"], "load_average": _one_minute(load)}
+
+
+def _machine_line(meta: dict) -> str:
+    """Where the run ran: CPU or GPU, cores, platform, torch and its threads, load at start."""
+    m = machine_summary(meta)
+    where = m["gpu"] or f"{m['cpu']}, {m['cores']} usable cores"
+    return (f"Machine: {where}; {m['platform']}; torch {m['torch']} with {m['threads']} thread(s) on "
+            f"{m['device']}; load average {m['load_average']} at start (other jobs share the machine: "
+            "timings are comparable within one run, side by side, not across runs).")
+
+
+def render_markdown(results: dict) -> str:
+    """The whole report as Markdown (numbers only from ``results``, formatted by ``FORMATS``)."""
+    meta = results["meta"]
+    settings = ", ".join(f"{k}={v}" for k, v in meta["settings"].items() if k != "name")
+    header = [
+        "# TT-LoRA MoE: the paper's tables re-run on the embedded model",
+        f"Generated by `{meta['command']}` on {meta['started']} (finished {meta['finished']}, "
+        f"{meta['seconds']} s in all).",
+        _machine_line(meta),
+        f"Base model: {meta['base_model']['name']}. Data: {meta['data_dir']}. Seed {meta['seed']}. "
+        f"Budget `{meta['budget']}`: {settings}.",
+        "Paper: Kunwar et al., *TT-LoRA MoE* (arXiv 2504.21190), LLaMA-3.2-1B on 4 GPUs. Every "
+        "number below comes from this run (`results.json`); the paper's are quoted only where named.",
+    ]
+    sections = [render_section(results, name) for name in SECTIONS if name in results["experiments"]]
+    trainings = results.get("trainings") or []
+    appendix = []
+    if trainings:
+        appendix = ["## Training runs of this report",
+                    _table(["task", "method", "started", "train rows", "train s", "wall s", "metric",
+                            "value", "peak memory growth MiB"],
+                           [[t["task"], METHOD_LABELS[t["method"]], t["started"], fmt(t["train_rows"], "int"),
+                             fmt(t["train_seconds"], "f1"), fmt(t["wall_seconds"], "f1"), t["metric"],
+                             fmt(t["value"], "f3"), fmt(t["peak_growth_mib"], "f1")] for t in trainings])]
+    return "\n\n".join(header + sections + appendix) + "\n"

@@ -1,0 +1,173 @@
+"""The report's figures: plotly figures built from a results dict, written as HTML and PNG.
+
+``build_figures(results)`` is pure (data in, figures out, every number taken from ``results``);
+``write_figures`` writes ``<name>.html`` (plotly.min.js beside them) and, when matplotlib is
+installed, a static ``<name>.png`` drawn from the same figure's traces. plotly and matplotlib
+are imported only when a figure is built or written.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from ..router import VARIANTS
+from .budgets import METHOD_LABELS, METHODS
+
+SECTION_FIGURES = {"contraction": ("contraction_ms", "contraction_ratio"),
+                   "methods": ("methods_metric", "methods_params"),
+                   "routers": ("router_frontier", *(f"router_confusion_{v}" for v in VARIANTS)),
+                   "integration": ("integration", "integration_fusion"),
+                   "mixed": ("mixed",)}
+"""The figures (``build_figures`` names) of each section, in display order."""
+
+
+def _grouped_bar(categories: Sequence[str], series: Mapping[str, Sequence[float]], title: str,
+                 y_title: str, log: bool = False):
+    """One bar group per category, one bar per series (None values: no bar)."""
+    import plotly.graph_objects as go
+
+    from ..figures import apply_layout
+
+    fig = go.Figure([go.Bar(x=list(categories), y=[float(v) if v is not None else None for v in values],
+                            name=name) for name, values in series.items()])
+    fig.update_layout(barmode="group", legend=dict(orientation="h", y=1.02, x=1, xanchor="right",
+                                                   yanchor="bottom"))
+    fig.update_xaxes(type="category")
+    fig.update_yaxes(title=y_title, type="log" if log else "linear")
+    return apply_layout(fig, title, height=380)
+
+
+def build_figures(results: dict) -> dict:
+    """Plotly figures of the experiments present in ``results`` (pure: data in, figures out)."""
+    import plotly.graph_objects as go
+
+    from ..figures import apply_layout, confusion_heatmap
+
+    out = {}
+    exps = results["experiments"]
+    if "contraction" in exps:
+        rows = exps["contraction"]["rows"]
+        sizes = [r["batch_size"] for r in rows]
+        fig = go.Figure([go.Scatter(x=sizes, y=[r[key] for r in rows], mode="lines+markers", name=name)
+                         for key, name in (("contract_ms", "contraction"), ("reconstruct_ms", "reconstruction"))])
+        fig.update_xaxes(type="log", title="batch size")
+        fig.update_yaxes(type="log", title="ms per batch (median)")
+        out["contraction_ms"] = apply_layout(fig, "Inference time: contraction vs reconstruction", 380)
+        out["contraction_ratio"] = _grouped_bar([str(s) for s in sizes], {"reconstruction / contraction":
+                                                [r["ratio"] for r in rows]},
+                                                "Reconstruction time / contraction time", "ratio")
+    if "methods" in exps:
+        exp = exps["methods"]
+        series = {METHOD_LABELS[m]: [next(r["value"] for r in exp["rows"] if r["task"] == t and r["method"] == m)
+                                     for t in exp["tasks"]] for m in METHODS}
+        out["methods_metric"] = _grouped_bar(exp["tasks"], series, "Primary metric per task and method",
+                                             "metric (validation)")
+        out["methods_params"] = _grouped_bar(
+            [r["model"] for r in exp["ratios"]],
+            {"TT-LoRA": [r["tt_lora"] for r in exp["ratios"]], "LoRA": [r["lora"] for r in exp["ratios"]],
+             "Adapter": [r["adapter"] for r in exp["ratios"]]},
+            "Adapter parameters by method (log scale)", "parameters", log=True)
+    if "routers" in exps:
+        exp = exps["routers"]
+        fig = go.Figure([go.Scatter(x=[r["ms_per_input"] for r in exp["rows"] if r["variant"] == v],
+                                    y=[r["accuracy"] for r in exp["rows"] if r["variant"] == v],
+                                    text=[f"k={r['layer']}" for r in exp["rows"] if r["variant"] == v],
+                                    mode="markers+text", textposition="top center", name=v)
+                         for v in VARIANTS])
+        fig.update_xaxes(title="ms per input (tokenize + base up to layer k + router)")
+        fig.update_yaxes(title="held-out routing accuracy")
+        out["router_frontier"] = apply_layout(fig, "Router variants: accuracy vs cost", 400)
+        for row in exp["rows"]:
+            if row["layer"] == exp["best_layer"][row["variant"]]:
+                out[f"router_confusion_{row['variant']}"] = confusion_heatmap(
+                    exp["names"], row["confusion"], normalise=True,
+                    title=f"{row['variant']} router, layer {row['layer']}: accuracy {row['accuracy']:.1%}")
+    if "integration" in exps:
+        exp = exps["integration"]
+        out["integration"] = _grouped_bar(
+            [r["task"] for r in exp["rows"]],
+            {"expert alone": [r["expert_alone"] for r in exp["rows"]],
+             "through the mixture": [r["mixture"] for r in exp["rows"]]},
+            f"Each task alone vs through the mixture of {len(exp['experts'])} experts", "metric")
+        if exp["fusion_rows"]:
+            out["integration_fusion"] = _grouped_bar(
+                [r["task"] for r in exp["fusion_rows"]],
+                {"adapter alone": [r["adapter_alone"] for r in exp["fusion_rows"]],
+                 "AdapterFusion": [r["fusion"] for r in exp["fusion_rows"]]},
+                "Adapter alone vs AdapterFusion over all adapters", "metric")
+    if "mixed" in exps:
+        exp = exps["mixed"]
+        out["mixed"] = _grouped_bar(
+            [r["task"] for r in exp["per_task"]] + ["average"],
+            {"TT-LoRA MoE": [r["moe"] for r in exp["per_task"]] + [exp["moe_mean"]],
+             "AdapterFusion": [r["fusion"] for r in exp["per_task"]] + [exp["fusion_mean"]]},
+            "Mixed-task test set: TT-LoRA MoE vs AdapterFusion", "metric")
+    return out
+
+
+def _png(figure, path: Path) -> None:
+    """A static rendering of a single-axes plotly figure (bar, scatter, heatmap traces) via matplotlib."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    layout = figure.layout
+    heatmap = any(t.type == "heatmap" for t in figure.data)
+    canvas = Figure(figsize=(6.4, 5.6) if heatmap else (8, 4.5), layout="constrained")
+    ax = canvas.subplots()
+    bars = [t for t in figure.data if t.type == "bar"]
+    for trace in figure.data:
+        if trace.type == "heatmap":
+            z = np.array(trace.z, dtype=float)                          # [rows, columns]
+            ax.imshow(z, cmap="Blues", vmin=0, vmax=max(1.0, float(np.nanmax(z))) if z.size else 1)
+            ax.set_xticks(range(len(trace.x)), list(trace.x), rotation=45, ha="right")
+            ax.set_yticks(range(len(trace.y)), list(trace.y))
+            for i, row in enumerate(trace.text or []):
+                for j, text in enumerate(row):
+                    ax.text(j, i, text, ha="center", va="center", fontsize=8,
+                            color="white" if z[i, j] > 0.6 * np.nanmax(z) else "black")
+        elif trace.type == "bar":
+            k, width = bars.index(trace), 0.8 / len(bars)
+            positions = np.arange(len(trace.x)) + (k - (len(bars) - 1) / 2) * width
+            ax.bar(positions, [np.nan if v is None else v for v in trace.y], width, label=trace.name)
+            ax.set_xticks(range(len(trace.x)), list(trace.x), rotation=30 if len(trace.x) > 6 else 0,
+                          ha="right" if len(trace.x) > 6 else "center")
+        elif trace.type == "scatter":
+            mode = trace.mode or "lines+markers"
+            ax.plot(list(trace.x), list(trace.y), marker="o" if "markers" in mode else None,
+                    linestyle="-" if "lines" in mode else "none", label=trace.name)
+            if "text" in mode and trace.text is not None:
+                for x, y, text in zip(trace.x, trace.y, trace.text):
+                    ax.annotate(text, (x, y), textcoords="offset points", xytext=(0, 5), ha="center",
+                                fontsize=8)
+    if layout.xaxis.type == "log":
+        ax.set_xscale("log", base=2)
+    if layout.yaxis.type == "log":
+        ax.set_yscale("log")
+    ax.set_xlabel(layout.xaxis.title.text or "")
+    ax.set_ylabel(layout.yaxis.title.text or "")
+    ax.set_title(layout.title.text or "", loc="left", fontsize=11)
+    if sum(1 for t in figure.data if t.name) > 1:
+        ax.legend(fontsize=8)
+    canvas.savefig(path, dpi=110)
+
+
+def png_available() -> bool:
+    """Whether PNGs can be written (matplotlib installed)."""
+    return importlib.util.find_spec("matplotlib") is not None
+
+
+def write_figures(figures: Mapping, folder: Path) -> dict:
+    """``figures/<name>.html`` (plotly.min.js beside them) and ``.png``; paths relative to the report."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written = {}
+    png = png_available()
+    for name, figure in figures.items():
+        figure.write_html(folder / f"{name}.html", include_plotlyjs="directory", full_html=True)
+        entry = {"html": f"{folder.name}/{name}.html", "png": None}
+        if png:
+            _png(figure, folder / f"{name}.png")
+            entry["png"] = f"{folder.name}/{name}.png"
+        written[name] = entry
+    return written

@@ -1,0 +1,110 @@
+"""One report run: check the data, run the five experiments in order, write the report folder.
+
+``run_report(budget, out)`` writes ``results.json`` (every number, with date, machine, load and
+timings), ``paper_tables.md`` and ``figures/``; ``report_job`` is the same as a ``jobs.Job``
+function for the app's Compare page.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from .. import runinfo, store, tasks
+from ..backbone import load_backbone
+from ..tasks import DEMO_TASKS
+from .budgets import (FIGURES_DIR, MARKDOWN_FILE, PAPER, RESULTS_FILE, Progress, ReportBudget, ReportError,
+                      resolve_budget)
+from .contraction import exp_contraction
+from .experiment import Run
+from .integration import exp_integration
+from .markdown import render_markdown
+from .methods import exp_methods
+from .mixed import exp_mixed
+from .plots import build_figures, write_figures
+from .routers import exp_routers
+
+EXPERIMENTS: dict[str, Callable[[Run], dict]] = {
+    "contraction": exp_contraction, "methods": exp_methods, "routers": exp_routers,
+    "integration": exp_integration, "mixed": exp_mixed}
+"""Each experiment's function, in run order (the order of ``SECTIONS``)."""
+
+
+def _check_data(data_dir: Path | None, needed: Sequence[str]) -> list[str]:
+    """The tasks of ``data_dir``; ReportError naming the ``needed`` ones it lacks."""
+    available = tasks.available_tasks(data_dir)
+    missing = [t for t in needed if t not in available]
+    if missing:
+        where = data_dir if data_dir is not None else tasks.default_data_dir()
+        raise ReportError(f"task data missing in {where}: {', '.join(missing)} (has: "
+                          f"{', '.join(available) or 'nothing'}); set --data-dir or $TTMOE_DATA_DIR")
+    return available
+
+
+def _timed(run: Run, fn: Callable[[Run], dict]) -> dict:
+    """``fn(run)``'s result with a ``run`` entry: start time, seconds, load average before and after."""
+    started, t0, load = runinfo.now(), time.perf_counter(), runinfo.load_average()
+    result = fn(run)
+    return {**result, "run": {"started": started, "seconds": round(time.perf_counter() - t0, 1),
+                              "load_average_at_start": load, "load_average_at_end": runinfo.load_average()}}
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write ``text`` atomically (temp file + rename)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def run_report(budget: str | ReportBudget, out: str | Path, progress: Progress | None = None,
+               data_dir: str | Path | None = None,
+               should_stop: Callable[[], bool] | None = None) -> dict:
+    """Run the five experiments, write results.json, paper_tables.md and figures to ``out``.
+
+    ``progress(stage, done, total)`` is called often; ``should_stop()`` (checked as often) cancels
+    with ReportError. Returns the results dict (what results.json holds).
+    """
+    b = resolve_budget(budget)
+    data_path = None if data_dir is None else Path(data_dir).expanduser()
+    fixed = list(b.comparison_tasks or ()) + list(DEMO_TASKS) + list(b.fusion_tasks)
+    available = _check_data(data_path, fixed)
+    comparison = list(b.comparison_tasks) if b.comparison_tasks else available
+    integration = [t for t in tasks.TASKS if t in set(comparison) | set(DEMO_TASKS)]
+    if len(integration) < b.min_integration_experts:
+        raise ReportError(f"the {b.name} budget needs at least {b.min_integration_experts} experts in "
+                          f"the mixture, the data has {len(integration)} tasks")
+    if set(b.fusion_tasks) - set(integration):
+        raise ReportError(f"fusion tasks {sorted(set(b.fusion_tasks) - set(integration))} have no expert")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    started, t0 = runinfo.now(), time.perf_counter()
+    backbone = load_backbone()
+    run = Run(budget=b, backbone=backbone, data_dir=data_path, progress=progress,
+              should_stop=should_stop, comparison_tasks=comparison, integration_tasks=integration)
+    meta = {"budget": b.name, "settings": b.to_dict(), "seed": b.seed, "started": started,
+            "machine": runinfo.machine_info(backbone.device, libraries=True),
+            "load_average_at_start": runinfo.load_average(), "base_model": backbone.info.to_dict(),
+            "data_dir": str(data_path or tasks.default_data_dir()),
+            "command": f"python -m ttmoe_core report --budget {b.name}"}
+    results: dict = {"meta": meta, "paper": dict(PAPER), "experiments": {}}
+    for done, (name, fn) in enumerate(EXPERIMENTS.items()):
+        run.tell(f"experiment {done + 1}/{len(EXPERIMENTS)}: {name}", done, len(EXPERIMENTS))
+        results["experiments"][name] = _timed(run, fn)
+    results["trainings"] = list(run.trainings.values())
+    meta["finished"] = runinfo.now()
+    meta["seconds"] = round(time.perf_counter() - t0, 1)
+    run.tell("writing figures and tables", 0, 1)
+    results["figures"] = write_figures(build_figures(results), out / FIGURES_DIR)
+    store.write_json(out / RESULTS_FILE, results)
+    _write_text(out / MARKDOWN_FILE, render_markdown(results))
+    run.tell("done", 1, 1)
+    return results
+
+
+def report_job(job, budget: str, out: str | Path, data_dir: str | Path | None = None) -> dict:
+    """``jobs.Job`` function: ``run_report`` with progress events ``stage``, ``done``, ``total``."""
+    results = run_report(budget, out, data_dir=data_dir, should_stop=job.cancelled,
+                         progress=lambda stage, done, total: job.report(stage=stage, done=done, total=total))
+    return {"out": str(out), "seconds": results["meta"]["seconds"]}

@@ -1,0 +1,92 @@
+"""One expert's training in a fresh Python process, so that its peak memory is that training's alone.
+
+Experiment 2 of the ``full`` budget measures each method's peak resident memory (``ru_maxrss``)
+on CPU; a process's peak never goes down, so each training runs in its own subprocess:
+``train_in_fresh_process`` pickles the arguments, runs ``main`` in a new interpreter and reads
+the pickled result back.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .. import experts, runinfo, tasks
+from ..backbone import Backbone, load_backbone, tokenize_mixed
+from .budgets import ReportError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]   # the folder holding ttmoe_core/
+
+
+def warm_up(backbone: Backbone) -> None:
+    """One-time costs out of the measurement: library imports, first forward/backward kernels."""
+    for module in ("adapters", "peft", "sklearn.metrics"):   # what training imports on first use
+        importlib.import_module(module)
+    batch, _ = tokenize_mixed(backbone.tokenizer, ["warm up", "a second, longer warm-up input"], None,
+                              16, backbone.device)
+    embeds = backbone.model.embeddings.word_embeddings(batch["input_ids"]).detach().requires_grad_()
+    hidden = backbone.model(inputs_embeds=embeds, attention_mask=batch["attention_mask"],
+                            token_type_ids=batch.get("token_type_ids")).last_hidden_state  # [B, T, H]
+    hidden.sum().backward()
+
+
+def measured_training(config: dict, model_name: str, train: tasks.TaskData,
+                      valid: tasks.TaskData, threads: int) -> dict:
+    """Train one expert in this (fresh) process; peak RSS growth (MiB) over the memory before training."""
+    torch.set_num_threads(threads)
+    backbone = load_backbone(model_name, device="cpu")
+    warm_up(backbone)
+    baseline = runinfo.rss_mib()
+    peak_before = runinfo.peak_rss_mib()
+    peak: dict[str, float] = {}
+
+    def progress(event: experts.Progress) -> None:
+        if event.step == event.total_steps:      # end of training, before evaluation
+            peak["mib"] = runinfo.peak_rss_mib()
+
+    expert = experts.train_expert(experts.ExpertConfig.from_dict(config), backbone,
+                                  train_data=train, eval_data=valid, progress=progress)
+    base = baseline if baseline is not None else peak_before
+    return {"expert": expert, "peak_growth_mib": max(0.0, peak["mib"] - base),
+            "rss_before_training_mib": base, "peak_rss_mib": peak["mib"],
+            "peak_rss_before_training_mib": peak_before}
+
+
+def main(src: str, dst: str) -> None:
+    """Entry point of the training subprocess: pickled arguments in ``src``, result to ``dst``."""
+    with open(src, "rb") as f:
+        kwargs = pickle.load(f)
+    result = measured_training(**kwargs)
+    with open(dst, "wb") as f:
+        pickle.dump(result, f)
+
+
+def train_in_fresh_process(config: dict, model_name: str, train: tasks.TaskData,
+                           valid: tasks.TaskData) -> dict:
+    """``measured_training`` in a new Python process (so ru_maxrss is that training's alone).
+
+    A plain subprocess rather than multiprocessing: spawn would re-import the caller's main
+    script, which breaks scripts without a ``__main__`` guard.
+    """
+    with tempfile.TemporaryDirectory(prefix="ttmoe-report-") as tmp:
+        src, dst = Path(tmp) / "in.pkl", Path(tmp) / "out.pkl"
+        with src.open("wb") as f:
+            pickle.dump({"config": config, "model_name": model_name, "train": train, "valid": valid,
+                         "threads": torch.get_num_threads()}, f)
+        path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
+        code = "import sys; from ttmoe_core.report.worker import main; main(sys.argv[1], sys.argv[2])"
+        done = subprocess.run([sys.executable, "-c", code, str(src), str(dst)],
+                              env={**os.environ, "PYTHONPATH": path}, capture_output=True, text=True)
+        if done.returncode != 0:
+            tail = " | ".join(done.stderr.strip().splitlines()[-3:])
+            raise ReportError(f"training {config['method']} on {config['task']} in a subprocess failed "
+                              f"(exit {done.returncode}): {tail}")
+        with dst.open("rb") as f:
+            return pickle.load(f)
