@@ -1,11 +1,10 @@
-"""Background jobs: results, progress, cancel, failures, the registry, and pack building."""
+"""Background jobs: results, progress, cancel, failures, the registry, the router job."""
 
 from __future__ import annotations
 
 import threading
 import time
 
-import pytest
 import torch
 
 from ttmoe_core import jobs, store, tt
@@ -85,7 +84,7 @@ def test_registry_keeps_jobs_by_kind_newest_first():
     assert second.wait(5) and other.wait(5) and first.wait(5)
 
 
-# ----------------------------------------------------------------------------- build_pack
+# ----------------------------------------------------------------------------- router job
 
 
 def _expert(name: str, fingerprint: str = "f" * 64, task: str = "sst2") -> Expert:
@@ -100,30 +99,6 @@ def _expert(name: str, fingerprint: str = "f" * 64, task: str = "sst2") -> Exper
                   base=BackboneInfo("tiny", "bert", 8, 1, fingerprint),
                   tt_layout={"query": {"in_factors": [2, 4], "out_factors": [4, 2]}},
                   metrics={"accuracy": 0.5}, created="2026-01-01T00:00:00+00:00")
-
-
-def test_build_pack_copies_expert_folders(tmp_path):
-    folders = [store.save_expert(_expert(n), tmp_path / n) for n in ("a", "b")]
-    pack = tmp_path / "packs" / "p1"
-    loaded = jobs.build_pack(pack, folders)
-    assert [e.name for e in loaded] == ["a", "b"]
-    assert store.load_pack(pack).names == ["a", "b"]
-    assert not list((tmp_path / "packs").glob(".*building*"))
-
-
-def test_build_pack_refuses_clashes_existing_folders_and_other_base_models(tmp_path):
-    one = store.save_expert(_expert("same"), tmp_path / "one")
-    two = store.save_expert(_expert("same"), tmp_path / "two")
-    with pytest.raises(store.StoreError, match="both named 'same'"):
-        jobs.build_pack(tmp_path / "packs" / "p", [one, two])
-    (tmp_path / "packs" / "taken").mkdir(parents=True)
-    with pytest.raises(store.StoreError, match="already exists"):
-        jobs.build_pack(tmp_path / "packs" / "taken", [one])
-    foreign = store.save_expert(_expert("foreign", fingerprint="0" * 64), tmp_path / "foreign")
-    with pytest.raises(store.StoreError, match="another base model"):
-        jobs.build_pack(tmp_path / "packs" / "mixed", [one, foreign])
-    assert not (tmp_path / "packs" / "mixed").exists()
-    assert not list((tmp_path / "packs").glob(".*building*"))
 
 
 def test_a_failed_router_job_removes_the_pack_it_made(tmp_path):

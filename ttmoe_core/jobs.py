@@ -195,37 +195,6 @@ def train_expert_job(job: Job, config, backbone, out_dir: str | Path, name: str,
             "adapter_params": expert.adapter_params(), "created": expert.created}
 
 
-def build_pack(pack_dir: str | Path, expert_dirs: Sequence[str | Path]) -> list:
-    """A new pack folder holding copies of the given expert folders; returns the experts.
-
-    Raises ``store.StoreError`` when the folder exists, names clash or base models differ.
-    """
-    from . import store
-
-    pack_dir = Path(pack_dir)
-    if pack_dir.exists():
-        raise store.StoreError(f"{pack_dir} already exists: choose another pack name")
-    loaded = [store.load_expert(path) for path in expert_dirs]
-    names = [expert.name for expert in loaded]
-    clashes = sorted({n for n in names if names.count(n) > 1})
-    if clashes:
-        raise store.StoreError(f"two chosen experts are both named {clashes[0]!r}: rename one on "
-                               "the Experts page first")
-    building = pack_dir.with_name(f".{pack_dir.name}.building")
-    if building.exists():
-        import shutil
-        shutil.rmtree(building)
-    try:
-        for expert in loaded:
-            store.add_expert_to_pack(building, expert)
-        store.replace_dir(building, pack_dir)
-    except BaseException:
-        import shutil
-        shutil.rmtree(building, ignore_errors=True)
-        raise
-    return loaded
-
-
 def train_router_job(job: Job, router_config, layers: Sequence[int], backbone,
                      expert_dirs: Sequence[str | Path], pack_dir: str | Path, per_task: int,
                      eval_per_task: int, data_dir=None) -> dict:
@@ -237,10 +206,10 @@ def train_router_job(job: Job, router_config, layers: Sequence[int], backbone,
     """
     import shutil
 
-    from . import router as routers
+    from . import router as routers, store
 
     job.report(stage="building pack", done=0, total=len(expert_dirs))
-    experts_ = build_pack(pack_dir, expert_dirs)
+    experts_ = store.build_pack(pack_dir, expert_dirs)
     job.report(stage="building pack", done=len(experts_), total=len(expert_dirs))
 
     def progress(stage: str, done: int, total: int) -> None:

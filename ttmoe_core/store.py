@@ -20,7 +20,7 @@ import re
 import shutil
 import tempfile
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +32,7 @@ from safetensors.torch import load_file, save_file
 from . import tt
 from .backbone import BackboneInfo, check_fingerprint
 from .experts import ConfigError, Expert, ExpertConfig
+from .names import NAME_RULE, is_valid_name
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -358,6 +359,8 @@ def _pack_manifest(path: Path, names: list[str], base: BackboneInfo, extra: Mapp
 def add_expert_to_pack(pack_dir: str | Path, expert: Expert) -> Path:
     """Write one expert into ``<pack>/experts/<name>`` and list it; other experts' files untouched."""
     pack_dir = Path(pack_dir)
+    if not is_valid_name(expert.name):
+        raise StoreError(f"expert name {expert.name!r} cannot name a folder of a pack ({NAME_RULE})")
     names = read_json(pack_dir / PACK_FILE, "pack")["experts"] if (pack_dir / PACK_FILE).exists() else []
     if expert.name in names:
         raise StoreError(f"pack {pack_dir} already has an expert named {expert.name!r}")
@@ -369,6 +372,37 @@ def add_expert_to_pack(pack_dir: str | Path, expert: Expert) -> Path:
     write_json(pack_dir / PACK_FILE, _pack_manifest(pack_dir, names + [expert.name], expert.base,
                                                     {"router": None}))
     return pack_dir
+
+
+def build_pack(pack_dir: str | Path, experts: Sequence[Expert | str | Path], *, router=None,
+               router_metrics: Mapping | None = None, extra: Mapping | None = None,
+               replace: bool = False) -> list[Expert]:
+    """Write a new pack of ``experts`` (Expert objects or expert folders, validated on reading)
+    and, given one, its ``router`` (``save_router`` with ``router_metrics`` and ``extra``).
+
+    The pack is built in a temporary sibling folder renamed into place: it appears whole or not
+    at all. StoreError when ``pack_dir`` exists (unless ``replace``), when there are no experts,
+    two share a name, or they were trained on different base models. Returns the experts.
+    """
+    pack_dir = Path(pack_dir)
+    if pack_dir.exists() and not replace:
+        raise StoreError(f"{pack_dir} already exists: choose another pack name")
+    loaded = [e if isinstance(e, Expert) else load_expert(e) for e in experts]
+    if not loaded:
+        raise StoreError("a pack needs at least one expert")
+    names = [expert.name for expert in loaded]
+    clashes = sorted({n for n in names if names.count(n) > 1})
+    if clashes:
+        raise StoreError(f"two chosen experts are both named {clashes[0]!r}: rename one on "
+                         "the Experts page first")
+    with atomic_dir(pack_dir) as building:
+        for expert in loaded:
+            add_expert_to_pack(building, expert)
+        if router is not None:
+            save_router(building, router, names, router_metrics or {}, loaded[0].base, extra)
+        elif extra:
+            write_json(building / PACK_FILE, {**read_json(building / PACK_FILE, "pack"), **extra})
+    return loaded
 
 
 def save_router(pack_dir: str | Path, router, names: list[str], metrics: Mapping,
