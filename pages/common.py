@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import streamlit as st
 
-from ttmoe_core import backbone, budget, experts, jobs, moe, router, store, tasks
+from ttmoe_core import backbone, budget, experts, jobs, moe, router, store, tasks, workspace
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -37,7 +37,7 @@ ENGINE_ERRORS = (store.StoreError, tasks.DataError, experts.ConfigError, experts
 
 
 def default_pack_dir() -> Path:
-    return Path(os.environ.get(PACK_ENV) or REPO_ROOT / "assets" / "demo")
+    return Path(os.environ.get(PACK_ENV) or workspace.default_pack())
 
 
 def default_workspace() -> Path:
@@ -86,24 +86,20 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def packs_dir(workspace: Path) -> Path:
-    return workspace / "packs"
-
-
-def pack_choices(workspace: Path) -> dict[str, Path]:
-    """{label: folder} of the demo pack and every pack in ``<workspace>/packs``."""
+def pack_choices(root: Path) -> dict[str, Path]:
+    """{label: folder} of the demo pack and every pack (valid or not) of the workspace ``root``."""
     demo = default_pack_dir()
     choices = {f"demo pack ({short_path(demo)})": demo}
-    root = packs_dir(workspace)
-    if root.is_dir():
-        for folder in sorted(p for p in root.iterdir() if (p / store.PACK_FILE).is_file()):
-            choices[f"workspace pack: {folder.name}"] = folder
+    packs = workspace.Workspace(root).packs_root
+    valid, invalid = folder_packs(str(packs), stamp(packs))
+    for folder in sorted(valid + list(invalid)):
+        choices[f"workspace pack: {Path(folder).name}"] = Path(folder)
     return choices
 
 
-def pick_pack(workspace: Path, key: str) -> Path:
+def pick_pack(root: Path, key: str) -> Path:
     """A selectbox of the packs (demo first); returns the chosen folder."""
-    choices = pack_choices(workspace)
+    choices = pack_choices(root)
     if len(choices) == 1:
         return next(iter(choices.values()))
     label = st.selectbox("Pack", list(choices), key=key,
@@ -227,10 +223,17 @@ def pack_summary(path: str, folder_stamp: float) -> dict:
             "experts": infos, "created": created, "base_model": pack.base_model}
 
 
+@st.cache_data(show_spinner=False, max_entries=16)
+def folder_packs(root: str, folder_stamp: float) -> tuple[list[str], dict[str, str]]:
+    """Packs under ``root`` (one level): ([valid folder], {invalid folder: reason})."""
+    valid, invalid = workspace.list_packs(root)
+    return [str(p) for p in valid], {str(k): v for k, v in invalid.items()}
+
+
 @st.cache_data(show_spinner=False, max_entries=64)
 def folder_experts(root: str, folder_stamp: float) -> tuple[list[dict], dict[str, str]]:
     """Experts under ``root`` (one level): ([expert_info], {invalid folder: reason})."""
-    valid, invalid = store.list_experts(root)
+    valid, invalid = workspace.list_experts(root)
     infos = []
     for folder in valid:
         try:

@@ -1,8 +1,6 @@
 """Experts: every expert of the workspace and the demo pack, what is inside, rename and delete."""
 
 import math
-import re
-import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -11,10 +9,11 @@ import torch
 
 from pages import common
 from ttmoe_core import budget, figures, store, tt
+from ttmoe_core.workspace import Workspace
 
 workspace = common.setup()
+ws = Workspace(workspace)
 pack_dir = common.default_pack_dir()
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 def _deltas(folder: str) -> dict[str, torch.Tensor] | None:
@@ -151,26 +150,14 @@ def manage(info: dict) -> None:
         left, right = st.columns(2)
         new_name = left.text_input("New name", info["name"], key=f"rename_{folder}").strip()
         if left.button("Rename", key=f"rename_btn_{folder}", disabled=new_name == info["name"]):
-            if not NAME_PATTERN.match(new_name):
-                left.error("Use letters, digits, “_”, “-” and “.” only.",
-                           icon=":material/error:")
-            elif (folder.parent / new_name).exists():
-                left.error(f"{folder.parent / new_name} already exists.", icon=":material/error:")
-            elif common.safe(rename_expert, folder, new_name, what="rename") is not None:
+            if common.safe(ws.rename_expert, folder.name, new_name,
+                           what="rename") is not None:
                 st.rerun()
         sure = right.checkbox(f"Yes, delete {folder} for good", key=f"delete_ok_{folder}")
         if right.button("Delete", key=f"delete_btn_{folder}", disabled=not sure, type="primary"):
-            if common.safe(shutil.rmtree, folder, what="delete") is None and not folder.exists():
+            common.safe(ws.delete_expert, folder.name, what="delete")
+            if not folder.exists():
                 st.rerun()
-
-
-def rename_expert(folder: Path, new_name: str) -> Path:
-    """Write the expert under its new name (folder and config), then remove the old folder."""
-    expert = store.load_expert(folder)
-    expert.name = new_name
-    target = store.save_expert(expert, folder.parent / new_name)
-    shutil.rmtree(folder)
-    return target
 
 
 st.title("Experts")

@@ -2,7 +2,6 @@
 
 import datetime as dt
 import json
-import re
 from pathlib import Path
 
 import pandas as pd
@@ -10,12 +9,13 @@ import streamlit as st
 
 from pages import common
 from ttmoe_core import budget, figures, jobs, router, store, tasks
+from ttmoe_core.workspace import Workspace, WorkspaceError
 
 workspace = common.setup()
+ws = Workspace(workspace)
 registry = common.job_registry()
 ss = st.session_state
 BASE = budget.PRESETS["all-minilm-l6-v2"]      # the embedded base model's dimensions
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 VARIANT_HELP = {"paper": "the authors': last layer, last token, noisy gating (full pass)",
                 "linear": "one linear layer on the mean-pooled states of layer k",
                 "mlp": "an MLP on the mean-pooled states of layer k",
@@ -76,19 +76,6 @@ def stored_router(pack_dir: Path) -> None:
         st.markdown("\n".join(f"- **{k}**: {v}" for k, v in sources.items()))
 
 
-def save_result(result: dict, layer_idx: int) -> None:
-    """Write the chosen layer's router into the new pack (``store.save_router``)."""
-    best = result["results"][layer_idx]
-    report = best["report"].to_dict()
-    report.pop("history", None)
-    metrics = {**report, "train_rows": result["train_rows"], "held_out_rows": result["held_out_rows"],
-               "sources": result["sources"],
-               "per_layer": {str(r["layer"]): r["report"].accuracy for r in result["results"]},
-               "cost_fraction_of_pass": best["cost"]}
-    store.save_router(result["pack"], best["router"], result["names"], metrics, result["base"],
-                      extra={"created": result["created"], "built_by": "Router page"})
-
-
 def job_view(job_id: str, polling: bool) -> None:
     job = common.staged_job_status(registry, job_id, polling, "Router training", "router")
     if job is None:
@@ -106,16 +93,16 @@ def job_view(job_id: str, polling: bool) -> None:
         "cost (share of a pass)": st.column_config.NumberColumn(format="%.2f")})
     chosen = st.selectbox("Show and save the router of layer", range(len(rows)), index=best,
                           format_func=lambda i: f"k = {rows[i]['layer k']}", key=f"pick_{job_id}")
-    report = result["results"][chosen]["report"]
-    metrics = {"confusion": report.confusion, "per_task": report.per_task,
-               "per_layer": {str(r["layer"]): r["report"].accuracy for r in result["results"]}}
+    metrics = router.router_metrics(result["results"][chosen], result["train_rows"],
+                                    result["held_out_rows"], result["sources"], result["results"])
     router_report(result["names"], metrics, key=f"job_{job_id}")
     st.caption(f"Trained {common.fmt_date(result['created'])} on {result['train_rows']} inputs; "
                f"scored on {result['held_out_rows']} held-out inputs: "
                + "; ".join(f"{k}: {v}" for k, v in result["sources"].items()))
     saved = (Path(result["pack"]) / store.ROUTER_CONFIG_FILE).is_file()
     if st.button("Save this router to the pack", type="primary", key=f"save_{job_id}_{chosen}"):
-        if common.safe(save_result, result, chosen, what="save") is None:
+        if common.safe(jobs.save_trained_router, result, chosen, {"built_by": "Router page"},
+                       what="save") is not None:
             saved = (Path(result["pack"]) / store.ROUTER_CONFIG_FILE).is_file()
             if saved:
                 st.success(f"Saved to `{result['pack']}`: choose it as the pack on the Playground.")
@@ -162,7 +149,6 @@ else:
     epochs = col_c.number_input("Epochs", 1, 1000, 60)
     common.default_state("router_pack_name", dt.datetime.now().strftime("pack-%Y%m%d-%H%M"))
     pack_name = col_c.text_input("New pack name", key="router_pack_name").strip()
-    new_pack = common.packs_dir(workspace) / pack_name
     picked = [options[c] for c in chosen]
     problems = []
     if len(chosen) < 2:
@@ -173,10 +159,13 @@ else:
                         "there is no task data to teach the router with.")
     if variant != "paper" and not layers:
         problems.append("Choose at least one layer.")
-    if not NAME_PATTERN.match(pack_name):
-        problems.append("Pack name: letters, digits, “_”, “-” and “.” only.")
-    elif new_pack.exists():
-        problems.append(f"{new_pack} already exists: choose another pack name.")
+    try:
+        new_pack = ws.pack_dir(pack_name)
+    except WorkspaceError as exc:
+        problems.append(f"Pack name: {exc}.")
+    else:
+        if new_pack.exists():
+            problems.append(f"{new_pack} already exists: choose another pack name.")
     layouts = {json.dumps(i["tt_layout"], sort_keys=True) for i in picked}
     if any(i["method"] != "tt-lora" for i in picked) or len(layouts) > 1:
         st.caption(":material/info: The Playground serves TT-LoRA experts that share their TT "
@@ -196,7 +185,7 @@ else:
             own = registry.submit(
                 "router", f"{pack_name} ({variant})", jobs.train_router_job, config,
                 sorted(layers) or [BASE.num_layers], base_model,
-                [Path(i["folder"]) for i in picked], new_pack, int(per_task), int(held_out))
+                [Path(i["folder"]) for i in picked], ws, pack_name, int(per_task), int(held_out))
             ss["router_job"] = own.id
     if own is not None:
         st.subheader("This run")

@@ -1,6 +1,5 @@
 """Train an expert: pick data and settings, train in the background, watch the loss, save."""
 
-import re
 import tempfile
 from pathlib import Path
 
@@ -10,12 +9,13 @@ import streamlit as st
 
 from pages import common
 from ttmoe_core import budget, experts, figures, jobs, tasks
+from ttmoe_core.workspace import Workspace, WorkspaceError
 
 workspace = common.setup()
+ws = Workspace(workspace)
 registry = common.job_registry()
 ss = st.session_state
 BASE = budget.PRESETS["all-minilm-l6-v2"]      # the embedded base model's dimensions
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 UPLOAD_SEED = 0
 METHOD_LABELS = {"tt-lora": "TT-LoRA", "lora": "LoRA (PEFT)", "adapter": "Bottleneck adapter"}
 
@@ -198,14 +198,13 @@ col_name, col_where = st.columns([1, 2], vertical_alignment="bottom")
 name = col_name.text_input("Expert name", default_name, key=f"train_name_{default_name}",
                            help="Its folder in the workspace.").strip()
 col_where.caption(f"Saved to `{workspace / name}`.")
-out_dir = workspace / name
-name_ok = bool(NAME_PATTERN.match(name))
 overwrite = False
-if not name_ok:
-    st.error("Use letters, digits, “_”, “-” and “.” only (up to 64), starting with a letter "
-             "or digit.",
-             icon=":material/error:")
-elif out_dir.exists():
+try:
+    out_dir, name_ok = ws.expert_dir(name), True
+except WorkspaceError as exc:
+    out_dir, name_ok = workspace / name, False
+    st.error(str(exc), icon=":material/error:")
+if name_ok and out_dir.exists():
     overwrite = st.checkbox(f"Replace the existing `{out_dir}`", key="train_overwrite")
 
 own_job = registry.get(ss.get("train_job"))
@@ -223,8 +222,8 @@ if st.button("Train", type="primary", icon=":material/model_training:",
     base_model = common.safe(common.get_backbone, what="base model") if resolved else None
     if resolved and base_model:
         job = registry.submit("train", f"{name} ({task_name}, {method}, {int(steps)} steps)",
-                              jobs.train_expert_job, config, base_model, out_dir, name,
-                              train_data=train_data, eval_data=eval_data)
+                              jobs.train_expert_job, config, base_model, ws, name,
+                              replace=overwrite, train_data=train_data, eval_data=eval_data)
         ss["train_job"] = job.id
         own_job = job
 

@@ -7,9 +7,11 @@ import time
 
 import torch
 
-from ttmoe_core import jobs, store, tt
+from ttmoe_core import jobs, router, store, tt
 from ttmoe_core.backbone import BackboneInfo
 from ttmoe_core.experts import Expert, ExpertConfig
+from ttmoe_core.router import RouterReport
+from ttmoe_core.workspace import Workspace
 
 
 def test_job_finishes_with_result_and_ordered_progress():
@@ -104,9 +106,40 @@ def _expert(name: str, fingerprint: str = "f" * 64, task: str = "sst2") -> Exper
 def test_a_failed_router_job_removes_the_pack_it_made(tmp_path):
     folders = [store.save_expert(_expert(n, task=t), tmp_path / n)
                for n, t in (("a", "sst2"), ("b", "from_my_file"))]
-    pack = tmp_path / "packs" / "p"
-    job = jobs.Job(jobs.train_router_job, None, [0], None, folders, pack, 5, 5)
+    ws = Workspace(tmp_path)
+    job = jobs.Job(jobs.train_router_job, None, [0], None, folders, ws, "p", 5, 5)
     assert job.wait(30)
     assert job.status == "failed" and "from_my_file" in job.error
     assert [e["stage"] for e in job.events][:2] == ["building pack", "building pack"]
-    assert not pack.exists()
+    assert not ws.pack_dir("p").exists() and list(ws.packs_root.iterdir()) == []
+
+
+def test_save_trained_router_stores_metrics_and_date(tmp_path):
+    ws = Workspace(tmp_path)
+    experts = ws.build_pack("p", [_expert("a"), _expert("b", task="cola")])
+    results = [{"layer": k, "cost": k / 2, "report": RouterReport(
+        accuracy=0.5 + k / 4, confusion=[[1, 1], [0, 2]], per_task={"a": 0.5, "b": 1.0}, rows=4,
+        history=[{"epoch": 1, "loss": 0.7}]), "router": router.build_router(
+            router.RouterConfig(variant="linear", layer=0), 2, hidden_size=8, num_layers=1)}
+        for k in (0, 1)]
+    result = {"workspace": ws, "pack_name": "p", "results": results, "names": ["a", "b"],
+              "train_rows": 10, "held_out_rows": 4, "sources": {"a": "sst2 validation"},
+              "base": experts[0].base, "created": "2026-01-01T00:00:00+00:00"}
+    path = jobs.save_trained_router(result, 1, {"built_by": "test"})
+    pack = store.load_pack(path)
+    assert pack.router_metrics == {"accuracy": 0.75, "confusion": [[1, 1], [0, 2]],
+                                   "per_task": {"a": 0.5, "b": 1.0}, "rows": 4, "train_rows": 10,
+                                   "held_out_rows": 4, "sources": {"a": "sst2 validation"},
+                                   "per_layer": {"0": 0.5, "1": 0.75},
+                                   "cost_fraction_of_pass": 0.5}
+    assert pack.manifest["created"] == result["created"] and pack.manifest["built_by"] == "test"
+
+
+def test_an_expert_job_checks_its_target_before_training(tmp_path):
+    ws = Workspace(tmp_path)
+    (tmp_path / "notes").mkdir()
+    for name, replace, message in (("packs", False, "packs"), ("notes", False, "already exists"),
+                                   ("notes", True, "not a valid expert"), ("../x", False, "valid name")):
+        job = jobs.Job(jobs.train_expert_job, ExpertConfig(task="sst2"), None, ws, name, replace)
+        assert job.wait(10) and job.status == "failed" and message in job.error, job.error
+        assert job.events == []          # failed before loading any data

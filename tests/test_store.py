@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import shutil
 import struct
 
 import pytest
@@ -354,25 +353,6 @@ def test_lora_module_without_its_b_matrix(lora_expert, tmp_path):
     _rewrite_weights(path, lambda t: t.pop(key), update_manifest=True)
     with pytest.raises(StoreError, match="expected \\['A.weight', 'B.weight'\\]"):
         store.load_expert(path)
-
-
-def test_list_experts_sorts_valid_and_invalid(tt_expert, tmp_path):
-    root = tmp_path / "workspace"
-    store.save_expert(tt_expert, root / "good")
-    store.save_expert(tt_expert, root / "no_weights")
-    (root / "no_weights" / WEIGHTS_FILE).unlink()
-    store.save_expert(tt_expert, root / "bad_json")
-    (root / "bad_json" / CONFIG_FILE).write_text("{")
-    shutil.copytree(root / "good", root / ".hidden")              # temp/hidden folders are skipped
-    (root / "unrelated").mkdir()                                  # not an expert folder at all
-    (root / "unrelated" / "notes.txt").write_text("hello")
-    (root / "a_file.txt").write_text("not a folder")
-    valid, invalid = store.list_experts(root)
-    assert valid == [root / "good"]
-    assert set(invalid) == {root / "no_weights", root / "bad_json"}
-    assert "missing" in invalid[root / "no_weights"]
-    assert "JSON" in invalid[root / "bad_json"]
-    assert store.list_experts(tmp_path / "does-not-exist") == ([], {})
 
 
 # ----------------------------------------------------------------------------- LoRA

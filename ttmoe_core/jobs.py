@@ -7,12 +7,14 @@ an exception becomes ``job.error`` (one line) and ``status == "failed"``, or ``"
 a cancel was asked for. A ``JobRegistry`` keeps jobs by id for whoever owns it (the app keeps one
 per server); nothing here is module-level state, and nothing imports streamlit.
 
-The two job functions the app runs, ``train_expert_job`` and ``train_router_job``, sit at the end:
-they call the engine and translate its callbacks into ``job.report``.
+The job functions the app runs, ``train_expert_job`` and ``train_router_job`` (with
+``save_trained_router``), sit at the end: they call the engine, write files only through a
+``workspace.Workspace``, and translate the engine's callbacks into ``job.report``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import threading
@@ -155,17 +157,19 @@ def _now() -> str:
 # ----------------------------------------------------------------------------- the app's jobs
 
 
-def train_expert_job(job: Job, config, backbone, out_dir: str | Path, name: str,
+def train_expert_job(job: Job, config, backbone, workspace, name: str, replace: bool = False,
                      train_data=None, eval_data=None, data_dir=None) -> dict:
-    """Train one expert (``experts.train_expert``), save it to ``out_dir``, return a summary.
+    """Train one expert (``experts.train_expert``), save it as ``name`` in ``workspace`` (a
+    ``workspace.Workspace``; ``replace``: over an expert of that name), return a summary.
 
-    Data not given is loaded for ``config.task`` from ``data_dir`` (``tasks.load_task``).
-    Events: ``stage`` "loading data", "training" (step, total, loss, examples_per_s, elapsed_s),
-    "evaluating" (rows), "saved" (path).
+    The target folder is checked before training starts. Data not given is loaded for
+    ``config.task`` from ``data_dir`` (``tasks.load_task``). Events: ``stage`` "loading data",
+    "training" (step, total, loss, examples_per_s, elapsed_s), "evaluating" (rows), "saved" (path).
     """
-    from . import experts, store, tasks
+    from . import experts, tasks
 
     config = config.resolved()
+    workspace.expert_target(name, replace)
     if train_data is None or eval_data is None:
         job.report(stage="loading data")
         train_data = train_data if train_data is not None else tasks.load_task(config.task, "train", data_dir=data_dir,
@@ -185,7 +189,7 @@ def train_expert_job(job: Job, config, backbone, out_dir: str | Path, name: str,
     expert = experts.train_expert(config, backbone, train_data=train_data, eval_data=eval_data,
                                   progress=progress, should_stop=job.cancelled,
                                   log_every=max(1, total // 60), name=name)
-    store.save_expert(expert, out_dir)
+    out_dir = workspace.save_expert(expert, replace=replace)
     job.report(stage="saved", path=str(out_dir))
     return {"path": str(out_dir), "name": expert.name, "task": expert.config.task,
             "method": expert.config.method, "metrics": expert.metrics,
@@ -196,20 +200,19 @@ def train_expert_job(job: Job, config, backbone, out_dir: str | Path, name: str,
 
 
 def train_router_job(job: Job, router_config, layers: Sequence[int], backbone,
-                     expert_dirs: Sequence[str | Path], pack_dir: str | Path, per_task: int,
+                     expert_dirs: Sequence[str | Path], workspace, pack_name: str, per_task: int,
                      eval_per_task: int, data_dir=None) -> dict:
-    """Build a pack from expert folders and fit one router per layer (``router.sweep_layers``).
+    """Build the pack ``pack_name`` of ``workspace`` from expert folders and fit one router per
+    layer (``router.sweep_layers``).
 
-    Returns the pack path, expert names, and per layer the router and its held-out report; the
-    caller saves the one it wants with ``store.save_router``. Events: ``stage``, done, total.
-    A failed or cancelled run removes the pack folder it made.
+    Returns the pack, expert names, and per layer the router and its held-out report; the caller
+    saves the one it wants with ``save_trained_router``. Events: ``stage``, done, total. A failed
+    or cancelled run removes the pack it made.
     """
-    import shutil
-
-    from . import router as routers, store
+    from . import router as routers
 
     job.report(stage="building pack", done=0, total=len(expert_dirs))
-    experts_ = store.build_pack(pack_dir, expert_dirs)
+    experts_ = workspace.build_pack(pack_name, expert_dirs)
     job.report(stage="building pack", done=len(experts_), total=len(expert_dirs))
 
     def progress(stage: str, done: int, total: int) -> None:
@@ -226,9 +229,24 @@ def train_router_job(job: Job, router_config, layers: Sequence[int], backbone,
         results = routers.sweep_layers(router_config, list(layers), backbone, train, held,
                                        progress=progress)
     except BaseException:
-        shutil.rmtree(pack_dir, ignore_errors=True)
+        with contextlib.suppress(ValueError):     # the original error matters, not this one
+            workspace.delete_pack(pack_name)
         raise
     job.report(stage="trained", done=len(results), total=len(results))
-    return {"pack": str(pack_dir), "names": train.names, "sources": held.sources,
+    return {"pack": str(workspace.pack_dir(pack_name)), "pack_name": pack_name,
+            "workspace": workspace, "names": train.names, "sources": held.sources,
             "train_rows": len(train.labels), "held_out_rows": len(held.labels),
             "results": results, "base": backbone.info, "created": _now()}
+
+
+def save_trained_router(result: dict, index: int, extra: dict | None = None) -> Path:
+    """Save the router of layer ``result["results"][index]`` (a ``train_router_job`` result) into
+    its pack, with its metrics (``router.router_metrics``), the run's date and ``extra``; returns
+    the pack folder."""
+    from . import router as routers
+
+    chosen = result["results"][index]
+    metrics = routers.router_metrics(chosen, result["train_rows"], result["held_out_rows"],
+                                     result["sources"], sweep=result["results"])
+    return result["workspace"].save_router(result["pack_name"], chosen["router"], result["names"], metrics,
+                                 result["base"], extra={"created": result["created"], **(extra or {})})

@@ -1,4 +1,4 @@
-"""The workspace on disk: experts (and packs) as safetensors + JSON, atomic writes, validation.
+"""Experts, routers and packs on disk: safetensors + JSON, atomic writes, validation.
 
 An expert folder follows PEFT's layout:
 
@@ -293,23 +293,6 @@ def _check_modules(tensors: Mapping[str, torch.Tensor], method: str, expected: M
     return modules
 
 
-def list_experts(root: str | Path) -> tuple[list[Path], dict[Path, str]]:
-    """Expert folders under ``root`` (one level): (valid ones, {invalid one: reason})."""
-    root = Path(root)
-    valid, invalid = [], {}
-    if not root.is_dir():
-        return valid, invalid
-    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        if not (folder / CONFIG_FILE).exists() and not (folder / WEIGHTS_FILE).exists():
-            continue
-        try:
-            load_expert(folder)
-            valid.append(folder)
-        except StoreError as exc:
-            invalid[folder] = str(exc)
-    return valid, invalid
-
-
 # ----------------------------------------------------------------------------- packs
 #
 #   <pack>/pack.json                 experts by name, base model + fingerprint, router variant
@@ -434,21 +417,21 @@ def load_pack(path: str | Path, expected_fingerprint: str | None = None) -> Pack
     data = read_json(path / PACK_FILE, f"pack {path.name!r}")
     if data.get("format") != PACK_FORMAT or not isinstance(data.get("experts"), list):
         raise StoreError(f"pack {path.name!r}: {PACK_FILE} is not a TT-LoRA MoE pack manifest")
-    base = data.get("base_model") or {}
-    if not isinstance(base, dict) or not isinstance(base.get("fingerprint"), str):
-        raise StoreError(f"pack {path.name!r}: {PACK_FILE} lacks the base model's fingerprint")
-    if expected_fingerprint is not None:
-        check_fingerprint(expected_fingerprint, base["fingerprint"],
-                          f"pack {path.name!r} (base model {base.get('name')!r})", StoreError)
+    base = data.get("base_model") if isinstance(data.get("base_model"), dict) else {}
     experts = []
     for name in data["experts"]:
         expert = load_expert(path / "experts" / name)
+        if not isinstance(base.get("fingerprint"), str):
+            raise StoreError(f"pack {path.name!r}: {PACK_FILE} lacks the base model's fingerprint")
         check_fingerprint(base["fingerprint"], expert.base.fingerprint,
                           f"pack {path.name!r}: expert {name!r}", StoreError,
                           reference="the pack's manifest")
         experts.append(expert)
     if not experts:
         raise StoreError(f"pack {path.name!r} lists no experts")
+    if expected_fingerprint is not None:
+        check_fingerprint(expected_fingerprint, base["fingerprint"],
+                          f"pack {path.name!r} (base model {base.get('name')!r})", StoreError)
     router_config = router_state = None
     router_metrics: dict = {}
     if (path / ROUTER_CONFIG_FILE).exists():

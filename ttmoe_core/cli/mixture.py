@@ -8,15 +8,8 @@ import sys
 from pathlib import Path
 
 from .. import tasks
+from ..workspace import default_pack
 from .args import UsageError, common_model_flags, parse_layers, positive_float, positive_int, targets_arg
-
-
-
-
-
-def default_pack() -> Path:
-    """The committed demo pack of this repository."""
-    return Path(__file__).resolve().parents[1] / "assets" / "demo"
 
 
 def _read_jsonl_inputs(path: str) -> list[tuple[int, dict | None, str | None]]:
