@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,6 +28,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 PACK_ENV = "TTMOE_PACK"              # another pack as the app's default (else assets/demo)
 WORKSPACE_ENV = "TTMOE_WORKSPACE"    # the default workspace folder (else <repo>/workspace)
 BUILD_DEMO = "python -m ttmoe_core build-demo"
+SESSION_KEY = "_session_id"          # session-state key of ``session_id()``
 
 # what engine calls raise for bad input or files; shown as one st.error line
 ENGINE_ERRORS = (store.StoreError, tasks.DataError, experts.ConfigError, experts.TrainingError,
@@ -183,8 +185,17 @@ def get_mixture(path: str, folder_stamp: float) -> moe.TTLoRAMoE:
 
 @st.cache_resource
 def job_registry() -> jobs.JobRegistry:
-    """The server's background jobs (survive reruns and page changes)."""
+    """The server's background jobs (survive reruns and page changes); each session sees its own
+    (``session_id`` is their owner)."""
     return jobs.JobRegistry()
+
+
+def session_id() -> str:
+    """This browser session's id, the owner of the jobs it starts (kept in its session state, so
+    it lives and ends with the session)."""
+    if SESSION_KEY not in st.session_state:
+        st.session_state[SESSION_KEY] = uuid.uuid4().hex
+    return st.session_state[SESSION_KEY]
 
 
 def expert_info(expert: experts.Expert, folder: Path) -> dict:
@@ -334,7 +345,7 @@ def staged_job_status(registry: jobs.JobRegistry, job_id: str, polling: bool, wh
 
     Returns the finished job (status "done") or None (running, failed, cancelled or unknown).
     """
-    job = registry.get(job_id)
+    job = registry.get(session_id(), job_id)
     if job is None:
         return None
     if polling and not job.running:
@@ -345,7 +356,7 @@ def staged_job_status(registry: jobs.JobRegistry, job_id: str, polling: bool, wh
         st.progress(min(1.0, done / total),
                     text=f"{last.get('stage', 'starting')}: {done} of {total} · {job.elapsed:.0f} s")
         if st.button("Cancel", key=f"cancel_{key}_{job_id}", icon=":material/stop_circle:"):
-            job.cancel()
+            registry.cancel(session_id(), job_id)
         return None
     if job.status != "done":
         (st.warning if job.status == "cancelled" else st.error)(

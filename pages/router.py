@@ -14,6 +14,7 @@ from ttmoe_core.workspace import Workspace, WorkspaceError
 workspace = common.setup()
 ws = Workspace(workspace)
 registry = common.job_registry()
+owner = common.session_id()
 ss = st.session_state
 BASE = budget.PRESETS["all-minilm-l6-v2"]      # the embedded base model's dimensions
 VARIANT_HELP = {"paper": "the authors': last layer, last token, noisy gating (full pass)",
@@ -172,9 +173,7 @@ else:
                    "shapes; a router for other experts can be trained and stored all the same.")
     for problem in problems:
         st.caption(f":material/warning: {problem}")
-    own = registry.get(ss.get("router_job"))
-    if own is None and registry.running("router"):
-        own = registry.running("router")[0]  # a run started before a reload, or in another tab
+    own = registry.get(owner, ss.get("router_job"))
     busy = own is not None and own.running
     if st.button("Train router", type="primary", icon=":material/alt_route:",
                  disabled=bool(problems) or busy):
@@ -183,7 +182,7 @@ else:
         base_model = common.safe(common.get_backbone, what="base model")
         if base_model is not None:
             own = registry.submit(
-                "router", f"{pack_name} ({variant})", jobs.train_router_job, config,
+                owner, "router", f"{pack_name} ({variant})", jobs.train_router_job, config,
                 sorted(layers) or [BASE.num_layers], base_model,
                 [Path(i["folder"]) for i in picked], ws, pack_name, int(per_task), int(held_out))
             ss["router_job"] = own.id

@@ -14,6 +14,7 @@ from ttmoe_core.workspace import Workspace, WorkspaceError
 workspace = common.setup()
 ws = Workspace(workspace)
 registry = common.job_registry()
+owner = common.session_id()
 ss = st.session_state
 BASE = budget.PRESETS["all-minilm-l6-v2"]      # the embedded base model's dimensions
 UPLOAD_SEED = 0
@@ -69,7 +70,7 @@ def show_result(result: dict) -> None:
 
 def job_view(job_id: str, polling: bool) -> None:
     """Progress of one training job; a finished job shows its result."""
-    job = registry.get(job_id)
+    job = registry.get(owner, job_id)
     if job is None:
         return
     if polling and not job.running:
@@ -92,7 +93,7 @@ def job_view(job_id: str, polling: bool) -> None:
         if curve:
             st.plotly_chart(figures.loss_curve(curve), key=f"live_loss_{job_id}")
         if st.button("Cancel training", key=f"cancel_{job_id}", icon=":material/stop_circle:"):
-            job.cancel()
+            registry.cancel(owner, job_id)
             st.toast("Cancelling at the next step…")
     elif job.status == "done":
         show_result(job.result)
@@ -207,9 +208,7 @@ except WorkspaceError as exc:
 if name_ok and out_dir.exists():
     overwrite = st.checkbox(f"Replace the existing `{out_dir}`", key="train_overwrite")
 
-own_job = registry.get(ss.get("train_job"))
-if own_job is None and registry.running("train"):
-    own_job = registry.running("train")[0]  # a run started before a reload, or in another tab
+own_job = registry.get(owner, ss.get("train_job"))
 busy = own_job is not None and own_job.running
 if st.button("Train", type="primary", icon=":material/model_training:",
              disabled=busy or not ready or not name_ok or (out_dir.exists() and not overwrite),
@@ -221,7 +220,7 @@ if st.button("Train", type="primary", icon=":material/model_training:",
     resolved = common.safe(config.resolved, what="settings")
     base_model = common.safe(common.get_backbone, what="base model") if resolved else None
     if resolved and base_model:
-        job = registry.submit("train", f"{name} ({task_name}, {method}, {int(steps)} steps)",
+        job = registry.submit(owner, "train", f"{name} ({task_name}, {method}, {int(steps)} steps)",
                               jobs.train_expert_job, config, base_model, ws, name,
                               replace=overwrite, train_data=train_data, eval_data=eval_data)
         ss["train_job"] = job.id
@@ -235,9 +234,9 @@ if own_job is not None:
     else:
         job_view(own_job.id, False)
 
-runs = registry.list("train")
+runs = registry.list(owner, "train")
 if runs:
-    with st.expander(f"Runs on this server ({len(runs)})"):
+    with st.expander(f"Runs in this session ({len(runs)})"):
         st.dataframe(pd.DataFrame([{
             "run": label, "status": job.status, "seconds": round(job.elapsed, 1),
             "saved to": (job.result or {}).get("path", ""), "error": job.error or ""}

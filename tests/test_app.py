@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -205,6 +206,39 @@ def test_train_good_upload_is_split_for_training():
     assert not at.exception and not at.error
     assert any("8 for training, 2 for validation" in s.value for s in at.success)
     assert not button(at, "Train").disabled
+
+
+def test_a_job_belongs_to_the_session_that_started_it():
+    """Two browser sessions: only the one that started a run sees it and can cancel it."""
+    from pages import common
+
+    mine, other = open_page("train"), open_page("train")
+    owner = mine.session_state[common.SESSION_KEY]
+    assert owner != other.session_state[common.SESSION_KEY]
+    gate = threading.Event()
+
+    def fake_training(job):
+        job.report(stage="training", step=1, total=4, loss=0.5, examples_per_s=10.0, elapsed_s=0.1)
+        gate.wait(60)
+        raise RuntimeError("training cancelled at step 1 of 4")
+
+    job = common.job_registry().submit(owner, "train", "fake run", fake_training)
+    try:
+        for at in (mine, other):      # even knowing the job's id, the other session cannot reach it
+            at.session_state["train_job"] = job.id
+            at.run()
+            assert not at.exception, [e.value for e in at.exception]
+        assert "This run" in [h.value for h in mine.subheader]
+        assert "This run" not in [h.value for h in other.subheader]
+        assert not any(b.label == "Cancel training" for b in other.button)
+        assert not any(e.label.startswith("Runs in this session") for e in other.expander)
+        assert not button(other, "Train").disabled       # the other session may train at once
+        button(mine, "Cancel training").click()
+        mine.run()
+        assert job.cancelled()
+    finally:
+        gate.set()
+        job.wait(10)
 
 
 # ----------------------------------------------------------------------------- experts

@@ -71,19 +71,39 @@ def test_unexpected_exception_names_its_type():
 def test_registry_keeps_jobs_by_kind_newest_first():
     registry = jobs.JobRegistry()
     gate = threading.Event()
-    first = registry.submit("train", "first", lambda job: 1)
+    first = registry.submit("me", "train", "first", lambda job: 1)
     time.sleep(0.01)
-    second = registry.submit("train", "second", lambda job: gate.wait(5))
-    other = registry.submit("router", "r", lambda job: 2)
-    assert registry.get(first.id) is first and registry.get("nope") is None
-    assert registry.get(None) is None
-    assert [label for _, label in registry.list("train")] == ["second", "first"]
-    assert len(registry.list()) == 3
-    assert registry.running("train") == [second]
-    registry.remove(second.id)  # a running job is cancelled when forgotten
-    assert second.cancelled() and registry.get(second.id) is None
+    second = registry.submit("me", "train", "second", lambda job: gate.wait(5))
+    other = registry.submit("me", "router", "r", lambda job: 2)
+    assert registry.get("me", first.id) is first and registry.get("me", "nope") is None
+    assert registry.get("me", None) is None
+    assert [label for _, label in registry.list("me", "train")] == ["second", "first"]
+    assert len(registry.list("me")) == 3
+    assert registry.running("me", "train") == [second]
+    registry.remove("me", second.id)  # a running job is cancelled when forgotten
+    assert second.cancelled() and registry.get("me", second.id) is None
     gate.set()
     assert second.wait(5) and other.wait(5) and first.wait(5)
+
+
+def test_a_job_is_visible_to_and_cancellable_by_its_owner_only():
+    registry = jobs.JobRegistry()
+    gate = threading.Event()
+    mine = registry.submit("session-a", "train", "mine", lambda job: gate.wait(5))
+    theirs = registry.submit("session-b", "train", "theirs", lambda job: gate.wait(5))
+    assert registry.get("session-a", mine.id) is mine
+    assert registry.get("session-b", mine.id) is None
+    assert [label for _, label in registry.list("session-b")] == ["theirs"]
+    assert registry.running("session-a", "train") == [mine]
+    assert registry.list("session-c") == [] and registry.running("session-c") == []
+    assert not registry.cancel("session-b", mine.id) and not mine.cancelled()
+    registry.remove("session-b", mine.id)
+    assert registry.get("session-a", mine.id) is mine and not mine.cancelled()
+    assert registry.cancel("session-a", mine.id) and mine.cancelled()
+    assert not theirs.cancelled()
+    gate.set()
+    assert mine.wait(5) and theirs.wait(5)
+    assert mine.status == "cancelled" and theirs.status == "done"
 
 
 # ----------------------------------------------------------------------------- router job

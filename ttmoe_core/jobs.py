@@ -4,8 +4,9 @@
 function reports progress with ``job.report(**fields)`` (appended to ``job.events`` with a
 timestamp) and checks ``job.cancelled()`` to stop early. Its return value becomes ``job.result``;
 an exception becomes ``job.error`` (one line) and ``status == "failed"``, or ``"cancelled"`` when
-a cancel was asked for. A ``JobRegistry`` keeps jobs by id for whoever owns it (the app keeps one
-per server); nothing here is module-level state, and nothing imports streamlit.
+a cancel was asked for. A ``JobRegistry`` keeps jobs by id, each owned by the caller that
+submitted it (the app keeps one registry per server and passes each browser session's id as the
+owner); nothing here is module-level state, and nothing imports streamlit.
 
 The job functions the app runs, ``train_expert_job`` and ``train_router_job`` (with
 ``save_trained_router``), sit at the end: they call the engine, write files only through a
@@ -113,40 +114,53 @@ class Job:
 
 
 class JobRegistry:
-    """Jobs by id, with a kind ("train", "router") and an owner-chosen label; thread-safe."""
+    """Jobs by id, each with an owner (e.g. one browser session), a kind ("train", "router") and a
+    label; thread-safe. Every lookup names the owner: a job is visible to, and cancellable by, the
+    owner that submitted it only."""
 
     def __init__(self) -> None:
-        self._jobs: dict[str, tuple[Job, str, str]] = {}
+        self._jobs: dict[str, tuple[Job, str, str, str]] = {}   # id -> (job, owner, kind, label)
         self._lock = threading.Lock()
 
-    def submit(self, kind: str, label: str, fn: Callable[..., Any], *args: Any,
+    def submit(self, owner: str, kind: str, label: str, fn: Callable[..., Any], *args: Any,
                **kwargs: Any) -> Job:
-        """Start ``fn`` as a Job and keep it under ``kind``."""
+        """Start ``fn`` as a Job of ``owner`` and keep it under ``kind``."""
         job = Job(fn, *args, **kwargs)
         with self._lock:
-            self._jobs[job.id] = (job, kind, label)
+            self._jobs[job.id] = (job, owner, kind, label)
         return job
 
-    def get(self, job_id: str | None) -> Job | None:
+    def get(self, owner: str, job_id: str | None) -> Job | None:
+        """The job ``job_id`` if ``owner`` submitted it, else None."""
         with self._lock:
             entry = self._jobs.get(job_id) if job_id else None
-        return entry[0] if entry else None
+        return entry[0] if entry and entry[1] == owner else None
 
-    def list(self, kind: str | None = None) -> list[tuple[Job, str]]:
-        """(job, label) pairs of one kind (all kinds when None), newest first."""
+    def list(self, owner: str, kind: str | None = None) -> list[tuple[Job, str]]:
+        """(job, label) pairs of ``owner``, of one kind (all kinds when None), newest first."""
         with self._lock:
             entries = list(self._jobs.values())
-        return [(job, label) for job, k, label in sorted(entries, key=lambda e: -e[0].started)
-                if kind is None or k == kind]
+        return [(job, label) for job, who, k, label in sorted(entries, key=lambda e: -e[0].started)
+                if who == owner and (kind is None or k == kind)]
 
-    def running(self, kind: str | None = None) -> list[Job]:
-        return [job for job, _ in self.list(kind) if job.running]
+    def running(self, owner: str, kind: str | None = None) -> list[Job]:
+        return [job for job, _ in self.list(owner, kind) if job.running]
 
-    def remove(self, job_id: str) -> None:
-        """Forget a finished job (a running one is cancelled first)."""
+    def cancel(self, owner: str, job_id: str) -> bool:
+        """Ask ``owner``'s job ``job_id`` to stop; False when there is no such job of ``owner``."""
+        job = self.get(owner, job_id)
+        if job is not None:
+            job.cancel()
+        return job is not None
+
+    def remove(self, owner: str, job_id: str) -> None:
+        """Forget ``owner``'s job (a running one is cancelled first); others' jobs are untouched."""
         with self._lock:
-            entry = self._jobs.pop(job_id, None)
-        if entry is not None and entry[0].running:
+            entry = self._jobs.get(job_id)
+            if entry is None or entry[1] != owner:
+                return
+            del self._jobs[job_id]
+        if entry[0].running:
             entry[0].cancel()
 
 
