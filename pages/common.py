@@ -29,6 +29,7 @@ PACK_ENV = "TTMOE_PACK"              # another pack as the app's default (else a
 WORKSPACE_ENV = "TTMOE_WORKSPACE"    # the default workspace folder (else <repo>/workspace)
 BUILD_DEMO = "python -m ttmoe_core build-demo"
 SESSION_KEY = "_session_id"          # session-state key of ``session_id()``
+EMBEDDED_BASE = budget.PRESETS[backbone.DEFAULT_MODEL]   # the embedded base model's dimensions
 
 # what engine calls raise for bad input or files; shown as one st.error line
 ENGINE_ERRORS = (store.StoreError, tasks.DataError, experts.ConfigError, experts.TrainingError,
@@ -67,7 +68,7 @@ def _ensure_app_navigation() -> None:
             st.rerun()
 
 
-def setup() -> Path:
+def setup() -> workspace.Workspace:
     """Every page's first call: app navigation, the sidebar's settings; returns the workspace."""
     _ensure_app_navigation()
     if "workspace" not in st.session_state:
@@ -79,7 +80,7 @@ def setup() -> Path:
         st.session_state.workspace = value.strip() or str(default_workspace())
         device = "CUDA GPU" if _cuda() else "CPU"
         st.caption(f"Base model: all-MiniLM-L6-v2 (embedded) · device: {device}")
-    return Path(st.session_state.workspace).expanduser()
+    return workspace.Workspace(st.session_state.workspace)
 
 
 @st.cache_resource(show_spinner=False)
@@ -114,7 +115,7 @@ def pack_missing(path: Path) -> bool:
     if (path / store.PACK_FILE).is_file():
         return False
     if path == default_pack_dir():
-        command = (BUILD_DEMO if path == REPO_ROOT / "assets" / "demo"
+        command = (BUILD_DEMO if path == workspace.default_pack()
                    else f"{BUILD_DEMO} --out {path}")
         st.info(f"The demo pack is not built yet (no `{short_path(path / store.PACK_FILE)}`). Build it "
                 f"once with\n\n```\n{command}\n```\n\nIt trains six TT-LoRA experts (MNLI, "
@@ -282,10 +283,6 @@ def fmt_date(iso: str | None) -> str:
     return when.strftime("%Y-%m-%d %H:%M") + " UTC"
 
 
-def fmt_metric(value: Any) -> str:
-    return f"{value:.3f}" if isinstance(value, float) else ("–" if value is None else str(value))
-
-
 def training_caption(info: dict) -> str:
     """Where an expert's numbers come from: date, settings, data."""
     cfg = info["training"]
@@ -337,6 +334,15 @@ def default_state(key: str, value: Any) -> None:
     """Give a keyed widget its first value through session state (so callbacks may change it)."""
     if key not in st.session_state:
         st.session_state[key] = value
+
+
+def watch_job(job: jobs.Job, view: Callable[[str, bool], None], every: float = 1.0) -> None:
+    """``view(job_id, polling)``: re-run every ``every`` seconds (a fragment) while the job runs,
+    once when it has ended."""
+    if job.running:
+        st.fragment(run_every=every)(view)(job.id, True)
+    else:
+        view(job.id, False)
 
 
 def staged_job_status(registry: jobs.JobRegistry, job_id: str, polling: bool, what: str,

@@ -8,15 +8,13 @@ import pandas as pd
 import streamlit as st
 
 from pages import common
-from ttmoe_core import budget, figures, jobs, router, store, tasks
-from ttmoe_core.workspace import Workspace, WorkspaceError
+from ttmoe_core import figures, jobs, router, store, tasks
+from ttmoe_core.workspace import WorkspaceError
 
-workspace = common.setup()
-ws = Workspace(workspace)
+ws = common.setup()
 registry = common.job_registry()
 owner = common.session_id()
 ss = st.session_state
-BASE = budget.PRESETS["all-minilm-l6-v2"]      # the embedded base model's dimensions
 VARIANT_HELP = {"paper": "the authors': last layer, last token, noisy gating (full pass)",
                 "linear": "one linear layer on the mean-pooled states of layer k",
                 "mlp": "an MLP on the mean-pooled states of layer k",
@@ -117,7 +115,7 @@ st.caption("The router reads the frozen base model (up to layer k) and picks one
 
 # ----------------------------------------------------------------------------- stored router
 st.header("Stored router")
-pack_dir = common.pick_pack(workspace, key="router_pack")
+pack_dir = common.pick_pack(ws.root, key="router_pack")
 if not common.pack_missing(pack_dir):
     stored_router(pack_dir)
 
@@ -128,7 +126,7 @@ st.caption("Choose experts (from the demo pack and your workspace): they are cop
            "pack under the workspace, and a router is trained for them on their tasks' data.")
 options: dict[str, dict] = {}
 demo_experts = common.default_pack_dir() / "experts"
-for prefix, root in (("demo pack", demo_experts), ("workspace", workspace)):
+for prefix, root in (("demo pack", demo_experts), ("workspace", ws.root)):
     if root.is_dir():
         infos, _ = common.folder_experts(str(root), common.stamp(root))
         options.update({f"{prefix} / {i['name']} ({i['task']}, {i['method']})": i for i in infos})
@@ -142,7 +140,7 @@ else:
     variant = col_a.selectbox("Variant", router.VARIANTS, index=router.VARIANTS.index("fusion"),
                               help="; ".join(f"{v}: {h}" for v, h in VARIANT_HELP.items()))
     col_a.caption(VARIANT_HELP[variant][0].upper() + VARIANT_HELP[variant][1:] + ".")
-    layers = col_a.multiselect("Base layer(s) k", list(range(BASE.num_layers + 1)), default=[2],
+    layers = col_a.multiselect("Base layer(s) k", list(range(common.EMBEDDED_BASE.num_layers + 1)), default=[2],
                                disabled=variant == "paper",
                                help="One router per layer; the paper variant reads the last layer.")
     per_task = col_b.number_input("Training inputs per task", 10, 100_000, 300)
@@ -183,12 +181,9 @@ else:
         if base_model is not None:
             own = registry.submit(
                 owner, "router", f"{pack_name} ({variant})", jobs.train_router_job, config,
-                sorted(layers) or [BASE.num_layers], base_model,
+                sorted(layers) or [common.EMBEDDED_BASE.num_layers], base_model,
                 [Path(i["folder"]) for i in picked], ws, pack_name, int(per_task), int(held_out))
             ss["router_job"] = own.id
     if own is not None:
         st.subheader("This run")
-        if own.running:
-            st.fragment(run_every=1.0)(job_view)(own.id, True)
-        else:
-            job_view(own.id, False)
+        common.watch_job(own, job_view)

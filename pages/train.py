@@ -8,15 +8,12 @@ import pandas as pd
 import streamlit as st
 
 from pages import common
-from ttmoe_core import budget, experts, figures, jobs, tasks
-from ttmoe_core.workspace import Workspace, WorkspaceError
+from ttmoe_core import experts, figures, jobs, tasks
 
-workspace = common.setup()
-ws = Workspace(workspace)
+ws = common.setup()
 registry = common.job_registry()
 owner = common.session_id()
 ss = st.session_state
-BASE = budget.PRESETS["all-minilm-l6-v2"]      # the embedded base model's dimensions
 UPLOAD_SEED = 0
 METHOD_LABELS = {"tt-lora": "TT-LoRA", "lora": "LoRA (PEFT)", "adapter": "Bottleneck adapter"}
 
@@ -183,8 +180,8 @@ with col_c:
     seed = st.number_input("Seed", 0, 2**31 - 1, 0, key="train_seed")
     shapes: dict[str, list[int]] = {}
     if method == "tt-lora":
-        for target in BASE.default_targets():
-            d_in, d_out = BASE.module_shape(target)
+        for target in common.EMBEDDED_BASE.default_targets():
+            d_in, d_out = common.EMBEDDED_BASE.module_shape(target)
             shape, error = common.parse_shape(
                 st.text_input(f"TT shape of {target} ({d_in} → {d_out})", "automatic",
                               key=f"train_shape_{target}"), d_in, d_out)
@@ -198,13 +195,10 @@ default_name = task_name or "expert"
 col_name, col_where = st.columns([1, 2], vertical_alignment="bottom")
 name = col_name.text_input("Expert name", default_name, key=f"train_name_{default_name}",
                            help="Its folder in the workspace.").strip()
-col_where.caption(f"Saved to `{workspace / name}`.")
+col_where.caption(f"Saved to `{ws.root / name}`.")
 overwrite = False
-try:
-    out_dir, name_ok = ws.expert_dir(name), True
-except WorkspaceError as exc:
-    out_dir, name_ok = workspace / name, False
-    st.error(str(exc), icon=":material/error:")
+out_dir = common.safe(ws.expert_dir, name)          # None (and a message) for a bad name
+name_ok = out_dir is not None
 if name_ok and out_dir.exists():
     overwrite = st.checkbox(f"Replace the existing `{out_dir}`", key="train_overwrite")
 
@@ -229,10 +223,7 @@ if st.button("Train", type="primary", icon=":material/model_training:",
 # ----------------------------------------------------------------------------- progress
 if own_job is not None:
     st.subheader("This run")
-    if own_job.running:
-        st.fragment(run_every=1.0)(job_view)(own_job.id, True)
-    else:
-        job_view(own_job.id, False)
+    common.watch_job(own_job, job_view)
 
 runs = registry.list(owner, "train")
 if runs:

@@ -27,15 +27,12 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-STATUSES = ("running", "done", "failed", "cancelled")
-
-
 class Job:
     """One call running in a daemon thread; every field is safe to read from another thread."""
 
     def __init__(self, fn: Callable[..., Any], *args: Any, **kwargs: Any):
         self.id = uuid.uuid4().hex[:10]
-        self.status = "running"
+        self.status = "running"              # then "done", "failed" or "cancelled"
         self.result: Any = None
         self.error: str | None = None
         self.started = time.time()            # seconds since the epoch

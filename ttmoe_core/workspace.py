@@ -120,7 +120,7 @@ class Workspace:
         if path.exists():
             if not replace:
                 raise WorkspaceError(f"{path} already exists: choose another name or replace it")
-            self._valid_expert(path, "replace")
+            _valid(path, "expert", "replace")
         return path
 
     def save_expert(self, expert: Expert, replace: bool = False) -> Path:
@@ -131,7 +131,7 @@ class Workspace:
         """Give the expert ``name`` the name ``new_name`` (its folder and config); returns the new
         folder. The new folder is written whole before the old one is removed."""
         source = self.expert_dir(name)
-        expert = self._valid_expert(source, "rename")
+        expert = _valid(source, "expert", "rename")
         target = self.expert_target(new_name)
         expert.name = new_name
         store.save_expert(expert, target)
@@ -141,17 +141,8 @@ class Workspace:
     def delete_expert(self, name: str) -> None:
         """Remove the folder of the expert ``name`` (only a valid expert)."""
         path = self.expert_dir(name)
-        self._valid_expert(path, "delete")
+        _valid(path, "expert", "delete")
         shutil.rmtree(path)
-
-    @staticmethod
-    def _valid_expert(path: Path, action: str) -> Expert:
-        if not path.is_dir():
-            raise WorkspaceError(f"cannot {action} {path}: there is no such expert")
-        try:
-            return store.load_expert(path)
-        except store.StoreError as exc:
-            raise WorkspaceError(f"cannot {action} {path}: it is not a valid expert ({exc})") from None
 
     # ------------------------------------------------------------------ packs
 
@@ -168,21 +159,22 @@ class Workspace:
                     base, extra: Mapping | None = None) -> Path:
         """Write (or replace) the router of the workspace's pack ``name`` (``store.save_router``)."""
         path = self.pack_dir(name)
-        self._valid_pack(path, "save a router to")
+        _valid(path, "pack", "save a router to")
         store.save_router(path, router, list(expert_names), metrics, base, extra)
         return path
 
     def delete_pack(self, name: str) -> None:
         """Remove the folder of the pack ``name`` (only a valid pack)."""
         path = self.pack_dir(name)
-        self._valid_pack(path, "delete")
+        _valid(path, "pack", "delete")
         shutil.rmtree(path)
 
-    @staticmethod
-    def _valid_pack(path: Path, action: str) -> store.Pack:
-        if not path.is_dir():
-            raise WorkspaceError(f"cannot {action} {path}: there is no such pack")
-        try:
-            return store.load_pack(path)
-        except store.StoreError as exc:
-            raise WorkspaceError(f"cannot {action} {path}: it is not a valid pack ({exc})") from None
+
+def _valid(path: Path, kind: str, action: str):
+    """The expert or pack (``kind``) at ``path``; WorkspaceError saying why ``action`` is refused."""
+    if not path.is_dir():
+        raise WorkspaceError(f"cannot {action} {path}: there is no such {kind}")
+    try:
+        return store.load_expert(path) if kind == "expert" else store.load_pack(path)
+    except store.StoreError as exc:
+        raise WorkspaceError(f"cannot {action} {path}: it is not a valid {kind} ({exc})") from None
