@@ -47,15 +47,18 @@ def default_workspace() -> Path:
     return Path(os.environ.get(WORKSPACE_ENV) or REPO_ROOT / "workspace").expanduser()
 
 
-def _ensure_app_navigation() -> None:
-    """Rerun through app.py when Streamlit ran this page on its own (legacy pages/ mode).
+def legacy_pages_dir_workaround() -> None:
+    """WORKAROUND for Streamlit 1.67, which has no supported switch for this; remove it when
+    ``pages/`` is renamed or Streamlit fixes it. Tracking: streamlit/streamlit#9624 (deep links
+    on first load) and the review of streamlit/streamlit#10276 (a ``pages/`` folder with
+    ``st.navigation``: a direct URL falls back to the legacy mode).
 
-    Streamlit treats a ``pages/`` folder next to the entry script as a legacy multipage app
+    A ``pages/`` folder next to app.py makes Streamlit treat the app as a legacy multipage app
     until the first ``st.navigation`` call of the process: a fresh server whose first visitor
-    opens a deep link (``/budget``) runs ``pages/budget.py`` alone, with the folder's listing as
-    navigation and without app.py's page config, until someone opens the root page. Switching
-    the legacy mode off and rerunning makes app.py run this page (same url path, same page).
-    Once per session at most: the rerun drops one-shot values such as a button click.
+    opens a deep link (``/budget``) runs ``pages/budget.py`` alone, without app.py's navigation
+    and page config. ``st.navigation`` itself sets ``PagesManager.uses_pages_directory = False``
+    for the whole process; this sets the same flag on that first request, then reruns once (per
+    session at most: the rerun drops one-shot values such as a click) so app.py runs the page.
     """
     try:
         from streamlit.runtime.pages_manager import PagesManager
@@ -70,7 +73,7 @@ def _ensure_app_navigation() -> None:
 
 def setup() -> workspace.Workspace:
     """Every page's first call: app navigation, the sidebar's settings; returns the workspace."""
-    _ensure_app_navigation()
+    legacy_pages_dir_workaround()
     if "workspace" not in st.session_state:
         st.session_state.workspace = str(default_workspace())
     with st.sidebar:

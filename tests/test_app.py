@@ -21,7 +21,7 @@ SAMPLES = REPO_ROOT / "assets" / "samples"
 PACK = Path(os.environ.get("TTMOE_PACK") or REPO_ROOT / "assets" / "demo")
 needs_pack = pytest.mark.skipif(not (PACK / "pack.json").is_file(),
                                 reason=f"no demo pack at {PACK} (python -m ttmoe_core build-demo)")
-PAGES = ["overview", "budget", "train", "experts", "router", "playground"]
+PAGES = ["overview", "budget", "compare", "train", "experts", "router", "playground"]
 REVIEW = "a gorgeous , witty , seductive movie ."
 
 
@@ -69,6 +69,8 @@ def test_page_renders_with_its_main_widgets(page):
         assert button(at, "Paper preset (LLaMA-3.2-1B)")
         assert by_label(at.selectbox, "Method").value == "tt-lora"
         assert metric(at, "Trainable parameters") == "9,360"  # MiniLM q/v, rank 5 (default)
+    elif page == "compare":
+        assert at.title[0].value == "Compare with the paper" and button(at, "Run the small report")
     elif page == "train":
         assert by_label(at.selectbox, "Task").value == "sst2" and button(at, "Train")
     elif page == "experts":
@@ -96,6 +98,30 @@ def test_a_corrupt_pack_is_reported_not_raised(page, monkeypatch, tmp_path):
     monkeypatch.setenv("TTMOE_PACK", str(pack))
     at = open_page(page)
     assert any("sst2" in e.value for e in at.error), [e.value for e in at.error]
+
+
+@pytest.mark.parametrize("with_report", [True, False])
+def test_compare_page_through_the_app_navigation(monkeypatch, tmp_path, with_report):
+    """The Compare page as app.py's navigation runs it: a report folder's claims, or the note on
+    how to produce one."""
+    from test_report import synthetic_results
+
+    from ttmoe_core import report
+
+    folder = tmp_path / "reports"
+    if with_report:
+        folder.mkdir()
+        (folder / report.RESULTS_FILE).write_text(json.dumps(synthetic_results()))
+    monkeypatch.setenv("TTMOE_REPORT_DIR", str(folder))
+    at = open_page("compare")
+    assert at.title[0].value == "Compare with the paper" and not at.error
+    if with_report:
+        assert metric(at, "Paper's claims that hold here") == "4 of 5"
+        shown = "\n".join(m.value for m in at.markdown)
+        assert all(report.SECTION_TITLES[name] in shown for name in report.SECTIONS)
+    else:
+        assert any("--budget full" in i.value for i in at.info)
+    assert not button(at, "Run the small report").disabled
 
 
 # ----------------------------------------------------------------------------- budget
