@@ -259,5 +259,6 @@ def save_trained_router(result: dict, index: int, extra: dict | None = None) -> 
     chosen = result["results"][index]
     metrics = routers.router_metrics(chosen, result["train_rows"], result["held_out_rows"],
                                      result["sources"], sweep=result["results"])
-    return result["workspace"].save_router(result["pack_name"], chosen["router"], result["names"], metrics,
-                                 result["base"], extra={"created": result["created"], **(extra or {})})
+    return result["workspace"].save_router(
+        result["pack_name"], chosen["router"], result["names"], metrics, result["base"],
+        extra={"created": result["created"], **(extra or {})})
