@@ -12,13 +12,14 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import streamlit as st
 
-from ttmoe_core import backbone, budget, experts, jobs, moe, router, store, tasks
+from ttmoe_core import backbone, budget, experts, jobs, moe, router, store, tasks, workspace
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -27,6 +28,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 PACK_ENV = "TTMOE_PACK"              # another pack as the app's default (else assets/demo)
 WORKSPACE_ENV = "TTMOE_WORKSPACE"    # the default workspace folder (else <repo>/workspace)
 BUILD_DEMO = "python -m ttmoe_core build-demo"
+SESSION_KEY = "_session_id"          # session-state key of ``session_id()``
+EMBEDDED_BASE = budget.PRESETS[backbone.DEFAULT_MODEL]   # the embedded base model's dimensions
 
 # what engine calls raise for bad input or files; shown as one st.error line
 ENGINE_ERRORS = (store.StoreError, tasks.DataError, experts.ConfigError, experts.TrainingError,
@@ -37,22 +40,25 @@ ENGINE_ERRORS = (store.StoreError, tasks.DataError, experts.ConfigError, experts
 
 
 def default_pack_dir() -> Path:
-    return Path(os.environ.get(PACK_ENV) or REPO_ROOT / "assets" / "demo")
+    return Path(os.environ.get(PACK_ENV) or workspace.default_pack())
 
 
 def default_workspace() -> Path:
     return Path(os.environ.get(WORKSPACE_ENV) or REPO_ROOT / "workspace").expanduser()
 
 
-def _ensure_app_navigation() -> None:
-    """Rerun through app.py when Streamlit ran this page on its own (legacy pages/ mode).
+def legacy_pages_dir_workaround() -> None:
+    """WORKAROUND for Streamlit 1.67, which has no supported switch for this; remove it when
+    ``pages/`` is renamed or Streamlit fixes it. Tracking: streamlit/streamlit#9624 (deep links
+    on first load) and the review of streamlit/streamlit#10276 (a ``pages/`` folder with
+    ``st.navigation``: a direct URL falls back to the legacy mode).
 
-    Streamlit treats a ``pages/`` folder next to the entry script as a legacy multipage app
+    A ``pages/`` folder next to app.py makes Streamlit treat the app as a legacy multipage app
     until the first ``st.navigation`` call of the process: a fresh server whose first visitor
-    opens a deep link (``/budget``) runs ``pages/budget.py`` alone, with the folder's listing as
-    navigation and without app.py's page config, until someone opens the root page. Switching
-    the legacy mode off and rerunning makes app.py run this page (same url path, same page).
-    Once per session at most: the rerun drops one-shot values such as a button click.
+    opens a deep link (``/budget``) runs ``pages/budget.py`` alone, without app.py's navigation
+    and page config. ``st.navigation`` itself sets ``PagesManager.uses_pages_directory = False``
+    for the whole process; this sets the same flag on that first request, then reruns once (per
+    session at most: the rerun drops one-shot values such as a click) so app.py runs the page.
     """
     try:
         from streamlit.runtime.pages_manager import PagesManager
@@ -65,9 +71,9 @@ def _ensure_app_navigation() -> None:
             st.rerun()
 
 
-def setup() -> Path:
+def setup() -> workspace.Workspace:
     """Every page's first call: app navigation, the sidebar's settings; returns the workspace."""
-    _ensure_app_navigation()
+    legacy_pages_dir_workaround()
     if "workspace" not in st.session_state:
         st.session_state.workspace = str(default_workspace())
     with st.sidebar:
@@ -77,7 +83,7 @@ def setup() -> Path:
         st.session_state.workspace = value.strip() or str(default_workspace())
         device = "CUDA GPU" if _cuda() else "CPU"
         st.caption(f"Base model: all-MiniLM-L6-v2 (embedded) · device: {device}")
-    return Path(st.session_state.workspace).expanduser()
+    return workspace.Workspace(st.session_state.workspace)
 
 
 @st.cache_resource(show_spinner=False)
@@ -86,24 +92,20 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def packs_dir(workspace: Path) -> Path:
-    return workspace / "packs"
-
-
-def pack_choices(workspace: Path) -> dict[str, Path]:
-    """{label: folder} of the demo pack and every pack in ``<workspace>/packs``."""
+def pack_choices(root: Path) -> dict[str, Path]:
+    """{label: folder} of the demo pack and every pack (valid or not) of the workspace ``root``."""
     demo = default_pack_dir()
     choices = {f"demo pack ({short_path(demo)})": demo}
-    root = packs_dir(workspace)
-    if root.is_dir():
-        for folder in sorted(p for p in root.iterdir() if (p / store.PACK_FILE).is_file()):
-            choices[f"workspace pack: {folder.name}"] = folder
+    packs = workspace.Workspace(root).packs_root
+    valid, invalid = folder_packs(str(packs), stamp(packs))
+    for folder in sorted(valid + list(invalid)):
+        choices[f"workspace pack: {Path(folder).name}"] = Path(folder)
     return choices
 
 
-def pick_pack(workspace: Path, key: str) -> Path:
+def pick_pack(root: Path, key: str) -> Path:
     """A selectbox of the packs (demo first); returns the chosen folder."""
-    choices = pack_choices(workspace)
+    choices = pack_choices(root)
     if len(choices) == 1:
         return next(iter(choices.values()))
     label = st.selectbox("Pack", list(choices), key=key,
@@ -116,7 +118,7 @@ def pack_missing(path: Path) -> bool:
     if (path / store.PACK_FILE).is_file():
         return False
     if path == default_pack_dir():
-        command = (BUILD_DEMO if path == REPO_ROOT / "assets" / "demo"
+        command = (BUILD_DEMO if path == workspace.default_pack()
                    else f"{BUILD_DEMO} --out {path}")
         st.info(f"The demo pack is not built yet (no `{short_path(path / store.PACK_FILE)}`). Build it "
                 f"once with\n\n```\n{command}\n```\n\nIt trains six TT-LoRA experts (MNLI, "
@@ -187,8 +189,17 @@ def get_mixture(path: str, folder_stamp: float) -> moe.TTLoRAMoE:
 
 @st.cache_resource
 def job_registry() -> jobs.JobRegistry:
-    """The server's background jobs (survive reruns and page changes)."""
+    """The server's background jobs (survive reruns and page changes); each session sees its own
+    (``session_id`` is their owner)."""
     return jobs.JobRegistry()
+
+
+def session_id() -> str:
+    """This browser session's id, the owner of the jobs it starts (kept in its session state, so
+    it lives and ends with the session)."""
+    if SESSION_KEY not in st.session_state:
+        st.session_state[SESSION_KEY] = uuid.uuid4().hex
+    return st.session_state[SESSION_KEY]
 
 
 def expert_info(expert: experts.Expert, folder: Path) -> dict:
@@ -227,10 +238,17 @@ def pack_summary(path: str, folder_stamp: float) -> dict:
             "experts": infos, "created": created, "base_model": pack.base_model}
 
 
+@st.cache_data(show_spinner=False, max_entries=16)
+def folder_packs(root: str, folder_stamp: float) -> tuple[list[str], dict[str, str]]:
+    """Packs under ``root`` (one level): ([valid folder], {invalid folder: reason})."""
+    valid, invalid = workspace.list_packs(root)
+    return [str(p) for p in valid], {str(k): v for k, v in invalid.items()}
+
+
 @st.cache_data(show_spinner=False, max_entries=64)
 def folder_experts(root: str, folder_stamp: float) -> tuple[list[dict], dict[str, str]]:
     """Experts under ``root`` (one level): ([expert_info], {invalid folder: reason})."""
-    valid, invalid = store.list_experts(root)
+    valid, invalid = workspace.list_experts(root)
     infos = []
     for folder in valid:
         try:
@@ -266,10 +284,6 @@ def fmt_date(iso: str | None) -> str:
     if when.tzinfo is not None:
         when = when.astimezone(dt.timezone.utc)
     return when.strftime("%Y-%m-%d %H:%M") + " UTC"
-
-
-def fmt_metric(value: Any) -> str:
-    return f"{value:.3f}" if isinstance(value, float) else ("–" if value is None else str(value))
 
 
 def training_caption(info: dict) -> str:
@@ -325,13 +339,22 @@ def default_state(key: str, value: Any) -> None:
         st.session_state[key] = value
 
 
+def watch_job(job: jobs.Job, view: Callable[[str, bool], None], every: float = 1.0) -> None:
+    """``view(job_id, polling)``: re-run every ``every`` seconds (a fragment) while the job runs,
+    once when it has ended."""
+    if job.running:
+        st.fragment(run_every=every)(view)(job.id, True)
+    else:
+        view(job.id, False)
+
+
 def staged_job_status(registry: jobs.JobRegistry, job_id: str, polling: bool, what: str,
                       key: str) -> "jobs.Job | None":
     """Progress bar + cancel while a staged job runs, its failure as one line; the job once done.
 
     Returns the finished job (status "done") or None (running, failed, cancelled or unknown).
     """
-    job = registry.get(job_id)
+    job = registry.get(session_id(), job_id)
     if job is None:
         return None
     if polling and not job.running:
@@ -342,7 +365,7 @@ def staged_job_status(registry: jobs.JobRegistry, job_id: str, polling: bool, wh
         st.progress(min(1.0, done / total),
                     text=f"{last.get('stage', 'starting')}: {done} of {total} · {job.elapsed:.0f} s")
         if st.button("Cancel", key=f"cancel_{key}_{job_id}", icon=":material/stop_circle:"):
-            job.cancel()
+            registry.cancel(session_id(), job_id)
         return None
     if job.status != "done":
         (st.warning if job.status == "cancelled" else st.error)(

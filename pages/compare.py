@@ -14,8 +14,9 @@ from ttmoe_core import report
 REPORT_ENV = "TTMOE_REPORT_DIR"        # another report folder to show (else <repo>/reports)
 COMMAND = "python -m ttmoe_core report --budget full --out reports"
 
-workspace = common.setup()
+ws = common.setup()
 registry = common.job_registry()
+owner = common.session_id()
 ss = st.session_state
 
 
@@ -101,14 +102,11 @@ st.caption(f"The same five experiments at CI scale ({small.steps} steps of batch
            f"expert, {small.eval_rows} validation rows a task; about 5 minutes on 2 CPU cores), in the "
            "background. The result goes to the workspace; the committed report is not touched. Its "
            "numbers are far from the full run's: it checks that everything runs, not what holds.")
-own = registry.get(ss.get("report_job"))
+own = registry.get(owner, ss.get("report_job"))
 busy = own is not None and own.running
 if st.button("Run the small report", type="primary", icon=":material/play_arrow:", disabled=busy):
-    out = workspace / "reports" / f"small-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    own = registry.submit("report", f"small report {out.name}", report.report_job, "small", out)
+    out = ws.root / "reports" / f"small-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    own = registry.submit(owner, "report", f"small report {out.name}", report.report_job, "small", out)
     ss["report_job"] = own.id
 if own is not None:
-    if own.running:
-        st.fragment(run_every=2.0)(job_view)(own.id, True)
-    else:
-        job_view(own.id, False)
+    common.watch_job(own, job_view, every=2.0)

@@ -1,45 +1,29 @@
 """Experts: every expert of the workspace and the demo pack, what is inside, rename and delete."""
 
 import math
-import re
-import shutil
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
-import torch
 
 from pages import common
 from ttmoe_core import budget, figures, store, tt
 
-workspace = common.setup()
+ws = common.setup()
 pack_dir = common.default_pack_dir()
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
-def _deltas(folder: str) -> dict[str, torch.Tensor] | None:
-    """Dense α·ΔW per adapted layer of a stored expert (None for bottleneck adapters)."""
+@st.cache_data(show_spinner="Computing ΔW's singular values from the cores…", max_entries=16)
+def delta_spectra(folder: str, folder_stamp: float) -> dict | None:
+    """Adapted layers, ‖α·ΔW‖_F and singular values of each (``tt.delta_w_spectra``); None for
+    bottleneck adapters."""
     expert = store.load_expert(folder)
     cfg = expert.config
     if cfg.method not in ("tt-lora", "lora"):
         return None
-    return figures.delta_weights(expert.tensors, cfg.method, cfg.alpha, cfg.rank, expert.tt_layout)
-
-
-@st.cache_data(show_spinner="Reconstructing ΔW from the cores…", max_entries=16)
-def delta_norms(folder: str, folder_stamp: float) -> dict | None:
-    """Adapted layers and ‖α·ΔW‖_F of each (None for adapters)."""
-    deltas = _deltas(folder)
-    if deltas is None:
-        return None
-    return {"layers": list(deltas),
-            "norms": [float(torch.linalg.matrix_norm(d)) for d in deltas.values()]}
-
-
-@st.cache_data(show_spinner="Computing singular values…", max_entries=64)
-def singular_values(folder: str, folder_stamp: float, layer: str) -> list[float]:
-    """All singular values of one layer's α·ΔW (a dense SVD, for this plot only)."""
-    return torch.linalg.svdvals(_deltas(folder)[layer]).tolist()
+    spectra = tt.delta_w_spectra(expert.tensors, cfg.method, cfg.alpha, cfg.rank, expert.tt_layout)
+    return {"layers": list(spectra), "values": {k: v.tolist() for k, v in spectra.items()},
+            "norms": [float(v.norm()) for v in spectra.values()]}   # ‖ΔW‖_F = ‖σ‖_2
 
 
 def experts_table(infos: list[dict]) -> None:
@@ -84,8 +68,7 @@ def structure_tab(info: dict) -> None:
 
 
 def delta_tabs(info: dict, norms_tab, svals_tab) -> None:
-    folder_stamp = common.stamp(Path(info["folder"]))
-    stats = common.safe(delta_norms, info["folder"], folder_stamp,
+    stats = common.safe(delta_spectra, info["folder"], common.stamp(Path(info["folder"])),
                         what="reading the expert's tensors")
     if stats is None:
         for tab in (norms_tab, svals_tab):
@@ -93,20 +76,18 @@ def delta_tabs(info: dict, norms_tab, svals_tab) -> None:
         return
     norms_tab.plotly_chart(figures.delta_w_norms(stats["layers"], stats["norms"]),
                            key=f"norms_{info['folder']}")
-    norms_tab.caption("α·ΔW of each adapted layer, rebuilt densely from the stored cores "
-                      "(`tt.reconstruct`) only for this plot: the model itself never forms it.")
+    norms_tab.caption("‖α·ΔW‖_F of each adapted layer, from its singular values computed from the "
+                      "stored cores (`tt.delta_w_spectra`): ΔW itself is never formed.")
     layer = svals_tab.selectbox("Layer", stats["layers"], format_func=figures.short_layer_name,
                                 key=f"svals_layer_{info['folder']}")
     bound = info["rank"] if info["method"] in ("tt-lora", "lora") else None
-    values = common.safe(singular_values, info["folder"], folder_stamp, layer, what="SVD")
-    if values is None:
-        return
     svals_tab.plotly_chart(figures.singular_values(
-        values, title=f"Singular values of α·ΔW, {figures.short_layer_name(layer)}",
+        stats["values"][layer], title=f"Singular values of α·ΔW, {figures.short_layer_name(layer)}",
         rank_bound=bound), key=f"svals_{info['folder']}")
     svals_tab.caption(f"ΔW = A·B with A: d_in × r and B: r × d_out (r = {bound}, the rank at "
                       "the input/output boundary of the chain), so at most r singular values are "
-                      "non-zero; the rest sit at rounding level.")
+                      "non-zero; they are computed from the r × r factors of A and B, and the "
+                      "others are exactly zero.")
 
 
 def size_tab(info: dict) -> None:
@@ -151,26 +132,14 @@ def manage(info: dict) -> None:
         left, right = st.columns(2)
         new_name = left.text_input("New name", info["name"], key=f"rename_{folder}").strip()
         if left.button("Rename", key=f"rename_btn_{folder}", disabled=new_name == info["name"]):
-            if not NAME_PATTERN.match(new_name):
-                left.error("Use letters, digits, “_”, “-” and “.” only.",
-                           icon=":material/error:")
-            elif (folder.parent / new_name).exists():
-                left.error(f"{folder.parent / new_name} already exists.", icon=":material/error:")
-            elif common.safe(rename_expert, folder, new_name, what="rename") is not None:
+            if common.safe(ws.rename_expert, folder.name, new_name,
+                           what="rename") is not None:
                 st.rerun()
         sure = right.checkbox(f"Yes, delete {folder} for good", key=f"delete_ok_{folder}")
         if right.button("Delete", key=f"delete_btn_{folder}", disabled=not sure, type="primary"):
-            if common.safe(shutil.rmtree, folder, what="delete") is None and not folder.exists():
+            common.safe(ws.delete_expert, folder.name, what="delete")
+            if not folder.exists():
                 st.rerun()
-
-
-def rename_expert(folder: Path, new_name: str) -> Path:
-    """Write the expert under its new name (folder and config), then remove the old folder."""
-    expert = store.load_expert(folder)
-    expert.name = new_name
-    target = store.save_expert(expert, folder.parent / new_name)
-    shutil.rmtree(folder)
-    return target
 
 
 st.title("Experts")
@@ -178,11 +147,11 @@ st.caption("Every expert folder of your workspace and of the demo pack (PEFT lay
            "adapter_config.json + adapter_model.safetensors), validated on reading.")
 
 st.header("Workspace")
-ws_infos, ws_invalid = common.folder_experts(str(workspace), common.stamp(workspace))
+ws_infos, ws_invalid = common.folder_experts(str(ws.root), common.stamp(ws.root))
 if ws_infos:
     experts_table(ws_infos)
 else:
-    st.info(f"No experts in `{workspace}` yet.")
+    st.info(f"No experts in `{ws.root}` yet.")
     st.page_link("pages/train.py", label="Train one", icon=":material/model_training:")
 show_invalid(ws_invalid)
 

@@ -6,7 +6,7 @@ import streamlit as st
 from pages import common
 from ttmoe_core import figures
 
-workspace = common.setup()
+common.setup()
 pack_dir = common.default_pack_dir()
 
 st.title("TT-LoRA MoE Studio")

@@ -2,20 +2,19 @@
 
 import datetime as dt
 import json
-import re
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
 from pages import common
-from ttmoe_core import budget, figures, jobs, router, store, tasks
+from ttmoe_core import figures, jobs, router, store, tasks
+from ttmoe_core.workspace import WorkspaceError
 
-workspace = common.setup()
+ws = common.setup()
 registry = common.job_registry()
+owner = common.session_id()
 ss = st.session_state
-BASE = budget.PRESETS["all-minilm-l6-v2"]      # the embedded base model's dimensions
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 VARIANT_HELP = {"paper": "the authors': last layer, last token, noisy gating (full pass)",
                 "linear": "one linear layer on the mean-pooled states of layer k",
                 "mlp": "an MLP on the mean-pooled states of layer k",
@@ -76,19 +75,6 @@ def stored_router(pack_dir: Path) -> None:
         st.markdown("\n".join(f"- **{k}**: {v}" for k, v in sources.items()))
 
 
-def save_result(result: dict, layer_idx: int) -> None:
-    """Write the chosen layer's router into the new pack (``store.save_router``)."""
-    best = result["results"][layer_idx]
-    report = best["report"].to_dict()
-    report.pop("history", None)
-    metrics = {**report, "train_rows": result["train_rows"], "held_out_rows": result["held_out_rows"],
-               "sources": result["sources"],
-               "per_layer": {str(r["layer"]): r["report"].accuracy for r in result["results"]},
-               "cost_fraction_of_pass": best["cost"]}
-    store.save_router(result["pack"], best["router"], result["names"], metrics, result["base"],
-                      extra={"created": result["created"], "built_by": "Router page"})
-
-
 def job_view(job_id: str, polling: bool) -> None:
     job = common.staged_job_status(registry, job_id, polling, "Router training", "router")
     if job is None:
@@ -106,16 +92,16 @@ def job_view(job_id: str, polling: bool) -> None:
         "cost (share of a pass)": st.column_config.NumberColumn(format="%.2f")})
     chosen = st.selectbox("Show and save the router of layer", range(len(rows)), index=best,
                           format_func=lambda i: f"k = {rows[i]['layer k']}", key=f"pick_{job_id}")
-    report = result["results"][chosen]["report"]
-    metrics = {"confusion": report.confusion, "per_task": report.per_task,
-               "per_layer": {str(r["layer"]): r["report"].accuracy for r in result["results"]}}
+    metrics = router.router_metrics(result["results"][chosen], result["train_rows"],
+                                    result["held_out_rows"], result["sources"], result["results"])
     router_report(result["names"], metrics, key=f"job_{job_id}")
     st.caption(f"Trained {common.fmt_date(result['created'])} on {result['train_rows']} inputs; "
                f"scored on {result['held_out_rows']} held-out inputs: "
                + "; ".join(f"{k}: {v}" for k, v in result["sources"].items()))
     saved = (Path(result["pack"]) / store.ROUTER_CONFIG_FILE).is_file()
     if st.button("Save this router to the pack", type="primary", key=f"save_{job_id}_{chosen}"):
-        if common.safe(save_result, result, chosen, what="save") is None:
+        if common.safe(jobs.save_trained_router, result, chosen, {"built_by": "Router page"},
+                       what="save") is not None:
             saved = (Path(result["pack"]) / store.ROUTER_CONFIG_FILE).is_file()
             if saved:
                 st.success(f"Saved to `{result['pack']}`: choose it as the pack on the Playground.")
@@ -129,7 +115,7 @@ st.caption("The router reads the frozen base model (up to layer k) and picks one
 
 # ----------------------------------------------------------------------------- stored router
 st.header("Stored router")
-pack_dir = common.pick_pack(workspace, key="router_pack")
+pack_dir = common.pick_pack(ws.root, key="router_pack")
 if not common.pack_missing(pack_dir):
     stored_router(pack_dir)
 
@@ -140,7 +126,7 @@ st.caption("Choose experts (from the demo pack and your workspace): they are cop
            "pack under the workspace, and a router is trained for them on their tasks' data.")
 options: dict[str, dict] = {}
 demo_experts = common.default_pack_dir() / "experts"
-for prefix, root in (("demo pack", demo_experts), ("workspace", workspace)):
+for prefix, root in (("demo pack", demo_experts), ("workspace", ws.root)):
     if root.is_dir():
         infos, _ = common.folder_experts(str(root), common.stamp(root))
         options.update({f"{prefix} / {i['name']} ({i['task']}, {i['method']})": i for i in infos})
@@ -154,7 +140,7 @@ else:
     variant = col_a.selectbox("Variant", router.VARIANTS, index=router.VARIANTS.index("fusion"),
                               help="; ".join(f"{v}: {h}" for v, h in VARIANT_HELP.items()))
     col_a.caption(VARIANT_HELP[variant][0].upper() + VARIANT_HELP[variant][1:] + ".")
-    layers = col_a.multiselect("Base layer(s) k", list(range(BASE.num_layers + 1)), default=[2],
+    layers = col_a.multiselect("Base layer(s) k", list(range(common.EMBEDDED_BASE.num_layers + 1)), default=[2],
                                disabled=variant == "paper",
                                help="One router per layer; the paper variant reads the last layer.")
     per_task = col_b.number_input("Training inputs per task", 10, 100_000, 300)
@@ -162,7 +148,6 @@ else:
     epochs = col_c.number_input("Epochs", 1, 1000, 60)
     common.default_state("router_pack_name", dt.datetime.now().strftime("pack-%Y%m%d-%H%M"))
     pack_name = col_c.text_input("New pack name", key="router_pack_name").strip()
-    new_pack = common.packs_dir(workspace) / pack_name
     picked = [options[c] for c in chosen]
     problems = []
     if len(chosen) < 2:
@@ -173,19 +158,20 @@ else:
                         "there is no task data to teach the router with.")
     if variant != "paper" and not layers:
         problems.append("Choose at least one layer.")
-    if not NAME_PATTERN.match(pack_name):
-        problems.append("Pack name: letters, digits, “_”, “-” and “.” only.")
-    elif new_pack.exists():
-        problems.append(f"{new_pack} already exists: choose another pack name.")
+    try:
+        new_pack = ws.pack_dir(pack_name)
+    except WorkspaceError as exc:
+        problems.append(f"Pack name: {exc}.")
+    else:
+        if new_pack.exists():
+            problems.append(f"{new_pack} already exists: choose another pack name.")
     layouts = {json.dumps(i["tt_layout"], sort_keys=True) for i in picked}
     if any(i["method"] != "tt-lora" for i in picked) or len(layouts) > 1:
         st.caption(":material/info: The Playground serves TT-LoRA experts that share their TT "
                    "shapes; a router for other experts can be trained and stored all the same.")
     for problem in problems:
         st.caption(f":material/warning: {problem}")
-    own = registry.get(ss.get("router_job"))
-    if own is None and registry.running("router"):
-        own = registry.running("router")[0]  # a run started before a reload, or in another tab
+    own = registry.get(owner, ss.get("router_job"))
     busy = own is not None and own.running
     if st.button("Train router", type="primary", icon=":material/alt_route:",
                  disabled=bool(problems) or busy):
@@ -194,13 +180,10 @@ else:
         base_model = common.safe(common.get_backbone, what="base model")
         if base_model is not None:
             own = registry.submit(
-                "router", f"{pack_name} ({variant})", jobs.train_router_job, config,
-                sorted(layers) or [BASE.num_layers], base_model,
-                [Path(i["folder"]) for i in picked], new_pack, int(per_task), int(held_out))
+                owner, "router", f"{pack_name} ({variant})", jobs.train_router_job, config,
+                sorted(layers) or [common.EMBEDDED_BASE.num_layers], base_model,
+                [Path(i["folder"]) for i in picked], ws, pack_name, int(per_task), int(held_out))
             ss["router_job"] = own.id
     if own is not None:
         st.subheader("This run")
-        if own.running:
-            st.fragment(run_every=1.0)(job_view)(own.id, True)
-        else:
-            job_view(own.id, False)
+        common.watch_job(own, job_view)

@@ -1,6 +1,5 @@
 """Train an expert: pick data and settings, train in the background, watch the loss, save."""
 
-import re
 import tempfile
 from pathlib import Path
 
@@ -9,13 +8,12 @@ import pandas as pd
 import streamlit as st
 
 from pages import common
-from ttmoe_core import budget, experts, figures, jobs, tasks
+from ttmoe_core import experts, figures, jobs, tasks
 
-workspace = common.setup()
+ws = common.setup()
 registry = common.job_registry()
+owner = common.session_id()
 ss = st.session_state
-BASE = budget.PRESETS["all-minilm-l6-v2"]      # the embedded base model's dimensions
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 UPLOAD_SEED = 0
 METHOD_LABELS = {"tt-lora": "TT-LoRA", "lora": "LoRA (PEFT)", "adapter": "Bottleneck adapter"}
 
@@ -69,7 +67,7 @@ def show_result(result: dict) -> None:
 
 def job_view(job_id: str, polling: bool) -> None:
     """Progress of one training job; a finished job shows its result."""
-    job = registry.get(job_id)
+    job = registry.get(owner, job_id)
     if job is None:
         return
     if polling and not job.running:
@@ -92,7 +90,7 @@ def job_view(job_id: str, polling: bool) -> None:
         if curve:
             st.plotly_chart(figures.loss_curve(curve), key=f"live_loss_{job_id}")
         if st.button("Cancel training", key=f"cancel_{job_id}", icon=":material/stop_circle:"):
-            job.cancel()
+            registry.cancel(owner, job_id)
             st.toast("Cancelling at the next step…")
     elif job.status == "done":
         show_result(job.result)
@@ -182,8 +180,8 @@ with col_c:
     seed = st.number_input("Seed", 0, 2**31 - 1, 0, key="train_seed")
     shapes: dict[str, list[int]] = {}
     if method == "tt-lora":
-        for target in BASE.default_targets():
-            d_in, d_out = BASE.module_shape(target)
+        for target in common.EMBEDDED_BASE.default_targets():
+            d_in, d_out = common.EMBEDDED_BASE.module_shape(target)
             shape, error = common.parse_shape(
                 st.text_input(f"TT shape of {target} ({d_in} → {d_out})", "automatic",
                               key=f"train_shape_{target}"), d_in, d_out)
@@ -197,20 +195,14 @@ default_name = task_name or "expert"
 col_name, col_where = st.columns([1, 2], vertical_alignment="bottom")
 name = col_name.text_input("Expert name", default_name, key=f"train_name_{default_name}",
                            help="Its folder in the workspace.").strip()
-col_where.caption(f"Saved to `{workspace / name}`.")
-out_dir = workspace / name
-name_ok = bool(NAME_PATTERN.match(name))
+col_where.caption(f"Saved to `{ws.root / name}`.")
 overwrite = False
-if not name_ok:
-    st.error("Use letters, digits, “_”, “-” and “.” only (up to 64), starting with a letter "
-             "or digit.",
-             icon=":material/error:")
-elif out_dir.exists():
+out_dir = common.safe(ws.expert_dir, name)          # None (and a message) for a bad name
+name_ok = out_dir is not None
+if name_ok and out_dir.exists():
     overwrite = st.checkbox(f"Replace the existing `{out_dir}`", key="train_overwrite")
 
-own_job = registry.get(ss.get("train_job"))
-if own_job is None and registry.running("train"):
-    own_job = registry.running("train")[0]  # a run started before a reload, or in another tab
+own_job = registry.get(owner, ss.get("train_job"))
 busy = own_job is not None and own_job.running
 if st.button("Train", type="primary", icon=":material/model_training:",
              disabled=busy or not ready or not name_ok or (out_dir.exists() and not overwrite),
@@ -222,23 +214,20 @@ if st.button("Train", type="primary", icon=":material/model_training:",
     resolved = common.safe(config.resolved, what="settings")
     base_model = common.safe(common.get_backbone, what="base model") if resolved else None
     if resolved and base_model:
-        job = registry.submit("train", f"{name} ({task_name}, {method}, {int(steps)} steps)",
-                              jobs.train_expert_job, config, base_model, out_dir, name,
-                              train_data=train_data, eval_data=eval_data)
+        job = registry.submit(owner, "train", f"{name} ({task_name}, {method}, {int(steps)} steps)",
+                              jobs.train_expert_job, config, base_model, ws, name,
+                              replace=overwrite, train_data=train_data, eval_data=eval_data)
         ss["train_job"] = job.id
         own_job = job
 
 # ----------------------------------------------------------------------------- progress
 if own_job is not None:
     st.subheader("This run")
-    if own_job.running:
-        st.fragment(run_every=1.0)(job_view)(own_job.id, True)
-    else:
-        job_view(own_job.id, False)
+    common.watch_job(own_job, job_view)
 
-runs = registry.list("train")
+runs = registry.list(owner, "train")
 if runs:
-    with st.expander(f"Runs on this server ({len(runs)})"):
+    with st.expander(f"Runs in this session ({len(runs)})"):
         st.dataframe(pd.DataFrame([{
             "run": label, "status": job.status, "seconds": round(job.elapsed, 1),
             "saved to": (job.result or {}).get("path", ""), "error": job.error or ""}

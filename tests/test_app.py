@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -20,7 +21,7 @@ SAMPLES = REPO_ROOT / "assets" / "samples"
 PACK = Path(os.environ.get("TTMOE_PACK") or REPO_ROOT / "assets" / "demo")
 needs_pack = pytest.mark.skipif(not (PACK / "pack.json").is_file(),
                                 reason=f"no demo pack at {PACK} (python -m ttmoe_core build-demo)")
-PAGES = ["overview", "budget", "train", "experts", "router", "playground"]
+PAGES = ["overview", "budget", "compare", "train", "experts", "router", "playground"]
 REVIEW = "a gorgeous , witty , seductive movie ."
 
 
@@ -68,6 +69,8 @@ def test_page_renders_with_its_main_widgets(page):
         assert button(at, "Paper preset (LLaMA-3.2-1B)")
         assert by_label(at.selectbox, "Method").value == "tt-lora"
         assert metric(at, "Trainable parameters") == "9,360"  # MiniLM q/v, rank 5 (default)
+    elif page == "compare":
+        assert at.title[0].value == "Compare with the paper" and button(at, "Run the small report")
     elif page == "train":
         assert by_label(at.selectbox, "Task").value == "sst2" and button(at, "Train")
     elif page == "experts":
@@ -95,6 +98,30 @@ def test_a_corrupt_pack_is_reported_not_raised(page, monkeypatch, tmp_path):
     monkeypatch.setenv("TTMOE_PACK", str(pack))
     at = open_page(page)
     assert any("sst2" in e.value for e in at.error), [e.value for e in at.error]
+
+
+@pytest.mark.parametrize("with_report", [True, False])
+def test_compare_page_through_the_app_navigation(monkeypatch, tmp_path, with_report):
+    """The Compare page as app.py's navigation runs it: a report folder's claims, or the note on
+    how to produce one."""
+    from test_report import synthetic_results
+
+    from ttmoe_core import report
+
+    folder = tmp_path / "reports"
+    if with_report:
+        folder.mkdir()
+        (folder / report.RESULTS_FILE).write_text(json.dumps(synthetic_results()))
+    monkeypatch.setenv("TTMOE_REPORT_DIR", str(folder))
+    at = open_page("compare")
+    assert at.title[0].value == "Compare with the paper" and not at.error
+    if with_report:
+        assert metric(at, "Paper's claims that hold here") == "4 of 5"
+        shown = "\n".join(m.value for m in at.markdown)
+        assert all(report.SECTION_TITLES[name] in shown for name in report.SECTIONS)
+    else:
+        assert any("--budget full" in i.value for i in at.info)
+    assert not button(at, "Run the small report").disabled
 
 
 # ----------------------------------------------------------------------------- budget
@@ -205,6 +232,39 @@ def test_train_good_upload_is_split_for_training():
     assert not at.exception and not at.error
     assert any("8 for training, 2 for validation" in s.value for s in at.success)
     assert not button(at, "Train").disabled
+
+
+def test_a_job_belongs_to_the_session_that_started_it():
+    """Two browser sessions: only the one that started a run sees it and can cancel it."""
+    from pages import common
+
+    mine, other = open_page("train"), open_page("train")
+    owner = mine.session_state[common.SESSION_KEY]
+    assert owner != other.session_state[common.SESSION_KEY]
+    gate = threading.Event()
+
+    def fake_training(job):
+        job.report(stage="training", step=1, total=4, loss=0.5, examples_per_s=10.0, elapsed_s=0.1)
+        gate.wait(60)
+        raise RuntimeError("training cancelled at step 1 of 4")
+
+    job = common.job_registry().submit(owner, "train", "fake run", fake_training)
+    try:
+        for at in (mine, other):      # even knowing the job's id, the other session cannot reach it
+            at.session_state["train_job"] = job.id
+            at.run()
+            assert not at.exception, [e.value for e in at.exception]
+        assert "This run" in [h.value for h in mine.subheader]
+        assert "This run" not in [h.value for h in other.subheader]
+        assert not any(b.label == "Cancel training" for b in other.button)
+        assert not any(e.label.startswith("Runs in this session") for e in other.expander)
+        assert not button(other, "Train").disabled       # the other session may train at once
+        button(mine, "Cancel training").click()
+        mine.run()
+        assert job.cancelled()
+    finally:
+        gate.set()
+        job.wait(10)
 
 
 # ----------------------------------------------------------------------------- experts

@@ -70,7 +70,9 @@ def test_tt_cores_figure_boxes_have_the_cores_sizes():
     assert {rects[0].fillcolor, rects[-1].fillcolor} == {figures.INPUT_CORE, figures.OUTPUT_CORE}
 
 
-def test_delta_weights_of_tt_cores_equal_the_layers_own_delta():
+def test_delta_w_spectra_of_tt_cores_are_those_of_the_layers_own_delta():
+    """The singular values the ΔW plots show (``tt.delta_w_spectra``, from the cores only) equal a
+    dense SVD of each layer's reconstructed α·ΔW; beyond the boundary rank they are exactly 0."""
     torch.manual_seed(0)
 
     class Block(nn.Module):
@@ -84,22 +86,27 @@ def test_delta_weights_of_tt_cores_equal_the_layers_own_delta():
                             init="kaiming", generator=torch.Generator().manual_seed(0))
     tensors = adapters.expert_cores(model)
     layout = {"query": {"in_factors": [3, 4], "out_factors": [2, 3]}}
-    deltas = figures.delta_weights(tensors, "tt-lora", 4.0, 3, layout)
-    assert list(deltas) == ["layer.0.query", "layer.1.query"]
+    spectra = tt.delta_w_spectra(tensors, "tt-lora", 4.0, 3, layout)
+    assert list(spectra) == ["layer.0.query", "layer.1.query"]
     for name, layer in adapters.tt_layers(model).items():
-        assert deltas[name].shape == (6, 12)
-        torch.testing.assert_close(deltas[name].float(), layer.delta_weight(0).detach())
+        dense = torch.linalg.svdvals(layer.delta_weight(0).detach().double())
+        assert spectra[name].shape == (6,) and spectra[name].dtype == torch.float64
+        torch.testing.assert_close(spectra[name], dense, rtol=1e-5, atol=1e-6)
+        assert torch.all(spectra[name][3:] == 0) and torch.all(spectra[name][:3] > 0)
+    with pytest.raises(ValueError, match="TT-LoRA and LoRA only"):
+        tt.delta_w_spectra(tensors, "adapter", 1.0, 16)
 
 
-def test_delta_weights_of_lora_is_scaled_b_times_a():
+def test_delta_w_spectra_of_lora_are_those_of_scaled_b_times_a():
     a, b = torch.randn(2, 5), torch.randn(3, 2)
     tensors = {"base_model.model.encoder.layer.0.attention.self.query.lora_A.weight": a,
                "base_model.model.encoder.layer.0.attention.self.query.lora_B.weight": b,
                "head.weight": torch.zeros(2, 5)}
-    deltas = figures.delta_weights(tensors, "lora", alpha=8.0, rank=2)
-    (name, delta), = deltas.items()
+    (name, values), = tt.delta_w_spectra(tensors, "lora", alpha=8.0, rank=2).items()
     assert name == "encoder.layer.0.attention.self.query"
-    torch.testing.assert_close(delta, 4.0 * (b.double() @ a.double()))
+    dense = torch.linalg.svdvals(4.0 * (b.double() @ a.double()))
+    torch.testing.assert_close(values[:2], dense[:2])
+    assert values.shape == (3,) and values[2] == 0
 
 
 def test_delta_w_norms_groups_by_target():

@@ -154,3 +154,63 @@ def test_expected_fingerprint_mismatch(pack_copy):
         store.load_pack(pack_copy, expected_fingerprint="0" * 64)
     with pytest.raises(StoreError):
         moe.TTLoRAMoE.from_pack(pack_copy, backbone=tiny_bert(seed=1))
+
+
+# ----------------------------------------------------------------------------- build_pack
+
+
+def _hidden(folder: Path) -> list[str]:
+    return [p.name for p in folder.iterdir() if p.name.startswith(".")]
+
+
+def test_build_pack_copies_expert_folders(tmp_path):
+    from test_jobs import _expert
+
+    folders = [store.save_expert(_expert(n), tmp_path / n) for n in ("a", "b")]
+    pack = tmp_path / "packs" / "p1"
+    loaded = store.build_pack(pack, folders)
+    assert [e.name for e in loaded] == ["a", "b"]
+    assert store.load_pack(pack).names == ["a", "b"]
+    assert store.load_pack(pack).router_config is None
+    assert _hidden(tmp_path / "packs") == []
+
+
+def test_build_pack_refuses_clashes_existing_folders_bad_names_and_other_base_models(tmp_path):
+    from test_jobs import _expert
+
+    one = store.save_expert(_expert("same"), tmp_path / "one")
+    two = store.save_expert(_expert("same"), tmp_path / "two")
+    with pytest.raises(StoreError, match="both named 'same'"):
+        store.build_pack(tmp_path / "packs" / "p", [one, two])
+    (tmp_path / "packs" / "taken").mkdir(parents=True)
+    with pytest.raises(StoreError, match="already exists"):
+        store.build_pack(tmp_path / "packs" / "taken", [one])
+    foreign = store.save_expert(_expert("foreign", fingerprint="0" * 64), tmp_path / "foreign")
+    with pytest.raises(StoreError, match="another base model"):
+        store.build_pack(tmp_path / "packs" / "mixed", [one, foreign])
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    with pytest.raises(StoreError, match="cannot name a folder"):
+        store.build_pack(tmp_path / "packs" / "escape", [_expert(str(victim))])
+    with pytest.raises(StoreError, match="at least one expert"):
+        store.build_pack(tmp_path / "packs" / "empty", [])
+    assert victim.is_dir()
+    assert sorted(p.name for p in (tmp_path / "packs").iterdir()) == ["taken"]
+
+
+def test_build_pack_with_a_router_in_one_step(built, bb, tmp_path):
+    _, expert_list, trained = built
+    pack = tmp_path / "with-router"
+    store.build_pack(pack, expert_list, router=trained, router_metrics={"accuracy": 0.5},
+                     extra={"build": {"command": "test"}})
+    loaded = store.load_pack(pack, expected_fingerprint=bb.info.fingerprint)
+    assert loaded.names == [e.name for e in expert_list]
+    assert loaded.router_metrics == {"accuracy": 0.5}
+    assert loaded.manifest["build"] == {"command": "test"}
+    assert loaded.manifest["router"]["variant"] == trained.config.variant
+    again = moe.TTLoRAMoE.from_pack(pack, backbone=bb)
+    assert again.predict(TEXTS, PAIRS) == moe.TTLoRAMoE(bb, expert_list, trained).predict(TEXTS, PAIRS)
+    # replace=True rebuilds it in place, atomically
+    store.build_pack(pack, expert_list[:2], replace=True)
+    assert store.load_pack(pack).names == [e.name for e in expert_list[:2]]
+    assert _hidden(tmp_path) == []

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import shutil
 import struct
 
 import pytest
@@ -313,40 +312,47 @@ def test_bad_config_content(saved, change, pattern):
         store.load_expert(saved)
 
 
-def test_missing_layer_with_consistent_manifest(tt_expert, saved, tiny_bert):
+def test_missing_layer_with_consistent_manifest(tt_expert, saved):
     missing = [k for k in tt_expert.tensors if k.startswith("encoder.layer.1.attention.self.query.")]
+    assert missing
 
     def drop(t):
         for key in missing:
             t.pop(key)
 
     _rewrite_weights(saved, drop, update_manifest=True)
-    try:
-        loaded = store.load_expert(saved)
-    except StoreError as exc:
-        assert "layer.1" in str(exc) or "query" in str(exc)
-        return
-    with pytest.raises(ValueError, match="layer.1"):
-        experts.build_expert_model(loaded, tiny_bert)
+    with pytest.raises(StoreError, match=r"target 'query' in layer\(s\) \[1\]"):
+        store.load_expert(saved)
 
 
-def test_list_experts_sorts_valid_and_invalid(tt_expert, tmp_path):
-    root = tmp_path / "workspace"
-    store.save_expert(tt_expert, root / "good")
-    store.save_expert(tt_expert, root / "no_weights")
-    (root / "no_weights" / WEIGHTS_FILE).unlink()
-    store.save_expert(tt_expert, root / "bad_json")
-    (root / "bad_json" / CONFIG_FILE).write_text("{")
-    shutil.copytree(root / "good", root / ".hidden")              # temp/hidden folders are skipped
-    (root / "unrelated").mkdir()                                  # not an expert folder at all
-    (root / "unrelated" / "notes.txt").write_text("hello")
-    (root / "a_file.txt").write_text("not a folder")
-    valid, invalid = store.list_experts(root)
-    assert valid == [root / "good"]
-    assert set(invalid) == {root / "no_weights", root / "bad_json"}
-    assert "missing" in invalid[root / "no_weights"]
-    assert "JSON" in invalid[root / "bad_json"]
-    assert store.list_experts(tmp_path / "does-not-exist") == ([], {})
+def test_layer_beyond_the_base_model_with_consistent_manifest(tt_expert, saved):
+    layers = tt_expert.base.num_layers
+
+    def add(t):
+        for key in [k for k in t if k.startswith("encoder.layer.0.attention.self.value.")]:
+            t[key.replace("layer.0.", f"layer.{layers}.")] = t[key].clone()
+
+    _rewrite_weights(saved, add, update_manifest=True)
+    with pytest.raises(StoreError, match=rf"'value' in layer\(s\) \[{layers}\]"):
+        store.load_expert(saved)
+
+
+def test_cores_of_an_untargeted_module_with_consistent_manifest(tt_expert, saved):
+    def add(t):
+        for key in [k for k in t if k.startswith("encoder.layer.0.attention.self.query.")]:
+            t[key.replace(".query.", ".key.")] = t[key].clone()
+
+    _rewrite_weights(saved, add, update_manifest=True)
+    with pytest.raises(StoreError, match="attention.self.key.cores.0 is not an adapter tensor"):
+        store.load_expert(saved)
+
+
+def test_lora_module_without_its_b_matrix(lora_expert, tmp_path):
+    path = store.save_expert(lora_expert, tmp_path / "lora")
+    key = next(k for k in lora_expert.tensors if "layer.0" in k and k.endswith("lora_B.weight"))
+    _rewrite_weights(path, lambda t: t.pop(key), update_manifest=True)
+    with pytest.raises(StoreError, match="expected \\['A.weight', 'B.weight'\\]"):
+        store.load_expert(path)
 
 
 # ----------------------------------------------------------------------------- LoRA

@@ -138,12 +138,19 @@ def load_backbone(spec: str | Path | None = None, device: str | torch.device | N
     return wrap(model.to(pick_device(device)), tokenizer, name)
 
 
-def check_fingerprint(info: BackboneInfo, expected: str, what: str) -> None:
-    """Refuse an expert/pack trained on another base model."""
-    if expected != info.fingerprint:
-        raise BackboneError(
-            f"{what} was trained on a different base model (fingerprint {expected[:12]}…) than the "
-            f"loaded {info.name!r} ({info.fingerprint[:12]}…); load it with its own base model")
+def check_fingerprint(info: BackboneInfo | str, expected: str, what: str,
+                      error: type[Exception] = BackboneError,
+                      reference: str = "the loaded base model") -> None:
+    """Refuse ``what``, trained on the base model whose fingerprint is ``expected``, for the base
+    model ``info`` (its BackboneInfo, or only its fingerprint): raises ``error`` when they differ.
+
+    ``reference`` names ``info`` in the message (e.g. "the pack's experts").
+    """
+    fingerprint = info if isinstance(info, str) else info.fingerprint
+    if expected != fingerprint:
+        name = "" if isinstance(info, str) else f" {info.name!r}"
+        raise error(f"{what} was trained on another base model (fingerprint {expected[:12]}…) "
+                    f"than {reference}{name} ({fingerprint[:12]}…)")
 
 
 def tokenize(tokenizer, texts: list[str], text_pairs: list[str] | None, max_length: int,

@@ -1,9 +1,9 @@
 """Figures of the app as pure functions: plain data in, ``plotly.graph_objects.Figure`` out.
 
 Each builder puts the numbers it is given into its traces unchanged (or normalised, where said),
-so a test can read them back (``fig.data[0].x`` ...). Two helpers compute what the expert plots
-need from stored tensors: ``delta_weights`` (dense ``α·ΔW`` per layer, from TT cores or LoRA A/B)
-and ``short_layer_name``. No streamlit import.
+so a test can read them back (``fig.data[0].x`` ...). The numbers come from the engine (e.g. ΔW's
+singular values from ``tt.delta_w_spectra``); ``short_layer_name`` only shortens labels. No
+streamlit import.
 """
 
 from __future__ import annotations
@@ -176,43 +176,6 @@ def short_layer_name(name: str) -> str:
     """``encoder.layer.3.attention.self.query`` -> ``L3 query`` (other names kept as they are)."""
     match = re.search(r"layers?\.(\d+)\..*?([A-Za-z_]+)$", name)
     return f"L{match.group(1)} {match.group(2)}" if match else name
-
-
-def delta_weights(tensors: Mapping, method: str, alpha: float, rank: int,
-                  tt_layout: Mapping[str, Mapping] | None = None) -> dict:
-    """Dense update ``α·ΔW`` [d_out, d_in] per adapted layer of one expert, in layer order.
-
-    TT-LoRA: ``tt.reconstruct`` of each layer's cores ``"<layer>.cores.<k>"`` with the factors of
-    its target in ``tt_layout``, times α. LoRA (PEFT keys ``...lora_A.weight`` [r, d_in] and
-    ``...lora_B.weight`` [d_out, r]): ``(α / r) · B @ A``.
-    """
-    from . import tt
-
-    out = {}
-    if method == "tt-lora":
-        layers = sorted({key.rsplit(".cores.", 1)[0] for key in tensors if ".cores." in key},
-                        key=_layer_sort_key)
-        for layer in layers:
-            target = layer.rpartition(".")[2]
-            layout = (tt_layout or {}).get(target)
-            if layout is None:
-                continue
-            count = sum(1 for key in tensors if key.startswith(layer + ".cores."))
-            cores = [tensors[f"{layer}.cores.{k}"].double() for k in range(count)]
-            out[layer] = alpha * tt.reconstruct(cores, layout["in_factors"], layout["out_factors"])
-    else:
-        for key in sorted((k for k in tensors if k.endswith("lora_A.weight")), key=_layer_sort_key):
-            layer = key[: -len(".lora_A.weight")]
-            b_key = layer + ".lora_B.weight"
-            if b_key in tensors:
-                a, b = tensors[key].double(), tensors[b_key].double()
-                out[layer.removeprefix("base_model.model.")] = (alpha / rank) * (b @ a)
-    return out
-
-
-def _layer_sort_key(name: str) -> tuple:
-    match = re.search(r"layers?\.(\d+)\.", name)
-    return (int(match.group(1)) if match else -1, name)
 
 
 def delta_w_norms(layer_names: Sequence[str], norms: Sequence[float],

@@ -4,15 +4,18 @@
 function reports progress with ``job.report(**fields)`` (appended to ``job.events`` with a
 timestamp) and checks ``job.cancelled()`` to stop early. Its return value becomes ``job.result``;
 an exception becomes ``job.error`` (one line) and ``status == "failed"``, or ``"cancelled"`` when
-a cancel was asked for. A ``JobRegistry`` keeps jobs by id for whoever owns it (the app keeps one
-per server); nothing here is module-level state, and nothing imports streamlit.
+a cancel was asked for. A ``JobRegistry`` keeps jobs by id, each owned by the caller that
+submitted it (the app keeps one registry per server and passes each browser session's id as the
+owner); nothing here is module-level state, and nothing imports streamlit.
 
-The two job functions the app runs, ``train_expert_job`` and ``train_router_job``, sit at the end:
-they call the engine and translate its callbacks into ``job.report``.
+The job functions the app runs, ``train_expert_job`` and ``train_router_job`` (with
+``save_trained_router``), sit at the end: they call the engine, write files only through a
+``workspace.Workspace``, and translate the engine's callbacks into ``job.report``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import threading
@@ -24,15 +27,12 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-STATUSES = ("running", "done", "failed", "cancelled")
-
-
 class Job:
     """One call running in a daemon thread; every field is safe to read from another thread."""
 
     def __init__(self, fn: Callable[..., Any], *args: Any, **kwargs: Any):
         self.id = uuid.uuid4().hex[:10]
-        self.status = "running"
+        self.status = "running"              # then "done", "failed" or "cancelled"
         self.result: Any = None
         self.error: str | None = None
         self.started = time.time()            # seconds since the epoch
@@ -111,40 +111,53 @@ class Job:
 
 
 class JobRegistry:
-    """Jobs by id, with a kind ("train", "router") and an owner-chosen label; thread-safe."""
+    """Jobs by id, each with an owner (e.g. one browser session), a kind ("train", "router") and a
+    label; thread-safe. Every lookup names the owner: a job is visible to, and cancellable by, the
+    owner that submitted it only."""
 
     def __init__(self) -> None:
-        self._jobs: dict[str, tuple[Job, str, str]] = {}
+        self._jobs: dict[str, tuple[Job, str, str, str]] = {}   # id -> (job, owner, kind, label)
         self._lock = threading.Lock()
 
-    def submit(self, kind: str, label: str, fn: Callable[..., Any], *args: Any,
+    def submit(self, owner: str, kind: str, label: str, fn: Callable[..., Any], *args: Any,
                **kwargs: Any) -> Job:
-        """Start ``fn`` as a Job and keep it under ``kind``."""
+        """Start ``fn`` as a Job of ``owner`` and keep it under ``kind``."""
         job = Job(fn, *args, **kwargs)
         with self._lock:
-            self._jobs[job.id] = (job, kind, label)
+            self._jobs[job.id] = (job, owner, kind, label)
         return job
 
-    def get(self, job_id: str | None) -> Job | None:
+    def get(self, owner: str, job_id: str | None) -> Job | None:
+        """The job ``job_id`` if ``owner`` submitted it, else None."""
         with self._lock:
             entry = self._jobs.get(job_id) if job_id else None
-        return entry[0] if entry else None
+        return entry[0] if entry and entry[1] == owner else None
 
-    def list(self, kind: str | None = None) -> list[tuple[Job, str]]:
-        """(job, label) pairs of one kind (all kinds when None), newest first."""
+    def list(self, owner: str, kind: str | None = None) -> list[tuple[Job, str]]:
+        """(job, label) pairs of ``owner``, of one kind (all kinds when None), newest first."""
         with self._lock:
             entries = list(self._jobs.values())
-        return [(job, label) for job, k, label in sorted(entries, key=lambda e: -e[0].started)
-                if kind is None or k == kind]
+        return [(job, label) for job, who, k, label in sorted(entries, key=lambda e: -e[0].started)
+                if who == owner and (kind is None or k == kind)]
 
-    def running(self, kind: str | None = None) -> list[Job]:
-        return [job for job, _ in self.list(kind) if job.running]
+    def running(self, owner: str, kind: str | None = None) -> list[Job]:
+        return [job for job, _ in self.list(owner, kind) if job.running]
 
-    def remove(self, job_id: str) -> None:
-        """Forget a finished job (a running one is cancelled first)."""
+    def cancel(self, owner: str, job_id: str) -> bool:
+        """Ask ``owner``'s job ``job_id`` to stop; False when there is no such job of ``owner``."""
+        job = self.get(owner, job_id)
+        if job is not None:
+            job.cancel()
+        return job is not None
+
+    def remove(self, owner: str, job_id: str) -> None:
+        """Forget ``owner``'s job (a running one is cancelled first); others' jobs are untouched."""
         with self._lock:
-            entry = self._jobs.pop(job_id, None)
-        if entry is not None and entry[0].running:
+            entry = self._jobs.get(job_id)
+            if entry is None or entry[1] != owner:
+                return
+            del self._jobs[job_id]
+        if entry[0].running:
             entry[0].cancel()
 
 
@@ -155,17 +168,19 @@ def _now() -> str:
 # ----------------------------------------------------------------------------- the app's jobs
 
 
-def train_expert_job(job: Job, config, backbone, out_dir: str | Path, name: str,
+def train_expert_job(job: Job, config, backbone, workspace, name: str, replace: bool = False,
                      train_data=None, eval_data=None, data_dir=None) -> dict:
-    """Train one expert (``experts.train_expert``), save it to ``out_dir``, return a summary.
+    """Train one expert (``experts.train_expert``), save it as ``name`` in ``workspace`` (a
+    ``workspace.Workspace``; ``replace``: over an expert of that name), return a summary.
 
-    Data not given is loaded for ``config.task`` from ``data_dir`` (``tasks.load_task``).
-    Events: ``stage`` "loading data", "training" (step, total, loss, examples_per_s, elapsed_s),
-    "evaluating" (rows), "saved" (path).
+    The target folder is checked before training starts. Data not given is loaded for
+    ``config.task`` from ``data_dir`` (``tasks.load_task``). Events: ``stage`` "loading data",
+    "training" (step, total, loss, examples_per_s, elapsed_s), "evaluating" (rows), "saved" (path).
     """
-    from . import experts, store, tasks
+    from . import experts, tasks
 
     config = config.resolved()
+    workspace.expert_target(name, replace)
     if train_data is None or eval_data is None:
         job.report(stage="loading data")
         train_data = train_data if train_data is not None else tasks.load_task(config.task, "train", data_dir=data_dir,
@@ -185,7 +200,7 @@ def train_expert_job(job: Job, config, backbone, out_dir: str | Path, name: str,
     expert = experts.train_expert(config, backbone, train_data=train_data, eval_data=eval_data,
                                   progress=progress, should_stop=job.cancelled,
                                   log_every=max(1, total // 60), name=name)
-    store.save_expert(expert, out_dir)
+    out_dir = workspace.save_expert(expert, replace=replace)
     job.report(stage="saved", path=str(out_dir))
     return {"path": str(out_dir), "name": expert.name, "task": expert.config.task,
             "method": expert.config.method, "metrics": expert.metrics,
@@ -195,52 +210,20 @@ def train_expert_job(job: Job, config, backbone, out_dir: str | Path, name: str,
             "adapter_params": expert.adapter_params(), "created": expert.created}
 
 
-def build_pack(pack_dir: str | Path, expert_dirs: Sequence[str | Path]) -> list:
-    """A new pack folder holding copies of the given expert folders; returns the experts.
-
-    Raises ``store.StoreError`` when the folder exists, names clash or base models differ.
-    """
-    from . import store
-
-    pack_dir = Path(pack_dir)
-    if pack_dir.exists():
-        raise store.StoreError(f"{pack_dir} already exists: choose another pack name")
-    loaded = [store.load_expert(path) for path in expert_dirs]
-    names = [expert.name for expert in loaded]
-    clashes = sorted({n for n in names if names.count(n) > 1})
-    if clashes:
-        raise store.StoreError(f"two chosen experts are both named {clashes[0]!r}: rename one on "
-                               "the Experts page first")
-    building = pack_dir.with_name(f".{pack_dir.name}.building")
-    if building.exists():
-        import shutil
-        shutil.rmtree(building)
-    try:
-        for expert in loaded:
-            store.add_expert_to_pack(building, expert)
-        store.replace_dir(building, pack_dir)
-    except BaseException:
-        import shutil
-        shutil.rmtree(building, ignore_errors=True)
-        raise
-    return loaded
-
-
 def train_router_job(job: Job, router_config, layers: Sequence[int], backbone,
-                     expert_dirs: Sequence[str | Path], pack_dir: str | Path, per_task: int,
+                     expert_dirs: Sequence[str | Path], workspace, pack_name: str, per_task: int,
                      eval_per_task: int, data_dir=None) -> dict:
-    """Build a pack from expert folders and fit one router per layer (``router.sweep_layers``).
+    """Build the pack ``pack_name`` of ``workspace`` from expert folders and fit one router per
+    layer (``router.sweep_layers``).
 
-    Returns the pack path, expert names, and per layer the router and its held-out report; the
-    caller saves the one it wants with ``store.save_router``. Events: ``stage``, done, total.
-    A failed or cancelled run removes the pack folder it made.
+    Returns the pack, expert names, and per layer the router and its held-out report; the caller
+    saves the one it wants with ``save_trained_router``. Events: ``stage``, done, total. A failed
+    or cancelled run removes the pack it made.
     """
-    import shutil
-
     from . import router as routers
 
     job.report(stage="building pack", done=0, total=len(expert_dirs))
-    experts_ = build_pack(pack_dir, expert_dirs)
+    experts_ = workspace.build_pack(pack_name, expert_dirs)
     job.report(stage="building pack", done=len(experts_), total=len(expert_dirs))
 
     def progress(stage: str, done: int, total: int) -> None:
@@ -257,9 +240,25 @@ def train_router_job(job: Job, router_config, layers: Sequence[int], backbone,
         results = routers.sweep_layers(router_config, list(layers), backbone, train, held,
                                        progress=progress)
     except BaseException:
-        shutil.rmtree(pack_dir, ignore_errors=True)
+        with contextlib.suppress(ValueError):     # the original error matters, not this one
+            workspace.delete_pack(pack_name)
         raise
     job.report(stage="trained", done=len(results), total=len(results))
-    return {"pack": str(pack_dir), "names": train.names, "sources": held.sources,
+    return {"pack": str(workspace.pack_dir(pack_name)), "pack_name": pack_name,
+            "workspace": workspace, "names": train.names, "sources": held.sources,
             "train_rows": len(train.labels), "held_out_rows": len(held.labels),
             "results": results, "base": backbone.info, "created": _now()}
+
+
+def save_trained_router(result: dict, index: int, extra: dict | None = None) -> Path:
+    """Save the router of layer ``result["results"][index]`` (a ``train_router_job`` result) into
+    its pack, with its metrics (``router.router_metrics``), the run's date and ``extra``; returns
+    the pack folder."""
+    from . import router as routers
+
+    chosen = result["results"][index]
+    metrics = routers.router_metrics(chosen, result["train_rows"], result["held_out_rows"],
+                                     result["sources"], sweep=result["results"])
+    return result["workspace"].save_router(
+        result["pack_name"], chosen["router"], result["names"], metrics, result["base"],
+        extra={"created": result["created"], **(extra or {})})

@@ -351,3 +351,16 @@ def sweep_layers(config: RouterConfig, layers: Sequence[int], backbone, train: R
         results.append({"layer": router.config.layer, "router": router, "report": report,
                         "cost": router.config.layer / num_layers})
     return results
+
+
+def router_metrics(result: dict, train_rows: int, held_out_rows: int, sources: dict[str, str],
+                   sweep: Sequence[dict] | None = None) -> dict:
+    """The metrics stored with a router: ``result`` (one entry of ``sweep_layers``) as its held-out
+    report without the loss history, the data sizes and sources, and, given the whole ``sweep``,
+    the accuracy per layer and the chosen layer's cost (fraction of a full base pass)."""
+    metrics = {k: v for k, v in result["report"].to_dict().items() if k != "history"}
+    metrics.update(train_rows=train_rows, held_out_rows=held_out_rows, sources=dict(sources))
+    if sweep is not None:
+        metrics["per_layer"] = {str(r["layer"]): r["report"].accuracy for r in sweep}
+        metrics["cost_fraction_of_pass"] = result["cost"]
+    return metrics

@@ -1,4 +1,4 @@
-"""The workspace on disk: experts (and packs) as safetensors + JSON, atomic writes, validation.
+"""Experts, routers and packs on disk: safetensors + JSON, atomic writes, validation.
 
 An expert folder follows PEFT's layout:
 
@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +30,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from . import tt
-from .backbone import BackboneInfo
+from .backbone import BackboneInfo, check_fingerprint
 from .experts import ConfigError, Expert, ExpertConfig
+from .names import NAME_RULE, is_valid_name
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -179,12 +182,12 @@ def load_expert(path: str | Path, expected_fingerprint: str | None = None) -> Ex
         base = BackboneInfo(**data["base_model"])
     except (ConfigError, TypeError) as exc:
         raise StoreError(f"{what}: bad training settings or base model in {CONFIG_FILE}: {exc}") from None
-    if expected_fingerprint is not None and base.fingerprint != expected_fingerprint:
-        raise StoreError(f"{what} was trained on base model {base.name!r} (fingerprint "
-                         f"{base.fingerprint[:12]}…), not on the loaded one ({expected_fingerprint[:12]}…)")
+    if expected_fingerprint is not None:
+        check_fingerprint(expected_fingerprint, base.fingerprint, f"{what} (base model {base.name!r})",
+                          StoreError)
     tensors = read_tensors(path / WEIGHTS_FILE, what)
     check_tensors(tensors, data["tensors"], what)
-    _check_structure(tensors, config, data, what)
+    _check_structure(tensors, config, data, base, what)
     layout = {target: {"in_factors": info["in_factors"], "out_factors": info["out_factors"]}
               for target, info in (data.get("tt") or {}).items()}
     return Expert(name=data["name"], config=config, label_names=list(data["label_names"]),
@@ -194,53 +197,100 @@ def load_expert(path: str | Path, expected_fingerprint: str | None = None) -> Ex
 
 
 def _check_structure(tensors: Mapping[str, torch.Tensor], config: ExpertConfig, data: Mapping,
-                     what: str) -> None:
-    """Cores agree with the recorded TT shapes and rank; the head with the labels and model."""
+                     base: BackboneInfo, what: str) -> None:
+    """The head fits the labels and model; the adapter tensors fit the config (``_check_modules``)."""
     num_labels = max(1, len(data["label_names"]))
-    hidden = data["base_model"]["hidden_size"]
     head = tensors.get("head.weight")
-    if head is None or list(head.shape) != [num_labels, hidden]:
-        raise StoreError(f"{what}: head.weight must have shape [{num_labels}, {hidden}] "
+    if head is None or list(head.shape) != [num_labels, base.hidden_size]:
+        raise StoreError(f"{what}: head.weight must have shape [{num_labels}, {base.hidden_size}] "
                          f"for labels {data['label_names']}")
+    if config.method not in ADAPTER_TENSORS:
+        return
+    if not isinstance(base.num_layers, int) or base.num_layers < 1:
+        raise StoreError(f"{what}: the base model's num_layers must be a positive integer, "
+                         f"got {base.num_layers!r}")
+    expected = _expected_suffixes(config, data.get("tt"), what)
+    modules = _check_modules(tensors, config.method, expected, base.num_layers, what)
     if config.method != "tt-lora":
         return
-    layout = data.get("tt") or {}
-    if set(layout) != set(config.targets or []):
-        raise StoreError(f"{what}: TT layout covers {sorted(layout)}, targets are {config.targets}")
+    for module, target in modules.items():
+        shapes = list(expected[target].values())
+        got = [list(tensors[f"{module}.cores.{k}"].shape) for k in expected[target]]
+        if got != shapes:
+            raise StoreError(f"{what}: cores of {module} have shapes {got}, expected {shapes}")
+
+
+# adapter tensors are named "<module><separator><suffix>": TT cores "….cores.<k>", PEFT LoRA
+# "….lora_A.weight" / "….lora_B.weight"; the head's are "head.*"
+ADAPTER_TENSORS = {"tt-lora": ".cores.", "lora": ".lora_"}
+
+
+def _expected_suffixes(config: ExpertConfig, layout: object, what: str) -> dict[str, dict]:
+    """{target: {tensor suffix: expected shape (TT cores) or None}} from the config and TT layout."""
+    targets = list(config.targets or [])
+    if config.method == "lora":
+        return {target: {"A.weight": None, "B.weight": None} for target in targets}
+    layout = layout if isinstance(layout, dict) else {}
+    if set(layout) != set(targets):
+        raise StoreError(f"{what}: TT layout covers {sorted(layout)}, targets are {targets}")
+    expected = {}
     for target, info in layout.items():
         try:
-            expected = [list(s) for s in tt.core_shapes(info["in_factors"], info["out_factors"],
-                                                         config.rank)]
+            shapes = [list(s) for s in tt.core_shapes(info["in_factors"], info["out_factors"],
+                                                      config.rank)]
         except (KeyError, TypeError, ValueError) as exc:
             raise StoreError(f"{what}: bad TT layout for {target}: {exc}") from None
-        if expected != [list(s) for s in info.get("core_shapes", expected)]:
+        if shapes != [list(s) for s in info.get("core_shapes", shapes)]:
             raise StoreError(f"{what}: recorded core shapes of {target} disagree with its factors")
-        layers = sorted({k.rsplit(".cores.", 1)[0] for k in tensors
-                         if k.rsplit(".cores.", 1)[0].endswith("." + target)})
-        if not layers:
-            raise StoreError(f"{what}: no TT cores for target {target}")
-        for layer in layers:
-            got = [list(tensors[f"{layer}.cores.{k}"].shape) if f"{layer}.cores.{k}" in tensors
-                   else None for k in range(len(expected))]
-            if got != expected:
-                raise StoreError(f"{what}: cores of {layer} have shapes {got}, expected {expected}")
+        expected[target] = {str(k): shape for k, shape in enumerate(shapes)}
+    return expected
 
 
-def list_experts(root: str | Path) -> tuple[list[Path], dict[Path, str]]:
-    """Expert folders under ``root`` (one level): (valid ones, {invalid one: reason})."""
-    root = Path(root)
-    valid, invalid = [], {}
-    if not root.is_dir():
-        return valid, invalid
-    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        if not (folder / CONFIG_FILE).exists() and not (folder / WEIGHTS_FILE).exists():
+def _layer_index(module: str) -> int | None:
+    """The layer number in a module path (``encoder.layer.3.attention.self.query`` -> 3)."""
+    match = re.search(r"(?:^|\.)(\d+)\.", module)
+    return int(match.group(1)) if match else None
+
+
+def _check_modules(tensors: Mapping[str, torch.Tensor], method: str, expected: Mapping[str, Mapping],
+                   num_layers: int, what: str) -> dict[str, str]:
+    """Every adapter tensor belongs to a target module and every target module of every layer has
+    all its tensors; returns {module: target}. StoreError names what is missing or extra."""
+    separator = ADAPTER_TENSORS[method]
+    found: dict[str, set[str]] = {}
+    for key in tensors:
+        if key.startswith("head."):
             continue
-        try:
-            load_expert(folder)
-            valid.append(folder)
-        except StoreError as exc:
-            invalid[folder] = str(exc)
-    return valid, invalid
+        module, sep, suffix = key.rpartition(separator)
+        if not sep or module.rpartition(".")[2] not in expected:
+            raise StoreError(f"{what}: tensor {key} is not an adapter tensor of the targets "
+                             f"{sorted(expected)}")
+        found.setdefault(module, set()).add(suffix)
+    modules = {module: module.rpartition(".")[2] for module in found}
+    for target, suffixes in expected.items():
+        mine = [module for module, t in modules.items() if t == target]
+        if not mine:
+            raise StoreError(f"{what}: no adapter tensors for target {target!r}")
+        for module in mine:
+            missing, extra = set(suffixes) - found[module], found[module] - set(suffixes)
+            if missing or extra:
+                raise StoreError(f"{what}: {module} has tensors {sorted(found[module])}, "
+                                 f"expected {sorted(suffixes)}")
+        layers = Counter(_layer_index(module) for module in mine)
+        if None in layers:      # module paths without a layer number: nothing more to check
+            continue
+        absent = sorted(set(range(num_layers)) - set(layers))
+        if absent:
+            raise StoreError(f"{what}: no adapter tensors for target {target!r} in layer(s) "
+                             f"{absent} of the base model's {num_layers}")
+        beyond = sorted(i for i in layers if i >= num_layers)
+        if beyond:
+            raise StoreError(f"{what}: adapter tensors for target {target!r} in layer(s) {beyond}, "
+                             f"the base model has {num_layers}")
+        if len(set(layers.values())) > 1:
+            raise StoreError(f"{what}: the layers hold different numbers of {target!r} modules "
+                             f"({dict(sorted(layers.items()))})")
+    return modules
 
 
 # ----------------------------------------------------------------------------- packs
@@ -292,18 +342,50 @@ def _pack_manifest(path: Path, names: list[str], base: BackboneInfo, extra: Mapp
 def add_expert_to_pack(pack_dir: str | Path, expert: Expert) -> Path:
     """Write one expert into ``<pack>/experts/<name>`` and list it; other experts' files untouched."""
     pack_dir = Path(pack_dir)
+    if not is_valid_name(expert.name):
+        raise StoreError(f"expert name {expert.name!r} cannot name a folder of a pack ({NAME_RULE})")
     names = read_json(pack_dir / PACK_FILE, "pack")["experts"] if (pack_dir / PACK_FILE).exists() else []
     if expert.name in names:
         raise StoreError(f"pack {pack_dir} already has an expert named {expert.name!r}")
     if names:
         first = load_expert(pack_dir / "experts" / names[0])
-        if first.base.fingerprint != expert.base.fingerprint:
-            raise StoreError(f"expert {expert.name!r} was trained on another base model than the "
-                             f"pack's experts ({first.base.name!r})")
+        check_fingerprint(first.base, expert.base.fingerprint, f"expert {expert.name!r}", StoreError,
+                          reference="the pack's experts")
     save_expert(expert, pack_dir / "experts" / expert.name)
     write_json(pack_dir / PACK_FILE, _pack_manifest(pack_dir, names + [expert.name], expert.base,
                                                     {"router": None}))
     return pack_dir
+
+
+def build_pack(pack_dir: str | Path, experts: Sequence[Expert | str | Path], *, router=None,
+               router_metrics: Mapping | None = None, extra: Mapping | None = None,
+               replace: bool = False) -> list[Expert]:
+    """Write a new pack of ``experts`` (Expert objects or expert folders, validated on reading)
+    and, given one, its ``router`` (``save_router`` with ``router_metrics`` and ``extra``).
+
+    The pack is built in a temporary sibling folder renamed into place: it appears whole or not
+    at all. StoreError when ``pack_dir`` exists (unless ``replace``), when there are no experts,
+    two share a name, or they were trained on different base models. Returns the experts.
+    """
+    pack_dir = Path(pack_dir)
+    if pack_dir.exists() and not replace:
+        raise StoreError(f"{pack_dir} already exists: choose another pack name")
+    loaded = [e if isinstance(e, Expert) else load_expert(e) for e in experts]
+    if not loaded:
+        raise StoreError("a pack needs at least one expert")
+    names = [expert.name for expert in loaded]
+    clashes = sorted({n for n in names if names.count(n) > 1})
+    if clashes:
+        raise StoreError(f"two chosen experts are both named {clashes[0]!r}: rename one on "
+                         "the Experts page first")
+    with atomic_dir(pack_dir) as building:
+        for expert in loaded:
+            add_expert_to_pack(building, expert)
+        if router is not None:
+            save_router(building, router, names, router_metrics or {}, loaded[0].base, extra)
+        elif extra:
+            write_json(building / PACK_FILE, {**read_json(building / PACK_FILE, "pack"), **extra})
+    return loaded
 
 
 def save_router(pack_dir: str | Path, router, names: list[str], metrics: Mapping,
@@ -335,21 +417,21 @@ def load_pack(path: str | Path, expected_fingerprint: str | None = None) -> Pack
     data = read_json(path / PACK_FILE, f"pack {path.name!r}")
     if data.get("format") != PACK_FORMAT or not isinstance(data.get("experts"), list):
         raise StoreError(f"pack {path.name!r}: {PACK_FILE} is not a TT-LoRA MoE pack manifest")
-    base = data.get("base_model") or {}
-    fingerprint = expected_fingerprint or base.get("fingerprint")
+    base = data.get("base_model") if isinstance(data.get("base_model"), dict) else {}
     experts = []
     for name in data["experts"]:
         expert = load_expert(path / "experts" / name)
-        if expert.base.fingerprint != base.get("fingerprint"):
-            raise StoreError(f"pack {path.name!r}: expert {name!r} was trained on another base "
-                             f"model ({expert.base.name!r}) than the pack's ({base.get('name')!r})")
-        if fingerprint != expert.base.fingerprint:
-            raise StoreError(f"pack {path.name!r} was built on base model {base.get('name')!r} "
-                             f"(fingerprint {expert.base.fingerprint[:12]}…), not on the loaded "
-                             f"one ({fingerprint[:12]}…)")
+        if not isinstance(base.get("fingerprint"), str):
+            raise StoreError(f"pack {path.name!r}: {PACK_FILE} lacks the base model's fingerprint")
+        check_fingerprint(base["fingerprint"], expert.base.fingerprint,
+                          f"pack {path.name!r}: expert {name!r}", StoreError,
+                          reference="the pack's manifest")
         experts.append(expert)
     if not experts:
         raise StoreError(f"pack {path.name!r} lists no experts")
+    if expected_fingerprint is not None:
+        check_fingerprint(expected_fingerprint, base["fingerprint"],
+                          f"pack {path.name!r} (base model {base.get('name')!r})", StoreError)
     router_config = router_state = None
     router_metrics: dict = {}
     if (path / ROUTER_CONFIG_FILE).exists():

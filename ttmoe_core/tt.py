@@ -278,3 +278,59 @@ def max_ranks(in_factors: Sequence[int], out_factors: Sequence[int]) -> list[int
     """Largest useful TT ranks (full rank): ``r_k = min(prod(s[:k]), prod(s[k:]))``."""
     modes = list(in_factors) + list(out_factors)
     return [min(math.prod(modes[:k]), math.prod(modes[k:])) for k in range(len(modes) + 1)]
+
+
+# ----------------------------------------------------------------------------- ΔW spectra
+
+
+def delta_w_singular_values(cores: Sequence[torch.Tensor], in_factors: Sequence[int],
+                            out_factors: Sequence[int], alpha: float = 1.0) -> torch.Tensor:
+    """All singular values σ_1 ≥ σ_2 ≥ … of ``α·ΔW`` [d_out, d_in], from the cores (float64).
+
+    ``ΔW^T = A @ B`` with A [d_in, r] and B [r, d_out] (``tt_halves``); with A = Q_a R_a and
+    B^T = Q_b R_b, the singular values of ΔW are those of the small ``R_a @ R_b^T`` and the other
+    ``min(d_in, d_out) - r`` are exactly 0. ΔW is never formed. Length ``min(d_in, d_out)``.
+    """
+    left, right = tt_halves([core.double() for core in cores], in_factors, out_factors)
+    r_left = torch.linalg.qr(left, mode="r")[1]                # [min(d_in, r), r]
+    r_right = torch.linalg.qr(right.T, mode="r")[1]            # [min(d_out, r), r]
+    values = abs(alpha) * torch.linalg.svdvals(r_left @ r_right.T)
+    size = min(left.shape[0], right.shape[1])
+    return torch.cat([values, values.new_zeros(size - len(values))])
+
+
+def delta_w_spectra(tensors: dict[str, torch.Tensor], method: str, alpha: float, rank: int,
+                    tt_layout: dict[str, dict] | None = None) -> dict[str, torch.Tensor]:
+    """Singular values of ``α·ΔW`` per adapted layer of one expert (``delta_w_singular_values``),
+    by layer name in layer order.
+
+    ``method`` "tt-lora": the cores ``"<layer>.cores.<k>"`` with the factors of the layer's target
+    in ``tt_layout``. "lora" (PEFT keys ``….lora_A.weight`` [r, d_in], ``….lora_B.weight``
+    [d_out, r]): ``(α / r) · B @ A``, a chain of two cores. ValueError for other methods.
+    """
+    def layer_order(name: str) -> tuple:
+        return next((int(part) for part in name.split(".") if part.isdigit()), -1), name
+
+    out = {}
+    if method == "tt-lora":
+        for layer in sorted({key.rsplit(".cores.", 1)[0] for key in tensors if ".cores." in key},
+                            key=layer_order):
+            layout = (tt_layout or {}).get(layer.rpartition(".")[2])
+            if layout is not None:
+                count = sum(1 for key in tensors if key.startswith(layer + ".cores."))
+                out[layer] = delta_w_singular_values(
+                    [tensors[f"{layer}.cores.{k}"] for k in range(count)],
+                    layout["in_factors"], layout["out_factors"], alpha)
+    elif method == "lora":
+        for key in sorted((k for k in tensors if k.endswith(".lora_A.weight")), key=layer_order):
+            layer = key.removesuffix(".lora_A.weight")
+            b_key = layer + ".lora_B.weight"
+            if b_key in tensors:
+                a, b = tensors[key], tensors[b_key]                     # [r, d_in], [d_out, r]
+                cores = [a.T.reshape(1, a.shape[1], a.shape[0]),        # [1, d_in, r]
+                         b.T.reshape(b.shape[1], b.shape[0], 1)]        # [r, d_out, 1]
+                out[layer.removeprefix("base_model.model.")] = delta_w_singular_values(
+                    cores, [a.shape[1]], [b.shape[0]], alpha / rank)
+    else:
+        raise ValueError(f"no ΔW for {method!r} experts (TT-LoRA and LoRA only)")
+    return out

@@ -8,15 +8,8 @@ import sys
 from pathlib import Path
 
 from .. import tasks
+from ..workspace import default_pack
 from .args import UsageError, common_model_flags, parse_layers, positive_float, positive_int, targets_arg
-
-
-
-
-
-def default_pack() -> Path:
-    """The committed demo pack of this repository."""
-    return Path(__file__).resolve().parents[1] / "assets" / "demo"
 
 
 def _read_jsonl_inputs(path: str) -> list[tuple[int, dict | None, str | None]]:
@@ -134,11 +127,8 @@ def cmd_train_router(args: argparse.Namespace) -> int:
     except (store.StoreError, tasks.DataError, BackboneError, routers.RouterError) as exc:
         raise UsageError(str(exc)) from None
     best = max(results, key=lambda r: r["report"].accuracy)
-    metrics = {**best["report"].to_dict(), "train_rows": len(train.labels),
-               "held_out_rows": len(held.labels), "sources": held.sources,
-               "per_layer": {str(r["layer"]): r["report"].accuracy for r in results},
-               "cost_fraction_of_pass": best["cost"]}
-    metrics.pop("history", None)
+    metrics = routers.router_metrics(best, len(train.labels), len(held.labels), held.sources,
+                                     sweep=results)
     store.save_router(args.pack, best["router"], train.names, metrics, backbone.info)
     summary = {"pack": str(args.pack), "variant": args.variant, "layer": best["router"].config.layer,
                "accuracy": best["report"].accuracy, "per_layer": metrics["per_layer"],
@@ -214,38 +204,30 @@ def cmd_build_demo(args: argparse.Namespace) -> int:
             tasks.get_task(task)
     except (tasks.DataError, BackboneError) as exc:
         raise UsageError(str(exc)) from None
-    build = out.with_name(f".{out.name}.building")
-    if build.exists():
-        import shutil
-        shutil.rmtree(build)
+    trained = []
     for task in task_names:
         t0 = time.perf_counter()
         config = experts.ExpertConfig(task=task, steps=args.steps, batch_size=args.batch_size,
                                       max_length=args.max_length, seed=args.seed,
                                       eval_limit=args.eval_limit, init=args.init)
-        expert = experts.train_expert(config, backbone, data_dir=args.data_dir)
-        store.add_expert_to_pack(build, expert)
-        shown = {k: round(v, 4) for k, v in expert.metrics.items() if isinstance(v, float)}
+        trained.append(experts.train_expert(config, backbone, data_dir=args.data_dir))
+        shown = {k: round(v, 4) for k, v in trained[-1].metrics.items() if isinstance(v, float)}
         print(f"expert {task}: {shown} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
-    pack = store.load_pack(build)
-    pairs = [(e.name, e.config.task) for e in pack.experts]
+    pairs = [(e.name, e.config.task) for e in trained]
     train = routers.routing_data(pairs, "train", args.per_task, args.data_dir, args.seed)
     held = routers.routing_data(pairs, "validation", args.eval_per_task, args.data_dir, args.seed)
     config = routers.RouterConfig(variant=args.variant, seed=args.seed, max_length=args.max_length)
     result = routers.sweep_layers(config, [args.layer], backbone, train, held)[0]
-    router, report = result["router"], result["report"]
-    metrics = {**report.to_dict(), "train_rows": len(train.labels), "held_out_rows": len(held.labels),
-               "sources": held.sources}
-    metrics.pop("history", None)
     seconds = time.perf_counter() - started
-    store.save_router(build, router, train.names, metrics, backbone.info,
-                      extra={"build": {"command": " ".join(sys.argv[1:]) or "build-demo",
-                                       "seconds": round(seconds, 1), "steps": args.steps,
-                                       "batch_size": args.batch_size, "max_length": args.max_length,
-                                       "seed": args.seed}})
-    store.replace_dir(build, out)
+    store.build_pack(out, trained, router=result["router"],
+                     router_metrics=routers.router_metrics(result, len(train.labels),
+                                                           len(held.labels), held.sources),
+                     extra={"build": {"command": " ".join(sys.argv[1:]) or "build-demo",
+                                      "seconds": round(seconds, 1), "steps": args.steps,
+                                      "batch_size": args.batch_size, "max_length": args.max_length,
+                                      "seed": args.seed}}, replace=True)
     print(json.dumps({"pack": str(out), "seconds": round(seconds, 1),
-                      "routing_accuracy": report.accuracy}))
+                      "routing_accuracy": result["report"].accuracy}))
     return 0
 
 

@@ -1,0 +1,180 @@
+"""Every file operation a user can trigger, in one place: list, save, replace, rename and delete
+experts, build packs and save their routers, all inside one root folder.
+
+A workspace root holds experts as ``<root>/<name>/`` and packs as ``<root>/packs/<name>/``. Every
+name follows ``names.NAME_RULE`` (a name is never a path); every folder written or removed is
+checked to stay inside the root (symbolic links are refused); replace and delete act only on
+folders that are valid experts or packs. Problems raise ``WorkspaceError`` (a ``StoreError``),
+with a message a person can act on. Reading any folder (``list_experts``, ``list_packs``) is
+harmless and allowed anywhere.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from . import store
+from .experts import Expert
+from .names import NameError_, check_name, inside
+
+PACKS = "packs"              # the sub-folder of the root that holds packs (not an expert name)
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class WorkspaceError(store.StoreError):
+    """A name that breaks the rule, a path that leaves the workspace, or a folder that may not be
+    written or removed."""
+
+
+def default_pack() -> Path:
+    """The committed demo pack of this repository (``assets/demo``)."""
+    return REPO_ROOT / "assets" / "demo"
+
+
+def list_experts(folder: str | Path) -> tuple[list[Path], dict[Path, str]]:
+    """Expert folders under ``folder`` (one level): (valid ones, {invalid one: reason}).
+
+    Folders without an expert file and hidden ones (temporary saves) are skipped.
+    """
+    return _listing(folder, (store.CONFIG_FILE, store.WEIGHTS_FILE), store.load_expert)
+
+
+def list_packs(folder: str | Path) -> tuple[list[Path], dict[Path, str]]:
+    """Pack folders under ``folder`` (one level, those with a ``pack.json``): (valid, {invalid: reason})."""
+    return _listing(folder, (store.PACK_FILE,), store.load_pack)
+
+
+def _listing(folder: str | Path, markers: Sequence[str], load) -> tuple[list[Path], dict[Path, str]]:
+    folder = Path(folder)
+    valid: list[Path] = []
+    invalid: dict[Path, str] = {}
+    if not folder.is_dir():
+        return valid, invalid
+    for child in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if not any((child / marker).exists() for marker in markers):
+            continue
+        try:
+            load(child)
+            valid.append(child)
+        except store.StoreError as exc:
+            invalid[child] = str(exc)
+    return valid, invalid
+
+
+class Workspace:
+    """The file operations of one workspace root (nothing is created until something is saved)."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root).expanduser()
+
+    def __repr__(self) -> str:
+        return f"Workspace({str(self.root)!r})"
+
+    @property
+    def packs_root(self) -> Path:
+        return self.root / PACKS
+
+    # ------------------------------------------------------------------ paths
+
+    def expert_dir(self, name: str) -> Path:
+        """``<root>/<name>``: the folder of the expert ``name`` (checked, not necessarily there)."""
+        if name == PACKS:
+            raise WorkspaceError(f"{PACKS!r} is the workspace's folder of packs: choose another "
+                                 "expert name")
+        return self._child(self.root, name, "expert name")
+
+    def pack_dir(self, name: str) -> Path:
+        """``<root>/packs/<name>``: the folder of the pack ``name`` (checked, not necessarily there)."""
+        return self._child(self.packs_root, name, "pack name")
+
+    def _child(self, parent: Path, name: str, what: str) -> Path:
+        try:
+            check_name(name, what)
+            path = parent / name
+            inside(self.root, path.relative_to(self.root))
+        except NameError_ as exc:
+            raise WorkspaceError(str(exc)) from None
+        if path.is_symlink():
+            raise WorkspaceError(f"{path} is a symbolic link: the workspace only writes and "
+                                 "removes real folders")
+        return path
+
+    # ------------------------------------------------------------------ listing
+
+    def list_experts(self) -> tuple[list[Path], dict[Path, str]]:
+        """The workspace's experts: (valid folders, {invalid folder: reason})."""
+        return list_experts(self.root)
+
+    def list_packs(self) -> tuple[list[Path], dict[Path, str]]:
+        """The workspace's packs: (valid folders, {invalid folder: reason})."""
+        return list_packs(self.packs_root)
+
+    # ------------------------------------------------------------------ experts
+
+    def expert_target(self, name: str, replace: bool = False) -> Path:
+        """Where a new expert ``name`` may be written: its folder is free, or (with ``replace``)
+        holds a valid expert. Call it before training to fail early."""
+        path = self.expert_dir(name)
+        if path.exists():
+            if not replace:
+                raise WorkspaceError(f"{path} already exists: choose another name or replace it")
+            _valid(path, "expert", "replace")
+        return path
+
+    def save_expert(self, expert: Expert, replace: bool = False) -> Path:
+        """Write ``expert`` to ``<root>/<expert.name>`` (atomic); ``replace``: over a valid expert."""
+        return store.save_expert(expert, self.expert_target(expert.name, replace))
+
+    def rename_expert(self, name: str, new_name: str) -> Path:
+        """Give the expert ``name`` the name ``new_name`` (its folder and config); returns the new
+        folder. The new folder is written whole before the old one is removed."""
+        source = self.expert_dir(name)
+        expert = _valid(source, "expert", "rename")
+        target = self.expert_target(new_name)
+        expert.name = new_name
+        store.save_expert(expert, target)
+        shutil.rmtree(source)
+        return target
+
+    def delete_expert(self, name: str) -> None:
+        """Remove the folder of the expert ``name`` (only a valid expert)."""
+        path = self.expert_dir(name)
+        _valid(path, "expert", "delete")
+        shutil.rmtree(path)
+
+    # ------------------------------------------------------------------ packs
+
+    def build_pack(self, name: str, experts: Sequence[Expert | str | Path], **router) -> list[Expert]:
+        """A new pack ``<root>/packs/<name>`` of the given experts (objects or folders, which may
+        lie outside the workspace: they are only read); ``router``: ``store.build_pack``'s router
+        arguments. Refuses a name that is taken."""
+        path = self.pack_dir(name)
+        if path.exists():
+            raise WorkspaceError(f"{path} already exists: choose another pack name")
+        return store.build_pack(path, experts, **router)
+
+    def save_router(self, name: str, router, expert_names: Sequence[str], metrics: Mapping,
+                    base, extra: Mapping | None = None) -> Path:
+        """Write (or replace) the router of the workspace's pack ``name`` (``store.save_router``)."""
+        path = self.pack_dir(name)
+        _valid(path, "pack", "save a router to")
+        store.save_router(path, router, list(expert_names), metrics, base, extra)
+        return path
+
+    def delete_pack(self, name: str) -> None:
+        """Remove the folder of the pack ``name`` (only a valid pack)."""
+        path = self.pack_dir(name)
+        _valid(path, "pack", "delete")
+        shutil.rmtree(path)
+
+
+def _valid(path: Path, kind: str, action: str):
+    """The expert or pack (``kind``) at ``path``; WorkspaceError saying why ``action`` is refused."""
+    if not path.is_dir():
+        raise WorkspaceError(f"cannot {action} {path}: there is no such {kind}")
+    try:
+        return store.load_expert(path) if kind == "expert" else store.load_pack(path)
+    except store.StoreError as exc:
+        raise WorkspaceError(f"cannot {action} {path}: it is not a valid {kind} ({exc})") from None
