@@ -4,14 +4,15 @@ mixed-batch pattern), routing, independence of E, thread safety, input validatio
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
-import threading
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from tests.threads import run_together
 from tests.tinymodels import SAMPLES, random_expert, tiny_bert, tiny_expert, tiny_router
 from ttmoe_core import backbone, experts, moe, router, tasks
 from ttmoe_core.backbone import BackboneInfo, mean_pool
@@ -178,25 +179,40 @@ def test_threads_share_one_mixture(routed, rows):
         jobs.append(([texts[j] for j in take], [pairs[j] for j in take], forced))
     expected = [routed.predict(t, p, expert=f) for t, p, f in jobs]
     for _ in range(3):
-        barrier = threading.Barrier(len(jobs))
-        results: list = [None] * len(jobs)
-        errors: list = []
+        calls = [functools.partial(routed.predict, t, p, expert=f) for t, p, f in jobs]
+        assert run_together(calls) == expected
 
-        def work(slot: int) -> None:
-            try:
-                barrier.wait(timeout=30)
-                t, p, f = jobs[slot]
-                results[slot] = routed.predict(t, p, expert=f)
-            except Exception as exc:  # pragma: no cover - reported below
-                errors.append(exc)
 
-        threads = [threading.Thread(target=work, args=(i,)) for i in range(len(jobs))]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join(timeout=60)
-        assert not errors, errors
-        assert results == expected
+def stress_inputs(rows) -> list[tuple[str, str | None]]:
+    """Short rows of the samples and rows longer than MAX_LENGTH tokens: a long single, pairs
+    with a long first / second / both texts, one exactly at the limit and one just over it."""
+    long_a = " ".join(f"premise{i % 7} word" for i in range(MAX_LENGTH))
+    long_b = " ".join(f"hypothesis{i % 5}" for i in range(MAX_LENGTH + 20))
+    at_limit = " ".join(["word"] * (MAX_LENGTH - 2))        # [CLS] + 126 words + [SEP] = 128
+    over = " ".join(["word"] * (MAX_LENGTH - 1))            # 129 tokens: truncated by one
+    short = [(t, p) for _, t, p in rows]
+    return short + [(long_a, None), (long_a, "A short hypothesis."), ("A short premise.", long_b),
+                    (long_a, long_b), (at_limit, None), (over, None), (long_b, None)]
+
+
+def test_sixteen_threads_with_truncated_inputs_equal_sequential_answers(routed, rows):
+    """Concurrency stress: 16 threads × mixed short and truncated inputs (pairs and singles) on
+    one mixture give the sequential answers row for row (issue 10: 'Already borrowed')."""
+    inputs = stress_inputs(rows)
+    jobs = []
+    for i in range(16):
+        take = [(3 * i + j) % len(inputs) for j in range(2 + i % 5)] + [len(inputs) - 1 - i % 7]
+        forced = None if i % 2 == 0 else routed.names[i % 3]
+        jobs.append(([inputs[j][0] for j in take], [inputs[j][1] for j in take], forced))
+    expected = [routed.predict(t, p, expert=f) for t, p, f in jobs]
+    assert any(row["truncated"] for out in expected for row in out)
+    assert any(not row["truncated"] for out in expected for row in out)
+
+    def twice(t, p, f):
+        return [routed.predict(t, p, expert=f) for _ in range(2)][-1]
+
+    for _ in range(3):
+        assert run_together([functools.partial(twice, t, p, f) for t, p, f in jobs]) == expected
 
 
 # ----------------------------------------------------------------------------- validation
