@@ -215,6 +215,96 @@ def test_sixteen_threads_with_truncated_inputs_equal_sequential_answers(routed, 
         assert run_together([functools.partial(twice, t, p, f) for t, p, f in jobs]) == expected
 
 
+# ----------------------------------------------------------------------------- length-aware batching
+
+
+def one_padded_batch(mixture: moe.TTLoRAMoE, texts, pairs, forced=None):
+    """The simple path: all rows in input order in one padded batch -> (expert_idx [N],
+    router probs [N, E] or None, logits [N, C_max], truncated)."""
+    bb = mixture.backbone
+    batch, truncated = backbone.tokenize_mixed(bb.tokenizer, texts, pairs, MAX_LENGTH, bb.device)
+    probs = mixture.route(batch, texts, pairs) if mixture.router is not None else None
+    idx = torch.tensor(forced) if forced is not None else probs.argmax(-1)
+    return idx, probs, mixture.expert_logits(batch, idx), truncated
+
+
+def shuffled_with_repeats(rows) -> tuple[list[str], list[str | None]]:
+    """Short and truncated rows, each twice or three times, in a fixed random order."""
+    inputs = stress_inputs(rows)
+    inputs = inputs * 2 + inputs[::3]
+    order = torch.randperm(len(inputs), generator=torch.Generator().manual_seed(0)).tolist()
+    return [inputs[i][0] for i in order], [inputs[i][1] for i in order]
+
+
+@pytest.mark.parametrize("batch_size, max_tokens", [(3, 160), (16, 2048), (64, None)])
+def test_micro_batches_equal_one_padded_batch(routed, rows, batch_size, max_tokens):
+    """float32, routed: same experts, router probabilities and logits (to 1e-5) row for row."""
+    texts, pairs = shuffled_with_repeats(rows)
+    encoded, forced = routed.prepare(texts, pairs)
+    got = routed.score(encoded, forced, batch_size=batch_size, max_tokens=max_tokens)
+    idx, probs, logits, truncated = one_padded_batch(routed, texts, pairs)
+    assert torch.equal(got.expert_idx, idx)
+    torch.testing.assert_close(got.router_probs, probs, rtol=0, atol=1e-5)
+    torch.testing.assert_close(got.logits, logits, rtol=0, atol=1e-5)
+    assert list(got.truncated) == truncated and any(truncated)
+    assert len(set(idx.tolist())) > 1
+
+
+@pytest.mark.parametrize("batch_size, max_tokens", [(1, None), (4, 300), (16, 2048)])
+def test_micro_batches_equal_one_padded_batch_float64(moe64, rows, batch_size, max_tokens):
+    """float64, every row forced to an expert (interleaved): logits equal to 1e-10."""
+    texts, pairs = shuffled_with_repeats(rows)
+    encoded, forced = moe64.prepare(texts, pairs, [moe64.names[i % 3] for i in range(len(texts))])
+    got = moe64.score(encoded, forced, batch_size=batch_size, max_tokens=max_tokens)
+    _, _, logits, _ = one_padded_batch(moe64, texts, pairs, forced)
+    assert got.router_probs is None and got.expert_idx.tolist() == forced
+    torch.testing.assert_close(got.logits, logits, rtol=0, atol=1e-10)
+
+
+def test_predict_keeps_input_order_with_repeated_rows(routed, rows):
+    texts, pairs = shuffled_with_repeats(rows)
+    out = routed.predict(texts, pairs, batch_size=4, max_tokens=400)
+    assert [(r["text"], r["text_pair"]) for r in out] == list(zip(texts, pairs))
+    by_input: dict = {}
+    for row in out:    # a repeated row is computed once: identical answers
+        assert by_input.setdefault((row["text"], row["text_pair"]), row) == row
+    for (text, pair), row in by_input.items():
+        alone = routed.predict([text], [pair])[0]
+        assert alone["expert"] == row["expert"] and alone["label"] == row["label"]
+        assert alone["truncated"] == row["truncated"]
+        np.testing.assert_allclose(list(alone["label_probs"].values()),
+                                   list(row["label_probs"].values()), rtol=0, atol=1e-5)
+        np.testing.assert_allclose(list(alone["router_probs"].values()),
+                                   list(row["router_probs"].values()), rtol=0, atol=1e-5)
+
+
+def test_empty_after_strip_is_refused_among_many_rows(routed, rows):
+    texts, pairs = shuffled_with_repeats(rows)
+    texts[7] = " \t\n "
+    with pytest.raises(moe.MoEError, match="input 8 is empty"):
+        routed.predict(texts, pairs)
+
+
+def test_evaluation_tokenizes_once_and_routes_each_row_once(routed, three, monkeypatch):
+    encodes, routed_rows = [], []
+    real_encode, real_route = moe.encode_rows, routed.route
+
+    def encode(tokenizer, texts, *args):
+        encodes.append(len(texts))
+        return real_encode(tokenizer, texts, *args)
+
+    def route(batch, texts, pairs):
+        routed_rows.append(len(texts))
+        return real_route(batch, texts, pairs)
+
+    monkeypatch.setattr(moe, "encode_rows", encode)
+    monkeypatch.setattr(routed, "route", route)
+    pairs = [(e.name, e.config.task) for e in three]
+    result = moe.evaluate_mixture(routed, pairs, 6, data_dir=SAMPLES, batch_size=4)
+    assert result["routing_accuracy"] < 1.0          # some rows took the oracle's second pass
+    assert encodes == [6, 6, 6] and sum(routed_rows) == 18
+
+
 # ----------------------------------------------------------------------------- validation
 
 
@@ -231,6 +321,13 @@ def test_sixteen_threads_with_truncated_inputs_equal_sequential_answers(routed, 
 def test_bad_input_raises_moe_error(routed, texts, pairs, forced):
     with pytest.raises(moe.MoEError):
         routed.predict(texts, pairs, expert=forced)
+
+
+def test_score_refuses_bad_forced_indices(routed):
+    encoded, _ = routed.prepare(["one", "two"])
+    for forced in ([0], [0, 1, 2], [0, 3], [-1, 0]):
+        with pytest.raises(moe.MoEError):
+            routed.score(encoded, forced)
 
 
 def test_no_router_needs_forced_expert(moe64):

@@ -185,7 +185,9 @@ class Encoded:
 
     def take(self, rows: Sequence[int]) -> "Encoded":
         """The given rows, in the given order."""
-        pick = lambda values: tuple(values[r] for r in rows)  # noqa: E731
+        def pick(values: Sequence) -> tuple:
+            return tuple(values[r] for r in rows)
+
         return Encoded(pick(self.texts), pick(self.text_pairs), pick(self.input_ids),
                        None if self.token_type_ids is None else pick(self.token_type_ids),
                        pick(self.truncated), self.pad_id)
