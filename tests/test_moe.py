@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -440,6 +441,53 @@ def test_always_right_router_makes_mixture_equal_oracle(bb, three):
     assert result["confusion"] == [[per_task if i == j else 0 for j in range(3)] for i in range(3)]
     for name, _ in pairs:
         assert result["per_task"][name]["mixture"] == result["per_task"][name]["oracle"]
+
+
+# ----------------------------------------------------------------------------- loading once
+
+
+def test_pack_files_are_read_once(tmp_path, monkeypatch, capsys):
+    """from_pack (with or without a base model given) and the CLI's predict and eval-moe read
+    each expert of the pack once (issue 9: the pack was loaded and validated twice)."""
+    from tests.tinymodels import saved_tiny_bert, tiny_pack
+    from ttmoe_core import cli, store
+
+    base = saved_tiny_bert(tmp_path / "base")
+    pack_dir, pack_experts, _ = tiny_pack(tmp_path / "pack", base, ["sst2", "rte"])
+    reads: list[str] = []
+    real_load_expert = store.load_expert
+
+    def load_expert(path, *args, **kwargs):
+        reads.append(Path(path).name)
+        return real_load_expert(path, *args, **kwargs)
+
+    monkeypatch.setattr(store, "load_expert", load_expert)
+    names = [e.name for e in pack_experts]
+    mixture = moe.TTLoRAMoE.from_pack(pack_dir, backbone=base)
+    assert reads == names and mixture.names == names
+    reads.clear()
+    moe.TTLoRAMoE.from_pack(pack_dir, device="cpu")
+    assert reads == names
+    for argv in (["predict", "--json", "--pack", pack_dir, "a fine movie"],
+                 ["eval-moe", "--json", "--pack", pack_dir, "--per-task", "2", "--data-dir", SAMPLES]):
+        reads.clear()
+        assert cli.main([str(a) for a in argv]) == 0
+        assert reads == names, argv
+    capsys.readouterr()
+    loaded = store.load_pack(pack_dir)
+    reads.clear()
+    again = moe.TTLoRAMoE.from_loaded_pack(loaded, backbone=base)
+    assert reads == [] and again.predict(["a fine movie"]) == mixture.predict(["a fine movie"])
+
+
+def test_pack_on_another_base_model_is_refused(tmp_path):
+    from tests.tinymodels import tiny_pack
+    from ttmoe_core import store
+
+    bb0 = tiny_bert(seed=0)
+    pack_dir = tiny_pack(tmp_path / "pack", bb0, ["sst2"])[0]
+    with pytest.raises(store.StoreError, match="different base model"):
+        moe.TTLoRAMoE.from_loaded_pack(store.load_pack(pack_dir), backbone=tiny_bert(seed=1))
 
 
 # ----------------------------------------------------------------------------- route pass

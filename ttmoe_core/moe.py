@@ -23,9 +23,11 @@ import torch
 from torch import nn
 
 from . import adapters, batching
-from .backbone import Backbone, Encoded, encode_rows, load_backbone, mean_pool
+from .backbone import (Backbone, BackboneError, Encoded, check_fingerprint, encode_rows,
+                       load_backbone, mean_pool)
 from .experts import Expert
 from .router import Router, batch_features
+from .store import Pack, StoreError, load_pack
 
 MAX_BATCH_ROWS = 16        # rows per micro-batch when serving
 MAX_BATCH_TOKENS = 1024    # padded tokens (rows × longest row) per micro-batch when serving (CPU-tuned)
@@ -92,11 +94,8 @@ class TTLoRAMoE(nn.Module):
                  max_length: int = 128):
         super().__init__()
         targets, shapes, rank = _stack_layout(experts)
-        if experts[0].base.fingerprint != backbone.info.fingerprint:
-            raise MoEError(f"the experts were trained on another base model "
-                           f"({experts[0].base.name!r}, fingerprint "
-                           f"{experts[0].base.fingerprint[:12]}…) than the loaded "
-                           f"{backbone.info.name!r} ({backbone.info.fingerprint[:12]}…)")
+        check_fingerprint(backbone.info, experts[0].base.fingerprint,
+                          f"the experts ({experts[0].base.name!r} base model)")
         self.backbone = backbone
         self.names = [e.name for e in experts]
         self.experts = list(experts)
@@ -268,16 +267,23 @@ class TTLoRAMoE(nn.Module):
     # ------------------------------------------------------------------ loading
 
     @classmethod
+    def from_loaded_pack(cls, pack: Pack, backbone: Backbone | None = None,
+                         device: str | None = None) -> "TTLoRAMoE":
+        """The mixture of a pack read by ``store.load_pack`` (nothing is read again), on
+        ``backbone`` or else on the pack's base model loaded here. StoreError when the pack was
+        built on another base model than ``backbone``."""
+        backbone = backbone or load_backbone(pack.base_model["name"], device=device)
+        router = pack.build_router() if pack.router_state is not None else None
+        try:
+            return cls(backbone, pack.experts, router, max_length=pack.max_length)
+        except BackboneError as exc:
+            raise StoreError(f"pack {pack.path.name!r}: {exc}") from None
+
+    @classmethod
     def from_pack(cls, path: str | Path, backbone: Backbone | None = None,
                   device: str | None = None) -> "TTLoRAMoE":
-        """Load a pack folder (experts + router), validating it against the base model."""
-        from .store import load_pack
-
-        pack = load_pack(path)
-        backbone = backbone or load_backbone(pack.base_model["name"], device=device)
-        pack = load_pack(path, expected_fingerprint=backbone.info.fingerprint)
-        router = pack.build_router() if pack.router_state is not None else None
-        return cls(backbone, pack.experts, router, max_length=pack.max_length)
+        """Read a pack folder (experts + router) once and build its mixture (``from_loaded_pack``)."""
+        return cls.from_loaded_pack(load_pack(path), backbone=backbone, device=device)
 
 
 def evaluate_mixture(moe: TTLoRAMoE, expert_tasks: Sequence[tuple[str, str]], per_task: int | None,

@@ -51,6 +51,7 @@ def _read_jsonl_inputs(path: str) -> list[tuple[int, dict | None, str | None]]:
 
 
 def _load_moe(pack: str | None, device: str | None):
+    """The pack's mixture on its own base model, each file of the pack read once."""
     from .. import store
     from ..backbone import BackboneError
     from ..moe import MoEError, TTLoRAMoE
