@@ -16,7 +16,7 @@ from .args import UsageError, common_model_flags, parse_layers, positive_float, 
 
 def default_pack() -> Path:
     """The committed demo pack of this repository."""
-    return Path(__file__).resolve().parents[1] / "assets" / "demo"
+    return Path(__file__).resolve().parents[2] / "assets" / "demo"    # <repo>/ttmoe_core/cli/
 
 
 def _read_jsonl_inputs(path: str) -> list[tuple[int, dict | None, str | None]]:
