@@ -4,14 +4,16 @@ mixed-batch pattern), routing, independence of E, thread safety, input validatio
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
-import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from tests.threads import run_together
 from tests.tinymodels import SAMPLES, random_expert, tiny_bert, tiny_expert, tiny_router
 from ttmoe_core import backbone, experts, moe, router, tasks
 from ttmoe_core.backbone import BackboneInfo, mean_pool
@@ -178,25 +180,130 @@ def test_threads_share_one_mixture(routed, rows):
         jobs.append(([texts[j] for j in take], [pairs[j] for j in take], forced))
     expected = [routed.predict(t, p, expert=f) for t, p, f in jobs]
     for _ in range(3):
-        barrier = threading.Barrier(len(jobs))
-        results: list = [None] * len(jobs)
-        errors: list = []
+        calls = [functools.partial(routed.predict, t, p, expert=f) for t, p, f in jobs]
+        assert run_together(calls) == expected
 
-        def work(slot: int) -> None:
-            try:
-                barrier.wait(timeout=30)
-                t, p, f = jobs[slot]
-                results[slot] = routed.predict(t, p, expert=f)
-            except Exception as exc:  # pragma: no cover - reported below
-                errors.append(exc)
 
-        threads = [threading.Thread(target=work, args=(i,)) for i in range(len(jobs))]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join(timeout=60)
-        assert not errors, errors
-        assert results == expected
+def stress_inputs(rows) -> list[tuple[str, str | None]]:
+    """Short rows of the samples and rows longer than MAX_LENGTH tokens: a long single, pairs
+    with a long first / second / both texts, one exactly at the limit and one just over it."""
+    long_a = " ".join(f"premise{i % 7} word" for i in range(MAX_LENGTH))
+    long_b = " ".join(f"hypothesis{i % 5}" for i in range(MAX_LENGTH + 20))
+    at_limit = " ".join(["word"] * (MAX_LENGTH - 2))        # [CLS] + 126 words + [SEP] = 128
+    over = " ".join(["word"] * (MAX_LENGTH - 1))            # 129 tokens: truncated by one
+    short = [(t, p) for _, t, p in rows]
+    return short + [(long_a, None), (long_a, "A short hypothesis."), ("A short premise.", long_b),
+                    (long_a, long_b), (at_limit, None), (over, None), (long_b, None)]
+
+
+def test_sixteen_threads_with_truncated_inputs_equal_sequential_answers(routed, rows):
+    """Concurrency stress: 16 threads × mixed short and truncated inputs (pairs and singles) on
+    one mixture give the sequential answers row for row (issue 10: 'Already borrowed')."""
+    inputs = stress_inputs(rows)
+    jobs = []
+    for i in range(16):
+        take = [(3 * i + j) % len(inputs) for j in range(2 + i % 5)] + [len(inputs) - 1 - i % 7]
+        forced = None if i % 2 == 0 else routed.names[i % 3]
+        jobs.append(([inputs[j][0] for j in take], [inputs[j][1] for j in take], forced))
+    expected = [routed.predict(t, p, expert=f) for t, p, f in jobs]
+    assert any(row["truncated"] for out in expected for row in out)
+    assert any(not row["truncated"] for out in expected for row in out)
+
+    def twice(t, p, f):
+        return [routed.predict(t, p, expert=f) for _ in range(2)][-1]
+
+    for _ in range(3):
+        assert run_together([functools.partial(twice, t, p, f) for t, p, f in jobs]) == expected
+
+
+# ----------------------------------------------------------------------------- length-aware batching
+
+
+def one_padded_batch(mixture: moe.TTLoRAMoE, texts, pairs, forced=None):
+    """The simple path: all rows in input order in one padded batch -> (expert_idx [N],
+    router probs [N, E] or None, logits [N, C_max], truncated)."""
+    bb = mixture.backbone
+    batch, truncated = backbone.tokenize_mixed(bb.tokenizer, texts, pairs, MAX_LENGTH, bb.device)
+    probs = mixture.route(batch, texts, pairs) if mixture.router is not None else None
+    idx = torch.tensor(forced) if forced is not None else probs.argmax(-1)
+    return idx, probs, mixture.expert_logits(batch, idx), truncated
+
+
+def shuffled_with_repeats(rows) -> tuple[list[str], list[str | None]]:
+    """Short and truncated rows, each twice or three times, in a fixed random order."""
+    inputs = stress_inputs(rows)
+    inputs = inputs * 2 + inputs[::3]
+    order = torch.randperm(len(inputs), generator=torch.Generator().manual_seed(0)).tolist()
+    return [inputs[i][0] for i in order], [inputs[i][1] for i in order]
+
+
+@pytest.mark.parametrize("batch_size, max_tokens", [(3, 160), (16, 2048), (64, None)])
+def test_micro_batches_equal_one_padded_batch(routed, rows, batch_size, max_tokens):
+    """float32, routed: same experts, router probabilities and logits (to 1e-5) row for row."""
+    texts, pairs = shuffled_with_repeats(rows)
+    encoded, forced = routed.prepare(texts, pairs)
+    got = routed.score(encoded, forced, batch_size=batch_size, max_tokens=max_tokens)
+    idx, probs, logits, truncated = one_padded_batch(routed, texts, pairs)
+    assert torch.equal(got.expert_idx, idx)
+    torch.testing.assert_close(got.router_probs, probs, rtol=0, atol=1e-5)
+    torch.testing.assert_close(got.logits, logits, rtol=0, atol=1e-5)
+    assert list(got.truncated) == truncated and any(truncated)
+    assert len(set(idx.tolist())) > 1
+
+
+@pytest.mark.parametrize("batch_size, max_tokens", [(1, None), (4, 300), (16, 2048)])
+def test_micro_batches_equal_one_padded_batch_float64(moe64, rows, batch_size, max_tokens):
+    """float64, every row forced to an expert (interleaved): logits equal to 1e-10."""
+    texts, pairs = shuffled_with_repeats(rows)
+    encoded, forced = moe64.prepare(texts, pairs, [moe64.names[i % 3] for i in range(len(texts))])
+    got = moe64.score(encoded, forced, batch_size=batch_size, max_tokens=max_tokens)
+    _, _, logits, _ = one_padded_batch(moe64, texts, pairs, forced)
+    assert got.router_probs is None and got.expert_idx.tolist() == forced
+    torch.testing.assert_close(got.logits, logits, rtol=0, atol=1e-10)
+
+
+def test_predict_keeps_input_order_with_repeated_rows(routed, rows):
+    texts, pairs = shuffled_with_repeats(rows)
+    out = routed.predict(texts, pairs, batch_size=4, max_tokens=400)
+    assert [(r["text"], r["text_pair"]) for r in out] == list(zip(texts, pairs))
+    by_input: dict = {}
+    for row in out:    # a repeated row is computed once: identical answers
+        assert by_input.setdefault((row["text"], row["text_pair"]), row) == row
+    for (text, pair), row in by_input.items():
+        alone = routed.predict([text], [pair])[0]
+        assert alone["expert"] == row["expert"] and alone["label"] == row["label"]
+        assert alone["truncated"] == row["truncated"]
+        np.testing.assert_allclose(list(alone["label_probs"].values()),
+                                   list(row["label_probs"].values()), rtol=0, atol=1e-5)
+        np.testing.assert_allclose(list(alone["router_probs"].values()),
+                                   list(row["router_probs"].values()), rtol=0, atol=1e-5)
+
+
+def test_empty_after_strip_is_refused_among_many_rows(routed, rows):
+    texts, pairs = shuffled_with_repeats(rows)
+    texts[7] = " \t\n "
+    with pytest.raises(moe.MoEError, match="input 8 is empty"):
+        routed.predict(texts, pairs)
+
+
+def test_evaluation_tokenizes_once_and_routes_each_row_once(routed, three, monkeypatch):
+    encodes, routed_rows = [], []
+    real_encode, real_route = moe.encode_rows, routed.route
+
+    def encode(tokenizer, texts, *args):
+        encodes.append(len(texts))
+        return real_encode(tokenizer, texts, *args)
+
+    def route(batch, texts, pairs):
+        routed_rows.append(len(texts))
+        return real_route(batch, texts, pairs)
+
+    monkeypatch.setattr(moe, "encode_rows", encode)
+    monkeypatch.setattr(routed, "route", route)
+    pairs = [(e.name, e.config.task) for e in three]
+    result = moe.evaluate_mixture(routed, pairs, 6, data_dir=SAMPLES, batch_size=4)
+    assert result["routing_accuracy"] < 1.0          # some rows took the oracle's second pass
+    assert encodes == [6, 6, 6] and sum(routed_rows) == 18
 
 
 # ----------------------------------------------------------------------------- validation
@@ -215,6 +322,13 @@ def test_threads_share_one_mixture(routed, rows):
 def test_bad_input_raises_moe_error(routed, texts, pairs, forced):
     with pytest.raises(moe.MoEError):
         routed.predict(texts, pairs, expert=forced)
+
+
+def test_score_refuses_bad_forced_indices(routed):
+    encoded, _ = routed.prepare(["one", "two"])
+    for forced in ([0], [0, 1, 2], [0, 3], [-1, 0]):
+        with pytest.raises(moe.MoEError):
+            routed.score(encoded, forced)
 
 
 def test_no_router_needs_forced_expert(moe64):
@@ -327,6 +441,53 @@ def test_always_right_router_makes_mixture_equal_oracle(bb, three):
     assert result["confusion"] == [[per_task if i == j else 0 for j in range(3)] for i in range(3)]
     for name, _ in pairs:
         assert result["per_task"][name]["mixture"] == result["per_task"][name]["oracle"]
+
+
+# ----------------------------------------------------------------------------- loading once
+
+
+def test_pack_files_are_read_once(tmp_path, monkeypatch, capsys):
+    """from_pack (with or without a base model given) and the CLI's predict and eval-moe read
+    each expert of the pack once (issue 9: the pack was loaded and validated twice)."""
+    from tests.tinymodels import saved_tiny_bert, tiny_pack
+    from ttmoe_core import cli, store
+
+    base = saved_tiny_bert(tmp_path / "base")
+    pack_dir, pack_experts, _ = tiny_pack(tmp_path / "pack", base, ["sst2", "rte"])
+    reads: list[str] = []
+    real_load_expert = store.load_expert
+
+    def load_expert(path, *args, **kwargs):
+        reads.append(Path(path).name)
+        return real_load_expert(path, *args, **kwargs)
+
+    monkeypatch.setattr(store, "load_expert", load_expert)
+    names = [e.name for e in pack_experts]
+    mixture = moe.TTLoRAMoE.from_pack(pack_dir, backbone=base)
+    assert reads == names and mixture.names == names
+    reads.clear()
+    moe.TTLoRAMoE.from_pack(pack_dir, device="cpu")
+    assert reads == names
+    for argv in (["predict", "--json", "--pack", pack_dir, "a fine movie"],
+                 ["eval-moe", "--json", "--pack", pack_dir, "--per-task", "2", "--data-dir", SAMPLES]):
+        reads.clear()
+        assert cli.main([str(a) for a in argv]) == 0
+        assert reads == names, argv
+    capsys.readouterr()
+    loaded = store.load_pack(pack_dir)
+    reads.clear()
+    again = moe.TTLoRAMoE.from_loaded_pack(loaded, backbone=base)
+    assert reads == [] and again.predict(["a fine movie"]) == mixture.predict(["a fine movie"])
+
+
+def test_pack_on_another_base_model_is_refused(tmp_path):
+    from tests.tinymodels import tiny_pack
+    from ttmoe_core import store
+
+    bb0 = tiny_bert(seed=0)
+    pack_dir = tiny_pack(tmp_path / "pack", bb0, ["sst2"])[0]
+    with pytest.raises(store.StoreError, match="different base model"):
+        moe.TTLoRAMoE.from_loaded_pack(store.load_pack(pack_dir), backbone=tiny_bert(seed=1))
 
 
 # ----------------------------------------------------------------------------- route pass

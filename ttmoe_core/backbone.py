@@ -12,9 +12,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
+import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -153,32 +157,137 @@ def check_fingerprint(info: BackboneInfo | str, expected: str, what: str,
                     f"than {reference}{name} ({fingerprint[:12]}…)")
 
 
-def tokenize(tokenizer, texts: list[str], text_pairs: list[str] | None, max_length: int,
-             device: torch.device) -> dict[str, torch.Tensor]:
-    """Padded, truncated batch of (pairs of) texts on ``device``."""
-    batch = tokenizer(texts, text_pairs, padding=True, truncation=True, max_length=max_length,
-                      return_tensors="pt")
-    return {k: v.to(device) for k, v in batch.items()}
+# ----------------------------------------------------------------------------- tokenization
+#
+# A fast tokenizer keeps its truncation/padding settings inside its Rust object, and the
+# transformers wrapper rewrites them on every call whose settings differ from the last: two threads
+# sharing one tokenizer then fail with RuntimeError("Already borrowed"). So rows are encoded by a
+# private copy of the backend whose settings are fixed when it is made (truncation at max_length,
+# longest first, no padding) and never changed afterwards; encoding only reads it, which threads
+# may do at once. One call per batch; padding is ours (``Encoded.batch``).
 
 
-def tokenize_mixed(tokenizer, texts: list[str], text_pairs: list[str | None] | None,
-                   max_length: int, device: torch.device) -> tuple[dict[str, torch.Tensor], list[bool]]:
-    """Batch whose rows may or may not have a second text; also which rows were truncated."""
-    pairs = text_pairs if text_pairs is not None else [None] * len(texts)
-    encoded, truncated = [], []
-    for text, pair in zip(texts, pairs):
-        full = tokenizer(text, pair)
-        truncated.append(len(full["input_ids"]) > max_length)
-        encoded.append(tokenizer(text, pair, truncation=True, max_length=max_length)
-                       if truncated[-1] else full)
-    width = max(len(e["input_ids"]) for e in encoded)
+@dataclass(frozen=True)
+class Encoded:
+    """N rows tokenized once, not padded; micro-batches are cut from it (``batch``).
+
+    ``input_ids[i]`` / ``token_type_ids[i]``: row i's T_i ≤ max_length ids (truncated longest
+    first); ``truncated[i]``: the row had more than max_length tokens; ``texts`` / ``text_pairs``:
+    the raw rows (routers also read the text).
+    """
+    texts: tuple[str, ...]
+    text_pairs: tuple[str | None, ...]
+    input_ids: tuple[list[int], ...]
+    token_type_ids: tuple[list[int], ...] | None   # None: the model takes no token types
+    truncated: tuple[bool, ...]
+    pad_id: int
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def lengths(self) -> list[int]:
+        """T_i: real tokens of each row (special tokens included)."""
+        return [len(ids) for ids in self.input_ids]
+
+    def take(self, rows: Sequence[int]) -> "Encoded":
+        """The given rows, in the given order."""
+        def pick(values: Sequence) -> tuple:
+            return tuple(values[r] for r in rows)
+
+        return Encoded(pick(self.texts), pick(self.text_pairs), pick(self.input_ids),
+                       None if self.token_type_ids is None else pick(self.token_type_ids),
+                       pick(self.truncated), self.pad_id)
+
+    def batch(self, rows: Sequence[int] | None = None, device: torch.device | str | None = None,
+              ) -> dict[str, torch.Tensor]:
+        """Right-padded long tensors [B, T_max] of ``rows`` (default all): input_ids, token_type_ids
+        (when the model takes them), attention_mask; T_max is the longest of these rows."""
+        rows = range(len(self)) if rows is None else rows
+        width = max(len(self.input_ids[r]) for r in rows)
+        ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        types = None if self.token_type_ids is None else np.zeros_like(mask)
+        for b, r in enumerate(rows):
+            n = len(self.input_ids[r])
+            ids[b, :n] = self.input_ids[r]
+            mask[b, :n] = 1
+            if types is not None:
+                types[b, :n] = self.token_type_ids[r]
+        out = {"input_ids": ids} | ({} if types is None else {"token_type_ids": types})
+        out["attention_mask"] = mask
+        return {k: torch.from_numpy(v).to(device) for k, v in out.items()}
+
+
+_FROZEN_LOCK = threading.Lock()
+_FROZEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # tokenizer -> {key: backend}
+
+
+def _frozen_backend(tokenizer, max_length: int):
+    """The fast tokenizer's backend copied once per (tokenizer, max_length, truncation side) with
+    fixed settings; None for a slow (pure Python) tokenizer."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    side = getattr(tokenizer, "truncation_side", "right")
+    with _FROZEN_LOCK:
+        copies = _FROZEN.setdefault(tokenizer, {})
+        if (max_length, side) not in copies:
+            from tokenizers import Tokenizer
+
+            frozen = Tokenizer.from_str(backend.to_str())
+            frozen.enable_truncation(max_length, strategy="longest_first", direction=side)
+            frozen.no_padding()
+            copies[(max_length, side)] = frozen
+        return copies[(max_length, side)]
+
+
+def encode_rows(tokenizer, texts: Sequence[str], text_pairs: Sequence[str | None] | None,
+                max_length: int) -> Encoded:
+    """Tokenize rows that may or may not have a second text, each once, in one call (fast
+    tokenizers); safe when threads share ``tokenizer`` (its settings are never changed)."""
+    texts = tuple(texts)
+    pairs = tuple(text_pairs) if text_pairs is not None else (None,) * len(texts)
+    if len(pairs) != len(texts):
+        raise ValueError(f"{len(texts)} texts but {len(pairs)} text pairs")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    batch = {}
-    for key in encoded[0].keys():
-        fill = pad_id if key == "input_ids" else 0
-        batch[key] = torch.tensor([list(e[key]) + [fill] * (width - len(e[key])) for e in encoded],
-                                  dtype=torch.long, device=device)
-    return batch, truncated
+    with_types = "token_type_ids" in tokenizer.model_input_names
+    frozen = _frozen_backend(tokenizer, max_length)
+    if frozen is None:  # slow tokenizers keep no per-call state: one call per row
+        rows = [_encode_slow(tokenizer, text, pair, max_length) for text, pair in zip(texts, pairs)]
+        ids, types, truncated = zip(*rows) if rows else ((), (), ())
+    else:
+        encode = getattr(frozen, "encode_batch_fast", frozen.encode_batch)   # no offsets: faster
+        found = encode([t if p is None else (t, p) for t, p in zip(texts, pairs)])
+        ids = tuple(e.ids for e in found)
+        types = tuple(e.type_ids for e in found)
+        truncated = tuple(bool(e.overflowing) for e in found)
+    return Encoded(texts, pairs, tuple(ids), tuple(types) if with_types else None,
+                   tuple(truncated), pad_id)
+
+
+def _encode_slow(tokenizer, text: str, pair: str | None, max_length: int,
+                 ) -> tuple[list[int], list[int], bool]:
+    """(ids, token types, truncated) of one row with a slow tokenizer (truncated rows twice)."""
+    encoded = tokenizer(text, pair, return_token_type_ids=True)
+    truncated = len(encoded["input_ids"]) > max_length
+    if truncated:
+        encoded = tokenizer(text, pair, truncation=True, max_length=max_length,
+                            return_token_type_ids=True)
+    return list(encoded["input_ids"]), list(encoded["token_type_ids"]), truncated
+
+
+def tokenize(tokenizer, texts: Sequence[str], text_pairs: Sequence[str | None] | None,
+             max_length: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """Padded, truncated batch of (pairs of) texts on ``device``: tensors [B, T_max]."""
+    return encode_rows(tokenizer, texts, text_pairs, max_length).batch(device=device)
+
+
+def tokenize_mixed(tokenizer, texts: Sequence[str], text_pairs: Sequence[str | None] | None,
+                   max_length: int, device: torch.device) -> tuple[dict[str, torch.Tensor], list[bool]]:
+    """Like ``tokenize`` (rows may or may not have a second text); also which rows were truncated."""
+    encoded = encode_rows(tokenizer, texts, text_pairs, max_length)
+    return encoded.batch(device=device), list(encoded.truncated)
 
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -1,31 +1,49 @@
 """TTLoRAMoE: one frozen base model, a bank of E frozen TT-LoRA experts, and a router.
 
-``predict`` serves a batch whose rows belong to different tasks:
+``predict`` serves a batch whose rows belong to different tasks. Rows are tokenized once
+(``prepare``), sorted by length and cut into micro-batches by a token budget (``batching``), so
+the cost tracks real tokens, not the longest row; repeated rows run once. Per micro-batch:
 1. route: the router reads the base model (adapters off) up to its layer k only;
 2. experts: ONE pass over the base model where every TT-LoRA layer gathers each row's expert
    cores by index (cost independent of E), then each row's head (padded to the largest label
    count, extra logits masked).
-The expert choice travels with the call (``adapters.use_experts``, a context variable), so one
-cached mixture is safe under concurrent threads. No forward is monkey-patched.
+Answers come back in input order. The expert choice travels with the call
+(``adapters.use_experts``, a context variable) and tokenization never changes the shared
+tokenizer, so one cached mixture is safe under concurrent threads. No forward is monkey-patched.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from . import adapters
-from .backbone import Backbone, load_backbone, mean_pool, tokenize_mixed
+from . import adapters, batching
+from .backbone import (Backbone, BackboneError, Encoded, check_fingerprint, encode_rows,
+                       load_backbone, mean_pool)
 from .experts import Expert
 from .router import Router, batch_features
+from .store import Pack, StoreError, load_pack
+
+MAX_BATCH_ROWS = 16        # rows per micro-batch when serving
+MAX_BATCH_TOKENS = 1024    # padded tokens (rows × longest row) per micro-batch when serving (CPU-tuned)
 
 
 class MoEError(ValueError):
     """Bad input to the mixture, or experts that cannot be stacked."""
+
+
+@dataclass(frozen=True)
+class Scores:
+    """The mixture's raw answers for N rows, in input order."""
+    expert_idx: torch.Tensor               # [N] long: the expert that answered each row
+    router_probs: torch.Tensor | None      # [N, E]; None when the router did not run
+    logits: torch.Tensor                   # [N, C_max]; labels beyond a row's expert's are -inf
+    truncated: tuple[bool, ...]            # row longer than the mixture's max_length
 
 
 def _stack_layout(experts: Sequence[Expert]) -> tuple[list[str], dict[str, list[int]], int]:
@@ -76,11 +94,8 @@ class TTLoRAMoE(nn.Module):
                  max_length: int = 128):
         super().__init__()
         targets, shapes, rank = _stack_layout(experts)
-        if experts[0].base.fingerprint != backbone.info.fingerprint:
-            raise MoEError(f"the experts were trained on another base model "
-                           f"({experts[0].base.name!r}, fingerprint "
-                           f"{experts[0].base.fingerprint[:12]}…) than the loaded "
-                           f"{backbone.info.name!r} ({backbone.info.fingerprint[:12]}…)")
+        check_fingerprint(backbone.info, experts[0].base.fingerprint,
+                          f"the experts ({experts[0].base.name!r} base model)")
         self.backbone = backbone
         self.names = [e.name for e in experts]
         self.experts = list(experts)
@@ -126,7 +141,7 @@ class TTLoRAMoE(nn.Module):
             raise MoEError(f"unknown expert {unknown[0]!r}; this mixture has {self.names}")
         return [self.names.index(n) for n in names]
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def route(self, batch: dict[str, torch.Tensor], texts: Sequence[str],
               text_pairs: Sequence[str | None]) -> torch.Tensor:
         """Router probabilities [B, E] (base model up to the router's layer, adapters off)."""
@@ -137,21 +152,17 @@ class TTLoRAMoE(nn.Module):
         feats = {k: v.to(dtype) for k, v in feats.items()}
         return torch.softmax(self.router(feats), dim=-1)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def expert_logits(self, batch: dict[str, torch.Tensor], expert_idx: torch.Tensor) -> torch.Tensor:
         """Logits [B, C_max] of each row's expert in one pass (padded labels are -inf)."""
         return per_row_logits(self.encoder, self.head_weight, self.head_bias, batch, expert_idx)
 
     # ------------------------------------------------------------------ public API
 
-    @torch.no_grad()
-    def predict(self, texts: Sequence[str], text_pairs: Sequence[str | None] | None = None,
-                expert: str | Sequence[str] | None = None, batch_size: int = 64) -> list[dict]:
-        """One dict per row: expert, router_probs, label, label_probs, truncated.
-
-        ``expert``: a name (every row) or one name per row forces the choice (oracle); the
-        router's probabilities are still reported when there is a router.
-        """
+    def prepare(self, texts: Sequence[str], text_pairs: Sequence[str | None] | None = None,
+                expert: str | Sequence[str] | None = None) -> tuple[Encoded, list[int] | None]:
+        """Checked rows tokenized once (``Encoded``), and the forced expert of each row (None:
+        route). MoEError for no rows, an empty row, unknown experts or mismatched lengths."""
         texts = list(texts)
         pairs = list(text_pairs) if text_pairs is not None else [None] * len(texts)
         if not texts:
@@ -168,25 +179,74 @@ class TTLoRAMoE(nn.Module):
                 forced = forced * len(texts)
             if len(forced) != len(texts):
                 raise MoEError(f"{len(texts)} texts but {len(forced)} forced experts")
-        rows: list[dict] = []
+        if forced is None and self.router is None:
+            raise MoEError("this mixture has no router: pass expert=... to choose one")
+        return encode_rows(self.backbone.tokenizer, texts, pairs, self.max_length), forced
+
+    @torch.inference_mode()
+    def score(self, encoded: Encoded, forced: Sequence[int] | None = None, route: bool = True,
+              batch_size: int = MAX_BATCH_ROWS, max_tokens: int | None = MAX_BATCH_TOKENS,
+              ) -> Scores:
+        """Route and answer N prepared rows in length-sorted micro-batches (at most
+        ``batch_size`` rows and ``max_tokens`` padded tokens each); results in input order.
+
+        ``forced[i]``: the expert of row i instead of the router's choice; ``route=False`` skips
+        the router when every row is forced. Repeated rows (same texts, same forced expert) are
+        computed once.
+        """
+        if forced is None and (not route or self.router is None):
+            raise MoEError("this mixture has no router: pass expert=... to choose one")
+        if forced is not None and (len(forced) != len(encoded)
+                                   or not all(0 <= f < len(self.names) for f in forced)):
+            raise MoEError(f"forced experts must be {len(encoded)} indices in 0..{len(self.names) - 1}")
+        route = route and self.router is not None
+        keys = zip(encoded.texts, encoded.text_pairs, forced or [None] * len(encoded))
+        first, slot = batching.distinct(list(keys))
+        unique = encoded.take(first)
+        batches = batching.plan(unique.lengths, max_tokens, batch_size)
         device = self.backbone.device
-        for start in range(0, len(texts), batch_size):
-            chunk_t, chunk_p = texts[start:start + batch_size], pairs[start:start + batch_size]
-            batch, truncated = tokenize_mixed(self.backbone.tokenizer, chunk_t, chunk_p,
-                                              self.max_length, device)
-            probs = self.route(batch, chunk_t, chunk_p) if self.router is not None else None
+        probs_parts, idx_parts, logit_parts = [], [], []
+        for rows in batches:
+            batch = unique.batch(rows, device)                               # [B, T_max] each
+            part = unique.take(rows)
+            probs = self.route(batch, part.texts, part.text_pairs) if route else None   # [B, E]
             if forced is not None:
-                idx = torch.tensor(forced[start:start + batch_size], device=device)
+                idx = torch.tensor([forced[first[r]] for r in rows], device=device)
             else:
-                idx = probs.argmax(-1) if probs is not None else None
-                if idx is None:
-                    raise MoEError("this mixture has no router: pass expert=... to choose one")
-            logits = self.expert_logits(batch, idx)
-            for row in range(len(chunk_t)):
-                rows.append(self._row(chunk_t[row], chunk_p[row], int(idx[row]),
-                                      None if probs is None else probs[row], logits[row],
-                                      truncated[row]))
-        return rows
+                idx = probs.argmax(-1)                                           # [B]
+            idx_parts.append(idx)
+            probs_parts.append(probs)
+            logit_parts.append(self.expert_logits(batch, idx))                   # [B, C_max]
+        slot_idx = torch.tensor(slot, device=device)
+
+        def in_order(parts: list[torch.Tensor]) -> torch.Tensor:      # [U, ...] -> [N, ...]
+            return batching.restore_order(batches, parts)[slot_idx]
+
+        return Scores(expert_idx=in_order(idx_parts),
+                      router_probs=in_order(probs_parts) if route else None,
+                      logits=in_order(logit_parts), truncated=encoded.truncated)
+
+    def answers(self, encoded: Encoded, scores: Scores) -> list[dict]:
+        """One dict per row of ``encoded`` from its ``scores`` (see ``predict``)."""
+        probs = scores.router_probs
+        return [self._row(encoded.texts[i], encoded.text_pairs[i], int(scores.expert_idx[i]),
+                          None if probs is None else probs[i], scores.logits[i],
+                          scores.truncated[i]) for i in range(len(encoded))]
+
+    def predict(self, texts: Sequence[str], text_pairs: Sequence[str | None] | None = None,
+                expert: str | Sequence[str] | None = None, batch_size: int = MAX_BATCH_ROWS,
+                max_tokens: int | None = MAX_BATCH_TOKENS) -> list[dict]:
+        """One dict per row, in input order: text, text_pair, expert, task, router_probs, label,
+        label_probs, truncated.
+
+        ``expert``: a name (every row) or one name per row forces the choice (oracle); the
+        router's probabilities are still reported when there is a router. Rows run in
+        length-sorted micro-batches of at most ``batch_size`` rows and ``max_tokens`` tokens
+        (padding included; None: no budget).
+        """
+        encoded, forced = self.prepare(texts, text_pairs, expert)
+        scores = self.score(encoded, forced, batch_size=batch_size, max_tokens=max_tokens)
+        return self.answers(encoded, scores)
 
     def _row(self, text: str, pair: str | None, idx: int, probs: torch.Tensor | None,
              logits: torch.Tensor, truncated: bool) -> dict:
@@ -207,24 +267,32 @@ class TTLoRAMoE(nn.Module):
     # ------------------------------------------------------------------ loading
 
     @classmethod
+    def from_loaded_pack(cls, pack: Pack, backbone: Backbone | None = None,
+                         device: str | None = None) -> "TTLoRAMoE":
+        """The mixture of a pack read by ``store.load_pack`` (nothing is read again), on
+        ``backbone`` or else on the pack's base model loaded here. StoreError when the pack was
+        built on another base model than ``backbone``."""
+        backbone = backbone or load_backbone(pack.base_model["name"], device=device)
+        router = pack.build_router() if pack.router_state is not None else None
+        try:
+            return cls(backbone, pack.experts, router, max_length=pack.max_length)
+        except BackboneError as exc:
+            raise StoreError(f"pack {pack.path.name!r}: {exc}") from None
+
+    @classmethod
     def from_pack(cls, path: str | Path, backbone: Backbone | None = None,
                   device: str | None = None) -> "TTLoRAMoE":
-        """Load a pack folder (experts + router), validating it against the base model."""
-        from .store import load_pack
-
-        pack = load_pack(path)
-        backbone = backbone or load_backbone(pack.base_model["name"], device=device)
-        pack = load_pack(path, expected_fingerprint=backbone.info.fingerprint)
-        router = pack.build_router() if pack.router_state is not None else None
-        return cls(backbone, pack.experts, router, max_length=pack.max_length)
+        """Read a pack folder (experts + router) once and build its mixture (``from_loaded_pack``)."""
+        return cls.from_loaded_pack(load_pack(path), backbone=backbone, device=device)
 
 
 def evaluate_mixture(moe: TTLoRAMoE, expert_tasks: Sequence[tuple[str, str]], per_task: int | None,
-                     data_dir=None, seed: int = 0, batch_size: int = 64) -> dict:
+                     data_dir=None, seed: int = 0, batch_size: int = MAX_BATCH_ROWS) -> dict:
     """Routing accuracy, E×E confusion, and each task's metric through the mixture vs its oracle.
 
-    The oracle forces the right expert. Rows the router sends to the right expert give the same
-    answer either way, so only misrouted rows are run a second time.
+    The oracle forces the right expert. Rows are tokenized once; rows the router sends to the
+    right expert give the same answer either way, so only misrouted rows run a second time (expert
+    pass only, in length-sorted micro-batches of at most ``batch_size`` rows).
     """
     from . import tasks
 
@@ -233,15 +301,15 @@ def evaluate_mixture(moe: TTLoRAMoE, expert_tasks: Sequence[tuple[str, str]], pe
     by_expert: dict[str, dict] = {}
     for name, task in expert_tasks:
         data = tasks.load_task(task, "validation", data_dir=data_dir, limit=per_task, seed=seed)
-        pairs = data.text_pairs if data.text_pairs is not None else None
-        routed = moe.predict(data.texts, pairs, batch_size=batch_size)
+        encoded, _ = moe.prepare(data.texts, data.text_pairs)
+        routed = moe.answers(encoded, moe.score(encoded, batch_size=batch_size))
         wrong = [i for i, row in enumerate(routed) if row["expert"] != name]
         oracle = list(routed)
         if wrong:
-            fixed = moe.predict([data.texts[i] for i in wrong],
-                                [pairs[i] for i in wrong] if pairs else None, expert=name,
-                                batch_size=batch_size)
-            for i, row in zip(wrong, fixed):
+            misrouted = encoded.take(wrong)
+            forced = moe.score(misrouted, moe.expert_index(name) * len(wrong), route=False,
+                               batch_size=batch_size)
+            for i, row in zip(wrong, moe.answers(misrouted, forced)):
                 oracle[i] = row
         true_idx = names.index(name)
         for row in routed:

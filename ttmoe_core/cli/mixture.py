@@ -12,6 +12,7 @@ from ..workspace import default_pack
 from .args import UsageError, common_model_flags, parse_layers, positive_float, positive_int, targets_arg
 
 
+
 def _read_jsonl_inputs(path: str) -> list[tuple[int, dict | None, str | None]]:
     """(line number, {"text", "text_pair"} or None, error or None) for each non-blank line."""
     try:
@@ -44,6 +45,7 @@ def _read_jsonl_inputs(path: str) -> list[tuple[int, dict | None, str | None]]:
 
 
 def _load_moe(pack: str | None, device: str | None):
+    """The pack's mixture on its own base model, each file of the pack read once."""
     from .. import store
     from ..backbone import BackboneError
     from ..moe import MoEError, TTLoRAMoE

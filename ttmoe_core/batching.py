@@ -1,0 +1,69 @@
+"""Length-aware batching: rows sorted by token length, micro-batches cut by a token budget,
+answers put back in input order.
+
+A padded batch costs rows × its longest row, whatever the other rows hold; sorted rows make
+neighbours alike, so micro-batches of them carry little padding and the cost tracks real tokens.
+Pure functions on lengths and indices (no model, no tokenizer):
+
+    batches = plan(lengths, max_tokens=2048, max_rows=16)      # [[row, ...], ...]
+    outputs = [run(rows) for rows in batches]                  # each [len(rows), ...]
+    answer = restore_order(batches, outputs)                   # [N, ...] in input order
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+
+import torch
+
+
+def plan(lengths: Sequence[int], max_tokens: int | None, max_rows: int) -> list[list[int]]:
+    """Micro-batches of row indices, longest rows first (equal lengths in input order).
+
+    ``lengths[i]``: tokens of row i. A micro-batch holds at most ``max_rows`` rows, and its padded
+    size (rows × its longest row) stays within ``max_tokens`` (None: no budget); a row longer than
+    the budget goes alone. Every row appears in exactly one micro-batch.
+    """
+    if max_rows < 1:
+        raise ValueError(f"max_rows must be at least 1, got {max_rows}")
+    if max_tokens is not None and max_tokens < 1:
+        raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches: list[list[int]] = []
+    for row in order:
+        current = batches[-1] if batches else None
+        fits = (current is not None and len(current) < max_rows
+                and (max_tokens is None or (len(current) + 1) * lengths[current[0]] <= max_tokens))
+        if fits:
+            current.append(row)
+        else:
+            batches.append([row])
+    return batches
+
+
+def restore_order(batches: Sequence[Sequence[int]], outputs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Per-micro-batch outputs (``outputs[j]``: [len(batches[j]), ...]) as one tensor [N, ...] whose
+    row i is row i's output; ``batches`` as given by ``plan`` (each row once)."""
+    stacked = torch.cat(list(outputs))
+    rows = torch.tensor([row for batch in batches for row in batch], dtype=torch.long,
+                        device=stacked.device)
+    if rows.numel() != stacked.shape[0]:
+        raise ValueError(f"{rows.numel()} rows planned but {stacked.shape[0]} outputs")
+    result = torch.empty_like(stacked)
+    result[rows] = stacked
+    return result
+
+
+def distinct(keys: Sequence[Hashable]) -> tuple[list[int], list[int]]:
+    """(first, slot): the index of the first row of each distinct key, in order of appearance,
+    and for every row the position of its key in ``first`` (so a repeated row is computed once:
+    ``answers_of_first[slot]`` is every row's answer)."""
+    position: dict[Hashable, int] = {}
+    first: list[int] = []
+    slot = []
+    for row, key in enumerate(keys):
+        if key not in position:
+            position[key] = len(first)
+            first.append(row)
+        slot.append(position[key])
+    return first, slot
