@@ -12,7 +12,6 @@ from ..workspace import default_pack
 from .args import UsageError, common_model_flags, parse_layers, positive_float, positive_int, targets_arg
 
 
-
 def _read_jsonl_inputs(path: str) -> list[tuple[int, dict | None, str | None]]:
     """(line number, {"text", "text_pair"} or None, error or None) for each non-blank line."""
     try:
