@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from . import experts, mixture, report
+from . import experts, mixture, models, report
 from .args import EXIT_USAGE, Parser, UsageError
 
 __all__ = ["EXIT_USAGE", "Parser", "UsageError", "build_parser", "main"]
@@ -19,7 +19,7 @@ def build_parser() -> Parser:
     parser = Parser(prog="python -m ttmoe_core",
                     description="TT-LoRA MoE Studio: train, store, count and serve TT-LoRA experts.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
-    for module in (experts, mixture, report):
+    for module in (experts, mixture, report, models):
         module.add_parsers(sub)
     return parser
 
