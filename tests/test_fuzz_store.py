@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.tinymodels import tiny_bert, tiny_pack
-from ttmoe_core import runinfo, store
+from ttmoe_core import runinfo, store, workspace
 
 FILES = ("pack.json", "router_config.json", "router.safetensors",
          "experts/sst2/adapter_config.json", "experts/sst2/adapter_model.safetensors")
@@ -66,7 +66,7 @@ def _load_or_store_error(root: Path) -> None:
             store.load_expert(folder)
         except store.StoreError:
             pass
-    valid, invalid = store.list_experts(root / "experts")
+    valid, invalid = workspace.list_experts(root / "experts")
     assert {Path(p).name for p in valid} | {Path(p).name for p in invalid} <= {"sst2", "rte"}
     assert all(isinstance(reason, str) and reason for reason in invalid.values())
     assert time.perf_counter() - started < 10.0
@@ -144,7 +144,7 @@ def test_known_bad_manifests_are_store_errors(pack_files, tmp_path, field, value
     _write({**pack_files, "experts/sst2/adapter_config.json": json.dumps(data).encode()}, tmp_path)
     with pytest.raises(store.StoreError, match="adapter_config.json"):
         store.load_expert(tmp_path / "experts" / "sst2")
-    valid, invalid = store.list_experts(tmp_path / "experts")
+    valid, invalid = workspace.list_experts(tmp_path / "experts")
     assert [Path(p).name for p in valid] == ["rte"] and [Path(p).name for p in invalid] == ["sst2"]
 
 

@@ -299,10 +299,13 @@ def test_wrong_format_tag(saved):
 
 
 @pytest.mark.parametrize("change,pattern", [
-    (lambda d: d.pop("tensors"), "lacks the key 'tensors'"),
-    (lambda d: d["training"].update(rank=0), "bad training settings"),
+    (lambda d: d.pop("tensors"), r"adapter_config.json: field \$: 'tensors' is a required"),
+    (lambda d: d["training"].update(rank=0), r"adapter_config.json: field \$.training.rank: 0 is less"),
     (lambda d: d["training"].update(bogus=1), "bad training settings"),
-    (lambda d: d["base_model"].pop("fingerprint"), "bad training settings or base model"),
+    (lambda d: d["base_model"].pop("fingerprint"),
+     r"field \$.base_model: 'fingerprint' is a required property"),
+    (lambda d: d.update(name="../escape"), "the expert name '../escape' is not a valid name"),
+    (lambda d: d["training"].update(alpha=float("nan")), r"field \$.training.alpha: nan"),
 ])
 def test_bad_config_content(saved, change, pattern):
     data = _read_config(saved)
