@@ -82,7 +82,8 @@ def _entries(header: object, data_bytes: int) -> Header:
     entries: Header = {}
     ranges = []
     for name, spec in header.items():
-        if not isinstance(spec, dict) or set(spec) != ENTRY_KEYS or spec["dtype"] not in DTYPES:
+        if not isinstance(spec, dict) or set(spec) != ENTRY_KEYS or not isinstance(spec["dtype"], str) \
+                or spec["dtype"] not in DTYPES:
             raise ValueError(f"bad entry for tensor {name[:80]!r}")
         shape, offsets = spec["shape"], spec["data_offsets"]
         if not (_ints(shape) and _ints(offsets) and len(offsets) == 2):

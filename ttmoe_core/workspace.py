@@ -23,6 +23,7 @@ from .experts import Expert
 from .names import NameError_, check_name, inside
 
 PACKS = "packs"              # the sub-folder of the root that holds packs (not an expert name)
+UNEXPECTED = "unreadable (unexpected "   # how a listing reports an error that is not a StoreError
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -69,7 +70,7 @@ def _listing(folder: str | Path, markers: Sequence[str],
         except store.StoreError as exc:
             invalid[child] = str(exc)
         except Exception as exc:    # noqa: BLE001 -- a listing shows every folder, whatever is in it
-            invalid[child] = f"unreadable ({type(exc).__name__}: {exc})"
+            invalid[child] = f"{UNEXPECTED}{type(exc).__name__}: {exc})"
     return valid, invalid
 
 
