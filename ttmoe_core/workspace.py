@@ -211,7 +211,8 @@ def _valid_or_only_ours(path: Path, kind: str, action: str) -> None:
 def _only_ours(folder: Path, kind: str) -> bool:
     """Whether ``folder`` holds nothing but what the store writes for ``kind`` (an expert: its two
     files; a pack: its files and ``experts/`` of such expert folders) and leftovers of killed
-    saves, with its marker file (``adapter_config.json`` / ``pack.json``) present."""
+    saves, with its marker file (``adapter_config.json`` / ``pack.json``) present. A symbolic link
+    with one of these names counts: removing a link never touches what it points to."""
     allowed = EXPERT_ENTRIES if kind == "expert" else PACK_ENTRIES
     marker = store.CONFIG_FILE if kind == "expert" else store.PACK_FILE
     seen = set()
@@ -219,16 +220,19 @@ def _only_ours(folder: Path, kind: str) -> bool:
         for entry in os.scandir(folder):
             if safefs.is_leftover(entry.name):
                 continue
-            if entry.name not in allowed or entry.is_symlink():
+            if entry.name not in allowed:
                 return False
+            seen.add(entry.name)
+            if entry.is_symlink():
+                continue
             if entry.name == "experts":
-                if not entry.is_dir() or not all(
-                        e.is_dir(follow_symlinks=False) and _only_ours(Path(e.path), "expert")
+                if not entry.is_dir(follow_symlinks=False) or not all(
+                        e.is_symlink() or (e.is_dir(follow_symlinks=False)
+                                           and _only_ours(Path(e.path), "expert"))
                         for e in os.scandir(entry.path)):
                     return False
             elif not entry.is_file(follow_symlinks=False):
                 return False
-            seen.add(entry.name)
     except OSError:
         return False
     return marker in seen
