@@ -57,8 +57,9 @@ def read_json(path: Path, what: str, kind: str | None = None, fmt: str | None = 
     if not isinstance(data, dict):
         raise StoreError(f"{what}: {path} must hold a JSON object")
     if fmt is not None and data.get("format") != fmt:
-        raise StoreError(f"{what}: {path.name} is not a TT-LoRA MoE {kind} file "
-                         f"(format {str(data.get('format'))[:80]!r}, expected {fmt!r})")
+        description = {"expert": "expert config", "pack": "pack manifest"}.get(kind, f"{kind} config")
+        raise StoreError(f"{what}: {path.name} is not a TT-LoRA MoE {description} "
+                         f"(format {data.get('format')!r:.80}, expected {fmt!r})")
     if kind is not None:
         try:
             schema.validate(data, kind, path.name)
