@@ -140,9 +140,12 @@ def _outcome(kind: str, target: Path, src: Path) -> str:
         return "old" if pack.names == ["a", "b"] else "new"
     pack = store.load_pack(target)
     pack.build_router()
-    expected_names = ["a", "b"] if kind == "replace router" or pack.router_metrics == OLD else ["c", "d"]
+    version = "old" if pack.router_metrics == OLD else "new"
+    expected_names = ["a", "b"] if kind == "replace router" or version == "old" else ["c", "d"]
     assert pack.names == expected_names and pack.router_metrics in (OLD, NEW)
-    return "old" if pack.router_metrics == OLD else "new"
+    reference = _router(0 if version == "old" else 1).state_dict()     # the router's own bytes
+    assert all(torch.equal(pack.router_state[k], v) for k, v in reference.items())
+    return version
 
 
 def _leftovers(trial: Path) -> list[str]:

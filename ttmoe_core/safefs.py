@@ -106,7 +106,9 @@ def atomic_dir(path: str | Path, template: str | Path | None = None) -> Iterator
 
 def link_tree(src: Path, dest: Path) -> None:
     """Fill the folder ``dest`` with hard links to the files of ``src`` (copies where links are
-    not possible), skipping hidden entries; StoreError on a symbolic link or a special file."""
+    not possible), skipping hidden entries; StoreError on a symbolic link or a special file.
+    A linked file is shared with ``src``: replace it (new file + rename, or unlink first), never
+    write into it."""
     for entry in os.scandir(src):
         if entry.name.startswith("."):
             continue

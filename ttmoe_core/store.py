@@ -130,12 +130,19 @@ def _check_expert_name(name: object) -> str:
     return name
 
 
+def _save_tensors(tensors: Mapping[str, torch.Tensor], path: Path, metadata: dict | None = None) -> None:
+    """A new safetensors file at ``path``: a hard link there (a pack being changed is a linked
+    copy, ``safefs.link_tree``) is removed first, never written through."""
+    safefs.remove(path)
+    save_file(dict(tensors), str(path), metadata=metadata)
+
+
 def _write_expert(expert: Expert, folder: Path) -> None:
     """The two files of ``expert`` into the new (unpublished) folder ``folder``."""
     config = expert_config_dict(expert)
     folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in expert.tensors.items()}, str(folder / WEIGHTS_FILE),
-              metadata={"format": FORMAT, "name": expert.name})
+    _save_tensors({k: v.contiguous() for k, v in expert.tensors.items()}, folder / WEIGHTS_FILE,
+                  metadata={"format": FORMAT, "name": expert.name})
     write_json(folder / CONFIG_FILE, config)
 
 
@@ -356,7 +363,7 @@ def _write_router(folder: Path, router, names: list[str], metrics: Mapping, base
               "config": router.config.to_dict(), "experts": list(names),
               "base_model": base.to_dict(), "metrics": dict(metrics),
               "params": sum(t.numel() for t in tensors.values()), "tensors": manifest(tensors)}
-    save_file(tensors, str(folder / ROUTER_WEIGHTS_FILE))
+    _save_tensors(tensors, folder / ROUTER_WEIGHTS_FILE)
     write_json(folder / ROUTER_CONFIG_FILE, config)
     write_json(folder / PACK_FILE, _pack_manifest(folder, list(names), base, {
         "router": {"variant": router.config.variant, "layer": router.config.layer,
