@@ -166,13 +166,14 @@ def test_a_corrupt_expert_with_a_linked_file_is_deleted_not_followed(ws, outside
     assert not folder.exists() and _tree(outside) == before
 
 
-@pytest.mark.parametrize("target", ["expert", "pack", "data.txt", ".", "link"])
+@pytest.mark.parametrize("target", ["expert", "pack", "data.txt", ".", "link", "link-to-pack"])
 def test_user_chosen_paths_outside_are_never_replaced(outside, target, tmp_path):
     """The store's own writers refuse to replace anything but a valid expert / pack or an empty
     folder, and never follow a link: the sentinel survives every call."""
-    path = outside / target if target != "link" else tmp_path / "link"
-    if target == "link":
-        path.symlink_to(outside / "expert", target_is_directory=True)
+    path = outside / target if not target.startswith("link") else tmp_path / "link"
+    if target.startswith("link"):
+        path.symlink_to(outside / ("pack" if target == "link-to-pack" else "expert"),
+                        target_is_directory=True)
     before = _tree(outside)
     calls = [lambda: store.build_pack(path, [_expert("x")], replace=True),
              lambda: store.add_expert_to_pack(path, _expert("x")),

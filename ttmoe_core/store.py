@@ -124,9 +124,10 @@ def expert_config_dict(expert: Expert) -> dict:
     }
 
 
-def _check_expert_name(name: object) -> str:
+def _check_expert_name(name: object, folder: str = "a folder") -> str:
+    """``name`` when it can name an expert's folder; else StoreError (a name is never a path)."""
     if not is_valid_name(name):
-        raise StoreError(f"expert name {str(name)[:100]!r} cannot name a folder ({NAME_RULE})")
+        raise StoreError(f"expert name {str(name)[:100]!r} cannot name {folder} ({NAME_RULE})")
     return name
 
 
@@ -275,10 +276,11 @@ def _check_pack_target(pack_dir: Path) -> list[str]:
     """The expert names of the pack at ``pack_dir`` (none if absent or empty); StoreError when
     it is something else than a pack."""
     safefs.recover(pack_dir.parent, pack_dir.name)
+    if pack_dir.is_symlink():
+        raise StoreError(f"{pack_dir} is a symbolic link: a pack is changed only in a real folder")
     if os.path.lexists(pack_dir / PACK_FILE):
         return _read_pack_manifest(pack_dir)["experts"]
-    if os.path.lexists(pack_dir) and (pack_dir.is_symlink() or not pack_dir.is_dir()
-                                      or any(pack_dir.iterdir())):
+    if os.path.lexists(pack_dir) and (not pack_dir.is_dir() or any(pack_dir.iterdir())):
         raise StoreError(f"{pack_dir} is not a pack (no {PACK_FILE}): choose another folder")
     return []
 
@@ -287,9 +289,7 @@ def add_expert_to_pack(pack_dir: str | Path, expert: Expert) -> Path:
     """Write one expert into ``<pack>/experts/<name>`` and list it; other experts' files keep
     their bytes. The pack changes in one step (a hard-linked copy swapped into place)."""
     pack_dir = Path(pack_dir)
-    if not is_valid_name(expert.name):
-        raise StoreError(f"expert name {str(expert.name)[:100]!r} cannot name a folder of a pack "
-                         f"({NAME_RULE})")
+    _check_expert_name(expert.name, "a folder of a pack")
     names = _check_pack_target(pack_dir)
     if expert.name in names:
         raise StoreError(f"pack {pack_dir} already has an expert named {expert.name!r}")
@@ -327,9 +327,7 @@ def build_pack(pack_dir: str | Path, experts: Sequence[Expert | str | Path], *, 
         raise StoreError(f"two chosen experts are both named {clashes[0]!r}: rename one on "
                          "the Experts page first")
     for expert in loaded:
-        if not is_valid_name(expert.name):
-            raise StoreError(f"expert name {str(expert.name)[:100]!r} cannot name a folder of a "
-                             f"pack ({NAME_RULE})")
+        _check_expert_name(expert.name, "a folder of a pack")
         check_fingerprint(loaded[0].base, expert.base.fingerprint, f"expert {expert.name!r}",
                           StoreError, reference="the pack's experts")
     with atomic_dir(pack_dir) as building:
@@ -347,7 +345,9 @@ def save_router(pack_dir: str | Path, router, names: list[str], metrics: Mapping
     """Write (or replace) the pack's router, for its experts ``names``; the pack changes in one
     step (a hard-linked copy swapped into place) and expert files keep their bytes."""
     pack_dir = Path(pack_dir)
-    _read_pack_manifest(pack_dir)
+    if not os.path.lexists(pack_dir / PACK_FILE):
+        raise StoreError(f"{pack_dir} is not a pack (no {PACK_FILE})")
+    _check_pack_target(pack_dir)
     for name in names:
         if not is_valid_name(name) or not _expert_folder(pack_dir, name).is_dir():
             raise StoreError(f"pack {pack_dir.name!r} has no expert {str(name)[:100]!r} for the router")

@@ -49,13 +49,13 @@ def read_header(path: str | Path, what: str) -> Header:
     fd = open_regular(path, what)
     try:
         size = os.fstat(fd).st_size
-        prefix = os.pread(fd, 8, 0)
+        prefix = _read(fd, 8)
         if len(prefix) < 8:
             raise _corrupt(path, what, f"{size} bytes, shorter than a header")
         (length,) = struct.unpack("<Q", prefix)
         if length > HEADER_LIMIT or 8 + length > size:
             raise _corrupt(path, what, f"a header of {length:,} bytes in a file of {size:,}")
-        raw = os.pread(fd, length, 8)
+        raw = _read(fd, length)
     except OSError as exc:
         raise StoreError(f"{what}: {path} is unreadable ({exc.strerror})") from None
     finally:
@@ -68,6 +68,18 @@ def read_header(path: str | Path, what: str) -> Header:
         return _entries(header, size - 8 - length)
     except ValueError as exc:
         raise _corrupt(path, what, str(exc)) from None
+
+
+def _read(fd: int, size: int) -> bytes:
+    """Up to ``size`` bytes from the file position of ``fd`` (fewer only at the end)."""
+    chunks, left = [], size
+    while left > 0:
+        chunk = os.read(fd, min(left, 1 << 24))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
 
 
 def _entries(header: object, data_bytes: int) -> Header:
