@@ -10,7 +10,8 @@ or the new folder, never half of one, and never neither (with the fallback: once
 
 ``recover(folder)`` finishes what dead processes left there: temporary folders and files are
 removed; a backup is put back where its folder is missing, else removed. Entries of live
-processes (this one too: another thread may be saving) are left alone.
+processes (this one too: another thread may be saving) are left alone; liveness is judged by the
+pid in the entry's name, so writers sharing a folder must share one machine and pid namespace.
 """
 from __future__ import annotations
 
