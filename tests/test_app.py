@@ -93,7 +93,10 @@ def test_missing_demo_pack_gives_a_friendly_note(page, monkeypatch, tmp_path):
 def test_a_corrupt_pack_is_reported_not_raised(page, monkeypatch, tmp_path):
     pack = tmp_path / "bad-pack"
     (pack / "experts" / "sst2").mkdir(parents=True)
-    (pack / "pack.json").write_text(json.dumps({"format": "ttmoe-pack", "experts": ["sst2"]}))
+    base = {"name": "tiny", "model_type": "bert", "hidden_size": 8, "num_layers": 1,
+            "fingerprint": "f" * 64}
+    (pack / "pack.json").write_text(json.dumps({"format": "ttmoe-pack", "experts": ["sst2"],
+                                                "base_model": base}))
     (pack / "experts" / "sst2" / "adapter_config.json").write_text("{}")
     monkeypatch.setenv("TTMOE_PACK", str(pack))
     at = open_page(page)
