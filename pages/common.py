@@ -365,10 +365,21 @@ def staged_job_status(registry: jobs.JobRegistry, job_id: str, polling: bool, wh
         st.progress(min(1.0, done / total),
                     text=f"{last.get('stage', 'starting')}: {done} of {total} · {job.elapsed:.0f} s")
         if st.button("Cancel", key=f"cancel_{key}_{job_id}", icon=":material/stop_circle:"):
-            registry.cancel(session_id(), job_id)
+            st.toast("Cancelling…" if registry.cancel(session_id(), job_id)
+                     else "Too late to cancel: the result is being saved.")
         return None
     if job.status != "done":
-        (st.warning if job.status == "cancelled" else st.error)(
-            f"{what} {job.status}: {job.error}", icon=":material/warning:")
+        job_outcome(job, what)
         return None
     return job
+
+
+def job_outcome(job: jobs.Job, what: str) -> None:
+    """A cancelled or failed job in one line: why, and what it wrote (its last event)."""
+    final = job.last(saved=False) or job.last(saved=True) or {}
+    if final.get("saved"):
+        detail = f"{job.error}; {final['path']} was written ({final.get('note', '')})"
+    else:
+        detail = final.get("reason") or f"{job.error or 'stopped'}"
+    (st.warning if job.status == "cancelled" else st.error)(
+        f"{what} {job.status}: {detail}", icon=":material/warning:")
