@@ -34,18 +34,29 @@ DEMO = ["build-demo", "--model", "{base}", "--data-dir", "{samples}", "--tasks",
         "--steps", "1", "--per-task", "4", "--eval-per-task", "2", "--eval-limit", "4"]
 NO_CUDA = not torch.cuda.is_available()
 
+
+
+def output_cases(prefix: str, command: list[str], kind: str, other: str) -> list[tuple]:
+    """The ``--out`` cases of a command writing an expert or a pack (``kind``); ``other``: a
+    folder of the other kind, which --overwrite must not replace either."""
+    return [(f"{prefix}out-is-a-file", [*command, "--out", "{file}"], "is a file, not a folder"),
+            (f"{prefix}out-under-a-file", [*command, "--out", "{file}/x"], "is a file, not a folder"),
+            (f"{prefix}out-under-proc", [*command, "--out", "/proc/ttmoe-test/x"],
+             "does not accept new files"),
+            (f"{prefix}out-not-empty", [*command, "--out", "{notexpert}"], "pass --overwrite"),
+            (f"{prefix}overwrite-a-folder-of-other-files",
+             [*command, "--out", "{notexpert}", "--overwrite"], f"not a valid {kind}"),
+            (f"{prefix}overwrite-a-{other}", [*command, "--out", f"{{{other}}}", "--overwrite"],
+             f"not a valid {kind}"),
+            (f"{prefix}out-a-symlink", [*command, "--out", "{link}"], "symbolic link"),
+            (f"{prefix}out-empty", [*command, "--out", ""], "--out is empty")]
+
+
 # (id, argv, words the one error line must hold)
 CASES = [
-    # ---- train-expert: the output folder, checked before any data or model is read
-    ("out-is-a-file", [*TRAIN, "--out", "{file}"], "is a file, not a folder"),
-    ("out-under-a-file", [*TRAIN, "--out", "{file}/expert"], "is a file, not a folder"),
-    ("out-under-proc", [*TRAIN, "--out", "/proc/ttmoe-test/expert"], "does not accept new files"),
-    ("out-not-empty", [*TRAIN, "--out", "{notexpert}"], "pass --overwrite"),
-    ("overwrite-not-an-expert", [*TRAIN, "--out", "{notexpert}", "--overwrite"],
-     "not a valid expert"),
-    ("overwrite-a-pack", [*TRAIN, "--out", "{pack}", "--overwrite"], "not a valid expert"),
-    ("out-a-symlink", [*TRAIN, "--out", "{link}"], "symbolic link"),
-    ("out-empty", [*TRAIN, "--out", ""], "--out is empty"),
+    # ---- train-expert and build-demo: the output folder, checked before any work
+    *output_cases("", TRAIN, "expert", "pack"),
+    *output_cases("demo-", DEMO, "pack", "expert"),
     # ---- train-expert: settings, model, targets
     ("unknown-targets", [*TRAIN, "--out", "{tmp}/e", "--targets", "foo,bar"],
      "no linear module named ['foo']"),
@@ -125,14 +136,7 @@ CASES = [
     ("eval-expert-missing-input", ["eval-expert", "{expert}", "--input-file", "{tmp}/no.csv"],
      "no.csv"),
     ("eval-expert-model-is-a-file", ["eval-expert", "{expert}", "--model", "{file}"], "is a file"),
-    # ---- build-demo: the pack folder and settings, checked before the first expert trains
-    ("demo-out-is-a-file", [*DEMO, "--out", "{file}"], "is a file, not a folder"),
-    ("demo-out-under-a-file", [*DEMO, "--out", "{file}/pack"], "is a file, not a folder"),
-    ("demo-out-under-proc", [*DEMO, "--out", "/proc/ttmoe-test/pack"], "does not accept new files"),
-    ("demo-out-not-empty", [*DEMO, "--out", "{notexpert}"], "pass --overwrite"),
-    ("demo-overwrite-not-a-pack", [*DEMO, "--out", "{notexpert}", "--overwrite"],
-     "not a valid pack"),
-    ("demo-overwrite-an-expert", [*DEMO, "--out", "{expert}", "--overwrite"], "not a valid pack"),
+    # ---- build-demo: settings, checked before the first expert trains
     ("demo-unknown-task", [*DEMO, "--out", "{tmp}/p", "--tasks", "sst2,foo"], "unknown task"),
     ("demo-layer-99", [*DEMO, "--out", "{tmp}/p", "--layer", "99"], "out of range"),
     ("demo-max-length", [*DEMO, "--out", "{tmp}/p", "--max-length", "100000"],
