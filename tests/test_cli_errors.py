@@ -117,6 +117,8 @@ CASES = [
      "no input lines"),
     ("predict-file-and-text", ["predict", "--pack", "{pack}", "--input-file", "{blank}", "hi"],
      "not both"),
+    ("predict-endless-input", ["predict", "--pack", "{pack}", "--input-file", "/dev/zero"],
+     "more than the 268,435,456 bytes"),
     ("predict-unknown-device", ["predict", "--pack", "{pack}", "--device", "tpu", "hi"],
      "not a device"),
     # ---- eval-moe
@@ -138,6 +140,7 @@ CASES = [
     ("eval-expert-model-is-a-file", ["eval-expert", "{expert}", "--model", "{file}"], "is a file"),
     # ---- build-demo: settings, checked before the first expert trains
     ("demo-unknown-task", [*DEMO, "--out", "{tmp}/p", "--tasks", "sst2,foo"], "unknown task"),
+    ("demo-no-tasks", [*DEMO, "--out", "{tmp}/p", "--tasks", ",,"], "at least one task name"),
     ("demo-layer-99", [*DEMO, "--out", "{tmp}/p", "--layer", "99"], "out of range"),
     ("demo-max-length", [*DEMO, "--out", "{tmp}/p", "--max-length", "100000"],
      "more than the base model takes"),

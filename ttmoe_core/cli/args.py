@@ -98,11 +98,17 @@ def shape_arg(text: str) -> tuple[str, list[int]]:
             f"{text!r}: write TARGET=d1,d2,... (e.g. q_proj=16,8,4,4,4,4,8,16)") from None
 
 
-def targets_arg(text: str) -> list[str]:
-    names = [t.strip() for t in text.split(",") if t.strip()]
-    if not names:
-        raise argparse.ArgumentTypeError("give at least one target module name")
-    return names
+def names_list(what: str):
+    """An argparse type: ``"a,b"`` -> ["a", "b"], at least one ``what``."""
+    def parse(text: str) -> list[str]:
+        names = [t.strip() for t in text.split(",") if t.strip()]
+        if not names:
+            raise argparse.ArgumentTypeError(f"give at least one {what}")
+        return names
+    return parse
+
+
+targets_arg = names_list("target module name")
 
 
 def int_list(text: str, minimum: int, example: str) -> list[int]:

@@ -10,10 +10,11 @@ from pathlib import Path
 from .. import tasks
 from ..workspace import default_pack
 from .args import (MAX_BATCH, UsageError, common_model_flags, device_arg, int_in, parse_layers,
-                   positive_float, positive_int, seed_arg, targets_arg)
+                   names_list, positive_float, positive_int, seed_arg)
 from .checks import check_max_length, check_output, check_writable
 
 MAX_HIDDEN = 16384           # router MLP width
+MAX_INPUT_BYTES = 256 * 2**20  # predict --input-file
 
 
 def _read_jsonl_inputs(path: str) -> list[tuple[int, dict | None, str | None]]:
@@ -25,9 +26,13 @@ def _read_jsonl_inputs(path: str) -> list[tuple[int, dict | None, str | None]]:
     Lines end at "\n" only (a JSON string may hold U+2028 and other separators).
     """
     try:
-        raw = Path(path).read_bytes()
+        with open(path, "rb") as file:        # a pipe or /dev/stdin too, but never without end
+            raw = file.read(MAX_INPUT_BYTES + 1)
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if len(raw) > MAX_INPUT_BYTES:
+        raise UsageError(f"{path} holds more than the {MAX_INPUT_BYTES:,} bytes predict reads "
+                         "at once: split it")
     try:
         lines = raw.decode("utf-8-sig").split("\n")
     except UnicodeDecodeError as exc:
@@ -347,7 +352,7 @@ def add_parsers(sub) -> None:
 
     p = sub.add_parser("build-demo", help="train the six demo experts and a router into a pack")
     p.add_argument("--out", default=str(default_pack()))
-    p.add_argument("--tasks", type=targets_arg, default=list(tasks.DEMO_TASKS))
+    p.add_argument("--tasks", type=names_list("task name"), default=list(tasks.DEMO_TASKS))
     p.add_argument("--steps", type=positive_int, default=300)
     p.add_argument("--batch-size", type=int_in(1, MAX_BATCH), default=32)
     p.add_argument("--max-length", type=positive_int, default=128)
