@@ -57,7 +57,7 @@ st.title("Playground")
 st.caption("Type a text: the router picks one expert, and that expert's TT-LoRA cores and head "
            "answer it, in one pass over the frozen base model.")
 
-pack_dir = common.pick_pack(ws.root, key="playground_pack")
+pack_dir = common.pick_pack(ws, key="playground_pack")
 if common.pack_missing(pack_dir):
     st.stop()
 mixture = common.safe(common.get_mixture, str(pack_dir), common.stamp(pack_dir),

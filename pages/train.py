@@ -90,15 +90,12 @@ def job_view(job_id: str, polling: bool) -> None:
         if curve:
             st.plotly_chart(figures.loss_curve(curve), key=f"live_loss_{job_id}")
         if st.button("Cancel training", key=f"cancel_{job_id}", icon=":material/stop_circle:"):
-            registry.cancel(owner, job_id)
-            st.toast("Cancelling at the next step…")
+            st.toast("Cancelling at the next step…" if registry.cancel(owner, job_id)
+                     else "Too late to cancel: the expert is being saved.")
     elif job.status == "done":
         show_result(job.result)
-    elif job.status == "cancelled":
-        st.warning(f"Training was cancelled ({job.error or 'stopped'}); nothing was saved.",
-                   icon=":material/stop_circle:")
     else:
-        st.error(f"Training failed: {job.error}", icon=":material/error:")
+        common.job_outcome(job, "Training")
 
 
 st.title("Train an expert")

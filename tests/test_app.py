@@ -127,6 +127,60 @@ def test_compare_page_through_the_app_navigation(monkeypatch, tmp_path, with_rep
     assert not button(at, "Run the small report").disabled
 
 
+# ----------------------------------------------------------------------------- workspace root
+
+
+def saving_to(at: AppTest) -> str:
+    return next(c.value for c in at.sidebar.caption if c.value.startswith("Saving to"))
+
+
+def test_the_workspace_root_is_the_servers(_env, monkeypatch, tmp_path):
+    """The root comes from the server (the variable, or ``--workspace`` after ``--``, which wins);
+    the sidebar offers no box that takes a path."""
+    at = open_page("train")
+    assert saving_to(at) == f"Saving to `{_env}`"
+    assert not any(t.label == "Workspace folder" for t in at.text_input)
+    assert by_label(at.sidebar.selectbox, "Workspace folder").options == ["(top level)",
+                                                                          "New sub-folder…"]
+    flagged = tmp_path / "from-flag"
+    monkeypatch.setattr("sys.argv", ["app.py", "--workspace", str(flagged)])
+    at = open_page("train")
+    assert saving_to(at) == f"Saving to `{flagged}`"
+    assert any(str(flagged / "sst2") in c.value for c in at.caption)
+
+
+@pytest.mark.parametrize("name, ok", [("alice", True), ("../outside", False), ("/etc", False),
+                                      ("packs", False), ("sst2", False), (".hidden", False),
+                                      ("link", False)])
+def test_a_visitor_chooses_only_a_sub_folder_inside_the_root(_env, tmp_path, name, ok):
+    from test_jobs import _expert
+    from ttmoe_core import store
+
+    store.save_expert(_expert("sst2"), _env / "sst2")         # an expert, not a sub-folder
+    (tmp_path / "elsewhere").mkdir()
+    (_env / "link").symlink_to(tmp_path / "elsewhere")
+    at = open_page("experts")
+    by_label(at.sidebar.selectbox, "Workspace folder").set_value("New sub-folder…")
+    at.run()
+    at.sidebar.text_input[0].set_value(name)
+    at.run()
+    assert not at.exception
+    if ok:
+        assert saving_to(at) == f"Saving to `{_env / name}`" and not at.error
+        # the new sub-folder stays chosen, and is offered once it exists
+        at.run()
+        assert by_label(at.sidebar.selectbox, "Workspace folder").value == name
+        assert saving_to(at) == f"Saving to `{_env / name}`" and not at.sidebar.text_input
+        (_env / name).mkdir()
+        assert name in open_page("experts").sidebar.selectbox[0].options
+    else:
+        assert saving_to(at) == f"Saving to `{_env}`"
+        assert any("workspace folder" in e.value for e in at.sidebar.error), [
+            e.value for e in at.error]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere", "workspace"]
+    assert list((tmp_path / "elsewhere").iterdir()) == []
+
+
 # ----------------------------------------------------------------------------- budget
 
 
@@ -180,25 +234,32 @@ def test_budget_uploaded_config_is_counted():
 # ----------------------------------------------------------------------------- train
 
 
-@pytest.mark.slow
-def test_train_page_two_step_run_lands_in_the_workspace(_env):
-    at = open_page("train")
-    by_label(at.number_input, "Steps").set_value(2)
+def wait_for_success(at: AppTest, text: str, seconds: float, what: str) -> None:
+    """Rerun ``at`` until a success message holds ``text`` (no error or exception meanwhile)."""
+    deadline = time.time() + seconds
+    while not any(text in s.value for s in at.success):
+        assert not at.exception and not at.error, [e.value for e in at.error]
+        assert time.time() < deadline, f"{what} did not finish in time"
+        time.sleep(0.5)
+        at.run()
+
+
+def start_training(at: AppTest, steps: int) -> None:
+    """Press Train on the Train page for ``steps`` steps of batch 4, 32 tokens, 16 validation rows."""
+    by_label(at.number_input, "Steps").set_value(steps)
     by_label(at.number_input, "Batch size").set_value(4)
     by_label(at.number_input, "Max length").set_value(32)
     by_label(at.number_input, "Validation rows").set_value(16)
     at.run()
     button(at, "Train").click()
     at.run()
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        assert not at.exception and not at.error, [e.value for e in at.error]
-        if any("Saved expert" in s.value for s in at.success):
-            break
-        time.sleep(1.0)
-        at.run()
-    else:
-        pytest.fail("the training run did not finish in time")
+
+
+@pytest.mark.slow
+def test_train_page_two_step_run_lands_in_the_workspace(_env):
+    at = open_page("train")
+    start_training(at, 2)
+    wait_for_success(at, "Saved expert", 240, "the training run")
     folder = _env / "sst2"
     saved = json.loads((folder / "adapter_config.json").read_text())
     assert saved["training"]["steps"] == 2 and saved["training"]["batch_size"] == 4
@@ -268,6 +329,40 @@ def test_a_job_belongs_to_the_session_that_started_it():
     finally:
         gate.set()
         job.wait(10)
+
+
+@needs_pack
+def test_two_sessions_train_and_predict_at_once(_env):
+    """One session trains (a background job) while another routes a text on the Playground: both
+    succeed, the answer equals the one given when nothing else runs, and each session sees only
+    its own jobs."""
+    from pages import common
+
+    player = open_page("playground")            # loads the shared mixture first
+    trainer = open_page("train")
+    start_training(trainer, 12)
+    player.text_area(key="pg_text").set_value(REVIEW)
+    button(player, "Route and answer").click()
+    player.run()                                # while the training job runs
+    training = common.job_registry().running(trainer.session_state[common.SESSION_KEY])
+    assert not player.exception and not player.error, [e.value for e in player.error]
+    assert len(training) == 1, "the answer came while the other session's training ran"
+    during = (metric(player, "Chosen expert"), metric(player, "Answer"))
+    wait_for_success(trainer, "Saved expert", 240, "the training run")
+    assert (_env / "sst2" / "adapter_config.json").is_file()
+    button(player, "Route and answer").click()
+    player.run()
+    assert (metric(player, "Chosen expert"), metric(player, "Answer")) == during == (
+        "sst2", metric(player, "Answer"))
+    player.switch_page("pages/train.py")
+    player.run()
+    registry = common.job_registry()
+    mine = trainer.session_state[common.SESSION_KEY]
+    theirs = player.session_state[common.SESSION_KEY]
+    assert [label for _, label in registry.list(mine)] == ["sst2 (sst2, tt-lora, 12 steps)"]
+    assert registry.list(theirs) == []
+    assert "This run" not in [h.value for h in player.subheader]
+    assert not any(e.label.startswith("Runs in this session") for e in player.expander)
 
 
 # ----------------------------------------------------------------------------- experts
@@ -344,12 +439,7 @@ def test_router_page_trains_and_saves_a_router_for_two_experts(_env):
     at.run()
     button(at, "Train router").click()
     at.run()
-    deadline = time.time() + 180
-    while not any("Trained 2 router(s)" in s.value for s in at.success):
-        assert not at.exception and not at.error, [e.value for e in at.error]
-        assert time.time() < deadline, "router training did not finish in time"
-        time.sleep(0.5)
-        at.run()
+    wait_for_success(at, "Trained 2 router(s)", 180, "router training")
     layers = at.dataframe[0].value
     assert list(layers["layer k"]) == [0, 1]
     assert layers["held-out accuracy"].between(0, 1).all()

@@ -332,7 +332,8 @@ def train_expert(config: ExpertConfig, backbone: Backbone | None = None, *,
     """Train one expert on its task alone (base frozen), evaluate it, return it as data.
 
     All randomness (initial weights, batch order, dropout) comes from one generator seeded with
-    ``config.seed``, so a run is repeatable and independent of other threads.
+    ``config.seed``, so a run is repeatable and independent of other threads. ``should_stop`` is
+    asked before every step and every evaluation batch: TrainingError when it says so.
     """
     cfg = config.resolved()
     backbone = backbone or load_backbone(device=cfg.device)
@@ -365,7 +366,8 @@ def train_expert(config: ExpertConfig, backbone: Backbone | None = None, *,
                     history=history, created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
     eval_data = eval_data if eval_data is not None else tasks.load_task(cfg.task, "validation", data_dir=data_dir,
                                              limit=cfg.eval_limit, seed=cfg.seed)
-    result = evaluate_model(model, backbone, eval_data, cfg.task, max_length=cfg.max_length)
+    result = evaluate_model(model, backbone, eval_data, cfg.task, max_length=cfg.max_length,
+                            should_stop=should_stop)
     expert.metrics = {**result["metrics"], "confusion": result["confusion"],
                       "train_seconds": round(train_seconds, 2), "eval_rows": len(eval_data)}
     expert.data = {"train": train_data.source, "train_rows": len(train_data),
@@ -376,11 +378,15 @@ def train_expert(config: ExpertConfig, backbone: Backbone | None = None, *,
 @torch.no_grad()
 def predict_logits(model: ExpertModel, backbone: Backbone, texts: list[str],
                    text_pairs: list[str] | None, max_length: int = 128,
-                   batch_size: int = 64) -> torch.Tensor:
-    """Logits [N, C] of an expert model for a list of inputs."""
+                   batch_size: int = 64,
+                   should_stop: Callable[[], bool] | None = None) -> torch.Tensor:
+    """Logits [N, C] of an expert model for a list of inputs; TrainingError when
+    ``should_stop()`` says so before a batch (a cancel during evaluation)."""
     model.eval()
     out = []
     for start in range(0, len(texts), batch_size):
+        if should_stop is not None and should_stop():
+            raise TrainingError(f"cancelled during evaluation, at row {start} of {len(texts)}")
         batch = tokenize(backbone.tokenizer, texts[start:start + batch_size],
                          text_pairs[start:start + batch_size] if text_pairs else None,
                          max_length, backbone.device)
@@ -389,9 +395,12 @@ def predict_logits(model: ExpertModel, backbone: Backbone, texts: list[str],
 
 
 def evaluate_model(model: ExpertModel, backbone: Backbone, data: "tasks.TaskData",
-                   task: str | None, max_length: int = 128) -> dict:
-    """Metrics, confusion matrix [C, C] (rows: true), predictions for labelled data."""
-    logits = predict_logits(model, backbone, data.texts, data.text_pairs, max_length)
+                   task: str | None, max_length: int = 128,
+                   should_stop: Callable[[], bool] | None = None) -> dict:
+    """Metrics, confusion matrix [C, C] (rows: true), predictions for labelled data
+    (``should_stop``: see ``predict_logits``)."""
+    logits = predict_logits(model, backbone, data.texts, data.text_pairs, max_length,
+                            should_stop=should_stop)
     regression = not data.label_names
     preds = logits.squeeze(-1).tolist() if regression else logits.argmax(-1).tolist()
     spec_or_metric = tasks.TASKS[task] if task in tasks.TASKS else (

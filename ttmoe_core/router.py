@@ -252,6 +252,8 @@ def train_router(router: Router, feats: dict[str, torch.Tensor], labels: torch.T
     """Cross-entropy on the task id, Adam, minibatches; returns the loss history per epoch.
 
     Batch order, dropout and noise come from ``router.generator`` (never the global RNG).
+    ``progress(epoch, epochs, loss)`` after each epoch may raise to stop (a cancel); RouterError
+    when the loss stops being finite (e.g. too high a learning rate).
     """
     cfg = router.config
     generator = router.generator
@@ -271,6 +273,9 @@ def train_router(router: Router, feats: dict[str, torch.Tensor], labels: torch.T
             optimizer.step()
             total += loss.item() * len(idx)
         schedule.step()
+        if not math.isfinite(total):
+            raise RouterError(f"router loss became {total / num} in epoch {epoch}: lower the "
+                              f"learning rate (now {cfg.lr:g})")
         history.append({"epoch": epoch, "loss": total / num})
         if progress is not None:
             progress(epoch, cfg.epochs, total / num)
@@ -329,6 +334,8 @@ def sweep_layers(config: RouterConfig, layers: Sequence[int], backbone, train: R
     """One router per layer k, features cached once at the deepest layer; held-out reports.
 
     Returns [{"layer", "router", "report", "cost"}], cost = fraction of a full base pass.
+    ``progress(stage, done, total)``: stages "features", "held-out features" (rows) and
+    "training layer k" (epochs); it may raise to stop (a cancel).
     """
     num_layers = backbone.info.num_layers
     deepest = config.resolved(num_layers).layer if config.variant == "paper" else max(layers)
@@ -345,7 +352,9 @@ def sweep_layers(config: RouterConfig, layers: Sequence[int], backbone, train: R
     for layer in ([deepest] if config.variant == "paper" else layers):
         cfg = RouterConfig(**{**config.to_dict(), "layer": layer})
         router = build_router(cfg, len(train.names), backbone.info.hidden_size, num_layers)
-        history = train_router(router, feats, train.labels)
+        history = train_router(router, feats, train.labels, progress=(
+            lambda epoch, epochs, _loss, k=router.config.layer:
+            progress(f"training layer {k}", epoch, epochs)) if progress else None)
         report = evaluate_router(router, held, held_out.labels, train.names)
         report.history = history
         results.append({"layer": router.config.layer, "router": router, "report": report,
