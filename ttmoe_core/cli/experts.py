@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from .args import (MAX_BATCH, UsageError, common_model_flags, int_in, name_arg, positive_float,
                    positive_int, seed_arg, shape_arg, targets_arg)
