@@ -486,7 +486,7 @@ def test_pack_on_another_base_model_is_refused(tmp_path):
 
     bb0 = tiny_bert(seed=0)
     pack_dir = tiny_pack(tmp_path / "pack", bb0, ["sst2"])[0]
-    with pytest.raises(store.StoreError, match="different base model"):
+    with pytest.raises(store.StoreError, match="trained on another base model"):
         moe.TTLoRAMoE.from_loaded_pack(store.load_pack(pack_dir), backbone=tiny_bert(seed=1))
 
 
