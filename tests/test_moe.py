@@ -288,18 +288,18 @@ def test_empty_after_strip_is_refused_among_many_rows(routed, rows):
 
 def test_evaluation_tokenizes_once_and_routes_each_row_once(routed, three, monkeypatch):
     encodes, routed_rows = [], []
-    real_encode, real_route = moe.encode_rows, routed.route
+    real_encode, real_route = moe.encode_rows, routed._route_states
 
     def encode(tokenizer, texts, *args):
         encodes.append(len(texts))
         return real_encode(tokenizer, texts, *args)
 
-    def route(batch, texts, pairs):
-        routed_rows.append(len(texts))
-        return real_route(batch, texts, pairs)
+    def route(batch, text_feats):
+        routed_rows.append(batch["input_ids"].shape[0])
+        return real_route(batch, text_feats)
 
     monkeypatch.setattr(moe, "encode_rows", encode)
-    monkeypatch.setattr(routed, "route", route)
+    monkeypatch.setattr(routed, "_route_states", route)
     pairs = [(e.name, e.config.task) for e in three]
     result = moe.evaluate_mixture(routed, pairs, 6, data_dir=SAMPLES, batch_size=4)
     assert result["routing_accuracy"] < 1.0          # some rows took the oracle's second pass
@@ -486,7 +486,7 @@ def test_pack_on_another_base_model_is_refused(tmp_path):
 
     bb0 = tiny_bert(seed=0)
     pack_dir = tiny_pack(tmp_path / "pack", bb0, ["sst2"])[0]
-    with pytest.raises(store.StoreError, match="different base model"):
+    with pytest.raises(store.StoreError, match="another base model"):
         moe.TTLoRAMoE.from_loaded_pack(store.load_pack(pack_dir), backbone=tiny_bert(seed=1))
 
 
@@ -497,13 +497,16 @@ def test_route_pass_reads_the_base_model_with_adapters_off(bb, routed, rows):
     texts, pairs = [t for _, t, _ in rows], [p for _, _, p in rows]
     batch, _ = backbone.tokenize_mixed(bb.tokenizer, texts, pairs, MAX_LENGTH, bb.device)
     cfg = router.RouterConfig(variant="mlp", layer=2).resolved(bb.info.num_layers)
-    feats = router.batch_features(routed.encoder, batch, texts, pairs, cfg)
+    from ttmoe_core.adapters import use_row_halves
+
+    halves = routed.pool.gather(torch.zeros(len(texts), dtype=torch.long)).halves
+    with use_row_halves(halves):        # even inside a forward whose rows have experts
+        feats = router.batch_features(routed.encoder, batch, texts, pairs, cfg)
     with torch.no_grad():
         plain = backbone.hidden_states(bb.model, batch, 2)
     want = torch.stack([mean_pool(h, batch["attention_mask"]) for h in plain], 1)
     torch.testing.assert_close(feats["pooled"], want, rtol=0, atol=1e-6)
-    # guard: with the adapters on, the encoder's states differ
-    from ttmoe_core.adapters import use_experts
-    with torch.no_grad(), use_experts(torch.zeros(len(texts), dtype=torch.long)):
+    # guard: with the experts' updates on, the encoder's states differ
+    with torch.no_grad(), use_row_halves(halves):
         adapted = backbone.hidden_states(routed.encoder, batch, 2)
     assert not torch.allclose(adapted[-1], plain[-1], atol=1e-4)
