@@ -153,14 +153,16 @@ class ExpertPool(nn.Module):
     # ------------------------------------------------------------------ building
 
     @classmethod
-    def from_experts(cls, experts: Sequence[Expert], rank: int | None = None) -> "ExpertPool":
+    def from_experts(cls, experts: Sequence[Expert], rank: int | None = None,
+                     max_labels: int | None = None) -> "ExpertPool":
         """A pool holding ``experts`` (TT-LoRA, one base model, the same targets and factors;
-        ranks may differ). MoEError otherwise."""
+        ranks may differ), room for ranks up to ``rank`` and ``max_labels`` labels (default:
+        the experts' largest). MoEError otherwise."""
         first = _check_experts(experts)
         pool = cls(module_slots(first, _core_modules(first.tensors)),
                    rank or max(e.config.rank for e in experts),
-                   first.tensors["head.weight"].shape[1], max(e.num_labels for e in experts),
-                   first.base)
+                   first.tensors["head.weight"].shape[1],
+                   max_labels or max(e.num_labels for e in experts), first.base)
         for expert in experts:
             pool.add(expert)
         return pool
@@ -319,6 +321,14 @@ class ExpertPool(nn.Module):
                 row = self._row_of(tensors, lazy.rank, lazy.alpha, self.cards[idx].name)
                 self._write(idx, row, *self._head_of(tensors["head.weight"], tensors["head.bias"]))
                 del self._pending[idx]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._probe.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self._probe.device
 
     @property
     def pending(self) -> int:

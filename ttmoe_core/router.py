@@ -74,14 +74,20 @@ class RouterConfig:
 
 def surface_features(texts: Sequence[str], text_pairs: Sequence[str | None] | None,
                      dim: int = SURFACE_DIM) -> torch.Tensor:
-    """Cased character n-grams (1-4, hashed) of each segment + length statistics: [N, 2*dim+6]."""
+    """Cased character n-grams (1-4, hashed) of each segment + length statistics: [N, 2*dim+6].
+
+    Both segments of all rows are hashed in one call, without sklearn's per-call argument checks
+    (``skip_parameter_validation``, a thread-local setting): the fixed cost matters for one row.
+    """
+    import sklearn
     from sklearn.feature_extraction.text import HashingVectorizer
 
     pairs = list(text_pairs) if text_pairs is not None else [None] * len(texts)
     hasher = HashingVectorizer(analyzer="char_wb", ngram_range=(1, 4), lowercase=False,
                                n_features=dim, alternate_sign=False, norm="l2")
-    first = hasher.transform(list(texts)).toarray()
-    second = hasher.transform([p or "" for p in pairs]).toarray()
+    with sklearn.config_context(skip_parameter_validation=True):
+        hashed = hasher.transform(list(texts) + [p or "" for p in pairs]).toarray()   # [2N, dim]
+    first, second = hashed[: len(texts)], hashed[len(texts):]
 
     def stats(segment: str | None) -> list[float]:
         if not segment:
