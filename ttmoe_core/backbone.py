@@ -9,7 +9,9 @@ for BERT-family encoders.
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import itertools
 import json
 import os
 import threading
@@ -302,6 +304,20 @@ def last_token(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tens
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 
 
+def is_layered_encoder(model: nn.Module) -> bool:
+    """A BERT-family encoder (``embeddings`` + ``encoder.layer``): its layers can run one by one."""
+    return hasattr(model, "embeddings") and hasattr(getattr(model, "encoder", None), "layer")
+
+
+def layer_mask(model: nn.Module, attention_mask: torch.Tensor,
+               dtype: torch.dtype) -> torch.Tensor | None:
+    """The additive mask [B, 1, 1, T] a BERT layer takes for ``attention_mask`` [B, T]; None when
+    no position is padding (as the model's own forward does for its SDPA attention)."""
+    if bool(attention_mask.all()):
+        return None
+    return model.get_extended_attention_mask(attention_mask, attention_mask.shape, dtype=dtype)
+
+
 def hidden_states(model: nn.Module, batch: dict[str, torch.Tensor],
                   upto_layer: int | None = None) -> list[torch.Tensor]:
     """Hidden states [embeddings, layer 1, ..., layer k] (each [B, T, H]).
@@ -313,11 +329,10 @@ def hidden_states(model: nn.Module, batch: dict[str, torch.Tensor],
     k = num_layers if upto_layer is None else upto_layer
     if not 0 <= k <= num_layers:
         raise ValueError(f"layer {k} out of range 0..{num_layers}")
-    if hasattr(model, "embeddings") and hasattr(getattr(model, "encoder", None), "layer"):
+    if is_layered_encoder(model):
         h = model.embeddings(input_ids=batch["input_ids"],
                              token_type_ids=batch.get("token_type_ids"))
-        mask = model.get_extended_attention_mask(batch["attention_mask"],
-                                                 batch["input_ids"].shape)
+        mask = layer_mask(model, batch["attention_mask"], h.dtype)
         states = [h]
         for layer in model.encoder.layer[:k]:
             h = layer(h, attention_mask=mask)[0]
@@ -325,3 +340,25 @@ def hidden_states(model: nn.Module, batch: dict[str, torch.Tensor],
         return states
     out = model(**batch, output_hidden_states=True)
     return list(out.hidden_states[: k + 1])
+
+
+def continue_layers(model: nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor,
+                    start: int) -> torch.Tensor:
+    """The last hidden state [B, T, H] of a BERT-family encoder from ``hidden`` [B, T, H], the
+    state entering layer ``start`` (``hidden_states(model, batch, start)[-1]``): layers
+    start..L-1 run, the prefix is not computed again."""
+    if not is_layered_encoder(model):
+        raise ValueError("only BERT-family encoders can continue a pass from a layer")
+    mask = layer_mask(model, attention_mask, hidden.dtype)
+    for layer in model.encoder.layer[start:]:
+        hidden = layer(hidden, attention_mask=mask)[0]
+    return hidden
+
+
+def weight_sharing_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose modules are new but whose parameters and buffers are the same
+    tensors (no weight duplicated): submodules of the copy can be replaced without touching
+    ``model``. Converting the copy (``.to``, ``.double()``) would convert ``model`` too: take a
+    real ``copy.deepcopy`` of it first."""
+    memo = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
+    return copy.deepcopy(model, memo)
