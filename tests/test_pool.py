@@ -168,11 +168,16 @@ def test_lazy_errors_name_the_expert(bb, pack, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(pack, broken)
     weights = broken / "experts" / "r3" / store.WEIGHTS_FILE
-    weights.write_bytes(weights.read_bytes()[:50])               # truncated
-    lazy = TTLoRAMoE.from_pack(broken, backbone=bb, lazy=True)   # configs are fine
+    data = weights.read_bytes()
+    weights.write_bytes(data[:-4] + b"\xff\xff\xff\xff")             # a NaN in the last tensor
+    lazy = TTLoRAMoE.from_pack(broken, backbone=bb, lazy=True)   # configs and headers are fine
     assert lazy.predict(["ok"], expert="r1")[0]["expert"] == "r1"
+    with pytest.raises(store.StoreError, match="expert 'r3'.*NaN"):
+        lazy.predict(["ok"], expert="r3")                        # the data is read on first use
+    weights.write_bytes(data[:50])                               # truncated: refused at open
     with pytest.raises(store.StoreError, match="expert 'r3'"):
-        lazy.predict(["ok"], expert="r3")
+        TTLoRAMoE.from_pack(broken, backbone=bb, lazy=True)
+    weights.write_bytes(data)
     config = broken / "experts" / "r4" / store.CONFIG_FILE
     config.write_text(config.read_text().replace('"head.bias"', '"head.bias2"'))
     with pytest.raises(store.StoreError, match="expert 'r4'"):

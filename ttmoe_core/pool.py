@@ -22,6 +22,7 @@ router's prefix of the frozen model is also the experts' (computed once).
 from __future__ import annotations
 
 import math
+import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,10 +31,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import store, tt
+from . import store, tensorfile, tt
 from .adapters import layer_index
 from .backbone import BackboneInfo, check_fingerprint
-from .experts import ConfigError, Expert, ExpertConfig
+from .experts import Expert
 
 CHUNK_ROWS = 64              # experts per storage chunk
 NO_LAYER = 1 << 30           # first_layer of an expert that adapts no layer
@@ -99,12 +100,14 @@ class ExpertCard:
 
 @dataclass(frozen=True)
 class _Lazy:
-    """An opened expert folder whose tensors are read on first use."""
-    weights: Path
-    manifest: dict
+    """An opened expert folder (JSON and weights header checked) whose tensors are read on first use."""
+    opened: store.OpenedExpert
     rank: int
     alpha: float
-    what: str
+
+    @property
+    def what(self) -> str:
+        return self.opened.what
 
 
 def module_slots(expert: Expert, names: Sequence[str]) -> list[ModuleSlot]:
@@ -178,7 +181,7 @@ class ExpertPool(nn.Module):
         if expected_fingerprint is not None:
             check_fingerprint(expected_fingerprint, first.base.fingerprint,
                               f"expert {first.name!r}", store.StoreError)
-        pool = cls(module_slots(first, _core_modules(opened[0][1].manifest)),
+        pool = cls(module_slots(first, _core_modules(opened[0][1].opened.header)),
                    rank or max(e.config.rank for e in metas), first.base.hidden_size,
                    max(e.num_labels for e in metas), first.base)
         for meta, lazy in opened:
@@ -227,8 +230,7 @@ class ExpertPool(nn.Module):
                     enumerate(tt.core_shapes(s.in_factors, s.out_factors, lazy.rank))}
         expected |= {"head.weight": [meta.num_labels, self.hidden_size],
                      "head.bias": [meta.num_labels]}
-        got = {key: spec.get("shape") for key, spec in lazy.manifest.items()
-               if isinstance(spec, dict)}
+        got = {key: list(shape) for key, (_dtype, shape) in lazy.opened.header.items()}
         if got != expected:
             wrong = sorted(set(got) ^ set(expected)) or sorted(
                 k for k in got if got[k] != expected[k])
@@ -304,20 +306,12 @@ class ExpertPool(nn.Module):
         """Read the pending experts among ``ids`` from their memory-mapped files (once)."""
         if not any(i in self._pending for i in ids):
             return
-        from safetensors import safe_open
-
         with self._lock:
             for idx in ids:
                 lazy = self._pending.get(idx)
                 if lazy is None:
                     continue
-                try:
-                    with safe_open(str(lazy.weights), framework="pt") as handle:
-                        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-                except Exception as exc:      # safetensors raises its own error types
-                    raise store.StoreError(f"{lazy.what}: {lazy.weights} is not a readable "
-                                           f"safetensors file ({exc})") from None
-                store.check_tensors(tensors, lazy.manifest, lazy.what)
+                tensors = lazy.opened.load().tensors     # checked against the header, finite
                 row = self._row_of(tensors, lazy.rank, lazy.alpha, self.cards[idx].name)
                 self._write(idx, row, *self._head_of(tensors["head.weight"], tensors["head.bias"]))
                 del self._pending[idx]
@@ -418,52 +412,37 @@ def _check_experts(experts: Sequence[Expert]) -> Expert:
 
 
 def _open_folder(folder: Path) -> tuple[Expert, _Lazy]:
-    """An expert folder's metadata (an Expert without tensors) and where its weights are."""
-    what = f"expert {folder.name!r}"
-    data = store.read_json(folder / store.CONFIG_FILE, what)
-    try:
-        if data["format"] != store.FORMAT or not isinstance(data["tensors"], dict):
-            raise ValueError(f"format {data['format']!r}")
-        config = ExpertConfig.from_dict(data["training"]).resolved()
-        meta = Expert(name=str(data["name"]), config=config, label_names=list(data["label_names"]),
-                      tensors={}, base=BackboneInfo(**data["base_model"]),
-                      tt_layout={t: {"in_factors": list(v["in_factors"]),
-                                     "out_factors": list(v["out_factors"])}
-                                 for t, v in (data.get("tt") or {}).items()},
-                      metrics=data.get("metrics", {}), data=data.get("data", {}))
-    except (KeyError, TypeError, ValueError, ConfigError) as exc:
-        raise store.StoreError(f"{what}: {store.CONFIG_FILE} is not a valid TT-LoRA MoE expert "
-                               f"config ({exc})") from None
-    return meta, _Lazy(folder / store.WEIGHTS_FILE, data["tensors"], config.rank, config.alpha,
-                       what)
+    """An expert folder's metadata (an Expert without tensors) and where its weights are: the
+    store's checks of the JSON and the weights header, no tensor data read."""
+    opened = store.open_expert(folder)
+    return opened.expert, _Lazy(opened, opened.expert.config.rank, opened.expert.config.alpha)
 
 
 def open_pack(path: str | Path) -> tuple[ExpertPool, "object | None", int]:
     """(lazy pool of a pack's experts, its router or None, max_length): the pack's manifest and
     router are read and checked now, the experts' weights on first use."""
-    from .router import RouterConfig, RouterError, build_router
+    from .router import build_router
 
     path = Path(path)
-    manifest = store.read_json(path / store.PACK_FILE, f"pack {path.name!r}")
-    names, base = manifest.get("experts"), manifest.get("base_model")
-    if manifest.get("format") != store.PACK_FORMAT or not isinstance(names, list) or not names \
-            or not isinstance(base, dict):
-        raise store.StoreError(f"pack {path.name!r}: {store.PACK_FILE} is not a TT-LoRA MoE pack "
-                               "manifest with experts")
-    pool = ExpertPool.open_folders([path / "experts" / str(n) for n in names],
-                                   expected_fingerprint=base.get("fingerprint"))
-    if not (path / store.ROUTER_CONFIG_FILE).exists():
+    if not path.is_dir():
+        raise store.StoreError(f"pack folder {path} does not exist")
+    manifest = store.read_pack_manifest(path)            # schema-checked, names valid and distinct
+    names, base = manifest["experts"], manifest["base_model"]
+    if not names:
+        raise store.StoreError(f"pack {path.name!r} lists no experts")
+    pool = ExpertPool.open_folders([store.expert_folder(path, name) for name in names],
+                                   expected_fingerprint=base["fingerprint"])
+    for name, card in zip(names, pool.cards):
+        if card.name != name:
+            raise store.StoreError(f"pack {path.name!r}: expert {name!r}: its folder holds the "
+                                   f"expert {card.name!r}")
+    if not os.path.lexists(path / store.ROUTER_CONFIG_FILE):
         return pool, None, 128
+    config, header, _metrics = store.read_router(path, manifest)   # fits experts and base model
     what = f"router of pack {path.name!r}"
-    spec = store.read_json(path / store.ROUTER_CONFIG_FILE, what)
-    state = store.read_tensors(path / store.ROUTER_WEIGHTS_FILE, what)
-    try:
-        if spec.get("experts") != names:
-            raise RouterError(f"trained for experts {spec.get('experts')}, the pack lists {names}")
-        config = RouterConfig.from_dict(spec["config"])
-        store.check_tensors(state, spec.get("tensors", {}), what)
+    state = tensorfile.load(path / store.ROUTER_WEIGHTS_FILE, header, what)
+    with torch.device("meta"):
         router = build_router(config, len(names), base["hidden_size"], base["num_layers"])
-        router.load_state_dict(state)
-    except (KeyError, TypeError, RouterError, RuntimeError) as exc:
-        raise store.StoreError(f"{what}: {exc}") from None
+    router = router.to_empty(device="cpu")
+    router.load_state_dict(state)
     return pool, router.eval(), config.max_length

@@ -18,6 +18,7 @@ on; nothing is unpickled or executed.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -158,9 +159,23 @@ def save_expert(expert: Expert, path: str | Path) -> Path:
     return path
 
 
-def load_expert(path: str | Path, expected_fingerprint: str | None = None) -> Expert:
-    """Read and validate an expert folder; StoreError on any problem. The JSON and the weights
-    file's header are checked before the tensor data is read."""
+@dataclass(frozen=True)
+class OpenedExpert:
+    """An expert folder read and checked up to its tensor data: ``expert`` has no tensors yet;
+    ``header`` is its weights file's checked header (``tensorfile.load`` reads the data)."""
+    expert: Expert
+    weights: Path
+    header: tensorfile.Header
+    what: str
+
+    def load(self) -> Expert:
+        """The expert with its tensors (checked again against the header, finite)."""
+        return dataclasses.replace(self.expert, tensors=tensorfile.load(self.weights, self.header, self.what))
+
+
+def open_expert(path: str | Path, expected_fingerprint: str | None = None) -> OpenedExpert:
+    """Read and validate an expert folder's JSON and its weights file's header (no tensor data):
+    StoreError on any problem. Lazy pools keep the result and read the data on first use."""
     path = Path(path)
     what = f"expert {path.name!r}"
     if not path.is_dir():
@@ -181,13 +196,19 @@ def load_expert(path: str | Path, expected_fingerprint: str | None = None) -> Ex
     tensorfile.check_manifest(header, data["tensors"], what)
     shapes.check_expert(header, config.method, config.rank, config.targets, data.get("tt"),
                         data["label_names"], base.hidden_size, base.num_layers, what)
-    tensors = tensorfile.load(path / WEIGHTS_FILE, header, what)
     layout = {target: {"in_factors": info["in_factors"], "out_factors": info["out_factors"]}
               for target, info in (data.get("tt") or {}).items()}
-    return Expert(name=data["name"], config=config, label_names=list(data["label_names"]),
-                  tensors=tensors, base=base, tt_layout=layout, metrics=data.get("metrics", {}),
-                  history=data.get("history", []), data=data.get("data", {}),
-                  created=data.get("created", ""))
+    expert = Expert(name=data["name"], config=config, label_names=list(data["label_names"]),
+                    tensors={}, base=base, tt_layout=layout, metrics=data.get("metrics", {}),
+                    history=data.get("history", []), data=data.get("data", {}),
+                    created=data.get("created", ""))
+    return OpenedExpert(expert, path / WEIGHTS_FILE, header, what)
+
+
+def load_expert(path: str | Path, expected_fingerprint: str | None = None) -> Expert:
+    """Read and validate an expert folder; StoreError on any problem. The JSON and the weights
+    file's header are checked before the tensor data is read."""
+    return open_expert(path, expected_fingerprint).load()
 
 
 # ----------------------------------------------------------------------------- packs
@@ -236,7 +257,7 @@ def _pack_manifest(folder: Path, names: list[str], base: BackboneInfo, extra: Ma
             "experts": names, "base_model": base.to_dict(), **(extra or {})}
 
 
-def _read_pack_manifest(path: Path) -> dict:
+def read_pack_manifest(path: Path) -> dict:
     """pack.json, schema-checked, its expert names valid and distinct."""
     what = f"pack {path.name!r}"
     data = read_json(path / PACK_FILE, what, "pack", PACK_FORMAT)
@@ -249,7 +270,7 @@ def _read_pack_manifest(path: Path) -> dict:
     return data
 
 
-def _expert_folder(pack: Path, name: str) -> Path:
+def expert_folder(pack: Path, name: str) -> Path:
     """``<pack>/experts/<name>``: inside the pack, no symbolic link on the way (not necessarily there)."""
     folder = pack / "experts" / name
     for step in (folder.parent, folder):
@@ -265,7 +286,7 @@ def _expert_folder(pack: Path, name: str) -> Path:
 
 def _add_expert(folder: Path, expert: Expert, names: list[str]) -> None:
     """Write ``expert`` into the unpublished pack ``folder`` that lists ``names`` and list it."""
-    target = _expert_folder(folder, expert.name)
+    target = expert_folder(folder, expert.name)
     safefs.remove(target)
     _write_expert(expert, target)
     write_json(folder / PACK_FILE, _pack_manifest(folder, names + [expert.name], expert.base,
@@ -279,7 +300,7 @@ def _check_pack_target(pack_dir: Path) -> list[str]:
     if pack_dir.is_symlink():
         raise StoreError(f"{pack_dir} is a symbolic link: a pack is changed only in a real folder")
     if os.path.lexists(pack_dir / PACK_FILE):
-        return _read_pack_manifest(pack_dir)["experts"]
+        return read_pack_manifest(pack_dir)["experts"]
     if os.path.lexists(pack_dir) and (not pack_dir.is_dir() or any(pack_dir.iterdir())):
         raise StoreError(f"{pack_dir} is not a pack (no {PACK_FILE}): choose another folder")
     return []
@@ -294,7 +315,7 @@ def add_expert_to_pack(pack_dir: str | Path, expert: Expert) -> Path:
     if expert.name in names:
         raise StoreError(f"pack {pack_dir} already has an expert named {expert.name!r}")
     if names:
-        first = load_expert(_expert_folder(pack_dir, names[0]))
+        first = load_expert(expert_folder(pack_dir, names[0]))
         check_fingerprint(first.base, expert.base.fingerprint, f"expert {expert.name!r}", StoreError,
                           reference="the pack's experts")
     with atomic_dir(pack_dir, template=pack_dir) as tmp:
@@ -349,7 +370,7 @@ def save_router(pack_dir: str | Path, router, names: list[str], metrics: Mapping
         raise StoreError(f"{pack_dir} is not a pack (no {PACK_FILE})")
     _check_pack_target(pack_dir)
     for name in names:
-        if not is_valid_name(name) or not _expert_folder(pack_dir, name).is_dir():
+        if not is_valid_name(name) or not expert_folder(pack_dir, name).is_dir():
             raise StoreError(f"pack {pack_dir.name!r} has no expert {str(name)[:100]!r} for the router")
     with atomic_dir(pack_dir, template=pack_dir) as tmp:
         _write_router(tmp, router, names, metrics, base, extra)
@@ -371,7 +392,7 @@ def _write_router(folder: Path, router, names: list[str], metrics: Mapping, base
         "metrics": {"router": dict(metrics)}, **(extra or {})}))
 
 
-def _read_router(path: Path, pack: Mapping) -> tuple[object, tensorfile.Header, dict]:
+def read_router(path: Path, pack: Mapping) -> tuple[object, tensorfile.Header, dict]:
     """(RouterConfig, checked header, metrics) of the pack's router, from its JSON and the
     weights file's header: its tensors fit the config, the experts and the base model."""
     from .router import RouterConfig, RouterError
@@ -401,15 +422,15 @@ def load_pack(path: str | Path, expected_fingerprint: str | None = None) -> Pack
     path = Path(path)
     if not path.is_dir():
         raise StoreError(f"pack folder {path} does not exist")
-    data = _read_pack_manifest(path)
+    data = read_pack_manifest(path)
     base = data["base_model"]
     if not data["experts"]:
         raise StoreError(f"pack {path.name!r} lists no experts")
     if expected_fingerprint is not None:
         check_fingerprint(expected_fingerprint, base["fingerprint"],
                           f"pack {path.name!r} (base model {base.get('name')!r})", StoreError)
-    folders = [_expert_folder(path, name) for name in data["experts"]]
-    router = _read_router(path, data) if os.path.lexists(path / ROUTER_CONFIG_FILE) else None
+    folders = [expert_folder(path, name) for name in data["experts"]]
+    router = read_router(path, data) if os.path.lexists(path / ROUTER_CONFIG_FILE) else None
     experts = []
     for name, folder in zip(data["experts"], folders):
         expert = load_expert(folder)
