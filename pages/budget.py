@@ -182,10 +182,11 @@ if reports:
                            f"× LoRA r{r.lora_rank}": r.ratio_to_lora} for r in reports])
     chart_col, table_col = st.columns([1, 1], gap="large")
     chart_col.plotly_chart(figures.method_comparison_bar(reports), key="methods_bar")
+    # widths fit the widest value (1,235,814,400: full fine-tuning of LLaMA-3.2-1B) at 1280 px
     table_col.dataframe(table, hide_index=True, column_config={
-        "method": st.column_config.TextColumn(width="medium"),
+        "method": st.column_config.TextColumn(width="medium", pinned=True),
         "trainable parameters": st.column_config.NumberColumn("parameters", format="localized",
-                                                              width="small"),
+                                                              width="medium"),
         "% of base": st.column_config.NumberColumn(format="%.4g%%", width="small"),
         f"× LoRA r{reports[0].lora_rank}": st.column_config.NumberColumn(format="%.4g",
                                                                           width="small")})
