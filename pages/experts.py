@@ -181,7 +181,7 @@ if choices:
             common.try_experts([info["folder"]])
     else:
         try_col.caption("The Playground serves TT-LoRA experts only.")
-    cols = st.columns(6)
+    cols = st.columns(3) + st.columns(3)
     cols[0].metric("Task", info["task"], border=True)
     cols[1].metric("Method", info["method"], border=True)
     cols[2].metric("Rank", info["rank"], border=True)

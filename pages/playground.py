@@ -77,7 +77,8 @@ def load_mixture(source: str):
             return None
         mixture = common.safe(common.get_mixture, str(pack_dir), common.stamp(pack_dir),
                               what=f"loading {pack_dir}")
-        return mixture and (mixture, f"Pack `{common.short_path(pack_dir)}`")
+        return mixture and (mixture, f"Pack `{common.short_path(pack_dir)}`: experts "
+                                     f"{', '.join(mixture.names)}")
     choices = expert_choices()
     for folder in ss.get("pg_expert_dirs", []):       # e.g. "Try it" on an expert of a sub-folder
         choices.setdefault(folder, Path(folder).name)
@@ -113,7 +114,7 @@ mixture, served = loaded
 if mixture.router is None and source == SOURCE_PACK:
     st.warning("This pack has no router: switch the oracle on and choose an expert, or train a "
                "router on the Router page.")
-st.caption(f"{served}: experts {', '.join(mixture.names)} · inputs longer than "
+st.caption(f"{served} · inputs longer than "
            f"{mixture.max_length} tokens are truncated.")
 serving = (source, tuple(mixture.names))         # what answered: a change makes answers stale
 
@@ -165,11 +166,11 @@ with inputs:
             routed = None
             if mixture.router is not None:
                 routed = common.safe(mixture.predict, [text], [pair.strip() or None], what="predict")
-            elapsed = time.perf_counter() - started
             forced_row = None
             if oracle:
                 forced_row = common.safe(mixture.predict, [text], [pair.strip() or None],
                                          expert=forced, what="predict")
+            elapsed = time.perf_counter() - started
             if routed is not None or forced_row is not None:
                 ss["pg_result"] = {"routed": routed[0] if routed else None,
                                    "forced": forced_row[0] if forced_row else None,
@@ -202,7 +203,8 @@ with outputs:
                              "– (no router)" if confidence is None else f"{confidence:.1%}",
                              border=True)
             bottom[1].metric("Time", f"{result['seconds'] * 1000:.0f} ms", border=True,
-                             help="Routing and answering this input on this machine.")
+                             help="Routing and answering this input on this machine (the "
+                                  "forced expert's answer included).")
             if confidence is not None:
                 (st.markdown if confidence >= 0.9 else st.warning)(
                     common.confidence_words(confidence))
