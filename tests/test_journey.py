@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_browser import CHROMIUM_ARGS, _chromium, _free_port, _wait_healthy, _wait_idle
+from test_browser import CHROMIUM_ARGS, _chromium, _wait_idle, streamlit_server
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PACK = Path(os.environ.get("TTMOE_PACK") or REPO_ROOT / "assets" / "demo")
@@ -57,29 +57,12 @@ def _browser_or_fail():
 
 @pytest.fixture(scope="module")
 def fresh_server(tmp_path_factory):
-    import subprocess
-    import sys
-
-    port = _free_port()
+    """A server of its own (cold caches) on an empty workspace: (url, log file, workspace)."""
     log_path = tmp_path_factory.mktemp("streamlit") / "server.log"
     workspace = tmp_path_factory.mktemp("workspace")
-    env = {**os.environ, "TTMOE_WORKSPACE": str(workspace),
-           "TTMOE_DATA_DIR": str(REPO_ROOT / "assets" / "samples")}
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-             "--server.port", str(port), "--server.address", "127.0.0.1"],
-            cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        _wait_healthy(f"http://127.0.0.1:{port}/_stcore/health", proc)
-        yield f"http://127.0.0.1:{port}", log_path, workspace
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    env = {"TTMOE_WORKSPACE": str(workspace), "TTMOE_DATA_DIR": str(REPO_ROOT / "assets" / "samples")}
+    with streamlit_server(log_path, env) as url:
+        yield url, log_path, workspace
 
 
 class Journey:
@@ -273,7 +256,7 @@ def test_watching_a_run_costs_little_training_speed(fresh_server):
                 j.set_number("Batch size", 8)
                 j.set_number("Max length (tokens)", 64)
                 j.set_number("Validation rows (at most)", 16)
-                name = page.get_by_label("Expert name")
+                name = page.get_by_role("textbox", name="Expert name")
                 name.fill(run.replace(" ", "-"))
                 name.press("Enter")
                 _wait_idle(page)
