@@ -561,8 +561,8 @@ def test_playground_serves_chosen_experts_without_a_pack():
     at.radio(key="pg_source").set_value("Chosen experts (no pack)")
     at.run()
     dirs = at.multiselect(key="pg_expert_dirs")
-    sst2 = next(o for o in dirs.options if o.endswith("/sst2"))
-    dirs.set_value([sst2])
+    assert "sst2 (sst2, demo pack)" in dirs.options
+    dirs.set_value([str(PACK / "experts" / "sst2")])
     at.run()
     at.text_area(key="pg_text").set_value(REVIEW)
     button(at, "Answer").click()
@@ -579,5 +579,5 @@ def test_playground_says_the_router_confidence_in_words():
     at.text_area(key="pg_text").set_value(REVIEW)
     button(at, "Route and answer").click()
     at.run()
-    words = [m.value for m in at.markdown + at.warning if "The router is" in m.value]
+    words = [m.value for m in [*at.markdown, *at.warning] if "The router is" in m.value]
     assert len(words) == 1 and metric(at, "Router confidence").endswith("%")
