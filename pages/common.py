@@ -14,6 +14,7 @@ import datetime as dt
 import logging
 import os
 import sys
+import threading
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +22,37 @@ from typing import Any, TypeVar
 
 import streamlit as st
 
-from ttmoe_core import backbone, budget, experts, jobs, moe, names, router, store, tasks, workspace
+
+def legacy_pages_dir_workaround() -> None:
+    """WORKAROUND for Streamlit 1.67, which has no supported switch for this; remove it when
+    ``pages/`` is renamed or Streamlit fixes it. Tracking: streamlit/streamlit#9624 (deep links
+    on first load) and the review of streamlit/streamlit#10276 (a ``pages/`` folder with
+    ``st.navigation``: a direct URL falls back to the legacy mode).
+
+    A ``pages/`` folder next to app.py makes Streamlit treat the app as a legacy multipage app
+    until the first ``st.navigation`` call of the process: a fresh server whose first visitor
+    opens a deep link (``/budget``) runs ``pages/budget.py`` alone, without app.py's navigation
+    and page config, and shows the raw file list meanwhile. ``st.navigation`` itself sets
+    ``PagesManager.uses_pages_directory = False`` for the whole process; this sets the same flag
+    on that first request, then reruns once (per session at most: the rerun drops one-shot values
+    such as a click) so app.py runs the page. It runs when this module is first imported, before
+    the engine's (slow) imports, so the raw file list shows for a moment only.
+    """
+    try:
+        from streamlit.runtime.pages_manager import PagesManager
+    except ImportError:  # a Streamlit without the legacy mode
+        return
+    if getattr(PagesManager, "uses_pages_directory", False):
+        PagesManager.uses_pages_directory = False
+        if not st.session_state.get("_app_navigation_rerun"):
+            st.session_state["_app_navigation_rerun"] = True
+            st.rerun()
+
+
+legacy_pages_dir_workaround()
+
+from ttmoe_core import (adhoc, backbone, budget, experts, jobs, moe, names, router,  # noqa: E402
+                        store, tasks, workspace)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -35,6 +66,7 @@ NEW_SUB = "New sub-folder…"
 RESERVED = {workspace.PACKS, "reports"}   # folders of the workspace that are not sub-folders
 BUILD_DEMO = "python -m ttmoe_core build-demo"
 SESSION_KEY = "_session_id"          # session-state key of ``session_id()``
+TRY_KEY = "_try_experts"             # expert folders the Playground opens with ("Try it")
 EMBEDDED_BASE = budget.PRESETS[backbone.DEFAULT_MODEL]   # the embedded base model's dimensions
 
 # what engine calls raise for bad input or files; shown as one st.error line
@@ -88,34 +120,9 @@ def sub_workspace(root: Path, name: str | None) -> workspace.Workspace:
     return workspace.Workspace(root / name)
 
 
-def legacy_pages_dir_workaround() -> None:
-    """WORKAROUND for Streamlit 1.67, which has no supported switch for this; remove it when
-    ``pages/`` is renamed or Streamlit fixes it. Tracking: streamlit/streamlit#9624 (deep links
-    on first load) and the review of streamlit/streamlit#10276 (a ``pages/`` folder with
-    ``st.navigation``: a direct URL falls back to the legacy mode).
-
-    A ``pages/`` folder next to app.py makes Streamlit treat the app as a legacy multipage app
-    until the first ``st.navigation`` call of the process: a fresh server whose first visitor
-    opens a deep link (``/budget``) runs ``pages/budget.py`` alone, without app.py's navigation
-    and page config. ``st.navigation`` itself sets ``PagesManager.uses_pages_directory = False``
-    for the whole process; this sets the same flag on that first request, then reruns once (per
-    session at most: the rerun drops one-shot values such as a click) so app.py runs the page.
-    """
-    try:
-        from streamlit.runtime.pages_manager import PagesManager
-    except ImportError:  # a Streamlit without the legacy mode
-        return
-    if getattr(PagesManager, "uses_pages_directory", False):
-        PagesManager.uses_pages_directory = False
-        if not st.session_state.get("_app_navigation_rerun"):
-            st.session_state["_app_navigation_rerun"] = True
-            st.rerun()
-
-
 def setup() -> workspace.Workspace:
     """Every page's first call: app navigation, the sidebar's settings; returns the workspace
     (the server's root, or the sub-folder of it this session chose)."""
-    legacy_pages_dir_workaround()
     root = workspace_root()
     with st.sidebar:
         choices = [TOP_LEVEL, *sub_folders(root)]
@@ -229,16 +236,75 @@ def one_line(exc: BaseException) -> str:
 # ----------------------------------------------------------------------------- cached engine objects
 
 
-@st.cache_resource(show_spinner="Loading the base model (all-MiniLM-L6-v2)…")
-def get_backbone() -> backbone.Backbone:
-    """The frozen base model, shared by all sessions (never modified: training copies it)."""
+@st.cache_resource(show_spinner=False)
+def _backbone() -> backbone.Backbone:
     return backbone.load_backbone()
 
 
-@st.cache_resource(show_spinner="Loading the mixture (experts + router)…", max_entries=4)
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _mixture(path: str, folder_stamp: float) -> moe.TTLoRAMoE:
+    return moe.TTLoRAMoE.from_pack(path, backbone=_backbone())
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _adhoc_mixture(folders: tuple[str, ...], folder_stamp: float) -> moe.TTLoRAMoE:
+    return adhoc.mixture_from_folders(folders, backbone=_backbone())
+
+
+@st.cache_resource(show_spinner=False)
+def _ready() -> set[tuple]:
+    """Keys of the resources loaded so far in this server (a first use shows a spinner)."""
+    return set()
+
+
+def _loaded(key: tuple, message: str, load: Callable[[], T]) -> T:
+    """``load()`` (a cached resource); with a spinner saying ``message`` while it is cold."""
+    if key in _ready():
+        return load()
+    with st.spinner(message, show_time=True):
+        value = load()
+    _ready().add(key)
+    return value
+
+
+def _warm() -> None:
+    """Load the base model and the default pack's mixture into the shared caches."""
+    try:
+        _backbone()
+        _ready().add(("backbone",))
+        pack = default_pack_dir()
+        if (pack / store.PACK_FILE).is_file():
+            key = (str(pack), stamp(pack))
+            _mixture(*key)
+            _ready().add(("pack", *key))
+    except Exception:  # the page that needs it will say what is wrong
+        log.warning("warm-up failed", exc_info=True)
+
+
+@st.cache_resource(show_spinner=False)
+def warm_up() -> threading.Thread:
+    """Once per server (app.py's first run): load the base model and the demo pack in the
+    background, so the first Train or Playground answer does not wait for them."""
+    thread = threading.Thread(target=_warm, name="ttmoe-warm-up", daemon=True)
+    thread.start()
+    return thread
+
+
+def get_backbone() -> backbone.Backbone:
+    """The frozen base model, shared by all sessions (never modified: training copies it)."""
+    return _loaded(("backbone",), "Loading the base model (all-MiniLM-L6-v2)…", _backbone)
+
+
 def get_mixture(path: str, folder_stamp: float) -> moe.TTLoRAMoE:
     """A pack's mixture on the shared base model; ``folder_stamp`` reloads it when files change."""
-    return moe.TTLoRAMoE.from_pack(path, backbone=get_backbone())
+    return _loaded(("pack", path, folder_stamp), "Loading the pack's experts and router…",
+                   lambda: _mixture(path, folder_stamp))
+
+
+def get_adhoc_mixture(folders: tuple[str, ...], folder_stamp: float) -> moe.TTLoRAMoE:
+    """The router-less mixture of expert folders (served with a forced choice), shared."""
+    return _loaded(("experts", folders, folder_stamp), "Loading the chosen experts…",
+                   lambda: _adhoc_mixture(folders, folder_stamp))
 
 
 @st.cache_resource
@@ -385,6 +451,22 @@ def fmt_bytes(num_bytes: int) -> str:
             break
         value /= 1024
     return f"{value:.0f} B" if unit == "B" else f"{value:.1f} {unit}"
+
+
+def confidence_words(probability: float) -> str:
+    """The router's confidence in its top choice, in words (a bar alone hides a weak choice)."""
+    if probability >= 0.9:
+        return f"The router is confident ({probability:.0%})."
+    if probability >= 0.6:
+        return f"The router is fairly sure ({probability:.0%}), not certain."
+    return (f"The router is unsure ({probability:.0%}): the input may fit several experts, or "
+            "none of their tasks; check the forced answers.")
+
+
+def try_experts(folders: list[str]) -> None:
+    """Open the Playground serving the expert folders ``folders`` (no pack, forced choice)."""
+    st.session_state[TRY_KEY] = list(folders)
+    st.switch_page("pages/playground.py")
 
 
 def default_state(key: str, value: Any) -> None:

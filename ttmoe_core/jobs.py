@@ -205,7 +205,8 @@ def train_expert_job(job: Job, config, backbone, workspace, name: str, replace: 
 
     The target folder is checked before training starts. Data not given is loaded for
     ``config.task`` from ``data_dir`` (``tasks.load_task``). Events: ``stage`` "loading data",
-    "training" (step, total, loss, examples_per_s, elapsed_s), "evaluating" (rows), then "saved"
+    "training" (step, total, loss, examples_per_s, elapsed_s), "evaluating" (rows), "saving" (path),
+    then "saved"
     (path) or "not saved" (reason; an expert being replaced is left as it was). A cancel is
     honoured until saving starts (``Job.commit``), during evaluation too; after that it is refused.
     """
@@ -239,6 +240,7 @@ def train_expert_job(job: Job, config, backbone, workspace, name: str, replace: 
                                       name=name)
         if not job.commit():
             raise experts.TrainingError("training cancelled after evaluation, before saving")
+        job.report(stage="saving", path=str(target))
         out_dir = workspace.save_expert(expert, replace=replace)
     except BaseException as exc:
         kept = f"; the expert at {target} is unchanged" if replace and target.exists() else ""

@@ -98,9 +98,24 @@ def _load_moe(pack: str | None, device: str | None):
         raise UsageError(str(exc)) from None
 
 
+def _load_adhoc(folders: list[str], device: str | None):
+    """The router-less mixture of expert folders (``adhoc.mixture_from_folders``)."""
+    from .. import store
+    from ..adhoc import mixture_from_folders
+    from ..backbone import BackboneError
+    from ..moe import MoEError
+
+    try:
+        return mixture_from_folders(folders, device=device)
+    except (store.StoreError, BackboneError, MoEError) as exc:
+        raise UsageError(str(exc)) from None
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from ..moe import MoEError
 
+    if args.expert_dir and args.pack:
+        raise UsageError("give --pack or --expert-dir, not both")
     if args.input_file and args.text:
         raise UsageError("give texts or --input-file, not both")
     if args.input_file:
@@ -117,7 +132,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 raise UsageError(f"{_shown(text, 40)!r} is not UTF-8 text") from None
         rows = [(i + 1, {"text": t, "text_pair": args.text_pair}, None)
                 for i, t in enumerate(args.text)]
-    moe = _load_moe(args.pack, args.device)
+    moe = (_load_adhoc(args.expert_dir, args.device) if args.expert_dir
+           else _load_moe(args.pack, args.device))
+    if args.expert_dir and args.expert is None:
+        if len(moe.names) > 1:
+            raise UsageError(f"several experts and no router: choose one with --expert "
+                             f"({', '.join(moe.names)})")
+        args.expert = moe.names[0]
     if moe.router is None and args.expert is None:
         raise UsageError(f"the pack {args.pack or default_pack()} has no router: choose an "
                          f"expert with --expert ({', '.join(moe.names)}) or train a router "
@@ -152,10 +173,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
             if "error" in record:
                 print(f"[{record['line']}] error: {record['error']}")
                 continue
-            conf = record["router_probs"].get(record["expert"], float("nan"))
+            conf = record["router_probs"].get(record["expert"])
             label_p = max(record["label_probs"].values()) if record["label_probs"] else float("nan")
             text = _shown(record["text"])
-            print(f"{text:<60}  expert={record['expert']:<6} ({conf:.2f})  "
+            chosen = "forced" if conf is None else f"{conf:.2f}"
+            print(f"{text:<60}  expert={record['expert']:<6} ({chosen})  "
                   f"label={record['label']} ({label_p:.2f})")
     return 1 if failures else 0
 
@@ -318,6 +340,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--text-pair", default=None, help="second text (pair tasks), for every text")
     p.add_argument("--input-file", default=None, help="JSONL with text and optional text_pair")
     p.add_argument("--pack", default=None, help="pack folder (default: assets/demo)")
+    p.add_argument("--expert-dir", action="append", default=[], metavar="DIR",
+                   help="serve this expert folder without a pack (repeatable; with several, "
+                        "--expert chooses one)")
     p.add_argument("--expert", default=None, help="force this expert (oracle) instead of routing")
     p.add_argument("--json", action="store_true", help="one JSON line per input")
     p.add_argument("--device", type=device_arg, default=None)
