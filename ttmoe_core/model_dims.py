@@ -187,37 +187,33 @@ def dims_from_config(config: Mapping | str | Path) -> ModelDims:
     return _dims_from_dict(data, name if isinstance(name, str) and name else str(path), str(path))
 
 
+def _decoder(model_type: str, hidden: int, layers: int, intermediate: int, heads: int,
+             kv_heads: int, vocab: int, tied: bool, head_dim: int | None = None) -> dict:
+    """The config.json keys of a LLaMA-like decoder that the counts read."""
+    config = {"model_type": model_type, "hidden_size": hidden, "num_hidden_layers": layers,
+              "intermediate_size": intermediate, "num_attention_heads": heads,
+              "num_key_value_heads": kv_heads, "vocab_size": vocab, "tie_word_embeddings": tied}
+    return config | ({"head_dim": head_dim} if head_dim else {})
+
+
+def _encoder(model_type: str, hidden: int, layers: int, intermediate: int, heads: int, vocab: int,
+             positions: int, token_types: int) -> dict:
+    """The config.json keys of a BERT-like encoder that the counts read."""
+    return {"model_type": model_type, "hidden_size": hidden, "num_hidden_layers": layers,
+            "intermediate_size": intermediate, "num_attention_heads": heads, "vocab_size": vocab,
+            "max_position_embeddings": positions, "type_vocab_size": token_types}
+
+
+# the published configs (config.json) of real models
 _PRESET_CONFIGS: Mapping[str, Mapping] = MappingProxyType({
-    "llama-3.2-1b": {"model_type": "llama", "hidden_size": 2048, "num_hidden_layers": 16,
-                     "intermediate_size": 8192, "num_attention_heads": 32,
-                     "num_key_value_heads": 8, "head_dim": 64, "vocab_size": 128256,
-                     "tie_word_embeddings": True},
-    "llama-3.1-8b": {"model_type": "llama", "hidden_size": 4096, "num_hidden_layers": 32,
-                     "intermediate_size": 14336, "num_attention_heads": 32,
-                     "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 128256,
-                     "tie_word_embeddings": False},
-    "smollm2-135m": {"model_type": "llama", "hidden_size": 576, "num_hidden_layers": 30,
-                     "intermediate_size": 1536, "num_attention_heads": 9,
-                     "num_key_value_heads": 3, "head_dim": 64, "vocab_size": 49152,
-                     "tie_word_embeddings": True},
-    "qwen2.5-0.5b": {"model_type": "qwen2", "hidden_size": 896, "num_hidden_layers": 24,
-                     "intermediate_size": 4864, "num_attention_heads": 14,
-                     "num_key_value_heads": 2, "vocab_size": 151936, "tie_word_embeddings": True},
-    "llama-3.2-3b": {"model_type": "llama", "hidden_size": 3072, "num_hidden_layers": 28,
-                     "intermediate_size": 8192, "num_attention_heads": 24,
-                     "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 128256,
-                     "tie_word_embeddings": True},
-    "roberta-base": {"model_type": "roberta", "hidden_size": 768, "num_hidden_layers": 12,
-                     "intermediate_size": 3072, "num_attention_heads": 12, "vocab_size": 50265,
-                     "max_position_embeddings": 514, "type_vocab_size": 1},
-    "bert-base-uncased": {"model_type": "bert", "hidden_size": 768, "num_hidden_layers": 12,
-                          "intermediate_size": 3072, "num_attention_heads": 12,
-                          "vocab_size": 30522, "max_position_embeddings": 512,
-                          "type_vocab_size": 2},
-    "all-minilm-l6-v2": {"model_type": "bert", "hidden_size": 384, "num_hidden_layers": 6,
-                         "intermediate_size": 1536, "num_attention_heads": 12,
-                         "vocab_size": 30522, "max_position_embeddings": 512,
-                         "type_vocab_size": 2},
+    "llama-3.2-1b": _decoder("llama", 2048, 16, 8192, 32, 8, 128256, True, head_dim=64),
+    "llama-3.2-3b": _decoder("llama", 3072, 28, 8192, 24, 8, 128256, True, head_dim=128),
+    "llama-3.1-8b": _decoder("llama", 4096, 32, 14336, 32, 8, 128256, False, head_dim=128),
+    "smollm2-135m": _decoder("llama", 576, 30, 1536, 9, 3, 49152, True, head_dim=64),
+    "qwen2.5-0.5b": _decoder("qwen2", 896, 24, 4864, 14, 2, 151936, True),
+    "roberta-base": _encoder("roberta", 768, 12, 3072, 12, 50265, 514, 1),
+    "bert-base-uncased": _encoder("bert", 768, 12, 3072, 12, 30522, 512, 2),
+    "all-minilm-l6-v2": _encoder("bert", 384, 6, 1536, 12, 30522, 512, 2),
 })
 
 PRESETS: Mapping[str, ModelDims] = MappingProxyType(
