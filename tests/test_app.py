@@ -395,15 +395,23 @@ def test_experts_page_lists_a_corrupt_expert_with_its_reason(_env):
     assert not any("not-an-expert" in w for w in warnings)
 
 
-def test_experts_page_renames_and_deletes_a_workspace_expert(_env):
+def _experts_page_on_alpha(workspace):
+    """The Experts page with a saved workspace expert 'alpha' selected."""
     from test_jobs import _expert
     from ttmoe_core import store
 
-    store.save_expert(_expert("alpha"), _env / "alpha")
+    store.save_expert(_expert("alpha"), workspace / "alpha")
     at = open_page("experts")
     by_label(at.selectbox, "Expert").set_value("workspace / alpha")
     at.run()
     assert not at.exception and not at.error
+    return at
+
+
+def test_experts_page_renames_and_deletes_a_workspace_expert(_env):
+    from ttmoe_core import store
+
+    at = _experts_page_on_alpha(_env)
     assert metric(at, "Adapter parameters") == "40"   # cores of 2,4 | 4,2 at rank 2
     by_label(at.text_input, "New name").set_value("beta")
     at.run()
@@ -470,13 +478,19 @@ def test_router_page_trains_and_saves_a_router_for_two_experts(_env):
 # ----------------------------------------------------------------------------- playground
 
 
-@needs_pack
-@pytest.mark.slow
-def test_playground_routes_a_review_to_sst2():
+def _routed_review():
+    """The Playground after routing and answering the review REVIEW with the demo pack."""
     at = open_page("playground")
     at.text_area(key="pg_text").set_value(REVIEW)
     button(at, "Route and answer").click()
     at.run()
+    return at
+
+
+@needs_pack
+@pytest.mark.slow
+def test_playground_routes_a_review_to_sst2():
+    at = _routed_review()
     assert not at.exception and not at.error
     assert metric(at, "Chosen expert") == "sst2"
     assert metric(at, "Answer") in ("positive", "negative")
@@ -536,14 +550,7 @@ def test_training_phases_are_said_from_the_first_second():
 
 
 def test_try_it_on_the_experts_page_opens_the_playground_with_that_expert(_env):
-    from test_jobs import _expert
-    from ttmoe_core import store
-
-    store.save_expert(_expert("alpha"), _env / "alpha")
-    at = open_page("experts")
-    by_label(at.selectbox, "Expert").set_value("workspace / alpha")
-    at.run()
-    assert not at.exception and not at.error
+    at = _experts_page_on_alpha(_env)
     button(at, "Try it").click()
     at.run()
     assert not at.exception, [e.value for e in at.exception]
@@ -575,9 +582,6 @@ def test_playground_serves_chosen_experts_without_a_pack():
 @needs_pack
 @pytest.mark.slow
 def test_playground_says_the_router_confidence_in_words():
-    at = open_page("playground")
-    at.text_area(key="pg_text").set_value(REVIEW)
-    button(at, "Route and answer").click()
-    at.run()
+    at = _routed_review()
     words = [m.value for m in [*at.markdown, *at.warning] if "The router is" in m.value]
     assert len(words) == 1 and metric(at, "Router confidence").endswith("%")
