@@ -89,12 +89,13 @@ def cmd_train_expert(args: argparse.Namespace) -> int:
 
 def cmd_eval_expert(args: argparse.Namespace) -> int:
     from .. import experts, store, tasks
-    from ..backbone import BackboneError, load_backbone
+    from ..backbone import BackboneError, check_fingerprint, load_backbone
 
     try:
-        expert = store.load_expert(args.expert)
+        expert = store.load_expert(args.expert)                 # read and checked once
         backbone = load_backbone(args.model or expert.base.name, device=args.device)
-        expert = store.load_expert(args.expert, expected_fingerprint=backbone.info.fingerprint)
+        check_fingerprint(backbone.info, expert.base.fingerprint, f"expert {expert.name!r}",
+                          store.StoreError)
         if args.input_file:
             data = tasks.load_file(args.input_file, task=expert.config.task,
                                    label_names=expert.label_names or None)
