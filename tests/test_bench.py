@@ -306,3 +306,15 @@ def test_rss_probe_runs_in_a_fresh_process(tiny_serve_pack):
     assert probe["experts"] == 70 and probe["base_rss_mib"] > 0
     assert probe["added_mib"] >= 0 and probe["pool_bytes"] > 0
     assert probe["rss_mib"] == pytest.approx(probe["base_rss_mib"] + probe["added_mib"])
+
+
+def test_time_paired_runs_each_part_of_every_variant_back_to_back():
+    calls = []
+    parts = {"a": [lambda: calls.append("a0"), lambda: calls.append("a1")],
+             "b": [lambda: calls.append("b0"), lambda: calls.append("b1")]}
+    times = bench.time_paired(parts, repeats=2, device=torch.device("cpu"), warmup=1)
+    assert calls[:4] == ["a0", "a1", "b0", "b1"]                      # warm-up
+    assert calls[4:] == ["a0", "b0", "b1", "a1", "b0", "a0", "a1", "b1"]
+    for t in times.values():
+        assert t["rounds"] == 2 and len(t["round_s"]) == 2
+        assert t["min_s"] <= t["median_s"] <= t["max_s"]

@@ -164,7 +164,9 @@ class GatheredTTLinear(nn.Module):
         if left.shape[0] != x.shape[0]:
             raise ValueError(f"{self.name}: halves for {left.shape[0]} rows, input has {x.shape[0]}")
         x3 = x.reshape(x.shape[0], -1, x.shape[-1])              # [B, T, d_in]
-        return out + torch.bmm(torch.bmm(x3, left), right).reshape(out.shape)
+        out3 = out.reshape(x.shape[0], -1, out.shape[-1])        # [B, T, d_out]
+        # out3 + (x3 @ A) @ B in one call: no [B, T, d_out] temporary for the update
+        return torch.baddbmm(out3, torch.bmm(x3, left), right).reshape(out.shape)
 
 
 def inject_gathered(model: nn.Module, names: Sequence[str],

@@ -110,13 +110,6 @@ class TTLoRAMoE(nn.Module):
     def num_labels(self) -> list[int]:
         return [card.num_labels for card in self.pool.cards]
 
-    @property
-    def prefix_layer(self) -> int | None:
-        """k when the expert pass can start from the router's state after layer k."""
-        if self.router is None or not is_layered_encoder(self.encoder):
-            return None
-        return self.router.config.layer
-
     def expert_index(self, expert: str | Sequence[str]) -> list[int]:
         names = [expert] if isinstance(expert, str) else list(expert)
         unknown = [n for n in names if n not in self.pool.index]

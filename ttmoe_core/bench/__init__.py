@@ -13,7 +13,8 @@ from .paper import GateWeightedMoE, GateWeightedTTLoRA, max_logit_difference
 from .pools import random_pool, rss_in_fresh_process, upper_layer_experts
 from .results import TARGETS, ratio_check
 from .serve import SERVE_DEFAULTS, SERVE_QUICK, bench_serve, format_serve
-from .timing import MEMORY_NOTE_CPU, MEMORY_NOTE_CUDA, memory_note, peak_memory, time_interleaved
+from .timing import (MEMORY_NOTE_CPU, MEMORY_NOTE_CUDA, memory_note, peak_memory, time_interleaved,
+                     time_paired)
 
 __all__ = ["ADAPTER_DEFAULTS", "ADAPTER_QUICK", "DEMO_PACK", "MEMORY_NOTE_CPU", "MEMORY_NOTE_CUDA",
            "MOE_DEFAULTS", "MOE_QUICK", "PAPER_LAYER", "TARGETS", "GateWeightedMoE",
@@ -21,4 +22,4 @@ __all__ = ["ADAPTER_DEFAULTS", "ADAPTER_QUICK", "DEMO_PACK", "MEMORY_NOTE_CPU", 
            "crossover", "format_adapters", "format_moe", "max_logit_difference", "memory_note",
            "mixed_rows", "peak_memory", "random_pool", "ratio_check", "rss_in_fresh_process",
            "SERVE_DEFAULTS", "SERVE_QUICK", "bench_serve", "format_serve", "synthetic_batch",
-           "time_interleaved", "upper_layer_experts"]
+           "time_interleaved", "time_paired", "upper_layer_experts"]

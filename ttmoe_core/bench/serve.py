@@ -35,7 +35,7 @@ from .paper import GateWeightedMoE
 from .pools import (random_experts, random_pool, random_router, rss_in_fresh_process,
                     upper_layer_experts, write_pack)
 from .results import envelope, header_lines, ms, ratio_lines, ratios_and_targets
-from .timing import time_interleaved
+from .timing import time_interleaved, time_paired
 
 SERVE_DEFAULTS = {"rows": 96, "repeats": 5, "experts_scan": [6, 64, 1000, 10000],
                   "disk_experts": 1000, "latency_rows": 8, "latency_repeats": 15,
@@ -213,21 +213,26 @@ def bench_serve(settings: dict, pack: str | Path, data_dir, device: torch.device
 def _same_batch(mixture: TTLoRAMoE, texts, pairs, owner, max_length: int, settings: dict,
                 device: torch.device) -> dict:
     """The gathered per-row expert pass (each row's own expert) vs the frozen model on the very
-    same pre-tokenized batches: the micro-batches, and one padded batch."""
+    same pre-tokenized batches, the micro-batches and one padded batch, each batch of the two
+    run back to back (``time_paired``); ratio: median over rounds of the paired round totals."""
     encoded = encode_rows(mixture.backbone.tokenizer, texts, pairs, max_length)
     plans = {"micro_batches": batching.plan(encoded.lengths, batching.MAX_TOKENS,
                                             batching.MAX_ROWS),
              "one_batch": [list(range(len(encoded)))]}
-    fns = {}
+    result = {}
     for name, plan in plans.items():
         batches = [(encoded.batch(rows, device), torch.tensor([owner[r] for r in rows]))
                    for rows in plan]
-        fns[f"frozen, {name}"] = lambda b=batches: [mixture.backbone.model(**x) for x, _ in b]
-        fns[f"experts, {name}"] = lambda b=batches: [mixture.expert_logits(x, i) for x, i in b]
-    with torch.inference_mode():
-        times = time_interleaved(fns, settings["repeats"], device)
-    return {"times": times, **{f"ratio_{name}": times[f"experts, {name}"]["median_s"]
-                               / times[f"frozen, {name}"]["median_s"] for name in plans}}
+        with torch.inference_mode():
+            times = time_paired({
+                "frozen": [lambda x=x: mixture.backbone.model(**x) for x, _ in batches],
+                "experts": [lambda x=x, i=i: mixture.expert_logits(x, i) for x, i in batches]},
+                settings["repeats"], device)
+        result[name] = {k: {key: v for key, v in t.items() if key != "round_s"}
+                        for k, t in times.items()}
+        result[f"ratio_{name}"] = statistics.median(
+            e / f for e, f in zip(times["experts"]["round_s"], times["frozen"]["round_s"]))
+    return result
 
 
 def _expert_scan(mixture: TTLoRAMoE, texts, pairs, owner, max_length: int, settings: dict,
@@ -301,9 +306,13 @@ def format_serve(result: dict) -> str:
     for name, t in result["times"].items():
         lines.append(f"{name:50s} {ms(t['median_s'])} {t['rows_per_s']:8.1f} "
                      f"{t['rows_per_s'] / floor:8.2f}")
-    lines += ["", "same pre-tokenized batches: gathered per-row expert pass vs frozen model"]
-    for name, t in result["same_batch"]["times"].items():
-        lines.append(f"  {name:40s} {ms(t['median_s'])}")
+    lines += ["", "same pre-tokenized batches, each run back to back: gathered per-row expert "
+                  "pass vs frozen model"]
+    for name in ("micro_batches", "one_batch"):
+        same = result["same_batch"]
+        lines.append(f"  {name:14s} frozen {ms(same[name]['frozen']['median_s'])} ms   experts "
+                     f"{ms(same[name]['experts']['median_s'])} ms   paired ratio "
+                     f"{same['ratio_' + name]:.3f}")
     lines += ["", "expert part (no router) vs number of experts E, random cores",
               f"{'E':>6s} {'distinct/micro-batch':>21s} {'ms per row':>11s} {'median ms':>10s}"]
     for row in result["expert_scan"]:
