@@ -314,10 +314,10 @@ def format_serve(result: dict) -> str:
                      f"{ms(same[name]['experts']['median_s'])} ms   paired ratio "
                      f"{same['ratio_' + name]:.3f}")
     lines += ["", "expert part (no router) vs number of experts E, random cores",
-              f"{'E':>6s} {'distinct/micro-batch':>21s} {'ms per row':>11s} {'median ms':>10s}"]
-    for row in result["expert_scan"]:
-        lines.append(f"{row['experts']:6d} {row['distinct_experts_per_micro_batch']:21.1f} "
-                     f"{row['per_row_s'] * 1e3:11.3f} {ms(row['median_s'])}")
+              f"{'E':>6s} {'distinct/micro-batch':>21s} {'ms per row':>11s} {'median ms':>10s}"
+              ] + [f"{row['experts']:6d} {row['distinct_experts_per_micro_batch']:21.1f} "
+                   f"{row['per_row_s'] * 1e3:11.3f} {ms(row['median_s'])}"
+                   for row in result["expert_scan"]]
     if result["memory"]:
         lines += ["", "resident memory, fresh process: base model alone, then + mixture of E "
                       "random experts and a router with E outputs (MiB)"]
