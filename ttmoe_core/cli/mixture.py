@@ -73,16 +73,13 @@ def _shown(text: str, width: int = 60) -> str:
 
 
 def _load_pack(path: str | Path):
-    """``store.load_pack``, any problem as a UsageError (a file no check foresaw included)."""
+    """``store.load_pack``, its StoreError (every bad pack file ends in one) as a UsageError."""
     from .. import store
 
     try:
         return store.load_pack(path)
     except store.StoreError as exc:
         raise UsageError(str(exc)) from None
-    except (TypeError, KeyError, AttributeError, ValueError, OSError) as exc:
-        raise UsageError(f"pack {path} cannot be read ({type(exc).__name__}: "
-                         f"{str(exc)[:200]})") from None
 
 
 def _load_moe(pack: str | None, device: str | None):
