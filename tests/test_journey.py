@@ -37,6 +37,11 @@ LIMITS = {"cold deep link /playground": 120, "overview": 60, "budget": 60, "trai
 OFFLINE_NOISE = re.compile(r"net::ERR_|Failed to load resource|fonts\.|webhooks|segment|"
                            r"ERR_INTERNET_DISCONNECTED|ERR_NAME_NOT_RESOLVED", re.I)
 
+# the refresh measurement: a warm-up, then watched and unwatched runs alternately
+RUNS = ("warm-up", "watched", "unwatched", "watched 2", "unwatched 2")
+REFRESH_S = float(re.search(r"^REFRESH_S = ([\d.]+)", (REPO_ROOT / "pages" / "train.py").read_text(),
+                            re.M).group(1))
+
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
@@ -237,9 +242,10 @@ def test_a_person_trains_an_expert_and_tries_it(fresh_server):
 @pytest.mark.skipif(not os.environ.get("TTMOE_MEASURE_REFRESH"),
                     reason="a measurement (minutes): set TTMOE_MEASURE_REFRESH=1")
 def test_watching_a_run_costs_little_training_speed(fresh_server):
-    """The same run (seed, data, steps) twice: watched on the Train page (the live view refreshes
-    every ``REFRESH_S`` seconds) and unwatched (on the Overview meanwhile). The engine's own
-    training time of each is compared; watching must cost < 5%."""
+    """The same run (seed, data, steps), alternately watched on the Train page (the live view
+    refreshes every ``REFRESH_S`` seconds) and unwatched (on the Overview meanwhile), twice each.
+    The engine's own training time of the fastest watched and fastest unwatched run are compared
+    (the minimum is robust to other load); watching must cost < 5%."""
     chromium, api = _browser_or_fail()
     url, _, workspace = fresh_server
     steps = int(os.environ.get("TTMOE_MEASURE_STEPS", "40"))
@@ -252,7 +258,7 @@ def test_watching_a_run_costs_little_training_speed(fresh_server):
             j = Journey(page, Path("/tmp"))
             page.goto(f"{url}/train", wait_until="domcontentloaded")
             page.get_by_role("heading", name="Training settings").wait_for()
-            for run in ("warm-up", "watched", "unwatched", "watched again"):
+            for run in RUNS:
                 _wait_idle(page)
                 j.set_number("Steps", 4 if run == "warm-up" else steps)
                 j.set_number("Batch size", 8)
@@ -264,10 +270,10 @@ def test_watching_a_run_costs_little_training_speed(fresh_server):
                 _wait_idle(page)
                 page.get_by_role("button", name="Train", exact=True).click()
                 page.get_by_role("button", name="Cancel training").wait_for()
-                if run == "unwatched":         # another page until the expert is saved
+                if run.startswith("unwatched"):  # another page until the expert is saved
                     j.nav("Overview")
                     page.get_by_text("Where to next").first.wait_for()
-                    saved = workspace / "unwatched" / "adapter_config.json"
+                    saved = workspace / run.replace(" ", "-") / "adapter_config.json"
                     deadline = time.time() + 600
                     while not saved.is_file() and time.time() < deadline:
                         time.sleep(0.5)
@@ -277,9 +283,12 @@ def test_watching_a_run_costs_little_training_speed(fresh_server):
                 seconds[run] = float(j.metric("Training time").split()[0])
         finally:
             browser.close()
-    watched = (seconds["watched"] + seconds["watched again"]) / 2
-    cost = watched / seconds["unwatched"] - 1
-    print(f"\n{steps} steps: watched {seconds['watched']:.1f} s and {seconds['watched again']:.1f} s, "
-          f"unwatched {seconds['unwatched']:.1f} s: watching costs {cost:+.1%}")
+    # the fastest of each kind: other load on the machine only ever slows a run down
+    watched = min(v for k, v in seconds.items() if k.startswith("watched"))
+    unwatched = min(v for k, v in seconds.items() if k.startswith("unwatched"))
+    cost = watched / unwatched - 1
+    print(f"\n{steps} steps, refresh every {REFRESH_S:g} s: "
+          + ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items())
+          + f"; fastest watched vs fastest unwatched: {cost:+.1%}")
     assert cost < 0.05
 
