@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import adapters, batching, rng, tasks, training
+from . import adapters, batching, rng, tasks, training, tt
 from .training import LoopConfig, Progress, TrainingError, fit, task_loss  # noqa: F401 (API)
 from .backbone import Backbone, BackboneInfo, encode_rows, load_backbone, mean_pool
 
@@ -172,21 +172,17 @@ class ExpertModel(nn.Module):
 
 
 def _resolve_targets_and_shapes(cfg: ExpertConfig, model: nn.Module) -> ExpertConfig:
+    """Targets (the architecture's default when None) and, for TT-LoRA, a flat TT shape per
+    layout key (``adapters.resolve_shapes``: per target, or per layer size where a target such
+    as BERT's ``dense`` names layers of several sizes)."""
     from .backbone import default_targets
 
     cfg.targets = list(cfg.targets or default_targets(model.config.model_type))
     if cfg.method == "tt-lora":
-        shapes = dict(cfg.shapes or {})
-        for target in cfg.targets:
-            name = adapters.find_targets(model, [target])[0]
-            layer = model.get_submodule(name)
-            try:
-                m, n = adapters.resolve_factors(layer.in_features, layer.out_features,
-                                                shapes.get(target))
-            except ValueError as exc:
-                raise ConfigError(f"shape for {target}: {exc}") from None
-            shapes[target] = m + n
-        cfg.shapes = shapes
+        try:
+            cfg.shapes = adapters.resolve_shapes(model, cfg.targets, cfg.shapes)
+        except ValueError as exc:
+            raise ConfigError(f"shape for {exc}") from None
     return cfg
 
 
@@ -224,13 +220,15 @@ def build_expert_model(expert_or_config: Expert | ExpertConfig, backbone: Backbo
 
 
 def tt_layout(encoder: nn.Module, targets: list[str]) -> dict[str, dict]:
-    """Input/output factors per target (the same in every layer)."""
-    layers = adapters.tt_layers(encoder)
+    """Input/output factors per layout key (a target, or a role in the layer where the target's
+    modules differ in size: ``adapters.target_layout_keys``); the same in every layer."""
+    keys = adapters.target_layout_keys(encoder, targets)
     layout = {}
-    for target in targets:
-        layer = next(m for name, m in layers.items() if name.rpartition(".")[2] == target)
-        layout[target] = {"in_factors": layer.in_factors, "out_factors": layer.out_factors}
-    return layout
+    for name, layer in adapters.tt_layers(encoder).items():
+        key = tt.layout_key(keys, name)
+        if key is not None and key not in layout:
+            layout[key] = {"in_factors": layer.in_factors, "out_factors": layer.out_factors}
+    return {key: layout[key] for key in keys if key in layout}
 
 
 def expert_tensors(model: ExpertModel, method: str) -> dict[str, torch.Tensor]:
