@@ -229,3 +229,35 @@ def test_train_expert_resumes_exactly(tiny_bert, sst2, tmp_path, method):
 def test_convergence_settings_are_checked(overrides, pattern):
     with pytest.raises(experts.ConfigError, match=pattern):
         experts.ExpertConfig(task="sst2", **overrides).resolved()
+
+
+# ----------------------------------------------------------------------------- report --resume
+
+
+def test_report_run_reuses_finished_experts_and_checks_settings(tiny_bert, samples_dir, tmp_path):
+    import dataclasses
+
+    from ttmoe_core import report
+    from ttmoe_core.report import run as report_run
+    from ttmoe_core.report.experiment import Run
+
+    budget = dataclasses.replace(report.BUDGETS["small"], steps=3, batch_size=4, max_length=32,
+                                 train_rows=24, eval_rows=8)
+    first = Run(budget=budget, backbone=tiny_bert, data_dir=samples_dir)
+    assert report_run._work_dir(first, tmp_path / "w", False, {"settings": 1}) == {}
+    trained = first.expert("sst2", "tt-lora")
+    assert (tmp_path / "w" / "experts" / "sst2-tt-lora.training.json").is_file()
+    (tmp_path / "w" / "experiments" / "methods.json").write_text('{"claim": 1}')
+    told = []
+    again = Run(budget=budget, backbone=tiny_bert, data_dir=samples_dir,
+                progress=lambda stage, done, total: told.append(stage))
+    assert report_run._work_dir(again, tmp_path / "w", True, {"settings": 1}) == {
+        "methods": {"claim": 1}}
+    kept = again.expert("sst2", "tt-lora")
+    assert told == []                                       # nothing trained
+    assert again.trainings[("sst2", "tt-lora")] == first.trainings[("sst2", "tt-lora")]
+    for key, value in trained.tensors.items():
+        assert torch.equal(kept.tensors[key], value)
+    other = Run(budget=budget, backbone=tiny_bert, data_dir=samples_dir)
+    with pytest.raises(report.ReportError, match="other settings"):
+        report_run._work_dir(other, tmp_path / "w", True, {"settings": 2})

@@ -46,6 +46,7 @@ class Progress:
     elapsed_s: float
     holdout: dict | None = None      # hold-out metrics when this step was evaluated
     best_step: int | None = None     # step of the best hold-out score so far
+    final: bool = False              # the last step of the run (the cap, or stopped early)
 
 
 class LoopConfig(Protocol):
@@ -255,7 +256,8 @@ def fit(model: nn.Module, batch_loss: Callable[[list[int]], torch.Tensor], num_r
         if step % log_every == 0 or step == steps or evaluated or loop.stopped_early:
             elapsed = loop.elapsed + time.perf_counter() - clock[0]
             event = Progress(step, steps, float(np.mean(loop.running)), loop.seen / elapsed,
-                             elapsed, evaluated.get("holdout"), loop.best_step)
+                             elapsed, evaluated.get("holdout"), loop.best_step,
+                             step == steps or loop.stopped_early)
             loop.history.append({"step": step, "loss": event.loss,
                                  "examples_per_s": event.examples_per_s,
                                  "elapsed_s": round(elapsed, 2), **evaluated})
