@@ -74,6 +74,7 @@ class Loop:
     schedule: str = "cosine"
     eval_every: int = 4
     patience: int = 0
+    min_steps: int = 0
 
 
 X = torch.randn(37, 6, generator=torch.Generator().manual_seed(1))
@@ -138,6 +139,16 @@ def test_early_stopping_keeps_the_best_weights():
         assert torch.equal(p, snapshots[8][name]), name
     assert training.summary(history) == {"steps_run": 20, "best_step": 8, "evaluations": 5,
                                          "holdout_accuracy": 0.6}
+
+
+def test_min_steps_delays_early_stopping():
+    scores = iter([0.6] + [0.1] * 20)
+    generator = torch.Generator().manual_seed(0)
+    model = Toy(generator)
+    history = training.fit(model, lambda rows: training.task_loss(model(X[rows]), Y[rows], False),
+                           len(X), Loop(steps=100, patience=2, min_steps=30), generator,
+                           holdout=training.HoldOut(lambda: {"accuracy": next(scores)}, "accuracy"))
+    assert history[-1]["step"] == 32          # would have stopped at 12 without min_steps
 
 
 def test_cancelled_run_resumes_to_the_uninterrupted_result(tmp_path):
@@ -224,7 +235,7 @@ def test_train_expert_resumes_exactly(tiny_bert, sst2, tmp_path, method):
 
 @pytest.mark.parametrize("overrides,pattern", [
     ({"holdout_fraction": 1.0}, "hold-out fraction"), ({"eval_every": -1}, "eval every"),
-    ({"patience": -2}, "patience"), ({"schedule": "steps"}, "schedule"),
+    ({"patience": -2}, "patience"), ({"min_steps": -1}, "min steps"), ({"schedule": "steps"}, "schedule"),
     ({"checkpoint_every": -1}, "checkpoint every"), ({"holdout_limit": 0}, "hold-out limit")])
 def test_convergence_settings_are_checked(overrides, pattern):
     with pytest.raises(experts.ConfigError, match=pattern):

@@ -70,6 +70,8 @@ class ExpertConfig:
     holdout_limit: int | None = 1000   # at most this many hold-out rows (evaluation costs time)
     eval_every: int = 100              # steps between hold-out evaluations (0: at the end only)
     patience: int = 5                  # evaluations without improvement before stopping (0: never)
+    min_steps: int = 0                 # never stop early before this step (a task may sit at the
+                                       # majority class for a while: CoLA, CONVERGENCE.md)
     schedule: str | None = None        # None: the method's ("linear": warm-up, decay to 0 at cap)
     checkpoint_every: int = 0          # steps between checkpoints (with a checkpoint folder)
 
@@ -98,6 +100,7 @@ class ExpertConfig:
                    f"hold-out limit must be >= 1, got {cfg.holdout_limit}"),
                   (cfg.eval_every >= 0, f"eval every must be >= 0, got {cfg.eval_every}"),
                   (cfg.patience >= 0, f"patience must be >= 0, got {cfg.patience}"),
+                  (cfg.min_steps >= 0, f"min steps must be >= 0, got {cfg.min_steps}"),
                   (cfg.schedule in training.SCHEDULES,
                    f"schedule must be one of {', '.join(training.SCHEDULES)}, got {cfg.schedule!r}"),
                   (cfg.checkpoint_every >= 0,

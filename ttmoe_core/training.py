@@ -52,7 +52,7 @@ class Progress:
 class LoopConfig(Protocol):
     """The settings :func:`fit` reads (``ExpertConfig`` resolved, ``baselines.FusionConfig``);
     optional ones (read with defaults): ``schedule`` ("linear"), ``eval_every`` (0: at the end
-    only), ``patience`` (0: never stop early)."""
+    only), ``patience`` (0: never stop early), ``min_steps`` (no early stop before it)."""
     steps: int
     batch_size: int
     lr: float
@@ -154,8 +154,8 @@ def fit(model: nn.Module, batch_loss: Callable[[list[int]], torch.Tensor], num_r
     per ``lr_factor`` (``config.schedule``, warm-up over ``warmup_fraction`` of the steps).
 
     With ``holdout``: evaluated every ``config.eval_every`` steps and at the last one; after
-    ``config.patience`` evaluations in a row without a better score training stops, and the
-    model ends with the weights of its best evaluation. With ``checkpoint``: the run's state is
+    ``config.patience`` evaluations in a row without a better score training stops (not before
+    ``config.min_steps``), and the model ends with the weights of its best evaluation. With ``checkpoint``: the run's state is
     saved every ``checkpoint.every`` steps and when cancelled; with ``checkpoint.resume`` a saved
     state is loaded first, so the run continues exactly where it was (same batches, same result).
 
@@ -169,6 +169,7 @@ def fit(model: nn.Module, batch_loss: Callable[[list[int]], torch.Tensor], num_r
     schedule_name = getattr(config, "schedule", None) or "linear"
     eval_every = int(getattr(config, "eval_every", 0) or 0)
     patience = int(getattr(config, "patience", 0) or 0)
+    min_steps = int(getattr(config, "min_steps", 0) or 0)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW([p for _, p in named], lr=config.lr,
                                   weight_decay=config.weight_decay)
@@ -252,7 +253,8 @@ def fit(model: nn.Module, batch_loss: Callable[[list[int]], torch.Tensor], num_r
         evaluated = {}
         if holdout is not None and ((eval_every and step % eval_every == 0) or step == steps):
             evaluated = evaluate_now()
-            loop.stopped_early = bool(patience) and loop.bad_evals >= patience and step < steps
+            loop.stopped_early = (bool(patience) and loop.bad_evals >= patience
+                                  and min_steps <= step < steps)
         if step % log_every == 0 or step == steps or evaluated or loop.stopped_early:
             elapsed = loop.elapsed + time.perf_counter() - clock[0]
             event = Progress(step, steps, float(np.mean(loop.running)), loop.seen / elapsed,

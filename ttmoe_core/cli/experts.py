@@ -93,7 +93,8 @@ def cmd_train_expert(args: argparse.Namespace) -> int:
 def convergence_settings(args: argparse.Namespace) -> dict:
     """The ``ExpertConfig`` fields of the convergence flags (``add_convergence_flags``)."""
     return {"holdout_fraction": args.holdout_fraction, "holdout_limit": args.holdout_limit,
-            "eval_every": args.eval_every, "patience": args.patience, "schedule": args.schedule,
+            "eval_every": args.eval_every, "patience": args.patience,
+            "min_steps": args.min_steps, "schedule": args.schedule,
             "checkpoint_every": args.checkpoint_every}
 
 
@@ -127,6 +128,8 @@ def add_convergence_flags(p: argparse.ArgumentParser) -> None:
                    help="steps between hold-out evaluations (0: only at the end)")
     p.add_argument("--patience", type=int_in(0), default=5,
                    help="evaluations without a better hold-out score before stopping (0: never)")
+    p.add_argument("--min-steps", type=int_in(0), default=0,
+                   help="never stop early before this step")
     p.add_argument("--schedule", choices=["linear", "cosine", "constant"], default=None,
                    help="learning rate after warm-up (default: the method's, linear)")
     p.add_argument("--checkpoint-every", type=int_in(0), default=100,
