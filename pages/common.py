@@ -51,8 +51,8 @@ def legacy_pages_dir_workaround() -> None:
 
 legacy_pages_dir_workaround()
 
-from ttmoe_core import (adhoc, backbone, budget, experts, jobs, moe, names, router,  # noqa: E402
-                        store, tasks, workspace)
+from ttmoe_core import (adhoc, backbone, budget, experts, jobs, moe, names, quality,  # noqa: E402
+                        router, store, tasks, workspace)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -322,6 +322,26 @@ def session_id() -> str:
     return st.session_state[SESSION_KEY]
 
 
+def holdout_words(events: list[dict]) -> str:
+    """`` · hold-out accuracy 0.812 (best at step 300)`` from a training job's latest
+    evaluation event (early stopping), or "" before the first one."""
+    held = next((e for e in reversed(events) if e.get("holdout")), None)
+    if held is None:
+        return ""
+    key, value = next(iter(held["holdout"].items()))
+    return f" · hold-out {key} {value:.3f} (best at step {held.get('best_step')})"
+
+
+def quality_line(cards, name: str) -> None:
+    """Under an answer: the answering expert's validation score, and plainly when it is weak
+    (``quality.assess``); ``cards``: the mixture's ``ExpertCard`` list."""
+    card = next((c for c in cards if c.name == name), None)
+    if card is None or card.expert is None:
+        return
+    verdict = quality.assess(card.expert.metrics, card.expert.label_names)
+    (st.warning if verdict.weak else st.caption)(quality.words(verdict))
+
+
 def expert_info(expert: experts.Expert, folder: Path) -> dict:
     """Plain-data summary of an expert for tables and captions."""
     cfg = expert.config
@@ -334,6 +354,7 @@ def expert_info(expert: experts.Expert, folder: Path) -> dict:
                           for t, l in expert.tt_layout.items()},
             "label_names": list(expert.label_names), "metrics": dict(expert.metrics),
             "metric": metric, "metric_value": expert.metrics.get(metric),
+            "quality": quality.assess(expert.metrics, expert.label_names).to_dict(),
             "history": list(expert.history), "data": dict(expert.data), "created": expert.created,
             "training": cfg.to_dict(), "trainable_params": expert.trainable_params(),
             "adapter_params": expert.adapter_params(), "head_params": head,

@@ -62,7 +62,9 @@ else:
                        delta=f"{total_tt / lora:.2f}× one LoRA r16", delta_color="off",
                        delta_arrow="off")
     rows = [{"expert": i["name"], "task": i["task"], "metric": i["metric"],
-             "validation score": i["metric_value"], "TT-LoRA params": i["adapter_params"],
+             "validation score": i["metric_value"],
+             "quality": ("weak: " + i["quality"]["reason"]) if i["quality"]["weak"] else "ok",
+             "TT-LoRA params": i["adapter_params"],
              "head params": i["head_params"], "rank": i["rank"],
              "TT shape (q)": common.shape_text(next(iter(i["tt_layout"].values())))
              if i["tt_layout"] else "–",
@@ -72,6 +74,10 @@ else:
                  column_config={"validation score": st.column_config.NumberColumn(format="%.3f"),
                                 "TT-LoRA params": st.column_config.NumberColumn(format="localized"),
                                 "head params": st.column_config.NumberColumn(format="localized")})
+    weak = [f"{i['name']} ({i['quality']['reason']})" for i in infos if i["quality"]["weak"]]
+    if weak:
+        st.warning("Weak experts, little better than a trivial guess on validation: "
+                   + "; ".join(weak) + ".", icon=":material/warning:")
     build = summary["manifest"].get("build") or {}
     minutes = (build.get("seconds") or 0) / 60
     note = (f"Built with `{build['command']}` in {minutes:.0f} min. " if build.get("command")

@@ -48,6 +48,7 @@ def answer_card(row: dict, title: str, key: str) -> None:
     """One answer: expert, label, label probabilities."""
     st.markdown(f"**{title}**: expert **{row['expert']}** ({row['task']}) answers "
                 f"**{row['label']}**")
+    common.quality_line(mixture.cards, row["expert"])   # its validation score; says when weak
     if row["label_probs"]:
         st.plotly_chart(figures.probability_bar(row["label_probs"], highlight=row["label"],
                                                 title=f"{row['expert']}: label probabilities"),

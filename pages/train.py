@@ -92,7 +92,8 @@ def phase(events: list[dict]) -> tuple[float, str]:
                      f"{last.get('train_rows', '?')} training rows…")
     if stage == "training":
         return step / total, (f"Step {step} of {total} · loss {last['loss']:.4f} · "
-                              f"{last['examples_per_s']:.1f} examples/s")
+                              f"{last['examples_per_s']:.1f} examples/s"
+                              + common.holdout_words(events))
     if stage == "evaluating":
         return 1.0, f"Evaluating on {last['rows']} validation rows…"
     if stage == "saving":

@@ -11,9 +11,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.tinymodels import SAMPLES, saved_tiny_bert, tiny_pack, tree_hashes
-from ttmoe_core import backbone, cli
+from ttmoe_core import backbone, cli, experts, store, tasks
+from ttmoe_core.cli.mixture import finished_part
+from ttmoe_core.training import TrainingError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -286,3 +289,73 @@ def test_demo_pack_routes_sst2():
     proc = run_module("predict", "--json", "a gorgeous , witty , seductive movie .")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["expert"] == "sst2"
+
+
+# ----------------------------------------------------------------------------- --resume
+# train-expert --resume continues an interrupted run to the uninterrupted result; build-demo
+# --resume keeps the experts it finished; pack.json records each expert's validation verdict
+
+RESUME_TRAIN = ["--task", "sst2", "--max-steps", "8", "--batch-size", "8", "--max-length", "32",
+         "--eval-limit", "8", "--eval-every", "2", "--checkpoint-every", "3", "--patience", "0",
+         "--holdout-fraction", "0.2", "--lr", "0.01", "--data-dir", str(SAMPLES), "--quiet",
+         "--device", "cpu", "--json"]
+
+
+def test_train_expert_resume_continues_an_interrupted_run(capsys, tiny_base, tmp_path):
+    bb = tiny_base
+    folder = bb.info.name
+    assert cli.main(["train-expert", "--out", str(tmp_path / "whole"), "--model", str(folder),
+                     *RESUME_TRAIN]) == 0
+    whole = store.load_expert(tmp_path / "whole")
+    assert not (tmp_path / "whole.checkpoint").exists()          # removed once the expert is saved
+    # the same run, cancelled after 5 steps, as the CLI would have started it
+    config = experts.ExpertConfig(task="sst2", steps=8, batch_size=8, max_length=32, eval_limit=8,
+                                  eval_every=2, checkpoint_every=3, patience=0,
+                                  holdout_fraction=0.2, lr=0.01, device="cpu")
+    train = tasks.load_task("sst2", "train", data_dir=SAMPLES, seed=0)
+    done = []
+    with pytest.raises(TrainingError, match="cancelled at step 5"):
+        experts.train_expert(config, bb, train_data=train, checkpoint_dir=tmp_path / "e.checkpoint",
+                             data_dir=SAMPLES, progress=lambda e: done.append(e.step), log_every=1,
+                             should_stop=lambda: bool(done) and done[-1] == 5)
+    capsys.readouterr()
+    assert cli.main(["train-expert", "--out", str(tmp_path / "e"), "--model", str(folder),
+                     "--resume", *RESUME_TRAIN]) == 0
+    resumed = store.load_expert(tmp_path / "e")
+    for key, value in whole.tensors.items():
+        torch.testing.assert_close(resumed.tensors[key], value, rtol=0, atol=1e-6)
+    assert resumed.metrics["accuracy"] == whole.metrics["accuracy"]
+    assert not (tmp_path / "e.checkpoint").exists()
+
+
+def test_build_demo_resume_keeps_finished_experts(capsys, tiny_base, tmp_path):
+    folder = tiny_base.info.name
+    argv = ["build-demo", "--out", str(tmp_path / "pack"), "--model", str(folder),
+            "--tasks", "sst2,rte", "--steps", "4", "--batch-size", "4", "--max-length", "32",
+            "--eval-limit", "8", "--eval-every", "2", "--layer", "1", "--per-task", "8",
+            "--eval-per-task", "4", "--data-dir", str(SAMPLES), "--device", "cpu"]
+    assert cli.main(argv) == 0
+    manifest = json.loads((tmp_path / "pack" / "pack.json").read_text())
+    validation = manifest["validation"]
+    assert set(validation) == {"sst2", "rte"}
+    for name, entry in validation.items():
+        expert = store.load_expert(tmp_path / "pack" / "experts" / name)
+        assert entry["metric"] == "accuracy" and entry["value"] == expert.metrics["accuracy"]
+        assert isinstance(entry["weak"], bool) and entry["reason"]
+    first = {n: store.load_expert(tmp_path / "pack.parts" / n) for n in ("sst2", "rte")}
+    capsys.readouterr()
+    assert cli.main([*argv, "--resume", "--overwrite"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("done earlier") == 2
+    for name, expert in first.items():
+        again = store.load_expert(tmp_path / "pack" / "experts" / name)
+        for key, value in expert.tensors.items():
+            assert torch.equal(again.tensors[key], value)
+    # other settings: the finished part does not fit, so it would be trained again
+    config = experts.ExpertConfig(task="sst2", steps=4, batch_size=4, max_length=32, eval_limit=8,
+                                  eval_every=2, checkpoint_every=100)
+    assert finished_part(tmp_path / "pack.parts" / "sst2", config) is not None
+    for change in ({"steps": 5}, {"patience": 2}, {"targets": ["query"]}):
+        other = experts.ExpertConfig(**{**config.to_dict(), **change})
+        assert finished_part(tmp_path / "pack.parts" / "sst2", other) is None
+    assert finished_part(tmp_path / "nothing", config) is None

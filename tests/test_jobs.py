@@ -266,7 +266,38 @@ def test_a_cancel_while_saving_is_refused_and_the_job_says_where_it_saved(tmp_pa
 def test_a_training_cancel_is_reported_as_not_saved(tmp_path):
     job = _train_job("training", Workspace(tmp_path))
     assert job.status == "cancelled" and "cancelled at step" in job.error
-    assert job.events[-1]["saved"] is False and list(tmp_path.iterdir()) == []
+    assert job.events[-1]["saved"] is False
+    # only the run's checkpoint stays (hidden from the workspace's experts), for a resume
+    assert [p.name for p in tmp_path.iterdir()] == [jobs.CHECKPOINTS]
+    assert Workspace(tmp_path).list_experts() == ([], {})
+
+
+def test_a_cancelled_training_job_resumes_to_the_uninterrupted_result(tmp_path):
+    from tests.tinymodels import SAMPLES, tiny_bert
+
+    config = ExpertConfig(**{**TINY_CONFIG, "steps": 6, "checkpoint_every": 2, "eval_every": 2})
+    whole = jobs.Job(jobs.train_expert_job, config, tiny_bert(), Workspace(tmp_path / "a"), "mine",
+                     data_dir=SAMPLES)
+    assert whole.wait(120) and whole.status == "done"
+
+    class StopAtStep3(jobs.Job):
+        def report(self, **fields) -> None:
+            super().report(**fields)
+            if fields.get("step") == 3:
+                self.cancel()
+
+    ws = Workspace(tmp_path / "b")
+    first = StopAtStep3(jobs.train_expert_job, config, tiny_bert(), ws, "mine", data_dir=SAMPLES)
+    assert first.wait(120) and first.status == "cancelled" and "at step 3" in first.error
+    again = jobs.Job(jobs.train_expert_job, config, tiny_bert(), ws, "mine", data_dir=SAMPLES)
+    assert again.wait(120) and again.status == "done"
+    steps = [e["step"] for e in again.events if e.get("stage") == "training" and "loss" in e]
+    assert steps and min(steps) > 3                              # continued, not restarted
+    a = store.load_expert(tmp_path / "a" / "mine")
+    b = store.load_expert(tmp_path / "b" / "mine")
+    for key, value in a.tensors.items():
+        torch.testing.assert_close(b.tensors[key], value, rtol=0, atol=1e-6)
+    assert not (tmp_path / "b" / jobs.CHECKPOINTS / "mine").exists()   # removed once saved
 
 
 def _router_job(tmp_path, stage: str):

@@ -119,7 +119,7 @@ def random_expert(template: experts.Expert, name: str, rank: int, num_labels: in
         if ".cores." not in key:
             continue
         layer, k = key.rsplit(".cores.", 1)
-        layout = template.tt_layout[layer.rpartition(".")[2]]
+        layout = tt.layout_for(template.tt_layout, layer)
         shape = tt.core_shapes(layout["in_factors"], layout["out_factors"], rank)[int(k)]
         tensors[key] = scale * torch.randn(shape, generator=generator)
     hidden = template.tensors["head.weight"].shape[1]

@@ -230,21 +230,70 @@ def resolve_factors(d_in: int, d_out: int,
     return tt.split_shape(shape, d_in, d_out)
 
 
+def target_layout_keys(model: nn.Module, targets: Sequence[str]) -> dict[str, tuple[int, int]]:
+    """{layout key: (d_in, d_out)} of the target linear layers: the target name (``query``) when
+    all its modules have one size, else one key per role in the layer (``dense`` of BERT:
+    ``attention.output.dense`` 384->384, ``intermediate.dense`` 384->1536, ``output.dense``
+    1536->384), so each size gets its own TT shape. ValueError when one role has two sizes."""
+    keys: dict[str, tuple[int, int]] = {}
+    for target in targets:
+        # plain linear layers, or ones already wrapped by TTLoRALinear (sizes of their base)
+        modules = {name: (m.base if isinstance(m, TTLoRALinear) else m)
+                   for name, m in model.named_modules()
+                   if isinstance(m, (nn.Linear, TTLoRALinear)) and name.rpartition(".")[2] == target}
+        if not modules:
+            find_targets(model, [target])                      # its ValueError names the choices
+        sizes = {(m.in_features, m.out_features) for m in modules.values()}
+        if len(sizes) == 1:
+            keys[target] = sizes.pop()
+            continue
+        for name, module in modules.items():
+            role, size = tt.module_role(name), (module.in_features, module.out_features)
+            if keys.setdefault(role, size) != size:
+                raise ValueError(f"modules {role!r} of target {target!r} differ in size across "
+                                 "layers: one TT shape cannot fit them")
+    return keys
+
+
+def resolve_shapes(model: nn.Module, targets: Sequence[str],
+                   shapes: Mapping[str, Sequence[int]] | None) -> dict[str, list[int]]:
+    """A flat TT shape for every layout key of the targets (``target_layout_keys``): the one
+    given for that key, else the one given for its target (it must fit), else the balanced
+    default of its size. ValueError names a shape that does not fit or names nothing."""
+    shapes = dict(shapes or {})
+    keys = target_layout_keys(model, targets)
+    stray = sorted(set(shapes) - set(keys) - set(targets))
+    if stray:
+        raise ValueError(f"{', '.join(stray)} is not a target nor a role of one (shapes can be "
+                         f"given for: {', '.join(dict.fromkeys([*targets, *keys]))})")
+    resolved = {}
+    for key, (d_in, d_out) in keys.items():
+        given = shapes.get(key, shapes.get(key.rpartition(".")[2]))
+        try:
+            m, n = resolve_factors(d_in, d_out, given)
+        except ValueError as exc:
+            raise ValueError(f"{key} ({d_in}x{d_out}): {exc}") from None
+        resolved[key] = m + n
+    return resolved
+
+
 def inject_tt_lora(model: nn.Module, targets: Sequence[str], *, rank: int, alpha: float,
                    shapes: Mapping[str, Sequence[int]] | None = None, num_experts: int = 1,
                    init: str = "kaiming", generator: torch.Generator | None = None) -> list[str]:
     """Freeze ``model`` and replace each target linear with a ``TTLoRALinear``; returns their names.
 
-    ``shapes`` maps a target name (e.g. "query") to its flat TT shape; missing ones are automatic.
+    ``shapes`` maps a layout key (a target name such as "query", or a role such as
+    "intermediate.dense" where a target's modules differ in size: ``target_layout_keys``) to its
+    flat TT shape; missing ones get the balanced default of their layer's size.
     """
     for p in model.parameters():
         p.requires_grad_(False)
     names = find_targets(model, targets)
-    shapes = dict(shapes or {})
+    shapes = resolve_shapes(model, targets, shapes)
     for name in names:
         base = model.get_submodule(name)
-        short = name.rpartition(".")[2]
-        m, n = resolve_factors(base.in_features, base.out_features, shapes.get(short))
+        m, n = tt.split_shape(shapes[tt.layout_key(shapes, name)], base.in_features,
+                              base.out_features)
         replace_submodule(model, name, TTLoRALinear(base, m, n, rank, alpha, num_experts, init, generator))
     return names
 

@@ -16,7 +16,7 @@ as with uniformly shuffled batches.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 
 import torch
 
@@ -89,13 +89,60 @@ def bucketed_batches(lengths: Sequence[int], batch_size: int, generator: torch.G
     if batch_size < 1 or bucket_batches < 1:
         raise ValueError(f"batch_size and bucket_batches must be >= 1, got {batch_size}, "
                          f"{bucket_batches}")
-    bucket = batch_size * bucket_batches
     while True:
-        ties = torch.randperm(len(lengths), generator=generator).tolist()
-        order = sorted(ties, key=lambda row: lengths[row])           # stable: random ties
-        batches = []
-        for start in range(0, len(order), bucket):
-            rows = order[start:start + bucket]
-            rows = [rows[i] for i in torch.randperm(len(rows), generator=generator).tolist()]
-            batches += [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
-        yield from (batches[i] for i in torch.randperm(len(batches), generator=generator).tolist())
+        yield from bucketed_epoch(lengths, batch_size, generator, bucket_batches)
+
+
+def bucketed_epoch(lengths: Sequence[int], batch_size: int, generator: torch.Generator,
+                   bucket_batches: int = BUCKET_BATCHES) -> list[list[int]]:
+    """One epoch of ``bucketed_batches`` (the same draws from ``generator``, in the same order)."""
+    bucket = batch_size * bucket_batches
+    ties = torch.randperm(len(lengths), generator=generator).tolist()
+    order = sorted(ties, key=lambda row: lengths[row])           # stable: random ties
+    batches = []
+    for start in range(0, len(order), bucket):
+        rows = order[start:start + bucket]
+        rows = [rows[i] for i in torch.randperm(len(rows), generator=generator).tolist()]
+        batches += [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+
+
+def shuffled_epoch(num_rows: int, batch_size: int, generator: torch.Generator) -> list[list[int]]:
+    """One epoch of uniformly shuffled mini-batches of the rows 0..num_rows-1."""
+    order = torch.randperm(num_rows, generator=generator).tolist()
+    return [order[start:start + batch_size] for start in range(0, num_rows, batch_size)]
+
+
+class BatchStream:
+    """Endless training batches, one epoch (``next_epoch()``: a list of batches) after another,
+    whose position can be saved and restored: ``state_dict()`` holds the current epoch's batches
+    and how many of them were used, so a resumed run draws exactly the batches an uninterrupted
+    one would (with the generator's state saved at the same moment)."""
+
+    def __init__(self, next_epoch: Callable[[], list[list[int]]]):
+        self._next_epoch = next_epoch
+        self._epoch: list[list[int]] = []
+        self._used = 0
+        self.epochs = 0
+
+    def __iter__(self) -> "BatchStream":
+        return self
+
+    def __next__(self) -> list[int]:
+        if self._used >= len(self._epoch):
+            self._epoch, self._used = self._next_epoch(), 0
+            self.epochs += 1
+            if not self._epoch:
+                raise ValueError("an epoch of training batches is empty (no training rows)")
+        self._used += 1
+        return self._epoch[self._used - 1]
+
+    def state_dict(self) -> dict:
+        return {"epoch": [list(b) for b in self._epoch], "used": self._used, "epochs": self.epochs}
+
+    def load_state_dict(self, state: dict) -> None:
+        epoch = [[int(r) for r in batch] for batch in state["epoch"]]
+        used = int(state["used"])
+        if not 0 <= used <= len(epoch):
+            raise ValueError(f"batch position {used} outside an epoch of {len(epoch)} batches")
+        self._epoch, self._used, self.epochs = epoch, used, int(state.get("epochs", 0))

@@ -12,33 +12,30 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import math
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
-from typing import Protocol
 
 import numpy as np
 import torch
 from torch import nn
 
-from . import adapters, batching, rng, tasks
+from . import adapters, batching, rng, tasks, training, tt
+from .training import LoopConfig, Progress, TrainingError, fit, task_loss  # noqa: F401 (API)
 from .backbone import Backbone, BackboneInfo, encode_rows, load_backbone, mean_pool
 
 METHODS = ("tt-lora", "lora", "adapter")
 # the paper's defaults: TT-LoRA rank 5, α 16, lr 5e-3; LoRA rank 16, α 8, lr 5e-4;
 # bottleneck adapter (Pfeiffer seq_bn, `adapters` library): rank = reduction factor 16, lr 5e-4
-METHOD_DEFAULTS = {"tt-lora": {"rank": 5, "alpha": 16.0, "lr": 5e-3},
-                   "lora": {"rank": 16, "alpha": 8.0, "lr": 5e-4},
-                   "adapter": {"rank": 16, "alpha": 1.0, "lr": 5e-4}}
+# schedule: linear warm-up then linear decay to 0 at the step cap for every method (the paper's
+# and HF Trainer's; one rule for all three keeps the comparison fair; see CONVERGENCE.md)
+METHOD_DEFAULTS = {"tt-lora": {"rank": 5, "alpha": 16.0, "lr": 5e-3, "schedule": "linear"},
+                   "lora": {"rank": 16, "alpha": 8.0, "lr": 5e-4, "schedule": "linear"},
+                   "adapter": {"rank": 16, "alpha": 1.0, "lr": 5e-4, "schedule": "linear"}}
 ADAPTER_NAME = "expert"   # name of the bottleneck adapter inside an `adapters` model
 
 
 class ConfigError(ValueError):
     """An expert configuration value is invalid."""
-
-
-class TrainingError(RuntimeError):
-    """Training stopped (NaN loss, cancelled)."""
 
 
 @dataclass
@@ -65,6 +62,18 @@ class ExpertConfig:
                                        # whose router reads layers < min_layer computes them once
     length_buckets: bool = True        # training batches of rows of similar length (same
                                        # expected gradient as random batches, less padding)
+    # convergence (training.fit): `steps` is the cap; the hold-out is drawn from the TRAIN split
+    # (seeded by `seed`, never the validation split), scored every `eval_every` steps with the
+    # task's metric; `patience` evaluations without a better score stop the run, and the expert
+    # keeps the weights of its best evaluation. holdout_fraction 0: train on every row, no stop.
+    holdout_fraction: float = 0.1
+    holdout_limit: int | None = 1000   # at most this many hold-out rows (evaluation costs time)
+    eval_every: int = 100              # steps between hold-out evaluations (0: at the end only)
+    patience: int = 5                  # evaluations without improvement before stopping (0: never)
+    min_steps: int = 0                 # never stop early before this step (a task may sit at the
+                                       # majority class for a while: CoLA, CONVERGENCE.md)
+    schedule: str | None = None        # None: the method's ("linear": warm-up, decay to 0 at cap)
+    checkpoint_every: int = 0          # steps between checkpoints (with a checkpoint folder)
 
     def resolved(self) -> "ExpertConfig":
         """A copy with method defaults filled in; raises ConfigError on bad values."""
@@ -75,6 +84,7 @@ class ExpertConfig:
         cfg.rank = defaults["rank"] if cfg.rank is None else int(cfg.rank)
         cfg.alpha = defaults["alpha"] if cfg.alpha is None else float(cfg.alpha)
         cfg.lr = defaults["lr"] if cfg.lr is None else float(cfg.lr)
+        cfg.schedule = cfg.schedule or defaults["schedule"]
         checks = [(cfg.rank >= 1, f"rank must be >= 1, got {cfg.rank}"),
                   (cfg.lr > 0 and math.isfinite(cfg.lr), f"lr must be > 0, got {cfg.lr}"),
                   (cfg.steps >= 1, f"steps must be >= 1, got {cfg.steps}"),
@@ -84,7 +94,17 @@ class ExpertConfig:
                   (cfg.min_layer >= 0, f"min layer must be >= 0, got {cfg.min_layer}"),
                   (cfg.min_layer == 0 or cfg.method == "tt-lora",
                    "min layer > 0 needs a tt-lora expert"),
-                  (0 <= cfg.warmup_fraction < 1, "warmup fraction must be in [0, 1)")]
+                  (0 <= cfg.warmup_fraction < 1, "warmup fraction must be in [0, 1)"),
+                  (0 <= cfg.holdout_fraction < 1, "hold-out fraction must be in [0, 1)"),
+                  (cfg.holdout_limit is None or cfg.holdout_limit >= 1,
+                   f"hold-out limit must be >= 1, got {cfg.holdout_limit}"),
+                  (cfg.eval_every >= 0, f"eval every must be >= 0, got {cfg.eval_every}"),
+                  (cfg.patience >= 0, f"patience must be >= 0, got {cfg.patience}"),
+                  (cfg.min_steps >= 0, f"min steps must be >= 0, got {cfg.min_steps}"),
+                  (cfg.schedule in training.SCHEDULES,
+                   f"schedule must be one of {', '.join(training.SCHEDULES)}, got {cfg.schedule!r}"),
+                  (cfg.checkpoint_every >= 0,
+                   f"checkpoint every must be >= 0, got {cfg.checkpoint_every}")]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
@@ -133,15 +153,6 @@ class Expert:
         return sum(t.numel() for k, t in self.tensors.items() if not k.startswith("head."))
 
 
-@dataclass
-class Progress:
-    step: int
-    total_steps: int
-    loss: float
-    examples_per_s: float
-    elapsed_s: float
-
-
 class ExpertModel(nn.Module):
     """Adapted base model + linear head on the mean-pooled last hidden state.
 
@@ -164,21 +175,17 @@ class ExpertModel(nn.Module):
 
 
 def _resolve_targets_and_shapes(cfg: ExpertConfig, model: nn.Module) -> ExpertConfig:
+    """Targets (the architecture's default when None) and, for TT-LoRA, a flat TT shape per
+    layout key (``adapters.resolve_shapes``: per target, or per layer size where a target such
+    as BERT's ``dense`` names layers of several sizes)."""
     from .backbone import default_targets
 
     cfg.targets = list(cfg.targets or default_targets(model.config.model_type))
     if cfg.method == "tt-lora":
-        shapes = dict(cfg.shapes or {})
-        for target in cfg.targets:
-            name = adapters.find_targets(model, [target])[0]
-            layer = model.get_submodule(name)
-            try:
-                m, n = adapters.resolve_factors(layer.in_features, layer.out_features,
-                                                shapes.get(target))
-            except ValueError as exc:
-                raise ConfigError(f"shape for {target}: {exc}") from None
-            shapes[target] = m + n
-        cfg.shapes = shapes
+        try:
+            cfg.shapes = adapters.resolve_shapes(model, cfg.targets, cfg.shapes)
+        except ValueError as exc:
+            raise ConfigError(f"shape for {exc}") from None
     return cfg
 
 
@@ -216,13 +223,15 @@ def build_expert_model(expert_or_config: Expert | ExpertConfig, backbone: Backbo
 
 
 def tt_layout(encoder: nn.Module, targets: list[str]) -> dict[str, dict]:
-    """Input/output factors per target (the same in every layer)."""
-    layers = adapters.tt_layers(encoder)
+    """Input/output factors per layout key (a target, or a role in the layer where the target's
+    modules differ in size: ``adapters.target_layout_keys``); the same in every layer."""
+    keys = adapters.target_layout_keys(encoder, targets)
     layout = {}
-    for target in targets:
-        layer = next(m for name, m in layers.items() if name.rpartition(".")[2] == target)
-        layout[target] = {"in_factors": layer.in_factors, "out_factors": layer.out_factors}
-    return layout
+    for name, layer in adapters.tt_layers(encoder).items():
+        key = tt.layout_key(keys, name)
+        if key is not None and key not in layout:
+            layout[key] = {"in_factors": layer.in_factors, "out_factors": layer.out_factors}
+    return {key: layout[key] for key in keys if key in layout}
 
 
 def expert_tensors(model: ExpertModel, method: str) -> dict[str, torch.Tensor]:
@@ -258,96 +267,25 @@ def load_expert_tensors(model: ExpertModel, expert: Expert) -> None:
                                 if k.startswith("head.")})
 
 
-class LoopConfig(Protocol):
-    """The settings :func:`fit` reads (``ExpertConfig`` resolved, ``baselines.FusionConfig``)."""
-    steps: int
-    batch_size: int
-    lr: float
-    warmup_fraction: float
-    weight_decay: float
-
-
-def _batches(num_rows: int, batch_size: int, generator: torch.Generator) -> Iterator[list[int]]:
-    """Endless shuffled mini-batch indices, epoch after epoch."""
-    while True:
-        order = torch.randperm(num_rows, generator=generator).tolist()
-        for start in range(0, num_rows, batch_size):
-            yield order[start:start + batch_size]
-
-
-def task_loss(logits: torch.Tensor, labels: torch.Tensor, regression: bool) -> torch.Tensor:
-    """Mean loss of a batch: MSE on logits [B, 1] for regression, else cross-entropy on [B, C]."""
-    if regression:
-        return nn.functional.mse_loss(logits.squeeze(-1), labels.float())
-    return nn.functional.cross_entropy(logits, labels.long())
-
-
-def fit(model: nn.Module, batch_loss: Callable[[list[int]], torch.Tensor], num_rows: int,
-        config: LoopConfig, generator: torch.Generator, *,
-        progress: Callable[[Progress], None] | None = None,
-        should_stop: Callable[[], bool] | None = None, log_every: int = 5,
-        prefix: str = "", nan_hint: str = "", lengths: Sequence[int] | None = None) -> list[dict]:
-    """The training loop of every expert and of the AdapterFusion baseline; returns its history.
-
-    ``batch_loss(rows)``: the mean loss (a scalar tensor) of the rows at these indices, drawn
-    from 0..num_rows-1 in batches of ``config.batch_size``, reshuffled by ``generator`` every
-    epoch (the model's own randomness, e.g. dropout, should come from the same generator); with
-    ``lengths`` (tokens of each row) the batches are ``batching.bucketed_batches`` instead.
-    ``config.steps`` AdamW steps on the parameters that require grad, learning rate with
-    linear warm-up over ``warmup_fraction`` of the steps then linear decay to 0. The model trains
-    with its ``encoder`` (the frozen base) in eval mode, so only its own layers use dropout, and
-    is left in eval mode. History: [{step, loss (mean since the last entry), examples_per_s}]
-    every ``log_every`` steps and at the last one, each also sent to ``progress``.
-    Raises TrainingError when ``should_stop()`` says so or the loss is not finite (messages
-    start with ``prefix``; ``nan_hint`` is appended to the non-finite one).
-    """
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    steps, warmup = config.steps, max(1, int(config.warmup_fraction * config.steps))
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (steps - s) / max(1, steps - warmup))))
-    history: list[dict] = []
-    model.train()
-    model.encoder.eval()
-    start, seen, running = time.perf_counter(), 0, []
-    batches = (_batches(num_rows, config.batch_size, generator) if lengths is None else
-               batching.bucketed_batches(lengths, config.batch_size, generator))
-    for step in range(1, steps + 1):
-        if should_stop is not None and should_stop():
-            raise TrainingError(f"{prefix}training cancelled at step {step - 1} of {steps}")
-        rows = next(batches)
-        loss = batch_loss(rows)
-        if not torch.isfinite(loss):
-            raise TrainingError(f"{prefix}loss became {loss.item()} at step {step}{nan_hint}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        seen += len(rows)
-        running.append(loss.item())
-        if step % log_every == 0 or step == steps:
-            elapsed = time.perf_counter() - start
-            event = Progress(step, steps, float(np.mean(running)), seen / elapsed, elapsed)
-            history.append({"step": step, "loss": event.loss, "examples_per_s": event.examples_per_s})
-            running = []
-            if progress is not None:
-                progress(event)
-    model.eval()
-    return history
-
-
 def train_expert(config: ExpertConfig, backbone: Backbone | None = None, *,
                  train_data: "tasks.TaskData | None" = None,
                  eval_data: "tasks.TaskData | None" = None,
                  progress: Callable[[Progress], None] | None = None,
                  should_stop: Callable[[], bool] | None = None,
-                 log_every: int = 5, data_dir=None, name: str | None = None) -> Expert:
+                 log_every: int = 5, data_dir=None, name: str | None = None,
+                 checkpoint_dir=None, resume: bool = False) -> Expert:
     """Train one expert on its task alone (base frozen), evaluate it, return it as data.
 
     All randomness (initial weights, batch order, dropout) comes from one generator seeded with
     ``config.seed``, so a run is repeatable and independent of other threads. ``should_stop`` is
     asked before every step and every evaluation batch: TrainingError when it says so.
+    A seeded hold-out of the training rows (``config.holdout_fraction``) drives early stopping
+    (``training.fit``). With ``checkpoint_dir`` the run saves itself there every
+    ``config.checkpoint_every`` steps and when cancelled; ``resume`` continues from it (the same
+    result as an uninterrupted run; ``checkpoint.CheckpointError`` when it is another run's).
     """
+    from .checkpoint import Checkpointer
+
     cfg = config.resolved()
     backbone = backbone or load_backbone(device=cfg.device)
     device = backbone.device
@@ -356,23 +294,39 @@ def train_expert(config: ExpertConfig, backbone: Backbone | None = None, *,
     if len(train_data) == 0:
         raise ConfigError(f"no training rows for task {cfg.task!r}")
     regression = not train_data.label_names
+    # the hold-out comes out of the TRAIN rows (never the validation split), seeded by cfg.seed
+    train_rows, holdout_rows = training.holdout_split(len(train_data), cfg.holdout_fraction,
+                                                      cfg.holdout_limit, cfg.seed)
+    fit_data = train_data.select(train_rows) if holdout_rows else train_data
     generator = torch.Generator().manual_seed(cfg.seed)   # init, batch order and dropout
     cfg = _resolve_targets_and_shapes(cfg, backbone.model)
     model = build_expert_model(cfg, backbone, num_labels=max(1, len(train_data.label_names)),
                                generator=generator)
-    labels_all = torch.tensor(train_data.labels)
-    encoded = encode_rows(backbone.tokenizer, train_data.texts, train_data.text_pairs,
+    labels_all = torch.tensor(fit_data.labels)
+    encoded = encode_rows(backbone.tokenizer, fit_data.texts, fit_data.text_pairs,
                           cfg.max_length)                        # every row tokenized once
 
     def batch_loss(rows: list[int]) -> torch.Tensor:
         return task_loss(model(encoded.batch(rows, device)), labels_all[rows].to(device), regression)
 
-    start = time.perf_counter()
-    history = fit(model, batch_loss, len(train_data), cfg, generator, progress=progress,
+    holdout = None
+    if holdout_rows:
+        held = train_data.select(holdout_rows)
+        metric = tasks.primary_metric(tasks.TASKS[cfg.task] if cfg.task in tasks.TASKS else
+                                      ("pearson_spearman" if regression else "accuracy"))
+        holdout = training.HoldOut(lambda: evaluate_model(
+            model, backbone, held, cfg.task, cfg.max_length, should_stop)["metrics"], metric)
+    checkpoint = None
+    if checkpoint_dir is not None:
+        fingerprint = {k: v for k, v in cfg.to_dict().items() if k not in ("device", "checkpoint_every")}
+        fingerprint["train_data"] = {"source": train_data.source, "rows": len(train_data)}
+        checkpoint = Checkpointer(checkpoint_dir, cfg.checkpoint_every, resume, fingerprint)
+    history = fit(model, batch_loss, len(fit_data), cfg, generator, progress=progress,
                   should_stop=should_stop, log_every=log_every,
                   nan_hint=f": lower the learning rate (now {cfg.lr:g}) or use init='zero'",
-                  lengths=encoded.lengths if cfg.length_buckets else None)
-    train_seconds = time.perf_counter() - start
+                  lengths=encoded.lengths if cfg.length_buckets else None,
+                  holdout=holdout, checkpoint=checkpoint)
+    train_seconds = history[-1].get("elapsed_s", 0.0) if history else 0.0
     expert = Expert(name=name or cfg.task, config=cfg, label_names=list(train_data.label_names),
                     tensors=expert_tensors(model, cfg.method), base=backbone.info,
                     tt_layout=tt_layout(model.encoder, cfg.targets) if cfg.method == "tt-lora" else {},
@@ -382,8 +336,10 @@ def train_expert(config: ExpertConfig, backbone: Backbone | None = None, *,
     result = evaluate_model(model, backbone, eval_data, cfg.task, max_length=cfg.max_length,
                             should_stop=should_stop)
     expert.metrics = {**result["metrics"], "confusion": result["confusion"],
-                      "train_seconds": round(train_seconds, 2), "eval_rows": len(eval_data)}
-    expert.data = {"train": train_data.source, "train_rows": len(train_data),
+                      "train_seconds": round(train_seconds, 2), "eval_rows": len(eval_data),
+                      **training.summary(history)}
+    expert.data = {"train": train_data.source, "train_rows": len(fit_data),
+                   "holdout_rows": len(holdout_rows),
                    "eval": eval_data.source, "eval_rows": len(eval_data)}
     return expert
 

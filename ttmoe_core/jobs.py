@@ -19,6 +19,7 @@ says what was written: ``{"stage": "saved", "saved": True, "path": ...}`` or
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 import threading
@@ -27,6 +28,8 @@ import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from . import safefs
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +201,28 @@ def _one_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
+CHECKPOINTS = ".checkpoints"      # workspace folder of unfinished training runs (hidden)
+
+
+def _train_resuming(config, backbone, train_data, eval_data, progress, job, log_every, name,
+                    checkpoint_dir):
+    """``experts.train_expert`` continuing ``checkpoint_dir`` when it holds this run; a
+    checkpoint of other settings is dropped and training starts afresh."""
+    from . import experts
+    from .checkpoint import CheckpointError
+
+    kwargs = dict(train_data=train_data, eval_data=eval_data, progress=progress,
+                  should_stop=job.cancelled, log_every=log_every, name=name,
+                  checkpoint_dir=checkpoint_dir)
+    if not config.checkpoint_every:       # the app checkpoints every 50 steps unless told
+        config = dataclasses.replace(config, checkpoint_every=50)
+    try:
+        return experts.train_expert(config, backbone, resume=True, **kwargs)
+    except CheckpointError:
+        safefs.remove(checkpoint_dir)
+        return experts.train_expert(config, backbone, resume=False, **kwargs)
+
+
 def train_expert_job(job: Job, config, backbone, workspace, name: str, replace: bool = False,
                      train_data=None, eval_data=None, data_dir=None) -> dict:
     """Train one expert (``experts.train_expert``), save it as ``name`` in ``workspace`` (a
@@ -228,20 +253,22 @@ def train_expert_job(job: Job, config, backbone, workspace, name: str, replace: 
                    eval_rows=len(eval_data))
 
         def progress(event: experts.Progress) -> None:
+            held = {"holdout": event.holdout, "best_step": event.best_step} if event.holdout else {}
             job.report(stage="training", step=event.step, total=event.total_steps,
                        loss=event.loss, examples_per_s=event.examples_per_s,
-                       elapsed_s=event.elapsed_s)
-            if event.step == event.total_steps:
+                       elapsed_s=event.elapsed_s, **held)
+            if event.final:
                 job.report(stage="evaluating", rows=len(eval_data))
 
-        expert = experts.train_expert(config, backbone, train_data=train_data,
-                                      eval_data=eval_data, progress=progress,
-                                      should_stop=job.cancelled, log_every=max(1, total // 60),
-                                      name=name)
+        # a cancelled (or crashed) job of this name and settings continues where it stopped
+        checkpoint_dir = workspace.root / CHECKPOINTS / name
+        expert = _train_resuming(config, backbone, train_data, eval_data, progress, job,
+                                 max(1, total // 60), name, checkpoint_dir)
         if not job.commit():
             raise experts.TrainingError("training cancelled after evaluation, before saving")
         job.report(stage="saving", path=str(target))
         out_dir = workspace.save_expert(expert, replace=replace)
+        safefs.remove(checkpoint_dir)                  # saved: nothing left to resume
     except BaseException as exc:
         kept = f"; the expert at {target} is unchanged" if replace and target.exists() else ""
         _finish(job, None, f"{_one_line(exc)}: nothing was saved{kept}")

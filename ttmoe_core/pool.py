@@ -114,7 +114,7 @@ def module_slots(expert: Expert, names: Sequence[str]) -> list[ModuleSlot]:
     """The slots of an expert's adapted modules ``names``, in layer order."""
     slots = []
     for name in sorted(set(names), key=lambda n: (layer_index(n) or 0, n)):
-        layout = expert.tt_layout.get(name.rpartition(".")[2])
+        layout = tt.layout_for(expert.tt_layout, name)
         if layout is None:
             raise MoEError(f"expert {expert.name!r}: module {name!r} is not one of its targets")
         slots.append(ModuleSlot(name, layer_index(name), tuple(layout["in_factors"]),
@@ -216,7 +216,7 @@ class ExpertPool(nn.Module):
             raise MoEError(f"expert {expert.name!r} (rank {expert.config.rank}, "
                            f"{expert.num_labels} labels) exceeds the pool's rank {self.rank} or "
                            f"{self.max_labels} labels")
-        factors = {(slot.name.rpartition(".")[2], slot.in_factors, slot.out_factors)
+        factors = {(tt.layout_key(expert.tt_layout, slot.name), slot.in_factors, slot.out_factors)
                    for slot in self.slots}
         given = {(t, tuple(v["in_factors"]), tuple(v["out_factors"]))
                  for t, v in expert.tt_layout.items()}

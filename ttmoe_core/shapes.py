@@ -61,7 +61,9 @@ def _expected_suffixes(method: str, rank: int, targets: list[str] | None, layout
     if method == "lora":
         return {target: {"A.weight": None, "B.weight": None} for target in targets}
     layout = layout if isinstance(layout, dict) else {}
-    if set(layout) != set(targets):
+    # keys: a target ("query"), or a role in the layer ("intermediate.dense") where a target's
+    # modules differ in size (``tt.layout_key``); either way its last component is the target
+    if {key.rpartition(".")[2] for key in layout} != set(targets):
         raise StoreError(f"{what}: TT layout covers {sorted(layout)}, targets are {targets}")
     expected = {}
     for target, info in layout.items():
@@ -88,11 +90,11 @@ def _check_modules(shapes: Mapping[str, list[int]], method: str, expected: Mappi
         if key.startswith("head."):
             continue
         module, sep, suffix = key.rpartition(separator)
-        if not sep or module.rpartition(".")[2] not in expected:
+        if not sep or tt.layout_key(expected, module) is None:
             raise StoreError(f"{what}: tensor {key} is not an adapter tensor of the targets "
                              f"{sorted(expected)}")
         found.setdefault(module, set()).add(suffix)
-    modules = {module: module.rpartition(".")[2] for module in found}
+    modules = {module: tt.layout_key(expected, module) for module in found}
     for target, suffixes in expected.items():
         mine = [module for module, t in modules.items() if t == target]
         if not mine:

@@ -16,7 +16,7 @@ row of a batch can use a different expert's cores (gathered by index: cost indep
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -299,6 +299,30 @@ def delta_w_singular_values(cores: Sequence[torch.Tensor], in_factors: Sequence[
     return torch.cat([values, values.new_zeros(size - len(values))])
 
 
+def module_role(name: str) -> str:
+    """A module's place within its layer: the qualified name after the layer number
+    (``encoder.layer.3.intermediate.dense`` -> ``intermediate.dense``; the whole name when it
+    holds no number)."""
+    parts = name.split(".")
+    first = next((i for i, part in enumerate(parts) if part.isdigit()), None)
+    return name if first is None or first == len(parts) - 1 else ".".join(parts[first + 1:])
+
+
+def layout_key(layout: Mapping[str, object] | None, name: str) -> str | None:
+    """The key of module ``name`` in an expert's TT layout (or its config's shapes): its role in
+    the layer (``intermediate.dense``) where a target's modules differ in size, else the target
+    (``query``, the last name component; every expert before per-size shapes). None: absent."""
+    layout = layout or {}
+    role, target = module_role(name), name.rpartition(".")[2]
+    return role if role in layout else target if target in layout else None
+
+
+def layout_for(layout: Mapping[str, dict] | None, name: str) -> dict | None:
+    """The in/out factors of module ``name`` in an expert's TT layout (see ``layout_key``)."""
+    key = layout_key(layout, name)
+    return None if key is None else layout[key]
+
+
 def delta_w_spectra(tensors: dict[str, torch.Tensor], method: str, alpha: float, rank: int,
                     tt_layout: dict[str, dict] | None = None) -> dict[str, torch.Tensor]:
     """Singular values of ``α·ΔW`` per adapted layer of one expert (``delta_w_singular_values``),
@@ -315,7 +339,7 @@ def delta_w_spectra(tensors: dict[str, torch.Tensor], method: str, alpha: float,
     if method == "tt-lora":
         for layer in sorted({key.rsplit(".cores.", 1)[0] for key in tensors if ".cores." in key},
                             key=layer_order):
-            layout = (tt_layout or {}).get(layer.rpartition(".")[2])
+            layout = layout_for(tt_layout, layer)
             if layout is not None:
                 count = sum(1 for key in tensors if key.startswith(layer + ".cores."))
                 out[layer] = delta_w_singular_values(

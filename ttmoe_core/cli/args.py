@@ -54,6 +54,17 @@ def positive_float(text: str) -> float:
     return value
 
 
+def fraction_arg(text: str) -> float:
+    """A number in [0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {value}")
+    return value
+
+
 def name_arg(text: str) -> str:
     """A name (of an expert): ``names.NAME_RULE``."""
     from ..names import NAME_RULE, is_valid_name

@@ -59,26 +59,21 @@ def check_writable(folder: str | Path, what: str) -> None:
 
 def check_targets(model, targets: list[str] | None, shapes: dict[str, list[int]] | None) -> None:
     """UsageError unless every target names linear modules of ``model`` (the model family's
-    defaults when ``targets`` is None) and every ``--shape`` names a target and fits its layer."""
-    from ..adapters import find_targets, resolve_factors
+    defaults when ``targets`` is None) and every ``--shape`` names a target (or, where a target's
+    layers differ in size, one of its roles such as ``intermediate.dense``) and fits its layers."""
+    from ..adapters import find_targets, resolve_shapes
     from ..backbone import default_targets
 
     try:
         chosen = list(targets or default_targets(model.config.model_type))
-        modules = {target: model.get_submodule(find_targets(model, [target])[0])
-                   for target in chosen}
+        for target in chosen:
+            find_targets(model, [target])
     except ValueError as exc:
         raise UsageError(f"--targets: {exc}") from None
-    stray = sorted(set(shapes or {}) - set(chosen))
-    if stray:
-        raise UsageError(f"--shape names {', '.join(stray)}, which is not a target (targets: "
-                         f"{', '.join(chosen)})")
-    for target, shape in (shapes or {}).items():
-        layer = modules[target]
-        try:
-            resolve_factors(layer.in_features, layer.out_features, shape)
-        except ValueError as exc:
-            raise UsageError(f"--shape {target}: {exc}") from None
+    try:
+        resolve_shapes(model, chosen, shapes)
+    except ValueError as exc:
+        raise UsageError(f"--shape {exc}") from None
 
 
 def check_max_length(backbone, max_length: int) -> None:

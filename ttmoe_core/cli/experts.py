@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
-from .args import (MAX_BATCH, UsageError, common_model_flags, int_in, name_arg, positive_float,
-                   positive_int, seed_arg, shape_arg, targets_arg)
+from .args import (MAX_BATCH, UsageError, common_model_flags, fraction_arg, int_in, name_arg,
+                   positive_float, positive_int, seed_arg, shape_arg, targets_arg)
 from .checks import check_max_length, check_output, check_targets
 
 MAX_RANK = 1024              # TT/LoRA rank or adapter reduction factor (the paper: 5 and 16)
@@ -33,15 +34,16 @@ def cmd_train_expert(args: argparse.Namespace) -> int:
     before the first step; the expert is saved atomically at the end."""
     from tqdm import tqdm
 
-    from .. import experts, store, tasks
+    from .. import experts, safefs, store, tasks
     from ..backbone import BackboneError, load_backbone
+    from ..checkpoint import CheckpointError
 
     config = experts.ExpertConfig(
         task=args.task, method=args.method, rank=args.rank, alpha=args.alpha,
         shapes=dict(args.shape) if args.shape else None, targets=args.targets, init=args.init,
         lr=args.lr, steps=args.max_steps, batch_size=args.batch_size, max_length=args.max_length,
         seed=args.seed, device=args.device, train_limit=args.train_limit,
-        eval_limit=args.eval_limit)
+        eval_limit=args.eval_limit, **convergence_settings(args))
     try:
         config = config.resolved()
         tasks.get_task(args.task)
@@ -62,15 +64,15 @@ def cmd_train_expert(args: argparse.Namespace) -> int:
           f"({train.source}), {len(valid)} validation rows, device {backbone.device}",
           file=sys.stderr)
     bar = tqdm(total=config.steps, unit="step", file=sys.stderr, disable=args.quiet)
-
-    def progress(event: experts.Progress) -> None:
-        bar.update(event.step - bar.n)
-        bar.set_postfix(loss=f"{event.loss:.4f}", ex_s=f"{event.examples_per_s:.0f}")
-
+    checkpoint_dir = checkpoint_folder(out)
+    if checkpoint_dir.exists() and not args.resume:
+        print(f"a checkpoint of an earlier run is at {checkpoint_dir}: starting afresh (pass "
+              "--resume to continue it)", file=sys.stderr)
     try:
         expert = experts.train_expert(config, backbone, train_data=train, eval_data=valid,
-                                      progress=progress, name=args.name or args.task)
-    except (experts.ConfigError, experts.TrainingError) as exc:
+                                      progress=progress_bar(bar), name=args.name or args.task,
+                                      checkpoint_dir=checkpoint_dir, resume=args.resume)
+    except (experts.ConfigError, experts.TrainingError, CheckpointError) as exc:
         raise UsageError(str(exc)) from None
     finally:
         bar.close()
@@ -78,6 +80,7 @@ def cmd_train_expert(args: argparse.Namespace) -> int:
         store.save_expert(expert, out)
     except (store.StoreError, OSError) as exc:
         raise UsageError(f"the trained expert could not be saved to {out}: {exc}") from None
+    safefs.remove(checkpoint_dir)                       # the expert is saved: nothing to resume
     summary = {"expert": str(out), "task": args.task, "method": config.method,
                "trainable_params": expert.trainable_params(),
                "adapter_params": expert.adapter_params(),
@@ -85,6 +88,54 @@ def cmd_train_expert(args: argparse.Namespace) -> int:
     print(json.dumps(summary) if args.json else
           "\n".join(f"{k:>18}: {v}" for k, v in summary.items()))
     return 0
+
+
+def convergence_settings(args: argparse.Namespace) -> dict:
+    """The ``ExpertConfig`` fields of the convergence flags (``add_convergence_flags``)."""
+    return {"holdout_fraction": args.holdout_fraction, "holdout_limit": args.holdout_limit,
+            "eval_every": args.eval_every, "patience": args.patience,
+            "min_steps": args.min_steps, "schedule": args.schedule,
+            "checkpoint_every": args.checkpoint_every}
+
+
+def checkpoint_folder(out: Path) -> Path:
+    """Where a run writing ``out`` keeps its checkpoint: ``<out>.checkpoint`` next to it."""
+    return out.parent / f"{out.name}.checkpoint"
+
+
+def progress_bar(bar):
+    """A ``Progress`` callback showing the loss and, after each evaluation, the best hold-out
+    score so far on a tqdm bar."""
+    shown = {}
+
+    def progress(event) -> None:
+        bar.update(event.step - bar.n)
+        if event.holdout:
+            key, value = next(iter(event.holdout.items()))
+            shown["holdout"] = f"{key} {value:.3f} (best @{event.best_step})"
+        bar.set_postfix(loss=f"{event.loss:.4f}", ex_s=f"{event.examples_per_s:.0f}", **shown)
+
+    return progress
+
+
+def add_convergence_flags(p: argparse.ArgumentParser) -> None:
+    """Early stopping, learning-rate schedule and checkpoint flags (train-expert, build-demo)."""
+    p.add_argument("--holdout-fraction", type=fraction_arg, default=0.1,
+                   help="share of the TRAIN rows held out for early stopping (0: none)")
+    p.add_argument("--holdout-limit", type=positive_int, default=1000,
+                   help="at most this many hold-out rows")
+    p.add_argument("--eval-every", type=int_in(0), default=100,
+                   help="steps between hold-out evaluations (0: only at the end)")
+    p.add_argument("--patience", type=int_in(0), default=5,
+                   help="evaluations without a better hold-out score before stopping (0: never)")
+    p.add_argument("--min-steps", type=int_in(0), default=0,
+                   help="never stop early before this step")
+    p.add_argument("--schedule", choices=["linear", "cosine", "constant"], default=None,
+                   help="learning rate after warm-up (default: the method's, linear)")
+    p.add_argument("--checkpoint-every", type=int_in(0), default=100,
+                   help="steps between checkpoints (0: none)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from its checkpoint (same settings)")
 
 
 def cmd_eval_expert(args: argparse.Namespace) -> int:
@@ -149,7 +200,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--init", choices=["kaiming", "zero"], default="zero")
     p.add_argument("--shape", type=shape_arg, action="append", metavar="TARGET=D1,D2,...")
     p.add_argument("--targets", type=targets_arg, default=None)
-    p.add_argument("--max-steps", type=positive_int, default=300)
+    p.add_argument("--max-steps", type=positive_int, default=300,
+                   help="the step cap (early stopping may end sooner)")
     p.add_argument("--batch-size", type=int_in(1, MAX_BATCH), default=32)
     p.add_argument("--max-length", type=positive_int, default=128)
     p.add_argument("--seed", type=seed_arg, default=0)
@@ -158,6 +210,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="final metrics as one JSON object")
+    add_convergence_flags(p)
     common_model_flags(p)
     p.set_defaults(func=cmd_train_expert)
 

@@ -10,8 +10,9 @@ from pathlib import Path
 from .. import tasks
 from ..workspace import default_pack
 from .args import (MAX_BATCH, UsageError, common_model_flags, device_arg, int_in, parse_layers,
-                   names_list, positive_float, positive_int, seed_arg)
+                   names_list, positive_float, positive_int, seed_arg, targets_arg)
 from .checks import check_max_length, check_output, check_writable
+from .experts import add_convergence_flags, convergence_settings
 
 MAX_HIDDEN = 16384           # router MLP width
 MAX_INPUT_BYTES = 256 * 2**20  # predict --input-file
@@ -278,8 +279,9 @@ def cmd_build_demo(args: argparse.Namespace) -> int:
     first expert trains; the pack is written in one step at the end."""
     import time
 
-    from .. import experts, router as routers, store, tasks
+    from .. import experts, quality, router as routers, safefs, store, tasks
     from ..backbone import BackboneError, load_backbone
+    from ..checkpoint import CheckpointError
     from ..router import RouterConfig
 
     out = check_output(args.out, "pack", args.overwrite, store.load_pack)
@@ -296,22 +298,35 @@ def cmd_build_demo(args: argparse.Namespace) -> int:
     except (tasks.DataError, BackboneError, routers.RouterError) as exc:
         raise UsageError(str(exc)) from None
     check_max_length(backbone, args.max_length)
+    parts = Path(args.work_dir) if args.work_dir else out.parent / f"{out.name}.parts"
     trained = []
     try:
         for task in task_names:
             t0 = time.perf_counter()
             config = experts.ExpertConfig(task=task, steps=args.steps, batch_size=args.batch_size,
                                           max_length=args.max_length, seed=args.seed,
-                                          eval_limit=args.eval_limit, init=args.init)
-            trained.append(experts.train_expert(config, backbone, data_dir=args.data_dir))
-            shown = {k: round(v, 4) for k, v in trained[-1].metrics.items() if isinstance(v, float)}
-            print(f"expert {task}: {shown} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+                                          eval_limit=args.eval_limit, init=args.init,
+                                          targets=args.targets, **convergence_settings(args))
+            expert = finished_part(parts / task, config) if args.resume else None
+            if expert is None:     # train it (continuing its checkpoint with --resume), keep it
+                expert = experts.train_expert(config, backbone, data_dir=args.data_dir,
+                                              checkpoint_dir=parts / f"{task}.checkpoint",
+                                              resume=args.resume)
+                store.save_expert(expert, parts / task)
+                safefs.remove(parts / f"{task}.checkpoint")
+                took = f"{time.perf_counter() - t0:.0f} s"
+            else:
+                took = f"done earlier, kept from {parts / task}"
+            trained.append(expert)
+            verdict = quality.assess(expert.metrics, expert.label_names)
+            print(f"expert {task}: {quality.words(verdict)} ({expert.metrics.get('steps_run')} "
+                  f"steps, {took})", file=sys.stderr)
         pairs = [(e.name, e.config.task) for e in trained]
         train = routers.routing_data(pairs, "train", args.per_task, args.data_dir, args.seed)
         held = routers.routing_data(pairs, "validation", args.eval_per_task, args.data_dir, args.seed)
         result = routers.sweep_layers(router_config, [args.layer], backbone, train, held)[0]
     except (tasks.DataError, experts.ConfigError, experts.TrainingError,
-            routers.RouterError) as exc:
+            routers.RouterError, CheckpointError, store.StoreError) as exc:
         raise UsageError(str(exc)) from None
     seconds = time.perf_counter() - started
     try:
@@ -321,13 +336,34 @@ def cmd_build_demo(args: argparse.Namespace) -> int:
                          extra={"build": {"command": " ".join(sys.argv[1:]) or "build-demo",
                                           "seconds": round(seconds, 1), "steps": args.steps,
                                           "batch_size": args.batch_size,
-                                          "max_length": args.max_length, "seed": args.seed}},
+                                          "max_length": args.max_length, "seed": args.seed,
+                                          "parts": str(parts)},
+                                # each expert's validation metric and verdict (quality.assess)
+                                "validation": {e.name: quality.pack_entry(e) for e in trained}},
                          replace=True)
     except (store.StoreError, OSError) as exc:
         raise UsageError(f"the pack could not be written to {out}: {exc}") from None
     print(json.dumps({"pack": str(out), "seconds": round(seconds, 1),
                       "routing_accuracy": result["report"].accuracy}))
     return 0
+
+
+def finished_part(folder: Path, config):
+    """The expert a resumed build trained earlier into ``folder`` with these settings, or None
+    (absent, unreadable, or trained with other settings: then it is trained again)."""
+    from .. import store
+
+    if not (folder / store.CONFIG_FILE).is_file():
+        return None
+    try:
+        expert = store.load_expert(folder)
+    except store.StoreError:
+        return None
+    wanted = config.resolved().to_dict()
+    have = expert.config.to_dict()
+    unset = {"device", "checkpoint_every", *(k for k in ("targets", "shapes") if wanted[k] is None)}
+    same = all(have.get(k) == v for k, v in wanted.items() if k not in unset)
+    return expert if same else None
 
 
 def add_parsers(sub) -> None:
@@ -386,6 +422,12 @@ def add_parsers(sub) -> None:
     p.add_argument("--eval-per-task", type=positive_int, default=500)
     p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--targets", type=targets_arg, default=None,
+                   help="modules adapted (default: the architecture's query,value)")
+    p.add_argument("--work-dir", default=None,
+                   help="where finished experts and checkpoints wait for the pack (default: "
+                        "<out>.parts); --resume continues from there")
+    add_convergence_flags(p)
     common_model_flags(p)
     p.set_defaults(func=cmd_build_demo)
 

@@ -30,8 +30,9 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise UsageError(f"--data-dir {args.data_dir} is not a folder")
     check_writable(out, f"--out {out}")
     try:
+        work = Path(args.work_dir) if args.work_dir else out.parent / f"{out.name}.work"
         results = report.run_report(args.budget, out, progress=None if args.json else show,
-                             data_dir=args.data_dir)
+                                    data_dir=args.data_dir, work_dir=work, resume=args.resume)
     except (report.ReportError, tasks.DataError, BackboneError) as exc:
         raise UsageError(str(exc)) from None
     summary = {"out": str(out), "markdown": str(out / report.MARKDOWN_FILE), "results": str(out / report.RESULTS_FILE),
@@ -56,6 +57,12 @@ def add_parsers(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", default=None,
                         help="task data folder (default: $TTMOE_DATA_DIR, ../shared/datasets, assets/samples)")
     parser.add_argument("--json", action="store_true", help="print one JSON summary, no progress lines")
+    parser.add_argument("--work-dir", default=None,
+                        help="trained experts, checkpoints and finished experiments (default: "
+                             "<out>.work); --resume continues from there")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted report: reuse its finished experts and "
+                             "experiments, continue its checkpoints")
     parser.set_defaults(func=cmd_report)
     return parser
 

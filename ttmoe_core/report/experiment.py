@@ -8,6 +8,7 @@ differs from the paper's.
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 import time
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .. import baselines, experts, runinfo, store, tasks
+from .. import baselines, experts, runinfo, safefs, store, tasks
 from .. import moe as moe_mod
 from .. import router as router_mod
 from ..backbone import Backbone
@@ -37,6 +38,8 @@ class Run:
     integration_tasks: list[str] = field(default_factory=list)
     trainings: dict[tuple[str, str], dict] = field(default_factory=dict)   # (task, method) → record
     mixture_router: router_mod.Router | None = None     # set by the router experiment
+    work_dir: Path | None = None     # finished experts (+ records) and training checkpoints
+    resume: bool = False             # reuse work_dir's finished experts, continue its checkpoints
     _data: dict[tuple[str, str], tasks.TaskData] = field(default_factory=dict)
     _experts: dict[tuple[str, str], experts.Expert] = field(default_factory=dict)
 
@@ -71,6 +74,12 @@ class Run:
                                       eval_limit=b.eval_rows)
         train, valid = self.data(task, "train"), self.data(task, "validation")
         stage = f"training {METHOD_LABELS[method]} expert on {task}"
+        part = None if self.work_dir is None else self.work_dir / "experts" / f"{task}-{method}"
+        if part is not None and self.resume:
+            kept = self._finished(part, config)
+            if kept is not None:                   # trained by an earlier, interrupted run
+                self.trainings[key], self._experts[key] = kept[1], kept[0]
+                return kept[0]
         self.tell(stage, 0, b.steps)
         started, t0 = runinfo.now(), time.perf_counter()
         measure_memory = measure_memory and b.measure_memory
@@ -85,8 +94,12 @@ class Run:
             if cuda:
                 torch.cuda.reset_peak_memory_stats(self.backbone.device)
                 before = torch.cuda.memory_allocated(self.backbone.device)
+            checkpoint = None if part is None else part.with_name(f"{part.name}.checkpoint")
+            if checkpoint is not None and not config.checkpoint_every:
+                config.checkpoint_every = 100
             expert = experts.train_expert(config, self.backbone, train_data=train, eval_data=valid,
-                                          progress=self.step_progress(stage), should_stop=self.should_stop)
+                                          progress=self.step_progress(stage), should_stop=self.should_stop,
+                                          checkpoint_dir=checkpoint, resume=self.resume)
             if cuda:
                 growth = torch.cuda.max_memory_allocated(self.backbone.device) - before
                 memory = {"memory_measure": "CUDA max_memory_allocated growth",
@@ -96,12 +109,34 @@ class Run:
         self.trainings[key] = {"task": task, "method": method, "started": started,
                                "wall_seconds": round(time.perf_counter() - t0, 2),
                                "train_seconds": expert.metrics["train_seconds"],
+                               "steps_run": expert.metrics.get("steps_run"),
+                               "best_step": expert.metrics.get("best_step"),
                                "metric": metric, "value": expert.metrics[metric],
                                "train_rows": len(train), "eval_rows": len(valid),
                                "trainable_params": expert.trainable_params(),
                                "adapter_params": expert.adapter_params(), **memory}
+        if part is not None:                       # kept for a resumed run
+            store.save_expert(expert, part)
+            store.write_json(part.with_name(f"{part.name}.training.json"), self.trainings[key])
+            safefs.remove(part.with_name(f"{part.name}.checkpoint"))
         self._experts[key] = expert
         return expert
+
+    def _finished(self, part: Path, config: experts.ExpertConfig):
+        """(expert, training record) an earlier run left in ``part`` with this config, or None."""
+        record = part.with_name(f"{part.name}.training.json")
+        if not record.is_file():
+            return None
+        try:
+            expert = store.load_expert(part)
+            data = json.loads(record.read_text(encoding="utf-8"))
+        except (store.StoreError, OSError, ValueError):
+            return None
+        wanted = {k: v for k, v in config.to_dict().items() if v is not None}
+        have = expert.config.to_dict()
+        same = all(have.get(k) == v for k, v in wanted.items()
+                   if k not in ("device", "checkpoint_every"))
+        return (expert, data) if same and isinstance(data, dict) else None
 
     def routing(self, names: Sequence[str]) -> tuple[router_mod.RoutingData, router_mod.RoutingData]:
         """(training inputs, held-out validation inputs) labelled with the task's index in ``names``."""

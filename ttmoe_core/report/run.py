@@ -7,6 +7,7 @@ function for the app's Compare page.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -60,11 +61,15 @@ def _write_text(path: Path, text: str) -> None:
 
 def run_report(budget: str | ReportBudget, out: str | Path, progress: Progress | None = None,
                data_dir: str | Path | None = None,
-               should_stop: Callable[[], bool] | None = None) -> dict:
+               should_stop: Callable[[], bool] | None = None,
+               work_dir: str | Path | None = None, resume: bool = False) -> dict:
     """Run the five experiments, write results.json, paper_tables.md and figures to ``out``.
 
     ``progress(stage, done, total)`` is called often; ``should_stop()`` (checked as often) cancels
     with ReportError. Returns the results dict (what results.json holds).
+    With ``work_dir`` every trained expert, training checkpoint and finished experiment's result
+    is kept there; ``resume`` reuses them (same budget and data only: ReportError otherwise), so
+    an interrupted report continues where it stopped.
     """
     b = resolve_budget(budget)
     data_path = None if data_dir is None else Path(data_dir).expanduser()
@@ -89,9 +94,18 @@ def run_report(budget: str | ReportBudget, out: str | Path, progress: Progress |
             "data_dir": str(data_path or tasks.default_data_dir()),
             "command": f"python -m ttmoe_core report --budget {b.name}"}
     results: dict = {"meta": meta, "paper": dict(PAPER), "experiments": {}}
+    finished = _work_dir(run, work_dir, resume, {"settings": meta["settings"],
+                                                 "data_dir": meta["data_dir"]})
     for done, (name, fn) in enumerate(EXPERIMENTS.items()):
         run.tell(f"experiment {done + 1}/{len(EXPERIMENTS)}: {name}", done, len(EXPERIMENTS))
+        # the routers experiment also sets the mixture's router: rerun it unless "mixed" is done
+        if name in finished and (name != "routers" or "mixed" in finished):
+            results["experiments"][name] = finished[name]
+            continue
         results["experiments"][name] = _timed(run, fn)
+        if run.work_dir is not None:
+            store.write_json(run.work_dir / "experiments" / f"{name}.json",
+                             results["experiments"][name])
     results["trainings"] = list(run.trainings.values())
     meta["finished"] = runinfo.now()
     meta["seconds"] = round(time.perf_counter() - t0, 1)
@@ -101,6 +115,29 @@ def run_report(budget: str | ReportBudget, out: str | Path, progress: Progress |
     _write_text(out / MARKDOWN_FILE, render_markdown(results))
     run.tell("done", 1, 1)
     return results
+
+
+def _work_dir(run: Run, work_dir: str | Path | None, resume: bool, settings: dict) -> dict:
+    """Set up ``run``'s work folder; returns the experiments an earlier run finished there
+    (``resume``), after checking it ran with the same ``settings``."""
+    if work_dir is None:
+        if resume:
+            raise ReportError("resuming needs the work folder of the interrupted run")
+        return {}
+    run.work_dir, run.resume = Path(work_dir), resume
+    (run.work_dir / "experiments").mkdir(parents=True, exist_ok=True)
+    saved = run.work_dir / "settings.json"
+    if resume and saved.is_file():
+        if json.loads(saved.read_text(encoding="utf-8")) != json.loads(json.dumps(settings)):
+            raise ReportError(f"{run.work_dir} holds a run with other settings or data: give "
+                              "another --work-dir, or run without --resume")
+    store.write_json(saved, settings)
+    finished = {}
+    for name in EXPERIMENTS if resume else ():
+        path = run.work_dir / "experiments" / f"{name}.json"
+        if path.is_file():
+            finished[name] = json.loads(path.read_text(encoding="utf-8"))
+    return finished
 
 
 def report_job(job, budget: str, out: str | Path, data_dir: str | Path | None = None) -> dict:
