@@ -21,8 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import adapters, batching, rng, tasks
-from .backbone import Backbone, BackboneInfo, encode_rows, load_backbone, mean_pool
+from . import adapters, batching, precision, rng, tasks
+from .backbone import (POOLINGS, Backbone, BackboneInfo, default_pooling, encode_rows,
+                       load_backbone, pool)
 
 METHODS = ("tt-lora", "lora", "adapter")
 # the paper's defaults: TT-LoRA rank 5, α 16, lr 5e-3; LoRA rank 16, α 8, lr 5e-4;
@@ -65,6 +66,9 @@ class ExpertConfig:
                                        # whose router reads layers < min_layer computes them once
     length_buckets: bool = True        # training batches of rows of similar length (same
                                        # expected gradient as random batches, less padding)
+    pooling: str | None = None         # "mean" | "last" (real token); None: the family's
+                                       # (decoders last, encoders mean). Files without it: mean
+    dtype: str = "float32"             # compute precision (``precision``); cores/head float32
 
     def resolved(self) -> "ExpertConfig":
         """A copy with method defaults filled in; raises ConfigError on bad values."""
@@ -84,7 +88,11 @@ class ExpertConfig:
                   (cfg.min_layer >= 0, f"min layer must be >= 0, got {cfg.min_layer}"),
                   (cfg.min_layer == 0 or cfg.method == "tt-lora",
                    "min layer > 0 needs a tt-lora expert"),
-                  (0 <= cfg.warmup_fraction < 1, "warmup fraction must be in [0, 1)")]
+                  (0 <= cfg.warmup_fraction < 1, "warmup fraction must be in [0, 1)"),
+                  (cfg.pooling is None or cfg.pooling in POOLINGS,
+                   f"pooling must be one of {', '.join(POOLINGS)}, got {cfg.pooling!r}"),
+                  (cfg.dtype in precision.DTYPES,
+                   f"dtype must be one of {', '.join(precision.DTYPES)}, got {cfg.dtype!r}")]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
@@ -101,7 +109,8 @@ class ExpertConfig:
             raise ConfigError(f"unknown expert config keys {sorted(unknown)}")
         if "task" not in data:
             raise ConfigError("expert config has no 'task'")
-        return cls(**dict(data))
+        # experts saved before pooling was configurable all pooled by mean
+        return cls(**{"pooling": "mean", **dict(data)})
 
 
 @dataclass
@@ -132,6 +141,11 @@ class Expert:
     def adapter_params(self) -> int:
         return sum(t.numel() for k, t in self.tensors.items() if not k.startswith("head."))
 
+    @property
+    def pooling(self) -> str:
+        """How the head reads the base model: the config's, else its base model family's."""
+        return self.config.pooling or default_pooling(self.base.model_type)
+
 
 @dataclass
 class Progress:
@@ -143,30 +157,40 @@ class Progress:
 
 
 class ExpertModel(nn.Module):
-    """Adapted base model + linear head on the mean-pooled last hidden state.
+    """Adapted base model + linear head on the pooled last hidden state (``pooling``: "mean"
+    over real tokens or the "last" real token).
 
     ``generator`` draws the head's initial weights and, in training, its dropout masks.
+    ``dtype``: the base model's forward runs under autocast to it; the head reads float32.
     """
 
     def __init__(self, encoder: nn.Module, hidden_size: int, num_labels: int, dropout: float = 0.1,
-                 generator: torch.Generator | None = None):
+                 generator: torch.Generator | None = None, pooling: str = "mean",
+                 dtype: torch.dtype = torch.float32):
         super().__init__()
+        if pooling not in POOLINGS:
+            raise ConfigError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
         generator = rng.given_or_seeded(generator)
         self.encoder = encoder
+        self.pooling = pooling
+        self.dtype = dtype
         self.dropout = rng.Dropout(dropout, generator)
         with rng.drawing_from(generator):
             self.head = nn.Linear(hidden_size, num_labels)
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """batch of token ids -> logits [B, C]."""
-        hidden = self.encoder(**batch).last_hidden_state          # [B, T, H]
-        return self.head(self.dropout(mean_pool(hidden, batch["attention_mask"])))
+        with precision.autocast(batch["input_ids"].device, self.dtype):
+            hidden = self.encoder(**batch).last_hidden_state      # [B, T, H]
+        pooled = pool(hidden, batch["attention_mask"], self.pooling).float()   # [B, H]
+        return self.head(self.dropout(pooled))
 
 
 def _resolve_targets_and_shapes(cfg: ExpertConfig, model: nn.Module) -> ExpertConfig:
     from .backbone import default_targets
 
     cfg.targets = list(cfg.targets or default_targets(model.config.model_type))
+    cfg.pooling = cfg.pooling or default_pooling(model.config.model_type)
     if cfg.method == "tt-lora":
         shapes = dict(cfg.shapes or {})
         for target in cfg.targets:
@@ -208,8 +232,8 @@ def build_expert_model(expert_or_config: Expert | ExpertConfig, backbone: Backbo
         else:
             adapters.inject_bottleneck(encoder, ADAPTER_NAME, reduction=cfg.rank)
     labels = expert.num_labels if expert else num_labels
-    model = ExpertModel(encoder, backbone.info.hidden_size, labels,
-                        generator=generator).to(backbone.device)
+    model = ExpertModel(encoder, backbone.info.hidden_size, labels, generator=generator,
+                        pooling=cfg.pooling, dtype=backbone.dtype).to(backbone.device)
     if expert is not None:
         load_expert_tensors(model, expert)
     return model
@@ -349,7 +373,8 @@ def train_expert(config: ExpertConfig, backbone: Backbone | None = None, *,
     asked before every step and every evaluation batch: TrainingError when it says so.
     """
     cfg = config.resolved()
-    backbone = backbone or load_backbone(device=cfg.device)
+    backbone = backbone or load_backbone(device=cfg.device, dtype=cfg.dtype)
+    cfg.dtype = precision.dtype_name(backbone.dtype)     # what this run computes in
     device = backbone.device
     train_data = train_data if train_data is not None else tasks.load_task(cfg.task, "train", data_dir=data_dir,
                                                limit=cfg.train_limit, seed=cfg.seed)
