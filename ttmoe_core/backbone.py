@@ -71,10 +71,14 @@ class Backbone:
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
-    """The given device, else CUDA when present, else CPU."""
+    """The given device, else CUDA when present (in a launched data-parallel group: the GPU of
+    this process's ``LOCAL_RANK``), else CPU."""
     if device is not None and str(device) != "auto":
         return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    local = os.environ.get("LOCAL_RANK")
+    return torch.device(f"cuda:{int(local) % torch.cuda.device_count()}" if local else "cuda")
 
 
 def default_model_path() -> Path:

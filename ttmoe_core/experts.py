@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import adapters, batching, precision, rng, tasks
+from . import adapters, batching, distributed, precision, rng, tasks
 from .backbone import (POOLINGS, Backbone, BackboneInfo, default_pooling, encode_rows,
                        load_backbone, pool)
 
@@ -182,8 +182,8 @@ class ExpertModel(nn.Module):
         """batch of token ids -> logits [B, C]."""
         with precision.autocast(batch["input_ids"].device, self.dtype):
             hidden = self.encoder(**batch).last_hidden_state      # [B, T, H]
-        pooled = pool(hidden, batch["attention_mask"], self.pooling).float()   # [B, H]
-        return self.head(self.dropout(pooled))
+        pooled = pool(hidden, batch["attention_mask"], self.pooling)          # [B, H]
+        return self.head(self.dropout(pooled.to(self.head.weight.dtype)))     # float32 head
 
 
 def _resolve_targets_and_shapes(cfg: ExpertConfig, model: nn.Module) -> ExpertConfig:
@@ -388,9 +388,15 @@ def train_expert(config: ExpertConfig, backbone: Backbone | None = None, *,
     labels_all = torch.tensor(train_data.labels)
     encoded = encode_rows(backbone.tokenizer, train_data.texts, train_data.text_pairs,
                           cfg.max_length)                        # every row tokenized once
+    group = distributed.current()     # launched with accelerate: DDP, a share of each batch
+    forward = model if group is None else group.wrap(model)
 
     def batch_loss(rows: list[int]) -> torch.Tensor:
-        return task_loss(model(encoded.batch(rows, device)), labels_all[rows].to(device), regression)
+        return task_loss(forward(encoded.batch(rows, device)), labels_all[rows].to(device),
+                         regression)
+
+    if group is not None:
+        batch_loss = group.sharded(batch_loss)
 
     start = time.perf_counter()
     history = fit(model, batch_loss, len(train_data), cfg, generator, progress=progress,
@@ -409,7 +415,8 @@ def train_expert(config: ExpertConfig, backbone: Backbone | None = None, *,
     expert.metrics = {**result["metrics"], "confusion": result["confusion"],
                       "train_seconds": round(train_seconds, 2), "eval_rows": len(eval_data)}
     expert.data = {"train": train_data.source, "train_rows": len(train_data),
-                   "eval": eval_data.source, "eval_rows": len(eval_data)}
+                   "eval": eval_data.source, "eval_rows": len(eval_data),
+                   "processes": 1 if group is None else group.world_size}
     return expert
 
 

@@ -286,11 +286,11 @@ class TTLoRAMoE(nn.Module):
 
     @classmethod
     def from_loaded_pack(cls, pack: Pack, backbone: Backbone | None = None,
-                         device: str | None = None) -> "TTLoRAMoE":
+                         device: str | None = None, dtype: str | None = None) -> "TTLoRAMoE":
         """The mixture of a pack read by ``store.load_pack`` (nothing is read again), on
-        ``backbone`` or else on the pack's base model loaded here. StoreError when the pack was
-        built on another base model than ``backbone``."""
-        backbone = backbone or load_backbone(pack.base_model["name"], device=device)
+        ``backbone`` or else on the pack's base model loaded here (in ``dtype``: ``precision``).
+        StoreError when the pack was built on another base model than ``backbone``."""
+        backbone = backbone or load_backbone(pack.base_model["name"], device=device, dtype=dtype)
         router = pack.build_router() if pack.router_state is not None else None
         try:
             return cls(backbone, pack.experts, router, max_length=pack.max_length)
@@ -299,15 +299,17 @@ class TTLoRAMoE(nn.Module):
 
     @classmethod
     def from_pack(cls, path: str | Path, backbone: Backbone | None = None,
-                  device: str | None = None, lazy: bool = False) -> "TTLoRAMoE":
+                  device: str | None = None, lazy: bool = False,
+                  dtype: str | None = None) -> "TTLoRAMoE":
         """Read a pack folder (experts + router) once and build its mixture (``from_loaded_pack``).
 
         ``lazy``: the experts' configs are checked now, their weights read (memory-mapped) when a
         batch first needs them (``pool.open_pack``): large packs are ready at once."""
         if not lazy:
-            return cls.from_loaded_pack(load_pack(path), backbone=backbone, device=device)
+            return cls.from_loaded_pack(load_pack(path), backbone=backbone, device=device,
+                                        dtype=dtype)
         pool, router, max_length = open_pack(path)
-        backbone = backbone or load_backbone(pool.base.name, device=device)
+        backbone = backbone or load_backbone(pool.base.name, device=device, dtype=dtype)
         try:
             return cls(backbone, pool, router, max_length=max_length)
         except BackboneError as exc:
