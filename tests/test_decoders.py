@@ -170,12 +170,25 @@ def test_decoder_expert_records_pooling_and_matches_reference(llama, decoder_exp
 
 
 def test_old_expert_files_without_pooling_pool_by_mean(llama, decoder_experts, tmp_path):
+    import json
+
     last, _ = decoder_experts
     data = last.config.to_dict()
     del data["pooling"]
     assert experts.ExpertConfig.from_dict(data).pooling == "mean"
     with pytest.raises(experts.ConfigError, match="pooling"):
         experts.ExpertConfig(task="sst2", pooling="max").resolved()
+    # a file without the field loads as mean; one with a pooling we do not know is refused
+    store.save_expert(last, tmp_path / "e")
+    config_file = tmp_path / "e" / "adapter_config.json"
+    saved = json.loads(config_file.read_text())
+    del saved["training"]["pooling"]
+    config_file.write_text(json.dumps(saved))
+    assert store.load_expert(tmp_path / "e").pooling == "mean"
+    saved["training"]["pooling"] = "max"
+    config_file.write_text(json.dumps(saved))
+    with pytest.raises(store.StoreError, match="pooling"):
+        store.load_expert(tmp_path / "e")
 
 
 def test_mixture_of_decoder_experts_answers_as_each_alone(llama, decoder_experts):
