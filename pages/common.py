@@ -236,19 +236,28 @@ def one_line(exc: BaseException) -> str:
 # ----------------------------------------------------------------------------- cached engine objects
 
 
-@st.cache_resource(show_spinner=False)
-def _backbone() -> backbone.Backbone:
-    return backbone.load_backbone()
+@st.cache_resource(show_spinner=False, max_entries=2)
+def _backbone(spec: str | None = None) -> backbone.Backbone:
+    """One loaded copy per base model, shared by the mixtures, routers and trainings using it."""
+    return backbone.load_backbone(spec)
+
+
+def _base_of(name: str) -> backbone.Backbone:
+    """The shared base model called ``name`` in a pack or expert (the default one: ``None``)."""
+    # the default one under the key the warm-up and get_backbone use (no argument): one copy
+    return _backbone() if name == backbone.DEFAULT_MODEL else _backbone(name)
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
 def _mixture(path: str, folder_stamp: float) -> moe.TTLoRAMoE:
-    return moe.TTLoRAMoE.from_pack(path, backbone=_backbone())
+    pack = store.load_pack(path)          # read (and checked) once, before any base model
+    return moe.TTLoRAMoE.from_loaded_pack(pack, backbone=_base_of(pack.base_model["name"]))
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
 def _adhoc_mixture(folders: tuple[str, ...], folder_stamp: float) -> moe.TTLoRAMoE:
-    return adhoc.mixture_from_folders(folders, backbone=_backbone())
+    base = store.open_expert(folders[0]).expert.base.name if folders else backbone.DEFAULT_MODEL
+    return adhoc.mixture_from_folders(folders, backbone=_base_of(base))
 
 
 @st.cache_resource(show_spinner=False)

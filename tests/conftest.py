@@ -91,7 +91,8 @@ def merged_reference_logits(bb: backbone.Backbone, expert, texts: list[str],
                             text_pairs: list[str] | None, max_length: int) -> torch.Tensor:
     """Logits of an expert computed without ttmoe_core's adapters: a copy of the base model with
     ``W + ΔW`` written into the target weights (TT via tensorly, LoRA as (α/r)·B·A), then the
-    head on the attention-masked mean of the last hidden state."""
+    head on the attention-masked mean of the last hidden state, or on its last real token for an
+    expert that pools so."""
     import copy
 
     merged = copy.deepcopy(bb.model).double()
@@ -121,8 +122,13 @@ def merged_reference_logits(bb: backbone.Backbone, expert, texts: list[str],
         batch = bb.tokenizer(texts, text_pairs, padding=True, truncation=True,
                              max_length=max_length, return_tensors="pt")
         hidden = merged(**batch).last_hidden_state                         # [B, T, H]
-        mask = batch["attention_mask"].unsqueeze(-1).double()
-        pooled = (hidden * mask).sum(1) / mask.sum(1)
+        if expert.pooling == "last":       # right padding: the last real token is at length - 1
+            assert bb.tokenizer.padding_side == "right"
+            lengths = batch["attention_mask"].sum(1)
+            pooled = torch.stack([hidden[b, int(n) - 1] for b, n in enumerate(lengths)])
+        else:
+            mask = batch["attention_mask"].unsqueeze(-1).double()
+            pooled = (hidden * mask).sum(1) / mask.sum(1)
         return (pooled @ tensors["head.weight"].double().T + tensors["head.bias"].double()).float()
 
 

@@ -12,7 +12,7 @@ import torch
 
 from tests.threads import run_together
 from tests.tinymodels import SAMPLES, minilm_tokenizer
-from ttmoe_core import backbone, tasks
+from ttmoe_core import backbone, layers, tasks
 
 MAX_LENGTH = 32
 
@@ -167,13 +167,13 @@ def test_continue_layers_equals_the_full_pass_float64():
         with torch.no_grad():
             full = model(**batch).last_hidden_state
             for k in range(3):
-                states = backbone.hidden_states(model, batch, k)
+                states = layers.hidden_states(model, batch, k)
                 assert len(states) == k + 1
-                got = backbone.continue_layers(model, states[-1], mask, k)
+                got = layers.continue_layers(model, states[-1], mask, k)
                 real = mask.bool()
                 torch.testing.assert_close(got[real], full[real], rtol=0, atol=1e-10)
-    assert backbone.layer_mask(model, torch.ones(2, 5, dtype=torch.long), torch.float64) is None
-    padded = backbone.layer_mask(model, torch.tensor([[1, 1, 0]]), torch.float64)
+    assert layers.layer_mask(model, torch.ones(2, 5, dtype=torch.long), torch.float64) is None
+    padded = layers.layer_mask(model, torch.tensor([[1, 1, 0]]), torch.float64)
     assert padded.shape == (1, 1, 1, 3) and padded[0, 0, 0, 2] < -1e30 and padded[0, 0, 0, 0] == 0
 
 

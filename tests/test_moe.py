@@ -15,7 +15,7 @@ from torch import nn
 
 from tests.threads import run_together
 from tests.tinymodels import SAMPLES, random_expert, tiny_bert, tiny_expert, tiny_router
-from ttmoe_core import backbone, experts, moe, router, tasks
+from ttmoe_core import backbone, experts, layers, moe, router, tasks
 from ttmoe_core.backbone import BackboneInfo, mean_pool
 
 MAX_LENGTH = 128
@@ -503,12 +503,12 @@ def test_route_pass_reads_the_base_model_with_adapters_off(bb, routed, rows):
     with use_row_halves(halves):        # even inside a forward whose rows have experts
         feats = router.batch_features(routed.encoder, batch, texts, pairs, cfg)
     with torch.no_grad():
-        plain = backbone.hidden_states(bb.model, batch, 2)
+        plain = layers.hidden_states(bb.model, batch, 2)
     want = torch.stack([mean_pool(h, batch["attention_mask"]) for h in plain], 1)
     torch.testing.assert_close(feats["pooled"], want, rtol=0, atol=1e-6)
     # guard: with the experts' updates on, the encoder's states differ
     with torch.no_grad(), use_row_halves(halves):
-        adapted = backbone.hidden_states(routed.encoder, batch, 2)
+        adapted = layers.hidden_states(routed.encoder, batch, 2)
     assert not torch.allclose(adapted[-1], plain[-1], atol=1e-4)
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.tinymodels import SAMPLES, tiny_bert
-from ttmoe_core import backbone, router
+from ttmoe_core import backbone, layers, router
 from ttmoe_core.router import SURFACE_DIM, RouterConfig, RouterError
 
 HIDDEN, LAYERS, EXPERTS = 16, 2, 3
@@ -100,15 +100,15 @@ def test_hidden_states_prefix_equals_transformers_output(bb):
     with torch.no_grad():
         want = bb.model(**batch, output_hidden_states=True).hidden_states
         for k in range(bb.info.num_layers + 1):
-            got = backbone.hidden_states(bb.model, batch, k)
+            got = layers.hidden_states(bb.model, batch, k)
             assert len(got) == k + 1
             for layer, (g, w) in enumerate(zip(got, want)):
                 real = mask.bool()
                 torch.testing.assert_close(g[real], w[real], rtol=1e-5, atol=1e-5,
                                            msg=f"k={k}, layer {layer}")
-        assert len(backbone.hidden_states(bb.model, batch)) == bb.info.num_layers + 1
+        assert len(layers.hidden_states(bb.model, batch)) == bb.info.num_layers + 1
     with pytest.raises(ValueError):
-        backbone.hidden_states(bb.model, batch, bb.info.num_layers + 1)
+        layers.hidden_states(bb.model, batch, bb.info.num_layers + 1)
 
 
 @pytest.fixture(scope="module")

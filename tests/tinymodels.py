@@ -129,3 +129,60 @@ def random_expert(template: experts.Expert, name: str, rank: int, num_labels: in
                                config=dataclasses.replace(template.config, rank=rank),
                                label_names=[f"label{i}" for i in range(num_labels)],
                                tensors=tensors)
+
+
+# ----------------------------------------------------------------------------- decoders
+
+
+@functools.lru_cache(maxsize=1)
+def decoder_tokenizer():
+    """A fast byte-level BPE tokenizer as LLaMA-family decoders have one: bos/eos/unk but NO pad
+    token, ``<s> A`` and ``<s> A <s> B`` templates (as SmolLM2's), trained on the shipped samples
+    (vocabulary ~600)."""
+    import pandas as pd
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    texts = []
+    for path in sorted(SAMPLES.rglob("*.parquet")):
+        frame = pd.read_parquet(path)
+        for column in frame.columns:
+            values = frame[column].dropna().tolist()
+            texts += [v for v in values if isinstance(v, str)]
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=600, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    bos = tok.token_to_id("<s>")
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s>:1 $B:1", special_tokens=[("<s>", bos)])
+    out = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                                  unk_token="<unk>", model_input_names=["input_ids", "attention_mask"])
+    assert out.pad_token is None
+    return out
+
+
+def tiny_decoder_model(kind: str = "llama", seed: int = 0, num_layers: int = 3, **overrides):
+    """A randomly initialised llama / qwen2 / mistral decoder stack: hidden 48, ``num_layers``
+    layers, 4 heads / 2 KV heads, intermediate 96, eager-free default attention, no pad id."""
+    import transformers
+
+    classes = {"llama": ("LlamaConfig", "LlamaModel"), "qwen2": ("Qwen2Config", "Qwen2Model"),
+               "mistral": ("MistralConfig", "MistralModel")}
+    config_cls, model_cls = (getattr(transformers, name) for name in classes[kind])
+    tok = decoder_tokenizer()
+    config = config_cls(hidden_size=48, num_hidden_layers=num_layers, num_attention_heads=4,
+                        num_key_value_heads=2, intermediate_size=96, vocab_size=len(tok),
+                        max_position_embeddings=256, bos_token_id=tok.bos_token_id,
+                        eos_token_id=tok.eos_token_id, pad_token_id=None, **overrides)
+    torch.manual_seed(seed)
+    return model_cls(config)
+
+
+def tiny_decoder(kind: str = "llama", seed: int = 0, num_layers: int = 3,
+                 **overrides) -> backbone.Backbone:
+    """``tiny_decoder_model`` with ``decoder_tokenizer`` (no pad token), wrapped as a Backbone."""
+    return backbone.wrap(tiny_decoder_model(kind, seed, num_layers, **overrides),
+                         decoder_tokenizer(), f"tiny-{kind}")

@@ -104,8 +104,11 @@ class TTLoRALinear(nn.Module):
         chains = [tt.init_cores(self.core_shapes, init, generator=generator)
                   for _ in range(num_experts)]
         banks = [torch.stack([chain[k] for chain in chains]) for k in range(len(self.core_shapes))]
+        # cores follow a float32/float64 base; a half-precision base keeps float32 cores (the
+        # forward then runs under autocast: ``precision``)
+        dtype = weight.dtype if weight.dtype in (torch.float32, torch.float64) else torch.float32
         self.cores = nn.ParameterList(
-            nn.Parameter(bank.to(device=weight.device, dtype=weight.dtype)) for bank in banks)
+            nn.Parameter(bank.to(device=weight.device, dtype=dtype)) for bank in banks)
 
     @property
     def num_experts(self) -> int:

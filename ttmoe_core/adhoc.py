@@ -16,7 +16,7 @@ from .store import StoreError, load_expert
 
 
 def mixture_from_folders(folders: Sequence[str | Path], backbone: Backbone | None = None,
-                         device: str | None = None) -> TTLoRAMoE:
+                         device: str | None = None, dtype: str | None = None) -> TTLoRAMoE:
     """The router-less mixture of the experts in ``folders`` (in that order), on ``backbone`` or
     else on the first expert's base model loaded here. Inputs are cut at the longest
     ``max_length`` the experts were trained with.
@@ -31,7 +31,7 @@ def mixture_from_folders(folders: Sequence[str | Path], backbone: Backbone | Non
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise MoEError(f"two folders hold an expert named {repeated[0]!r}: choose one of them")
-    backbone = backbone or load_backbone(experts[0].base.name, device=device)
+    backbone = backbone or load_backbone(experts[0].base.name, device=device, dtype=dtype)
     max_length = max(e.config.max_length for e in experts)
     try:
         return TTLoRAMoE(backbone, experts, router=None, max_length=max_length)

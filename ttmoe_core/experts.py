@@ -19,9 +19,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import adapters, batching, rng, tasks, training, tt
+from . import adapters, batching, distributed, precision, rng, tasks, training, tt
+from .backbone import (POOLINGS, Backbone, BackboneInfo, default_pooling, encode_rows,
+                       load_backbone, pool)
 from .training import LoopConfig, Progress, TrainingError, fit, task_loss  # noqa: F401 (API)
-from .backbone import Backbone, BackboneInfo, encode_rows, load_backbone, mean_pool
 
 METHODS = ("tt-lora", "lora", "adapter")
 # the paper's defaults: TT-LoRA rank 5, α 16, lr 5e-3; LoRA rank 16, α 8, lr 5e-4;
@@ -74,6 +75,9 @@ class ExpertConfig:
                                        # majority class for a while: CoLA, CONVERGENCE.md)
     schedule: str | None = None        # None: the method's ("linear": warm-up, decay to 0 at cap)
     checkpoint_every: int = 0          # steps between checkpoints (with a checkpoint folder)
+    pooling: str | None = None         # "mean" | "last" (real token); None: the family's
+                                       # (decoders last, encoders mean). Files without it: mean
+    dtype: str = "float32"             # compute precision (``precision``); cores/head float32
 
     def resolved(self) -> "ExpertConfig":
         """A copy with method defaults filled in; raises ConfigError on bad values."""
@@ -104,7 +108,11 @@ class ExpertConfig:
                   (cfg.schedule in training.SCHEDULES,
                    f"schedule must be one of {', '.join(training.SCHEDULES)}, got {cfg.schedule!r}"),
                   (cfg.checkpoint_every >= 0,
-                   f"checkpoint every must be >= 0, got {cfg.checkpoint_every}")]
+                   f"checkpoint every must be >= 0, got {cfg.checkpoint_every}"),
+                  (cfg.pooling is None or cfg.pooling in POOLINGS,
+                   f"pooling must be one of {', '.join(POOLINGS)}, got {cfg.pooling!r}"),
+                  (cfg.dtype in precision.DTYPES,
+                   f"dtype must be one of {', '.join(precision.DTYPES)}, got {cfg.dtype!r}")]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
@@ -121,7 +129,8 @@ class ExpertConfig:
             raise ConfigError(f"unknown expert config keys {sorted(unknown)}")
         if "task" not in data:
             raise ConfigError("expert config has no 'task'")
-        return cls(**dict(data))
+        # experts saved before pooling was configurable all pooled by mean
+        return cls(**{"pooling": "mean", **dict(data)})
 
 
 @dataclass
@@ -152,26 +161,40 @@ class Expert:
     def adapter_params(self) -> int:
         return sum(t.numel() for k, t in self.tensors.items() if not k.startswith("head."))
 
+    @property
+    def pooling(self) -> str:
+        """How the head reads the base model: the config's, else its base model family's."""
+        return self.config.pooling or default_pooling(self.base.model_type)
+
 
 class ExpertModel(nn.Module):
-    """Adapted base model + linear head on the mean-pooled last hidden state.
+    """Adapted base model + linear head on the pooled last hidden state (``pooling``: "mean"
+    over real tokens or the "last" real token).
 
     ``generator`` draws the head's initial weights and, in training, its dropout masks.
+    ``dtype``: the base model's forward runs under autocast to it; the head reads float32.
     """
 
     def __init__(self, encoder: nn.Module, hidden_size: int, num_labels: int, dropout: float = 0.1,
-                 generator: torch.Generator | None = None):
+                 generator: torch.Generator | None = None, pooling: str = "mean",
+                 dtype: torch.dtype = torch.float32):
         super().__init__()
+        if pooling not in POOLINGS:
+            raise ConfigError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
         generator = rng.given_or_seeded(generator)
         self.encoder = encoder
+        self.pooling = pooling
+        self.dtype = dtype
         self.dropout = rng.Dropout(dropout, generator)
         with rng.drawing_from(generator):
             self.head = nn.Linear(hidden_size, num_labels)
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """batch of token ids -> logits [B, C]."""
-        hidden = self.encoder(**batch).last_hidden_state          # [B, T, H]
-        return self.head(self.dropout(mean_pool(hidden, batch["attention_mask"])))
+        with precision.autocast(batch["input_ids"].device, self.dtype):
+            hidden = self.encoder(**batch).last_hidden_state      # [B, T, H]
+        pooled = pool(hidden, batch["attention_mask"], self.pooling)          # [B, H]
+        return self.head(self.dropout(pooled.to(self.head.weight.dtype)))     # float32 head
 
 
 def _resolve_targets_and_shapes(cfg: ExpertConfig, model: nn.Module) -> ExpertConfig:
@@ -181,6 +204,7 @@ def _resolve_targets_and_shapes(cfg: ExpertConfig, model: nn.Module) -> ExpertCo
     from .backbone import default_targets
 
     cfg.targets = list(cfg.targets or default_targets(model.config.model_type))
+    cfg.pooling = cfg.pooling or default_pooling(model.config.model_type)
     if cfg.method == "tt-lora":
         try:
             cfg.shapes = adapters.resolve_shapes(model, cfg.targets, cfg.shapes)
@@ -215,8 +239,8 @@ def build_expert_model(expert_or_config: Expert | ExpertConfig, backbone: Backbo
         else:
             adapters.inject_bottleneck(encoder, ADAPTER_NAME, reduction=cfg.rank)
     labels = expert.num_labels if expert else num_labels
-    model = ExpertModel(encoder, backbone.info.hidden_size, labels,
-                        generator=generator).to(backbone.device)
+    model = ExpertModel(encoder, backbone.info.hidden_size, labels, generator=generator,
+                        pooling=cfg.pooling, dtype=backbone.dtype).to(backbone.device)
     if expert is not None:
         load_expert_tensors(model, expert)
     return model
@@ -287,7 +311,8 @@ def train_expert(config: ExpertConfig, backbone: Backbone | None = None, *,
     from .checkpoint import Checkpointer
 
     cfg = config.resolved()
-    backbone = backbone or load_backbone(device=cfg.device)
+    backbone = backbone or load_backbone(device=cfg.device, dtype=cfg.dtype)
+    cfg.dtype = precision.dtype_name(backbone.dtype)     # what this run computes in
     device = backbone.device
     train_data = train_data if train_data is not None else tasks.load_task(cfg.task, "train", data_dir=data_dir,
                                                limit=cfg.train_limit, seed=cfg.seed)
@@ -305,9 +330,15 @@ def train_expert(config: ExpertConfig, backbone: Backbone | None = None, *,
     labels_all = torch.tensor(fit_data.labels)
     encoded = encode_rows(backbone.tokenizer, fit_data.texts, fit_data.text_pairs,
                           cfg.max_length)                        # every row tokenized once
+    group = distributed.current()     # launched with accelerate: DDP, a share of each batch
+    forward = model if group is None else group.wrap(model)
 
     def batch_loss(rows: list[int]) -> torch.Tensor:
-        return task_loss(model(encoded.batch(rows, device)), labels_all[rows].to(device), regression)
+        return task_loss(forward(encoded.batch(rows, device)), labels_all[rows].to(device),
+                         regression)
+
+    if group is not None:
+        batch_loss = group.sharded(batch_loss)
 
     holdout = None
     if holdout_rows:
@@ -317,7 +348,8 @@ def train_expert(config: ExpertConfig, backbone: Backbone | None = None, *,
         holdout = training.HoldOut(lambda: evaluate_model(
             model, backbone, held, cfg.task, cfg.max_length, should_stop)["metrics"], metric)
     checkpoint = None
-    if checkpoint_dir is not None:
+    if checkpoint_dir is not None and group is None:  # (under accelerate: no checkpoints, each
+                                                      # process would write the same folder)
         fingerprint = {k: v for k, v in cfg.to_dict().items() if k not in ("device", "checkpoint_every")}
         fingerprint["train_data"] = {"source": train_data.source, "rows": len(train_data)}
         checkpoint = Checkpointer(checkpoint_dir, cfg.checkpoint_every, resume, fingerprint)
@@ -340,7 +372,8 @@ def train_expert(config: ExpertConfig, backbone: Backbone | None = None, *,
                       **training.summary(history)}
     expert.data = {"train": train_data.source, "train_rows": len(fit_data),
                    "holdout_rows": len(holdout_rows),
-                   "eval": eval_data.source, "eval_rows": len(eval_data)}
+                   "eval": eval_data.source, "eval_rows": len(eval_data),
+                   "processes": 1 if group is None else group.world_size}
     return expert
 
 

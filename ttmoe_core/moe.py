@@ -10,7 +10,8 @@ the cost tracks real tokens, not the longest row; repeated rows run once. Per mi
    layer (``adapters.GatheredTTLinear``): the cost does not grow with E. When no chosen expert
    adapts a layer below k, the pass starts from the router's state after layer k instead of
    from the embeddings (layers 0..k run once for both);
-3. each row's head (padded to the largest label count, extra logits masked).
+3. each row's head (padded to the largest label count, extra logits masked) on its expert's
+   pooling of the last hidden state (mean, or the last real token for decoder experts).
 Answers come back in input order. The experts' updates travel with the call (context variables
 of ``adapters``) and tokenization never changes the shared tokenizer, so one cached mixture is
 safe under concurrent threads. No forward is monkey-patched. The encoder shares the backbone's
@@ -28,10 +29,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import adapters, batching
-from .backbone import (Backbone, BackboneError, Encoded, check_fingerprint, continue_layers,
-                       encode_rows, hidden_states, is_layered_encoder, load_backbone, mean_pool,
-                       weight_sharing_copy)
+from . import adapters, batching, precision
+from .backbone import (Backbone, BackboneError, Encoded, check_fingerprint, encode_rows,
+                       load_backbone, pool, weight_sharing_copy)
+from .layers import continue_layers, hidden_states, runs_in_parts
 from .experts import Expert
 from .pool import ExpertCard, ExpertPool, MoEError, open_pack
 from .router import Router, state_features, text_features
@@ -130,7 +131,8 @@ class TTLoRAMoE(nn.Module):
                       ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """(frozen hidden states 0..k, each [B, T, H]; router probabilities [B, E])."""
         rows = batch["input_ids"].shape[0]
-        with adapters.adapters_off(rows, batch["input_ids"].device):
+        device = batch["input_ids"].device
+        with adapters.adapters_off(rows, device), precision.autocast(device, self.backbone.dtype):
             states = hidden_states(self.encoder, batch, self.router.config.layer)
         feats = state_features(states, batch["attention_mask"], self.router.config) | text_feats
         dtype = next(self.router.parameters()).dtype
@@ -155,12 +157,14 @@ class TTLoRAMoE(nn.Module):
         """
         gathered = self.pool.gather(expert_idx)
         start = None if states is None else len(states) - 1
-        with adapters.use_row_halves(gathered.halves):
-            if start is not None and gathered.first_layer >= start and is_layered_encoder(self.encoder):
+        device = batch["input_ids"].device
+        with adapters.use_row_halves(gathered.halves), precision.autocast(device, self.backbone.dtype):
+            if start is not None and gathered.first_layer >= start and runs_in_parts(self.encoder):
                 hidden = continue_layers(self.encoder, states[-1], batch["attention_mask"], start)
             else:
                 hidden = self.encoder(**batch).last_hidden_state                # [B, T, H]
-        pooled = mean_pool(hidden, batch["attention_mask"])                     # [B, H]
+        pooled = pool(hidden, batch["attention_mask"], gathered.last_token)     # [B, H]
+        pooled = pooled.to(gathered.head_weight.dtype)
         return torch.einsum("bch,bh->bc", gathered.head_weight, pooled) + gathered.head_bias
 
     # ------------------------------------------------------------------ public API
@@ -282,11 +286,11 @@ class TTLoRAMoE(nn.Module):
 
     @classmethod
     def from_loaded_pack(cls, pack: Pack, backbone: Backbone | None = None,
-                         device: str | None = None) -> "TTLoRAMoE":
+                         device: str | None = None, dtype: str | None = None) -> "TTLoRAMoE":
         """The mixture of a pack read by ``store.load_pack`` (nothing is read again), on
-        ``backbone`` or else on the pack's base model loaded here. StoreError when the pack was
-        built on another base model than ``backbone``."""
-        backbone = backbone or load_backbone(pack.base_model["name"], device=device)
+        ``backbone`` or else on the pack's base model loaded here (in ``dtype``: ``precision``).
+        StoreError when the pack was built on another base model than ``backbone``."""
+        backbone = backbone or load_backbone(pack.base_model["name"], device=device, dtype=dtype)
         router = pack.build_router() if pack.router_state is not None else None
         try:
             return cls(backbone, pack.experts, router, max_length=pack.max_length)
@@ -295,15 +299,17 @@ class TTLoRAMoE(nn.Module):
 
     @classmethod
     def from_pack(cls, path: str | Path, backbone: Backbone | None = None,
-                  device: str | None = None, lazy: bool = False) -> "TTLoRAMoE":
+                  device: str | None = None, lazy: bool = False,
+                  dtype: str | None = None) -> "TTLoRAMoE":
         """Read a pack folder (experts + router) once and build its mixture (``from_loaded_pack``).
 
         ``lazy``: the experts' configs are checked now, their weights read (memory-mapped) when a
         batch first needs them (``pool.open_pack``): large packs are ready at once."""
         if not lazy:
-            return cls.from_loaded_pack(load_pack(path), backbone=backbone, device=device)
+            return cls.from_loaded_pack(load_pack(path), backbone=backbone, device=device,
+                                        dtype=dtype)
         pool, router, max_length = open_pack(path)
-        backbone = backbone or load_backbone(pool.base.name, device=device)
+        backbone = backbone or load_backbone(pool.base.name, device=device, dtype=dtype)
         try:
             return cls(backbone, pool, router, max_length=max_length)
         except BackboneError as exc:

@@ -77,6 +77,8 @@ class Gathered:
     head_weight: torch.Tensor                             # [B, C_max, H]
     head_bias: torch.Tensor                               # [B, C_max], -inf past a row's labels
     first_layer: int                                      # no row's expert adapts a lower layer
+    last_token: torch.Tensor                              # [B] bool: the row's head reads the
+                                                          # last real token (else the mean)
 
 
 @dataclass
@@ -87,6 +89,11 @@ class ExpertCard:
     task: str
     label_names: list[str]
     expert: Expert | None = field(default=None, repr=False)
+
+    @property
+    def pooling(self) -> str:
+        """How the expert's head reads the base model ("mean" for cores added directly)."""
+        return self.expert.pooling if self.expert is not None else "mean"
 
     @property
     def is_regression(self) -> bool:
@@ -367,8 +374,10 @@ class ExpertPool(nn.Module):
             right = right.view(len(ids), len(chosen), *right.shape[1:])[inverse]    # [B, M, R, d_out]
             for m, j in enumerate(chosen):
                 halves[group.slots[j].name] = (left[:, m], right[:, m])
+        last = torch.tensor([self.cards[i].pooling == "last" for i in ids],
+                            dtype=torch.bool, device=expert_idx.device)              # [U]
         return Gathered(halves, self._rows(ids, "head_w")[inverse],
-                        self._rows(ids, "head_b")[inverse], first)
+                        self._rows(ids, "head_b")[inverse], first, last[inverse])
 
     def row_layers(self) -> torch.Tensor:
         """The layer of each number of an expert row, [P] long (modules without a number: 0)."""

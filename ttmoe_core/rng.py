@@ -7,7 +7,9 @@ owns and passes down:
 - :func:`drawing_from`: while a module is built, every random draw of *this thread* that names
   no generator (``nn.Linear``'s own init, PEFT's and the ``adapters`` library's initialisers)
   is made from the given one. A ``TorchFunctionMode``, so thread-local.
-- :class:`Dropout`: ``nn.Dropout`` with its mask drawn from a generator it holds.
+- :class:`Dropout`: ``nn.Dropout`` with its mask drawn from a generator it holds; within
+  :func:`batch_rows` it draws the whole batch's mask and keeps its own rows (data-parallel
+  processes then draw what one process would, and their generators stay in step).
 - :func:`gaussian`: N(0, 1) noise of a tensor's shape from a generator.
 
 A generator lives on the CPU; draws for tensors elsewhere are made there and copied over, so
@@ -16,6 +18,7 @@ the same seed gives the same numbers on every device.
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -78,6 +81,24 @@ def gaussian(like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return noise.to(device=like.device, dtype=like.dtype)
 
 
+# (start, stop, total): the rows start..stop-1 of a batch of ``total`` rows are being computed
+_BATCH_ROWS: contextvars.ContextVar[tuple[int, int, int] | None] = contextvars.ContextVar(
+    "ttmoe_batch_rows", default=None)
+
+
+@contextmanager
+def batch_rows(start: int, stop: int, total: int) -> Iterator[None]:
+    """Within the block, a forward computes rows start..stop-1 of a batch of ``total`` rows (one
+    process's share of a data-parallel batch): ``Dropout`` draws masks for all ``total`` rows."""
+    if not 0 <= start <= stop <= total:
+        raise ValueError(f"rows {start}..{stop} are not within a batch of {total}")
+    token = _BATCH_ROWS.set((start, stop, total))
+    try:
+        yield
+    finally:
+        _BATCH_ROWS.reset(token)
+
+
 class Dropout(nn.Module):
     """``nn.Dropout`` whose mask comes from ``generator`` (a fixed-seed one of its own if None)."""
 
@@ -92,8 +113,14 @@ class Dropout(nn.Module):
         """x [...] -> x with each element zeroed with probability p, the rest scaled by 1/(1-p)."""
         if not self.training or self.p == 0.0:
             return x
-        keep = torch.empty(x.shape, device=self.generator.device).bernoulli_(
+        rows = _BATCH_ROWS.get()
+        shape = x.shape if rows is None else (rows[2], *x.shape[1:])
+        keep = torch.empty(shape, device=self.generator.device).bernoulli_(
             1.0 - self.p, generator=self.generator)                  # [...] 1 with prob. 1-p
+        if rows is not None:
+            keep = keep[rows[0]:rows[1]]
+            if keep.shape[0] != x.shape[0]:
+                raise ValueError(f"dropout input has {x.shape[0]} rows, the share is {len(keep)}")
         return x * keep.div_(1.0 - self.p).to(device=x.device, dtype=x.dtype)
 
     def extra_repr(self) -> str:

@@ -11,7 +11,8 @@ Variants (``RouterConfig.variant``):
   surface features of the raw text (hashed, cased character n-grams of each segment and segment
   lengths: what the uncased tokenizer cannot see, e.g. SST-2's lower-cased, space-tokenised
   sentences vs CoLA's, or RTE's long news premises vs MNLI's).
-Cost: ``linear``/``mlp``/``fusion`` run the base model up to layer k only (k/L of a pass).
+Cost: ``linear``/``mlp``/``fusion`` run the base model up to layer k only (k/L of a pass), for
+BERT-family encoders and LLaMA-style decoders alike (``layers``).
 Randomness (initial weights, dropout, gating noise, batch order) comes from the router's own
 generator, seeded with ``RouterConfig.seed`` by ``build_router``; the global RNG is never used.
 """
@@ -27,7 +28,8 @@ import torch
 from torch import nn
 
 from . import batching, rng
-from .backbone import hidden_states, last_token, mean_pool
+from .backbone import last_token, mean_pool
+from .layers import hidden_states
 
 VARIANTS = ("paper", "linear", "mlp", "fusion")
 SURFACE_DIM = 512          # hashed char n-gram features per segment

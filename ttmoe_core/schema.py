@@ -94,6 +94,8 @@ EXPERT_TRAINING = {
         "train_limit": _nullable(_int(1, 10**12)), "eval_limit": _nullable(_int(1, 10**12)),
         "warmup_fraction": {"type": "number", "minimum": 0, "exclusiveMaximum": 1},
         "weight_decay": _num(0, 10),
+        "pooling": {"enum": ["mean", "last", None]},
+        "dtype": {"enum": ["float32", "bfloat16", "float16"]},
     },
 }
 

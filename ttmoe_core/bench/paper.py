@@ -18,19 +18,21 @@ from torch import nn
 
 from .. import tt
 from ..adapters import GatheredTTLinear, current_expert_index, replace_submodule, use_experts
-from ..backbone import mean_pool
+from ..backbone import pool
 from ..moe import TTLoRAMoE
 from ..router import batch_features
 
 
 def per_row_logits(encoder: nn.Module, head_weight: torch.Tensor, head_bias: torch.Tensor,
-                   batch: dict[str, torch.Tensor], expert_idx: torch.Tensor) -> torch.Tensor:
+                   batch: dict[str, torch.Tensor], expert_idx: torch.Tensor,
+                   last_token: torch.Tensor | None = None) -> torch.Tensor:
     """Logits [B, C_max]: one pass of ``encoder`` with row b's expert ``expert_idx[b]`` in every
-    adapted layer (``adapters.use_experts``), mean-pooled, through row b's head (head_weight
-    [E, C_max, H], head_bias [E, C_max])."""
+    adapted layer (``adapters.use_experts``), pooled as expert e pools (``last_token`` [E] bool;
+    None: mean), through row b's head (head_weight [E, C_max, H], head_bias [E, C_max])."""
     with use_experts(expert_idx):
         hidden = encoder(**batch).last_hidden_state                       # [B, T, H]
-    pooled = mean_pool(hidden, batch["attention_mask"])                   # [B, H]
+    how = "mean" if last_token is None else last_token.to(expert_idx.device)[expert_idx]
+    pooled = pool(hidden, batch["attention_mask"], how)                   # [B, H]
     weight, bias = head_weight[expert_idx], head_bias[expert_idx]         # [B, C_max, H], [B, C_max]
     return torch.einsum("bch,bh->bc", weight, pooled) + bias
 
@@ -99,6 +101,8 @@ class GateWeightedMoE(nn.Module):
         head_weight, head_bias = mixture.pool.dense_heads()
         self.register_buffer("head_weight", head_weight)                   # [E, C_max, H]
         self.register_buffer("head_bias", head_bias)                       # [E, C_max]
+        self.register_buffer("last_token", torch.tensor(                    # [E] bool
+            [card.pooling == "last" for card in mixture.pool.cards]))
         self.router = mixture.router
         self.eval()
 
@@ -116,7 +120,8 @@ class GateWeightedMoE(nn.Module):
     @torch.no_grad()
     def expert_logits(self, batch: dict[str, torch.Tensor], expert_idx: torch.Tensor) -> torch.Tensor:
         """Logits [B, C_max] from the second pass, gate = one-hot(expert_idx)."""
-        return per_row_logits(self.encoder, self.head_weight, self.head_bias, batch, expert_idx)
+        return per_row_logits(self.encoder, self.head_weight, self.head_bias, batch, expert_idx,
+                              self.last_token)
 
     @torch.no_grad()
     def forward(self, batch: dict[str, torch.Tensor], texts: Sequence[str],

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from .. import batching, rng
-from ..backbone import Backbone, default_targets, encode_rows, mean_pool
+from ..backbone import Backbone, default_pooling, default_targets, encode_rows, pool
 from ..moe import TTLoRAMoE
 from ..runinfo import load_average
 from .moe import mixed_rows
@@ -64,6 +64,7 @@ class PeftMixture:
                 model.add_adapter(name, config)
         self.model, self.bb, self.names = model.eval(), bb, mixture.names
         self.head_weight, self.head_bias = mixture.pool.dense_heads()    # [E, C, H], [E, C]
+        self.last_token = torch.tensor([c.pooling == "last" for c in mixture.pool.cards])  # [E]
 
     @torch.inference_mode()
     def serve(self, texts: Sequence[str], pairs: Sequence[str | None], expert_idx: Sequence[int],
@@ -77,7 +78,7 @@ class PeftMixture:
             batch = encoded.batch(rows, self.bb.device)
             idx = torch.tensor([expert_idx[r] for r in rows])
             hidden = self.model(**batch, adapter_names=[self.names[i] for i in idx]).last_hidden_state
-            pooled = mean_pool(hidden, batch["attention_mask"])                       # [B, H]
+            pooled = pool(hidden, batch["attention_mask"], self.last_token[idx])     # [B, H]
             out.append(torch.einsum("bch,bh->bc", self.head_weight[idx], pooled) + self.head_bias[idx])
         return batching.restore_order(plan, out)
 
@@ -91,7 +92,8 @@ def floor_pass(bb: Backbone, texts: Sequence[str], pairs: Sequence[str | None],
     out = []
     for rows in plan:
         batch = encoded.batch(rows, bb.device)
-        out.append(mean_pool(bb.model(**batch).last_hidden_state, batch["attention_mask"]))
+        out.append(pool(bb.model(**batch).last_hidden_state, batch["attention_mask"],
+                        default_pooling(bb.info.model_type)))
     return batching.restore_order(plan, out)
 
 

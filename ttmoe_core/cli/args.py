@@ -151,11 +151,18 @@ def model_arg(text: str) -> str:
     return text
 
 
+def dtype_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
+                        help="compute precision of the base model (autocast; adapters and heads "
+                             "stay float32); bfloat16/float16 are for GPUs, bfloat16 works on CPU")
+
+
 def common_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=model_arg, default=None,
                         help="base model: all-minilm-l6-v2 (embedded default), a folder, or a hub id")
     parser.add_argument("--device", type=device_arg, default=None,
                         help="cpu, cuda, cuda:N, mps or auto (default)")
+    dtype_flag(parser)
     parser.add_argument("--data-dir", default=None,
                         help="task data folder (default: $TTMOE_DATA_DIR, ../shared/datasets, "
                              "assets/samples); 'hub' for the Hugging Face hub")

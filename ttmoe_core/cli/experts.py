@@ -34,7 +34,7 @@ def cmd_train_expert(args: argparse.Namespace) -> int:
     before the first step; the expert is saved atomically at the end."""
     from tqdm import tqdm
 
-    from .. import experts, safefs, store, tasks
+    from .. import distributed, experts, safefs, store, tasks
     from ..backbone import BackboneError, load_backbone
     from ..checkpoint import CheckpointError
 
@@ -43,7 +43,7 @@ def cmd_train_expert(args: argparse.Namespace) -> int:
         shapes=dict(args.shape) if args.shape else None, targets=args.targets, init=args.init,
         lr=args.lr, steps=args.max_steps, batch_size=args.batch_size, max_length=args.max_length,
         seed=args.seed, device=args.device, train_limit=args.train_limit,
-        eval_limit=args.eval_limit, **convergence_settings(args))
+        eval_limit=args.eval_limit, dtype=args.dtype, **convergence_settings(args))
     try:
         config = config.resolved()
         tasks.get_task(args.task)
@@ -55,7 +55,7 @@ def cmd_train_expert(args: argparse.Namespace) -> int:
                                 limit=config.train_limit, seed=config.seed)
         valid = tasks.load_task(args.task, "validation", data_dir=args.data_dir,
                                 limit=config.eval_limit, seed=config.seed)
-        backbone = load_backbone(args.model, device=args.device)
+        backbone = load_backbone(args.model, device=args.device, dtype=args.dtype)
     except (experts.ConfigError, tasks.DataError, BackboneError) as exc:
         raise UsageError(str(exc)) from None
     check_targets(backbone.model, config.targets, config.shapes)
@@ -63,7 +63,8 @@ def cmd_train_expert(args: argparse.Namespace) -> int:
     print(f"training {config.method} expert for {args.task}: {len(train)} train rows "
           f"({train.source}), {len(valid)} validation rows, device {backbone.device}",
           file=sys.stderr)
-    bar = tqdm(total=config.steps, unit="step", file=sys.stderr, disable=args.quiet)
+    bar = tqdm(total=config.steps, unit="step", file=sys.stderr,
+               disable=args.quiet or not distributed.is_main_process())
     checkpoint_dir = checkpoint_folder(out)
     if checkpoint_dir.exists() and not args.resume:
         print(f"a checkpoint of an earlier run is at {checkpoint_dir}: starting afresh (pass "
@@ -76,6 +77,8 @@ def cmd_train_expert(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     finally:
         bar.close()
+    if not distributed.is_main_process():   # accelerate launch: the main process writes
+        return 0
     try:
         store.save_expert(expert, out)
     except (store.StoreError, OSError) as exc:
@@ -144,7 +147,8 @@ def cmd_eval_expert(args: argparse.Namespace) -> int:
 
     try:
         expert = store.load_expert(args.expert)                 # read and checked once
-        backbone = load_backbone(args.model or expert.base.name, device=args.device)
+        backbone = load_backbone(args.model or expert.base.name, device=args.device,
+                                 dtype=args.dtype)
         check_fingerprint(backbone.info, expert.base.fingerprint, f"expert {expert.name!r}",
                           store.StoreError)
         if args.input_file:

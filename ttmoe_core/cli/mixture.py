@@ -9,8 +9,8 @@ from pathlib import Path
 
 from .. import tasks
 from ..workspace import default_pack
-from .args import (MAX_BATCH, UsageError, common_model_flags, device_arg, int_in, parse_layers,
-                   names_list, positive_float, positive_int, seed_arg, targets_arg)
+from .args import (MAX_BATCH, UsageError, common_model_flags, device_arg, dtype_flag, int_in,
+                   names_list, parse_layers, positive_float, positive_int, seed_arg, targets_arg)
 from .checks import check_max_length, check_output, check_writable
 from .experts import add_convergence_flags, convergence_settings
 
@@ -83,7 +83,7 @@ def _load_pack(path: str | Path):
         raise UsageError(str(exc)) from None
 
 
-def _load_moe(pack: str | None, device: str | None):
+def _load_moe(pack: str | None, device: str | None, dtype: str = "float32"):
     """The pack's mixture on its own base model, each file of the pack read once."""
     from .. import store
     from ..backbone import BackboneError
@@ -91,12 +91,12 @@ def _load_moe(pack: str | None, device: str | None):
 
     loaded = _load_pack(Path(pack) if pack else default_pack())
     try:
-        return TTLoRAMoE.from_loaded_pack(loaded, device=device)
+        return TTLoRAMoE.from_loaded_pack(loaded, device=device, dtype=dtype)
     except (store.StoreError, BackboneError, MoEError) as exc:
         raise UsageError(str(exc)) from None
 
 
-def _load_adhoc(folders: list[str], device: str | None):
+def _load_adhoc(folders: list[str], device: str | None, dtype: str = "float32"):
     """The router-less mixture of expert folders (``adhoc.mixture_from_folders``)."""
     from .. import store
     from ..adhoc import mixture_from_folders
@@ -104,7 +104,7 @@ def _load_adhoc(folders: list[str], device: str | None):
     from ..moe import MoEError
 
     try:
-        return mixture_from_folders(folders, device=device)
+        return mixture_from_folders(folders, device=device, dtype=dtype)
     except (store.StoreError, BackboneError, MoEError) as exc:
         raise UsageError(str(exc)) from None
 
@@ -130,8 +130,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 raise UsageError(f"{_shown(text, 40)!r} is not UTF-8 text") from None
         rows = [(i + 1, {"text": t, "text_pair": args.text_pair}, None)
                 for i, t in enumerate(args.text)]
-    moe = (_load_adhoc(args.expert_dir, args.device) if args.expert_dir
-           else _load_moe(args.pack, args.device))
+    moe = (_load_adhoc(args.expert_dir, args.device, args.dtype) if args.expert_dir
+           else _load_moe(args.pack, args.device, args.dtype))
     if args.expert_dir and args.expert is None:
         if len(moe.names) > 1:
             raise UsageError(f"several experts and no router: choose one with --expert "
@@ -250,7 +250,7 @@ def cmd_eval_moe(args: argparse.Namespace) -> int:
 
     from ..moe import MoEError
 
-    moe = _load_moe(args.pack, args.device)
+    moe = _load_moe(args.pack, args.device, args.dtype)
     if moe.router is None:
         where = args.pack or default_pack()
         raise UsageError(f"the pack {where} has no router to evaluate: train one with "
@@ -379,6 +379,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--expert", default=None, help="force this expert (oracle) instead of routing")
     p.add_argument("--json", action="store_true", help="one JSON line per input")
     p.add_argument("--device", type=device_arg, default=None)
+    dtype_flag(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("train-router", help="train a pack's router (experts stay frozen)")
@@ -405,6 +406,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--per-task", type=positive_int, default=500)
     p.add_argument("--json", action="store_true")
     p.add_argument("--device", type=device_arg, default=None)
+    dtype_flag(p)
     p.add_argument("--data-dir", default=None)
     p.set_defaults(func=cmd_eval_moe)
 

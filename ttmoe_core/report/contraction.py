@@ -12,7 +12,7 @@ import copy
 import torch
 
 from .. import adapters, experts
-from ..backbone import mean_pool
+from ..backbone import pool
 from .budgets import TOLERANCE, ReportError
 from .experiment import Run, median_ms, setup_differences, verdict
 
@@ -20,7 +20,7 @@ from .experiment import Run, median_ms, setup_differences, verdict
 def forward(model: experts.ExpertModel, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """(last hidden state [B, T, H], logits [B, C]) of an expert model on a tokenized batch."""
     hidden = model.encoder(**batch).last_hidden_state                    # [B, T, H]
-    return hidden, model.head(mean_pool(hidden, batch["attention_mask"]))
+    return hidden, model.head(pool(hidden, batch["attention_mask"], model.pooling))
 
 
 def reconstructing_copy(model: experts.ExpertModel) -> experts.ExpertModel:
