@@ -361,7 +361,8 @@ def finished_part(folder: Path, config):
         return None
     wanted = config.resolved().to_dict()
     have = expert.config.to_dict()
-    unset = {"device", "checkpoint_every", *(k for k in ("targets", "shapes") if wanted[k] is None)}
+    unset = {"device", "checkpoint_every",
+             *(k for k in ("targets", "shapes", "pooling") if wanted[k] is None)}
     same = all(have.get(k) == v for k, v in wanted.items() if k not in unset)
     return expert if same else None
 
