@@ -6,7 +6,7 @@ st.set_page_config(page_title="TT-LoRA MoE Studio", page_icon=":material/hub:", 
 st.set_option("client.showErrorDetails", "type")  # a bug shows its type, never a traceback
 st.set_option("client.toolbarMode", "viewer")
 
-st.navigation({
+navigation = st.navigation({
     "Learn": [
         st.Page("pages/overview.py", title="Overview", icon=":material/hub:", default=True),
         st.Page("pages/budget.py", title="Budget calculator", icon=":material/calculate:"),
@@ -20,4 +20,8 @@ st.navigation({
     "Use": [
         st.Page("pages/playground.py", title="Playground", icon=":material/chat:"),
     ],
-}).run()
+})
+with st.spinner("Starting the studio (loading the engine)…"):   # the server's first run only
+    from pages import common
+common.warm_up()     # the base model and the demo pack load in the background, once per server
+navigation.run()

@@ -127,17 +127,17 @@ with right:
     if report is None:
         st.stop()
     st.subheader(f"{report.label} on {report.model}")
-    top = st.columns(3)
-    top[0].metric("Trainable parameters", f"{report.trainable_params:,}", border=True)
-    top[1].metric(f"LoRA r{report.lora_rank}, same targets", f"{report.lora_params:,}", border=True,
-                  help="LoRA at the reference rank on the same target modules")
-    top[2].metric("Ratio to LoRA", f"{report.ratio_to_lora:.4g}×", border=True,
-                  help="trainable parameters of this method / those of LoRA at the reference rank")
-    bottom = st.columns(3)
-    bottom[0].metric("Share of the base model", f"{report.percent_of_base:.4g}%", border=True,
-                     help=f"of {report.base_params:,} base parameters")
-    bottom[1].metric("Weights in fp32", common.fmt_bytes(report.bytes_fp32), border=True)
-    bottom[2].metric("Weights in bf16", common.fmt_bytes(report.bytes_bf16), border=True)
+    rows = [st.columns(2) for _ in range(3)]        # two a row: every value fits at 1280 px
+    cells = [cell for row in rows for cell in row]
+    cells[0].metric("Trainable parameters", f"{report.trainable_params:,}", border=True)
+    cells[1].metric(f"LoRA r{report.lora_rank}, same targets", f"{report.lora_params:,}",
+                    border=True, help="LoRA at the reference rank on the same target modules")
+    cells[2].metric("Ratio to LoRA", f"{report.ratio_to_lora:.4g}×", border=True,
+                    help="trainable parameters of this method / those of LoRA at the reference rank")
+    cells[3].metric("Share of the base model", f"{report.percent_of_base:.4g}%", border=True,
+                    help=f"of {report.base_params:,} base parameters")
+    cells[4].metric("Weights in fp32", common.fmt_bytes(report.bytes_fp32), border=True)
+    cells[5].metric("Weights in bf16", common.fmt_bytes(report.bytes_bf16), border=True)
     for note in report.notes:
         st.caption(f"Note: {note}.")
 
@@ -148,11 +148,15 @@ with right:
             if mod.tt_shape:
                 in_f, out_f = tt.split_shape(mod.tt_shape, mod.d_in, mod.d_out)
                 row["TT shape"] = common.shape_text({"in_factors": in_f, "out_factors": out_f})
-            rows.append({**row, "per layer": mod.params_per_layer, "layers": mod.num_layers,
-                         "total": mod.total})
-        st.dataframe(pd.DataFrame(rows), hide_index=True,
-                     column_config={c: st.column_config.NumberColumn(format="localized")
-                                    for c in ("per layer", "total")})
+            rows.append({**row, "per layer": mod.params_per_layer,
+                         f"total ({mod.num_layers} layers)": mod.total})
+        total = f"total ({report.modules[0].num_layers} layers)"
+        st.dataframe(pd.DataFrame(rows), hide_index=True, column_config={
+            "module": st.column_config.TextColumn(width=70, pinned=True),
+            "d_in × d_out": st.column_config.TextColumn(width=100),
+            "TT shape": st.column_config.TextColumn(width=150),
+            "per layer": st.column_config.NumberColumn(format="localized", width=80),
+            total: st.column_config.NumberColumn(format="localized", width=110)})
 
     tt_modules = [m for m in report.modules if m.core_shapes]
     if tt_modules:
@@ -180,15 +184,16 @@ if reports:
     table = pd.DataFrame([{"method": r.label, "trainable parameters": r.trainable_params,
                            "% of base": r.percent_of_base,
                            f"× LoRA r{r.lora_rank}": r.ratio_to_lora} for r in reports])
-    chart_col, table_col = st.columns([1, 1], gap="large")
+    chart_col, table_col = st.columns([2, 3], gap="medium")
     chart_col.plotly_chart(figures.method_comparison_bar(reports), key="methods_bar")
+    # widths fit the widest value (1,235,814,400: full fine-tuning of LLaMA-3.2-1B) at 1280 px
     table_col.dataframe(table, hide_index=True, column_config={
-        "method": st.column_config.TextColumn(width="medium"),
+        "method": st.column_config.TextColumn(width=170, pinned=True),
         "trainable parameters": st.column_config.NumberColumn("parameters", format="localized",
-                                                              width="small"),
-        "% of base": st.column_config.NumberColumn(format="%.4g%%", width="small"),
+                                                              width=120),
+        "% of base": st.column_config.NumberColumn(format="%.4g%%", width=90),
         f"× LoRA r{reports[0].lora_rank}": st.column_config.NumberColumn(format="%.4g",
-                                                                          width="small")})
+                                                                          width=80)})
     table_col.caption(f"TT-LoRA at rank {reports[0].rank}, LoRA at rank {reports[1].rank}; "
                       f"adapters with reduction {int(reduction)} "
                       f"(AdapterFusion: {int(num_tasks)} tasks). Weights take 4 bytes a "

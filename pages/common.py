@@ -9,9 +9,12 @@ changed folder is read again.
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import logging
 import os
+import sys
+import threading
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -19,16 +22,51 @@ from typing import Any, TypeVar
 
 import streamlit as st
 
-from ttmoe_core import backbone, budget, experts, jobs, moe, router, store, tasks, workspace
+
+def legacy_pages_dir_workaround() -> None:
+    """WORKAROUND for Streamlit 1.67, which has no supported switch for this; remove it when
+    ``pages/`` is renamed or Streamlit fixes it. Tracking: streamlit/streamlit#9624 (deep links
+    on first load) and the review of streamlit/streamlit#10276 (a ``pages/`` folder with
+    ``st.navigation``: a direct URL falls back to the legacy mode).
+
+    A ``pages/`` folder next to app.py makes Streamlit treat the app as a legacy multipage app
+    until the first ``st.navigation`` call of the process: a fresh server whose first visitor
+    opens a deep link (``/budget``) runs ``pages/budget.py`` alone, without app.py's navigation
+    and page config, and shows the raw file list meanwhile. ``st.navigation`` itself sets
+    ``PagesManager.uses_pages_directory = False`` for the whole process; this sets the same flag
+    on that first request, then reruns once (per session at most: the rerun drops one-shot values
+    such as a click) so app.py runs the page. It runs when this module is first imported, before
+    the engine's (slow) imports, so the raw file list shows for a moment only.
+    """
+    try:
+        from streamlit.runtime.pages_manager import PagesManager
+    except ImportError:  # a Streamlit without the legacy mode
+        return
+    if getattr(PagesManager, "uses_pages_directory", False):
+        PagesManager.uses_pages_directory = False
+        if not st.session_state.get("_app_navigation_rerun"):
+            st.session_state["_app_navigation_rerun"] = True
+            st.rerun()
+
+
+legacy_pages_dir_workaround()
+
+from ttmoe_core import (adhoc, backbone, budget, experts, jobs, moe, names, router,  # noqa: E402
+                        store, tasks, workspace)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PACK_ENV = "TTMOE_PACK"              # another pack as the app's default (else assets/demo)
-WORKSPACE_ENV = "TTMOE_WORKSPACE"    # the default workspace folder (else <repo>/workspace)
+WORKSPACE_ENV = "TTMOE_WORKSPACE"    # the server's workspace root (else <repo>/workspace)
+WORKSPACE_FLAG = "--workspace"       # `streamlit run app.py -- --workspace DIR` (beats the variable)
+TOP_LEVEL = "(top level)"            # the root itself in the sub-folder choice
+NEW_SUB = "New sub-folder…"
+RESERVED = {workspace.PACKS, "reports"}   # folders of the workspace that are not sub-folders
 BUILD_DEMO = "python -m ttmoe_core build-demo"
 SESSION_KEY = "_session_id"          # session-state key of ``session_id()``
+TRY_KEY = "_try_experts"             # expert folders the Playground opens with ("Try it")
 EMBEDDED_BASE = budget.PRESETS[backbone.DEFAULT_MODEL]   # the embedded base model's dimensions
 
 # what engine calls raise for bad input or files; shown as one st.error line
@@ -43,47 +81,70 @@ def default_pack_dir() -> Path:
     return Path(os.environ.get(PACK_ENV) or workspace.default_pack())
 
 
-def default_workspace() -> Path:
-    return Path(os.environ.get(WORKSPACE_ENV) or REPO_ROOT / "workspace").expanduser()
+def workspace_root() -> Path:
+    """The server's workspace root, fixed when the server starts: ``--workspace DIR`` after
+    ``--`` on the ``streamlit run`` line, else $TTMOE_WORKSPACE, else ``<repo>/workspace``. No
+    visitor can change it; they choose a sub-folder inside it (``setup``)."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument(WORKSPACE_FLAG)
+    flag = parser.parse_known_args(sys.argv[1:])[0].workspace
+    return Path(flag or os.environ.get(WORKSPACE_ENV) or REPO_ROOT / "workspace").expanduser()
 
 
-def legacy_pages_dir_workaround() -> None:
-    """WORKAROUND for Streamlit 1.67, which has no supported switch for this; remove it when
-    ``pages/`` is renamed or Streamlit fixes it. Tracking: streamlit/streamlit#9624 (deep links
-    on first load) and the review of streamlit/streamlit#10276 (a ``pages/`` folder with
-    ``st.navigation``: a direct URL falls back to the legacy mode).
-
-    A ``pages/`` folder next to app.py makes Streamlit treat the app as a legacy multipage app
-    until the first ``st.navigation`` call of the process: a fresh server whose first visitor
-    opens a deep link (``/budget``) runs ``pages/budget.py`` alone, without app.py's navigation
-    and page config. ``st.navigation`` itself sets ``PagesManager.uses_pages_directory = False``
-    for the whole process; this sets the same flag on that first request, then reruns once (per
-    session at most: the rerun drops one-shot values such as a click) so app.py runs the page.
-    """
+def sub_folders(root: Path) -> list[str]:
+    """The sub-folders of ``root`` a visitor may choose: real folders whose name follows the name
+    rule and that are not an expert, a pack or one of the root's own folders (packs, reports)."""
     try:
-        from streamlit.runtime.pages_manager import PagesManager
-    except ImportError:  # a Streamlit without the legacy mode
-        return
-    if getattr(PagesManager, "uses_pages_directory", False):
-        PagesManager.uses_pages_directory = False
-        if not st.session_state.get("_app_navigation_rerun"):
-            st.session_state["_app_navigation_rerun"] = True
-            st.rerun()
+        children = sorted(root.iterdir())
+    except OSError:
+        return []
+    return [c.name for c in children
+            if names.is_valid_name(c.name) and c.name not in RESERVED and c.is_dir()
+            and not c.is_symlink() and not (c / store.CONFIG_FILE).exists()
+            and not (c / store.PACK_FILE).exists()]
+
+
+def sub_workspace(root: Path, name: str | None) -> workspace.Workspace:
+    """The workspace ``root/name`` (``root`` itself for None): ``name`` follows the name rule, is
+    not one of the root's own folders, an expert or a symbolic link; WorkspaceError otherwise."""
+    if not name:
+        return workspace.Workspace(root)
+    if name in RESERVED or name not in sub_folders(root) and (root / name).exists():
+        raise workspace.WorkspaceError(f"{name!r} is taken by an expert, a pack or the "
+                                       "workspace's own folders: choose another sub-folder")
+    try:
+        names.check_name(name, "sub-folder name")
+        names.inside(root, name)
+    except names.NameError_ as exc:
+        raise workspace.WorkspaceError(str(exc)) from None
+    return workspace.Workspace(root / name)
 
 
 def setup() -> workspace.Workspace:
-    """Every page's first call: app navigation, the sidebar's settings; returns the workspace."""
-    legacy_pages_dir_workaround()
-    if "workspace" not in st.session_state:
-        st.session_state.workspace = str(default_workspace())
+    """Every page's first call: app navigation, the sidebar's settings; returns the workspace
+    (the server's root, or the sub-folder of it this session chose)."""
+    root = workspace_root()
     with st.sidebar:
-        value = st.text_input("Workspace folder", value=st.session_state.workspace,
-                              help="Where trained experts and new packs are saved "
-                                   f"(default: ./workspace, or ${WORKSPACE_ENV}).")
-        st.session_state.workspace = value.strip() or str(default_workspace())
+        choices = [TOP_LEVEL, *sub_folders(root)]
+        chosen = st.session_state.get("workspace_sub")
+        if chosen and chosen not in choices:         # a new sub-folder, not saved into yet
+            choices.append(chosen)
+        pick = st.selectbox("Workspace folder", [*choices, NEW_SUB],
+                            index=choices.index(chosen) if chosen in choices else 0,
+                            help=f"Where trained experts and new packs are saved: the server's "
+                                 f"workspace (`{root}`) or a sub-folder of it.")
+        sub = None if pick == TOP_LEVEL else pick
+        if pick == NEW_SUB:
+            sub = st.text_input("Sub-folder name", key="workspace_new_sub",
+                                help=f"A name, not a path ({names.NAME_RULE}).").strip() or None
+        ws = safe(sub_workspace, root, sub, what="workspace folder")
+        if ws is None:
+            sub, ws = None, workspace.Workspace(root)
+        st.session_state["workspace_sub"] = sub
+        st.caption(f"Saving to `{ws.root}`")
         device = "CUDA GPU" if _cuda() else "CPU"
         st.caption(f"Base model: all-MiniLM-L6-v2 (embedded) · device: {device}")
-    return workspace.Workspace(st.session_state.workspace)
+    return ws
 
 
 @st.cache_resource(show_spinner=False)
@@ -92,20 +153,20 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def pack_choices(root: Path) -> dict[str, Path]:
-    """{label: folder} of the demo pack and every pack (valid or not) of the workspace ``root``."""
+def pack_choices(ws: workspace.Workspace) -> dict[str, Path]:
+    """{label: folder} of the demo pack and every pack (valid or not) of the workspace ``ws``."""
     demo = default_pack_dir()
     choices = {f"demo pack ({short_path(demo)})": demo}
-    packs = workspace.Workspace(root).packs_root
+    packs = ws.packs_root
     valid, invalid = folder_packs(str(packs), stamp(packs))
     for folder in sorted(valid + list(invalid)):
         choices[f"workspace pack: {Path(folder).name}"] = Path(folder)
     return choices
 
 
-def pick_pack(root: Path, key: str) -> Path:
-    """A selectbox of the packs (demo first); returns the chosen folder."""
-    choices = pack_choices(root)
+def pick_pack(ws: workspace.Workspace, key: str) -> Path:
+    """A selectbox of the packs (demo first, then the workspace's); returns the chosen folder."""
+    choices = pack_choices(ws)
     if len(choices) == 1:
         return next(iter(choices.values()))
     label = st.selectbox("Pack", list(choices), key=key,
@@ -175,16 +236,75 @@ def one_line(exc: BaseException) -> str:
 # ----------------------------------------------------------------------------- cached engine objects
 
 
-@st.cache_resource(show_spinner="Loading the base model (all-MiniLM-L6-v2)…")
-def get_backbone() -> backbone.Backbone:
-    """The frozen base model, shared by all sessions (never modified: training copies it)."""
+@st.cache_resource(show_spinner=False)
+def _backbone() -> backbone.Backbone:
     return backbone.load_backbone()
 
 
-@st.cache_resource(show_spinner="Loading the mixture (experts + router)…", max_entries=4)
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _mixture(path: str, folder_stamp: float) -> moe.TTLoRAMoE:
+    return moe.TTLoRAMoE.from_pack(path, backbone=_backbone())
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _adhoc_mixture(folders: tuple[str, ...], folder_stamp: float) -> moe.TTLoRAMoE:
+    return adhoc.mixture_from_folders(folders, backbone=_backbone())
+
+
+@st.cache_resource(show_spinner=False)
+def _ready() -> set[tuple]:
+    """Keys of the resources loaded so far in this server (a first use shows a spinner)."""
+    return set()
+
+
+def _loaded(key: tuple, message: str, load: Callable[[], T]) -> T:
+    """``load()`` (a cached resource); with a spinner saying ``message`` while it is cold."""
+    if key in _ready():
+        return load()
+    with st.spinner(message, show_time=True):
+        value = load()
+    _ready().add(key)
+    return value
+
+
+def _warm() -> None:
+    """Load the base model and the default pack's mixture into the shared caches."""
+    try:
+        _backbone()
+        _ready().add(("backbone",))
+        pack = default_pack_dir()
+        if (pack / store.PACK_FILE).is_file():
+            key = (str(pack), stamp(pack))
+            _mixture(*key)
+            _ready().add(("pack", *key))
+    except Exception:  # the page that needs it will say what is wrong
+        log.warning("warm-up failed", exc_info=True)
+
+
+@st.cache_resource(show_spinner=False)
+def warm_up() -> threading.Thread:
+    """Once per server (app.py's first run): load the base model and the demo pack in the
+    background, so the first Train or Playground answer does not wait for them."""
+    thread = threading.Thread(target=_warm, name="ttmoe-warm-up", daemon=True)
+    thread.start()
+    return thread
+
+
+def get_backbone() -> backbone.Backbone:
+    """The frozen base model, shared by all sessions (never modified: training copies it)."""
+    return _loaded(("backbone",), "Loading the base model (all-MiniLM-L6-v2)…", _backbone)
+
+
 def get_mixture(path: str, folder_stamp: float) -> moe.TTLoRAMoE:
     """A pack's mixture on the shared base model; ``folder_stamp`` reloads it when files change."""
-    return moe.TTLoRAMoE.from_pack(path, backbone=get_backbone())
+    return _loaded(("pack", path, folder_stamp), "Loading the pack's experts and router…",
+                   lambda: _mixture(path, folder_stamp))
+
+
+def get_adhoc_mixture(folders: tuple[str, ...], folder_stamp: float) -> moe.TTLoRAMoE:
+    """The router-less mixture of expert folders (served with a forced choice), shared."""
+    return _loaded(("experts", folders, folder_stamp), "Loading the chosen experts…",
+                   lambda: _adhoc_mixture(folders, folder_stamp))
 
 
 @st.cache_resource
@@ -333,6 +453,22 @@ def fmt_bytes(num_bytes: int) -> str:
     return f"{value:.0f} B" if unit == "B" else f"{value:.1f} {unit}"
 
 
+def confidence_words(probability: float) -> str:
+    """The router's confidence in its top choice, in words (a bar alone hides a weak choice)."""
+    if probability >= 0.9:
+        return f"The router is confident ({probability:.0%})."
+    if probability >= 0.6:
+        return f"The router is fairly sure ({probability:.0%}), not certain."
+    return (f"The router is unsure ({probability:.0%}): the input may fit several experts, or "
+            "none of their tasks; check the forced answers.")
+
+
+def try_experts(folders: list[str]) -> None:
+    """Open the Playground serving the expert folders ``folders`` (no pack, forced choice)."""
+    st.session_state[TRY_KEY] = list(folders)
+    st.switch_page("pages/playground.py")
+
+
 def default_state(key: str, value: Any) -> None:
     """Give a keyed widget its first value through session state (so callbacks may change it)."""
     if key not in st.session_state:
@@ -365,10 +501,21 @@ def staged_job_status(registry: jobs.JobRegistry, job_id: str, polling: bool, wh
         st.progress(min(1.0, done / total),
                     text=f"{last.get('stage', 'starting')}: {done} of {total} · {job.elapsed:.0f} s")
         if st.button("Cancel", key=f"cancel_{key}_{job_id}", icon=":material/stop_circle:"):
-            registry.cancel(session_id(), job_id)
+            st.toast("Cancelling…" if registry.cancel(session_id(), job_id)
+                     else "Too late to cancel: the result is being saved.")
         return None
     if job.status != "done":
-        (st.warning if job.status == "cancelled" else st.error)(
-            f"{what} {job.status}: {job.error}", icon=":material/warning:")
+        job_outcome(job, what)
         return None
     return job
+
+
+def job_outcome(job: jobs.Job, what: str) -> None:
+    """A cancelled or failed job in one line: why, and what it wrote (its last event)."""
+    final = job.last(saved=False) or job.last(saved=True) or {}
+    if final.get("saved"):
+        detail = f"{job.error}; {final['path']} was written ({final.get('note', '')})"
+    else:
+        detail = final.get("reason") or f"{job.error or 'stopped'}"
+    (st.warning if job.status == "cancelled" else st.error)(
+        f"{what} {job.status}: {detail}", icon=":material/warning:")

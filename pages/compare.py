@@ -47,15 +47,23 @@ def show_report(results: dict, key: str) -> None:
     cols[0].metric("Budget", meta["budget"])
     cols[1].metric("Run time", f"{meta['seconds'] / 60:.1f} min",
                    help="Wall time of the whole run, training included.")
-    cols[2].metric("Finished", common.fmt_date(meta.get("finished")))
+    finished = common.fmt_date(meta.get("finished"))
+    cols[2].metric("Finished", finished.split(" ")[0], help=finished)   # the day fits; hover: time
     cols[3].metric("Paper's claims that hold here", f"{holds} of {len(exps)}")
     st.caption(f"{machine['gpu'] or machine['cpu']} · {machine['cores']} "
                f"cores · torch {machine['torch']}, {machine['threads']} threads on {machine['device']} · "
                f"load average {machine['load_average']} at start · base model "
                f"{meta['base_model']['name']} · seed {meta['seed']} · `{meta['command']}`")
-    st.dataframe(pd.DataFrame([{"experiment": report.SECTION_TITLES[name], "paper's claim": exp["claim"]["paper"],
-                                "here": exp["claim"]["verdict"], "evidence": exp["claim"]["evidence"]}
-                               for name, exp in exps.items()]), hide_index=True)
+    # the verdict next to the experiment, long texts last and wrapped to fit at 1280 px
+    st.dataframe(pd.DataFrame([{"experiment": report.SECTION_TITLES[name].split(" (")[0],
+                                "here": exp["claim"]["verdict"], "paper's claim": exp["claim"]["paper"],
+                                "evidence": exp["claim"]["evidence"]}
+                               for name, exp in exps.items()]), hide_index=True, column_config={
+        "experiment": st.column_config.TextColumn(width="medium", pinned=True,
+                                                  help="hover a cell for its full text"),
+        "here": st.column_config.TextColumn("verdict here", width="small"),
+        "paper's claim": st.column_config.TextColumn(width="large"),
+        "evidence": st.column_config.TextColumn(width="large")})
     figures = report.build_figures(results)
     names = [name for name in report.SECTIONS if name in exps]
     for name, tab in zip(names, st.tabs([report.SECTION_TITLES[n].split(" (")[0] for n in names])):

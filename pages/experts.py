@@ -34,6 +34,8 @@ def experts_table(infos: list[dict]) -> None:
              "validation score": i["metric_value"], "steps": i["training"].get("steps"),
              "trained": common.fmt_date(i["created"])} for i in infos]
     st.dataframe(pd.DataFrame(rows), hide_index=True, column_config={
+        "name": st.column_config.TextColumn(width="medium", pinned=True),
+        "trained": st.column_config.TextColumn(width="medium"),
         "adapter params": st.column_config.NumberColumn(format="localized"),
         "validation score": st.column_config.NumberColumn(format="%.3f"),
         "α": st.column_config.NumberColumn(format="%g")})
@@ -171,8 +173,15 @@ if choices:
     st.header("Inside one expert")
     label = st.selectbox("Expert", list(choices), key="experts_pick")
     info, editable = choices[label]
-    st.caption(common.training_caption(info))
-    cols = st.columns(6)
+    caption_col, try_col = st.columns([5, 1], vertical_alignment="center")
+    caption_col.caption(common.training_caption(info))
+    if info["method"] == "tt-lora":
+        if try_col.button("Try it", type="primary", icon=":material/chat:", key="experts_try",
+                          help="Open the Playground with this expert, no pack needed."):
+            common.try_experts([info["folder"]])
+    else:
+        try_col.caption("The Playground serves TT-LoRA experts only.")
+    cols = st.columns(3) + st.columns(3)
     cols[0].metric("Task", info["task"], border=True)
     cols[1].metric("Method", info["method"], border=True)
     cols[2].metric("Rank", info["rank"], border=True)

@@ -1,6 +1,7 @@
 """Playground: route a text (or a batch of mixed texts) through the mixture and see the answer."""
 
 import time
+from pathlib import Path
 
 import pandas as pd
 import streamlit as st
@@ -53,22 +54,69 @@ def answer_card(row: dict, title: str, key: str) -> None:
                         key=key)
 
 
+SOURCE_PACK, SOURCE_EXPERTS = "A pack (router + experts)", "Chosen experts (no pack)"
+
+
+def expert_choices() -> dict[str, str]:
+    """{folder: label} of the TT-LoRA experts of the workspace and of the demo pack."""
+    choices = {}
+    demo = common.default_pack_dir() / "experts"
+    for root, where in ((ws.root, "workspace"), (demo, "demo pack")):
+        infos, _ = common.folder_experts(str(root), common.stamp(root))
+        for info in infos:
+            if info["method"] == "tt-lora":
+                choices[info["folder"]] = f"{info['name']} ({info['task']}, {where})"
+    return choices
+
+
+def load_mixture(source: str):
+    """(mixture, caption) of the chosen pack or experts; None when there is nothing to serve."""
+    if source == SOURCE_PACK:
+        pack_dir = common.pick_pack(ws, key="playground_pack")
+        if common.pack_missing(pack_dir):
+            return None
+        mixture = common.safe(common.get_mixture, str(pack_dir), common.stamp(pack_dir),
+                              what=f"loading {pack_dir}")
+        return mixture and (mixture, f"Pack `{common.short_path(pack_dir)}`: experts "
+                                     f"{', '.join(mixture.names)}")
+    choices = expert_choices()
+    for folder in ss.get("pg_expert_dirs", []):       # e.g. "Try it" on an expert of a sub-folder
+        choices.setdefault(folder, Path(folder).name)
+    if not choices:
+        st.info("No TT-LoRA expert in the workspace yet: train one on the Train page.",
+                icon=":material/info:")
+        return None
+    folders = st.multiselect("Experts", list(choices), key="pg_expert_dirs",
+                             format_func=lambda f: choices.get(f, f),
+                             help="One expert, or several served side by side: without a router "
+                                  "you choose which one answers (the oracle choice).")
+    if not folders:
+        st.info("Choose one or more experts to try.", icon=":material/info:")
+        return None
+    mixture = common.safe(common.get_adhoc_mixture, tuple(folders),
+                          common.stamp(*map(Path, folders)), what="loading the experts")
+    return mixture and (mixture, f"Experts {', '.join(choices[f] for f in folders)}, no router")
+
+
 st.title("Playground")
 st.caption("Type a text: the router picks one expert, and that expert's TT-LoRA cores and head "
-           "answer it, in one pass over the frozen base model.")
+           "answer it, in one pass over the frozen base model. Or try experts without a pack.")
 
-pack_dir = common.pick_pack(ws.root, key="playground_pack")
-if common.pack_missing(pack_dir):
+tried = ss.pop(common.TRY_KEY, None)           # "Try it" on the Train or Experts page
+if tried:
+    ss["pg_source"], ss["pg_expert_dirs"] = SOURCE_EXPERTS, tried
+    ss.pop("pg_result", None)
+source = st.radio("Serve", [SOURCE_PACK, SOURCE_EXPERTS], key="pg_source", horizontal=True)
+loaded = load_mixture(source)
+if loaded is None:
     st.stop()
-mixture = common.safe(common.get_mixture, str(pack_dir), common.stamp(pack_dir),
-                      what=f"loading {pack_dir}")
-if mixture is None:
-    st.stop()
-if mixture.router is None:
+mixture, served = loaded
+if mixture.router is None and source == SOURCE_PACK:
     st.warning("This pack has no router: switch the oracle on and choose an expert, or train a "
                "router on the Router page.")
-st.caption(f"Pack `{common.short_path(pack_dir)}`: experts {', '.join(mixture.names)} · inputs "
-           f"longer than {mixture.max_length} tokens are truncated.")
+st.caption(f"{served} · inputs longer than "
+           f"{mixture.max_length} tokens are truncated.")
+serving = (source, tuple(mixture.names))         # what answered: a change makes answers stale
 
 single, batch = st.tabs(["One input", "Batch"])
 
@@ -98,75 +146,99 @@ with inputs:
     text = st.text_area("Text", key="pg_text", height=110, on_change=clear_gold)
     pair = st.text_area("Second text (pair tasks: hypothesis, second question, …) — optional",
                         key="pg_pair", height=80, on_change=clear_gold)
-    oracle = st.toggle("Oracle: also force an expert", key="pg_oracle",
-                       value=mixture.router is None,
-                       help="Answer with the expert you choose as well, side by side.")
-    forced = st.selectbox("Forced expert", mixture.names, key="pg_forced", disabled=not oracle)
-    if st.button("Route and answer", type="primary", icon=":material/alt_route:"):
+    if mixture.router is None:
+        oracle = True
+        forced = st.selectbox("Expert", mixture.names, key=f"pg_forced_{'_'.join(mixture.names)}",
+                              help="No router: the expert you choose answers (the oracle choice).")
+    else:
+        oracle = st.toggle("Oracle: also force an expert", key="pg_oracle",
+                           help="Answer with the expert you choose as well, side by side.")
+        forced = st.selectbox("Forced expert", mixture.names, disabled=not oracle,
+                              key=f"pg_forced_{'_'.join(mixture.names)}")
+    asked = (serving, text, pair, forced if oracle else None)
+    if st.button("Route and answer" if mixture.router is not None else "Answer", type="primary",
+                 icon=":material/alt_route:", key="pg_go"):
         if not text.strip():
             st.error("Type a text first (or pick an example).", icon=":material/edit:")
             ss.pop("pg_result", None)
-        elif mixture.router is None and not oracle:
-            st.error("This pack has no router: switch the oracle on.", icon=":material/error:")
         else:
             started = time.perf_counter()
             routed = None
             if mixture.router is not None:
                 routed = common.safe(mixture.predict, [text], [pair.strip() or None], what="predict")
-            elapsed = time.perf_counter() - started
             forced_row = None
             if oracle:
                 forced_row = common.safe(mixture.predict, [text], [pair.strip() or None],
                                          expert=forced, what="predict")
+            elapsed = time.perf_counter() - started
             if routed is not None or forced_row is not None:
                 ss["pg_result"] = {"routed": routed[0] if routed else None,
                                    "forced": forced_row[0] if forced_row else None,
-                                   "seconds": elapsed}
+                                   "seconds": elapsed, "asked": asked}
 
 with outputs:
     result = ss.get("pg_result")
+    if result and result.get("asked", (None,))[0] != serving:
+        result = None                            # another pack or other experts: not this answer
     if not result:
-        st.info("Type a text (or pick an example) and press **Route and answer**: the router's "
-                "choice, the answer and their probabilities appear here.", icon=":material/info:")
+        st.info("Type a text (or pick an example) and press the button: the router's choice, "
+                "the answer and their probabilities appear here.", icon=":material/info:")
     else:
         routed, forced_row = result["routed"], result["forced"]
         main = routed or forced_row
-        cols = st.columns(2) + st.columns(2)
-        cols[0].metric("Chosen expert", main["expert"], border=True,
-                       help="The router's top-1 choice." if routed else "Forced (no router).")
-        confidence = main["router_probs"].get(main["expert"])
-        cols[1].metric("Router confidence", "–" if confidence is None else f"{confidence:.1%}",
-                       border=True)
-        best = max(main["label_probs"].values()) if main["label_probs"] else None
-        cols[2].metric("Answer", str(main["label"]), border=True,
-                       help=None if best is None else f"probability {best:.1%}")
-        cols[3].metric("Time", f"{result['seconds'] * 1000:.0f} ms", border=True,
-                       help="Routing and answering this input on this machine.")
-        if ss.get("pg_gold"):
-            st.caption(f"Gold label: {ss['pg_gold']}.")
-        if main["truncated"]:
-            st.caption(f"Note: the input is longer than {mixture.max_length} tokens and was truncated.")
-        if main["router_probs"]:
-            st.plotly_chart(figures.router_probs_bar(main["router_probs"], main["expert"]),
-                            key="pg_router_probs")
-        if routed and forced_row:
-            same = routed["expert"] == forced_row["expert"]
-            st.markdown("**Oracle comparison** — " + (
-                "the router chose the forced expert too: same answer." if same else
-                "different experts: compare their answers."))
-            col_r, col_f = st.columns(2)
-            with col_r:
-                answer_card(routed, "Routed", "pg_cmp_routed")
-            with col_f:
-                answer_card(forced_row, f"Forced: {forced_row['expert']}", "pg_cmp_forced")
-        else:
-            answer_card(main, "Routed" if routed else f"Forced: {main['expert']}", "pg_answer")
+        if result["asked"] != asked:
+            st.warning("The input changed: this answer is for the previous one. Press the button "
+                       "again.", icon=":material/history:")
+        with st.container():
+            best = max(main["label_probs"].values()) if main["label_probs"] else None
+            top = st.columns([3, 2])
+            top[0].metric("Answer", str(main["label"]), border=True,
+                          help=f"{main['label']}" + ("" if best is None
+                                                     else f" · probability {best:.1%}"))
+            top[1].metric("Chosen expert", main["expert"], border=True,
+                          help="The router's top-1 choice." if routed else "Forced (no router).")
+            confidence = main["router_probs"].get(main["expert"])
+            bottom = st.columns([3, 2])
+            bottom[0].metric("Router confidence",
+                             "– (no router)" if confidence is None else f"{confidence:.1%}",
+                             border=True)
+            bottom[1].metric("Time", f"{result['seconds'] * 1000:.0f} ms", border=True,
+                             help="Routing and answering this input on this machine (the "
+                                  "forced expert's answer included).")
+            if confidence is not None:
+                (st.markdown if confidence >= 0.9 else st.warning)(
+                    common.confidence_words(confidence))
+            if ss.get("pg_gold"):
+                st.caption(f"Gold label: {ss['pg_gold']}.")
+            if main["truncated"]:
+                st.caption(f"Note: the input is longer than {mixture.max_length} tokens and was "
+                           "truncated.")
+            if main["router_probs"]:
+                st.plotly_chart(figures.router_probs_bar(main["router_probs"], main["expert"]),
+                                key="pg_router_probs")
+            if routed and forced_row:
+                same = routed["expert"] == forced_row["expert"]
+                st.markdown("**Oracle comparison** — " + (
+                    "the router chose the forced expert too: same answer." if same else
+                    "different experts: compare their answers."))
+                col_r, col_f = st.columns(2)
+                with col_r:
+                    answer_card(routed, "Routed", "pg_cmp_routed")
+                with col_f:
+                    answer_card(forced_row, f"Forced: {forced_row['expert']}", "pg_cmp_forced")
+            else:
+                answer_card(main, "Routed" if routed else f"Forced: {main['expert']}", "pg_answer")
 
 # ----------------------------------------------------------------------------- batch
 with batch:
     st.caption(f"One input per line; a pair as `text {PAIR_SEPARATOR} second text`. All lines "
                "are answered in ONE mixed-batch call: each row gets its own expert.")
     lines_text = st.text_area("Inputs", BATCH_EXAMPLE, height=180, key="pg_batch")
+    batch_expert = None
+    if mixture.router is None:
+        batch_expert = st.selectbox("Expert for every line", mixture.names,
+                                    key=f"pg_batch_expert_{'_'.join(mixture.names)}",
+                                    help="No router: one expert answers all lines.")
     if st.button("Answer all", type="primary", key="pg_batch_go"):
         texts, pairs, bad = [], [], []
         for number, line in enumerate(lines_text.splitlines(), 1):
@@ -183,24 +255,26 @@ with batch:
                      icon=":material/edit:")
         elif not texts:
             st.error("Type at least one input line.", icon=":material/edit:")
-        elif mixture.router is None:
-            st.error("This pack has no router: use the single input with the oracle.",
-                     icon=":material/error:")
         else:
             started = time.perf_counter()
-            rows = common.safe(mixture.predict, texts, pairs, what="predict")
+            rows = common.safe(mixture.predict, texts, pairs, what="predict",
+                               expert=batch_expert)
             elapsed = time.perf_counter() - started
             if rows:
                 table = pd.DataFrame([{
-                    "text": r["text"], "second text": r["text_pair"] or "", "expert": r["expert"],
-                    "router confidence": r["router_probs"].get(r["expert"]),
-                    "answer": str(r["label"]),
+                    "expert": r["expert"], "answer": str(r["label"]),
                     "answer probability": max(r["label_probs"].values()) if r["label_probs"] else None,
+                    "router confidence": r["router_probs"].get(r["expert"]),
+                    "text": r["text"], "second text": r["text_pair"] or "",
                     "truncated": r["truncated"]} for r in rows])
                 st.dataframe(table, hide_index=True, column_config={
+                    "expert": st.column_config.TextColumn(width="small"),
+                    "answer": st.column_config.TextColumn(width="medium"),
                     "router confidence": st.column_config.ProgressColumn(
-                        format="percent", min_value=0, max_value=1),
-                    "answer probability": st.column_config.NumberColumn(format="percent")})
+                        format="percent", min_value=0, max_value=1, width="small"),
+                    "answer probability": st.column_config.NumberColumn(format="percent",
+                                                                        width="small"),
+                    "text": st.column_config.TextColumn(width="large")})
                 used = ", ".join(sorted({r["expert"] for r in rows}))
                 st.caption(f"{len(rows)} inputs answered in one `predict` call in "
                            f"{elapsed * 1000:.0f} ms (experts used: {used}).")

@@ -115,7 +115,7 @@ st.caption("The router reads the frozen base model (up to layer k) and picks one
 
 # ----------------------------------------------------------------------------- stored router
 st.header("Stored router")
-pack_dir = common.pick_pack(ws.root, key="router_pack")
+pack_dir = common.pick_pack(ws, key="router_pack")
 if not common.pack_missing(pack_dir):
     stored_router(pack_dir)
 

@@ -220,6 +220,76 @@ def test_threads_sharing_one_layer_get_their_own_experts():
     assert adapters.current_expert_index() is None
 
 
+# ----------------------------------------------------------------------------- gathered halves
+
+
+def _halves(layer: TTLoRALinear, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row merged halves of a bank's experts, α folded into A: [B, d_in, r], [B, r, d_out]."""
+    left, right = tt.tt_halves([c[idx] for c in layer.cores], layer.in_factors, layer.out_factors)
+    return layer.alpha * left, right
+
+
+def test_gathered_layer_equals_the_bank_row_by_row():
+    bank = _bank()
+    gathered = adapters.GatheredTTLinear(bank.base, "layer")
+    x = torch.randn(6, 4, 12, dtype=DT, generator=torch.Generator().manual_seed(9))
+    idx = torch.tensor([2, 0, 0, 1, 2, 1])
+    with torch.no_grad():
+        with use_experts(idx):
+            want = bank(x)
+        with adapters.use_row_halves({"layer": _halves(bank, idx)}):
+            got = gathered(x)
+            other = adapters.GatheredTTLinear(bank.base, "another")(x)   # not named: frozen
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+        torch.testing.assert_close(other, bank.base(x), rtol=0, atol=0)
+        torch.testing.assert_close(gathered(x), bank.base(x), rtol=0, atol=0)  # no halves
+        with adapters.use_row_halves({"layer": _halves(bank, idx[:2])}):
+            with pytest.raises(ValueError, match="2 rows"):
+                gathered(x)
+
+
+def test_adapters_off_silences_both_kinds_and_contexts_reset():
+    bank = _bank()
+    gathered = adapters.GatheredTTLinear(bank.base, "layer")
+    x = torch.randn(3, 12, dtype=DT)
+    halves = {"layer": _halves(bank, torch.tensor([0, 1, 2]))}
+    with torch.no_grad(), use_experts(torch.tensor([0, 1, 2])), adapters.use_row_halves(halves):
+        with adapters.adapters_off(3):
+            torch.testing.assert_close(bank(x), bank.base(x), rtol=0, atol=0)
+            torch.testing.assert_close(gathered(x.unsqueeze(1)), bank.base(x.unsqueeze(1)))
+        assert not torch.equal(gathered(x.unsqueeze(1)), bank.base(x.unsqueeze(1)))
+    with pytest.raises(KeyError):
+        with adapters.use_row_halves(halves):
+            raise KeyError("boom")
+    torch.testing.assert_close(gathered(x), bank.base(x))
+
+
+def test_inject_gathered_checks_names_and_shapes(tiny_bert):
+    model = copy.deepcopy(tiny_bert.model)
+    name = "encoder.layer.1.attention.self.query"
+    adapters.inject_gathered(model, [name], {name: (48, 48)})
+    assert isinstance(model.get_submodule(name), adapters.GatheredTTLinear)
+    assert isinstance(tiny_bert.model.get_submodule(name), nn.Linear)
+    with pytest.raises(ValueError, match="no module"):
+        adapters.inject_gathered(model, ["encoder.nope"], {"encoder.nope": (48, 48)})
+    other = "encoder.layer.0.attention.self.value"
+    with pytest.raises(ValueError, match="48x96"):
+        adapters.inject_gathered(model, [other], {other: (48, 96)})
+    assert adapters.layer_index(name) == 1 and adapters.layer_index("pooler.dense") is None
+
+
+def test_freeze_below_zeroes_and_freezes_lower_layers(tiny_bert):
+    model = copy.deepcopy(tiny_bert.model)
+    adapters.inject_tt_lora(model, ["query", "value"], rank=2, alpha=1.0,
+                            generator=torch.Generator().manual_seed(0))
+    frozen = adapters.freeze_below(model, 1)
+    assert sorted(frozen) == ["encoder.layer.0.attention.self.query",
+                              "encoder.layer.0.attention.self.value"]
+    for name, layer in adapters.tt_layers(model).items():
+        lower = name in frozen
+        assert all((not c.any()) == lower and c.requires_grad != lower for c in layer.cores)
+
+
 # ----------------------------------------------------------------------------- injection
 
 

@@ -93,7 +93,10 @@ def test_missing_demo_pack_gives_a_friendly_note(page, monkeypatch, tmp_path):
 def test_a_corrupt_pack_is_reported_not_raised(page, monkeypatch, tmp_path):
     pack = tmp_path / "bad-pack"
     (pack / "experts" / "sst2").mkdir(parents=True)
-    (pack / "pack.json").write_text(json.dumps({"format": "ttmoe-pack", "experts": ["sst2"]}))
+    base = {"name": "tiny", "model_type": "bert", "hidden_size": 8, "num_layers": 1,
+            "fingerprint": "f" * 64}
+    (pack / "pack.json").write_text(json.dumps({"format": "ttmoe-pack", "experts": ["sst2"],
+                                                "base_model": base}))
     (pack / "experts" / "sst2" / "adapter_config.json").write_text("{}")
     monkeypatch.setenv("TTMOE_PACK", str(pack))
     at = open_page(page)
@@ -124,7 +127,73 @@ def test_compare_page_through_the_app_navigation(monkeypatch, tmp_path, with_rep
     assert not button(at, "Run the small report").disabled
 
 
+# ----------------------------------------------------------------------------- workspace root
+
+
+def saving_to(at: AppTest) -> str:
+    return next(c.value for c in at.sidebar.caption if c.value.startswith("Saving to"))
+
+
+def test_the_workspace_root_is_the_servers(_env, monkeypatch, tmp_path):
+    """The root comes from the server (the variable, or ``--workspace`` after ``--``, which wins);
+    the sidebar offers no box that takes a path."""
+    at = open_page("train")
+    assert saving_to(at) == f"Saving to `{_env}`"
+    assert not any(t.label == "Workspace folder" for t in at.text_input)
+    assert by_label(at.sidebar.selectbox, "Workspace folder").options == ["(top level)",
+                                                                          "New sub-folder…"]
+    flagged = tmp_path / "from-flag"
+    monkeypatch.setattr("sys.argv", ["app.py", "--workspace", str(flagged)])
+    at = open_page("train")
+    assert saving_to(at) == f"Saving to `{flagged}`"
+    assert any(str(flagged / "sst2") in c.value for c in at.caption)
+
+
+@pytest.mark.parametrize("name, ok", [("alice", True), ("../outside", False), ("/etc", False),
+                                      ("packs", False), ("sst2", False), (".hidden", False),
+                                      ("link", False)])
+def test_a_visitor_chooses_only_a_sub_folder_inside_the_root(_env, tmp_path, name, ok):
+    from test_jobs import _expert
+    from ttmoe_core import store
+
+    store.save_expert(_expert("sst2"), _env / "sst2")         # an expert, not a sub-folder
+    (tmp_path / "elsewhere").mkdir()
+    (_env / "link").symlink_to(tmp_path / "elsewhere")
+    at = open_page("experts")
+    by_label(at.sidebar.selectbox, "Workspace folder").set_value("New sub-folder…")
+    at.run()
+    at.sidebar.text_input[0].set_value(name)
+    at.run()
+    assert not at.exception
+    if ok:
+        assert saving_to(at) == f"Saving to `{_env / name}`" and not at.error
+        # the new sub-folder stays chosen, and is offered once it exists
+        at.run()
+        assert by_label(at.sidebar.selectbox, "Workspace folder").value == name
+        assert saving_to(at) == f"Saving to `{_env / name}`" and not at.sidebar.text_input
+        (_env / name).mkdir()
+        assert name in open_page("experts").sidebar.selectbox[0].options
+    else:
+        assert saving_to(at) == f"Saving to `{_env}`"
+        assert any("workspace folder" in e.value for e in at.sidebar.error), [
+            e.value for e in at.error]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere", "workspace"]
+    assert list((tmp_path / "elsewhere").iterdir()) == []
+
+
 # ----------------------------------------------------------------------------- budget
+
+
+def test_budget_full_fine_tuning_of_llama_is_shown_whole():
+    at = open_page("budget")
+    button(at, "Paper preset (LLaMA-3.2-1B)").click()
+    at.run()
+    by_label(at.selectbox, "Method").set_value("full")
+    at.run()
+    assert not at.exception and not at.error
+    assert metric(at, "Trainable parameters") == "1,235,814,400"
+    table = at.dataframe[-1].value
+    assert 1235814400 in list(table["trainable parameters"])
 
 
 def test_budget_paper_preset_gives_the_papers_counts():
@@ -177,25 +246,32 @@ def test_budget_uploaded_config_is_counted():
 # ----------------------------------------------------------------------------- train
 
 
-@pytest.mark.slow
-def test_train_page_two_step_run_lands_in_the_workspace(_env):
-    at = open_page("train")
-    by_label(at.number_input, "Steps").set_value(2)
+def wait_for_success(at: AppTest, text: str, seconds: float, what: str) -> None:
+    """Rerun ``at`` until a success message holds ``text`` (no error or exception meanwhile)."""
+    deadline = time.time() + seconds
+    while not any(text in s.value for s in at.success):
+        assert not at.exception and not at.error, [e.value for e in at.error]
+        assert time.time() < deadline, f"{what} did not finish in time"
+        time.sleep(0.5)
+        at.run()
+
+
+def start_training(at: AppTest, steps: int) -> None:
+    """Press Train on the Train page for ``steps`` steps of batch 4, 32 tokens, 16 validation rows."""
+    by_label(at.number_input, "Steps").set_value(steps)
     by_label(at.number_input, "Batch size").set_value(4)
     by_label(at.number_input, "Max length").set_value(32)
     by_label(at.number_input, "Validation rows").set_value(16)
     at.run()
     button(at, "Train").click()
     at.run()
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        assert not at.exception and not at.error, [e.value for e in at.error]
-        if any("Saved expert" in s.value for s in at.success):
-            break
-        time.sleep(1.0)
-        at.run()
-    else:
-        pytest.fail("the training run did not finish in time")
+
+
+@pytest.mark.slow
+def test_train_page_two_step_run_lands_in_the_workspace(_env):
+    at = open_page("train")
+    start_training(at, 2)
+    wait_for_success(at, "Saved expert", 240, "the training run")
     folder = _env / "sst2"
     saved = json.loads((folder / "adapter_config.json").read_text())
     assert saved["training"]["steps"] == 2 and saved["training"]["batch_size"] == 4
@@ -254,8 +330,8 @@ def test_a_job_belongs_to_the_session_that_started_it():
             at.session_state["train_job"] = job.id
             at.run()
             assert not at.exception, [e.value for e in at.exception]
-        assert "This run" in [h.value for h in mine.subheader]
-        assert "This run" not in [h.value for h in other.subheader]
+        assert any(b.label == "Cancel training" for b in mine.button)
+        assert button(mine, "Train").disabled          # while this session's run is active
         assert not any(b.label == "Cancel training" for b in other.button)
         assert not any(e.label.startswith("Runs in this session") for e in other.expander)
         assert not button(other, "Train").disabled       # the other session may train at once
@@ -265,6 +341,40 @@ def test_a_job_belongs_to_the_session_that_started_it():
     finally:
         gate.set()
         job.wait(10)
+
+
+@needs_pack
+def test_two_sessions_train_and_predict_at_once(_env):
+    """One session trains (a background job) while another routes a text on the Playground: both
+    succeed, the answer equals the one given when nothing else runs, and each session sees only
+    its own jobs."""
+    from pages import common
+
+    player = open_page("playground")            # loads the shared mixture first
+    trainer = open_page("train")
+    start_training(trainer, 12)
+    player.text_area(key="pg_text").set_value(REVIEW)
+    button(player, "Route and answer").click()
+    player.run()                                # while the training job runs
+    training = common.job_registry().running(trainer.session_state[common.SESSION_KEY])
+    assert not player.exception and not player.error, [e.value for e in player.error]
+    assert len(training) == 1, "the answer came while the other session's training ran"
+    during = (metric(player, "Chosen expert"), metric(player, "Answer"))
+    wait_for_success(trainer, "Saved expert", 240, "the training run")
+    assert (_env / "sst2" / "adapter_config.json").is_file()
+    button(player, "Route and answer").click()
+    player.run()
+    assert (metric(player, "Chosen expert"), metric(player, "Answer")) == during == (
+        "sst2", metric(player, "Answer"))
+    player.switch_page("pages/train.py")
+    player.run()
+    registry = common.job_registry()
+    mine = trainer.session_state[common.SESSION_KEY]
+    theirs = player.session_state[common.SESSION_KEY]
+    assert [label for _, label in registry.list(mine)] == ["sst2 (sst2, tt-lora, 12 steps)"]
+    assert registry.list(theirs) == []
+    assert not any(b.label == "Cancel training" for b in player.button)
+    assert not any(e.label.startswith("Runs in this session") for e in player.expander)
 
 
 # ----------------------------------------------------------------------------- experts
@@ -285,15 +395,23 @@ def test_experts_page_lists_a_corrupt_expert_with_its_reason(_env):
     assert not any("not-an-expert" in w for w in warnings)
 
 
-def test_experts_page_renames_and_deletes_a_workspace_expert(_env):
+def _experts_page_on_alpha(workspace):
+    """The Experts page with a saved workspace expert 'alpha' selected."""
     from test_jobs import _expert
     from ttmoe_core import store
 
-    store.save_expert(_expert("alpha"), _env / "alpha")
+    store.save_expert(_expert("alpha"), workspace / "alpha")
     at = open_page("experts")
     by_label(at.selectbox, "Expert").set_value("workspace / alpha")
     at.run()
     assert not at.exception and not at.error
+    return at
+
+
+def test_experts_page_renames_and_deletes_a_workspace_expert(_env):
+    from ttmoe_core import store
+
+    at = _experts_page_on_alpha(_env)
     assert metric(at, "Adapter parameters") == "40"   # cores of 2,4 | 4,2 at rank 2
     by_label(at.text_input, "New name").set_value("beta")
     at.run()
@@ -341,12 +459,7 @@ def test_router_page_trains_and_saves_a_router_for_two_experts(_env):
     at.run()
     button(at, "Train router").click()
     at.run()
-    deadline = time.time() + 180
-    while not any("Trained 2 router(s)" in s.value for s in at.success):
-        assert not at.exception and not at.error, [e.value for e in at.error]
-        assert time.time() < deadline, "router training did not finish in time"
-        time.sleep(0.5)
-        at.run()
+    wait_for_success(at, "Trained 2 router(s)", 180, "router training")
     layers = at.dataframe[0].value
     assert list(layers["layer k"]) == [0, 1]
     assert layers["held-out accuracy"].between(0, 1).all()
@@ -365,26 +478,36 @@ def test_router_page_trains_and_saves_a_router_for_two_experts(_env):
 # ----------------------------------------------------------------------------- playground
 
 
-@needs_pack
-@pytest.mark.slow
-def test_playground_routes_a_review_to_sst2():
+def _routed_review():
+    """The Playground after routing and answering the review REVIEW with the demo pack."""
     at = open_page("playground")
     at.text_area(key="pg_text").set_value(REVIEW)
     button(at, "Route and answer").click()
     at.run()
+    return at
+
+
+@needs_pack
+@pytest.mark.slow
+def test_playground_routes_a_review_to_sst2():
+    at = _routed_review()
     assert not at.exception and not at.error
     assert metric(at, "Chosen expert") == "sst2"
     assert metric(at, "Answer") in ("positive", "negative")
     # oracle: force another expert, compare side by side
     at.toggle(key="pg_oracle").set_value(True)
     at.run()
-    forced = next(n for n in at.selectbox(key="pg_forced").options if n != "sst2")
-    at.selectbox(key="pg_forced").set_value(forced)
+    forced = next(n for n in by_label(at.selectbox, "Forced expert").options if n != "sst2")
+    by_label(at.selectbox, "Forced expert").set_value(forced)
     button(at, "Route and answer").click()
     at.run()
     cards = [m.value for m in at.markdown if "answers" in m.value]
     assert any("**Routed**" in c and "sst2" in c for c in cards)
     assert any(f"**Forced: {forced}**" in c for c in cards)
+    # a changed input marks the answer stale
+    at.text_area(key="pg_text").set_value("an entirely different review")
+    at.run()
+    assert any("this answer is for the previous one" in w.value for w in at.warning)
     # empty text: a message, no call
     at.text_area(key="pg_text").set_value("   ")
     button(at, "Route and answer").click()
@@ -408,3 +531,57 @@ def test_playground_batch_answers_every_line_in_one_call():
     button(at, "Answer all").click()
     at.run()
     assert any("no text before" in e.value for e in at.error)
+
+
+# ----------------------------------------------------------------------------- try an expert
+
+
+def test_training_phases_are_said_from_the_first_second():
+    from pages.train import phase
+
+    events = [{"stage": "loading data"},
+              {"stage": "training", "step": 0, "total": 5, "train_rows": 40},
+              {"stage": "training", "step": 2, "total": 5, "loss": 0.69, "examples_per_s": 12.0},
+              {"stage": "evaluating", "rows": 16}, {"stage": "saving", "path": "/w/sst2"}]
+    said = [phase(events[:n]) for n in range(len(events) + 1)]
+    assert [text.split(":")[0].split(" ")[0] for _, text in said] == [
+        "Starting", "Preparing", "Preparing", "Step", "Evaluating", "Saving"]
+    assert said[3] == (0.4, "Step 2 of 5 · loss 0.6900 · 12.0 examples/s")
+
+
+def test_try_it_on_the_experts_page_opens_the_playground_with_that_expert(_env):
+    at = _experts_page_on_alpha(_env)
+    button(at, "Try it").click()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.title[0].value == "Playground"
+    assert at.radio(key="pg_source").value == "Chosen experts (no pack)"
+    assert at.multiselect(key="pg_expert_dirs").value == [str(_env / "alpha")]
+    # this toy expert was made for another base model: said in one line, not raised
+    assert [e.value for e in at.error] and "loading the experts" in at.error[0].value
+
+
+@needs_pack
+@pytest.mark.slow
+def test_playground_serves_chosen_experts_without_a_pack():
+    at = open_page("playground")
+    at.radio(key="pg_source").set_value("Chosen experts (no pack)")
+    at.run()
+    dirs = at.multiselect(key="pg_expert_dirs")
+    assert "sst2 (sst2, demo pack)" in dirs.options
+    dirs.set_value([str(PACK / "experts" / "sst2")])
+    at.run()
+    at.text_area(key="pg_text").set_value(REVIEW)
+    button(at, "Answer").click()
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert metric(at, "Chosen expert") == "sst2" and metric(at, "Answer") in ("positive", "negative")
+    assert metric(at, "Router confidence") == "– (no router)"
+
+
+@needs_pack
+@pytest.mark.slow
+def test_playground_says_the_router_confidence_in_words():
+    at = _routed_review()
+    words = [m.value for m in [*at.markdown, *at.warning] if "The router is" in m.value]
+    assert len(words) == 1 and metric(at, "Router confidence").endswith("%")

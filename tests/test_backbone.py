@@ -148,3 +148,41 @@ def test_sixteen_threads_share_one_tokenizer():
 
     results = run_together([functools.partial(work, i) for i in range(len(jobs))] + [owner])
     assert results[:-1] == expected
+
+
+# ----------------------------------------------------------------------------- layers one by one
+
+
+def test_continue_layers_equals_the_full_pass_float64():
+    """The state after layer k, continued through layers k..L-1, is the model's own last hidden
+    state on every real token (padded and unpadded batches; k = 0, 1, 2)."""
+    from tests.tinymodels import tiny_bert
+
+    bb = tiny_bert(seed=0)
+    model = copy.deepcopy(bb.model).double()
+    texts, pairs = mixed_rows()
+    for rows in (slice(0, 6), slice(3, 4)):
+        batch = backbone.tokenize(bb.tokenizer, texts[rows], pairs[rows], MAX_LENGTH, "cpu")
+        mask = batch["attention_mask"]
+        with torch.no_grad():
+            full = model(**batch).last_hidden_state
+            for k in range(3):
+                states = backbone.hidden_states(model, batch, k)
+                assert len(states) == k + 1
+                got = backbone.continue_layers(model, states[-1], mask, k)
+                real = mask.bool()
+                torch.testing.assert_close(got[real], full[real], rtol=0, atol=1e-10)
+    assert backbone.layer_mask(model, torch.ones(2, 5, dtype=torch.long), torch.float64) is None
+    padded = backbone.layer_mask(model, torch.tensor([[1, 1, 0]]), torch.float64)
+    assert padded.shape == (1, 1, 1, 3) and padded[0, 0, 0, 2] < -1e30 and padded[0, 0, 0, 0] == 0
+
+
+def test_weight_sharing_copy_shares_tensors_not_modules():
+    from tests.tinymodels import tiny_bert
+
+    bb = tiny_bert(seed=0)
+    clone = backbone.weight_sharing_copy(bb.model)
+    assert all(a is b for a, b in zip(clone.parameters(), bb.model.parameters()))
+    assert all(a is b for a, b in zip(clone.buffers(), bb.model.buffers()))
+    clone.encoder.layer[0].attention.self.query = torch.nn.Identity()
+    assert isinstance(bb.model.encoder.layer[0].attention.self.query, torch.nn.Linear)

@@ -260,3 +260,61 @@ def test_header_names_the_gpu_only_when_there_is_one():
     assert header_lines(result)[1] == expected
     result["machine"].update(device="cuda:0", gpu="H200")
     assert header_lines(result)[1] == "machine: cpu x, 2 cores, 1 threads, torch 2, device cuda:0, H200"
+
+
+# ----------------------------------------------------------------------------- serve
+
+
+@pytest.fixture(scope="module")
+def tiny_serve_pack(tmp_path_factory):
+    """A pack of three tiny experts and a layer-1 router on a tiny BERT saved to disk."""
+    from tests.tinymodels import tiny_pack
+
+    folder = tmp_path_factory.mktemp("serve")
+    base = saved_tiny_bert(folder / "base")
+    return tiny_pack(folder / "pack", base, ["sst2", "rte", "mnli"])[0]
+
+
+def test_serve_quick_json_on_a_tiny_pack(capsys, restore_threads, tiny_serve_pack):
+    result = _run_json(capsys, ["serve", "--quick", "--json", "--threads", "1", "--no-rss",
+                                "--pack", str(tiny_serve_pack), "--data-dir", str(SAMPLES),
+                                "--rows", "6", "--experts-scan", "3,70", "--disk-experts", "3"])
+    assert result["benchmark"] == "serve" and result["settings"]["rows"] == 6
+    assert result["check"]["same_answers_as_one_padded_batch"] == 1.0
+    assert result["settings"]["upper_min_layer"] == 1
+    from ttmoe_core.bench import serve
+
+    assert serve.FLOOR in result["times"] and serve.PEFT_PLAN in result["times"]
+    assert len(result["times"]) == 8
+    for times in result["times"].values():
+        assert _positive_finite(times["median_s"])
+        assert times["rows_per_s"] == pytest.approx(6 / times["median_s"])
+    assert [row["experts"] for row in result["expert_scan"]] == [3, 70]
+    assert result["expert_scan"][0]["distinct_experts_per_micro_batch"] <= 3
+    assert result["disk"]["experts"] == 3 and result["memory"] == []
+    for key in ("mixture_vs_floor", "upper_mixture_vs_floor", "mixture_vs_peft_same_batching",
+                "gathered_vs_frozen_same_batches", "single_row_latency_vs_frozen",
+                "pool_3_ready_s", "expert_time_per_row_e70_vs_e3"):
+        assert _positive_finite(result["ratios"][key]), key
+    assert result["targets"]["mixture_vs_floor"]["target"] == ">= 0.85"
+    text = bench.format_serve(result)
+    assert text.startswith("serve benchmark, ") and "x floor" in text and ", None" not in text
+
+
+def test_rss_probe_runs_in_a_fresh_process(tiny_serve_pack):
+    probe = bench.rss_in_fresh_process(70, tiny_serve_pack, timeout_s=300)
+    assert probe["experts"] == 70 and probe["base_rss_mib"] > 0
+    assert probe["added_mib"] >= 0 and probe["pool_bytes"] > 0
+    assert probe["rss_mib"] == pytest.approx(probe["base_rss_mib"] + probe["added_mib"])
+
+
+def test_time_paired_runs_each_part_of_every_variant_back_to_back():
+    calls = []
+    parts = {"a": [lambda: calls.append("a0"), lambda: calls.append("a1")],
+             "b": [lambda: calls.append("b0"), lambda: calls.append("b1")]}
+    times = bench.time_paired(parts, repeats=2, device=torch.device("cpu"), warmup=1)
+    assert calls[:4] == ["a0", "a1", "b0", "b1"]                      # warm-up
+    assert calls[4:] == ["a0", "b0", "b1", "a1", "b0", "a0", "a1", "b1"]
+    for t in times.values():
+        assert t["rounds"] == 2 and len(t["round_s"]) == 2
+        assert t["min_s"] <= t["median_s"] <= t["max_s"]

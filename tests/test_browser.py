@@ -6,6 +6,7 @@ screenshot of every page is saved under ``test-artifacts/screenshots/`` (or $TTM
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -89,17 +91,17 @@ def _screenshot(page, path: Path) -> None:
     page.set_viewport_size({"width": 1440, "height": 1000})
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+@contextlib.contextmanager
+def streamlit_server(log_path: Path, env: dict[str, str]) -> Iterator[str]:
+    """``streamlit run app.py`` on a free port with ``env`` (its output in ``log_path``); yields
+    its URL once healthy, stops it at the end."""
     port = _free_port()
-    log_path = tmp_path_factory.mktemp("streamlit") / "server.log"
-    env = {**os.environ, "TTMOE_WORKSPACE": str(tmp_path_factory.mktemp("workspace"))}
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
              "--server.port", str(port), "--server.address", "127.0.0.1",
              "--browser.gatherUsageStats", "false"],
-            cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+            cwd=REPO_ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT)
     try:
         _wait_healthy(f"http://127.0.0.1:{port}/_stcore/health", proc)
         yield f"http://127.0.0.1:{port}"
@@ -111,6 +113,14 @@ def server(tmp_path_factory):
             proc.kill()
             proc.wait()
         print(f"\nstreamlit log: {log_path}")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    log_path = tmp_path_factory.mktemp("streamlit") / "server.log"
+    with streamlit_server(log_path, {"TTMOE_WORKSPACE": str(tmp_path_factory.mktemp("workspace"))}
+                          ) as url:
+        yield url
 
 
 def test_every_page_renders_in_chromium(server):

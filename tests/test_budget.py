@@ -248,3 +248,28 @@ def test_unknown_preset_and_bad_configs(tmp_path) -> None:
     assert math.isclose(compute_budget("roberta-base").ratio_to_lora,
                         compute_budget("roberta-base").trainable_params
                         / compute_budget("roberta-base", "lora").trainable_params)
+
+
+# ----------------------------------------------------------------------------- decoder presets
+
+PUBLISHED_TOTALS = {"smollm2-135m": 134_515_008, "qwen2.5-0.5b": 494_032_768,
+                    "llama-3.2-3b": 3_212_749_824}   # parameter counts of the published checkpoints
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_TOTALS))
+def test_decoder_presets_match_the_real_models_and_peft(name: str) -> None:
+    """Each preset's total equals the published count and the real architecture built from the
+    preset's config (on the meta device: no memory); LoRA r16 on q/v equals PEFT's count."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from ttmoe_core.model_dims import _PRESET_CONFIGS
+
+    assert PRESETS[name].total_params == PUBLISHED_TOTALS[name]
+    config = dict(_PRESET_CONFIGS[name])
+    hf_config = AutoConfig.for_model(config.pop("model_type"), **config)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(hf_config)
+    assert num_params(model) == PUBLISHED_TOTALS[name]
+    lora = compute_budget(name, "lora", rank=16).trainable_params
+    with torch.device("meta"):
+        assert lora == _peft_lora_params(model, ["q_proj", "v_proj"], 16)

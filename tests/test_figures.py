@@ -154,3 +154,10 @@ def test_engine_modules_do_not_import_streamlit(module):
              for alias in node.names]
     names += [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
     assert not any(name.split(".")[0] == "streamlit" for name in names)
+
+
+def test_compact_counts_fit_after_a_bar_and_the_full_number_stays():
+    assert [figures.compact_count(n) for n in (999, 33920, 1703936, 251932672, 1235814400)] == [
+        "999", "33,920", "1.70M", "252M", "1.24B"]
+    fig = figures.params_bar(["full"], [1235814400])
+    assert list(fig.data[0].x) == [1235814400] and list(fig.data[0].text) == ["1.24B"]

@@ -163,3 +163,142 @@ def test_an_expert_job_checks_its_target_before_training(tmp_path):
         job = jobs.Job(jobs.train_expert_job, ExpertConfig(task="sst2"), None, ws, name, replace)
         assert job.wait(10) and job.status == "failed" and message in job.error, job.error
         assert job.events == []          # failed before loading any data
+
+
+# ----------------------------------------------------------------------------- cancel: saved or not
+
+
+def test_commit_refuses_a_later_cancel_and_the_job_ends_done():
+    committed, gate = threading.Event(), threading.Event()
+
+    def work(job):
+        assert job.commit()
+        committed.set()
+        gate.wait(5)
+        return "written"
+
+    job = jobs.Job(work)
+    assert committed.wait(5)
+    assert not job.cancel() and not job.cancelled()      # too late: it is saving
+    gate.set()
+    assert job.wait(5) and job.status == "done" and job.result == "written"
+    assert not job.cancel()                               # nor once it has ended
+
+
+def test_commit_fails_after_a_cancel():
+    job = jobs.Job(lambda job: (job.cancel(), job.commit())[1])
+    assert job.wait(5) and job.result is False and job.status == "cancelled"
+
+
+class CancelAt(jobs.Job):
+    """A job whose watcher cancels it at its first event whose stage starts with ``stage``: the
+    cancel lands at a known point of the run (``answers``: what each ``cancel()`` returned)."""
+
+    def __init__(self, stage: str, fn, *args, **kwargs):
+        self.stage, self.answers = stage, []
+        super().__init__(fn, *args, **kwargs)
+
+    def report(self, **fields) -> None:
+        super().report(**fields)
+        if str(fields.get("stage", "")).startswith(self.stage) and not self.answers:
+            self.answers.append(self.cancel())
+
+
+TINY_CONFIG = dict(task="sst2", rank=3, steps=2, batch_size=4, max_length=32, device="cpu",
+                   train_limit=16, eval_limit=8)
+
+
+def _train_job(stage: str, ws, name: str = "mine", replace: bool = False, config=None):
+    from tests.tinymodels import SAMPLES, tiny_bert
+
+    job = CancelAt(stage, jobs.train_expert_job, config or ExpertConfig(**TINY_CONFIG),
+                   tiny_bert(), ws, name, replace, data_dir=SAMPLES)
+    assert job.wait(120)
+    return job
+
+
+def test_cancel_during_evaluation_saves_nothing(tmp_path):
+    ws = Workspace(tmp_path)
+    job = _train_job("evaluating", ws)
+    assert job.answers == [True] and job.status == "cancelled"
+    assert "cancelled during evaluation" in job.error
+    final = job.events[-1]
+    assert final["stage"] == "not saved" and final["saved"] is False and final["path"] is None
+    assert "nothing was saved" in final["reason"]
+    assert not (tmp_path / "mine").exists() and list(tmp_path.iterdir()) == []
+
+
+def test_cancel_during_evaluation_leaves_the_replaced_expert_as_it_was(tmp_path):
+    from tests.tinymodels import tree_hashes
+
+    ws = Workspace(tmp_path)
+    old = ws.save_expert(_expert("mine"))
+    before = tree_hashes(old)
+    job = _train_job("evaluating", ws, replace=True)
+    assert job.status == "cancelled" and tree_hashes(old) == before
+    assert f"the expert at {old} is unchanged" in job.events[-1]["reason"]
+
+
+def test_a_cancel_while_saving_is_refused_and_the_job_says_where_it_saved(tmp_path):
+    from tests.tinymodels import SAMPLES, tiny_bert
+
+    class ClickDuringSave(Workspace):
+        job: jobs.Job | None = None
+
+        def save_expert(self, expert, replace=False):
+            assert ready.wait(30)
+            answers.append(self.job.cancel())        # the Cancel button, pressed while saving
+            return super().save_expert(expert, replace)
+
+    ready, answers = threading.Event(), []
+    ws = ClickDuringSave(tmp_path)
+    job = jobs.Job(jobs.train_expert_job, ExpertConfig(**TINY_CONFIG), tiny_bert(), ws, "mine",
+                   data_dir=SAMPLES)
+    ws.job = job
+    ready.set()
+    assert job.wait(120)
+    assert answers == [False] and job.status == "done"
+    final = job.events[-1]
+    assert final == {**final, "stage": "saved", "saved": True, "path": str(tmp_path / "mine")}
+    assert store.load_expert(final["path"]).name == "mine"
+
+
+def test_a_training_cancel_is_reported_as_not_saved(tmp_path):
+    job = _train_job("training", Workspace(tmp_path))
+    assert job.status == "cancelled" and "cancelled at step" in job.error
+    assert job.events[-1]["saved"] is False and list(tmp_path.iterdir()) == []
+
+
+def _router_job(tmp_path, stage: str):
+    from tests.tinymodels import SAMPLES, tiny_bert, tiny_expert
+
+    bb = tiny_bert()
+    folders = [store.save_expert(tiny_expert(bb, task, seed=i), tmp_path / "in" / task)
+               for i, task in enumerate(("sst2", "rte"))]
+    ws = Workspace(tmp_path / "ws")
+    config = router.RouterConfig(variant="mlp", layer=1, hidden=16, epochs=4, batch_size=32,
+                                 max_length=32)
+    job = CancelAt(stage, jobs.train_router_job, config, [0, 1], bb, folders, ws, "p", 12, 6,
+                   data_dir=SAMPLES)
+    assert job.wait(120)
+    return job, ws
+
+
+def test_a_router_cancel_during_training_is_honoured_and_writes_no_pack(tmp_path):
+    job, ws = _router_job(tmp_path, "training layer")
+    assert job.answers == [True] and job.status == "cancelled"
+    assert "cancelled during training layer 0" in job.error
+    stages = [e["stage"] for e in job.events]
+    assert stages[-2] == "training layer 0" and stages[-1] == "not saved"
+    assert "no pack was written" in job.events[-1]["reason"]
+    assert not ws.pack_dir("p").exists() and list(ws.packs_root.iterdir()) == []
+
+
+def test_a_finished_router_job_says_what_it_wrote(tmp_path):
+    job, ws = _router_job(tmp_path, "no such stage")
+    assert job.status == "done", job.error
+    final = job.events[-1]
+    assert final["stage"] == "saved" and final["path"] == str(ws.pack_dir("p"))
+    assert "no router yet" in final["note"]
+    assert [e["done"] for e in job.events if e["stage"] == "training layer 1"] == [1, 2, 3, 4]
+    assert store.load_pack(final["path"]).router_config is None

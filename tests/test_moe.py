@@ -288,18 +288,18 @@ def test_empty_after_strip_is_refused_among_many_rows(routed, rows):
 
 def test_evaluation_tokenizes_once_and_routes_each_row_once(routed, three, monkeypatch):
     encodes, routed_rows = [], []
-    real_encode, real_route = moe.encode_rows, routed.route
+    real_encode, real_route = moe.encode_rows, routed._route_states
 
     def encode(tokenizer, texts, *args):
         encodes.append(len(texts))
         return real_encode(tokenizer, texts, *args)
 
-    def route(batch, texts, pairs):
-        routed_rows.append(len(texts))
-        return real_route(batch, texts, pairs)
+    def route(batch, text_feats):
+        routed_rows.append(batch["input_ids"].shape[0])
+        return real_route(batch, text_feats)
 
     monkeypatch.setattr(moe, "encode_rows", encode)
-    monkeypatch.setattr(routed, "route", route)
+    monkeypatch.setattr(routed, "_route_states", route)
     pairs = [(e.name, e.config.task) for e in three]
     result = moe.evaluate_mixture(routed, pairs, 6, data_dir=SAMPLES, batch_size=4)
     assert result["routing_accuracy"] < 1.0          # some rows took the oracle's second pass
@@ -486,7 +486,7 @@ def test_pack_on_another_base_model_is_refused(tmp_path):
 
     bb0 = tiny_bert(seed=0)
     pack_dir = tiny_pack(tmp_path / "pack", bb0, ["sst2"])[0]
-    with pytest.raises(store.StoreError, match="different base model"):
+    with pytest.raises(store.StoreError, match="trained on another base model"):
         moe.TTLoRAMoE.from_loaded_pack(store.load_pack(pack_dir), backbone=tiny_bert(seed=1))
 
 
@@ -497,13 +497,113 @@ def test_route_pass_reads_the_base_model_with_adapters_off(bb, routed, rows):
     texts, pairs = [t for _, t, _ in rows], [p for _, _, p in rows]
     batch, _ = backbone.tokenize_mixed(bb.tokenizer, texts, pairs, MAX_LENGTH, bb.device)
     cfg = router.RouterConfig(variant="mlp", layer=2).resolved(bb.info.num_layers)
-    feats = router.batch_features(routed.encoder, batch, texts, pairs, cfg)
+    from ttmoe_core.adapters import use_row_halves
+
+    halves = routed.pool.gather(torch.zeros(len(texts), dtype=torch.long)).halves
+    with use_row_halves(halves):        # even inside a forward whose rows have experts
+        feats = router.batch_features(routed.encoder, batch, texts, pairs, cfg)
     with torch.no_grad():
         plain = backbone.hidden_states(bb.model, batch, 2)
     want = torch.stack([mean_pool(h, batch["attention_mask"]) for h in plain], 1)
     torch.testing.assert_close(feats["pooled"], want, rtol=0, atol=1e-6)
-    # guard: with the adapters on, the encoder's states differ
-    from ttmoe_core.adapters import use_experts
-    with torch.no_grad(), use_experts(torch.zeros(len(texts), dtype=torch.long)):
+    # guard: with the experts' updates on, the encoder's states differ
+    with torch.no_grad(), use_row_halves(halves):
         adapted = backbone.hidden_states(routed.encoder, batch, 2)
     assert not torch.allclose(adapted[-1], plain[-1], atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- pools, prefix
+
+
+def test_encoder_shares_the_backbone_weights_until_converted(bb, three):
+    mixture = moe.TTLoRAMoE(bb, three, None, max_length=MAX_LENGTH)
+    ptrs = {p.data_ptr() for p in bb.model.parameters()}
+    assert all(p.data_ptr() in ptrs for p in mixture.encoder.parameters())
+    mixture.double()
+    assert next(mixture.encoder.parameters()).dtype == torch.float64
+    assert all(p.dtype == torch.float32 for p in bb.model.parameters())       # untouched
+    assert not any(p.data_ptr() in ptrs for p in mixture.encoder.parameters())
+
+
+@pytest.fixture(scope="module")
+def upper_routed(bb, three, trained_router) -> moe.TTLoRAMoE:
+    """Experts adapting only layers >= the router's layer (1), routed, float64."""
+    from ttmoe_core.bench.pools import upper_layer_experts
+
+    assert trained_router.config.layer == 1
+    return moe.TTLoRAMoE(bb, upper_layer_experts(three, 1), trained_router,
+                         max_length=MAX_LENGTH).double()
+
+
+def test_prefix_reuse_equals_the_full_pass_float64(upper_routed, rows, monkeypatch):
+    """Upper-layer experts: the expert pass continues from the router's layer-1 state; same
+    experts and logits (1e-10) as the pass from the embeddings, row for row."""
+    texts, pairs = shuffled_with_repeats(rows)
+    encoded, forced = upper_routed.prepare(texts, pairs)
+    continued = []
+    real = moe.continue_layers
+    monkeypatch.setattr(moe, "continue_layers", lambda *a: continued.append(1) or real(*a))
+    shared = upper_routed.score(encoded, forced, batch_size=4, max_tokens=300)
+    assert len(continued) == len(batching_plan(encoded, 4, 300))       # every micro-batch
+    continued.clear()
+    full = upper_routed.score(encoded, forced, batch_size=4, max_tokens=300, share_prefix=False)
+    assert not continued
+    assert torch.equal(shared.expert_idx, full.expert_idx)
+    torch.testing.assert_close(shared.logits, full.logits, rtol=0, atol=1e-10)
+    torch.testing.assert_close(shared.router_probs, full.router_probs, rtol=0, atol=1e-12)
+    _, _, simple, _ = one_padded_batch(upper_routed, texts, pairs)
+    torch.testing.assert_close(shared.logits, simple, rtol=0, atol=1e-10)
+
+
+def batching_plan(encoded, batch_size, max_tokens):
+    from ttmoe_core import batching
+
+    first, _ = batching.distinct(list(zip(encoded.texts, encoded.text_pairs)))
+    return batching.plan(encoded.take(first).lengths, max_tokens, batch_size)
+
+
+def test_mixed_full_and_upper_experts_fall_back_where_needed(bb, three, trained_router, rows):
+    """A pool of upper-layer and full experts: micro-batches holding a full expert run from the
+    embeddings; every row equals its expert alone (float64)."""
+    from ttmoe_core.bench.pools import upper_layer_experts
+
+    pool_experts = upper_layer_experts(three[:2], 1) + three[2:]
+    mixture = moe.TTLoRAMoE(bb, pool_experts, trained_router, max_length=MAX_LENGTH).double()
+    texts, pairs = [t for _, t, _ in rows], [p for _, _, p in rows]
+    names = [mixture.names[i % 3] for i in range(len(texts))]
+    out = mixture.predict(texts, pairs, expert=names, batch_size=2)
+    models = {e.name: experts.build_expert_model(e, bb).double().eval() for e in pool_experts}
+    for text, pair, name, got in zip(texts, pairs, names, out):
+        batch = backbone.tokenize(bb.tokenizer, [text], [pair] if pair else None, MAX_LENGTH,
+                                  bb.device)
+        with torch.no_grad():
+            want = torch.softmax(models[name](batch)[0], -1)
+        np.testing.assert_allclose(list(got["label_probs"].values()), want.numpy(), atol=1e-9)
+
+
+def test_large_pool_gathers_the_right_experts(bb, three, rows):
+    """300 experts (five chunks): rows sent to a few of them equal those experts alone."""
+    from ttmoe_core.bench.pools import random_pool
+    from ttmoe_core.pool import ExpertPool
+
+    pool = random_pool(ExpertPool.from_experts(three), 300, seed=3)
+    for expert in three:
+        pool.add(expert)
+    mixture = moe.TTLoRAMoE(bb, pool, None, max_length=MAX_LENGTH).double()
+    small = moe.TTLoRAMoE(bb, three, None, max_length=MAX_LENGTH).double()
+    texts, pairs = [t for _, t, _ in rows], [p for _, _, p in rows]
+    names = [three[i % 3].name for i in range(len(texts))]
+    big = mixture.predict(texts, pairs, expert=names)
+    assert big == small.predict(texts, pairs, expert=names)
+    others = mixture.predict(texts, pairs, expert=[f"random-{7 * i:05d}" for i in range(len(texts))])
+    assert [r["expert"] for r in others] == [f"random-{7 * i:05d}" for i in range(len(texts))]
+
+
+def test_router_top_and_router_size(bb, three, routed, trained_router):
+    out = routed.predict(["a fine film"], router_top=2)[0]
+    full = routed.predict(["a fine film"])[0]
+    assert len(out["router_probs"]) == 2 and out["expert"] in out["router_probs"]
+    top = sorted(full["router_probs"].items(), key=lambda kv: -kv[1])[:2]
+    assert out["router_probs"] == dict(top)
+    with pytest.raises(moe.MoEError, match="outputs"):
+        moe.TTLoRAMoE(bb, three[:2], trained_router)

@@ -214,3 +214,20 @@ def test_build_pack_with_a_router_in_one_step(built, bb, tmp_path):
     store.build_pack(pack, expert_list[:2], replace=True)
     assert store.load_pack(pack).names == [e.name for e in expert_list[:2]]
     assert _hidden(tmp_path) == []
+
+
+def test_a_failed_router_save_leaves_the_pack_byte_identical(pack_copy, built, bb, monkeypatch):
+    """The pack is changed through a hard-linked copy: a crash after the new router's tensors are
+    written (before the swap) leaves every file of the live pack as it was, and no leftovers."""
+    _, expert_list, _ = built
+    before = tree_hashes(pack_copy)
+    trained, report, train = tiny_router(bb, expert_list, variant="linear", epochs=1)
+
+    def crash(path, data):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(store, "write_json", crash)
+    with pytest.raises(OSError, match="disk full"):
+        store.save_router(pack_copy, trained, train.names, {"accuracy": 0.0}, bb.info)
+    assert tree_hashes(pack_copy) == before
+    assert _hidden(pack_copy.parent) == [] and _hidden(pack_copy) == []

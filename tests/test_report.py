@@ -347,28 +347,28 @@ def test_compare_page_shows_a_report_folder(tmp_path, monkeypatch):
     assert any(b.label == "Run the small report" for b in at.button)
 
 
-def test_compare_page_shows_the_committed_report(tmp_path, monkeypatch):
-    """The committed reports/ was written by an older version (other machine keys): still shown."""
+def _compare_page(report_dir, tmp_path, monkeypatch):
+    """The Compare page run on the report folder ``report_dir``; no exception."""
     from streamlit.testing.v1 import AppTest
 
-    monkeypatch.setenv("TTMOE_REPORT_DIR", str(REPO_ROOT / "reports"))
+    monkeypatch.setenv("TTMOE_REPORT_DIR", str(report_dir))
     monkeypatch.setenv("TTMOE_WORKSPACE", str(tmp_path / "workspace"))
     at = AppTest.from_file(str(REPO_ROOT / "pages" / "compare.py"), default_timeout=60)
     at.run()
     assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def test_compare_page_shows_the_committed_report(tmp_path, monkeypatch):
+    """The committed reports/ was written by an older version (other machine keys): still shown."""
+    at = _compare_page(REPO_ROOT / "reports", tmp_path, monkeypatch)
     machine = json.loads((REPO_ROOT / "reports" / report.RESULTS_FILE).read_text())["meta"]["machine"]
     assert any(f"{machine['usable_cpus']} cores · torch {machine['torch']}, {machine['torch_threads']} threads"
                in c.value for c in at.caption)
 
 
 def test_compare_page_without_a_report(tmp_path, monkeypatch):
-    from streamlit.testing.v1 import AppTest
-
-    monkeypatch.setenv("TTMOE_REPORT_DIR", str(tmp_path / "missing"))
-    monkeypatch.setenv("TTMOE_WORKSPACE", str(tmp_path / "workspace"))
-    at = AppTest.from_file(str(REPO_ROOT / "pages" / "compare.py"), default_timeout=60)
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
+    at = _compare_page(tmp_path / "missing", tmp_path, monkeypatch)
     assert any("--budget full" in i.value for i in at.info)
 
 

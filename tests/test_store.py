@@ -299,10 +299,13 @@ def test_wrong_format_tag(saved):
 
 
 @pytest.mark.parametrize("change,pattern", [
-    (lambda d: d.pop("tensors"), "lacks the key 'tensors'"),
-    (lambda d: d["training"].update(rank=0), "bad training settings"),
+    (lambda d: d.pop("tensors"), r"adapter_config.json: field \$: 'tensors' is a required"),
+    (lambda d: d["training"].update(rank=0), r"adapter_config.json: field \$.training.rank: 0 is less"),
     (lambda d: d["training"].update(bogus=1), "bad training settings"),
-    (lambda d: d["base_model"].pop("fingerprint"), "bad training settings or base model"),
+    (lambda d: d["base_model"].pop("fingerprint"),
+     r"field \$.base_model: 'fingerprint' is a required property"),
+    (lambda d: d.update(name="../escape"), "the expert name '../escape' is not a valid name"),
+    (lambda d: d["training"].update(alpha=float("nan")), r"field \$.training.alpha: nan"),
 ])
 def test_bad_config_content(saved, change, pattern):
     data = _read_config(saved)
@@ -377,3 +380,150 @@ def test_lora_round_trip_same_logits(lora_expert, tiny_bert, sst2, tmp_path, ref
     torch.testing.assert_close(after, ref, rtol=1e-4, atol=1e-5)
     b_norm = sum(float(v.norm()) for k, v in loaded.tensors.items() if "lora_B" in k)
     assert b_norm > 0                                             # trained away from B = 0
+
+
+# ----------------------------------------------------------------------------- checked before allocation
+
+
+def _set_config(path, **changes):
+    data = _read_config(path)
+    for dotted, value in changes.items():
+        *parents, key = dotted.split(".")
+        target = data
+        for parent in parents:
+            target = target[parent]
+        target[key] = value
+    _write_config(path, data)
+
+
+def test_huge_lora_rank_is_refused_from_the_header(lora_expert, tmp_path, monkeypatch):
+    """A LoRA config whose rank disagrees with its stored matrices is refused before any tensor
+    data is read (the loader is never called)."""
+    path = store.save_expert(lora_expert, tmp_path / "lora")
+    _set_config(path, **{"training.rank": 4096})
+    monkeypatch.setattr(store.tensorfile, "load_file", lambda *a, **k: pytest.fail("data was read"))
+    with pytest.raises(StoreError, match="rank 4096 needs A"):
+        store.load_expert(path)
+    _set_config(path, **{"training.rank": 10**9})
+    with pytest.raises(StoreError, match=r"field \$.training.rank: 1000000000 is greater"):
+        store.load_expert(path)
+
+
+def test_tt_rank_that_disagrees_with_the_cores_is_refused_from_the_header(saved, monkeypatch):
+    _set_config(saved, **{"training.rank": 4000})
+    data = _read_config(saved)
+    for info in data["tt"].values():
+        info.pop("core_shapes")
+    _write_config(saved, data)
+    monkeypatch.setattr(store.tensorfile, "load_file", lambda *a, **k: pytest.fail("data was read"))
+    with pytest.raises(StoreError, match="cores of .* have shapes"):
+        store.load_expert(saved)
+
+
+@pytest.mark.parametrize("header, pattern", [
+    (struct.pack("<Q", 2**62) + b"{}", "a header of"),                       # length past the end
+    (struct.pack("<Q", 2) + b"[]", "not a JSON object"),
+    (struct.pack("<Q", 2) + b"{}" + b"\0" * 4, "the tensors hold 0 bytes, the file 4"),
+    (b"\1\2", "shorter than a header"),
+])
+def test_bad_headers_are_store_errors(saved, header, pattern):
+    (saved / WEIGHTS_FILE).write_bytes(header)
+    with pytest.raises(StoreError, match=pattern):
+        store.load_expert(saved)
+
+
+def test_a_header_entry_that_lies_about_its_bytes(tt_expert, saved):
+    raw = (saved / WEIGHTS_FILE).read_bytes()
+    (length,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + length])
+    key = _core_key(tt_expert)
+    header[key]["shape"] = [10**6, 10**6, 10**6]               # a 4 EB tensor in a small file
+    new = json.dumps(header).encode()
+    (saved / WEIGHTS_FILE).write_bytes(struct.pack("<Q", len(new)) + new + raw[8 + length:])
+    with pytest.raises(StoreError, match="truncated or corrupt"):
+        store.load_expert(saved)
+
+
+def test_weights_or_config_that_are_links_or_fifos_are_refused(saved, tmp_path):
+    outside = tmp_path / "outside.json"
+    outside.write_bytes((saved / CONFIG_FILE).read_bytes())
+    (saved / CONFIG_FILE).unlink()
+    (saved / CONFIG_FILE).symlink_to(outside)
+    with pytest.raises(StoreError, match="symbolic link"):
+        store.load_expert(saved)
+    (saved / CONFIG_FILE).unlink()
+    os.mkfifo(saved / CONFIG_FILE)                              # must not block
+    with pytest.raises(StoreError, match="not a regular file"):
+        store.load_expert(saved)
+
+
+def test_json_bombs_are_store_errors(saved):
+    for content in ("[" * 100_000 + "]" * 100_000, '{"rank": ' + "9" * 5000 + "}", '{"a": NaN}'):
+        (saved / CONFIG_FILE).write_text(content)
+        with pytest.raises(StoreError):
+            store.load_expert(saved)
+
+
+# ----------------------------------------------------------------------------- replace and recover
+
+
+def test_save_replaces_only_an_expert_or_an_empty_folder(tt_expert, tmp_path):
+    (tmp_path / "empty").mkdir()
+    store.save_expert(tt_expert, tmp_path / "empty")
+    assert store.load_expert(tmp_path / "empty").name == tt_expert.name
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.csv").write_text("keep me")
+    (tmp_path / "file").write_text("keep me")
+    for target in ("data", "file"):
+        with pytest.raises(StoreError, match="not a valid expert|not a folder"):
+            store.save_expert(tt_expert, tmp_path / target)
+    assert (tmp_path / "data" / "train.csv").read_text() == "keep me"
+    assert (tmp_path / "file").read_text() == "keep me"
+
+
+def test_swap_fallback_and_recovery_of_each_interrupted_step(tt_expert, saved, monkeypatch):
+    """Without RENAME_EXCHANGE (other OS or file system) the replace is backup + rename; a crash
+    after the backup leaves no folder, and ``recover`` puts the backup back."""
+    from ttmoe_core import safefs
+
+    old = store.load_expert(saved)
+    monkeypatch.setattr(safefs, "exchange", lambda a, b: False)
+    newer = experts.Expert(**{**tt_expert.__dict__, "metrics": {"accuracy": 1.0}})
+    store.save_expert(newer, saved)
+    assert store.load_expert(saved).metrics == {"accuracy": 1.0}
+    assert os.listdir(saved.parent) == ["sst2"]
+    calls, real_rename = [], os.rename
+
+    def crash_on_second_rename(src, dest):
+        calls.append((src, dest))
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed between the two renames")
+        real_rename(src, dest)
+
+    monkeypatch.setattr(safefs.os, "rename", crash_on_second_rename)
+    with pytest.raises(KeyboardInterrupt):
+        store.save_expert(old, saved)
+    monkeypatch.setattr(safefs.os, "rename", real_rename)
+    leftovers = sorted(os.listdir(saved.parent))
+    assert "sst2" not in leftovers and any(".old-" in name for name in leftovers)
+    # a dead process's leftovers: rename them as if another pid made them
+    for name in leftovers:
+        os.rename(saved.parent / name, saved.parent / name.replace(f"-{os.getpid()}-", "-999999999-"))
+    done = store.recover(saved.parent)
+    assert any(line.startswith("restored") for line in done)
+    assert os.listdir(saved.parent) == ["sst2"]
+    assert store.load_expert(saved).metrics == {"accuracy": 1.0}
+
+
+def test_recover_keeps_what_live_processes_are_writing(saved):
+    from ttmoe_core import safefs
+
+    mine = saved.parent / f".sst2.tmp-{os.getpid()}-0123abcd"
+    dead = saved.parent / ".sst2.tmp-999999999-0123abcd"
+    legacy = saved.parent / ".sst2.tmp-k2j3h4g5"                # older versions: no pid
+    for folder in (mine, dead, legacy):
+        folder.mkdir()
+    os.utime(legacy, (0, 0))
+    assert sorted(store.recover(saved.parent)) == sorted([f"removed {dead}", f"removed {legacy}"])
+    assert mine.is_dir() and safefs.is_leftover(mine.name)
+    safefs.remove(mine)

@@ -185,3 +185,54 @@ def test_build_pack_save_router_and_delete_pack(ws, sentinel):
     ws.delete_pack("p")
     assert sorted(os.listdir(ws.packs_root)) == ["junk", "with-outside-expert"]
     assert store.load_expert(sentinel).name == "sentinel"
+
+
+# ----------------------------------------------------------------------------- corrupt folders, recovery
+
+
+def test_a_corrupt_expert_or_pack_can_be_deleted_a_folder_of_other_files_not(ws):
+    folder = ws.save_expert(_expert("broken"))
+    (folder / CONFIG_FILE).write_text('{"rank": "abc"}')
+    assert folder in ws.list_experts()[1]
+    ws.delete_expert("broken")                                   # only expert files: ours
+    assert not folder.exists()
+    folder = ws.save_expert(_expert("mixed"))
+    (folder / CONFIG_FILE).write_text("{")
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(WorkspaceError, match="not a valid expert"):
+        ws.delete_expert("mixed")                                # other files in it: not ours
+    ws.build_pack("bad", [ws.save_expert(_expert("a"))])
+    (ws.pack_dir("bad") / store.PACK_FILE).write_text('{"format": "ttmoe-pack", "experts": 3}')
+    assert ws.pack_dir("bad") in ws.list_packs()[1]
+    ws.delete_pack("bad")
+    assert not ws.pack_dir("bad").exists() and (folder / "notes.txt").is_file()
+
+
+def test_listing_survives_wrong_types_and_bad_bytes(ws):
+    for name, content in (("types", '{"format": "ttmoe-expert", "rank": "abc", "tensors": 3}'),
+                          ("bytes", b"\xff\xfe\x00garbage"), ("empty", b"")):
+        folder = ws.save_expert(_expert(name))
+        data = content.encode() if isinstance(content, str) else content
+        (folder / CONFIG_FILE).write_bytes(data)
+    (ws.root / "marker_is_a_dir" / CONFIG_FILE).mkdir(parents=True)
+    valid, invalid = ws.list_experts()
+    assert valid == [] and sorted(p.name for p in invalid) == ["bytes", "empty", "marker_is_a_dir", "types"]
+    assert "adapter_config.json" in invalid[ws.root / "types"]
+
+
+def test_opening_a_workspace_recovers_killed_saves(ws):
+    """Leftovers of a killed process (dead pid in their names) are cleaned when a workspace is
+    opened: temporary folders removed, a backup whose folder is missing put back."""
+    ws.save_expert(_expert("kept"))
+    ws.build_pack("p", [ws.root / "kept"])
+    dead = 999_999_999
+    tmp = ws.root / f".new.tmp-{dead}-00ff00ff"
+    store.save_expert(_expert("new"), tmp)
+    os.rename(ws.root / "kept", ws.root / f".kept.old-{dead}-00ff00ff")
+    (ws.packs_root / f".p.tmp-{dead}-00ff00ff").mkdir()
+    (ws.pack_dir("p") / f".pack.json.tmp-{dead}-00ff00ff").write_text("{")
+    again = Workspace(ws.root)
+    assert [p.name for p in again.list_experts()[0]] == ["kept"]
+    assert sorted(os.listdir(ws.root)) == ["kept", "packs"]
+    assert os.listdir(ws.packs_root) == ["p"]
+    assert not [n for n in os.listdir(ws.pack_dir("p")) if n.startswith(".")]

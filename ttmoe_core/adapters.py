@@ -7,6 +7,10 @@ shared model serves concurrent requests correctly). With a single expert and no 
 module behaves like a plain TT-LoRA layer (training). Rows with expert index -1 get no update
 (the frozen base model, used by routers that read base representations).
 
+``GatheredTTLinear`` is the mixture's layer: it holds no expert weights; each row's update comes
+with the call as the merged halves of its expert's chain (``use_row_halves``), gathered from an
+``pool.ExpertPool``, so the number of experts never shows in the layer.
+
 Injection replaces target submodules with wrappers (as PEFT does); no ``forward`` is rebound.
 The LoRA baseline is PEFT's own ``LoraConfig`` / ``get_peft_model``.
 """
@@ -41,6 +45,37 @@ def use_experts(expert_idx: torch.Tensor | None) -> Iterator[None]:
 def current_expert_index() -> torch.Tensor | None:
     """The per-row expert index of the running forward, or None."""
     return _EXPERT_INDEX.get()
+
+
+# Per-row merged halves of the running forward, by qualified module name: A [B, d_in, R] and
+# B [B, R, d_out] (row b: its expert's update is x_b @ A[b] @ B[b]); None: no update anywhere.
+RowHalves = Mapping[str, tuple[torch.Tensor, torch.Tensor]]
+_ROW_HALVES: contextvars.ContextVar[RowHalves | None] = contextvars.ContextVar(
+    "ttmoe_row_halves", default=None)
+
+
+@contextlib.contextmanager
+def use_row_halves(halves: RowHalves | None) -> Iterator[None]:
+    """Within the block, each ``GatheredTTLinear`` named in ``halves`` adds its rows' updates;
+    the others (and all of them with None) are the frozen layers."""
+    token = _ROW_HALVES.set(halves)
+    try:
+        yield
+    finally:
+        _ROW_HALVES.reset(token)
+
+
+@contextlib.contextmanager
+def adapters_off(rows: int, device: torch.device | str | None = None) -> Iterator[None]:
+    """Within the block every adapter layer of either kind is its frozen base (``rows``: batch size)."""
+    with use_experts(torch.full((rows,), -1, dtype=torch.long, device=device)), use_row_halves(None):
+        yield
+
+
+def layer_index(name: str) -> int | None:
+    """The layer number in a qualified module name (``encoder.layer.3.attention.self.query`` -> 3;
+    None when the name holds no number)."""
+    return next((int(part) for part in name.split(".") if part.isdigit()), None)
 
 
 class TTLoRALinear(nn.Module):
@@ -107,6 +142,48 @@ class TTLoRALinear(nn.Module):
                                            self.in_factors, self.out_factors)
 
 
+class GatheredTTLinear(nn.Module):
+    """Frozen linear layer + the per-row TT-LoRA updates given with the call (``use_row_halves``
+    under ``self.name``): ``y_b = W x_b + b + (x_b @ A[b]) @ B[b]`` for x [B, T, d_in]. Holds no
+    expert weights; without halves for its name it is the frozen layer."""
+
+    def __init__(self, base: nn.Linear, name: str):
+        super().__init__()
+        self.base = base
+        self.name = name
+        for p in self.base.parameters():
+            p.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base(x)
+        halves = _ROW_HALVES.get()
+        pair = None if halves is None else halves.get(self.name)
+        if pair is None:
+            return out
+        left, right = pair                                       # [B, d_in, R], [B, R, d_out]
+        if left.shape[0] != x.shape[0]:
+            raise ValueError(f"{self.name}: halves for {left.shape[0]} rows, input has {x.shape[0]}")
+        x3 = x.reshape(x.shape[0], -1, x.shape[-1])              # [B, T, d_in]
+        out3 = out.reshape(x.shape[0], -1, out.shape[-1])        # [B, T, d_out]
+        # out3 + (x3 @ A) @ B in one call: no [B, T, d_out] temporary for the update
+        return torch.baddbmm(out3, torch.bmm(x3, left), right).reshape(out.shape)
+
+
+def inject_gathered(model: nn.Module, names: Sequence[str],
+                    shapes: Mapping[str, tuple[int, int]]) -> None:
+    """Replace the linear layers ``names`` of ``model`` by ``GatheredTTLinear`` wrappers;
+    ``shapes[name]`` = (d_in, d_out) each must have (ValueError otherwise)."""
+    for name in names:
+        try:
+            base = model.get_submodule(name)
+        except AttributeError:
+            raise ValueError(f"the model has no module {name!r}") from None
+        if not isinstance(base, nn.Linear) or (base.in_features, base.out_features) != tuple(shapes[name]):
+            raise ValueError(f"module {name!r} is not a {shapes[name][0]}x{shapes[name][1]} "
+                             f"linear layer of the model")
+        replace_submodule(model, name, GatheredTTLinear(base, name))
+
+
 class ReconstructedTTLoRALinear(nn.Module):
     """The paper's slower path: rebuild ``W + α ΔW`` every call, then one dense GEMM.
 
@@ -170,6 +247,21 @@ def inject_tt_lora(model: nn.Module, targets: Sequence[str], *, rank: int, alpha
         m, n = resolve_factors(base.in_features, base.out_features, shapes.get(short))
         replace_submodule(model, name, TTLoRALinear(base, m, n, rank, alpha, num_experts, init, generator))
     return names
+
+
+@torch.no_grad()
+def freeze_below(model: nn.Module, min_layer: int) -> list[str]:
+    """Zero and freeze the cores of every TT-LoRA layer in a layer below ``min_layer`` (ΔW = 0
+    there for good); returns their names. Backward then stops at layer ``min_layer``."""
+    frozen = []
+    for name, layer in tt_layers(model).items():
+        index = layer_index(name)
+        if index is not None and index < min_layer:
+            for core in layer.cores:
+                core.zero_()
+                core.requires_grad_(False)
+            frozen.append(name)
+    return frozen
 
 
 def tt_layers(model: nn.Module) -> dict[str, TTLoRALinear]:

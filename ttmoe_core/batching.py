@@ -8,13 +8,21 @@ Pure functions on lengths and indices (no model, no tokenizer):
     batches = plan(lengths, max_tokens=2048, max_rows=16)      # [[row, ...], ...]
     outputs = [run(rows) for rows in batches]                  # each [len(rows), ...]
     answer = restore_order(batches, outputs)                   # [N, ...] in input order
+
+Training draws its batches from ``bucketed_batches``: rows of similar length together, yet every
+row once per epoch in a random batch order, so a step's expected gradient is the full-data mean
+as with uniformly shuffled batches.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 
 import torch
+
+MAX_ROWS = 16          # rows per micro-batch when serving or evaluating (CPU-tuned)
+MAX_TOKENS = 1024      # padded tokens (rows × longest row) per micro-batch (CPU-tuned)
+BUCKET_BATCHES = 4     # training: a length bucket holds this many batches
 
 
 def plan(lengths: Sequence[int], max_tokens: int | None, max_rows: int) -> list[list[int]]:
@@ -67,3 +75,27 @@ def distinct(keys: Sequence[Hashable]) -> tuple[list[int], list[int]]:
             first.append(row)
         slot.append(position[key])
     return first, slot
+
+
+def bucketed_batches(lengths: Sequence[int], batch_size: int, generator: torch.Generator,
+                     bucket_batches: int = BUCKET_BATCHES) -> Iterator[list[int]]:
+    """Endless training batches of row indices, epoch after epoch, drawn from ``generator``.
+
+    Per epoch: rows sorted by length (ties in random order), cut into buckets of
+    ``bucket_batches × batch_size`` neighbours; each bucket shuffled and cut into batches; all
+    batches of the epoch in random order. Every row appears once per epoch; every batch is full but
+    at most one per epoch (in the bucket of the longest rows).
+    """
+    if batch_size < 1 or bucket_batches < 1:
+        raise ValueError(f"batch_size and bucket_batches must be >= 1, got {batch_size}, "
+                         f"{bucket_batches}")
+    bucket = batch_size * bucket_batches
+    while True:
+        ties = torch.randperm(len(lengths), generator=generator).tolist()
+        order = sorted(ties, key=lambda row: lengths[row])           # stable: random ties
+        batches = []
+        for start in range(0, len(order), bucket):
+            rows = order[start:start + bucket]
+            rows = [rows[i] for i in torch.randperm(len(rows), generator=generator).tolist()]
+            batches += [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
+        yield from (batches[i] for i in torch.randperm(len(batches), generator=generator).tolist())

@@ -13,7 +13,7 @@ import copy
 import datetime as dt
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Protocol
 
@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import adapters, rng, tasks
-from .backbone import Backbone, BackboneInfo, load_backbone, mean_pool, tokenize
+from . import adapters, batching, rng, tasks
+from .backbone import Backbone, BackboneInfo, encode_rows, load_backbone, mean_pool
 
 METHODS = ("tt-lora", "lora", "adapter")
 # the paper's defaults: TT-LoRA rank 5, α 16, lr 5e-3; LoRA rank 16, α 8, lr 5e-4;
@@ -61,6 +61,10 @@ class ExpertConfig:
     eval_limit: int | None = 2000      # subsample the validation split (seeded)
     warmup_fraction: float = 0.06
     weight_decay: float = 0.0
+    min_layer: int = 0                 # first layer adapted (tt-lora); ΔW = 0 below: a mixture
+                                       # whose router reads layers < min_layer computes them once
+    length_buckets: bool = True        # training batches of rows of similar length (same
+                                       # expected gradient as random batches, less padding)
 
     def resolved(self) -> "ExpertConfig":
         """A copy with method defaults filled in; raises ConfigError on bad values."""
@@ -77,6 +81,9 @@ class ExpertConfig:
                   (cfg.batch_size >= 1, f"batch size must be >= 1, got {cfg.batch_size}"),
                   (cfg.max_length >= 8, f"max length must be >= 8, got {cfg.max_length}"),
                   (cfg.init in ("kaiming", "zero"), f"init must be kaiming or zero, got {cfg.init!r}"),
+                  (cfg.min_layer >= 0, f"min layer must be >= 0, got {cfg.min_layer}"),
+                  (cfg.min_layer == 0 or cfg.method == "tt-lora",
+                   "min layer > 0 needs a tt-lora expert"),
                   (0 <= cfg.warmup_fraction < 1, "warmup fraction must be in [0, 1)")]
         for ok, message in checks:
             if not ok:
@@ -192,6 +199,10 @@ def build_expert_model(expert_or_config: Expert | ExpertConfig, backbone: Backbo
         if cfg.method == "tt-lora":
             adapters.inject_tt_lora(encoder, cfg.targets, rank=cfg.rank, alpha=cfg.alpha,
                                     shapes=cfg.shapes, init=cfg.init, generator=generator)
+            if not 0 <= cfg.min_layer < backbone.info.num_layers:
+                raise ConfigError(f"min layer must be in 0..{backbone.info.num_layers - 1}, "
+                                  f"got {cfg.min_layer}")
+            adapters.freeze_below(encoder, cfg.min_layer)
         elif cfg.method == "lora":
             encoder = adapters.inject_lora(encoder, cfg.targets, rank=cfg.rank, alpha=cfg.alpha)
         else:
@@ -275,12 +286,13 @@ def fit(model: nn.Module, batch_loss: Callable[[list[int]], torch.Tensor], num_r
         config: LoopConfig, generator: torch.Generator, *,
         progress: Callable[[Progress], None] | None = None,
         should_stop: Callable[[], bool] | None = None, log_every: int = 5,
-        prefix: str = "", nan_hint: str = "") -> list[dict]:
+        prefix: str = "", nan_hint: str = "", lengths: Sequence[int] | None = None) -> list[dict]:
     """The training loop of every expert and of the AdapterFusion baseline; returns its history.
 
     ``batch_loss(rows)``: the mean loss (a scalar tensor) of the rows at these indices, drawn
     from 0..num_rows-1 in batches of ``config.batch_size``, reshuffled by ``generator`` every
-    epoch (the model's own randomness, e.g. dropout, should come from the same generator).
+    epoch (the model's own randomness, e.g. dropout, should come from the same generator); with
+    ``lengths`` (tokens of each row) the batches are ``batching.bucketed_batches`` instead.
     ``config.steps`` AdamW steps on the parameters that require grad, learning rate with
     linear warm-up over ``warmup_fraction`` of the steps then linear decay to 0. The model trains
     with its ``encoder`` (the frozen base) in eval mode, so only its own layers use dropout, and
@@ -298,7 +310,8 @@ def fit(model: nn.Module, batch_loss: Callable[[list[int]], torch.Tensor], num_r
     model.train()
     model.encoder.eval()
     start, seen, running = time.perf_counter(), 0, []
-    batches = _batches(num_rows, config.batch_size, generator)
+    batches = (_batches(num_rows, config.batch_size, generator) if lengths is None else
+               batching.bucketed_batches(lengths, config.batch_size, generator))
     for step in range(1, steps + 1):
         if should_stop is not None and should_stop():
             raise TrainingError(f"{prefix}training cancelled at step {step - 1} of {steps}")
@@ -332,7 +345,8 @@ def train_expert(config: ExpertConfig, backbone: Backbone | None = None, *,
     """Train one expert on its task alone (base frozen), evaluate it, return it as data.
 
     All randomness (initial weights, batch order, dropout) comes from one generator seeded with
-    ``config.seed``, so a run is repeatable and independent of other threads.
+    ``config.seed``, so a run is repeatable and independent of other threads. ``should_stop`` is
+    asked before every step and every evaluation batch: TrainingError when it says so.
     """
     cfg = config.resolved()
     backbone = backbone or load_backbone(device=cfg.device)
@@ -347,17 +361,17 @@ def train_expert(config: ExpertConfig, backbone: Backbone | None = None, *,
     model = build_expert_model(cfg, backbone, num_labels=max(1, len(train_data.label_names)),
                                generator=generator)
     labels_all = torch.tensor(train_data.labels)
+    encoded = encode_rows(backbone.tokenizer, train_data.texts, train_data.text_pairs,
+                          cfg.max_length)                        # every row tokenized once
 
     def batch_loss(rows: list[int]) -> torch.Tensor:
-        batch = tokenize(backbone.tokenizer, [train_data.texts[i] for i in rows],
-                         [train_data.text_pairs[i] for i in rows] if train_data.text_pairs else None,
-                         cfg.max_length, device)
-        return task_loss(model(batch), labels_all[rows].to(device), regression)
+        return task_loss(model(encoded.batch(rows, device)), labels_all[rows].to(device), regression)
 
     start = time.perf_counter()
     history = fit(model, batch_loss, len(train_data), cfg, generator, progress=progress,
                   should_stop=should_stop, log_every=log_every,
-                  nan_hint=f": lower the learning rate (now {cfg.lr:g}) or use init='zero'")
+                  nan_hint=f": lower the learning rate (now {cfg.lr:g}) or use init='zero'",
+                  lengths=encoded.lengths if cfg.length_buckets else None)
     train_seconds = time.perf_counter() - start
     expert = Expert(name=name or cfg.task, config=cfg, label_names=list(train_data.label_names),
                     tensors=expert_tensors(model, cfg.method), base=backbone.info,
@@ -365,7 +379,8 @@ def train_expert(config: ExpertConfig, backbone: Backbone | None = None, *,
                     history=history, created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
     eval_data = eval_data if eval_data is not None else tasks.load_task(cfg.task, "validation", data_dir=data_dir,
                                              limit=cfg.eval_limit, seed=cfg.seed)
-    result = evaluate_model(model, backbone, eval_data, cfg.task, max_length=cfg.max_length)
+    result = evaluate_model(model, backbone, eval_data, cfg.task, max_length=cfg.max_length,
+                            should_stop=should_stop)
     expert.metrics = {**result["metrics"], "confusion": result["confusion"],
                       "train_seconds": round(train_seconds, 2), "eval_rows": len(eval_data)}
     expert.data = {"train": train_data.source, "train_rows": len(train_data),
@@ -376,22 +391,30 @@ def train_expert(config: ExpertConfig, backbone: Backbone | None = None, *,
 @torch.no_grad()
 def predict_logits(model: ExpertModel, backbone: Backbone, texts: list[str],
                    text_pairs: list[str] | None, max_length: int = 128,
-                   batch_size: int = 64) -> torch.Tensor:
-    """Logits [N, C] of an expert model for a list of inputs."""
+                   batch_size: int = batching.MAX_ROWS,
+                   max_tokens: int | None = batching.MAX_TOKENS,
+                   should_stop: Callable[[], bool] | None = None) -> torch.Tensor:
+    """Logits [N, C] of an expert model for a list of inputs, in input order (rows tokenized once,
+    run in length-sorted micro-batches of at most ``batch_size`` rows and ``max_tokens`` tokens);
+    TrainingError when ``should_stop()`` says so before a micro-batch (a cancel during evaluation)."""
     model.eval()
+    encoded = encode_rows(backbone.tokenizer, texts, text_pairs, max_length)
+    batches = batching.plan(encoded.lengths, max_tokens, batch_size)
     out = []
-    for start in range(0, len(texts), batch_size):
-        batch = tokenize(backbone.tokenizer, texts[start:start + batch_size],
-                         text_pairs[start:start + batch_size] if text_pairs else None,
-                         max_length, backbone.device)
-        out.append(model(batch).float().cpu())
-    return torch.cat(out) if out else torch.empty(0)
+    for done, rows in enumerate(batches):
+        if should_stop is not None and should_stop():
+            raise TrainingError(f"cancelled during evaluation, at micro-batch {done} of {len(batches)}")
+        out.append(model(encoded.batch(rows, backbone.device)).float().cpu())   # [rows, C]
+    return batching.restore_order(batches, out) if out else torch.empty(0)
 
 
 def evaluate_model(model: ExpertModel, backbone: Backbone, data: "tasks.TaskData",
-                   task: str | None, max_length: int = 128) -> dict:
-    """Metrics, confusion matrix [C, C] (rows: true), predictions for labelled data."""
-    logits = predict_logits(model, backbone, data.texts, data.text_pairs, max_length)
+                   task: str | None, max_length: int = 128,
+                   should_stop: Callable[[], bool] | None = None) -> dict:
+    """Metrics, confusion matrix [C, C] (rows: true), predictions for labelled data
+    (``should_stop``: see ``predict_logits``)."""
+    logits = predict_logits(model, backbone, data.texts, data.text_pairs, max_length,
+                            should_stop=should_stop)
     regression = not data.label_names
     preds = logits.squeeze(-1).tolist() if regression else logits.argmax(-1).tolist()
     spec_or_metric = tasks.TASKS[task] if task in tasks.TASKS else (

@@ -104,13 +104,23 @@ def loss_curve(history: Sequence[Mapping[str, float]], title: str | None = "Trai
 # ----------------------------------------------------------------------------- parameter budgets
 
 
+def compact_count(count: int) -> str:
+    """A count short enough to sit after a bar: ``33920`` -> ``33,920``, ``1703936`` ->
+    ``1.70M``, ``1235814400`` -> ``1.24B`` (the full number goes on hover)."""
+    for unit, size in (("B", 10**9), ("M", 10**6)):
+        if abs(count) >= size:
+            return f"{count / size:.3g}{unit}" if count / size >= 100 else f"{count / size:.2f}{unit}"
+    return f"{count:,}"
+
+
 def params_bar(labels: Sequence[str], counts: Sequence[int], log: bool = True,
                title: str | None = None, highlight: int | None = 0) -> go.Figure:
     """Horizontal bars of trainable parameters per item (log axis by default), first on top;
-    item ``highlight`` in the accent colour. Counts are ``fig.data[0].x``."""
+    item ``highlight`` in the accent colour. Counts are ``fig.data[0].x``; the text after each bar
+    is ``compact_count`` (so it fits), the hover the full number."""
     colours = [ACCENT if i == highlight else MUTED for i in range(len(labels))]
     fig = go.Figure(go.Bar(x=[int(c) for c in counts], y=list(labels), orientation="h",
-                           marker_color=colours, text=[f"{int(c):,}" for c in counts],
+                           marker_color=colours, text=[compact_count(int(c)) for c in counts],
                            textposition="outside", cliponaxis=False,
                            hovertemplate="%{y}: %{x:,}<extra></extra>"))
     positive = [int(c) for c in counts if int(c) > 0]

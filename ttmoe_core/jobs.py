@@ -2,15 +2,18 @@
 
 ``Job(fn, *args, **kwargs)`` starts ``fn(job, *args, **kwargs)`` at once in a daemon thread. The
 function reports progress with ``job.report(**fields)`` (appended to ``job.events`` with a
-timestamp) and checks ``job.cancelled()`` to stop early. Its return value becomes ``job.result``;
-an exception becomes ``job.error`` (one line) and ``status == "failed"``, or ``"cancelled"`` when
-a cancel was asked for. A ``JobRegistry`` keeps jobs by id, each owned by the caller that
+timestamp) and checks ``job.cancelled()`` to stop early; before a step that must not be cut short
+(saving) it calls ``job.commit()``, which fails when a cancel came first and refuses any cancel
+after it. Its return value becomes ``job.result``; an exception becomes ``job.error`` (one line)
+and ``status == "failed"``, or ``"cancelled"`` when a cancel was asked for. A ``JobRegistry`` keeps jobs by id, each owned by the caller that
 submitted it (the app keeps one registry per server and passes each browser session's id as the
 owner); nothing here is module-level state, and nothing imports streamlit.
 
 The job functions the app runs, ``train_expert_job`` and ``train_router_job`` (with
 ``save_trained_router``), sit at the end: they call the engine, write files only through a
-``workspace.Workspace``, and translate the engine's callbacks into ``job.report``.
+``workspace.Workspace``, and translate the engine's callbacks into ``job.report``. Their last event
+says what was written: ``{"stage": "saved", "saved": True, "path": ...}`` or
+``{"stage": "not saved", "saved": False, "path": None, "reason": ...}``.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ class Job:
         self._events: list[dict] = []
         self._lock = threading.Lock()
         self._cancel = threading.Event()
+        self._committed = False               # past the point where a cancel is honoured
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(fn, args, kwargs), daemon=True,
                                         name=f"job-{self.id}")
@@ -73,14 +77,29 @@ class Job:
             self._events.append({"t": time.time() - self.started, **fields})
 
     def cancelled(self) -> bool:
-        """True once ``cancel()`` was called: the function should stop soon."""
+        """True once ``cancel()`` was accepted: the function should stop soon."""
         return self._cancel.is_set()
+
+    def commit(self) -> bool:
+        """Enter the part that must not be cut short (e.g. saving): False when a cancel came first
+        (the function should then stop without writing), else True, and every later ``cancel()``
+        is refused, so the job ends "done" with what it wrote."""
+        with self._lock:
+            if self._cancel.is_set():
+                return False
+            self._committed = True
+            return True
 
     # ------------------------------------------------------------------ for the watcher
 
-    def cancel(self) -> None:
-        """Ask the function to stop (it decides when, through ``cancelled()``)."""
-        self._cancel.set()
+    def cancel(self) -> bool:
+        """Ask the function to stop (it decides when, through ``cancelled()``); False when it is
+        too late (the job has committed, e.g. it is saving, or it has ended)."""
+        with self._lock:
+            if self._committed or self._done.is_set():
+                return False
+            self._cancel.set()
+            return True
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the job ends or ``timeout`` seconds pass; True when it has ended."""
@@ -144,11 +163,10 @@ class JobRegistry:
         return [job for job, _ in self.list(owner, kind) if job.running]
 
     def cancel(self, owner: str, job_id: str) -> bool:
-        """Ask ``owner``'s job ``job_id`` to stop; False when there is no such job of ``owner``."""
+        """Ask ``owner``'s job ``job_id`` to stop; False when there is no such job of ``owner`` or
+        it is too late (``Job.cancel``)."""
         job = self.get(owner, job_id)
-        if job is not None:
-            job.cancel()
-        return job is not None
+        return job is not None and job.cancel()
 
     def remove(self, owner: str, job_id: str) -> None:
         """Forget ``owner``'s job (a running one is cancelled first); others' jobs are untouched."""
@@ -168,6 +186,18 @@ def _now() -> str:
 # ----------------------------------------------------------------------------- the app's jobs
 
 
+def _finish(job: Job, path: Path | None, reason: str = "", **fields: Any) -> None:
+    """The job's last event: what it wrote (``path``) or that it wrote nothing, and why."""
+    if path is not None:
+        job.report(stage="saved", saved=True, path=str(path), **fields)
+    else:
+        job.report(stage="not saved", saved=False, path=None, reason=reason, **fields)
+
+
+def _one_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 def train_expert_job(job: Job, config, backbone, workspace, name: str, replace: bool = False,
                      train_data=None, eval_data=None, data_dir=None) -> dict:
     """Train one expert (``experts.train_expert``), save it as ``name`` in ``workspace`` (a
@@ -175,33 +205,48 @@ def train_expert_job(job: Job, config, backbone, workspace, name: str, replace: 
 
     The target folder is checked before training starts. Data not given is loaded for
     ``config.task`` from ``data_dir`` (``tasks.load_task``). Events: ``stage`` "loading data",
-    "training" (step, total, loss, examples_per_s, elapsed_s), "evaluating" (rows), "saved" (path).
+    "training" (step, total, loss, examples_per_s, elapsed_s), "evaluating" (rows), "saving" (path),
+    then "saved"
+    (path) or "not saved" (reason; an expert being replaced is left as it was). A cancel is
+    honoured until saving starts (``Job.commit``), during evaluation too; after that it is refused.
     """
     from . import experts, tasks
 
     config = config.resolved()
-    workspace.expert_target(name, replace)
-    if train_data is None or eval_data is None:
-        job.report(stage="loading data")
-        train_data = train_data if train_data is not None else tasks.load_task(config.task, "train", data_dir=data_dir,
-                                                   limit=config.train_limit, seed=config.seed)
-        eval_data = eval_data if eval_data is not None else tasks.load_task(config.task, "validation", data_dir=data_dir,
-                                                 limit=config.eval_limit, seed=config.seed)
-    total = config.steps
-    job.report(stage="training", step=0, total=total, train_rows=len(train_data),
-               eval_rows=len(eval_data))
+    target = workspace.expert_target(name, replace)
+    try:
+        if train_data is None or eval_data is None:
+            job.report(stage="loading data")
+            if train_data is None:
+                train_data = tasks.load_task(config.task, "train", data_dir=data_dir,
+                                             limit=config.train_limit, seed=config.seed)
+            if eval_data is None:
+                eval_data = tasks.load_task(config.task, "validation", data_dir=data_dir,
+                                            limit=config.eval_limit, seed=config.seed)
+        total = config.steps
+        job.report(stage="training", step=0, total=total, train_rows=len(train_data),
+                   eval_rows=len(eval_data))
 
-    def progress(event: experts.Progress) -> None:
-        job.report(stage="training", step=event.step, total=event.total_steps, loss=event.loss,
-                   examples_per_s=event.examples_per_s, elapsed_s=event.elapsed_s)
-        if event.step == event.total_steps:
-            job.report(stage="evaluating", rows=len(eval_data))
+        def progress(event: experts.Progress) -> None:
+            job.report(stage="training", step=event.step, total=event.total_steps,
+                       loss=event.loss, examples_per_s=event.examples_per_s,
+                       elapsed_s=event.elapsed_s)
+            if event.step == event.total_steps:
+                job.report(stage="evaluating", rows=len(eval_data))
 
-    expert = experts.train_expert(config, backbone, train_data=train_data, eval_data=eval_data,
-                                  progress=progress, should_stop=job.cancelled,
-                                  log_every=max(1, total // 60), name=name)
-    out_dir = workspace.save_expert(expert, replace=replace)
-    job.report(stage="saved", path=str(out_dir))
+        expert = experts.train_expert(config, backbone, train_data=train_data,
+                                      eval_data=eval_data, progress=progress,
+                                      should_stop=job.cancelled, log_every=max(1, total // 60),
+                                      name=name)
+        if not job.commit():
+            raise experts.TrainingError("training cancelled after evaluation, before saving")
+        job.report(stage="saving", path=str(target))
+        out_dir = workspace.save_expert(expert, replace=replace)
+    except BaseException as exc:
+        kept = f"; the expert at {target} is unchanged" if replace and target.exists() else ""
+        _finish(job, None, f"{_one_line(exc)}: nothing was saved{kept}")
+        raise
+    _finish(job, out_dir)
     return {"path": str(out_dir), "name": expert.name, "task": expert.config.task,
             "method": expert.config.method, "metrics": expert.metrics,
             "label_names": list(expert.label_names), "history": expert.history,
@@ -217,21 +262,24 @@ def train_router_job(job: Job, router_config, layers: Sequence[int], backbone,
     layer (``router.sweep_layers``).
 
     Returns the pack, expert names, and per layer the router and its held-out report; the caller
-    saves the one it wants with ``save_trained_router``. Events: ``stage``, done, total. A failed
-    or cancelled run removes the pack it made.
+    saves the one it wants with ``save_trained_router``. Events: ``stage``, done, total (stages
+    "building pack", "loading data", "features", "held-out features", "training layer k"), then
+    "saved" (the pack of experts, no router yet) or "not saved". A cancel is honoured at every
+    event, during router training too; a failed or cancelled run removes the pack it made.
     """
     from . import router as routers
 
-    job.report(stage="building pack", done=0, total=len(expert_dirs))
-    experts_ = workspace.build_pack(pack_name, expert_dirs)
-    job.report(stage="building pack", done=len(experts_), total=len(expert_dirs))
-
     def progress(stage: str, done: int, total: int) -> None:
         if job.cancelled():
-            raise RuntimeError(f"router training cancelled during {stage}")
+            raise routers.RouterError(f"router training cancelled during {stage}")
         job.report(stage=stage, done=done, total=total)
 
+    built: Path | None = None           # the pack folder this job made
     try:
+        progress("building pack", 0, len(expert_dirs))
+        experts_ = workspace.build_pack(pack_name, expert_dirs)
+        built = workspace.pack_dir(pack_name)
+        progress("building pack", len(experts_), len(expert_dirs))
         pairs = [(e.name, e.config.task) for e in experts_]
         progress("loading data", 0, 2)
         train = routers.routing_data(pairs, "train", per_task, data_dir)
@@ -239,12 +287,20 @@ def train_router_job(job: Job, router_config, layers: Sequence[int], backbone,
         progress("loading data", 2, 2)
         results = routers.sweep_layers(router_config, list(layers), backbone, train, held,
                                        progress=progress)
-    except BaseException:
-        with contextlib.suppress(ValueError):     # the original error matters, not this one
-            workspace.delete_pack(pack_name)
+        if not job.commit():
+            raise routers.RouterError("router training cancelled at its end")
+    except BaseException as exc:
+        if built is not None:
+            with contextlib.suppress(ValueError):     # the original error matters, not this one
+                workspace.delete_pack(pack_name)
+        if built is not None and built.exists():      # could not be removed: say so
+            _finish(job, built, note=f"{_one_line(exc)}; the pack could not be removed")
+        else:
+            _finish(job, None, f"{_one_line(exc)}: no pack was written")
         raise
-    job.report(stage="trained", done=len(results), total=len(results))
-    return {"pack": str(workspace.pack_dir(pack_name)), "pack_name": pack_name,
+    _finish(job, built, note=f"pack of {len(experts_)} experts, no router yet: save one",
+            done=len(results), total=len(results))
+    return {"pack": str(built), "pack_name": pack_name,
             "workspace": workspace, "names": train.names, "sources": held.sources,
             "train_rows": len(train.labels), "held_out_rows": len(held.labels),
             "results": results, "base": backbone.info, "created": _now()}

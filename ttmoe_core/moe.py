@@ -1,15 +1,21 @@
-"""TTLoRAMoE: one frozen base model, a bank of E frozen TT-LoRA experts, and a router.
+"""TTLoRAMoE: one frozen base model, a pool of E frozen TT-LoRA experts, and a router.
 
 ``predict`` serves a batch whose rows belong to different tasks. Rows are tokenized once
 (``prepare``), sorted by length and cut into micro-batches by a token budget (``batching``), so
 the cost tracks real tokens, not the longest row; repeated rows run once. Per micro-batch:
-1. route: the router reads the base model (adapters off) up to its layer k only;
-2. experts: ONE pass over the base model where every TT-LoRA layer gathers each row's expert
-   cores by index (cost independent of E), then each row's head (padded to the largest label
-   count, extra logits masked).
-Answers come back in input order. The expert choice travels with the call
-(``adapters.use_experts``, a context variable) and tokenization never changes the shared
-tokenizer, so one cached mixture is safe under concurrent threads. No forward is monkey-patched.
+1. route: the router reads the frozen base model up to its layer k only (the text features of a
+   fusion router are computed once for all rows);
+2. experts: the pool (``pool.ExpertPool``) gathers the cores of the batch's distinct experts and
+   merges each chain once; ONE pass of the base model adds each row's update in every adapted
+   layer (``adapters.GatheredTTLinear``): the cost does not grow with E. When no chosen expert
+   adapts a layer below k, the pass starts from the router's state after layer k instead of
+   from the embeddings (layers 0..k run once for both);
+3. each row's head (padded to the largest label count, extra logits masked).
+Answers come back in input order. The experts' updates travel with the call (context variables
+of ``adapters``) and tokenization never changes the shared tokenizer, so one cached mixture is
+safe under concurrent threads. No forward is monkey-patched. The encoder shares the backbone's
+weights (``backbone.weight_sharing_copy``); converting the mixture (``.double()``, ``.to``)
+first gives it its own copy.
 """
 
 from __future__ import annotations
@@ -23,18 +29,19 @@ import torch
 from torch import nn
 
 from . import adapters, batching
-from .backbone import (Backbone, BackboneError, Encoded, check_fingerprint, encode_rows,
-                       load_backbone, mean_pool)
+from .backbone import (Backbone, BackboneError, Encoded, check_fingerprint, continue_layers,
+                       encode_rows, hidden_states, is_layered_encoder, load_backbone, mean_pool,
+                       weight_sharing_copy)
 from .experts import Expert
-from .router import Router, batch_features
+from .pool import ExpertCard, ExpertPool, MoEError, open_pack
+from .router import Router, state_features, text_features
 from .store import Pack, StoreError, load_pack
 
-MAX_BATCH_ROWS = 16        # rows per micro-batch when serving
-MAX_BATCH_TOKENS = 1024    # padded tokens (rows × longest row) per micro-batch when serving (CPU-tuned)
+MAX_BATCH_ROWS = batching.MAX_ROWS        # rows per micro-batch when serving
+MAX_BATCH_TOKENS = batching.MAX_TOKENS    # padded tokens (rows × longest row) per micro-batch
 
-
-class MoEError(ValueError):
-    """Bad input to the mixture, or experts that cannot be stacked."""
+__all__ = ["MAX_BATCH_ROWS", "MAX_BATCH_TOKENS", "MoEError", "Scores", "TTLoRAMoE",
+           "evaluate_mixture"]
 
 
 @dataclass(frozen=True)
@@ -46,100 +53,89 @@ class Scores:
     truncated: tuple[bool, ...]            # row longer than the mixture's max_length
 
 
-def _stack_layout(experts: Sequence[Expert]) -> tuple[list[str], dict[str, list[int]], int]:
-    """Shared targets and TT factors of the experts, and the largest rank (ranks are padded)."""
-    if not experts:
-        raise MoEError("a mixture needs at least one expert")
-    first = experts[0]
-    for expert in experts:
-        if expert.config.method != "tt-lora":
-            raise MoEError(f"expert {expert.name!r} is a {expert.config.method} expert; "
-                           "the mixture stacks TT-LoRA experts only")
-        if expert.base.fingerprint != first.base.fingerprint:
-            raise MoEError(f"experts {first.name!r} and {expert.name!r} were trained on different "
-                           "base models")
-        if expert.tt_layout != first.tt_layout or expert.config.targets != first.config.targets:
-            raise MoEError(f"expert {expert.name!r} has TT shapes {expert.tt_layout}, expert "
-                           f"{first.name!r} has {first.tt_layout}: experts of one mixture must "
-                           "share targets and TT shapes (ranks may differ)")
-    names = [e.name for e in experts]
-    if len(set(names)) != len(names):
-        raise MoEError(f"expert names must be unique, got {names}")
-    shapes = {t: list(l["in_factors"]) + list(l["out_factors"]) for t, l in first.tt_layout.items()}
-    return list(first.config.targets), shapes, max(e.config.rank for e in experts)
-
-
-def per_row_logits(encoder: nn.Module, head_weight: torch.Tensor, head_bias: torch.Tensor,
-                   batch: dict[str, torch.Tensor], expert_idx: torch.Tensor) -> torch.Tensor:
-    """Logits [B, C_max]: one pass of ``encoder`` with row b's expert ``expert_idx[b]`` in every
-    TT layer, mean-pooled, through row b's head (head_weight [E, C_max, H], head_bias [E, C_max])."""
-    with adapters.use_experts(expert_idx):
-        hidden = encoder(**batch).last_hidden_state                       # [B, T, H]
-    pooled = mean_pool(hidden, batch["attention_mask"])                   # [B, H]
-    weight, bias = head_weight[expert_idx], head_bias[expert_idx]         # [B, C_max, H], [B, C_max]
-    return torch.einsum("bch,bh->bc", weight, pooled) + bias
-
-
-def _pad_core(core: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
-    """Zero-pad a core [r, s, r'] to [R, s, R'] (the padded chain computes the same ΔW)."""
-    out = torch.zeros(shape, dtype=core.dtype)
-    out[: core.shape[0], :, : core.shape[2]] = core
-    return out
-
-
 class TTLoRAMoE(nn.Module):
-    """Frozen base + E stacked experts + heads bank + router; see module docstring."""
+    """Frozen base + a pool of experts + router; see module docstring.
 
-    def __init__(self, backbone: Backbone, experts: Sequence[Expert], router: Router | None,
-                 max_length: int = 128):
+    ``experts``: Expert objects (TT-LoRA, same targets and TT factors; ranks and label counts may
+    differ) or an ``ExpertPool`` (large or lazily loaded pools). ``router``: None, or a router
+    with one output per expert.
+    """
+
+    def __init__(self, backbone: Backbone, experts: Sequence[Expert] | ExpertPool,
+                 router: Router | None, max_length: int = 128):
         super().__init__()
-        targets, shapes, rank = _stack_layout(experts)
-        check_fingerprint(backbone.info, experts[0].base.fingerprint,
-                          f"the experts ({experts[0].base.name!r} base model)")
+        pool = experts if isinstance(experts, ExpertPool) else ExpertPool.from_experts(experts)
+        if pool.base is not None:
+            check_fingerprint(backbone.info, pool.base.fingerprint,
+                              f"the experts ({pool.base.name!r} base model)")
+        if router is not None and router.num_experts != len(pool):
+            raise MoEError(f"the router has {router.num_experts} outputs for {len(pool)} experts")
         self.backbone = backbone
-        self.names = [e.name for e in experts]
-        self.experts = list(experts)
         self.max_length = max_length
-        self.encoder = copy.deepcopy(backbone.model)
-        adapters.inject_tt_lora(self.encoder, targets, rank=rank, alpha=1.0, shapes=shapes,
-                                num_experts=len(experts), init="zero")
-        self._load_banks(experts)
-        hidden = backbone.info.hidden_size
-        self.num_labels = [e.num_labels for e in experts]
-        width = max(self.num_labels)
-        head_w = torch.zeros(len(experts), width, hidden)
-        head_b = torch.full((len(experts), width), float("-inf"))
-        for idx, expert in enumerate(experts):
-            n = expert.num_labels
-            head_w[idx, :n] = expert.tensors["head.weight"]
-            head_b[idx, :n] = expert.tensors["head.bias"]
+        self.encoder = weight_sharing_copy(backbone.model)
+        self._owns_encoder = False
+        try:
+            adapters.inject_gathered(self.encoder, [s.name for s in pool.slots],
+                                     {s.name: (s.d_in, s.d_out) for s in pool.slots})
+        except ValueError as exc:
+            raise MoEError(f"the experts do not fit the base model: {exc}") from None
         device = backbone.device
-        self.register_buffer("head_weight", head_w.to(device))   # [E, C_max, H]
-        self.register_buffer("head_bias", head_b.to(device))     # [E, C_max], -inf padding
+        self.pool = pool.to(device)
         self.router = router.to(device).eval() if router is not None else None
         self.eval()
 
-    @torch.no_grad()
-    def _load_banks(self, experts: Sequence[Expert]) -> None:
-        for layer_name, layer in adapters.tt_layers(self.encoder).items():
-            for k, bank in enumerate(layer.cores):
-                for idx, expert in enumerate(experts):
-                    key = f"{layer_name}.cores.{k}"
-                    if key not in expert.tensors:
-                        raise MoEError(f"expert {expert.name!r} has no tensor {key!r}")
-                    core = expert.tensors[key]
-                    if k == 0:  # fold each expert's α into its first core (layer α is 1)
-                        core = core * expert.config.alpha
-                    bank[idx].copy_(_pad_core(core, bank.shape[1:]))
+    def _apply(self, fn, *args, **kwargs):
+        """Converting the mixture converts its own copy of the encoder, never the backbone's."""
+        if not self._owns_encoder:
+            self.encoder = copy.deepcopy(self.encoder)
+            self._owns_encoder = True
+        return super()._apply(fn, *args, **kwargs)
 
-    # ------------------------------------------------------------------ parts of the forward
+    # ------------------------------------------------------------------ the pool
+
+    @property
+    def names(self) -> list[str]:
+        return self.pool.names
+
+    @property
+    def cards(self) -> list[ExpertCard]:
+        return self.pool.cards
+
+    @property
+    def experts(self) -> list[Expert | None]:
+        """The Expert of each pool entry (lazy ones: metadata without tensors)."""
+        return [card.expert for card in self.pool.cards]
+
+    @property
+    def num_labels(self) -> list[int]:
+        return [card.num_labels for card in self.pool.cards]
 
     def expert_index(self, expert: str | Sequence[str]) -> list[int]:
         names = [expert] if isinstance(expert, str) else list(expert)
-        unknown = [n for n in names if n not in self.names]
+        unknown = [n for n in names if n not in self.pool.index]
         if unknown:
-            raise MoEError(f"unknown expert {unknown[0]!r}; this mixture has {self.names}")
-        return [self.names.index(n) for n in names]
+            shown = self.names if len(self.names) <= 20 else self.names[:20] + ["…"]
+            raise MoEError(f"unknown expert {unknown[0]!r}; this mixture has {shown}")
+        return [self.pool.index[n] for n in names]
+
+    # ------------------------------------------------------------------ parts of the forward
+
+    def _router_features(self, texts: Sequence[str], text_pairs: Sequence[str | None]
+                         ) -> dict[str, torch.Tensor]:
+        """Features of the raw text for the router (fusion: "surface" [N, F]), on the device."""
+        feats = text_features(texts, text_pairs, self.router.config)
+        return {k: v.to(self.backbone.device) for k, v in feats.items()}
+
+    def _route_states(self, batch: dict[str, torch.Tensor], text_feats: dict[str, torch.Tensor]
+                      ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """(frozen hidden states 0..k, each [B, T, H]; router probabilities [B, E])."""
+        rows = batch["input_ids"].shape[0]
+        with adapters.adapters_off(rows, batch["input_ids"].device):
+            states = hidden_states(self.encoder, batch, self.router.config.layer)
+        feats = state_features(states, batch["attention_mask"], self.router.config) | text_feats
+        dtype = next(self.router.parameters()).dtype
+        logits = self.router({k: v.to(dtype) for k, v in feats.items()})
+        return states, torch.softmax(logits, dim=-1)
 
     @torch.inference_mode()
     def route(self, batch: dict[str, torch.Tensor], texts: Sequence[str],
@@ -147,15 +143,25 @@ class TTLoRAMoE(nn.Module):
         """Router probabilities [B, E] (base model up to the router's layer, adapters off)."""
         if self.router is None:
             raise MoEError("this mixture has no router: pass expert=... to choose one")
-        feats = batch_features(self.encoder, batch, texts, text_pairs, self.router.config)
-        dtype = next(self.router.parameters()).dtype
-        feats = {k: v.to(dtype) for k, v in feats.items()}
-        return torch.softmax(self.router(feats), dim=-1)
+        return self._route_states(batch, self._router_features(texts, text_pairs))[1]
 
     @torch.inference_mode()
-    def expert_logits(self, batch: dict[str, torch.Tensor], expert_idx: torch.Tensor) -> torch.Tensor:
-        """Logits [B, C_max] of each row's expert in one pass (padded labels are -inf)."""
-        return per_row_logits(self.encoder, self.head_weight, self.head_bias, batch, expert_idx)
+    def expert_logits(self, batch: dict[str, torch.Tensor], expert_idx: torch.Tensor,
+                      states: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        """Logits [B, C_max] of each row's expert in one pass (padded labels are -inf).
+
+        ``states``: the frozen hidden states 0..k of this batch (``hidden_states``); when no
+        row's expert adapts a layer below k, the pass continues from ``states[k]``.
+        """
+        gathered = self.pool.gather(expert_idx)
+        start = None if states is None else len(states) - 1
+        with adapters.use_row_halves(gathered.halves):
+            if start is not None and gathered.first_layer >= start and is_layered_encoder(self.encoder):
+                hidden = continue_layers(self.encoder, states[-1], batch["attention_mask"], start)
+            else:
+                hidden = self.encoder(**batch).last_hidden_state                # [B, T, H]
+        pooled = mean_pool(hidden, batch["attention_mask"])                     # [B, H]
+        return torch.einsum("bch,bh->bc", gathered.head_weight, pooled) + gathered.head_bias
 
     # ------------------------------------------------------------------ public API
 
@@ -186,13 +192,14 @@ class TTLoRAMoE(nn.Module):
     @torch.inference_mode()
     def score(self, encoded: Encoded, forced: Sequence[int] | None = None, route: bool = True,
               batch_size: int = MAX_BATCH_ROWS, max_tokens: int | None = MAX_BATCH_TOKENS,
-              ) -> Scores:
+              share_prefix: bool = True) -> Scores:
         """Route and answer N prepared rows in length-sorted micro-batches (at most
         ``batch_size`` rows and ``max_tokens`` padded tokens each); results in input order.
 
         ``forced[i]``: the expert of row i instead of the router's choice; ``route=False`` skips
         the router when every row is forced. Repeated rows (same texts, same forced expert) are
-        computed once.
+        computed once. ``share_prefix=False``: the expert pass always starts from the embeddings
+        (the simple path, for comparison).
         """
         if forced is None and (not route or self.router is None):
             raise MoEError("this mixture has no router: pass expert=... to choose one")
@@ -205,18 +212,22 @@ class TTLoRAMoE(nn.Module):
         unique = encoded.take(first)
         batches = batching.plan(unique.lengths, max_tokens, batch_size)
         device = self.backbone.device
+        text_feats = self._router_features(unique.texts, unique.text_pairs) if route else {}
         probs_parts, idx_parts, logit_parts = [], [], []
         for rows in batches:
-            batch = unique.batch(rows, device)                               # [B, T_max] each
-            part = unique.take(rows)
-            probs = self.route(batch, part.texts, part.text_pairs) if route else None   # [B, E]
+            batch = unique.batch(rows, device)                                   # [B, T_max] each
+            states = probs = None
+            if route:
+                rows_t = torch.tensor(rows, device=device)
+                states, probs = self._route_states(
+                    batch, {k: v[rows_t] for k, v in text_feats.items()})        # probs [B, E]
             if forced is not None:
                 idx = torch.tensor([forced[first[r]] for r in rows], device=device)
             else:
                 idx = probs.argmax(-1)                                           # [B]
             idx_parts.append(idx)
             probs_parts.append(probs)
-            logit_parts.append(self.expert_logits(batch, idx))                   # [B, C_max]
+            logit_parts.append(self.expert_logits(batch, idx, states if share_prefix else None))
         slot_idx = torch.tensor(slot, device=device)
 
         def in_order(parts: list[torch.Tensor]) -> torch.Tensor:      # [U, ...] -> [N, ...]
@@ -226,41 +237,44 @@ class TTLoRAMoE(nn.Module):
                       router_probs=in_order(probs_parts) if route else None,
                       logits=in_order(logit_parts), truncated=encoded.truncated)
 
-    def answers(self, encoded: Encoded, scores: Scores) -> list[dict]:
+    def answers(self, encoded: Encoded, scores: Scores, router_top: int | None = None) -> list[dict]:
         """One dict per row of ``encoded`` from its ``scores`` (see ``predict``)."""
         probs = scores.router_probs
         return [self._row(encoded.texts[i], encoded.text_pairs[i], int(scores.expert_idx[i]),
                           None if probs is None else probs[i], scores.logits[i],
-                          scores.truncated[i]) for i in range(len(encoded))]
+                          scores.truncated[i], router_top) for i in range(len(encoded))]
 
     def predict(self, texts: Sequence[str], text_pairs: Sequence[str | None] | None = None,
                 expert: str | Sequence[str] | None = None, batch_size: int = MAX_BATCH_ROWS,
-                max_tokens: int | None = MAX_BATCH_TOKENS) -> list[dict]:
+                max_tokens: int | None = MAX_BATCH_TOKENS,
+                router_top: int | None = None) -> list[dict]:
         """One dict per row, in input order: text, text_pair, expert, task, router_probs, label,
         label_probs, truncated.
 
         ``expert``: a name (every row) or one name per row forces the choice (oracle); the
-        router's probabilities are still reported when there is a router. Rows run in
-        length-sorted micro-batches of at most ``batch_size`` rows and ``max_tokens`` tokens
-        (padding included; None: no budget).
+        router's probabilities are still reported when there is a router (all E of them, or the
+        ``router_top`` largest: for large pools). Rows run in length-sorted micro-batches of at
+        most ``batch_size`` rows and ``max_tokens`` tokens (padding included; None: no budget).
         """
         encoded, forced = self.prepare(texts, text_pairs, expert)
         scores = self.score(encoded, forced, batch_size=batch_size, max_tokens=max_tokens)
-        return self.answers(encoded, scores)
+        return self.answers(encoded, scores, router_top)
 
     def _row(self, text: str, pair: str | None, idx: int, probs: torch.Tensor | None,
-             logits: torch.Tensor, truncated: bool) -> dict:
-        expert = self.experts[idx]
-        n = self.num_labels[idx]
-        router_probs = ({name: float(p) for name, p in zip(self.names, probs.tolist())}
-                        if probs is not None else {})
-        if expert.is_regression:
+             logits: torch.Tensor, truncated: bool, router_top: int | None = None) -> dict:
+        card = self.pool.cards[idx]
+        router_probs = {}
+        if probs is not None:
+            order = range(len(probs)) if router_top is None else probs.topk(
+                min(router_top, len(probs))).indices.tolist()
+            router_probs = {self.pool.cards[j].name: float(probs[j]) for j in order}
+        if card.is_regression:
             label, label_probs = float(logits[0]), {}
         else:
-            label_p = torch.softmax(logits[:n], -1).tolist()
-            label = expert.label_names[int(torch.tensor(label_p).argmax())]
-            label_probs = dict(zip(expert.label_names, label_p))
-        return {"text": text, "text_pair": pair, "expert": expert.name, "task": expert.config.task,
+            label_p = torch.softmax(logits[:card.num_labels], -1).tolist()
+            label = card.label_names[int(torch.tensor(label_p).argmax())]
+            label_probs = dict(zip(card.label_names, label_p))
+        return {"text": text, "text_pair": pair, "expert": card.name, "task": card.task,
                 "router_probs": router_probs, "label": label, "label_probs": label_probs,
                 "truncated": truncated}
 
@@ -281,9 +295,19 @@ class TTLoRAMoE(nn.Module):
 
     @classmethod
     def from_pack(cls, path: str | Path, backbone: Backbone | None = None,
-                  device: str | None = None) -> "TTLoRAMoE":
-        """Read a pack folder (experts + router) once and build its mixture (``from_loaded_pack``)."""
-        return cls.from_loaded_pack(load_pack(path), backbone=backbone, device=device)
+                  device: str | None = None, lazy: bool = False) -> "TTLoRAMoE":
+        """Read a pack folder (experts + router) once and build its mixture (``from_loaded_pack``).
+
+        ``lazy``: the experts' configs are checked now, their weights read (memory-mapped) when a
+        batch first needs them (``pool.open_pack``): large packs are ready at once."""
+        if not lazy:
+            return cls.from_loaded_pack(load_pack(path), backbone=backbone, device=device)
+        pool, router, max_length = open_pack(path)
+        backbone = backbone or load_backbone(pool.base.name, device=device)
+        try:
+            return cls(backbone, pool, router, max_length=max_length)
+        except BackboneError as exc:
+            raise StoreError(f"pack {Path(path).name!r}: {exc}") from None
 
 
 def evaluate_mixture(moe: TTLoRAMoE, expert_tasks: Sequence[tuple[str, str]], per_task: int | None,
@@ -313,8 +337,8 @@ def evaluate_mixture(moe: TTLoRAMoE, expert_tasks: Sequence[tuple[str, str]], pe
                 oracle[i] = row
         true_idx = names.index(name)
         for row in routed:
-            confusion[true_idx][names.index(row["expert"])] += 1
-        expert = moe.experts[true_idx]
+            confusion[true_idx][moe.pool.index[row["expert"]]] += 1
+        expert = moe.cards[true_idx]
 
         def as_pred(row: dict, true, expert=expert, name=name):
             """The expert's label index; a row answered by another expert counts as wrong."""

@@ -30,9 +30,13 @@ def check_name(name: object, what: str = "name") -> str:
 
 
 def inside(root: str | Path, *parts: str | Path) -> Path:
-    """``root/parts...`` resolved (symlinks followed); ``NameError_`` if it leaves ``root``."""
-    base = Path(root).resolve()
-    path = base.joinpath(*parts).resolve()
+    """``root/parts...`` resolved (symlinks followed); ``NameError_`` if it leaves ``root`` or
+    cannot be resolved (a NUL byte, a symbolic link loop)."""
+    try:
+        base = Path(root).resolve()
+        path = base.joinpath(*parts).resolve()
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise NameError_(f"{Path(*parts)!s:.200} cannot be resolved inside {root} ({exc})") from None
     if path != base and base not in path.parents:
         raise NameError_(f"{Path(*parts)} leaves {base}")
     return path

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import rng
+from . import batching, rng
 from .backbone import hidden_states, last_token, mean_pool
 
 VARIANTS = ("paper", "linear", "mlp", "fusion")
@@ -74,14 +74,20 @@ class RouterConfig:
 
 def surface_features(texts: Sequence[str], text_pairs: Sequence[str | None] | None,
                      dim: int = SURFACE_DIM) -> torch.Tensor:
-    """Cased character n-grams (1-4, hashed) of each segment + length statistics: [N, 2*dim+6]."""
+    """Cased character n-grams (1-4, hashed) of each segment + length statistics: [N, 2*dim+6].
+
+    Both segments of all rows are hashed in one call, without sklearn's per-call argument checks
+    (``skip_parameter_validation``, a thread-local setting): the fixed cost matters for one row.
+    """
+    import sklearn
     from sklearn.feature_extraction.text import HashingVectorizer
 
     pairs = list(text_pairs) if text_pairs is not None else [None] * len(texts)
     hasher = HashingVectorizer(analyzer="char_wb", ngram_range=(1, 4), lowercase=False,
                                n_features=dim, alternate_sign=False, norm="l2")
-    first = hasher.transform(list(texts)).toarray()
-    second = hasher.transform([p or "" for p in pairs]).toarray()
+    with sklearn.config_context(skip_parameter_validation=True):
+        hashed = hasher.transform(list(texts) + [p or "" for p in pairs]).toarray()   # [2N, dim]
+    first, second = hashed[: len(texts)], hashed[len(texts):]
 
     def stats(segment: str | None) -> list[float]:
         if not segment:
@@ -94,47 +100,68 @@ def surface_features(texts: Sequence[str], text_pairs: Sequence[str | None] | No
     return torch.from_numpy(np.concatenate([first, second, lengths], axis=1).astype(np.float32))
 
 
+def text_features(texts: Sequence[str], text_pairs: Sequence[str | None] | None,
+                  config: RouterConfig) -> dict[str, torch.Tensor]:
+    """Router inputs read from the raw text, N rows at once on the CPU: fusion: "surface"
+    [N, F]; {} for the other variants."""
+    return {"surface": surface_features(texts, text_pairs)} if config.variant == "fusion" else {}
+
+
+def state_features(states: Sequence[torch.Tensor], attention_mask: torch.Tensor,
+                   config: RouterConfig) -> dict[str, torch.Tensor]:
+    """Router inputs read from the frozen hidden states 0..k (each [B, T, H]): "pooled"
+    [B, k+1, H] mean-pooled; paper: also "last" [B, H] (last real token) and "mean_last" [B, H]."""
+    feats = {"pooled": torch.stack([mean_pool(h, attention_mask) for h in states], 1).float()}
+    if config.variant == "paper":
+        feats["last"] = last_token(states[-1], attention_mask).float()
+        feats["mean_last"] = mean_pool(states[-1], attention_mask).float()
+    return feats
+
+
+@torch.no_grad()
+def base_states(model: nn.Module, batch: dict[str, torch.Tensor], layer: int) -> list[torch.Tensor]:
+    """Hidden states 0..``layer`` of ``model`` with its adapters off (the frozen base model)."""
+    from .adapters import adapters_off
+
+    with adapters_off(batch["input_ids"].shape[0], batch["input_ids"].device):
+        return hidden_states(model, batch, layer)
+
+
 @torch.no_grad()
 def batch_features(model: nn.Module, batch: dict[str, torch.Tensor], texts: Sequence[str],
                    text_pairs: Sequence[str | None] | None,
                    config: RouterConfig) -> dict[str, torch.Tensor]:
-    """Router inputs of one tokenized batch, read from the base model with adapters off.
-
-    "pooled": [B, k+1, H] mean-pooled states of layers 0..k; paper: "last" [B, H] (last real
-    token, last layer) and "mean_last" [B, H]; fusion: "surface" [B, F].
-    """
-    from .adapters import use_experts
-
-    rows = batch["input_ids"].shape[0]
-    with use_experts(torch.full((rows,), -1, dtype=torch.long, device=batch["input_ids"].device)):
-        states = hidden_states(model, batch, config.layer)
-    mask = batch["attention_mask"]
-    feats = {"pooled": torch.stack([mean_pool(h, mask) for h in states], 1).float()}
-    if config.variant == "paper":
-        feats["last"] = last_token(states[-1], mask).float()
-        feats["mean_last"] = mean_pool(states[-1], mask).float()
-    if config.variant == "fusion":
-        feats["surface"] = surface_features(texts, text_pairs).to(mask.device)
-    return feats
+    """Router inputs of one tokenized batch, read from the base model with adapters off
+    (``state_features`` of ``base_states`` and ``text_features``)."""
+    feats = state_features(base_states(model, batch, config.layer), batch["attention_mask"], config)
+    device = batch["attention_mask"].device
+    return feats | {k: v.to(device) for k, v in text_features(texts, text_pairs, config).items()}
 
 
 def extract_features(model: nn.Module, tokenizer, texts: Sequence[str],
                      text_pairs: Sequence[str | None] | None, config: RouterConfig,
-                     batch_size: int = 64,
+                     batch_size: int = 64, max_tokens: int | None = 4096,
                      progress: Callable[[int, int], None] | None = None) -> dict[str, torch.Tensor]:
-    """``batch_features`` for N rows, in chunks, concatenated on the CPU."""
-    from .backbone import tokenize_mixed
+    """Router inputs of N rows, on the CPU in input order: rows tokenized once, run in
+    length-sorted micro-batches (at most ``batch_size`` rows, ``max_tokens`` padded tokens);
+    text features in one call. ``progress(rows done, N)`` after each micro-batch."""
+    from .backbone import encode_rows
 
     device = next(model.parameters()).device
-    pairs = list(text_pairs) if text_pairs is not None else [None] * len(texts)
+    encoded = encode_rows(tokenizer, texts, text_pairs, config.max_length)
+    batches = batching.plan(encoded.lengths, max_tokens, batch_size)
     parts: list[dict[str, torch.Tensor]] = []
-    for start in range(0, len(texts), batch_size):
-        chunk_t, chunk_p = list(texts[start:start + batch_size]), pairs[start:start + batch_size]
-        batch, _ = tokenize_mixed(tokenizer, chunk_t, chunk_p, config.max_length, device)
-        parts.append({k: v.cpu() for k, v in batch_features(model, batch, chunk_t, chunk_p, config).items()})
+    done = 0
+    for rows in batches:
+        batch = encoded.batch(rows, device)                                   # [B, T_max] each
+        states = base_states(model, batch, config.layer)
+        parts.append({k: v.cpu() for k, v in state_features(
+            states, batch["attention_mask"], config).items()})
+        done += len(rows)
         if progress is not None:
-            progress(min(start + batch_size, len(texts)), len(texts))
-    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+            progress(done, len(encoded))
+    feats = {k: batching.restore_order(batches, [p[k] for p in parts]) for k in parts[0]}
+    return feats | text_features(texts, text_pairs, config)
 
 
 # ----------------------------------------------------------------------------- modules
@@ -252,6 +279,8 @@ def train_router(router: Router, feats: dict[str, torch.Tensor], labels: torch.T
     """Cross-entropy on the task id, Adam, minibatches; returns the loss history per epoch.
 
     Batch order, dropout and noise come from ``router.generator`` (never the global RNG).
+    ``progress(epoch, epochs, loss)`` after each epoch may raise to stop (a cancel); RouterError
+    when the loss stops being finite (e.g. too high a learning rate).
     """
     cfg = router.config
     generator = router.generator
@@ -271,6 +300,9 @@ def train_router(router: Router, feats: dict[str, torch.Tensor], labels: torch.T
             optimizer.step()
             total += loss.item() * len(idx)
         schedule.step()
+        if not math.isfinite(total):
+            raise RouterError(f"router loss became {total / num} in epoch {epoch}: lower the "
+                              f"learning rate (now {cfg.lr:g})")
         history.append({"epoch": epoch, "loss": total / num})
         if progress is not None:
             progress(epoch, cfg.epochs, total / num)
@@ -329,6 +361,8 @@ def sweep_layers(config: RouterConfig, layers: Sequence[int], backbone, train: R
     """One router per layer k, features cached once at the deepest layer; held-out reports.
 
     Returns [{"layer", "router", "report", "cost"}], cost = fraction of a full base pass.
+    ``progress(stage, done, total)``: stages "features", "held-out features" (rows) and
+    "training layer k" (epochs); it may raise to stop (a cancel).
     """
     num_layers = backbone.info.num_layers
     deepest = config.resolved(num_layers).layer if config.variant == "paper" else max(layers)
@@ -345,7 +379,9 @@ def sweep_layers(config: RouterConfig, layers: Sequence[int], backbone, train: R
     for layer in ([deepest] if config.variant == "paper" else layers):
         cfg = RouterConfig(**{**config.to_dict(), "layer": layer})
         router = build_router(cfg, len(train.names), backbone.info.hidden_size, num_layers)
-        history = train_router(router, feats, train.labels)
+        history = train_router(router, feats, train.labels, progress=(
+            lambda epoch, epochs, _loss, k=router.config.layer:
+            progress(f"training layer {k}", epoch, epochs)) if progress else None)
         report = evaluate_router(router, held, held_out.labels, train.names)
         report.history = history
         results.append({"layer": router.config.layer, "router": router, "report": report,

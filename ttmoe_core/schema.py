@@ -4,18 +4,22 @@ Files come from users and from the internet (packs are shared), so each one is v
 and range with ``jsonschema`` (declarative schemas as data; already installed with Streamlit)
 before a single byte of tensor memory is allocated from its values. Every failure is one
 ``SchemaError`` whose message names the file and the field, e.g.
-``adapter_config.json: field $.rank: 'abc' is not of type 'integer'``.
+``adapter_config.json: field $.rank: 'abc' is not of type 'integer'``. ``SchemaError`` is a
+``StoreError`` (the store's one error type for callers).
 
 Bounds are generous for real models (a 405B LLaMA has hidden size 16,384 and 126 layers) and
 small enough that no allowed value can make an allocation or a loop explode.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
 import jsonschema
+
+from .safefs import StoreError
 
 MAX_DIM = 1 << 20            # hidden / intermediate / head sizes
 MAX_LAYERS = 4096
@@ -31,7 +35,7 @@ MAX_NAME = 256               # free-text names (task, target, label); expert nam
 DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "bool")
 
 
-class SchemaError(ValueError):
+class SchemaError(StoreError):
     """A JSON file that does not follow its schema; the message names the file and the field."""
 
 
@@ -174,9 +178,13 @@ SCHEMAS: Mapping[str, dict] = MappingProxyType({
     "expert": EXPERT_CONFIG, "router": ROUTER_CONFIG, "pack": PACK_MANIFEST, "model": MODEL_CONFIG,
 })
 
-# "integer" means a JSON integer literal: 5.0 is refused (a float where code needs an int)
-_TYPES = jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
-    "integer", lambda _checker, value: isinstance(value, int) and not isinstance(value, bool))
+# "integer" means a JSON integer literal: 5.0 is refused (a float where code needs an int);
+# "number" a finite one: NaN passes every range check, so it is refused by type
+_TYPES = jsonschema.Draft202012Validator.TYPE_CHECKER.redefine_many({
+    "integer": lambda _checker, value: isinstance(value, int) and not isinstance(value, bool),
+    "number": lambda _checker, value: (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                       and math.isfinite(value)),
+})
 _Validator = jsonschema.validators.extend(jsonschema.Draft202012Validator, type_checker=_TYPES)
 _VALIDATORS = MappingProxyType({kind: _Validator(schema) for kind, schema in SCHEMAS.items()})
 

@@ -7,127 +7,99 @@ An expert folder follows PEFT's layout:
                                         and a manifest of every tensor (shape, dtype)
     <expert>/adapter_model.safetensors  TT cores (or LoRA A/B) + the task head
 
-Writes go to a temporary sibling folder that is renamed into place, so a crash never leaves a
-half-written expert. Loading checks everything and raises ``StoreError`` with a message a person
-can act on; nothing is unpickled or executed.
+Writes go to a temporary sibling folder published in one rename or swap (``safefs``): a reader
+finds the old or the new folder, never half of one; ``recover`` cleans what a killed process left.
+Reading checks everything before any tensor memory is allocated: each JSON file against its
+schema (``schema``), then the weights file's header against the JSON (``tensorfile``, ``shapes``),
+and only then the tensor data. Names are never paths (``names``); nothing inside an expert or a
+pack may be a symbolic link. Every problem is a ``StoreError`` with a message a person can act
+on; nothing is unpickled or executed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-import re
-import shutil
-import tempfile
-from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from . import tt
+from . import safefs, schema, shapes, tensorfile, tt
 from .backbone import BackboneInfo, check_fingerprint
 from .experts import ConfigError, Expert, ExpertConfig
-from .names import NAME_RULE, is_valid_name
+from .names import NAME_RULE, NameError_, check_name, inside, is_valid_name
+from .safefs import StoreError, atomic_dir, write_json
+from .tensorfile import manifest
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 FORMAT = "ttmoe-expert"
 FORMAT_VERSION = 1
+JSON_LIMIT = 64 << 20                  # bytes: the largest JSON file read
 
 
-class StoreError(ValueError):
-    """A file or folder of the workspace is missing, malformed, or does not fit."""
-
-
-@contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary folder; on success it replaces ``path`` in one rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+def read_json(path: Path, what: str, kind: str | None = None, fmt: str | None = None) -> dict:
+    """A JSON object read from the regular file ``path`` (bounded size); with ``fmt``, its
+    ``format`` tag must be that; with ``kind``, it must follow that ``schema``."""
+    raw = safefs.read_bounded(path, JSON_LIMIT, what)
     try:
-        yield tmp
-        replace_dir(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def replace_dir(src: str | Path, dest: str | Path) -> None:
-    """Move a finished folder into place, replacing ``dest`` (two renames)."""
-    src, dest = Path(src), Path(dest)
-    old = None
-    if dest.exists():
-        old = dest.parent / f".{dest.name}.old-{os.getpid()}"
-        os.replace(dest, old)
-    os.replace(src, dest)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def write_json(path: Path, data: Mapping) -> None:
-    """Write JSON atomically (temp file + rename)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def read_json(path: Path, what: str) -> dict:
-    if not path.is_file():
-        raise StoreError(f"{what}: {path} is missing")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise StoreError(f"{what}: {path} is not UTF-8 text") from None
     except json.JSONDecodeError as exc:
         raise StoreError(f"{what}: {path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except (ValueError, RecursionError):
+        raise StoreError(f"{what}: {path} is not valid JSON (nested too deeply or a number too "
+                         "long)") from None
     if not isinstance(data, dict):
         raise StoreError(f"{what}: {path} must hold a JSON object")
+    if fmt is not None and data.get("format") != fmt:
+        description = {"expert": "expert config", "pack": "pack manifest"}.get(kind, f"{kind} config")
+        raise StoreError(f"{what}: {path.name} is not a TT-LoRA MoE {description} "
+                         f"(format {data.get('format')!r:.80}, expected {fmt!r})")
+    if kind is not None:
+        try:
+            schema.validate(data, kind, path.name)
+        except schema.SchemaError as exc:
+            raise schema.SchemaError(f"{what}: {exc}") from None
     return data
 
 
-def read_tensors(path: Path, what: str) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise StoreError(f"{what}: {path} is missing")
+def recover(folder: str | Path) -> list[str]:
+    """Finish or undo what killed saves left in ``folder`` and in each pack folder in it (and its
+    ``experts/``): temporary folders removed, interrupted replacements completed. Call it on
+    start before writing; never raises; returns what was done."""
+    folder = Path(folder)
+    done = safefs.recover(folder)
     try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise StoreError(f"{what}: {path} is not a readable safetensors file "
-                         f"(truncated or corrupt: {exc})") from None
+        packs = [p for p in folder.iterdir() if not p.name.startswith(".") and not p.is_symlink()
+                 and (p / PACK_FILE).is_file()]
+    except OSError:
+        return done
+    for pack in packs:
+        done += safefs.recover(pack) + safefs.recover(pack / "experts")
+    return done
 
 
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
-def manifest(tensors: Mapping[str, torch.Tensor]) -> dict:
-    return {k: {"shape": list(v.shape), "dtype": _dtype_name(v.dtype)} for k, v in sorted(tensors.items())}
-
-
-def check_tensors(tensors: Mapping[str, torch.Tensor], expected: Mapping[str, Mapping],
-                  what: str) -> None:
-    """Same keys, shapes and dtypes as the manifest, all finite; else StoreError."""
-    missing, extra = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
-    if missing:
-        raise StoreError(f"{what}: tensors missing from the weights file: {missing[:5]}"
-                         f"{' …' if len(missing) > 5 else ''}")
-    if extra:
-        raise StoreError(f"{what}: unexpected tensors in the weights file: {extra[:5]}")
-    for key, spec in expected.items():
-        tensor = tensors[key]
-        if list(tensor.shape) != list(spec["shape"]):
-            raise StoreError(f"{what}: tensor {key} has shape {list(tensor.shape)}, "
-                             f"the config says {spec['shape']}")
-        if _dtype_name(tensor.dtype) != spec["dtype"]:
-            raise StoreError(f"{what}: tensor {key} has dtype {_dtype_name(tensor.dtype)}, "
-                             f"the config says {spec['dtype']}")
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise StoreError(f"{what}: tensor {key} holds NaN or infinite values")
+def check_replaceable(path: Path, kind: str, load: Callable[[Path], object]) -> None:
+    """``path`` may be written over: it is absent, an empty folder, or a valid ``kind`` (expert
+    or pack, checked by ``load``); else StoreError."""
+    safefs.recover(path.parent, path.name)
+    if not os.path.lexists(path):
+        return
+    if path.is_symlink() or not path.is_dir():
+        raise StoreError(f"{path} is a {'symbolic link' if path.is_symlink() else 'file'}, not "
+                         f"a folder: it cannot be replaced by a {kind}")
+    if not any(path.iterdir()):
+        return
+    try:
+        load(path)
+    except StoreError as exc:
+        raise StoreError(f"{path} is not a valid {kind}, so it is not replaced ({exc})") from None
 
 
 def expert_config_dict(expert: Expert) -> dict:
@@ -153,144 +125,90 @@ def expert_config_dict(expert: Expert) -> dict:
     }
 
 
-def save_expert(expert: Expert, path: str | Path) -> Path:
-    """Write an expert folder atomically; returns its path."""
-    path = Path(path)
+def _check_expert_name(name: object, folder: str = "a folder") -> str:
+    """``name`` when it can name an expert's folder; else StoreError (a name is never a path)."""
+    if not is_valid_name(name):
+        raise StoreError(f"expert name {str(name)[:100]!r} cannot name {folder} ({NAME_RULE})")
+    return name
+
+
+def _save_tensors(tensors: Mapping[str, torch.Tensor], path: Path, metadata: dict | None = None) -> None:
+    """A new safetensors file at ``path``: a hard link there (a pack being changed is a linked
+    copy, ``safefs.link_tree``) is removed first, never written through."""
+    safefs.remove(path)
+    save_file(dict(tensors), str(path), metadata=metadata)
+
+
+def _write_expert(expert: Expert, folder: Path) -> None:
+    """The two files of ``expert`` into the new (unpublished) folder ``folder``."""
     config = expert_config_dict(expert)
-    with atomic_dir(path) as tmp:
-        save_file({k: v.contiguous() for k, v in expert.tensors.items()}, str(tmp / WEIGHTS_FILE),
+    folder.mkdir(parents=True, exist_ok=True)
+    _save_tensors({k: v.contiguous() for k, v in expert.tensors.items()}, folder / WEIGHTS_FILE,
                   metadata={"format": FORMAT, "name": expert.name})
-        write_json(tmp / CONFIG_FILE, config)
+    write_json(folder / CONFIG_FILE, config)
+
+
+def save_expert(expert: Expert, path: str | Path) -> Path:
+    """Write an expert folder atomically; returns its path. An existing ``path`` is replaced only
+    when it is an empty folder or a valid expert."""
+    path = Path(path)
+    _check_expert_name(expert.name)
+    check_replaceable(path, "expert", load_expert)
+    with atomic_dir(path) as tmp:
+        _write_expert(expert, tmp)
     return path
 
 
-def load_expert(path: str | Path, expected_fingerprint: str | None = None) -> Expert:
-    """Read and validate an expert folder; StoreError on any problem."""
+@dataclass(frozen=True)
+class OpenedExpert:
+    """An expert folder read and checked up to its tensor data: ``expert`` has no tensors yet;
+    ``header`` is its weights file's checked header (``tensorfile.load`` reads the data)."""
+    expert: Expert
+    weights: Path
+    header: tensorfile.Header
+    what: str
+
+    def load(self) -> Expert:
+        """The expert with its tensors (checked again against the header, finite)."""
+        return dataclasses.replace(self.expert, tensors=tensorfile.load(self.weights, self.header, self.what))
+
+
+def open_expert(path: str | Path, expected_fingerprint: str | None = None) -> OpenedExpert:
+    """Read and validate an expert folder's JSON and its weights file's header (no tensor data):
+    StoreError on any problem. Lazy pools keep the result and read the data on first use."""
     path = Path(path)
     what = f"expert {path.name!r}"
     if not path.is_dir():
         raise StoreError(f"{what}: folder {path} does not exist")
-    data = read_json(path / CONFIG_FILE, what)
-    if data.get("format") != FORMAT:
-        raise StoreError(f"{what}: {CONFIG_FILE} is not a TT-LoRA MoE expert config "
-                         f"(format {data.get('format')!r}, expected {FORMAT!r})")
-    for key in ("name", "method", "task", "label_names", "base_model", "training", "tensors"):
-        if key not in data:
-            raise StoreError(f"{what}: {CONFIG_FILE} lacks the key {key!r}")
+    data = read_json(path / CONFIG_FILE, what, "expert", FORMAT)
     try:
+        check_name(data["name"], f"{what}: {CONFIG_FILE}: the expert name")
         config = ExpertConfig.from_dict(data["training"]).resolved()
         base = BackboneInfo(**data["base_model"])
+    except NameError_ as exc:
+        raise StoreError(str(exc)) from None
     except (ConfigError, TypeError) as exc:
         raise StoreError(f"{what}: bad training settings or base model in {CONFIG_FILE}: {exc}") from None
     if expected_fingerprint is not None:
         check_fingerprint(expected_fingerprint, base.fingerprint, f"{what} (base model {base.name!r})",
                           StoreError)
-    tensors = read_tensors(path / WEIGHTS_FILE, what)
-    check_tensors(tensors, data["tensors"], what)
-    _check_structure(tensors, config, data, base, what)
+    header = tensorfile.read_header(path / WEIGHTS_FILE, what)
+    tensorfile.check_manifest(header, data["tensors"], what)
+    shapes.check_expert(header, config.method, config.rank, config.targets, data.get("tt"),
+                        data["label_names"], base.hidden_size, base.num_layers, what)
     layout = {target: {"in_factors": info["in_factors"], "out_factors": info["out_factors"]}
               for target, info in (data.get("tt") or {}).items()}
-    return Expert(name=data["name"], config=config, label_names=list(data["label_names"]),
-                  tensors=tensors, base=base, tt_layout=layout, metrics=data.get("metrics", {}),
-                  history=data.get("history", []), data=data.get("data", {}),
-                  created=data.get("created", ""))
+    expert = Expert(name=data["name"], config=config, label_names=list(data["label_names"]),
+                    tensors={}, base=base, tt_layout=layout, metrics=data.get("metrics", {}),
+                    history=data.get("history", []), data=data.get("data", {}),
+                    created=data.get("created", ""))
+    return OpenedExpert(expert, path / WEIGHTS_FILE, header, what)
 
 
-def _check_structure(tensors: Mapping[str, torch.Tensor], config: ExpertConfig, data: Mapping,
-                     base: BackboneInfo, what: str) -> None:
-    """The head fits the labels and model; the adapter tensors fit the config (``_check_modules``)."""
-    num_labels = max(1, len(data["label_names"]))
-    head = tensors.get("head.weight")
-    if head is None or list(head.shape) != [num_labels, base.hidden_size]:
-        raise StoreError(f"{what}: head.weight must have shape [{num_labels}, {base.hidden_size}] "
-                         f"for labels {data['label_names']}")
-    if config.method not in ADAPTER_TENSORS:
-        return
-    if not isinstance(base.num_layers, int) or base.num_layers < 1:
-        raise StoreError(f"{what}: the base model's num_layers must be a positive integer, "
-                         f"got {base.num_layers!r}")
-    expected = _expected_suffixes(config, data.get("tt"), what)
-    modules = _check_modules(tensors, config.method, expected, base.num_layers, what)
-    if config.method != "tt-lora":
-        return
-    for module, target in modules.items():
-        shapes = list(expected[target].values())
-        got = [list(tensors[f"{module}.cores.{k}"].shape) for k in expected[target]]
-        if got != shapes:
-            raise StoreError(f"{what}: cores of {module} have shapes {got}, expected {shapes}")
-
-
-# adapter tensors are named "<module><separator><suffix>": TT cores "….cores.<k>", PEFT LoRA
-# "….lora_A.weight" / "….lora_B.weight"; the head's are "head.*"
-ADAPTER_TENSORS = {"tt-lora": ".cores.", "lora": ".lora_"}
-
-
-def _expected_suffixes(config: ExpertConfig, layout: object, what: str) -> dict[str, dict]:
-    """{target: {tensor suffix: expected shape (TT cores) or None}} from the config and TT layout."""
-    targets = list(config.targets or [])
-    if config.method == "lora":
-        return {target: {"A.weight": None, "B.weight": None} for target in targets}
-    layout = layout if isinstance(layout, dict) else {}
-    if set(layout) != set(targets):
-        raise StoreError(f"{what}: TT layout covers {sorted(layout)}, targets are {targets}")
-    expected = {}
-    for target, info in layout.items():
-        try:
-            shapes = [list(s) for s in tt.core_shapes(info["in_factors"], info["out_factors"],
-                                                      config.rank)]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise StoreError(f"{what}: bad TT layout for {target}: {exc}") from None
-        if shapes != [list(s) for s in info.get("core_shapes", shapes)]:
-            raise StoreError(f"{what}: recorded core shapes of {target} disagree with its factors")
-        expected[target] = {str(k): shape for k, shape in enumerate(shapes)}
-    return expected
-
-
-def _layer_index(module: str) -> int | None:
-    """The layer number in a module path (``encoder.layer.3.attention.self.query`` -> 3)."""
-    match = re.search(r"(?:^|\.)(\d+)\.", module)
-    return int(match.group(1)) if match else None
-
-
-def _check_modules(tensors: Mapping[str, torch.Tensor], method: str, expected: Mapping[str, Mapping],
-                   num_layers: int, what: str) -> dict[str, str]:
-    """Every adapter tensor belongs to a target module and every target module of every layer has
-    all its tensors; returns {module: target}. StoreError names what is missing or extra."""
-    separator = ADAPTER_TENSORS[method]
-    found: dict[str, set[str]] = {}
-    for key in tensors:
-        if key.startswith("head."):
-            continue
-        module, sep, suffix = key.rpartition(separator)
-        if not sep or module.rpartition(".")[2] not in expected:
-            raise StoreError(f"{what}: tensor {key} is not an adapter tensor of the targets "
-                             f"{sorted(expected)}")
-        found.setdefault(module, set()).add(suffix)
-    modules = {module: module.rpartition(".")[2] for module in found}
-    for target, suffixes in expected.items():
-        mine = [module for module, t in modules.items() if t == target]
-        if not mine:
-            raise StoreError(f"{what}: no adapter tensors for target {target!r}")
-        for module in mine:
-            missing, extra = set(suffixes) - found[module], found[module] - set(suffixes)
-            if missing or extra:
-                raise StoreError(f"{what}: {module} has tensors {sorted(found[module])}, "
-                                 f"expected {sorted(suffixes)}")
-        layers = Counter(_layer_index(module) for module in mine)
-        if None in layers:      # module paths without a layer number: nothing more to check
-            continue
-        absent = sorted(set(range(num_layers)) - set(layers))
-        if absent:
-            raise StoreError(f"{what}: no adapter tensors for target {target!r} in layer(s) "
-                             f"{absent} of the base model's {num_layers}")
-        beyond = sorted(i for i in layers if i >= num_layers)
-        if beyond:
-            raise StoreError(f"{what}: adapter tensors for target {target!r} in layer(s) {beyond}, "
-                             f"the base model has {num_layers}")
-        if len(set(layers.values())) > 1:
-            raise StoreError(f"{what}: the layers hold different numbers of {target!r} modules "
-                             f"({dict(sorted(layers.items()))})")
-    return modules
+def load_expert(path: str | Path, expected_fingerprint: str | None = None) -> Expert:
+    """Read and validate an expert folder; StoreError on any problem. The JSON and the weights
+    file's header are checked before the tensor data is read."""
+    return open_expert(path, expected_fingerprint).load()
 
 
 # ----------------------------------------------------------------------------- packs
@@ -333,27 +251,75 @@ class Pack:
         return router.eval()
 
 
-def _pack_manifest(path: Path, names: list[str], base: BackboneInfo, extra: Mapping | None) -> dict:
-    previous = read_json(path / PACK_FILE, "pack") if (path / PACK_FILE).exists() else {}
+def _pack_manifest(folder: Path, names: list[str], base: BackboneInfo, extra: Mapping | None) -> dict:
+    previous = read_json(folder / PACK_FILE, "pack") if (folder / PACK_FILE).exists() else {}
     return {**previous, "format": PACK_FORMAT, "format_version": FORMAT_VERSION,
             "experts": names, "base_model": base.to_dict(), **(extra or {})}
 
 
+def read_pack_manifest(path: Path) -> dict:
+    """pack.json, schema-checked, its expert names valid and distinct."""
+    what = f"pack {path.name!r}"
+    data = read_json(path / PACK_FILE, what, "pack", PACK_FORMAT)
+    for name in data["experts"]:
+        if not is_valid_name(name):
+            raise StoreError(f"{what}: {PACK_FILE} lists the expert {name[:100]!r}, which is not a "
+                             f"valid name ({NAME_RULE})")
+    if len(set(data["experts"])) != len(data["experts"]):
+        raise StoreError(f"{what}: {PACK_FILE} lists an expert twice")
+    return data
+
+
+def expert_folder(pack: Path, name: str) -> Path:
+    """``<pack>/experts/<name>``: inside the pack, no symbolic link on the way (not necessarily there)."""
+    folder = pack / "experts" / name
+    for step in (folder.parent, folder):
+        if step.is_symlink():
+            raise StoreError(f"pack {pack.name!r}: {step} is a symbolic link: a pack holds only "
+                             "real folders")
+    try:
+        inside(pack, "experts", name)
+    except NameError_ as exc:
+        raise StoreError(f"pack {pack.name!r}: {exc}") from None
+    return folder
+
+
+def _add_expert(folder: Path, expert: Expert, names: list[str]) -> None:
+    """Write ``expert`` into the unpublished pack ``folder`` that lists ``names`` and list it."""
+    target = expert_folder(folder, expert.name)
+    safefs.remove(target)
+    _write_expert(expert, target)
+    write_json(folder / PACK_FILE, _pack_manifest(folder, names + [expert.name], expert.base,
+                                                  {"router": None}))
+
+
+def _check_pack_target(pack_dir: Path) -> list[str]:
+    """The expert names of the pack at ``pack_dir`` (none if absent or empty); StoreError when
+    it is something else than a pack."""
+    safefs.recover(pack_dir.parent, pack_dir.name)
+    if pack_dir.is_symlink():
+        raise StoreError(f"{pack_dir} is a symbolic link: a pack is changed only in a real folder")
+    if os.path.lexists(pack_dir / PACK_FILE):
+        return read_pack_manifest(pack_dir)["experts"]
+    if os.path.lexists(pack_dir) and (not pack_dir.is_dir() or any(pack_dir.iterdir())):
+        raise StoreError(f"{pack_dir} is not a pack (no {PACK_FILE}): choose another folder")
+    return []
+
+
 def add_expert_to_pack(pack_dir: str | Path, expert: Expert) -> Path:
-    """Write one expert into ``<pack>/experts/<name>`` and list it; other experts' files untouched."""
+    """Write one expert into ``<pack>/experts/<name>`` and list it; other experts' files keep
+    their bytes. The pack changes in one step (a hard-linked copy swapped into place)."""
     pack_dir = Path(pack_dir)
-    if not is_valid_name(expert.name):
-        raise StoreError(f"expert name {expert.name!r} cannot name a folder of a pack ({NAME_RULE})")
-    names = read_json(pack_dir / PACK_FILE, "pack")["experts"] if (pack_dir / PACK_FILE).exists() else []
+    _check_expert_name(expert.name, "a folder of a pack")
+    names = _check_pack_target(pack_dir)
     if expert.name in names:
         raise StoreError(f"pack {pack_dir} already has an expert named {expert.name!r}")
     if names:
-        first = load_expert(pack_dir / "experts" / names[0])
+        first = load_expert(expert_folder(pack_dir, names[0]))
         check_fingerprint(first.base, expert.base.fingerprint, f"expert {expert.name!r}", StoreError,
                           reference="the pack's experts")
-    save_expert(expert, pack_dir / "experts" / expert.name)
-    write_json(pack_dir / PACK_FILE, _pack_manifest(pack_dir, names + [expert.name], expert.base,
-                                                    {"router": None}))
+    with atomic_dir(pack_dir, template=pack_dir) as tmp:
+        _add_expert(tmp, expert, names)
     return pack_dir
 
 
@@ -363,13 +329,16 @@ def build_pack(pack_dir: str | Path, experts: Sequence[Expert | str | Path], *, 
     """Write a new pack of ``experts`` (Expert objects or expert folders, validated on reading)
     and, given one, its ``router`` (``save_router`` with ``router_metrics`` and ``extra``).
 
-    The pack is built in a temporary sibling folder renamed into place: it appears whole or not
-    at all. StoreError when ``pack_dir`` exists (unless ``replace``), when there are no experts,
-    two share a name, or they were trained on different base models. Returns the experts.
+    The pack is built in a temporary sibling folder published in one step: it appears whole or
+    not at all. StoreError when ``pack_dir`` exists (with ``replace``: unless it is a valid pack
+    or an empty folder), when there are no experts, two share a name, a name is not a valid
+    folder name, or they were trained on different base models. Returns the experts.
     """
     pack_dir = Path(pack_dir)
-    if pack_dir.exists() and not replace:
-        raise StoreError(f"{pack_dir} already exists: choose another pack name")
+    if os.path.lexists(pack_dir):
+        if not replace:
+            raise StoreError(f"{pack_dir} already exists: choose another pack name")
+        check_replaceable(pack_dir, "pack", load_pack)
     loaded = [e if isinstance(e, Expert) else load_expert(e) for e in experts]
     if not loaded:
         raise StoreError("a pack needs at least one expert")
@@ -378,11 +347,15 @@ def build_pack(pack_dir: str | Path, experts: Sequence[Expert | str | Path], *, 
     if clashes:
         raise StoreError(f"two chosen experts are both named {clashes[0]!r}: rename one on "
                          "the Experts page first")
+    for expert in loaded:
+        _check_expert_name(expert.name, "a folder of a pack")
+        check_fingerprint(loaded[0].base, expert.base.fingerprint, f"expert {expert.name!r}",
+                          StoreError, reference="the pack's experts")
     with atomic_dir(pack_dir) as building:
-        for expert in loaded:
-            add_expert_to_pack(building, expert)
+        for i, expert in enumerate(loaded):
+            _add_expert(building, expert, names[:i])
         if router is not None:
-            save_router(building, router, names, router_metrics or {}, loaded[0].base, extra)
+            _write_router(building, router, names, router_metrics or {}, loaded[0].base, extra)
         elif extra:
             write_json(building / PACK_FILE, {**read_json(building / PACK_FILE, "pack"), **extra})
     return loaded
@@ -390,63 +363,92 @@ def build_pack(pack_dir: str | Path, experts: Sequence[Expert | str | Path], *, 
 
 def save_router(pack_dir: str | Path, router, names: list[str], metrics: Mapping,
                 base: BackboneInfo, extra: Mapping | None = None) -> None:
-    """Write (or replace) the pack's router; expert folders are not touched."""
+    """Write (or replace) the pack's router, for its experts ``names``; the pack changes in one
+    step (a hard-linked copy swapped into place) and expert files keep their bytes."""
     pack_dir = Path(pack_dir)
+    if not os.path.lexists(pack_dir / PACK_FILE):
+        raise StoreError(f"{pack_dir} is not a pack (no {PACK_FILE})")
+    _check_pack_target(pack_dir)
+    for name in names:
+        if not is_valid_name(name) or not expert_folder(pack_dir, name).is_dir():
+            raise StoreError(f"pack {pack_dir.name!r} has no expert {str(name)[:100]!r} for the router")
+    with atomic_dir(pack_dir, template=pack_dir) as tmp:
+        _write_router(tmp, router, names, metrics, base, extra)
+
+
+def _write_router(folder: Path, router, names: list[str], metrics: Mapping, base: BackboneInfo,
+                  extra: Mapping | None) -> None:
+    """The router's two files and the updated pack.json into the unpublished pack ``folder``."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in router.state_dict().items()}
     config = {"format": ROUTER_FORMAT, "format_version": FORMAT_VERSION,
               "config": router.config.to_dict(), "experts": list(names),
               "base_model": base.to_dict(), "metrics": dict(metrics),
               "params": sum(t.numel() for t in tensors.values()), "tensors": manifest(tensors)}
-    tmp = pack_dir / f".{ROUTER_WEIGHTS_FILE}.tmp-{os.getpid()}"
-    save_file(tensors, str(tmp))
-    os.replace(tmp, pack_dir / ROUTER_WEIGHTS_FILE)
-    write_json(pack_dir / ROUTER_CONFIG_FILE, config)
-    write_json(pack_dir / PACK_FILE, _pack_manifest(pack_dir, list(names), base, {
+    _save_tensors(tensors, folder / ROUTER_WEIGHTS_FILE)
+    write_json(folder / ROUTER_CONFIG_FILE, config)
+    write_json(folder / PACK_FILE, _pack_manifest(folder, list(names), base, {
         "router": {"variant": router.config.variant, "layer": router.config.layer,
                    "params": config["params"]},
         "metrics": {"router": dict(metrics)}, **(extra or {})}))
 
 
-def load_pack(path: str | Path, expected_fingerprint: str | None = None) -> Pack:
-    """Read and validate a pack: experts agree on the base model, router fits the experts."""
+def read_router(path: Path, pack: Mapping) -> tuple[object, tensorfile.Header, dict]:
+    """(RouterConfig, checked header, metrics) of the pack's router, from its JSON and the
+    weights file's header: its tensors fit the config, the experts and the base model."""
     from .router import RouterConfig, RouterError
 
+    what = f"router of pack {path.name!r}"
+    data = read_json(path / ROUTER_CONFIG_FILE, what, "router", ROUTER_FORMAT)
+    if data["experts"] != pack["experts"]:
+        raise StoreError(f"{what} was trained for experts {data['experts'][:20]}, the pack lists "
+                         f"{pack['experts'][:20]}: retrain the router (train-router)")
+    check_fingerprint(pack["base_model"]["fingerprint"], data["base_model"]["fingerprint"], what,
+                      StoreError, reference="the pack's manifest")
+    try:
+        config = RouterConfig.from_dict(data["config"])
+        expected = shapes.router_shapes(config, len(pack["experts"]), pack["base_model"]["hidden_size"],
+                                        pack["base_model"]["num_layers"])
+    except (TypeError, RouterError, StoreError) as exc:
+        raise StoreError(f"{what}: bad config ({exc})") from None
+    header = tensorfile.read_header(path / ROUTER_WEIGHTS_FILE, what)
+    tensorfile.check_manifest(header, data["tensors"], what)
+    shapes.check_router(header, expected, what)
+    return config, header, data.get("metrics", {})
+
+
+def load_pack(path: str | Path, expected_fingerprint: str | None = None) -> Pack:
+    """Read and validate a pack: names are folder names inside it, experts agree with the
+    manifest's base model, the router fits the experts; JSON and headers before tensor data."""
     path = Path(path)
     if not path.is_dir():
         raise StoreError(f"pack folder {path} does not exist")
-    data = read_json(path / PACK_FILE, f"pack {path.name!r}")
-    if data.get("format") != PACK_FORMAT or not isinstance(data.get("experts"), list):
-        raise StoreError(f"pack {path.name!r}: {PACK_FILE} is not a TT-LoRA MoE pack manifest")
-    base = data.get("base_model") if isinstance(data.get("base_model"), dict) else {}
-    experts = []
-    for name in data["experts"]:
-        expert = load_expert(path / "experts" / name)
-        if not isinstance(base.get("fingerprint"), str):
-            raise StoreError(f"pack {path.name!r}: {PACK_FILE} lacks the base model's fingerprint")
-        check_fingerprint(base["fingerprint"], expert.base.fingerprint,
-                          f"pack {path.name!r}: expert {name!r}", StoreError,
-                          reference="the pack's manifest")
-        experts.append(expert)
-    if not experts:
+    data = read_pack_manifest(path)
+    base = data["base_model"]
+    if not data["experts"]:
         raise StoreError(f"pack {path.name!r} lists no experts")
     if expected_fingerprint is not None:
         check_fingerprint(expected_fingerprint, base["fingerprint"],
                           f"pack {path.name!r} (base model {base.get('name')!r})", StoreError)
-    router_config = router_state = None
-    router_metrics: dict = {}
-    if (path / ROUTER_CONFIG_FILE).exists():
-        what = f"router of pack {path.name!r}"
-        rdata = read_json(path / ROUTER_CONFIG_FILE, what)
-        if rdata.get("experts") != data["experts"]:
-            raise StoreError(f"{what} was trained for experts {rdata.get('experts')}, the pack "
-                             f"lists {data['experts']}: retrain the router (train-router)")
-        try:
-            router_config = RouterConfig.from_dict(rdata["config"])
-        except (KeyError, TypeError, RouterError) as exc:
-            raise StoreError(f"{what}: bad config ({exc})") from None
-        router_state = read_tensors(path / ROUTER_WEIGHTS_FILE, what)
-        check_tensors(router_state, rdata.get("tensors", {}), what)
-        router_metrics = rdata.get("metrics", {})
+    folders = [expert_folder(path, name) for name in data["experts"]]
+    router = read_router(path, data) if os.path.lexists(path / ROUTER_CONFIG_FILE) else None
+    experts = []
+    for name, folder in zip(data["experts"], folders):
+        expert = load_expert(folder)
+        what = f"pack {path.name!r}: expert {name!r}"
+        if expert.name != name:
+            raise StoreError(f"{what}: its folder holds the expert {expert.name!r}")
+        check_fingerprint(base["fingerprint"], expert.base.fingerprint, what, StoreError,
+                          reference="the pack's manifest")
+        if (expert.base.hidden_size, expert.base.num_layers) != (base["hidden_size"], base["num_layers"]):
+            raise StoreError(f"{what}: its base model has hidden size {expert.base.hidden_size} and "
+                             f"{expert.base.num_layers} layers, {PACK_FILE} says {base['hidden_size']} "
+                             f"and {base['num_layers']}")
+        experts.append(expert)
+    router_config, router_state, router_metrics = None, None, {}
+    if router is not None:
+        router_config, header, router_metrics = router
+        router_state = tensorfile.load(path / ROUTER_WEIGHTS_FILE, header,
+                                       f"router of pack {path.name!r}")
     return Pack(path=path, experts=experts, base_model=base, router_config=router_config,
                 router_state=router_state, router_metrics=router_metrics, manifest=data,
                 max_length=router_config.max_length if router_config else 128)

@@ -3,23 +3,27 @@ experts, build packs and save their routers, all inside one root folder.
 
 A workspace root holds experts as ``<root>/<name>/`` and packs as ``<root>/packs/<name>/``. Every
 name follows ``names.NAME_RULE`` (a name is never a path); every folder written or removed is
-checked to stay inside the root (symbolic links are refused); replace and delete act only on
-folders that are valid experts or packs. Problems raise ``WorkspaceError`` (a ``StoreError``),
-with a message a person can act on. Reading any folder (``list_experts``, ``list_packs``) is
-harmless and allowed anywhere.
+checked to stay inside the root (symbolic links are refused); replace acts only on folders that
+are valid experts or packs, delete also on a corrupt one whose folder holds nothing but the files
+of its kind (so a broken expert can be removed, a folder of other files never). Problems raise
+``WorkspaceError`` (a ``StoreError``), with a message a person can act on. Reading any folder
+(``list_experts``, ``list_packs``) is harmless, allowed anywhere, and never raises.
+
+Opening a workspace recovers what killed saves left in it (``store.recover``).
 """
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from . import store
+from . import safefs, store
 from .experts import Expert
 from .names import NameError_, check_name, inside
 
 PACKS = "packs"              # the sub-folder of the root that holds packs (not an expert name)
+UNEXPECTED = "unreadable (unexpected "   # how a listing reports an error that is not a StoreError
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -36,7 +40,7 @@ def default_pack() -> Path:
 def list_experts(folder: str | Path) -> tuple[list[Path], dict[Path, str]]:
     """Expert folders under ``folder`` (one level): (valid ones, {invalid one: reason}).
 
-    Folders without an expert file and hidden ones (temporary saves) are skipped.
+    Folders without an expert file and hidden ones (temporary saves) are skipped; never raises.
     """
     return _listing(folder, (store.CONFIG_FILE, store.WEIGHTS_FILE), store.load_expert)
 
@@ -46,20 +50,27 @@ def list_packs(folder: str | Path) -> tuple[list[Path], dict[Path, str]]:
     return _listing(folder, (store.PACK_FILE,), store.load_pack)
 
 
-def _listing(folder: str | Path, markers: Sequence[str], load) -> tuple[list[Path], dict[Path, str]]:
-    folder = Path(folder)
+def _listing(folder: str | Path, markers: Sequence[str],
+             load: Callable[[Path], object]) -> tuple[list[Path], dict[Path, str]]:
     valid: list[Path] = []
     invalid: dict[Path, str] = {}
-    if not folder.is_dir():
+    try:
+        children = sorted(Path(e.path) for e in os.scandir(folder) if not e.name.startswith("."))
+    except (OSError, ValueError):
         return valid, invalid
-    for child in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        if not any((child / marker).exists() for marker in markers):
-            continue
+    for child in children:
         try:
+            if not child.is_dir() or not any(os.path.lexists(child / m) for m in markers):
+                continue
+            if child.is_symlink():
+                raise store.StoreError(f"{child} is a symbolic link: the workspace only uses real "
+                                       "folders")
             load(child)
             valid.append(child)
         except store.StoreError as exc:
             invalid[child] = str(exc)
+        except Exception as exc:    # noqa: BLE001 -- a listing shows every folder, whatever is in it
+            invalid[child] = f"{UNEXPECTED}{type(exc).__name__}: {exc})"
     return valid, invalid
 
 
@@ -68,6 +79,8 @@ class Workspace:
 
     def __init__(self, root: str | Path):
         self.root = Path(root).expanduser()
+        store.recover(self.root)
+        store.recover(self.packs_root)
 
     def __repr__(self) -> str:
         return f"Workspace({str(self.root)!r})"
@@ -135,14 +148,15 @@ class Workspace:
         target = self.expert_target(new_name)
         expert.name = new_name
         store.save_expert(expert, target)
-        shutil.rmtree(source)
+        safefs.remove(source)
         return target
 
     def delete_expert(self, name: str) -> None:
-        """Remove the folder of the expert ``name`` (only a valid expert)."""
+        """Remove the folder of the expert ``name``: a valid expert, or a corrupt one whose folder
+        holds only expert files."""
         path = self.expert_dir(name)
-        _valid(path, "expert", "delete")
-        shutil.rmtree(path)
+        _valid_or_only_ours(path, "expert", "delete")
+        safefs.remove(path)
 
     # ------------------------------------------------------------------ packs
 
@@ -164,10 +178,11 @@ class Workspace:
         return path
 
     def delete_pack(self, name: str) -> None:
-        """Remove the folder of the pack ``name`` (only a valid pack)."""
+        """Remove the folder of the pack ``name``: a valid pack, or a corrupt one whose folder
+        holds only pack files and expert folders."""
         path = self.pack_dir(name)
-        _valid(path, "pack", "delete")
-        shutil.rmtree(path)
+        _valid_or_only_ours(path, "pack", "delete")
+        safefs.remove(path)
 
 
 def _valid(path: Path, kind: str, action: str):
@@ -178,3 +193,46 @@ def _valid(path: Path, kind: str, action: str):
         return store.load_expert(path) if kind == "expert" else store.load_pack(path)
     except store.StoreError as exc:
         raise WorkspaceError(f"cannot {action} {path}: it is not a valid {kind} ({exc})") from None
+
+
+PACK_ENTRIES = {store.PACK_FILE, store.ROUTER_CONFIG_FILE, store.ROUTER_WEIGHTS_FILE, "experts"}
+EXPERT_ENTRIES = {store.CONFIG_FILE, store.WEIGHTS_FILE}
+
+
+def _valid_or_only_ours(path: Path, kind: str, action: str) -> None:
+    """Like ``_valid``, but a corrupt ``kind`` passes when ``_only_ours``."""
+    try:
+        _valid(path, kind, action)
+    except WorkspaceError:
+        if not (path.is_dir() and _only_ours(path, kind)):
+            raise
+
+
+def _only_ours(folder: Path, kind: str) -> bool:
+    """Whether ``folder`` holds nothing but what the store writes for ``kind`` (an expert: its two
+    files; a pack: its files and ``experts/`` of such expert folders) and leftovers of killed
+    saves, with its marker file (``adapter_config.json`` / ``pack.json``) present. A symbolic link
+    with one of these names counts: removing a link never touches what it points to."""
+    allowed = EXPERT_ENTRIES if kind == "expert" else PACK_ENTRIES
+    marker = store.CONFIG_FILE if kind == "expert" else store.PACK_FILE
+    seen = set()
+    try:
+        for entry in os.scandir(folder):
+            if safefs.is_leftover(entry.name):
+                continue
+            if entry.name not in allowed:
+                return False
+            seen.add(entry.name)
+            if entry.is_symlink():
+                continue
+            if entry.name == "experts":
+                if not entry.is_dir(follow_symlinks=False) or not all(
+                        e.is_symlink() or (e.is_dir(follow_symlinks=False)
+                                           and _only_ours(Path(e.path), "expert"))
+                        for e in os.scandir(entry.path)):
+                    return False
+            elif not entry.is_file(follow_symlinks=False):
+                return False
+    except OSError:
+        return False
+    return marker in seen

@@ -1,19 +1,25 @@
-"""Benchmarks, measured side by side in one run: ``python -m ttmoe_core.bench adapters|moe``.
+"""Benchmarks, measured side by side in one run: ``python -m ttmoe_core.bench adapters|moe|serve``.
 
 Modules: ``timing`` (interleaved rounds, medians, peak memory), ``results`` (a result's envelope,
 targets and text rendering), ``paper`` (the paper's gate-weighted scheme, the baseline),
-``adapters`` and ``moe`` (one benchmark each), ``__main__`` (the command line).
+``pools`` (random expert pools in memory and on disk, memory in a fresh process),
+``adapters``, ``moe`` and ``serve`` (one benchmark each), ``__main__`` (the command line).
 """
 
 from .adapters import (ADAPTER_DEFAULTS, ADAPTER_QUICK, PAPER_LAYER, bench_adapters,
                        contraction_variants, crossover, format_adapters, synthetic_batch)
 from .moe import DEMO_PACK, MOE_DEFAULTS, MOE_QUICK, bench_moe, format_moe, mixed_rows
 from .paper import GateWeightedMoE, GateWeightedTTLoRA, max_logit_difference
+from .pools import random_pool, rss_in_fresh_process, upper_layer_experts
 from .results import TARGETS, ratio_check
-from .timing import MEMORY_NOTE_CPU, MEMORY_NOTE_CUDA, memory_note, peak_memory, time_interleaved
+from .serve import SERVE_DEFAULTS, SERVE_QUICK, bench_serve, format_serve
+from .timing import (MEMORY_NOTE_CPU, MEMORY_NOTE_CUDA, memory_note, peak_memory, time_interleaved,
+                     time_paired)
 
 __all__ = ["ADAPTER_DEFAULTS", "ADAPTER_QUICK", "DEMO_PACK", "MEMORY_NOTE_CPU", "MEMORY_NOTE_CUDA",
            "MOE_DEFAULTS", "MOE_QUICK", "PAPER_LAYER", "TARGETS", "GateWeightedMoE",
            "GateWeightedTTLoRA", "bench_adapters", "bench_moe", "contraction_variants",
            "crossover", "format_adapters", "format_moe", "max_logit_difference", "memory_note",
-           "mixed_rows", "peak_memory", "ratio_check", "synthetic_batch", "time_interleaved"]
+           "mixed_rows", "peak_memory", "random_pool", "ratio_check", "rss_in_fresh_process",
+           "SERVE_DEFAULTS", "SERVE_QUICK", "bench_serve", "format_serve", "synthetic_batch",
+           "time_interleaved", "time_paired", "upper_layer_experts"]

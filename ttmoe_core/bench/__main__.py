@@ -1,4 +1,4 @@
-"""Benchmarks, measured side by side in one run: ``python -m ttmoe_core.bench adapters|moe``.
+"""Benchmarks, measured side by side in one run: ``python -m ttmoe_core.bench adapters|moe|serve``.
 
 ``adapters``: on the base model (default: the embedded all-MiniLM-L6-v2)
   - inference: frozen model vs the same model with TT-LoRA (rank 5) on every query/value module;
@@ -14,6 +14,11 @@
       every layer sums the gate-weighted outputs of ALL E experts (``GateWeightedMoE``, checked
       equal to the mixture before timing);
   then the mixture's expert part for E = 1, 6, 16, 64 experts (random cores beyond the pack).
+``serve``: the same mixed rows (96 validation rows of the pack's tasks) from text to answers:
+  the frozen floor on length-sorted micro-batches, the mixture before (one padded batch) and now,
+  with upper-layer experts (router prefix shared), PEFT LoRA r16 with ``adapter_names=`` (one
+  padded batch and the same micro-batches), the paper's scheme; the expert part per row and the
+  memory for E = 6, 64, 1,000, 10,000; a 1,000-expert pack loaded from disk; single-row latency.
 
 Timing: the variants of a table run interleaved (the order rotates each round) and each figure
 is the median over the rounds; ``torch.cuda.synchronize`` brackets every sample on CUDA.
@@ -34,6 +39,7 @@ from ..cli.args import EXIT_USAGE, Parser, UsageError, positive_int, positive_in
 from ..runinfo import usable_cores
 from .adapters import ADAPTER_DEFAULTS, ADAPTER_QUICK, bench_adapters, format_adapters
 from .moe import DEMO_PACK, MOE_DEFAULTS, MOE_QUICK, bench_moe, format_moe
+from .serve import SERVE_DEFAULTS, SERVE_QUICK, bench_serve, format_serve
 
 
 def _settings(args: argparse.Namespace, defaults: dict, quick: dict) -> dict:
@@ -51,6 +57,14 @@ def _run_adapters(args: argparse.Namespace, device: torch.device) -> tuple[dict,
 def _run_moe(args: argparse.Namespace, device: torch.device) -> tuple[dict, str]:
     result = bench_moe(_settings(args, MOE_DEFAULTS, MOE_QUICK), args.pack, args.data_dir, device)
     return result, format_moe(result)
+
+
+def _run_serve(args: argparse.Namespace, device: torch.device) -> tuple[dict, str]:
+    settings = _settings(args, SERVE_DEFAULTS, SERVE_QUICK)
+    if args.no_rss:
+        settings["rss"] = False
+    result = bench_serve(settings, args.pack, args.data_dir, device, upper_pack=args.upper_pack)
+    return result, format_serve(result)
 
 
 def build_parser() -> Parser:
@@ -87,6 +101,29 @@ def build_parser() -> Parser:
     m.add_argument("--experts-scan", type=positive_int_list, default=None,
                    help="numbers of experts for the expert-part scan (default 1,6,16,64)")
     m.set_defaults(run=_run_moe)
+
+    s = sub.add_parser("serve", parents=[common], help="mixed rows served: mixture vs frozen floor "
+                                                      "vs PEFT adapter_names; large pools")
+    s.add_argument("--pack", default=str(DEMO_PACK), help="pack folder (default: assets/demo)")
+    s.add_argument("--upper-pack", default=None,
+                   help="pack of trained upper-layer experts (default: the pack's experts with "
+                        "their cores below the router's layer zeroed, same cost)")
+    s.add_argument("--data-dir", default=None, help="task data folder (default: the engine's)")
+    s.add_argument("--rows", type=positive_int, default=None, help="mixed rows (default 96)")
+    s.add_argument("--max-length", type=positive_int, default=None,
+                   help="tokens per row at most (default: the pack's)")
+    s.add_argument("--experts-scan", type=positive_int_list, default=None,
+                   help="numbers of experts for the expert part and memory "
+                        "(default 6,64,1000,10000)")
+    s.add_argument("--disk-experts", type=positive_int, default=None,
+                   help="experts in the pack written and loaded back (default 1000)")
+    s.add_argument("--latency-rows", type=positive_int, default=None,
+                   help="rows timed one at a time (default 8)")
+    s.add_argument("--latency-repeats", type=positive_int, default=None,
+                   help="rounds per single row (default 15)")
+    s.add_argument("--no-rss", action="store_true",
+                   help="skip the memory probes (a fresh process per E)")
+    s.set_defaults(run=_run_serve)
     return parser
 
 

@@ -6,7 +6,6 @@ part against the number of experts E (random cores beyond the pack).
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -14,12 +13,12 @@ from pathlib import Path
 import torch
 
 from .. import tasks
-from ..adapters import inject_tt_lora, use_experts
 from ..backbone import Backbone, tokenize_mixed
 from ..experts import build_expert_model
 from ..moe import TTLoRAMoE
 from ..runinfo import load_average
 from .paper import GateWeightedMoE, max_logit_difference
+from .pools import random_pool
 from .results import envelope, header_lines, mib, ms, ratio_lines, ratios_and_targets
 from .timing import memory_note, peak_memory, time_interleaved
 
@@ -126,30 +125,21 @@ def bench_moe(settings: dict, pack: str | Path, data_dir, device: torch.device) 
 
 def _expert_scan(bb: Backbone, mixture: TTLoRAMoE, batch: dict[str, torch.Tensor], settings: dict,
                  device: torch.device) -> list[dict]:
-    """The expert part (one pass, cores gathered per row) with banks of E random experts."""
-    layout = mixture.experts[0].tt_layout
-    shapes = {t: l["in_factors"] + l["out_factors"] for t, l in layout.items()}
-    rank = max(e.config.rank for e in mixture.experts)
+    """The expert part (one pass, cores gathered per row) with pools of E random experts."""
     rows = batch["input_ids"].shape[0]
-    models, indices = {}, {}
+    mixtures, indices = {}, {}
     for num_experts in settings["experts_scan"]:
-        encoder = copy.deepcopy(bb.model)
-        inject_tt_lora(encoder, list(layout), rank=rank, alpha=1.0, shapes=shapes,
-                       num_experts=num_experts, init="kaiming",
-                       generator=torch.Generator().manual_seed(num_experts))
-        models[num_experts] = encoder.eval()
+        pool = random_pool(mixture.pool, num_experts, seed=num_experts)
+        mixtures[num_experts] = TTLoRAMoE(bb, pool, None, mixture.max_length)
         indices[num_experts] = torch.arange(rows, device=device) % num_experts    # [B]
 
     def forward(num_experts: int) -> Callable[[], torch.Tensor]:
-        def run() -> torch.Tensor:
-            with use_experts(indices[num_experts]):
-                return models[num_experts](**batch).last_hidden_state
-        return run
+        return lambda: mixtures[num_experts].expert_logits(batch, indices[num_experts])
 
     with torch.no_grad():
-        times = time_interleaved({e: forward(e) for e in models}, settings["repeats"], device)
+        times = time_interleaved({e: forward(e) for e in mixtures}, settings["repeats"], device)
     return [{"experts": e, "distinct_experts_in_batch": int(indices[e].unique().numel()),
-             **times[e]} for e in models]
+             **times[e]} for e in mixtures]
 
 
 def format_moe(result: dict) -> str:

@@ -17,27 +17,41 @@ import torch
 from torch import nn
 
 from .. import tt
-from ..adapters import TTLoRALinear, current_expert_index, replace_submodule, tt_layers
-from ..moe import TTLoRAMoE, per_row_logits
+from ..adapters import GatheredTTLinear, current_expert_index, replace_submodule, use_experts
+from ..backbone import mean_pool
+from ..moe import TTLoRAMoE
 from ..router import batch_features
+
+
+def per_row_logits(encoder: nn.Module, head_weight: torch.Tensor, head_bias: torch.Tensor,
+                   batch: dict[str, torch.Tensor], expert_idx: torch.Tensor) -> torch.Tensor:
+    """Logits [B, C_max]: one pass of ``encoder`` with row b's expert ``expert_idx[b]`` in every
+    adapted layer (``adapters.use_experts``), mean-pooled, through row b's head (head_weight
+    [E, C_max, H], head_bias [E, C_max])."""
+    with use_experts(expert_idx):
+        hidden = encoder(**batch).last_hidden_state                       # [B, T, H]
+    pooled = mean_pool(hidden, batch["attention_mask"])                   # [B, H]
+    weight, bias = head_weight[expert_idx], head_bias[expert_idx]         # [B, C_max, H], [B, C_max]
+    return torch.einsum("bch,bh->bc", weight, pooled) + bias
 
 
 class GateWeightedTTLoRA(nn.Module):
     """The paper's MoE layer: ``y = W x + b + Σ_e gate[b, e] · α·TT_e(x_b)`` over ALL E experts.
 
-    Holds a copy of a ``TTLoRALinear``'s stacked cores [E, r, s, r']. The gate [B, E] is the
+    Holds every expert's cores of one module stacked, [E, R, s, R'] (α folded in). The gate [B, E] is the
     one-hot of the per-row expert index given by ``adapters.use_experts`` (row -1: zero gate, the
     frozen base), so it is computed per call, not stored. Every expert's TT output is computed for
     the whole batch and weighted: the cost grows with E (what the mixture avoids).
     """
 
-    def __init__(self, layer: TTLoRALinear):
+    def __init__(self, base: nn.Linear, cores: Sequence[torch.Tensor], in_factors: Sequence[int],
+                 out_factors: Sequence[int], alpha: float = 1.0):
         super().__init__()
-        self.base = layer.base
-        self.in_factors, self.out_factors = list(layer.in_factors), list(layer.out_factors)
-        self.alpha = layer.alpha
+        self.base = base
+        self.in_factors, self.out_factors = list(in_factors), list(out_factors)
+        self.alpha = alpha
         self.cores = nn.ParameterList(nn.Parameter(c.detach().clone(), requires_grad=False)
-                                      for c in layer.cores)
+                                      for c in cores)
 
     @property
     def num_experts(self) -> int:
@@ -65,8 +79,9 @@ class GateWeightedMoE(nn.Module):
     """The paper's serving scheme built from a ``TTLoRAMoE``: a router pass over the WHOLE base
     model, then a second full pass whose TT layers are ``GateWeightedTTLoRA`` (all E experts).
 
-    The encoder is a copy of the mixture's, with each ``TTLoRALinear`` replaced (its stacked cores
-    copied); heads and router are the mixture's. The router reads the same features as in the
+    The encoder is a copy of the mixture's, each ``GatheredTTLinear`` replaced by a
+    ``GateWeightedTTLoRA`` holding all E experts' cores of its module (from the mixture's pool);
+    heads and router are the mixture's. The router reads the same features as in the
     mixture, but the base model runs through all its layers first, as the paper's router reads
     the last hidden state.
     """
@@ -74,10 +89,16 @@ class GateWeightedMoE(nn.Module):
     def __init__(self, mixture: TTLoRAMoE):
         super().__init__()
         self.encoder = copy.deepcopy(mixture.encoder)
-        for name, layer in tt_layers(self.encoder).items():
-            replace_submodule(self.encoder, name, GateWeightedTTLoRA(layer))
-        self.register_buffer("head_weight", mixture.head_weight.clone())   # [E, C_max, H]
-        self.register_buffer("head_bias", mixture.head_bias.clone())       # [E, C_max]
+        slots = {slot.name: slot for slot in mixture.pool.slots}
+        for name, layer in list(self.encoder.named_modules()):
+            if isinstance(layer, GatheredTTLinear):
+                slot = slots[layer.name]
+                replace_submodule(self.encoder, name, GateWeightedTTLoRA(
+                    layer.base, mixture.pool.dense_cores(slot.name), slot.in_factors,
+                    slot.out_factors))
+        head_weight, head_bias = mixture.pool.dense_heads()
+        self.register_buffer("head_weight", head_weight)                   # [E, C_max, H]
+        self.register_buffer("head_bias", head_bias)                       # [E, C_max]
         self.router = mixture.router
         self.eval()
 

@@ -15,6 +15,19 @@ TARGETS = {
     "train_step_tt_vs_lora": (1.10, "<="),
     "mixture_vs_single_throughput": (0.75, ">="),
     "expert_time_max_over_min": (1.10, "<="),
+    # serve (issue 11)
+    "mixture_vs_floor": (0.85, ">="),
+    "upper_mixture_vs_floor": (0.85, ">="),
+    "mixture_vs_peft_same_batching": (1.0, ">="),
+    "upper_mixture_vs_peft_same_batching": (1.0, ">="),
+    "gathered_vs_frozen_same_batches": (1.10, "<="),
+    "gathered_vs_frozen_one_padded_batch": (1.10, "<="),
+    "expert_time_per_row_e10000_vs_e6": (1.15, "<="),
+    "rss_added_gb_e10000": (0.6, "<="),
+    "pool_1000_ready_s": (10.0, "<="),
+    "pool_1000_ready_eager_s": (10.0, "<="),
+    "single_row_latency_vs_frozen": (1.3, "<="),
+    "upper_single_row_latency_vs_frozen": (1.3, "<="),
 }
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -66,6 +66,34 @@ def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int, device:
     return {name: {"median_s": statistics.median(s), "min_s": min(s), "max_s": max(s),
                    "rounds": len(s), "calls_per_sample": calls[name]}
             for name, s in samples.items()}
+
+
+def time_paired(parts: dict[str, Sequence[Callable[[], object]]], repeats: int,
+                device: torch.device, warmup: int = 1) -> dict[str, dict]:
+    """Seconds per round of each variant, whose work is a list of parts (e.g. one call per
+    micro-batch): part j of every variant runs back to back (order rotating), so a change of the
+    machine's load between parts hits the variants alike. Returns {name: {median_s, min_s,
+    max_s, rounds, round_s}}, ``round_s``: each round's total, for paired ratios."""
+    names = list(parts)
+    for name in names:
+        for _ in range(warmup):
+            for fn in parts[name]:
+                fn()
+    totals: dict[str, list[float]] = {name: [] for name in names}
+    for round_idx in range(repeats):
+        spent = dict.fromkeys(names, 0.0)
+        for j in range(len(parts[names[0]])):
+            shift = (round_idx + j) % len(names)
+            for name in names[shift:] + names[:shift]:
+                _sync(device)
+                start = time.perf_counter()
+                parts[name][j]()
+                _sync(device)
+                spent[name] += time.perf_counter() - start
+        for name in names:
+            totals[name].append(spent[name])
+    return {name: {"median_s": statistics.median(t), "min_s": min(t), "max_s": max(t),
+                   "rounds": len(t), "round_s": t} for name, t in totals.items()}
 
 
 def peak_memory(fn: Callable[[], object], device: torch.device) -> int | None:

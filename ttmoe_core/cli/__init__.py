@@ -1,25 +1,29 @@
 """Command line: ``python -m ttmoe_core <command> ...``.
 
-Usage errors (unknown task, missing folder, bad flag values, bad input files) print one line
-``error: ...`` on stderr and exit with code 2; no traceback. The library never imports this package.
+Usage errors (unknown task, missing folder, bad flag values, bad input files, an ``--out`` that
+cannot be written, too little memory for the sizes asked) print one line ``error: ...`` on stderr
+and exit with code 2; ``predict --input-file`` exits with 1 when some lines failed. An error no
+check foresaw (a bug) also prints one line, exits with 70, and shows its traceback with
+``TTMOE_DEBUG=1``. The library never imports this package.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 
-from . import experts, mixture, report
-from .args import EXIT_USAGE, Parser, UsageError
+from . import experts, mixture, models, report
+from .args import DEBUG_ENV, EXIT_BUG, EXIT_USAGE, Parser, UsageError
 
-__all__ = ["EXIT_USAGE", "Parser", "UsageError", "build_parser", "main"]
+__all__ = ["EXIT_BUG", "EXIT_USAGE", "Parser", "UsageError", "build_parser", "main"]
 
 
 def build_parser() -> Parser:
     parser = Parser(prog="python -m ttmoe_core",
                     description="TT-LoRA MoE Studio: train, store, count and serve TT-LoRA experts.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
-    for module in (experts, mixture, report):
+    for module in (experts, mixture, report, models):
         module.add_parsers(sub)
     return parser
 
@@ -33,8 +37,29 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_USAGE
         return args.func(args)
     except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 -- one line instead of a traceback, even for a bug
+        if os.environ.get(DEBUG_ENV):
+            raise
+        if _out_of_memory(exc):
+            print("error: not enough memory for the sizes asked (rank, hidden width, batch "
+                  f"size, inputs): use smaller ones ({_one_line(exc)[:200]})", file=sys.stderr)
+            return EXIT_USAGE
+        print(f"error: unexpected {type(exc).__name__}: {_one_line(exc)[:500]} (a bug: run with "
+              f"{DEBUG_ENV}=1 for the traceback)", file=sys.stderr)
+        return EXIT_BUG
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """MemoryError, torch's CPU allocator failing, or CUDA out of memory."""
+    text = str(exc)
+    return isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and (
+        "can't allocate memory" in text or "out of memory" in text))

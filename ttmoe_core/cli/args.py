@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 
 EXIT_USAGE = 2
+EXIT_BUG = 70                  # sysexits' EX_SOFTWARE: an error no check foresaw (a bug)
+DEBUG_ENV = "TTMOE_DEBUG"      # set to 1 for the traceback of such an error
 
 
 class UsageError(Exception):
@@ -18,14 +20,28 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+MAX_SEED = 2**63 - 1           # torch.Generator.manual_seed takes a signed 64-bit integer
+MAX_BATCH = 65536              # rows per training batch
+
+
+def int_in(low: int, high: int | None = None):
+    """An argparse type: an integer in [low, high] (no upper bound when None)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"must be <= {high:,}, got {value:,}")
+        return value
+    parse.__name__ = "integer"        # argparse names the type in its messages
+    return parse
+
+
+positive_int = int_in(1)
+seed_arg = int_in(0, MAX_SEED)
 
 
 def positive_float(text: str) -> float:
@@ -33,9 +49,41 @@ def positive_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {value}")
     return value
+
+
+def name_arg(text: str) -> str:
+    """A name (of an expert): ``names.NAME_RULE``."""
+    from ..names import NAME_RULE, is_valid_name
+
+    if not is_valid_name(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a valid name ({NAME_RULE})")
+    return text
+
+
+def device_arg(text: str) -> str:
+    """``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``, and present on this machine."""
+    if text == "auto":
+        return text
+    import torch
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device: use cpu, cuda, cuda:N, mps "
+                                         "or auto")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text}: this machine has no CUDA GPU (use cpu or auto)")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"{text}: this machine has "
+                                         f"{torch.cuda.device_count()} CUDA GPU(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise argparse.ArgumentTypeError(f"{text}: MPS is not available on this machine")
+    return text
 
 
 def shape_arg(text: str) -> tuple[str, list[int]]:
@@ -50,11 +98,17 @@ def shape_arg(text: str) -> tuple[str, list[int]]:
             f"{text!r}: write TARGET=d1,d2,... (e.g. q_proj=16,8,4,4,4,4,8,16)") from None
 
 
-def targets_arg(text: str) -> list[str]:
-    names = [t.strip() for t in text.split(",") if t.strip()]
-    if not names:
-        raise argparse.ArgumentTypeError("give at least one target module name")
-    return names
+def names_list(what: str):
+    """An argparse type: ``"a,b"`` -> ["a", "b"], at least one ``what``."""
+    def parse(text: str) -> list[str]:
+        names = [t.strip() for t in text.split(",") if t.strip()]
+        if not names:
+            raise argparse.ArgumentTypeError(f"give at least one {what}")
+        return names
+    return parse
+
+
+targets_arg = names_list("target module name")
 
 
 def int_list(text: str, minimum: int, example: str) -> list[int]:
@@ -77,10 +131,20 @@ def positive_int_list(text: str) -> list[int]:
     return int_list(text, 1, "integers separated by commas, like 1,4,16")
 
 
+def model_arg(text: str) -> str:
+    """A base model: a name or hub id, or a path (``/``, ``./``, ``../``, ``~``) that exists."""
+    from pathlib import Path
+
+    if text.startswith(("/", "./", "../", "~")) and not Path(text).expanduser().exists():
+        raise argparse.ArgumentTypeError(f"no model folder {text}")
+    return text
+
+
 def common_model_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=None,
+    parser.add_argument("--model", type=model_arg, default=None,
                         help="base model: all-minilm-l6-v2 (embedded default), a folder, or a hub id")
-    parser.add_argument("--device", default=None, help="cpu, cuda, or auto (default)")
+    parser.add_argument("--device", type=device_arg, default=None,
+                        help="cpu, cuda, cuda:N, mps or auto (default)")
     parser.add_argument("--data-dir", default=None,
                         help="task data folder (default: $TTMOE_DATA_DIR, ../shared/datasets, "
                              "assets/samples); 'hub' for the Hugging Face hub")

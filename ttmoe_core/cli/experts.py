@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
-from .args import UsageError, common_model_flags, positive_float, positive_int, shape_arg, targets_arg
+from .args import (MAX_BATCH, UsageError, common_model_flags, int_in, name_arg, positive_float,
+                   positive_int, seed_arg, shape_arg, targets_arg)
+from .checks import check_max_length, check_output, check_targets
+
+MAX_RANK = 1024              # TT/LoRA rank or adapter reduction factor (the paper: 5 and 16)
 
 
 def cmd_budget(args: argparse.Namespace) -> int:
@@ -26,6 +29,8 @@ def cmd_budget(args: argparse.Namespace) -> int:
 
 
 def cmd_train_expert(args: argparse.Namespace) -> int:
+    """``train-expert``: every input is checked (settings, name, --out, data, model, targets)
+    before the first step; the expert is saved atomically at the end."""
     from tqdm import tqdm
 
     from .. import experts, store, tasks
@@ -37,11 +42,13 @@ def cmd_train_expert(args: argparse.Namespace) -> int:
         lr=args.lr, steps=args.max_steps, batch_size=args.batch_size, max_length=args.max_length,
         seed=args.seed, device=args.device, train_limit=args.train_limit,
         eval_limit=args.eval_limit)
-    out = Path(args.out)
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise UsageError(f"{out} exists and is not empty; pass --overwrite to replace it")
     try:
         config = config.resolved()
+        tasks.get_task(args.task)
+    except (experts.ConfigError, tasks.DataError) as exc:
+        raise UsageError(str(exc)) from None
+    out = check_output(args.out, "expert", args.overwrite, store.load_expert)
+    try:
         train = tasks.load_task(args.task, "train", data_dir=args.data_dir,
                                 limit=config.train_limit, seed=config.seed)
         valid = tasks.load_task(args.task, "validation", data_dir=args.data_dir,
@@ -49,6 +56,8 @@ def cmd_train_expert(args: argparse.Namespace) -> int:
         backbone = load_backbone(args.model, device=args.device)
     except (experts.ConfigError, tasks.DataError, BackboneError) as exc:
         raise UsageError(str(exc)) from None
+    check_targets(backbone.model, config.targets, config.shapes)
+    check_max_length(backbone, config.max_length)
     print(f"training {config.method} expert for {args.task}: {len(train)} train rows "
           f"({train.source}), {len(valid)} validation rows, device {backbone.device}",
           file=sys.stderr)
@@ -61,11 +70,14 @@ def cmd_train_expert(args: argparse.Namespace) -> int:
     try:
         expert = experts.train_expert(config, backbone, train_data=train, eval_data=valid,
                                       progress=progress, name=args.name or args.task)
-    except experts.ConfigError as exc:
+    except (experts.ConfigError, experts.TrainingError) as exc:
         raise UsageError(str(exc)) from None
     finally:
         bar.close()
-    store.save_expert(expert, out)
+    try:
+        store.save_expert(expert, out)
+    except (store.StoreError, OSError) as exc:
+        raise UsageError(f"the trained expert could not be saved to {out}: {exc}") from None
     summary = {"expert": str(out), "task": args.task, "method": config.method,
                "trainable_params": expert.trainable_params(),
                "adapter_params": expert.adapter_params(),
@@ -77,12 +89,13 @@ def cmd_train_expert(args: argparse.Namespace) -> int:
 
 def cmd_eval_expert(args: argparse.Namespace) -> int:
     from .. import experts, store, tasks
-    from ..backbone import BackboneError, load_backbone
+    from ..backbone import BackboneError, check_fingerprint, load_backbone
 
     try:
-        expert = store.load_expert(args.expert)
+        expert = store.load_expert(args.expert)                 # read and checked once
         backbone = load_backbone(args.model or expert.base.name, device=args.device)
-        expert = store.load_expert(args.expert, expected_fingerprint=backbone.info.fingerprint)
+        check_fingerprint(backbone.info, expert.base.fingerprint, f"expert {expert.name!r}",
+                          store.StoreError)
         if args.input_file:
             data = tasks.load_file(args.input_file, task=expert.config.task,
                                    label_names=expert.label_names or None)
@@ -92,6 +105,8 @@ def cmd_eval_expert(args: argparse.Namespace) -> int:
         result = experts.evaluate_expert(expert, backbone, data)
     except (store.StoreError, tasks.DataError, BackboneError, experts.ConfigError) as exc:
         raise UsageError(str(exc)) from None
+    except OSError as exc:
+        raise UsageError(f"cannot read {args.input_file}: {exc.strerror or exc}") from None
     report = {"expert": expert.name, "task": expert.config.task, "rows": result["rows"],
               "source": data.source, **result["metrics"], "confusion": result["confusion"],
               "label_names": expert.label_names}
@@ -126,18 +141,18 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("train-expert", help="train one expert on one task")
     p.add_argument("--task", required=True)
     p.add_argument("--out", required=True, help="expert folder to write")
-    p.add_argument("--name", default=None, help="expert name (default: the task)")
+    p.add_argument("--name", type=name_arg, default=None, help="expert name (default: the task)")
     p.add_argument("--method", default="tt-lora", choices=["tt-lora", "lora"])
-    p.add_argument("--rank", type=positive_int, default=None)
+    p.add_argument("--rank", type=int_in(1, MAX_RANK), default=None)
     p.add_argument("--alpha", type=positive_float, default=None)
     p.add_argument("--lr", type=positive_float, default=None)
     p.add_argument("--init", choices=["kaiming", "zero"], default="zero")
     p.add_argument("--shape", type=shape_arg, action="append", metavar="TARGET=D1,D2,...")
     p.add_argument("--targets", type=targets_arg, default=None)
     p.add_argument("--max-steps", type=positive_int, default=300)
-    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--batch-size", type=int_in(1, MAX_BATCH), default=32)
     p.add_argument("--max-length", type=positive_int, default=128)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument("--train-limit", type=positive_int, default=None)
     p.add_argument("--eval-limit", type=positive_int, default=2000)
     p.add_argument("--overwrite", action="store_true")

@@ -9,38 +9,77 @@ from pathlib import Path
 
 from .. import tasks
 from ..workspace import default_pack
-from .args import UsageError, common_model_flags, parse_layers, positive_float, positive_int, targets_arg
+from .args import (MAX_BATCH, UsageError, common_model_flags, device_arg, int_in, parse_layers,
+                   names_list, positive_float, positive_int, seed_arg)
+from .checks import check_max_length, check_output, check_writable
+
+MAX_HIDDEN = 16384           # router MLP width
+MAX_INPUT_BYTES = 256 * 2**20  # predict --input-file
 
 
 def _read_jsonl_inputs(path: str) -> list[tuple[int, dict | None, str | None]]:
-    """(line number, {"text", "text_pair"} or None, error or None) for each non-blank line."""
+    """(line number, {"text", "text_pair"} or None, error or None) for each non-blank line.
+
+    A line that is not JSON, not an object with a non-empty string "text" (and a string or null
+    "text_pair"), or holds text that is not valid Unicode gets an error of its own; the other
+    lines are answered. UsageError when the file cannot be read, is not UTF-8 or has no lines.
+    Lines end at "\n" only (a JSON string may hold U+2028 and other separators).
+    """
     try:
-        raw = Path(path).read_bytes()
+        with open(path, "rb") as file:        # a pipe or /dev/stdin too, but never without end
+            raw = file.read(MAX_INPUT_BYTES + 1)
     except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if len(raw) > MAX_INPUT_BYTES:
+        raise UsageError(f"{path} holds more than the {MAX_INPUT_BYTES:,} bytes predict reads "
+                         "at once: split it")
     try:
-        lines = raw.decode("utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise UsageError(f"{path} is not UTF-8 text") from None
-    rows = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            rows.append((number, None, f"line {number} is not JSON ({exc.msg})"))
-            continue
-        if not isinstance(obj, dict) or not isinstance(obj.get("text"), str) or not obj["text"].strip():
-            rows.append((number, None, f"line {number} has no non-empty \"text\""))
-            continue
-        pair = obj.get("text_pair")
-        if pair is not None and (not isinstance(pair, str) or not pair.strip()):
-            pair = None
-        rows.append((number, {"text": obj["text"], "text_pair": pair}, None))
+        lines = raw.decode("utf-8-sig").split("\n")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path} is not UTF-8 text (byte {exc.start})") from None
+    rows = [(number, *_parse_input_line(number, line))
+            for number, line in enumerate(lines, 1) if line.strip()]
     if not rows:
         raise UsageError(f"{path} holds no input lines")
     return rows
+
+
+def _parse_input_line(number: int, line: str) -> tuple[dict | None, str | None]:
+    """One JSONL line as ({"text", "text_pair"}, None) or (None, a one-line error)."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        return None, f"line {number} is not JSON ({exc.msg})"
+    except (ValueError, RecursionError) as exc:    # e.g. a 5,000-digit number, [[[[...]]]]
+        return None, f"line {number} is not JSON we can read ({type(exc).__name__})"
+    text = obj.get("text") if isinstance(obj, dict) else None
+    if not isinstance(text, str) or not text.strip():
+        return None, f"line {number} has no non-empty \"text\""
+    pair = obj.get("text_pair")
+    if pair is not None and not isinstance(pair, str):
+        return None, f"line {number}: \"text_pair\" must be a string or null"
+    for key, value in (("text", text), ("text_pair", pair)):
+        try:
+            (value or "").encode("utf-8")
+        except UnicodeEncodeError:
+            return None, f"line {number}: \"{key}\" holds an unpaired surrogate, not text"
+    return {"text": text, "text_pair": pair if pair and pair.strip() else None}, None
+
+
+def _shown(text: str, width: int = 60) -> str:
+    """``text`` on one line of at most ``width`` characters (control characters as spaces)."""
+    text = "".join(c if c.isprintable() else " " for c in text[:width])
+    return text if len(text) < width else text[:width - 3] + "..."
+
+
+def _load_pack(path: str | Path):
+    """``store.load_pack``, its StoreError (every bad pack file ends in one) as a UsageError."""
+    from .. import store
+
+    try:
+        return store.load_pack(path)
+    except store.StoreError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _load_moe(pack: str | None, device: str | None):
@@ -49,9 +88,22 @@ def _load_moe(pack: str | None, device: str | None):
     from ..backbone import BackboneError
     from ..moe import MoEError, TTLoRAMoE
 
-    path = Path(pack) if pack else default_pack()
+    loaded = _load_pack(Path(pack) if pack else default_pack())
     try:
-        return TTLoRAMoE.from_pack(path, device=device)
+        return TTLoRAMoE.from_loaded_pack(loaded, device=device)
+    except (store.StoreError, BackboneError, MoEError) as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _load_adhoc(folders: list[str], device: str | None):
+    """The router-less mixture of expert folders (``adhoc.mixture_from_folders``)."""
+    from .. import store
+    from ..adhoc import mixture_from_folders
+    from ..backbone import BackboneError
+    from ..moe import MoEError
+
+    try:
+        return mixture_from_folders(folders, device=device)
     except (store.StoreError, BackboneError, MoEError) as exc:
         raise UsageError(str(exc)) from None
 
@@ -59,6 +111,8 @@ def _load_moe(pack: str | None, device: str | None):
 def cmd_predict(args: argparse.Namespace) -> int:
     from ..moe import MoEError
 
+    if args.expert_dir and args.pack:
+        raise UsageError("give --pack or --expert-dir, not both")
     if args.input_file and args.text:
         raise UsageError("give texts or --input-file, not both")
     if args.input_file:
@@ -68,9 +122,24 @@ def cmd_predict(args: argparse.Namespace) -> int:
             raise UsageError("nothing to predict: give a text or --input-file F.jsonl")
         if any(not t.strip() for t in args.text):
             raise UsageError("empty text: give some words to classify")
+        for text in [*args.text, args.text_pair or ""]:
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise UsageError(f"{_shown(text, 40)!r} is not UTF-8 text") from None
         rows = [(i + 1, {"text": t, "text_pair": args.text_pair}, None)
                 for i, t in enumerate(args.text)]
-    moe = _load_moe(args.pack, args.device)
+    moe = (_load_adhoc(args.expert_dir, args.device) if args.expert_dir
+           else _load_moe(args.pack, args.device))
+    if args.expert_dir and args.expert is None:
+        if len(moe.names) > 1:
+            raise UsageError(f"several experts and no router: choose one with --expert "
+                             f"({', '.join(moe.names)})")
+        args.expert = moe.names[0]
+    if moe.router is None and args.expert is None:
+        raise UsageError(f"the pack {args.pack or default_pack()} has no router: choose an "
+                         f"expert with --expert ({', '.join(moe.names)}) or train a router "
+                         "with train-router")
     good = [(n, r) for n, r, err in rows if err is None]
     results: dict[int, dict] = {}
     if good:
@@ -101,36 +170,46 @@ def cmd_predict(args: argparse.Namespace) -> int:
             if "error" in record:
                 print(f"[{record['line']}] error: {record['error']}")
                 continue
-            conf = record["router_probs"].get(record["expert"], float("nan"))
+            conf = record["router_probs"].get(record["expert"])
             label_p = max(record["label_probs"].values()) if record["label_probs"] else float("nan")
-            text = record["text"] if len(record["text"]) < 60 else record["text"][:57] + "..."
-            print(f"{text:<60}  expert={record['expert']:<6} ({conf:.2f})  "
+            text = _shown(record["text"])
+            chosen = "forced" if conf is None else f"{conf:.2f}"
+            print(f"{text:<60}  expert={record['expert']:<6} ({chosen})  "
                   f"label={record['label']} ({label_p:.2f})")
     return 1 if failures else 0
 
 
 def cmd_train_router(args: argparse.Namespace) -> int:
+    """``train-router``: the pack, its folder, the layers and sizes are checked before the
+    features are read; the best layer's router is saved into the pack."""
     from .. import router as routers, store, tasks
     from ..backbone import BackboneError, load_backbone
 
+    check_writable(args.pack, f"the pack {args.pack}")
+    pack = _load_pack(args.pack)
+    config = routers.RouterConfig(variant=args.variant, hidden=args.hidden, epochs=args.epochs,
+                                  lr=args.lr, seed=args.seed, max_length=args.max_length)
     try:
-        pack = store.load_pack(args.pack)
         backbone = load_backbone(pack.base_model["name"], device=args.device)
+        for layer in args.layer:      # the paper variant reads the last layer, but not a wrong one
+            routers.RouterConfig(**{**config.to_dict(), "layer": layer,
+                                    "variant": "linear"}).resolved(backbone.info.num_layers)
         pack = store.load_pack(args.pack, expected_fingerprint=backbone.info.fingerprint)
+        check_max_length(backbone, args.max_length)
         pairs = [(e.name, e.config.task) for e in pack.experts]
         train = routers.routing_data(pairs, "train", args.per_task, args.data_dir, args.seed)
         held = routers.routing_data(pairs, "validation", args.eval_per_task, args.data_dir, args.seed)
-        results = routers.sweep_layers(
-            routers.RouterConfig(variant=args.variant, hidden=args.hidden, epochs=args.epochs,
-                                 lr=args.lr, seed=args.seed, max_length=args.max_length),
-            args.layer, backbone, train, held,
-            progress=None if args.quiet else _stage_printer())
+        results = routers.sweep_layers(config, args.layer, backbone, train, held,
+                                       progress=None if args.quiet else _stage_printer())
     except (store.StoreError, tasks.DataError, BackboneError, routers.RouterError) as exc:
         raise UsageError(str(exc)) from None
     best = max(results, key=lambda r: r["report"].accuracy)
     metrics = routers.router_metrics(best, len(train.labels), len(held.labels), held.sources,
                                      sweep=results)
-    store.save_router(args.pack, best["router"], train.names, metrics, backbone.info)
+    try:
+        store.save_router(args.pack, best["router"], train.names, metrics, backbone.info)
+    except (store.StoreError, OSError) as exc:
+        raise UsageError(f"the router could not be saved to {args.pack}: {exc}") from None
     summary = {"pack": str(args.pack), "variant": args.variant, "layer": best["router"].config.layer,
                "accuracy": best["report"].accuracy, "per_layer": metrics["per_layer"],
                "per_task": best["report"].per_task, "confusion": best["report"].confusion,
@@ -168,11 +247,17 @@ def cmd_eval_moe(args: argparse.Namespace) -> int:
     from .. import tasks
     from ..moe import evaluate_mixture
 
+    from ..moe import MoEError
+
     moe = _load_moe(args.pack, args.device)
+    if moe.router is None:
+        where = args.pack or default_pack()
+        raise UsageError(f"the pack {where} has no router to evaluate: train one with "
+                         f"`python -m ttmoe_core train-router --pack {where}`")
     try:
         result = evaluate_mixture(moe, [(e.name, e.config.task) for e in moe.experts],
                                   args.per_task, args.data_dir)
-    except tasks.DataError as exc:
+    except (tasks.DataError, MoEError) as exc:
         raise UsageError(str(exc)) from None
     if args.json:
         print(json.dumps(result))
@@ -189,48 +274,60 @@ def cmd_eval_moe(args: argparse.Namespace) -> int:
 
 
 def cmd_build_demo(args: argparse.Namespace) -> int:
+    """``build-demo``: --out, the tasks, the router's layer and the model are checked before the
+    first expert trains; the pack is written in one step at the end."""
     import time
 
     from .. import experts, router as routers, store, tasks
     from ..backbone import BackboneError, load_backbone
+    from ..router import RouterConfig
 
-    out = Path(args.out)
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise UsageError(f"{out} exists and is not empty; pass --overwrite to rebuild it")
+    out = check_output(args.out, "pack", args.overwrite, store.load_pack)
     started = time.perf_counter()
+    router_config = RouterConfig(variant=args.variant, layer=args.layer, seed=args.seed,
+                                 max_length=args.max_length)
     try:
-        backbone = load_backbone(args.model, device=args.device)
         task_names = list(args.tasks)
         for task in task_names:
             tasks.get_task(task)
-    except (tasks.DataError, BackboneError) as exc:
+        backbone = load_backbone(args.model, device=args.device)
+        RouterConfig(**{**router_config.to_dict(), "variant": "linear"}).resolved(
+            backbone.info.num_layers)
+    except (tasks.DataError, BackboneError, routers.RouterError) as exc:
         raise UsageError(str(exc)) from None
+    check_max_length(backbone, args.max_length)
     trained = []
-    for task in task_names:
-        t0 = time.perf_counter()
-        config = experts.ExpertConfig(task=task, steps=args.steps, batch_size=args.batch_size,
-                                      max_length=args.max_length, seed=args.seed,
-                                      eval_limit=args.eval_limit, init=args.init)
-        trained.append(experts.train_expert(config, backbone, data_dir=args.data_dir))
-        shown = {k: round(v, 4) for k, v in trained[-1].metrics.items() if isinstance(v, float)}
-        print(f"expert {task}: {shown} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
-    pairs = [(e.name, e.config.task) for e in trained]
-    train = routers.routing_data(pairs, "train", args.per_task, args.data_dir, args.seed)
-    held = routers.routing_data(pairs, "validation", args.eval_per_task, args.data_dir, args.seed)
-    config = routers.RouterConfig(variant=args.variant, seed=args.seed, max_length=args.max_length)
-    result = routers.sweep_layers(config, [args.layer], backbone, train, held)[0]
+    try:
+        for task in task_names:
+            t0 = time.perf_counter()
+            config = experts.ExpertConfig(task=task, steps=args.steps, batch_size=args.batch_size,
+                                          max_length=args.max_length, seed=args.seed,
+                                          eval_limit=args.eval_limit, init=args.init)
+            trained.append(experts.train_expert(config, backbone, data_dir=args.data_dir))
+            shown = {k: round(v, 4) for k, v in trained[-1].metrics.items() if isinstance(v, float)}
+            print(f"expert {task}: {shown} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+        pairs = [(e.name, e.config.task) for e in trained]
+        train = routers.routing_data(pairs, "train", args.per_task, args.data_dir, args.seed)
+        held = routers.routing_data(pairs, "validation", args.eval_per_task, args.data_dir, args.seed)
+        result = routers.sweep_layers(router_config, [args.layer], backbone, train, held)[0]
+    except (tasks.DataError, experts.ConfigError, experts.TrainingError,
+            routers.RouterError) as exc:
+        raise UsageError(str(exc)) from None
     seconds = time.perf_counter() - started
-    store.build_pack(out, trained, router=result["router"],
-                     router_metrics=routers.router_metrics(result, len(train.labels),
-                                                           len(held.labels), held.sources),
-                     extra={"build": {"command": " ".join(sys.argv[1:]) or "build-demo",
-                                      "seconds": round(seconds, 1), "steps": args.steps,
-                                      "batch_size": args.batch_size, "max_length": args.max_length,
-                                      "seed": args.seed}}, replace=True)
+    try:
+        store.build_pack(out, trained, router=result["router"],
+                         router_metrics=routers.router_metrics(result, len(train.labels),
+                                                               len(held.labels), held.sources),
+                         extra={"build": {"command": " ".join(sys.argv[1:]) or "build-demo",
+                                          "seconds": round(seconds, 1), "steps": args.steps,
+                                          "batch_size": args.batch_size,
+                                          "max_length": args.max_length, "seed": args.seed}},
+                         replace=True)
+    except (store.StoreError, OSError) as exc:
+        raise UsageError(f"the pack could not be written to {out}: {exc}") from None
     print(json.dumps({"pack": str(out), "seconds": round(seconds, 1),
                       "routing_accuracy": result["report"].accuracy}))
     return 0
-
 
 
 def add_parsers(sub) -> None:
@@ -240,9 +337,12 @@ def add_parsers(sub) -> None:
     p.add_argument("--text-pair", default=None, help="second text (pair tasks), for every text")
     p.add_argument("--input-file", default=None, help="JSONL with text and optional text_pair")
     p.add_argument("--pack", default=None, help="pack folder (default: assets/demo)")
+    p.add_argument("--expert-dir", action="append", default=[], metavar="DIR",
+                   help="serve this expert folder without a pack (repeatable; with several, "
+                        "--expert chooses one)")
     p.add_argument("--expert", default=None, help="force this expert (oracle) instead of routing")
     p.add_argument("--json", action="store_true", help="one JSON line per input")
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", type=device_arg, default=None)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("train-router", help="train a pack's router (experts stay frozen)")
@@ -254,13 +354,13 @@ def add_parsers(sub) -> None:
     p.add_argument("--per-task", type=positive_int, default=2000, help="training inputs per task")
     p.add_argument("--eval-per-task", type=positive_int, default=500, help="held-out inputs per task")
     p.add_argument("--epochs", type=positive_int, default=60)
-    p.add_argument("--hidden", type=positive_int, default=256)
+    p.add_argument("--hidden", type=int_in(1, MAX_HIDDEN), default=256)
     p.add_argument("--lr", type=positive_float, default=2e-3)
     p.add_argument("--max-length", type=positive_int, default=128)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", type=device_arg, default=None)
     p.add_argument("--data-dir", default=None)
     p.set_defaults(func=cmd_train_router)
 
@@ -268,23 +368,23 @@ def add_parsers(sub) -> None:
     p.add_argument("--pack", default=None)
     p.add_argument("--per-task", type=positive_int, default=500)
     p.add_argument("--json", action="store_true")
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", type=device_arg, default=None)
     p.add_argument("--data-dir", default=None)
     p.set_defaults(func=cmd_eval_moe)
 
     p = sub.add_parser("build-demo", help="train the six demo experts and a router into a pack")
     p.add_argument("--out", default=str(default_pack()))
-    p.add_argument("--tasks", type=targets_arg, default=list(tasks.DEMO_TASKS))
+    p.add_argument("--tasks", type=names_list("task name"), default=list(tasks.DEMO_TASKS))
     p.add_argument("--steps", type=positive_int, default=300)
-    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--batch-size", type=int_in(1, MAX_BATCH), default=32)
     p.add_argument("--max-length", type=positive_int, default=128)
     p.add_argument("--eval-limit", type=positive_int, default=2000)
     p.add_argument("--init", choices=["kaiming", "zero"], default="zero")
     p.add_argument("--variant", default="fusion", choices=["paper", "linear", "mlp", "fusion"])
-    p.add_argument("--layer", type=int, default=2)
+    p.add_argument("--layer", type=int_in(0), default=2)
     p.add_argument("--per-task", type=positive_int, default=2000)
     p.add_argument("--eval-per-task", type=positive_int, default=500)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument("--overwrite", action="store_true")
     common_model_flags(p)
     p.set_defaults(func=cmd_build_demo)

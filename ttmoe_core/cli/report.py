@@ -12,6 +12,7 @@ from pathlib import Path
 from .. import report, tasks
 from ..backbone import BackboneError
 from .args import EXIT_USAGE, Parser, UsageError
+from .checks import check_writable
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -27,6 +28,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if args.data_dir is not None and not Path(args.data_dir).is_dir():
         raise UsageError(f"--data-dir {args.data_dir} is not a folder")
+    check_writable(out, f"--out {out}")
     try:
         results = report.run_report(args.budget, out, progress=None if args.json else show,
                              data_dir=args.data_dir)

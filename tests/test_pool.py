@@ -1,0 +1,190 @@
+"""ttmoe_core.pool: a pool of E experts gathers each row's cores and head exactly as a dense bank
+would (float64, ranks padded, α folded), grows without copying, finds upper-layer experts, and
+loads experts lazily from their folders (same answers as eager loading, errors when read)."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import pytest
+import torch
+
+from tests.threads import run_together
+from tests.tinymodels import random_expert, tiny_bert, tiny_expert, tiny_pack
+from ttmoe_core import store, tt
+from ttmoe_core.adapters import layer_index
+from ttmoe_core.bench.pools import random_pool, upper_layer_experts
+from ttmoe_core.moe import TTLoRAMoE
+from ttmoe_core.pool import CHUNK_ROWS, NO_LAYER, ExpertPool, MoEError, open_pack
+
+
+@pytest.fixture(scope="module")
+def bb():
+    return tiny_bert(seed=0)
+
+
+@pytest.fixture(scope="module")
+def experts(bb):
+    """Five experts of ranks 2..6 and 2..4 labels (one trained, four random)."""
+    trained = tiny_expert(bb, "sst2", rank=3, seed=0)
+    return [trained] + [random_expert(trained, f"r{i}", rank=2 + i, num_labels=2 + i % 3, seed=i)
+                        for i in range(1, 5)]
+
+
+def dense_reference(expert, module: str, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The expert's halves of ``module`` from its own cores (α folded, padded to ``rank``),
+    float64: A [d_in, R], B [R, d_out]."""
+    layout = expert.tt_layout[module.rpartition(".")[2]]
+    cores = []
+    for k, shape in enumerate(tt.core_shapes(layout["in_factors"], layout["out_factors"], rank)):
+        core = expert.tensors[f"{module}.cores.{k}"].double()
+        padded = torch.zeros(shape, dtype=torch.float64)
+        padded[: core.shape[0], :, : core.shape[2]] = core * (expert.config.alpha if k == 0 else 1)
+        cores.append(padded)
+    return tt.tt_halves(cores, layout["in_factors"], layout["out_factors"])
+
+
+def test_gather_equals_a_dense_bank_row_by_row(experts):
+    pool = ExpertPool.from_experts(experts).double()
+    assert len(pool) == 5 and pool.rank == 6 and pool.max_labels == 4
+    idx = torch.tensor([3, 0, 3, 4, 1, 1, 2, 0])                  # duplicates, every expert
+    got = pool.gather(idx)
+    modules = [s.name for s in pool.slots]
+    assert sorted(got.halves) == sorted(modules) and got.first_layer == 0
+    for b, e in enumerate(idx.tolist()):
+        for module in modules:
+            left, right = dense_reference(experts[e], module, pool.rank)
+            torch.testing.assert_close(got.halves[module][0][b], left, rtol=0, atol=1e-12)
+            torch.testing.assert_close(got.halves[module][1][b], right, rtol=0, atol=1e-12)
+            # rank padding is exact: the same ΔW as the expert's own (unpadded) chain
+            layout = experts[e].tt_layout[module.rpartition(".")[2]]
+            own = [experts[e].tensors[f"{module}.cores.{k}"].double() for k in
+                   range(len(layout["in_factors"]) + len(layout["out_factors"]))]
+            dw = experts[e].config.alpha * tt.reconstruct(own, layout["in_factors"],
+                                                          layout["out_factors"])
+            torch.testing.assert_close((left @ right).T, dw, rtol=0, atol=1e-12)
+        n = experts[e].num_labels
+        torch.testing.assert_close(got.head_weight[b, :n], experts[e].tensors["head.weight"].double())
+        torch.testing.assert_close(got.head_bias[b, :n], experts[e].tensors["head.bias"].double())
+        assert torch.isinf(got.head_bias[b, n:]).all() and not got.head_weight[b, n:].any()
+
+
+def test_pool_grows_without_copying_and_dense_views_agree(experts):
+    pool = ExpertPool.from_experts(experts[:1], rank=6, max_labels=4)
+    first_chunk = pool.rows_0.data_ptr()
+    for i in range(2 * CHUNK_ROWS + 3):
+        pool.add(dataclasses.replace(experts[1 + i % 4], name=f"copy{i}"))
+    assert len(pool) == 2 * CHUNK_ROWS + 4 and pool.rows_0.data_ptr() == first_chunk
+    assert pool.rows_2.shape[0] == CHUNK_ROWS                     # a third chunk opened
+    last = len(pool) - 1
+    got = pool.gather(torch.tensor([last, 0]))
+    module = pool.slots[0].name
+    want = dense_reference(experts[1 + (last - 1) % 4], module, pool.rank)
+    torch.testing.assert_close(got.halves[module][0][0].double(), want[0], atol=1e-6, rtol=1e-5)
+    cores = pool.dense_cores(module)                              # [E, R, s, R'] per core
+    assert cores[0].shape[0] == len(pool)
+    dense_left, _ = tt.tt_halves(cores, pool.slots[0].in_factors, pool.slots[0].out_factors)
+    torch.testing.assert_close(dense_left[last], got.halves[module][0][0])
+    weights, biases = pool.dense_heads()
+    assert weights.shape == (len(pool), pool.max_labels, pool.hidden_size)
+    with pytest.raises(MoEError, match="unique"):
+        pool.add(experts[0])
+
+
+def test_upper_layer_experts_are_found_and_lower_modules_left_out(experts):
+    upper = upper_layer_experts(experts, 1)
+    pool = ExpertPool.from_experts(upper[:2] + experts[2:3])
+    assert [pool.gather(torch.tensor([i])).first_layer for i in range(3)] == [1, 1, 0]
+    got = pool.gather(torch.tensor([0, 1, 1]))
+    assert got.first_layer == 1
+    assert sorted(got.halves) == sorted(s.name for s in pool.slots if layer_index(s.name) >= 1)
+    assert pool.gather(torch.tensor([1, 2])).first_layer == 0     # one full expert: all modules
+    nothing = ExpertPool.from_experts(upper_layer_experts(experts[:1], 99))
+    assert nothing.gather(torch.tensor([0])).first_layer == NO_LAYER
+
+
+def test_random_pool_keeps_the_layout_and_zeros_lower_layers(experts):
+    like = ExpertPool.from_experts(experts)
+    pool = random_pool(like, 3 * CHUNK_ROWS + 1, min_layer=1)
+    assert len(pool) == 3 * CHUNK_ROWS + 1 and pool.width == like.width
+    layers = pool.row_layers()
+    assert not pool.rows_1[:, layers < 1].any() and pool.rows_1[:, layers >= 1].all()
+    assert pool.gather(torch.arange(0, len(pool), 37)).first_layer == 1
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda e: dataclasses.replace(e, config=dataclasses.replace(e.config, method="lora")), "TT-LoRA"),
+    (lambda e: dataclasses.replace(e, tt_layout={}), "TT shapes"),
+])
+def test_experts_that_do_not_fit_are_refused(experts, change, match):
+    with pytest.raises(MoEError, match=match):
+        ExpertPool.from_experts([experts[0], dataclasses.replace(change(experts[1]), name="bad")])
+
+
+def test_gather_refuses_indices_out_of_range(experts):
+    pool = ExpertPool.from_experts(experts)
+    for bad in ([5], [-1, 0]):
+        with pytest.raises(MoEError, match="0..4"):
+            pool.gather(torch.tensor(bad))
+
+
+# ----------------------------------------------------------------------------- lazy loading
+
+
+@pytest.fixture(scope="module")
+def pack(bb, experts, tmp_path_factory):
+    """A pack of the five experts and a router (on disk)."""
+    folder = tmp_path_factory.mktemp("pool") / "pack"
+    tiny_pack(folder, bb, expert_list=experts)
+    return folder
+
+
+def test_lazy_pack_reads_weights_on_first_use_and_answers_as_eager(bb, pack):
+    eager = TTLoRAMoE.from_pack(pack, backbone=bb)
+    lazy = TTLoRAMoE.from_pack(pack, backbone=bb, lazy=True)
+    assert lazy.pool.pending == 5 and lazy.names == eager.names
+    assert lazy.router.config == eager.router.config
+    texts = ["a fine film", "the cat sat on the mat", "it rains", "a fine film"]
+    forced = lazy.predict(texts, expert=["r2", "r2", "sst2", "r2"])
+    assert lazy.pool.pending == 3                        # only the two experts the rows needed
+    assert forced == eager.predict(texts, expert=["r2", "r2", "sst2", "r2"])
+    assert lazy.predict(texts) == eager.predict(texts)
+    assert lazy.experts[0].tensors == {} and lazy.experts[0].config.task == "sst2"
+
+
+def test_lazy_loading_is_safe_under_threads(bb, pack):
+    lazy = TTLoRAMoE.from_pack(pack, backbone=bb, lazy=True)
+    eager = TTLoRAMoE.from_pack(pack, backbone=bb)
+    jobs = [(["text number %d" % i, "another"], [lazy.names[i % 5], lazy.names[(i + 2) % 5]])
+            for i in range(10)]
+    got = run_together([functools.partial(lazy.predict, t, expert=f) for t, f in jobs])
+    assert got == [eager.predict(t, expert=f) for t, f in jobs] and lazy.pool.pending == 0
+
+
+def test_lazy_errors_name_the_expert(bb, pack, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(pack, broken)
+    weights = broken / "experts" / "r3" / store.WEIGHTS_FILE
+    data = weights.read_bytes()
+    weights.write_bytes(data[:-4] + b"\xff\xff\xff\xff")             # a NaN in the last tensor
+    lazy = TTLoRAMoE.from_pack(broken, backbone=bb, lazy=True)   # configs and headers are fine
+    assert lazy.predict(["ok"], expert="r1")[0]["expert"] == "r1"
+    with pytest.raises(store.StoreError, match="expert 'r3'.*NaN"):
+        lazy.predict(["ok"], expert="r3")                        # the data is read on first use
+    weights.write_bytes(data[:50])                               # truncated: refused at open
+    with pytest.raises(store.StoreError, match="expert 'r3'"):
+        TTLoRAMoE.from_pack(broken, backbone=bb, lazy=True)
+    weights.write_bytes(data)
+    config = broken / "experts" / "r4" / store.CONFIG_FILE
+    config.write_text(config.read_text().replace('"head.bias"', '"head.bias2"'))
+    with pytest.raises(store.StoreError, match="expert 'r4'"):
+        open_pack(broken)
+
+
+def test_lazy_pool_refuses_another_base_model(pack):
+    other = tiny_bert(seed=1)
+    with pytest.raises(store.StoreError, match="another base model"):
+        TTLoRAMoE.from_pack(pack, backbone=other, lazy=True)

@@ -1,0 +1,91 @@
+"""Checks of what a command is asked to do, made before any work starts (training can take hours:
+a bad ``--out`` or target must fail at once, not when the result is saved): output folders, the
+base model's target modules and its longest input."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from .args import UsageError
+
+
+def check_output(path: str | Path, kind: str, overwrite: bool, load: Callable[[Path], object],
+                 flag: str = "--out") -> Path:
+    """The folder ``path`` a command will write an expert or a pack (``kind``) to, checked:
+    it is not a file or a symbolic link; when it exists and is not empty, it is replaced only with
+    ``overwrite`` and only when ``load`` reads it as a valid ``kind`` (a StoreError otherwise);
+    and a folder can be created next to it (``check_writable``). UsageError saying why not."""
+    from .. import store
+
+    out = Path(path)
+    if not str(path).strip():
+        raise UsageError(f"{flag} is empty: give the folder to write the {kind} to")
+    if out.is_symlink():
+        raise UsageError(f"{flag} {out} is a symbolic link: give a real folder for the {kind}")
+    if out.exists():
+        if not out.is_dir():
+            raise UsageError(f"{flag} {out} is a file, not a folder: give a folder for the {kind}")
+        if any(out.iterdir()):
+            if not overwrite:
+                raise UsageError(f"{flag} {out} exists and is not empty; pass --overwrite to "
+                                 f"replace it")
+            try:
+                load(out)
+            except store.StoreError as exc:
+                raise UsageError(f"{flag} {out} is not a valid {kind}, so --overwrite does not "
+                                 f"replace it ({exc})") from None
+    check_writable(out.parent, f"{flag} {out}")
+    return out
+
+
+def check_writable(folder: str | Path, what: str) -> None:
+    """UsageError unless a folder can be made in ``folder`` (or in its nearest existing parent,
+    when it does not exist yet): a probe folder is created and removed at once. Permission bits
+    alone do not say it (root ignores them; /proc refuses root too), so this tries."""
+    folder = Path(os.path.abspath(folder))
+    while not os.path.lexists(folder) and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UsageError(f"cannot write {what}: {folder} is a file, not a folder")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".ttmoe-probe-", dir=folder))
+    except OSError as exc:
+        raise UsageError(f"cannot write {what}: {folder} does not accept new files "
+                         f"({exc.strerror or exc})") from None
+
+
+def check_targets(model, targets: list[str] | None, shapes: dict[str, list[int]] | None) -> None:
+    """UsageError unless every target names linear modules of ``model`` (the model family's
+    defaults when ``targets`` is None) and every ``--shape`` names a target and fits its layer."""
+    from ..adapters import find_targets, resolve_factors
+    from ..backbone import default_targets
+
+    try:
+        chosen = list(targets or default_targets(model.config.model_type))
+        modules = {target: model.get_submodule(find_targets(model, [target])[0])
+                   for target in chosen}
+    except ValueError as exc:
+        raise UsageError(f"--targets: {exc}") from None
+    stray = sorted(set(shapes or {}) - set(chosen))
+    if stray:
+        raise UsageError(f"--shape names {', '.join(stray)}, which is not a target (targets: "
+                         f"{', '.join(chosen)})")
+    for target, shape in (shapes or {}).items():
+        layer = modules[target]
+        try:
+            resolve_factors(layer.in_features, layer.out_features, shape)
+        except ValueError as exc:
+            raise UsageError(f"--shape {target}: {exc}") from None
+
+
+def check_max_length(backbone, max_length: int) -> None:
+    """UsageError when ``max_length`` tokens exceed what the base model's positions allow."""
+    limits = [getattr(backbone.model.config, "max_position_embeddings", None),
+              getattr(backbone.tokenizer, "model_max_length", None)]
+    known = [n for n in limits if isinstance(n, int) and 0 < n < 1_000_000]
+    if known and max_length > min(known):
+        raise UsageError(f"--max-length {max_length} is more than the base model takes "
+                         f"({min(known)} tokens)")
