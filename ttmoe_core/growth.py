@@ -48,6 +48,26 @@ def last_linear(router: nn.Module) -> nn.Linear:
     return _linears(router)[1]
 
 
+def phi_width(router: nn.Module, source: str = "hidden") -> int:
+    """D, the width of ``router``'s φ read from ``source`` (no forward pass: meta-safe)."""
+    first, last = _linears(router)
+    widths = {"hidden": last.in_features, "input": first.in_features,
+              "both": last.in_features + first.in_features}
+    if source not in widths:
+        raise GrowthError(f"unknown φ source {source!r}: use one of {SOURCES}")
+    return widths[source]
+
+
+def cached_outputs(router: nn.Module, feats: dict[str, torch.Tensor], source: str = "hidden",
+                   ) -> dict[str, torch.Tensor]:
+    """``feats`` reduced to what growth needs of them: "base_logits" [N, E], "phi_<source>"
+    [N, D] and the n-gram ids / weights when present. Growth and a grown router's forward accept
+    these in place of the full features (a pack's replay file stores them: small)."""
+    logits, phi = base_outputs(router, feats, source)
+    kept = {k: feats[k] for k in ("ngram_ids", "ngram_w") if k in feats}
+    return {"base_logits": logits, f"phi_{source}": phi, **kept}
+
+
 @torch.no_grad()
 def base_outputs(router: nn.Module, feats: dict[str, torch.Tensor], source: str = "hidden",
                  ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,6 +76,8 @@ def base_outputs(router: nn.Module, feats: dict[str, torch.Tensor], source: str 
     features), "both" the two side by side."""
     if source not in SOURCES:
         raise GrowthError(f"unknown φ source {source!r}: use one of {SOURCES}")
+    if "base_logits" in feats and f"phi_{source}" in feats:      # ``cached_outputs``
+        return feats["base_logits"], feats[f"phi_{source}"]
     first, last = _linears(router)
     seen: dict[str, torch.Tensor] = {}
 
@@ -145,11 +167,9 @@ def add_expert(router: nn.Module, replay_feats: dict[str, torch.Tensor], replay_
         raise GrowthError("adding an expert needs rows of the new task and replay rows of the old ones")
     base = router.base if isinstance(router, GrownRouter) else router
     source = router.source if isinstance(router, GrownRouter) else source
-    feats = {k: cat_rows(replay_feats[k], new_feats[k]) for k in new_feats}
-    with torch.no_grad():
-        router.eval()
-        old_logits = router(feats)                                        # [R+M, E]
-    phi = base_outputs(base, feats, source)[1]                            # [R+M, D]
+    keys = set(new_feats) & set(replay_feats)
+    feats = {k: cat_rows(replay_feats[k], new_feats[k]) for k in keys}
+    old_logits, phi = _current(router, base, feats, source)              # [R+M, E], [R+M, D]
     num_old = old_logits.shape[1]
     labels = torch.cat([replay_labels, torch.full((rows_new,), num_old)])
     weights = torch.where(labels == num_old, 0.5 / rows_new, 0.5 / replay_labels.numel())
@@ -181,14 +201,23 @@ def add_expert(router: nn.Module, replay_feats: dict[str, torch.Tensor], replay_
 
 
 @torch.no_grad()
+def _current(router: nn.Module, base: nn.Module, feats: dict[str, torch.Tensor], source: str,
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(``router``'s logits [N, E], the base's φ [N, D]) of full or cached features."""
+    router.eval()
+    base_logits, phi = base_outputs(base, feats, source)
+    return (router(feats) if isinstance(router, GrownRouter) else base_logits), phi
+
+
+@torch.no_grad()
 def _capture_budget(router: nn.Module, base: nn.Module, probe: GrownRouter,
                     calibration: dict[str, torch.Tensor] | None, max_capture: float) -> tuple[float, float]:
     """Lower ``probe``'s bias so that at most ``max_capture`` of the ``calibration`` rows (old
     tasks) prefer the new logit; returns (bias shift ≤ 0, share captured before the shift)."""
     if calibration is None:
         return 0.0, float("nan")
-    old = router(calibration).max(-1).values                              # [C]
-    margin = probe.added_logits(calibration, base_outputs(base, calibration, probe.source)[1])[:, 0] - old
+    logits, phi = _current(router, base, calibration, probe.source)
+    margin = probe.added_logits(calibration, phi)[:, 0] - logits.max(-1).values     # [C]
     captured = float((margin > 0).float().mean())
     if captured <= max_capture:
         return 0.0, captured

@@ -287,6 +287,52 @@ class NgramLM:
         return total.float()
 
 
+# ----------------------------------------------------------------------------- a pack's detector
+
+
+@dataclass
+class PoolModel:
+    """A pack's out-of-pool detector: ``scorer`` on the router's dense features of layers
+    0..``layer`` (``routers.pool_dense``) and logits, ``lm`` on the text; ``meta``: its
+    calibration figures (stored in pool_config.json)."""
+    scorer: PoolScorer
+    lm: NgramLM
+    layer: int
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def threshold(self) -> float:
+        return self.scorer.threshold
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.scorer.means.shape[0])
+
+    def components(self, dense: torch.Tensor, logits: torch.Tensor | None, texts, pairs,
+                   ) -> dict[str, torch.Tensor]:
+        lm = self.lm.loglik(texts, pairs) if "lm" in self.scorer.weights else None
+        return self.scorer.components(dense, logits, lm)
+
+    def score(self, dense: torch.Tensor, logits: torch.Tensor | None, texts, pairs) -> torch.Tensor:
+        """``pool_score`` [N] of N rows: dense [N, D], router logits [N, E], their texts."""
+        return self.scorer.combine(self.components(dense, logits, texts, pairs))
+
+    def add_class(self, dense: torch.Tensor, texts, pairs, bank_per_class: int = 500) -> int:
+        """One more task (``PoolScorer.add_class``, ``NgramLM.add_class``); returns its index."""
+        index = self.scorer.add_class(dense, bank_per_class=bank_per_class)
+        self.lm.add_class(texts, pairs)
+        return index
+
+
+def calibrated(probs: Mapping[str, float], temperature: float) -> dict[str, float]:
+    """Router probabilities {expert: p} (softmax of the logits) at temperature T:
+    softmax(log p / T), the same order; T > 1 flattens an over-confident router."""
+    if not probs:
+        return {}
+    logp = torch.tensor([max(p, 1e-30) for p in probs.values()], dtype=torch.float64).log()
+    return dict(zip(probs, torch.softmax(logp / temperature, 0).tolist()))
+
+
 # ----------------------------------------------------------------------------- evaluation
 
 
