@@ -75,6 +75,20 @@ def stored_router(pack_dir: Path) -> None:
         if build.get("command"):
             st.markdown(f"Pack built with `{build['command']}`.")
         st.markdown("\n".join(f"- **{k}**: {v}" for k, v in sources.items()))
+    mixture = (summary["manifest"].get("metrics") or {}).get("mixture")
+    if mixture:
+        st.subheader("The mixture vs the oracle expert")
+        st.dataframe(pd.DataFrame([{
+            "expert": name, "metric": row["metric"], "mixture": row["mixture"][row["metric"]],
+            "oracle": row["oracle"][row["metric"]],
+            "gap (points)": 100 * (row["mixture"][row["metric"]] - row["oracle"][row["metric"]]),
+            "routed right": row["routing_accuracy"]} for name, row in mixture["per_task"].items()]),
+            hide_index=True, column_config={
+                k: st.column_config.NumberColumn(format="%.3f")
+                for k in ("mixture", "oracle", "routed right")} | {
+                "gap (points)": st.column_config.NumberColumn(format="%+.1f")})
+        st.caption(f"Measured by `eval-moe --save` on {mixture['rows']:,} held-out inputs: the "
+                   "oracle forces each input's own expert; a gap is where routing errs.")
     pool = (summary["manifest"].get("metrics") or {}).get("pool")
     if pool:
         st.subheader("Out-of-pool detection")

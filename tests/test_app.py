@@ -585,3 +585,44 @@ def test_playground_says_the_router_confidence_in_words():
     at = _routed_review()
     words = [m.value for m in [*at.markdown, *at.warning] if "The router is" in m.value]
     assert len(words) == 1 and metric(at, "Router confidence").endswith("%")
+
+
+@needs_pack
+@pytest.mark.slow
+def test_playground_says_when_no_expert_fits_and_abstains():
+    at = open_page("playground")
+    at.toggle(key="pg_abstain").set_value(True)
+    at.text_area(key="pg_text").set_value("Which of these is a fruit? (A) car (B) apple (C) chair")
+    button(at, "Route and answer").click()
+    at.run()
+    assert not at.exception
+    assert metric(at, "In the pool") == "no"
+    assert metric(at, "Chosen expert") == "none (abstained)"
+    assert any("No expert in this pack fits this input" in e.value for e in at.error)
+    # the default answers anyway and only flags the input
+    at.toggle(key="pg_abstain").set_value(False)
+    button(at, "Route and answer").click()
+    at.run()
+    assert metric(at, "In the pool") == "no" and metric(at, "Chosen expert") != "none (abstained)"
+    # an in-pool review: no such words
+    at.text_area(key="pg_text").set_value(REVIEW)
+    button(at, "Route and answer").click()
+    at.run()
+    assert metric(at, "In the pool") == "yes"
+    assert not any("No expert in this pack fits" in e.value for e in at.error)
+
+
+def test_decision_words_for_out_of_pool_and_unsure_choices():
+    from pages.common import decision_words
+    from ttmoe_core.openworld import calibrated
+
+    probs = {"mnli": 0.7, "rte": 0.3}
+    assert calibrated(probs, 1.0) == pytest.approx(probs)
+    flat = calibrated(probs, 2.44)                      # T > 1 flattens: 0.586 / 0.414
+    assert flat["mnli"] == pytest.approx(0.586, abs=1e-3) and sum(flat.values()) == pytest.approx(1)
+    level, words = decision_words({"in_pool": False, "pool_score": -3.2, "router_probs": {"a": 1.0}}, 2.0)
+    assert level == "error" and words.startswith("No expert in this pack fits this input")
+    level, words = decision_words({"in_pool": True, "pool_score": 1.0, "router_probs": probs}, 2.44)
+    assert level == "warning" and "The router is unsure between mnli and rte" in words
+    assert decision_words({"in_pool": True, "pool_score": 1.0, "router_probs": probs}, 1.0) is None
+    assert decision_words({"in_pool": None, "pool_score": None, "router_probs": {}}, None) is None

@@ -63,6 +63,9 @@ def test_pack_files_and_figures(pack):
     assert 0.0 <= figures["auroc"] <= 1.0 and 0.0 <= figures["false_flag"] <= 1.0
     assert figures["calibration_families"] == ["mrpc"]
     assert set(figures["evaluation_families"]) == {"mnli", "rte", "qnli", "qqp"}
+    pool_config = json.loads((pack / store.POOL_CONFIG_FILE).read_text())
+    assert pool_config["components"] == ["energy", "knn", "lm", "maha", "msp"]   # all calibrated
+    assert set(pool_config["weights"]) == set(pool_config["components"])         # all weighed
     detector = poolfiles.read_pool(pack, manifest)
     assert detector.num_classes == 2 and detector.layer == 1
     assert detector.scorer.precision.shape == (24, 24)          # --dims 24 kept
@@ -224,6 +227,32 @@ def test_corrupt_pool_and_replay_files_are_store_errors(pack_copy, base, case):
     if not case.startswith("replay"):
         with pytest.raises(store.StoreError):
             TTLoRAMoE.from_pack(pack_copy, backbone=base)
+
+
+@pytest.mark.parametrize("file", [store.POOL_WEIGHTS_FILE, store.POOL_CONFIG_FILE,
+                                  store.REPLAY_WEIGHTS_FILE, store.REPLAY_CONFIG_FILE])
+def test_random_byte_flips_load_or_fail_as_store_errors(pack_copy, file):
+    """Seeded fuzz: flipped bytes (header and data) give a detector / replay or a StoreError,
+    never another exception."""
+    import random
+
+    rng = random.Random(file)
+    original = (pack_copy / file).read_bytes()
+    manifest = store.read_pack_manifest(pack_copy)
+    failures = 0
+    for _ in range(12):
+        mutated = bytearray(original)
+        for _ in range(rng.randint(1, 4)):
+            mutated[rng.randrange(min(len(mutated), 3000))] = rng.randrange(256)
+        (pack_copy / file).write_bytes(bytes(mutated))
+        try:
+            if "replay" in file:
+                poolfiles.read_replay(pack_copy, manifest, 2)
+            else:
+                poolfiles.read_pool(pack_copy, manifest)
+        except store.StoreError:
+            failures += 1
+    assert failures > 0
 
 
 def test_retraining_the_router_removes_its_stale_detector(pack_copy):

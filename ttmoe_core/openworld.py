@@ -309,8 +309,9 @@ class PoolModel:
         return int(self.scorer.means.shape[0])
 
     def components(self, dense: torch.Tensor, logits: torch.Tensor | None, texts, pairs,
-                   ) -> dict[str, torch.Tensor]:
-        lm = self.lm.loglik(texts, pairs) if "lm" in self.scorer.weights else None
+                   every: bool = False) -> dict[str, torch.Tensor]:
+        """The scorer's components of N rows: those it weighs, or ``every`` one (calibration)."""
+        lm = self.lm.loglik(texts, pairs) if every or "lm" in self.scorer.weights else None
         return self.scorer.components(dense, logits, lm)
 
     def score(self, dense: torch.Tensor, logits: torch.Tensor | None, texts, pairs) -> torch.Tensor:

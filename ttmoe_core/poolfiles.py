@@ -26,7 +26,7 @@ import torch
 
 from . import openworld, tensorfile
 from .backbone import check_fingerprint
-from .router_v2 import BUCKETS
+from .router_v2 import BUCKETS, MAX_NGRAMS
 from .safefs import StoreError, write_json
 from .store import (FORMAT_VERSION, PACK_FILE, POOL_CONFIG_FILE, POOL_WEIGHTS_FILE, REPLAY_CONFIG_FILE,
                     REPLAY_WEIGHTS_FILE, read_json, save_tensors)
@@ -198,11 +198,14 @@ def read_replay(path: str | Path, pack: Mapping, base_experts: int) -> tuple[str
     prefixes = sorted({k.partition(".")[0] for k in shapes})
     if "replay" not in prefixes or not set(prefixes) <= {"replay", "calibration"}:
         raise StoreError(f"{what}: expected replay (and calibration) rows, found {prefixes}")
+    def dim(name: str, axis: int) -> int:
+        shape = shapes.get(name, [])
+        return shape[axis] if len(shape) > axis else 0
+
     expected = {}
     for prefix in prefixes:
-        rows = shapes.get(f"{prefix}.base_logits", [0])[0]
-        width = shapes.get(f"{prefix}.phi", [0, 0])[-1]
-        nnz = shapes.get(f"{prefix}.ngram_ids", [0])[0]
+        rows, width = dim(f"{prefix}.base_logits", 0), dim(f"{prefix}.phi", 1)
+        nnz = dim(f"{prefix}.ngram_ids", 0)
         if rows > MAX_ROWS or width > 1 << 20:
             raise StoreError(f"{what}: {rows} rows of width {width} is more than a replay holds")
         expected |= {f"{prefix}.base_logits": [rows, base_experts], f"{prefix}.phi": [rows, width],
@@ -217,7 +220,8 @@ def read_replay(path: str | Path, pack: Mapping, base_experts: int) -> tuple[str
     for prefix in prefixes:
         ptr, ids = t[f"{prefix}.ngram_ptr"], t[f"{prefix}.ngram_ids"]
         steps = ptr[1:] - ptr[:-1]
-        if int(ptr[0]) != 0 or int(ptr[-1]) != len(ids) or bool((steps < 0).any()):
+        if int(ptr[0]) != 0 or int(ptr[-1]) != len(ids) or bool((steps < 0).any()) \
+                or (len(steps) and int(steps.max()) > MAX_NGRAMS):
             raise StoreError(f"{what}: {prefix}.ngram_ptr is not a valid row index")
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= 4 * BUCKETS):
             raise StoreError(f"{what}: {prefix}.ngram_ids outside 0..{4 * BUCKETS - 1}")

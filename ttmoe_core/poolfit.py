@@ -63,9 +63,10 @@ def features(backbone, model, texts, pairs, pool_layer: int, progress=None) -> d
                                      progress=progress)
     dense_src = feats if "seg" in feats else routers.extract_features(
         backbone.model, backbone.tokenizer, texts, pairs, _ngram_config(pool_layer))
+    device = next(model.parameters()).device
     with torch.no_grad():
         model.eval()
-        logits = model(feats)
+        logits = model({k: v.to(device) for k, v in feats.items()}).float().cpu()
     return {"logits": logits, "dense": routers.pool_dense(dense_src, pool_layer), "feats": feats}
 
 
@@ -114,13 +115,15 @@ def calibrate_pool(pack_dir: str | Path, backbone, data_dir=None, *, per_task: i
     dev_f = features(backbone, model, dev.texts, dev.text_pairs, layer)
     held_f = features(backbone, model, held.texts, held.text_pairs, layer)
     scorer.temperature = openworld.fit_temperature(dev_f["logits"], dev.labels)
-    dev_parts = detector.components(dev_f["dense"], dev_f["logits"], dev.texts, dev.text_pairs)
+    dev_parts = detector.components(dev_f["dense"], dev_f["logits"], dev.texts, dev.text_pairs,
+                                    every=True)
     scorer.calibrate(dev_parts, false_flag)                       # z-scores of every component
     fam = {}
     for name, data in _family_rows(cal_f + eval_f, data_dir, family_rows).items():
         say(f"features of {len(data)} rows of {name}")
         f = features(backbone, model, data.texts, data.text_pairs, layer)
-        fam[name] = detector.components(f["dense"], f["logits"], data.texts, data.text_pairs)
+        fam[name] = detector.components(f["dense"], f["logits"], data.texts, data.text_pairs,
+                                        every=True)
     outside = {k: torch.cat([fam[f][k] for f in cal_f]) for k in dev_parts}
     weights = _learned_weights(dev_parts, outside, scorer)
     threshold = scorer.calibrate(dev_parts, false_flag, weights)
@@ -162,8 +165,11 @@ def openworld_report(moe, expert_tasks: Sequence[tuple[str, str]], per_task: int
 
 
 def _route_scores(moe, data: tasks.TaskData) -> torch.Tensor:
-    encoded, _ = moe.prepare(data.texts, data.text_pairs)
-    return moe.score(encoded).pool_score
+    """``pool_score`` [N] of the rows as ``predict`` gives it (router and detector only: the
+    base model to layer k, no expert pass)."""
+    pairs = data.text_pairs or [None] * len(data)
+    f = features(moe.backbone, moe.router, data.texts, pairs, moe.openworld.layer)
+    return moe.openworld.score(f["dense"], f["logits"], data.texts, pairs)
 
 
 # ----------------------------------------------------------------------------- growth

@@ -221,6 +221,8 @@ def cmd_eval_moe(args: argparse.Namespace) -> int:
             moe, pairs, args.per_task, args.data_dir)
     except (tasks.DataError, MoEError) as exc:
         raise UsageError(str(exc)) from None
+    if args.save:
+        _save_evaluation(args.pack or default_pack(), result)
     if args.json:
         print(json.dumps(result))
         return 0
@@ -242,6 +244,27 @@ def cmd_eval_moe(args: argparse.Namespace) -> int:
             print(f"  {family:<14} AUROC {row['auroc']:.3f}  caught {row['caught']:.1%}  "
                   f"({row['rows']} rows){tag}")
     return 0
+
+
+def _save_evaluation(pack: str | Path, result: dict) -> None:
+    """``eval-moe --save``: the figures into pack.json ("metrics" → "mixture"), in one step."""
+    from .. import store
+
+    summary = {"routing_accuracy": result["routing_accuracy"], "rows": result["rows"],
+               "per_task": {name: {k: row[k] for k in ("task", "metric", "mixture", "oracle",
+                                                       "routing_accuracy", "rows")}
+                            for name, row in result["per_task"].items()},
+               "openworld": result.get("openworld")}
+
+    def write(folder: Path, _names) -> None:
+        manifest = store.read_json(folder / store.PACK_FILE, "pack")
+        manifest["metrics"] = {**manifest.get("metrics", {}), "mixture": summary}
+        store.write_json(folder / store.PACK_FILE, manifest)
+
+    try:
+        store.update_pack(pack, write)
+    except (store.StoreError, OSError) as exc:
+        raise UsageError(f"the figures could not be saved to {pack}: {exc}") from None
 
 
 def cmd_build_demo(args: argparse.Namespace) -> int:
@@ -324,6 +347,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--per-task", type=positive_int, default=500)
     p.add_argument("--no-openworld", action="store_true",
                    help="skip the out-of-pool report (AUROC, false flags over outside families)")
+    p.add_argument("--save", action="store_true",
+                   help="record the figures in the pack's pack.json (shown on the Router page)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--device", type=device_arg, default=None)
     p.add_argument("--data-dir", default=None)
