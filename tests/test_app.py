@@ -460,7 +460,7 @@ def test_router_page_trains_and_saves_a_router_for_two_experts(_env):
     button(at, "Train router").click()
     at.run()
     wait_for_success(at, "Trained 2 router(s)", 180, "router training")
-    layers = at.dataframe[0].value
+    layers = next(d.value for d in at.dataframe if "layer k" in d.value.columns)
     assert list(layers["layer k"]) == [0, 1]
     assert layers["held-out accuracy"].between(0, 1).all()
     button(at, "Save this router to the pack").click()
@@ -592,7 +592,9 @@ def test_playground_says_the_router_confidence_in_words():
 def test_playground_says_when_no_expert_fits_and_abstains():
     at = open_page("playground")
     at.toggle(key="pg_abstain").set_value(True)
-    at.text_area(key="pg_text").set_value("Which of these is a fruit? (A) car (B) apple (C) chair")
+    at.text_area(key="pg_text").set_value("Robin went to school with Jan and went to her first "
+                                          "class with her as well. What will Robin want to do next?")
+    at.text_area(key="pg_pair").set_value("(A) go home (B) sleep (C) work in class")   # socialiqa
     button(at, "Route and answer").click()
     at.run()
     assert not at.exception
@@ -606,6 +608,7 @@ def test_playground_says_when_no_expert_fits_and_abstains():
     assert metric(at, "In the pool") == "no" and metric(at, "Chosen expert") != "none (abstained)"
     # an in-pool review: no such words
     at.text_area(key="pg_text").set_value(REVIEW)
+    at.text_area(key="pg_pair").set_value("")
     button(at, "Route and answer").click()
     at.run()
     assert metric(at, "In the pool") == "yes"

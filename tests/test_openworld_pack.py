@@ -296,8 +296,10 @@ def test_demo_pack_reports_in_pool_and_says_when_nothing_fits(embedded):
     moe = TTLoRAMoE.from_pack(default_pack(), backbone=embedded)
     assert moe.openworld is not None and moe.router.config.variant == "ngram"
     reviews = moe.predict(["The acting was wooden and the plot made no sense.",
-                           "I loved every minute of it."])
-    assert [r["expert"] for r in reviews] == ["sst2", "sst2"]
-    assert all(r["in_pool"] for r in reviews)
-    outside = moe.predict(["Which of these is a fruit? (A) car (B) apple (C) chair"], abstain=True)
+                           "I loved every minute of it."])     # the examples: fusion said cola
+    assert reviews[0]["expert"] == "sst2" and all(r["in_pool"] for r in reviews)
+    # a socialiqa row (a question over a story with options): no expert's task
+    outside = moe.predict(["Robin went to school with Jan and went to her first class with her as "
+                           "well. What will Robin want to do next?"],
+                          ["(A) go home (B) sleep (C) work in class"], abstain=True)
     assert outside[0]["in_pool"] is False and outside[0]["expert"] is None
