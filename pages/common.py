@@ -51,8 +51,8 @@ def legacy_pages_dir_workaround() -> None:
 
 legacy_pages_dir_workaround()
 
-from ttmoe_core import (adhoc, backbone, budget, experts, jobs, moe, names, quality,  # noqa: E402
-                        router, store, tasks, workspace)
+from ttmoe_core import (adhoc, backbone, budget, experts, jobs, moe, names, openworld,  # noqa: E402
+                        quality, router, store, tasks, workspace)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -491,6 +491,25 @@ def confidence_words(probability: float) -> str:
         return f"The router is fairly sure ({probability:.0%}), not certain."
     return (f"The router is unsure ({probability:.0%}): the input may fit several experts, or "
             "none of their tasks; check the forced answers.")
+
+
+def decision_words(row: dict, temperature: float | None) -> tuple[str, str] | None:
+    """(level, sentence) for a routed row out of the pool or with a weak choice: "error" /
+    "warning"; None when nothing needs saying. ``temperature``: the detector's calibration of
+    the router (None: the raw probabilities)."""
+    if row.get("in_pool") is False:
+        return "error", ("No expert in this pack fits this input: it does not look like any of "
+                         f"their tasks (pool score {row['pool_score']:+.2f}, below the pack's "
+                         "threshold). Any answer below is a guess.")
+    probs = row.get("router_probs") or {}
+    if temperature is not None:
+        probs = openworld.calibrated(probs, temperature)
+    ranked = sorted(probs.items(), key=lambda kv: -kv[1])
+    if len(ranked) >= 2 and ranked[0][1] < 0.6:
+        (a, pa), (b, pb) = ranked[:2]
+        return "warning", (f"The router is unsure between {a} and {b} ({pa:.0%} / {pb:.0%}, "
+                           "calibrated): compare their answers with the oracle toggle.")
+    return None
 
 
 def try_experts(folders: list[str]) -> None:

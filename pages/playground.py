@@ -46,6 +46,9 @@ def clear_gold() -> None:
 
 def answer_card(row: dict, title: str, key: str) -> None:
     """One answer: expert, label, label probabilities."""
+    if row["expert"] is None:
+        st.markdown(f"**{title}**: no expert fits this input (abstained).")
+        return
     st.markdown(f"**{title}**: expert **{row['expert']}** ({row['task']}) answers "
                 f"**{row['label']}**")
     common.quality_line(mixture.cards, row["expert"])   # its validation score; says when weak
@@ -156,7 +159,13 @@ with inputs:
                            help="Answer with the expert you choose as well, side by side.")
         forced = st.selectbox("Forced expert", mixture.names, disabled=not oracle,
                               key=f"pg_forced_{'_'.join(mixture.names)}")
-    asked = (serving, text, pair, forced if oracle else None)
+    abstain = False
+    if mixture.openworld is not None:
+        abstain = st.toggle("Abstain when no expert fits", key="pg_abstain",
+                            help="An input that looks like none of the pack's tasks gets no "
+                                 "expert and no answer; off: the router's top choice answers "
+                                 "anyway (the paper's behaviour) and the input is only flagged.")
+    asked = (serving, text, pair, forced if oracle else None, abstain)
     if st.button("Route and answer" if mixture.router is not None else "Answer", type="primary",
                  icon=":material/alt_route:", key="pg_go"):
         if not text.strip():
@@ -166,7 +175,8 @@ with inputs:
             started = time.perf_counter()
             routed = None
             if mixture.router is not None:
-                routed = common.safe(mixture.predict, [text], [pair.strip() or None], what="predict")
+                routed = common.safe(mixture.predict, [text], [pair.strip() or None],
+                                     abstain=abstain, what="predict")
             forced_row = None
             if oracle:
                 forced_row = common.safe(mixture.predict, [text], [pair.strip() or None],
@@ -190,15 +200,27 @@ with outputs:
         if result["asked"] != asked:
             st.warning("The input changed: this answer is for the previous one. Press the button "
                        "again.", icon=":material/history:")
+        temperature = mixture.openworld.scorer.temperature if mixture.openworld else None
+        said = common.decision_words(main, temperature) if routed else None
         with st.container():
             best = max(main["label_probs"].values()) if main["label_probs"] else None
             top = st.columns([3, 2])
             top[0].metric("Answer", str(main["label"]), border=True,
                           help=f"{main['label']}" + ("" if best is None
                                                      else f" · probability {best:.1%}"))
-            top[1].metric("Chosen expert", main["expert"], border=True,
+            top[1].metric("Chosen expert", main["expert"] or "none (abstained)", border=True,
                           help="The router's top-1 choice." if routed else "Forced (no router).")
-            confidence = main["router_probs"].get(main["expert"])
+            confidence = main["router_probs"].get(main["expert"]) if main["expert"] else None
+            if main.get("in_pool") is not None:
+                pool_cols = st.columns([3, 2])
+                pool_cols[0].metric("In the pool", "yes" if main["in_pool"] else "no", border=True,
+                                    help="Does the input look like one of the pack's tasks? "
+                                         "(out-of-pool detector, calibrated on other task families)")
+                pool_cols[1].metric("Pool score", f"{main['pool_score']:+.2f}", border=True,
+                                    help=f"Higher: more like the pack's tasks; threshold "
+                                         f"{mixture.openworld.threshold:+.2f}.")
+            if said is not None:
+                (st.error if said[0] == "error" else st.warning)(said[1])
             bottom = st.columns([3, 2])
             bottom[0].metric("Router confidence",
                              "– (no router)" if confidence is None else f"{confidence:.1%}",
@@ -206,7 +228,7 @@ with outputs:
             bottom[1].metric("Time", f"{result['seconds'] * 1000:.0f} ms", border=True,
                              help="Routing and answering this input on this machine (the "
                                   "forced expert's answer included).")
-            if confidence is not None:
+            if confidence is not None and said is None:
                 (st.markdown if confidence >= 0.9 else st.warning)(
                     common.confidence_words(confidence))
             if ss.get("pg_gold"):
@@ -217,6 +239,9 @@ with outputs:
             if main["router_probs"]:
                 st.plotly_chart(figures.router_probs_bar(main["router_probs"], main["expert"]),
                                 key="pg_router_probs")
+            if main["expert"] is None:
+                st.info("No answer: abstained (switch the toggle off for the router's top choice).",
+                        icon=":material/block:")
             if routed and forced_row:
                 same = routed["expert"] == forced_row["expert"]
                 st.markdown("**Oracle comparison** — " + (
@@ -227,7 +252,7 @@ with outputs:
                     answer_card(routed, "Routed", "pg_cmp_routed")
                 with col_f:
                     answer_card(forced_row, f"Forced: {forced_row['expert']}", "pg_cmp_forced")
-            else:
+            elif main["expert"] is not None:
                 answer_card(main, "Routed" if routed else f"Forced: {main['expert']}", "pg_answer")
 
 # ----------------------------------------------------------------------------- batch
@@ -263,7 +288,8 @@ with batch:
             elapsed = time.perf_counter() - started
             if rows:
                 table = pd.DataFrame([{
-                    "expert": r["expert"], "answer": str(r["label"]),
+                    "expert": r["expert"] or "–", "answer": str(r["label"]),
+                    "in pool": r["in_pool"], "pool score": r["pool_score"],
                     "answer probability": max(r["label_probs"].values()) if r["label_probs"] else None,
                     "router confidence": r["router_probs"].get(r["expert"]),
                     "text": r["text"], "second text": r["text_pair"] or "",

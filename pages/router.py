@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from pages import common
-from ttmoe_core import figures, jobs, router, store, tasks
+from ttmoe_core import figures, jobs, poolfit, router, store, tasks
 from ttmoe_core.workspace import WorkspaceError
 
 ws = common.setup()
@@ -18,7 +18,9 @@ ss = st.session_state
 VARIANT_HELP = {"paper": "the authors': last layer, last token, noisy gating (full pass)",
                 "linear": "one linear layer on the mean-pooled states of layer k",
                 "mlp": "an MLP on the mean-pooled states of layer k",
-                "fusion": "ours: MLP on layers 0..k + character n-grams of the raw text"}
+                "fusion": "MLP on layers 0..k + character n-grams of the raw text",
+                "ngram": "ours (issue 14): layers 0..k per segment + case-free word and character "
+                         "n-grams; add-expert can grow it"}
 
 
 def router_report(names: list[str], metrics: dict, key: str) -> None:
@@ -73,6 +75,74 @@ def stored_router(pack_dir: Path) -> None:
         if build.get("command"):
             st.markdown(f"Pack built with `{build['command']}`.")
         st.markdown("\n".join(f"- **{k}**: {v}" for k, v in sources.items()))
+    mixture = (summary["manifest"].get("metrics") or {}).get("mixture")
+    if mixture:
+        st.subheader("The mixture vs the oracle expert")
+        st.dataframe(pd.DataFrame([{
+            "expert": name, "metric": row["metric"], "mixture": row["mixture"][row["metric"]],
+            "oracle": row["oracle"][row["metric"]],
+            "gap (points)": 100 * (row["mixture"][row["metric"]] - row["oracle"][row["metric"]]),
+            "routed right": row["routing_accuracy"]} for name, row in mixture["per_task"].items()]),
+            hide_index=True, column_config={
+                k: st.column_config.NumberColumn(format="%.3f")
+                for k in ("mixture", "oracle", "routed right")} | {
+                "gap (points)": st.column_config.NumberColumn(format="%+.1f")})
+        st.caption(f"Measured by `eval-moe --save` on {mixture['rows']:,} held-out inputs: the "
+                   "oracle forces each input's own expert; a gap is where routing errs.")
+    pool = (summary["manifest"].get("metrics") or {}).get("pool")
+    if pool:
+        st.subheader("Out-of-pool detection")
+        cols = st.columns(4)
+        cols[0].metric("AUROC", f"{pool['auroc']:.3f}",
+                       help="Held-out in-pool inputs vs inputs of task families outside the "
+                            f"pack ({', '.join(pool['evaluation_families'])}); 1.0: always apart.")
+        cols[1].metric("In-pool inputs flagged", f"{pool['false_flag']:.1%}",
+                       help=f"At the pack's threshold (target {pool['false_flag_target']:.0%}).")
+        cols[2].metric("Outside inputs caught", f"{pool['caught']:.1%}")
+        cols[3].metric("Router temperature", f"{pool['temperature']:.2f}",
+                       help="Calibrates the router's probabilities (fitted on held-apart rows).")
+        st.plotly_chart(figures.metric_bar({f: r["auroc"] for f, r in pool["families"].items()},
+                                           title="AUROC against each outside family"),
+                        key=f"pool_{pack_dir}")
+    else:
+        st.caption("No out-of-pool detector: every input goes to an expert with full confidence. "
+                   f"Calibrate one with `python -m ttmoe_core calibrate-pool --pack {pack_dir}`.")
+    for added in metrics.get("added", []):
+        st.caption(f"Expert **{added['expert']}** ({added['task']}) was added without retraining "
+                   f"the router ({added['seconds']:.1f} s, {added['rows_new']} rows).")
+
+
+def add_expert_form(pack_dir: Path) -> None:
+    """Grow the chosen workspace pack by one trained expert (``poolfit.add_expert``)."""
+    if ws.root not in pack_dir.parents:
+        st.caption("The demo pack is read-only: add experts to a pack of your workspace (train "
+                   "an ngram router for it below first).")
+        return
+    have = set(common.pack_summary(str(pack_dir), common.stamp(pack_dir)).get("names", []))
+    infos, _ = common.folder_experts(str(ws.root), common.stamp(ws.root))
+    options = {f"{i['name']} ({i['task']})": i["folder"] for i in infos
+               if i["name"] not in have and i["method"] == "tt-lora"}
+    if not options:
+        st.caption("No workspace expert outside this pack to add: train one on the Train page.")
+        return
+    cols = st.columns(3)
+    chosen = cols[0].selectbox("Expert to add", list(options), key="add_expert_pick")
+    rows = cols[1].number_input("Rows of its task", 50, 20_000, 1000, key="add_expert_rows")
+    check = cols[2].number_input("Measure routing on N rows a task (0: skip)", 0, 2000, 100,
+                                 key="add_expert_eval")
+    if st.button("Add expert", icon=":material/add:", key="add_expert_go"):
+        base_model = common.safe(common.get_backbone, what="base model")
+        with st.spinner("Growing the router and the out-of-pool detector…"):
+            out = base_model and common.safe(poolfit.add_expert, pack_dir, options[chosen],
+                                             base_model, rows=int(rows),
+                                             evaluate=int(check) or None, what="add-expert")
+        if out:
+            st.success(f"Added {out['name']} in {out['seconds']:.1f} s; the other experts' files "
+                       "are untouched.", icon=":material/check_circle:")
+            if "old_accuracy_after" in out:
+                st.markdown(f"Old tasks routed right: {out['old_accuracy_before']:.1%} → "
+                            f"{out['old_accuracy_after']:.1%}; the new task's inputs sent to "
+                            f"{out['name']}: {out.get('new_accuracy', float('nan')):.1%}.")
 
 
 def job_view(job_id: str, polling: bool) -> None:
@@ -118,6 +188,8 @@ st.header("Stored router")
 pack_dir = common.pick_pack(ws, key="router_pack")
 if not common.pack_missing(pack_dir):
     stored_router(pack_dir)
+    with st.expander("Add an expert to this pack (no retraining)"):
+        add_expert_form(pack_dir)
 
 # ----------------------------------------------------------------------------- new router
 st.divider()

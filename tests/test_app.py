@@ -460,7 +460,7 @@ def test_router_page_trains_and_saves_a_router_for_two_experts(_env):
     button(at, "Train router").click()
     at.run()
     wait_for_success(at, "Trained 2 router(s)", 180, "router training")
-    layers = at.dataframe[0].value
+    layers = next(d.value for d in at.dataframe if "layer k" in d.value.columns)
     assert list(layers["layer k"]) == [0, 1]
     assert layers["held-out accuracy"].between(0, 1).all()
     button(at, "Save this router to the pack").click()
@@ -585,3 +585,47 @@ def test_playground_says_the_router_confidence_in_words():
     at = _routed_review()
     words = [m.value for m in [*at.markdown, *at.warning] if "The router is" in m.value]
     assert len(words) == 1 and metric(at, "Router confidence").endswith("%")
+
+
+@needs_pack
+@pytest.mark.slow
+def test_playground_says_when_no_expert_fits_and_abstains():
+    at = open_page("playground")
+    at.toggle(key="pg_abstain").set_value(True)
+    at.text_area(key="pg_text").set_value("Robin went to school with Jan and went to her first "
+                                          "class with her as well. What will Robin want to do next?")
+    at.text_area(key="pg_pair").set_value("(A) go home (B) sleep (C) work in class")   # socialiqa
+    button(at, "Route and answer").click()
+    at.run()
+    assert not at.exception
+    assert metric(at, "In the pool") == "no"
+    assert metric(at, "Chosen expert") == "none (abstained)"
+    assert any("No expert in this pack fits this input" in e.value for e in at.error)
+    # the default answers anyway and only flags the input
+    at.toggle(key="pg_abstain").set_value(False)
+    button(at, "Route and answer").click()
+    at.run()
+    assert metric(at, "In the pool") == "no" and metric(at, "Chosen expert") != "none (abstained)"
+    # an in-pool review: no such words
+    at.text_area(key="pg_text").set_value(REVIEW)
+    at.text_area(key="pg_pair").set_value("")
+    button(at, "Route and answer").click()
+    at.run()
+    assert metric(at, "In the pool") == "yes"
+    assert not any("No expert in this pack fits" in e.value for e in at.error)
+
+
+def test_decision_words_for_out_of_pool_and_unsure_choices():
+    from pages.common import decision_words
+    from ttmoe_core.openworld import calibrated
+
+    probs = {"mnli": 0.7, "rte": 0.3}
+    assert calibrated(probs, 1.0) == pytest.approx(probs)
+    flat = calibrated(probs, 2.44)                      # T > 1 flattens: 0.586 / 0.414
+    assert flat["mnli"] == pytest.approx(0.586, abs=1e-3) and sum(flat.values()) == pytest.approx(1)
+    level, words = decision_words({"in_pool": False, "pool_score": -3.2, "router_probs": {"a": 1.0}}, 2.0)
+    assert level == "error" and words.startswith("No expert in this pack fits this input")
+    level, words = decision_words({"in_pool": True, "pool_score": 1.0, "router_probs": probs}, 2.44)
+    assert level == "warning" and "The router is unsure between mnli and rte" in words
+    assert decision_words({"in_pool": True, "pool_score": 1.0, "router_probs": probs}, 1.0) is None
+    assert decision_words({"in_pool": None, "pool_score": None, "router_probs": {}}, None) is None

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from tests.tinymodels import SAMPLES, tiny_bert
-from ttmoe_core import baselines, experts, rng, router, tasks
+from ttmoe_core import baselines, experts, rng, router, router_v2, routers, tasks
 from ttmoe_core.router import SURFACE_DIM, RouterConfig
 
 HIDDEN, LAYERS, EXPERTS = 16, 2, 3
@@ -48,13 +48,18 @@ def _features(seed: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     return ({"pooled": torch.randn(n, LAYERS + 1, HIDDEN, generator=g) + labels[:, None, None],
              "last": torch.randn(n, HIDDEN, generator=g) + labels[:, None],
              "mean_last": torch.randn(n, HIDDEN, generator=g),
-             "surface": torch.randn(n, 2 * SURFACE_DIM + 6, generator=g)}, labels)
+             "surface": torch.randn(n, 2 * SURFACE_DIM + 6, generator=g),
+             # the ngram variant's inputs
+             "seg": torch.randn(n, LAYERS + 1, 2, HIDDEN, generator=g) + labels[:, None, None, None],
+             "ngram_ids": torch.randint(0, 4 * router_v2.BUCKETS, (n, 6), generator=g),
+             "ngram_w": torch.rand(n, 6, generator=g),
+             "flags": torch.randn(n, router_v2.FLAGS, generator=g)}, labels)
 
 
 def _train_router(variant: str, seed: int) -> tuple[list[dict], dict[str, torch.Tensor]]:
     feats, labels = _features(seed)
     config = RouterConfig(variant=variant, layer=1, hidden=16, epochs=8, batch_size=16, seed=seed)
-    model = router.build_router(config, EXPERTS, HIDDEN, LAYERS)
+    model = routers.build(config, EXPERTS, HIDDEN, LAYERS)
     return router.train_router(model, feats, labels), model.state_dict()
 
 

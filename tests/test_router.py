@@ -31,7 +31,7 @@ def synthetic_features(n_per_class: int, seed: int) -> tuple[dict[str, torch.Ten
     return feats, labels
 
 
-@pytest.mark.parametrize("variant", router.VARIANTS)
+@pytest.mark.parametrize("variant", sorted(router.ROUTERS))     # ngram: tests/test_router_v2.py
 def test_each_variant_learns_separable_features(variant):
     train, train_labels = synthetic_features(40, seed=0)
     held, held_labels = synthetic_features(20, seed=1)
@@ -148,6 +148,23 @@ def test_sweep_layers_one_result_per_layer(bb, routing_sets, variant):
         assert r["router"].config.layer == r["layer"]
         assert len(r["report"].history) == 3
         check_report(r["report"], len(held.labels), train.names)
+
+
+def test_routers_registry_builds_and_sweeps_every_variant(bb, routing_sets):
+    from ttmoe_core import router_v2, routers
+
+    assert set(routers.VARIANTS) == set(router.ROUTERS) | {"ngram"}
+    with pytest.raises(RouterError, match="routers.build"):
+        router.build_router(RouterConfig(variant="ngram"), EXPERTS, HIDDEN, LAYERS)
+    train, held = routing_sets
+    results = routers.sweep_layers(RouterConfig(variant="ngram", hidden=16, epochs=3), [0, 1], bb,
+                                   train, held)
+    assert [r["layer"] for r in results] == [0, 1]
+    for r in results:
+        assert isinstance(r["router"], router_v2.NgramFusionRouter)
+        check_report(r["report"], len(held.labels), train.names)
+    assert routers.features_fn(RouterConfig(variant="ngram")) is router_v2.batch_features
+    assert routers.features_fn(RouterConfig(variant="fusion")) is router.batch_features
 
 
 def test_sweep_paper_uses_last_layer_only(bb, routing_sets):

@@ -294,7 +294,7 @@ def train_router_job(job: Job, router_config, layers: Sequence[int], backbone,
     "saved" (the pack of experts, no router yet) or "not saved". A cancel is honoured at every
     event, during router training too; a failed or cancelled run removes the pack it made.
     """
-    from . import router as routers
+    from . import router as routers, routers as variants
 
     def progress(stage: str, done: int, total: int) -> None:
         if job.cancelled():
@@ -312,8 +312,8 @@ def train_router_job(job: Job, router_config, layers: Sequence[int], backbone,
         train = routers.routing_data(pairs, "train", per_task, data_dir)
         held = routers.routing_data(pairs, "validation", eval_per_task, data_dir)
         progress("loading data", 2, 2)
-        results = routers.sweep_layers(router_config, list(layers), backbone, train, held,
-                                       progress=progress)
+        results = variants.sweep_layers(router_config, list(layers), backbone, train, held,
+                                        progress=progress)
         if not job.commit():
             raise routers.RouterError("router training cancelled at its end")
     except BaseException as exc:
@@ -330,7 +330,8 @@ def train_router_job(job: Job, router_config, layers: Sequence[int], backbone,
     return {"pack": str(built), "pack_name": pack_name,
             "workspace": workspace, "names": train.names, "sources": held.sources,
             "train_rows": len(train.labels), "held_out_rows": len(held.labels),
-            "results": results, "base": backbone.info, "created": _now()}
+            "results": results, "base": backbone.info, "created": _now(),
+            "train": train, "backbone": backbone}
 
 
 def save_trained_router(result: dict, index: int, extra: dict | None = None) -> Path:
@@ -344,4 +345,21 @@ def save_trained_router(result: dict, index: int, extra: dict | None = None) -> 
                                      result["sources"], sweep=result["results"])
     return result["workspace"].save_router(
         result["pack_name"], chosen["router"], result["names"], metrics, result["base"],
-        extra={"created": result["created"], **(extra or {})})
+        extra={"created": result["created"], **(extra or {})},
+        companions=_replay_writer(chosen["router"], result))
+
+
+def _replay_writer(model, result: dict):
+    """For an ngram router: a writer of its replay rows (add-expert grows it from them), from
+    the run's training rows; None for other variants or a result without them."""
+    from . import growth, poolfiles, poolfit, routers as variants
+
+    train, backbone = result.get("train"), result.get("backbone")
+    if model.config.variant != "ngram" or train is None or backbone is None:
+        return None
+    part = variants.take(train, growth.replay_sample(train.labels, poolfit.REPLAY_PER_TASK))
+    feats = variants.extract_features(backbone.model, backbone.tokenizer, part.texts,
+                                      part.text_pairs, model.config)
+    sets = poolfit.replay_sets(model, feats, part.labels, None, None)
+    return lambda folder: poolfiles.write_replay(folder, sets, result["names"],
+                                                 backbone.info.to_dict(), "hidden")

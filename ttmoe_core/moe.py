@@ -29,14 +29,17 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import adapters, batching, precision
+from . import adapters, batching, precision, routers
 from .backbone import (Backbone, BackboneError, Encoded, check_fingerprint, encode_rows,
                        load_backbone, pool, weight_sharing_copy)
 from .layers import continue_layers, hidden_states, runs_in_parts
 from .experts import Expert
 from .pool import ExpertCard, ExpertPool, MoEError, open_pack
-from .router import Router, state_features, text_features
-from .store import Pack, StoreError, load_pack
+from .openworld import PoolModel
+from .poolfiles import read_pool
+from .router import Router
+from .router_v2 import segment_pools
+from .store import Pack, StoreError, load_pack, read_pack_manifest
 
 MAX_BATCH_ROWS = batching.MAX_ROWS        # rows per micro-batch when serving
 MAX_BATCH_TOKENS = batching.MAX_TOKENS    # padded tokens (rows × longest row) per micro-batch
@@ -52,6 +55,8 @@ class Scores:
     router_probs: torch.Tensor | None      # [N, E]; None when the router did not run
     logits: torch.Tensor                   # [N, C_max]; labels beyond a row's expert's are -inf
     truncated: tuple[bool, ...]            # row longer than the mixture's max_length
+    pool_score: torch.Tensor | None = None  # [N] float: higher = one of the pool's tasks;
+                                            # None without an out-of-pool detector or router
 
 
 class TTLoRAMoE(nn.Module):
@@ -59,11 +64,12 @@ class TTLoRAMoE(nn.Module):
 
     ``experts``: Expert objects (TT-LoRA, same targets and TT factors; ranks and label counts may
     differ) or an ``ExpertPool`` (large or lazily loaded pools). ``router``: None, or a router
-    with one output per expert.
+    with one output per expert. ``openworld``: the pack's out-of-pool detector (its rows get
+    ``in_pool`` / ``pool_score``), or None.
     """
 
     def __init__(self, backbone: Backbone, experts: Sequence[Expert] | ExpertPool,
-                 router: Router | None, max_length: int = 128):
+                 router: Router | None, max_length: int = 128, openworld: PoolModel | None = None):
         super().__init__()
         pool = experts if isinstance(experts, ExpertPool) else ExpertPool.from_experts(experts)
         if pool.base is not None:
@@ -71,6 +77,11 @@ class TTLoRAMoE(nn.Module):
                               f"the experts ({pool.base.name!r} base model)")
         if router is not None and router.num_experts != len(pool):
             raise MoEError(f"the router has {router.num_experts} outputs for {len(pool)} experts")
+        if openworld is not None and (router is None or openworld.num_classes != len(pool)
+                                      or openworld.layer > router.config.layer):
+            raise MoEError("the out-of-pool detector does not fit the router and the experts: "
+                           "recalibrate it (calibrate-pool)")
+        self.openworld = openworld
         self.backbone = backbone
         self.max_length = max_length
         self.encoder = weight_sharing_copy(backbone.model)
@@ -124,20 +135,28 @@ class TTLoRAMoE(nn.Module):
     def _router_features(self, texts: Sequence[str], text_pairs: Sequence[str | None]
                          ) -> dict[str, torch.Tensor]:
         """Features of the raw text for the router (fusion: "surface" [N, F]), on the device."""
-        feats = text_features(texts, text_pairs, self.router.config)
+        feats = routers.text_features(texts, text_pairs, self.router.config)
         return {k: v.to(self.backbone.device) for k, v in feats.items()}
 
     def _route_states(self, batch: dict[str, torch.Tensor], text_feats: dict[str, torch.Tensor]
-                      ) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """(frozen hidden states 0..k, each [B, T, H]; router probabilities [B, E])."""
+                      ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        """(frozen hidden states 0..k, each [B, T, H]; router probabilities [B, E]; logits [B, E])."""
         rows = batch["input_ids"].shape[0]
         device = batch["input_ids"].device
         with adapters.adapters_off(rows, device), precision.autocast(device, self.backbone.dtype):
             states = hidden_states(self.encoder, batch, self.router.config.layer)
-        feats = state_features(states, batch["attention_mask"], self.router.config) | text_feats
+        feats = routers.state_features(states, batch, self.router.config) | text_feats
         dtype = next(self.router.parameters()).dtype
-        logits = self.router({k: v.to(dtype) for k, v in feats.items()})
-        return states, torch.softmax(logits, dim=-1)
+        logits = self.router({k: v.to(dtype) if v.is_floating_point() else v for k, v in feats.items()})
+        return states, torch.softmax(logits, dim=-1), logits
+
+    def _pool_scores(self, batch: dict[str, torch.Tensor], states: Sequence[torch.Tensor],
+                     logits: torch.Tensor, texts: Sequence[str], pairs: Sequence[str | None]
+                     ) -> torch.Tensor:
+        """``pool_score`` [B] of a routed micro-batch (states 0..k of the frozen base)."""
+        pooled, seg = segment_pools(states[: self.openworld.layer + 1], batch)
+        dense = routers.pool_dense({"pooled": pooled, "seg": seg}, self.openworld.layer)
+        return self.openworld.score(dense.cpu(), logits.float().cpu(), texts, pairs).to(logits.device)
 
     @torch.inference_mode()
     def route(self, batch: dict[str, torch.Tensor], texts: Sequence[str],
@@ -217,14 +236,18 @@ class TTLoRAMoE(nn.Module):
         batches = batching.plan(unique.lengths, max_tokens, batch_size)
         device = self.backbone.device
         text_feats = self._router_features(unique.texts, unique.text_pairs) if route else {}
-        probs_parts, idx_parts, logit_parts = [], [], []
+        probs_parts, idx_parts, logit_parts, pool_parts = [], [], [], []
         for rows in batches:
             batch = unique.batch(rows, device)                                   # [B, T_max] each
             states = probs = None
             if route:
                 rows_t = torch.tensor(rows, device=device)
-                states, probs = self._route_states(
+                states, probs, router_logits = self._route_states(
                     batch, {k: v[rows_t] for k, v in text_feats.items()})        # probs [B, E]
+                if self.openworld is not None:
+                    pool_parts.append(self._pool_scores(
+                        batch, states, router_logits, [unique.texts[r] for r in rows],
+                        [unique.text_pairs[r] for r in rows]))
             if forced is not None:
                 idx = torch.tensor([forced[first[r]] for r in rows], device=device)
             else:
@@ -239,21 +262,31 @@ class TTLoRAMoE(nn.Module):
 
         return Scores(expert_idx=in_order(idx_parts),
                       router_probs=in_order(probs_parts) if route else None,
-                      logits=in_order(logit_parts), truncated=encoded.truncated)
+                      logits=in_order(logit_parts), truncated=encoded.truncated,
+                      pool_score=in_order(pool_parts) if pool_parts else None)
 
-    def answers(self, encoded: Encoded, scores: Scores, router_top: int | None = None) -> list[dict]:
+    def answers(self, encoded: Encoded, scores: Scores, router_top: int | None = None,
+                abstain: bool = False) -> list[dict]:
         """One dict per row of ``encoded`` from its ``scores`` (see ``predict``)."""
-        probs = scores.router_probs
+        probs, pool = scores.router_probs, scores.pool_score
         return [self._row(encoded.texts[i], encoded.text_pairs[i], int(scores.expert_idx[i]),
                           None if probs is None else probs[i], scores.logits[i],
-                          scores.truncated[i], router_top) for i in range(len(encoded))]
+                          scores.truncated[i], router_top,
+                          None if pool is None else float(pool[i]), abstain)
+                for i in range(len(encoded))]
 
     def predict(self, texts: Sequence[str], text_pairs: Sequence[str | None] | None = None,
                 expert: str | Sequence[str] | None = None, batch_size: int = MAX_BATCH_ROWS,
                 max_tokens: int | None = MAX_BATCH_TOKENS,
-                router_top: int | None = None) -> list[dict]:
+                router_top: int | None = None, abstain: bool = False) -> list[dict]:
         """One dict per row, in input order: text, text_pair, expert, task, router_probs, label,
-        label_probs, truncated.
+        label_probs, truncated, in_pool, pool_score.
+
+        ``in_pool`` (bool) / ``pool_score`` (float, higher: more likely one of the pool's tasks)
+        come from the pack's out-of-pool detector (None, None without one or when the router did
+        not run). By default every row keeps the router's top-1 answer (the paper's); with
+        ``abstain`` a row out of the pool gets expert, task and label None and no label_probs
+        (router_probs and pool_score stay, to show why).
 
         ``expert``: a name (every row) or one name per row forces the choice (oracle); the
         router's probabilities are still reported when there is a router (all E of them, or the
@@ -262,10 +295,11 @@ class TTLoRAMoE(nn.Module):
         """
         encoded, forced = self.prepare(texts, text_pairs, expert)
         scores = self.score(encoded, forced, batch_size=batch_size, max_tokens=max_tokens)
-        return self.answers(encoded, scores, router_top)
+        return self.answers(encoded, scores, router_top, abstain=abstain and forced is None)
 
     def _row(self, text: str, pair: str | None, idx: int, probs: torch.Tensor | None,
-             logits: torch.Tensor, truncated: bool, router_top: int | None = None) -> dict:
+             logits: torch.Tensor, truncated: bool, router_top: int | None = None,
+             pool_score: float | None = None, abstain: bool = False) -> dict:
         card = self.pool.cards[idx]
         router_probs = {}
         if probs is not None:
@@ -278,9 +312,13 @@ class TTLoRAMoE(nn.Module):
             label_p = torch.softmax(logits[:card.num_labels], -1).tolist()
             label = card.label_names[int(torch.tensor(label_p).argmax())]
             label_probs = dict(zip(card.label_names, label_p))
-        return {"text": text, "text_pair": pair, "expert": card.name, "task": card.task,
-                "router_probs": router_probs, "label": label, "label_probs": label_probs,
-                "truncated": truncated}
+        in_pool = None if pool_score is None else bool(pool_score >= self.openworld.threshold)
+        row = {"text": text, "text_pair": pair, "expert": card.name, "task": card.task,
+               "router_probs": router_probs, "label": label, "label_probs": label_probs,
+               "truncated": truncated, "in_pool": in_pool, "pool_score": pool_score}
+        if abstain and in_pool is False:
+            row.update(expert=None, task=None, label=None, label_probs={})
+        return row
 
     # ------------------------------------------------------------------ loading
 
@@ -292,8 +330,10 @@ class TTLoRAMoE(nn.Module):
         StoreError when the pack was built on another base model than ``backbone``."""
         backbone = backbone or load_backbone(pack.base_model["name"], device=device, dtype=dtype)
         router = pack.build_router() if pack.router_state is not None else None
+        openworld = read_pool(pack.path, pack.manifest) if router is not None else None
         try:
-            return cls(backbone, pack.experts, router, max_length=pack.max_length)
+            return cls(backbone, pack.experts, router, max_length=pack.max_length,
+                       openworld=openworld)
         except BackboneError as exc:
             raise StoreError(f"pack {pack.path.name!r}: {exc}") from None
 
@@ -309,9 +349,12 @@ class TTLoRAMoE(nn.Module):
             return cls.from_loaded_pack(load_pack(path), backbone=backbone, device=device,
                                         dtype=dtype)
         pool, router, max_length = open_pack(path)
+        openworld = None
+        if router is not None:
+            openworld = read_pool(path, read_pack_manifest(Path(path)))
         backbone = backbone or load_backbone(pool.base.name, device=device, dtype=dtype)
         try:
-            return cls(backbone, pool, router, max_length=max_length)
+            return cls(backbone, pool, router, max_length=max_length, openworld=openworld)
         except BackboneError as exc:
             raise StoreError(f"pack {Path(path).name!r}: {exc}") from None
 

@@ -430,7 +430,7 @@ def _open_folder(folder: Path) -> tuple[Expert, _Lazy]:
 def open_pack(path: str | Path) -> tuple[ExpertPool, "object | None", int]:
     """(lazy pool of a pack's experts, its router or None, max_length): the pack's manifest and
     router are read and checked now, the experts' weights on first use."""
-    from .router import build_router
+    from .routers import build
 
     path = Path(path)
     if not path.is_dir():
@@ -451,7 +451,7 @@ def open_pack(path: str | Path) -> tuple[ExpertPool, "object | None", int]:
     what = f"router of pack {path.name!r}"
     state = tensorfile.load(path / store.ROUTER_WEIGHTS_FILE, header, what)
     with torch.device("meta"):
-        router = build_router(config, len(names), base["hidden_size"], base["num_layers"])
+        router = build(config, len(names), base["hidden_size"], base["num_layers"])
     router = router.to_empty(device="cpu")
     router.load_state_dict(state)
     return pool, router.eval(), config.max_length

@@ -31,7 +31,8 @@ from . import batching, rng
 from .backbone import last_token, mean_pool
 from .layers import hidden_states
 
-VARIANTS = ("paper", "linear", "mlp", "fusion")
+VARIANTS = ("paper", "linear", "mlp", "fusion", "ngram")   # ngram: router_v2 (built by routers)
+GROW_SOURCES = ("hidden", "input", "both")
 SURFACE_DIM = 512          # hashed char n-gram features per segment
 
 
@@ -51,6 +52,8 @@ class RouterConfig:
     dropout: float = 0.1
     seed: int = 0
     max_length: int = 128
+    added_experts: int = 0         # experts appended later by growth (routers.grow), not retrained
+    grow_source: str = "hidden"    # what their logits read (growth.base_outputs)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -68,6 +71,9 @@ class RouterConfig:
         layer = num_layers if (self.layer is None or self.variant == "paper") else int(self.layer)
         if not 0 <= layer <= num_layers:
             raise RouterError(f"router layer {layer} out of range 0..{num_layers}")
+        if self.added_experts < 0 or self.grow_source not in GROW_SOURCES:
+            raise RouterError(f"bad growth settings: {self.added_experts} added experts reading "
+                              f"{self.grow_source!r} (use one of {', '.join(GROW_SOURCES)})")
         return RouterConfig(**{**self.to_dict(), "layer": layer})
 
 
@@ -140,13 +146,23 @@ def batch_features(model: nn.Module, batch: dict[str, torch.Tensor], texts: Sequ
     return feats | {k: v.to(device) for k, v in text_features(texts, text_pairs, config).items()}
 
 
+def _states_of(states, batch, config):
+    return state_features(states, batch["attention_mask"], config)
+
+
 def extract_features(model: nn.Module, tokenizer, texts: Sequence[str],
                      text_pairs: Sequence[str | None] | None, config: RouterConfig,
                      batch_size: int = 64, max_tokens: int | None = 4096,
-                     progress: Callable[[int, int], None] | None = None) -> dict[str, torch.Tensor]:
+                     progress: Callable[[int, int], None] | None = None,
+                     state_fn: Callable | None = None, text_fn: Callable | None = None,
+                     ) -> dict[str, torch.Tensor]:
     """Router inputs of N rows, on the CPU in input order: rows tokenized once, run in
     length-sorted micro-batches (at most ``batch_size`` rows, ``max_tokens`` padded tokens);
-    text features in one call. ``progress(rows done, N)`` after each micro-batch."""
+    text features in one call. ``progress(rows done, N)`` after each micro-batch.
+    ``state_fn(states, batch, config)`` / ``text_fn(texts, pairs, config)``: the variant's
+    feature functions (default: this module's; ``routers`` passes the ngram variant's)."""
+    state_fn = state_fn or _states_of
+    text_fn = text_fn or text_features
     from .backbone import encode_rows
 
     device = next(model.parameters()).device
@@ -157,13 +173,12 @@ def extract_features(model: nn.Module, tokenizer, texts: Sequence[str],
     for rows in batches:
         batch = encoded.batch(rows, device)                                   # [B, T_max] each
         states = base_states(model, batch, config.layer)
-        parts.append({k: v.cpu() for k, v in state_features(
-            states, batch["attention_mask"], config).items()})
+        parts.append({k: v.cpu() for k, v in state_fn(states, batch, config).items()})
         done += len(rows)
         if progress is not None:
             progress(done, len(encoded))
     feats = {k: batching.restore_order(batches, [p[k] for p in parts]) for k in parts[0]}
-    return feats | text_features(texts, text_pairs, config)
+    return feats | text_fn(texts, text_pairs, config)
 
 
 # ----------------------------------------------------------------------------- modules
@@ -248,6 +263,8 @@ def build_router(config: RouterConfig, num_experts: int, hidden_size: int, num_l
     """A fresh router; ``generator`` (None: one seeded with ``config.seed``) draws its weights
     and stays with it for dropout, noise and ``train_router``'s batch order."""
     config = config.resolved(num_layers)
+    if config.variant not in ROUTERS or config.added_experts:
+        raise RouterError(f"a {config.variant!r} router (or a grown one) is built by routers.build")
     generator = rng.given_or_seeded(generator, config.seed)
     with rng.drawing_from(generator):
         return ROUTERS[config.variant](config, num_experts, hidden_size, generator)
@@ -359,10 +376,13 @@ def routing_data(expert_tasks: Sequence[tuple[str, str]], split: str, per_task: 
 
 def sweep_layers(config: RouterConfig, layers: Sequence[int], backbone, train: RoutingData,
                  held_out: RoutingData,
-                 progress: Callable[[str, int, int], None] | None = None) -> list[dict]:
+                 progress: Callable[[str, int, int], None] | None = None,
+                 build_fn: Callable | None = None, extract_fn: Callable | None = None) -> list[dict]:
     """One router per layer k, features cached once at the deepest layer; held-out reports.
 
     Returns [{"layer", "router", "report", "cost"}], cost = fraction of a full base pass.
+    ``build_fn`` / ``extract_fn``: ``build_router`` / ``extract_features`` of another variant
+    (``routers.sweep_layers`` passes its own: every variant).
     ``progress(stage, done, total)``: stages "features", "held-out features" (rows) and
     "training layer k" (epochs); it may raise to stop (a cancel).
     """
@@ -373,14 +393,16 @@ def sweep_layers(config: RouterConfig, layers: Sequence[int], backbone, train: R
     def stage(name):
         return (lambda done, total: progress(name, done, total)) if progress else None
 
-    feats = extract_features(backbone.model, backbone.tokenizer, train.texts, train.text_pairs,
+    build_fn = build_fn or build_router
+    extract = extract_fn or extract_features
+    feats = extract(backbone.model, backbone.tokenizer, train.texts, train.text_pairs,
                              cache_cfg, progress=stage("features"))
-    held = extract_features(backbone.model, backbone.tokenizer, held_out.texts,
+    held = extract(backbone.model, backbone.tokenizer, held_out.texts,
                             held_out.text_pairs, cache_cfg, progress=stage("held-out features"))
     results = []
     for layer in ([deepest] if config.variant == "paper" else layers):
         cfg = RouterConfig(**{**config.to_dict(), "layer": layer})
-        router = build_router(cfg, len(train.names), backbone.info.hidden_size, num_layers)
+        router = build_fn(cfg, len(train.names), backbone.info.hidden_size, num_layers)
         history = train_router(router, feats, train.labels, progress=(
             lambda epoch, epochs, _loss, k=router.config.layer:
             progress(f"training layer {k}", epoch, epochs)) if progress else None)

@@ -131,7 +131,8 @@ EXPERT_CONFIG = {
 ROUTER_SETTINGS = {
     "type": "object", "required": ["variant"],
     "properties": {
-        "variant": {"enum": ["paper", "linear", "mlp", "fusion"]},
+        "variant": {"enum": ["paper", "linear", "mlp", "fusion", "ngram"]},
+        "added_experts": _int(0, MAX_EXPERTS), "grow_source": {"enum": ["hidden", "input", "both"]},
         "layer": _nullable(_int(0, MAX_LAYERS)), "hidden": _int(1, 1 << 16),
         "epochs": _int(1, 10**6), "batch_size": _int(1, 1 << 20), "lr": _num(0, 10, exclusive_lo=True),
         "weight_decay": _num(0, 10), "dropout": {"type": "number", "minimum": 0, "exclusiveMaximum": 1},
@@ -156,7 +157,39 @@ PACK_MANIFEST = {
         "format": {"const": "ttmoe-pack"}, "format_version": _int(1, 1),
         "experts": {"type": "array", "items": {"type": "string"}, "maxItems": MAX_EXPERTS},
         "base_model": BASE_MODEL, "router": _nullable({"type": "object"}),
-        "metrics": {"type": "object"}, "build": {"type": "object"},
+        "metrics": {"type": "object"}, "build": {"type": "object"}, "pool": _nullable({"type": "object"}),
+    },
+}
+
+POOL_COMPONENTS = ["energy", "knn", "lm", "maha", "msp"]
+POOL_CONFIG = {
+    "type": "object",
+    "required": ["format", "experts", "base_model", "layer", "components", "weights", "z",
+                 "threshold", "temperature", "k", "lm_alpha", "tensors"],
+    "properties": {
+        "format": {"const": "ttmoe-pool"}, "format_version": _int(1, 1),
+        "experts": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": MAX_EXPERTS},
+        "base_model": BASE_MODEL, "layer": _int(0, MAX_LAYERS),
+        "components": {"type": "array", "items": {"enum": POOL_COMPONENTS}, "uniqueItems": True,
+                       "minItems": 1, "maxItems": len(POOL_COMPONENTS)},
+        "weights": {"type": "object", "propertyNames": {"enum": POOL_COMPONENTS},
+                    "additionalProperties": _num(-1e6, 1e6), "minProperties": 1},
+        "z": {"type": "object", "propertyNames": {"enum": POOL_COMPONENTS},
+              "additionalProperties": {"type": "array", "prefixItems": [_num(-1e12, 1e12), _num(1e-12, 1e12)],
+                                       "minItems": 2, "maxItems": 2}},
+        "threshold": _num(-1e12, 1e12), "temperature": _num(1e-6, 1e6), "k": _int(1, 100_000),
+        "lm_alpha": _num(0, 1e6, exclusive_lo=True), "metrics": {"type": "object"},
+        "tensors": TENSOR_MANIFEST,
+    },
+}
+
+REPLAY_CONFIG = {
+    "type": "object", "required": ["format", "experts", "base_model", "source", "tensors"],
+    "properties": {
+        "format": {"const": "ttmoe-replay"}, "format_version": _int(1, 1),
+        "experts": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": MAX_EXPERTS},
+        "base_model": BASE_MODEL, "source": {"enum": ["hidden", "input", "both"]},
+        "tensors": TENSOR_MANIFEST,
     },
 }
 
@@ -178,6 +211,7 @@ MODEL_CONFIG = {
 
 SCHEMAS: Mapping[str, dict] = MappingProxyType({
     "expert": EXPERT_CONFIG, "router": ROUTER_CONFIG, "pack": PACK_MANIFEST, "model": MODEL_CONFIG,
+    "pool": POOL_CONFIG, "replay": REPLAY_CONFIG,
 })
 
 # "integer" means a JSON integer literal: 5.0 is refused (a float where code needs an int);

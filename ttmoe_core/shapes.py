@@ -123,14 +123,14 @@ def _check_modules(shapes: Mapping[str, list[int]], method: str, expected: Mappi
 def router_shapes(config, num_experts: int, hidden_size: int, num_layers: int) -> dict[str, list[int]]:
     """{tensor name: shape} of the state of the router ``config`` (a ``router.RouterConfig``)
     would build, from a copy built on the meta device: no memory is allocated."""
-    from .router import ROUTERS, RouterError
+    from .router import RouterError
+    from .routers import build
 
     try:
-        config = config.resolved(num_layers)
+        with torch.device("meta"):
+            module = build(config, num_experts, hidden_size, num_layers, torch.Generator())
     except (RouterError, TypeError, ValueError) as exc:
         raise StoreError(str(exc)) from None
-    with torch.device("meta"):
-        module = ROUTERS[config.variant](config, num_experts, hidden_size, torch.Generator())
     return {key: list(value.shape) for key, value in module.state_dict().items()}
 
 

@@ -139,6 +139,9 @@ def _save_tensors(tensors: Mapping[str, torch.Tensor], path: Path, metadata: dic
     save_file(dict(tensors), str(path), metadata=metadata)
 
 
+save_tensors = _save_tensors
+
+
 def _write_expert(expert: Expert, folder: Path) -> None:
     """The two files of ``expert`` into the new (unpublished) folder ``folder``."""
     config = expert_config_dict(expert)
@@ -224,6 +227,10 @@ ROUTER_CONFIG_FILE = "router_config.json"
 ROUTER_WEIGHTS_FILE = "router.safetensors"
 PACK_FORMAT = "ttmoe-pack"
 ROUTER_FORMAT = "ttmoe-router"
+# the router's companions (``poolfiles``): valid only with the router they were made for
+POOL_CONFIG_FILE, POOL_WEIGHTS_FILE = "pool_config.json", "pool.safetensors"
+REPLAY_CONFIG_FILE, REPLAY_WEIGHTS_FILE = "router_replay.json", "router_replay.safetensors"
+ROUTER_COMPANIONS = (POOL_CONFIG_FILE, POOL_WEIGHTS_FILE, REPLAY_CONFIG_FILE, REPLAY_WEIGHTS_FILE)
 
 
 @dataclass
@@ -243,9 +250,9 @@ class Pack:
 
     def build_router(self):
         """The trained router, rebuilt from its config and tensors (eval mode)."""
-        from .router import build_router
+        from .routers import build
 
-        router = build_router(self.router_config, len(self.experts),
+        router = build(self.router_config, len(self.experts),
                               self.base_model["hidden_size"], self.base_model["num_layers"])
         router.load_state_dict(self.router_state)
         return router.eval()
@@ -361,10 +368,34 @@ def build_pack(pack_dir: str | Path, experts: Sequence[Expert | str | Path], *, 
     return loaded
 
 
+def update_pack(pack_dir: str | Path, write: Callable[[Path, list[str]], None]) -> None:
+    """Change the pack at ``pack_dir`` in one step: ``write(folder, expert names)`` works on a
+    hard-linked copy (replace files with ``write_json`` / new files, never write through a
+    link) that is swapped into place; untouched files keep their bytes."""
+    pack_dir = Path(pack_dir)
+    if not os.path.lexists(pack_dir / PACK_FILE):
+        raise StoreError(f"{pack_dir} is not a pack (no {PACK_FILE})")
+    names = _check_pack_target(pack_dir)
+    with atomic_dir(pack_dir, template=pack_dir) as tmp:
+        write(tmp, names)
+
+
+def write_expert_into(folder: Path, expert: Expert, names: list[str]) -> None:
+    """``expert`` written into the unpublished pack ``folder`` (``update_pack``) and listed
+    after ``names``."""
+    _check_expert_name(expert.name, "a folder of a pack")
+    if expert.name in names:
+        raise StoreError(f"pack {folder.name!r} already has an expert named {expert.name!r}")
+    _add_expert(folder, expert, names)
+
+
 def save_router(pack_dir: str | Path, router, names: list[str], metrics: Mapping,
-                base: BackboneInfo, extra: Mapping | None = None) -> None:
+                base: BackboneInfo, extra: Mapping | None = None,
+                companions: Callable[[Path], None] | None = None) -> None:
     """Write (or replace) the pack's router, for its experts ``names``; the pack changes in one
-    step (a hard-linked copy swapped into place) and expert files keep their bytes."""
+    step (a hard-linked copy swapped into place) and expert files keep their bytes. The old
+    router's companions (out-of-pool detector, replay rows) are removed; ``companions(folder)``
+    may write new ones in the same step."""
     pack_dir = Path(pack_dir)
     if not os.path.lexists(pack_dir / PACK_FILE):
         raise StoreError(f"{pack_dir} is not a pack (no {PACK_FILE})")
@@ -373,7 +404,17 @@ def save_router(pack_dir: str | Path, router, names: list[str], metrics: Mapping
         if not is_valid_name(name) or not expert_folder(pack_dir, name).is_dir():
             raise StoreError(f"pack {pack_dir.name!r} has no expert {str(name)[:100]!r} for the router")
     with atomic_dir(pack_dir, template=pack_dir) as tmp:
-        _write_router(tmp, router, names, metrics, base, extra)
+        write_router_into(tmp, router, names, metrics, base, extra)
+        if companions is not None:
+            companions(tmp)
+
+
+def write_router_into(folder: Path, router, names: list[str], metrics: Mapping, base: BackboneInfo,
+                      extra: Mapping | None = None) -> None:
+    """The router's files into the unpublished pack ``folder``; its old companions removed."""
+    for name in ROUTER_COMPANIONS:
+        safefs.remove(folder / name)
+    _write_router(folder, router, names, metrics, base, extra)
 
 
 def _write_router(folder: Path, router, names: list[str], metrics: Mapping, base: BackboneInfo,

@@ -170,11 +170,12 @@ class Workspace:
         return store.build_pack(path, experts, **router)
 
     def save_router(self, name: str, router, expert_names: Sequence[str], metrics: Mapping,
-                    base, extra: Mapping | None = None) -> Path:
-        """Write (or replace) the router of the workspace's pack ``name`` (``store.save_router``)."""
+                    base, extra: Mapping | None = None, companions=None) -> Path:
+        """Write (or replace) the router of the workspace's pack ``name`` (``store.save_router``;
+        ``companions(folder)`` writes its replay rows in the same step)."""
         path = self.pack_dir(name)
         _valid(path, "pack", "save a router to")
-        store.save_router(path, router, list(expert_names), metrics, base, extra)
+        store.save_router(path, router, list(expert_names), metrics, base, extra, companions)
         return path
 
     def delete_pack(self, name: str) -> None:

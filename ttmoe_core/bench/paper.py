@@ -20,7 +20,7 @@ from .. import tt
 from ..adapters import GatheredTTLinear, current_expert_index, replace_submodule, use_experts
 from ..backbone import pool
 from ..moe import TTLoRAMoE
-from ..router import batch_features
+from ..routers import batch_features
 
 
 def per_row_logits(encoder: nn.Module, head_weight: torch.Tensor, head_bias: torch.Tensor,
@@ -115,7 +115,8 @@ class GateWeightedMoE(nn.Module):
         full = replace(self.router.config, layer=self.encoder.config.num_hidden_layers)
         feats = batch_features(self.encoder, batch, texts, text_pairs, full)
         dtype = next(self.router.parameters()).dtype
-        return self.router({k: v.to(dtype) for k, v in feats.items()}).argmax(-1)
+        return self.router({k: v.to(dtype) if v.is_floating_point() else v
+                            for k, v in feats.items()}).argmax(-1)
 
     @torch.no_grad()
     def expert_logits(self, batch: dict[str, torch.Tensor], expert_idx: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,8 @@ from ..backbone import Backbone, encode_rows, load_backbone
 from ..experts import Expert
 from ..moe import TTLoRAMoE
 from ..pool import CHUNK_ROWS, ExpertCard, ExpertPool, open_pack
-from ..router import Router, build_router
+from ..router import Router
+from ..routers import build
 from ..runinfo import rss_mib
 
 REPO = Path(__file__).resolve().parents[2]
@@ -53,9 +54,13 @@ def random_pool(like: ExpertPool, num_experts: int, seed: int = 0, min_layer: in
 
 def random_router(like: Router, num_experts: int, hidden_size: int, num_layers: int,
                   seed: int = 0) -> Router:
-    """A router of ``like``'s configuration with ``num_experts`` outputs, random weights."""
-    config = dataclasses.replace(like.config, seed=seed)
-    return build_router(config, num_experts, hidden_size, num_layers).eval()
+    """A router of ``like``'s configuration with ``num_experts`` outputs, random weights. An
+    ``ngram`` router's n-gram table holds 262,144 × E weights (2.6 G for E = 10,000): large pools
+    are routed by a ``fusion`` router reading the same layers instead (same base-model cost)."""
+    config = dataclasses.replace(like.config, seed=seed, added_experts=0)
+    if config.variant == "ngram":
+        config = dataclasses.replace(config, variant="fusion")
+    return build(config, num_experts, hidden_size, num_layers).eval()
 
 
 def upper_layer_experts(experts: Sequence[Expert], min_layer: int) -> list[Expert]:

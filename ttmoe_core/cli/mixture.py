@@ -1,4 +1,4 @@
-"""Commands for the mixture: ``predict``, ``train-router``, ``eval-moe``, ``build-demo``."""
+"""Commands for the mixture: ``predict``, ``eval-moe``, ``build-demo`` (the router: ``routing``)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ import sys
 from pathlib import Path
 
 from .. import tasks
+from ..router import VARIANTS
 from ..workspace import default_pack
 from .args import (MAX_BATCH, UsageError, common_model_flags, device_arg, dtype_flag, int_in,
-                   names_list, parse_layers, positive_float, positive_int, seed_arg, targets_arg)
-from .checks import check_max_length, check_output, check_writable
+                   names_list, positive_int, seed_arg, targets_arg)
+from .checks import check_max_length, check_output
 from .experts import add_convergence_flags, convergence_settings
 
-MAX_HIDDEN = 16384           # router MLP width
 MAX_INPUT_BYTES = 256 * 2**20  # predict --input-file
 
 
@@ -146,7 +146,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if good:
         try:
             out = moe.predict([r["text"] for _, r in good], [r["text_pair"] for _, r in good],
-                              expert=args.expert)
+                              expert=args.expert, abstain=args.abstain)
         except MoEError as exc:
             raise UsageError(str(exc)) from None
         results = {n: res for (n, _), res in zip(good, out)}
@@ -171,59 +171,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
             if "error" in record:
                 print(f"[{record['line']}] error: {record['error']}")
                 continue
+            text = _shown(record["text"])
+            pool = "" if record["in_pool"] is None else (
+                f"  pool={record['pool_score']:+.2f}{'' if record['in_pool'] else ' OUT OF POOL'}")
+            if record["expert"] is None:
+                print(f"{text:<60}  no expert fits this input (abstained){pool}")
+                continue
             conf = record["router_probs"].get(record["expert"])
             label_p = max(record["label_probs"].values()) if record["label_probs"] else float("nan")
-            text = _shown(record["text"])
             chosen = "forced" if conf is None else f"{conf:.2f}"
             print(f"{text:<60}  expert={record['expert']:<6} ({chosen})  "
-                  f"label={record['label']} ({label_p:.2f})")
+                  f"label={record['label']} ({label_p:.2f}){pool}")
     return 1 if failures else 0
-
-
-def cmd_train_router(args: argparse.Namespace) -> int:
-    """``train-router``: the pack, its folder, the layers and sizes are checked before the
-    features are read; the best layer's router is saved into the pack."""
-    from .. import router as routers, store, tasks
-    from ..backbone import BackboneError, load_backbone
-
-    check_writable(args.pack, f"the pack {args.pack}")
-    pack = _load_pack(args.pack)
-    config = routers.RouterConfig(variant=args.variant, hidden=args.hidden, epochs=args.epochs,
-                                  lr=args.lr, seed=args.seed, max_length=args.max_length)
-    try:
-        backbone = load_backbone(pack.base_model["name"], device=args.device)
-        for layer in args.layer:      # the paper variant reads the last layer, but not a wrong one
-            routers.RouterConfig(**{**config.to_dict(), "layer": layer,
-                                    "variant": "linear"}).resolved(backbone.info.num_layers)
-        pack = store.load_pack(args.pack, expected_fingerprint=backbone.info.fingerprint)
-        check_max_length(backbone, args.max_length)
-        pairs = [(e.name, e.config.task) for e in pack.experts]
-        train = routers.routing_data(pairs, "train", args.per_task, args.data_dir, args.seed)
-        held = routers.routing_data(pairs, "validation", args.eval_per_task, args.data_dir, args.seed)
-        results = routers.sweep_layers(config, args.layer, backbone, train, held,
-                                       progress=None if args.quiet else _stage_printer())
-    except (store.StoreError, tasks.DataError, BackboneError, routers.RouterError) as exc:
-        raise UsageError(str(exc)) from None
-    best = max(results, key=lambda r: r["report"].accuracy)
-    metrics = routers.router_metrics(best, len(train.labels), len(held.labels), held.sources,
-                                     sweep=results)
-    try:
-        store.save_router(args.pack, best["router"], train.names, metrics, backbone.info)
-    except (store.StoreError, OSError) as exc:
-        raise UsageError(f"the router could not be saved to {args.pack}: {exc}") from None
-    summary = {"pack": str(args.pack), "variant": args.variant, "layer": best["router"].config.layer,
-               "accuracy": best["report"].accuracy, "per_layer": metrics["per_layer"],
-               "per_task": best["report"].per_task, "confusion": best["report"].confusion,
-               "names": train.names, "router_params": routers.router_params(best["router"])}
-    if args.json:
-        print(json.dumps(summary))
-    else:
-        for layer, acc in summary["per_layer"].items():
-            print(f"layer {layer:>2}: held-out routing accuracy {acc:.4f}")
-        print(f"saved {args.variant} router (layer {summary['layer']}, "
-              f"{summary['router_params']} params) to {args.pack}")
-        print(_confusion_text(summary["names"], summary["confusion"]))
-    return 0
 
 
 def _stage_printer():
@@ -255,11 +214,17 @@ def cmd_eval_moe(args: argparse.Namespace) -> int:
         where = args.pack or default_pack()
         raise UsageError(f"the pack {where} has no router to evaluate: train one with "
                          f"`python -m ttmoe_core train-router --pack {where}`")
+    from ..poolfit import openworld_report
+
+    pairs = [(e.name, e.config.task) for e in moe.experts]
     try:
-        result = evaluate_mixture(moe, [(e.name, e.config.task) for e in moe.experts],
-                                  args.per_task, args.data_dir)
+        result = evaluate_mixture(moe, pairs, args.per_task, args.data_dir)
+        result["openworld"] = None if args.no_openworld else openworld_report(
+            moe, pairs, args.per_task, args.data_dir)
     except (tasks.DataError, MoEError) as exc:
         raise UsageError(str(exc)) from None
+    if args.save:
+        _save_evaluation(args.pack or default_pack(), result)
     if args.json:
         print(json.dumps(result))
         return 0
@@ -271,7 +236,37 @@ def cmd_eval_moe(args: argparse.Namespace) -> int:
         key = row["metric"]
         mix, ora = row["mixture"][key], row["oracle"][key]
         print(f"{name:<8} {key:<9} {mix:8.4f} {ora:8.4f} {mix - ora:+7.4f}  {row['routing_accuracy']:.4f}")
+    ood = result["openworld"]
+    if ood is not None:
+        print(f"\nout of pool: AUROC {ood['auroc']:.3f} (evaluation families only: "
+              f"{ood.get('evaluation_only', float('nan')):.3f}); in-pool rows flagged "
+              f"{ood['false_flag']:.1%}; outside rows caught {ood['caught']:.1%}")
+        for family, row in ood["families"].items():
+            tag = " [calibration]" if family in ood["calibration_families"] else ""
+            print(f"  {family:<14} AUROC {row['auroc']:.3f}  caught {row['caught']:.1%}  "
+                  f"({row['rows']} rows){tag}")
     return 0
+
+
+def _save_evaluation(pack: str | Path, result: dict) -> None:
+    """``eval-moe --save``: the figures into pack.json ("metrics" → "mixture"), in one step."""
+    from .. import store
+
+    summary = {"routing_accuracy": result["routing_accuracy"], "rows": result["rows"],
+               "per_task": {name: {k: row[k] for k in ("task", "metric", "mixture", "oracle",
+                                                       "routing_accuracy", "rows")}
+                            for name, row in result["per_task"].items()},
+               "openworld": result.get("openworld")}
+
+    def write(folder: Path, _names) -> None:
+        manifest = store.read_json(folder / store.PACK_FILE, "pack")
+        manifest["metrics"] = {**manifest.get("metrics", {}), "mixture": summary}
+        store.write_json(folder / store.PACK_FILE, manifest)
+
+    try:
+        store.update_pack(pack, write)
+    except (store.StoreError, OSError) as exc:
+        raise UsageError(f"the figures could not be saved to {pack}: {exc}") from None
 
 
 def cmd_build_demo(args: argparse.Namespace) -> int:
@@ -279,7 +274,7 @@ def cmd_build_demo(args: argparse.Namespace) -> int:
     first expert trains; the pack is written in one step at the end."""
     import time
 
-    from .. import experts, quality, router as routers, safefs, store, tasks
+    from .. import experts, quality, router as routers, routers as variants, safefs, store, tasks
     from ..backbone import BackboneError, load_backbone
     from ..checkpoint import CheckpointError
     from ..router import RouterConfig
@@ -324,7 +319,7 @@ def cmd_build_demo(args: argparse.Namespace) -> int:
         pairs = [(e.name, e.config.task) for e in trained]
         train = routers.routing_data(pairs, "train", args.per_task, args.data_dir, args.seed)
         held = routers.routing_data(pairs, "validation", args.eval_per_task, args.data_dir, args.seed)
-        result = routers.sweep_layers(router_config, [args.layer], backbone, train, held)[0]
+        result = variants.sweep_layers(router_config, [args.layer], backbone, train, held)[0]
     except (tasks.DataError, experts.ConfigError, experts.TrainingError,
             routers.RouterError, CheckpointError, store.StoreError) as exc:
         raise UsageError(str(exc)) from None
@@ -379,32 +374,20 @@ def add_parsers(sub) -> None:
                         "--expert chooses one)")
     p.add_argument("--expert", default=None, help="force this expert (oracle) instead of routing")
     p.add_argument("--json", action="store_true", help="one JSON line per input")
+    p.add_argument("--abstain", action="store_true",
+                   help="an input out of the pack's pool gets no expert and no label (default: "
+                        "the router's top-1 answer, with in_pool reported)")
     p.add_argument("--device", type=device_arg, default=None)
     dtype_flag(p)
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("train-router", help="train a pack's router (experts stay frozen)")
-    p.add_argument("--pack", required=True)
-    p.add_argument("--variant", default="fusion", choices=["paper", "linear", "mlp", "fusion"])
-    p.add_argument("--layer", type=parse_layers, default=[2],
-                   help="base layer k read by the router; a list (0,1,2) trains one per layer "
-                        "and keeps the best on held-out inputs")
-    p.add_argument("--per-task", type=positive_int, default=2000, help="training inputs per task")
-    p.add_argument("--eval-per-task", type=positive_int, default=500, help="held-out inputs per task")
-    p.add_argument("--epochs", type=positive_int, default=60)
-    p.add_argument("--hidden", type=int_in(1, MAX_HIDDEN), default=256)
-    p.add_argument("--lr", type=positive_float, default=2e-3)
-    p.add_argument("--max-length", type=positive_int, default=128)
-    p.add_argument("--seed", type=seed_arg, default=0)
-    p.add_argument("--quiet", action="store_true")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--device", type=device_arg, default=None)
-    p.add_argument("--data-dir", default=None)
-    p.set_defaults(func=cmd_train_router)
-
     p = sub.add_parser("eval-moe", help="routing accuracy and mixture vs oracle per task")
     p.add_argument("--pack", default=None)
     p.add_argument("--per-task", type=positive_int, default=500)
+    p.add_argument("--no-openworld", action="store_true",
+                   help="skip the out-of-pool report (AUROC, false flags over outside families)")
+    p.add_argument("--save", action="store_true",
+                   help="record the figures in the pack's pack.json (shown on the Router page)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--device", type=device_arg, default=None)
     dtype_flag(p)
@@ -419,7 +402,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--max-length", type=positive_int, default=128)
     p.add_argument("--eval-limit", type=positive_int, default=2000)
     p.add_argument("--init", choices=["kaiming", "zero"], default="zero")
-    p.add_argument("--variant", default="fusion", choices=["paper", "linear", "mlp", "fusion"])
+    p.add_argument("--variant", default="fusion", choices=list(VARIANTS))
     p.add_argument("--layer", type=int_in(0), default=2)
     p.add_argument("--per-task", type=positive_int, default=2000)
     p.add_argument("--eval-per-task", type=positive_int, default=500)
