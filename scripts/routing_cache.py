@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ttmoe_core import backbone, batching, tasks
+from ttmoe_core import backbone, batching, layers, tasks
 from ttmoe_core.router import routing_data
 
 POOL = tuple(tasks.DEMO_TASKS)                      # mnli cola rte sst2 qnli qqp
@@ -128,7 +128,7 @@ def encode(bb: backbone.Backbone, texts: list[str], pairs: list[str | None], upt
     pooled, seg, cls, toks = [], [], [], {}
     for rows in batches:
         batch = enc.batch(rows, "cpu")
-        states = backbone.hidden_states(bb.model, batch, upto)             # (K+1) x [B, T, H]
+        states = layers.hidden_states(bb.model, batch, upto)             # (K+1) x [B, T, H]
         mask = batch["attention_mask"].float()                              # [B, T]
         types = batch.get("token_type_ids", torch.zeros_like(batch["input_ids"])).float()
         stack = torch.stack(states, 1)                                      # [B, K+1, T, H]

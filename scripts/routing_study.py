@@ -607,7 +607,7 @@ def growth_cat(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def cmd_arrow(args) -> dict:
     """Zero-shot Arrow routing from the demo experts' TT cores (+ a quickly trained seventh)."""
-    from ttmoe_core import arrow, backbone, batching
+    from ttmoe_core import arrow, backbone, batching, layers
     from ttmoe_core.store import load_expert
 
     pack = store.load_pack(PACK)
@@ -631,7 +631,7 @@ def cmd_arrow(args) -> dict:
         with torch.no_grad():
             for rows in order:
                 batch = enc.batch(rows, "cpu")
-                states = backbone.hidden_states(bb.model, batch, 5)
+                states = layers.hidden_states(bb.model, batch, 5)
                 for mode, chunks in parts.items():
                     chunks.append(arrow_router.scores(states, batch["attention_mask"], mode))
         out[f"{set_name}_ms_per_input"] = (time.time() - start) / len(data["texts"]) * 1000

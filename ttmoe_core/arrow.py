@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from . import tt
-from .backbone import hidden_states
+from .layers import hidden_states
 
 
 class ArrowError(ValueError):

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from . import rng
-from .backbone import hidden_states
+from .layers import hidden_states
 from .router import Router, RouterConfig
 
 VARIANT = "ngram"
