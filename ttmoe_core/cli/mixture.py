@@ -300,7 +300,7 @@ def cmd_build_demo(args: argparse.Namespace) -> int:
             t0 = time.perf_counter()
             config = experts.ExpertConfig(task=task, steps=args.steps, batch_size=args.batch_size,
                                           max_length=args.max_length, seed=args.seed,
-                                          eval_limit=args.eval_limit, init=args.init,
+                                          eval_limit=args.eval_limit, init=args.init, lr=args.lr,
                                           targets=args.targets, **convergence_settings(args))
             expert = finished_part(parts / task, config) if args.resume else None
             if expert is None:     # train it (continuing its checkpoint with --resume), keep it
@@ -410,6 +410,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--targets", type=targets_arg, default=None,
                    help="modules adapted (default: the architecture's query,value)")
+    p.add_argument("--lr", type=positive_float, default=None,
+                   help="learning rate of every expert (default: TT-LoRA's 5e-3)")
     p.add_argument("--work-dir", default=None,
                    help="where finished experts and checkpoints wait for the pack (default: "
                         "<out>.parts); --resume continues from there")
