@@ -12,7 +12,9 @@ import importlib.util
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from ..router import VARIANTS
+from ..router import ROUTERS
+
+VARIANTS = tuple(ROUTERS)      # the paper's comparison: router.py's four (ngram: ROUTING_STUDY.md)
 from .budgets import METHOD_LABELS, METHODS
 
 SECTION_FIGURES = {"contraction": ("contraction_ms", "contraction_ratio"),

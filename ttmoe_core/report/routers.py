@@ -48,8 +48,9 @@ def exp_routers(run: Run) -> dict:
     train, held = run.routing(DEMO_TASKS)
     num_layers = run.backbone.info.num_layers
     rows = []
-    for done, variant in enumerate(router_mod.VARIANTS):
-        run.tell(f"router variants: {variant}", done, len(router_mod.VARIANTS))
+    variants = tuple(router_mod.ROUTERS)      # router.py's four (the ngram router: ROUTING_STUDY.md)
+    for done, variant in enumerate(variants):
+        run.tell(f"router variants: {variant}", done, len(variants))
         layers = [num_layers] if variant == "paper" else list(b.router_layers)
         config = router_mod.RouterConfig(variant=variant, epochs=b.router_epochs, seed=b.seed,
                                          max_length=b.max_length)
