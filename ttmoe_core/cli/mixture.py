@@ -11,7 +11,7 @@ from .. import tasks
 from ..router import VARIANTS
 from ..workspace import default_pack
 from .args import (MAX_BATCH, UsageError, common_model_flags, device_arg, dtype_flag, int_in,
-                   names_list, positive_int, seed_arg, targets_arg)
+                   names_list, positive_float, positive_int, seed_arg, targets_arg)
 from .checks import check_max_length, check_output
 from .experts import add_convergence_flags, convergence_settings
 
