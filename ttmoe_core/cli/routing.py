@@ -101,21 +101,31 @@ def cmd_train_router(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_calibrate_pool(args: argparse.Namespace) -> int:
-    """``calibrate-pool``: fit and calibrate the pack's out-of-pool detector (``poolfit``)."""
-    from .. import poolfit, store, tasks
+def _writable_pack_base(args: argparse.Namespace):
+    """The base model of the pack ``args.pack`` that a command will change (calibrate-pool,
+    add-expert): the folder writable, the pack readable, its base model loaded; UsageError else."""
     from ..backbone import BackboneError, load_backbone
 
     check_writable(args.pack, f"the pack {args.pack}")
     pack = _load_pack(args.pack)
     try:
-        backbone = load_backbone(pack.base_model["name"], device=args.device)
+        return load_backbone(pack.base_model["name"], device=args.device)
+    except BackboneError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def cmd_calibrate_pool(args: argparse.Namespace) -> int:
+    """``calibrate-pool``: fit and calibrate the pack's out-of-pool detector (``poolfit``)."""
+    from .. import poolfit, store, tasks
+
+    backbone = _writable_pack_base(args)
+    try:
         figures = poolfit.calibrate_pool(
             args.pack, backbone, args.data_dir, per_task=args.per_task,
             dims=None if args.dims == 0 else args.dims, bank_per_class=args.bank_per_class,
             false_flag=args.false_flag, seed=args.seed,
             progress=None if args.quiet else (lambda msg: print(f"  {msg}", file=sys.stderr)))
-    except (store.StoreError, tasks.DataError, BackboneError, poolfit.PoolFitError) as exc:
+    except (store.StoreError, tasks.DataError, poolfit.PoolFitError) as exc:
         raise UsageError(str(exc)) from None
     if args.json:
         print(json.dumps(figures))
@@ -130,16 +140,13 @@ def cmd_calibrate_pool(args: argparse.Namespace) -> int:
 def cmd_add_expert(args: argparse.Namespace) -> int:
     """``add-expert``: the expert joins the pack and its routing without retraining the router."""
     from .. import growth, poolfit, router as router_mod, store, tasks
-    from ..backbone import BackboneError, load_backbone
 
-    check_writable(args.pack, f"the pack {args.pack}")
-    pack = _load_pack(args.pack)
+    backbone = _writable_pack_base(args)
     try:
-        backbone = load_backbone(pack.base_model["name"], device=args.device)
         out = poolfit.add_expert(args.pack, args.expert_dir, backbone, args.data_dir, rows=args.rows,
                                  max_capture=args.max_capture, evaluate=args.evaluate)
-    except (store.StoreError, tasks.DataError, BackboneError, poolfit.PoolFitError,
-            growth.GrowthError, router_mod.RouterError) as exc:
+    except (store.StoreError, tasks.DataError, poolfit.PoolFitError, growth.GrowthError,
+            router_mod.RouterError) as exc:
         raise UsageError(str(exc)) from None
     if args.json:
         print(json.dumps(out, default=float))
