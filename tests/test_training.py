@@ -192,6 +192,15 @@ def test_resume_without_a_checkpoint_starts_fresh_and_refuses_another_runs(tmp_p
                                                     fingerprint={"lr": 1}))
     with pytest.raises(CheckpointError, match="differ in lr"):
         Checkpointer(tmp_path / "a", resume=True, fingerprint={"lr": 2}).load()
+    # a setting added later (here "dtype") that an older checkpoint lacks reads as its old value
+    newer = {"lr": 1, "dtype": "float32"}
+    assert Checkpointer(tmp_path / "a", resume=True, fingerprint=newer,
+                        added={"dtype": "float32"}).load() is not None
+    with pytest.raises(CheckpointError, match="differ in dtype"):
+        Checkpointer(tmp_path / "a", resume=True, fingerprint={"lr": 1, "dtype": "bfloat16"},
+                     added={"dtype": "float32"}).load()
+    with pytest.raises(CheckpointError, match="differ in dtype"):
+        Checkpointer(tmp_path / "a", resume=True, fingerprint=newer).load()
     (tmp_path / "a" / "state.json").write_text("[1, 2")
     with pytest.raises(CheckpointError, match="cannot be read"):
         Checkpointer(tmp_path / "a", resume=True, fingerprint={"lr": 1}).load()

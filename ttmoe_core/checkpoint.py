@@ -78,16 +78,20 @@ class Checkpointer:
     """Where and how often one run saves itself; ``resume``: continue from the saved state.
 
     ``fingerprint``: the run's settings (JSON); a checkpoint with another fingerprint is refused.
+    ``added``: settings introduced after checkpoints of older versions were written, with the
+    value those versions used (a checkpoint that lacks such a key is read as having that value,
+    so a long run started by an older checkout resumes under a newer one).
     """
 
     def __init__(self, folder: str | Path, every: int = 0, resume: bool = False,
-                 fingerprint: Mapping | None = None):
+                 fingerprint: Mapping | None = None, added: Mapping | None = None):
         if every < 0:
             raise ValueError(f"checkpoint interval must be >= 0, got {every}")
         self.folder = Path(folder)
         self.every = int(every)
         self.resume = bool(resume)
         self.fingerprint = json.loads(json.dumps(dict(fingerprint or {})))
+        self.added = json.loads(json.dumps(dict(added or {})))
 
     def exists(self) -> bool:
         return (self.folder / STATE).is_file() and (self.folder / TENSORS).is_file()
@@ -115,8 +119,11 @@ class Checkpointer:
             raise CheckpointError(f"{what} cannot be read: {exc}") from None
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise CheckpointError(f"{what}: {STATE} is not a training checkpoint")
-        if data.get("fingerprint") != self.fingerprint:
-            theirs = data.get("fingerprint") or {}
+        theirs = data.get("fingerprint")
+        if isinstance(theirs, dict):
+            theirs = {**{k: v for k, v in self.added.items() if k in self.fingerprint}, **theirs}
+        if theirs != self.fingerprint:
+            theirs = theirs if isinstance(theirs, dict) else {}
             differ = sorted(k for k in set(theirs) | set(self.fingerprint)
                             if theirs.get(k) != self.fingerprint.get(k))
             raise CheckpointError(f"{what} belongs to a run with other settings (they differ in "

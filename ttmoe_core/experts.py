@@ -39,6 +39,10 @@ class ConfigError(ValueError):
     """An expert configuration value is invalid."""
 
 
+# settings added to ExpertConfig after checkpoints existed, with the value older runs used
+CHECKPOINT_ADDED = {"pooling": "mean", "dtype": "float32"}
+
+
 @dataclass
 class ExpertConfig:
     """Everything that defines how one expert is trained (serialised next to its weights)."""
@@ -352,7 +356,8 @@ def train_expert(config: ExpertConfig, backbone: Backbone | None = None, *,
                                                       # process would write the same folder)
         fingerprint = {k: v for k, v in cfg.to_dict().items() if k not in ("device", "checkpoint_every")}
         fingerprint["train_data"] = {"source": train_data.source, "rows": len(train_data)}
-        checkpoint = Checkpointer(checkpoint_dir, cfg.checkpoint_every, resume, fingerprint)
+        checkpoint = Checkpointer(checkpoint_dir, cfg.checkpoint_every, resume, fingerprint,
+                                  added=CHECKPOINT_ADDED)
     history = fit(model, batch_loss, len(fit_data), cfg, generator, progress=progress,
                   should_stop=should_stop, log_every=log_every,
                   nan_hint=f": lower the learning rate (now {cfg.lr:g}) or use init='zero'",
