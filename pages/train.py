@@ -1,5 +1,6 @@
 """Train an expert: pick data and settings, train in the background, watch the loss, save."""
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -15,12 +16,11 @@ registry = common.job_registry()
 owner = common.session_id()
 ss = st.session_state
 UPLOAD_SEED = 0
-# the live view's refresh: each refresh takes CPU from training (both share the cores). At 1 s
-# with a live chart a 10-step run took 56.7 s watched vs 34 s unwatched on 2 cores. Measured
-# again by tests/test_journey.py::test_watching_a_run_costs_little_training_speed (600 steps,
-# quiet machine, 2026-12-01): +12.0% at 5 s, +14.1% at 60 s (no refresh during the run), so
-# what remains is the open page in the headless Chromium on the same cores, not the refresh.
-REFRESH_S = 5.0
+# the live view's refresh (seconds; $TTMOE_TRAIN_REFRESH_S overrides it for measurements). CPU
+# that the page and the browser take from a watched run on the same 2 cores, as a share of the
+# run's own CPU (scripts/refresh_cost.py, 2026-12-01): 6.7% at 1 s, 3.5% at 2 s, 2.0% at 5 s.
+# (Before server.fileWatcherType = "none" any open page kept 86% of a core busy.)
+REFRESH_S = float(os.environ.get("TTMOE_TRAIN_REFRESH_S", "5"))
 METHOD_LABELS = {"tt-lora": "TT-LoRA", "lora": "LoRA (PEFT)", "adapter": "Bottleneck adapter"}
 
 

@@ -22,6 +22,7 @@ import re
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from test_browser import CHROMIUM_ARGS, _chromium, _wait_idle, streamlit_server
 
@@ -38,9 +39,10 @@ OFFLINE_NOISE = re.compile(r"net::ERR_|Failed to load resource|fonts\.|webhooks|
                            r"ERR_INTERNET_DISCONNECTED|ERR_NAME_NOT_RESOLVED", re.I)
 
 # the refresh measurement: a warm-up, then watched and unwatched runs alternately
-RUNS = ("warm-up", "watched", "unwatched", "watched 2", "unwatched 2")
-REFRESH_S = float(re.search(r"^REFRESH_S = ([\d.]+)", (REPO_ROOT / "pages" / "train.py").read_text(),
-                            re.M).group(1))
+PAIRS = int(os.environ.get("TTMOE_MEASURE_PAIRS", "2"))
+RUNS = ("warm-up",) + tuple(f"{kind} {i + 1}" for i in range(PAIRS)
+                            for kind in ("watched", "unwatched"))
+REFRESH_S = float(os.environ.get("TTMOE_TRAIN_REFRESH_S", "5"))  # as pages/train.py
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -284,11 +286,12 @@ def test_watching_a_run_costs_little_training_speed(fresh_server):
         finally:
             browser.close()
     # the fastest of each kind: other load on the machine only ever slows a run down
-    watched = min(v for k, v in seconds.items() if k.startswith("watched"))
-    unwatched = min(v for k, v in seconds.items() if k.startswith("unwatched"))
-    cost = watched / unwatched - 1
+    watched = [v for k, v in seconds.items() if k.startswith("watched")]
+    unwatched = [v for k, v in seconds.items() if k.startswith("unwatched")]
+    cost = min(watched) / min(unwatched) - 1
+    median_cost = float(np.median(watched)) / float(np.median(unwatched)) - 1
     print(f"\n{steps} steps, refresh every {REFRESH_S:g} s: "
           + ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items())
-          + f"; fastest watched vs fastest unwatched: {cost:+.1%}")
+          + f"; fastest watched vs fastest unwatched: {cost:+.1%}; medians: {median_cost:+.1%}")
     assert cost < 0.05
 
