@@ -102,7 +102,8 @@ def size_tab(info: dict) -> None:
         counts.append(lora)
     if dims is not None and info["targets"]:
         labels.append("dense ΔW, same targets")
-        counts.append(sum(math.prod(dims.module_shape(t)) for t in info["targets"]) * dims.num_layers)
+        counts.append(sum(math.prod(dims.module_shape(t)) * dims.layers_of(t)
+                          for t in dims.expand_targets(info["targets"])))
     st.plotly_chart(figures.params_bar(labels, counts, title="Adapter parameters (log scale)"),
                     key=f"size_{info['folder']}")
     st.caption("LoRA r16: `budget.compute_budget(base, 'lora', rank=16)` on the same targets; "

@@ -273,3 +273,29 @@ def test_decoder_presets_match_the_real_models_and_peft(name: str) -> None:
     lora = compute_budget(name, "lora", rank=16).trainable_params
     with torch.device("meta"):
         assert lora == _peft_lora_params(model, ["q_proj", "v_proj"], 16)
+
+
+# ----------------------------------------------------------------------------- train-expert's names
+
+
+@pytest.mark.parametrize("targets", [["dense"], ["query", "key", "value", "dense"],
+                                     ["value", "dense", "query"]])
+def test_module_names_as_train_expert_takes_them(targets) -> None:
+    """``dense`` (BERT's three per-block linear layers and the pooler's) counts what the engine
+    and PEFT really adapt: TT-LoRA with the engine's own per-size shapes, LoRA through PEFT."""
+    from ttmoe_core import adapters
+
+    model = BertModel(TINY_BERT)                                  # with its pooler
+    tt_report = compute_budget(TINY_BERT.to_dict(), "tt-lora", rank=3, targets=targets)
+    shapes = adapters.resolve_shapes(model, targets, None)
+    adapters.inject_tt_lora(model, targets, rank=3, alpha=8.0, shapes=shapes)
+    assert tt_report.trainable_params == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    lora = compute_budget(TINY_BERT.to_dict(), "lora", rank=4, targets=targets)
+    assert lora.trainable_params == _peft_lora_params(BertModel(TINY_BERT), targets, 4)
+
+
+def test_unknown_module_name_lists_the_aliases() -> None:
+    with pytest.raises(ValueError, match="dense"):
+        compute_budget(TINY_BERT.to_dict(), "tt-lora", targets=["denser"])
+    with pytest.raises(ValueError, match="q_proj"):                 # decoders have no alias
+        compute_budget(TINY_LLAMA.to_dict(), "tt-lora", targets=["dense"])

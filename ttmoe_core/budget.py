@@ -162,9 +162,7 @@ def _resolve_targets(dims: ModelDims, targets: Sequence[str] | str | None) -> li
     duplicates = sorted({t for t in targets if targets.count(t) > 1})
     if duplicates:
         raise ValueError(f"target module(s) listed twice: {', '.join(duplicates)}")
-    for target in targets:
-        dims.module_shape(target)  # raises with the valid names
-    return targets
+    return dims.expand_targets(targets)  # "dense" -> BERT's three per-block layers + the pooler
 
 
 def _check_positive(name: str, value: int) -> None:
@@ -189,9 +187,9 @@ def _tt_modules(dims: ModelDims, targets: list[str], rank: int,
         else:
             in_factors, out_factors = tt.default_factors(d_in, d_out)
         cores = tt.core_shapes(in_factors, out_factors, rank)
-        per_layer = tt.param_count(cores)
-        modules.append(ModuleBudget(target, d_in, d_out, per_layer, dims.num_layers,
-                                    per_layer * dims.num_layers, in_factors + out_factors,
+        per_layer, layers = tt.param_count(cores), dims.layers_of(target)
+        modules.append(ModuleBudget(target, d_in, d_out, per_layer, layers,
+                                    per_layer * layers, in_factors + out_factors,
                                     [tuple(c) for c in cores]))
     return modules
 
@@ -200,9 +198,8 @@ def _lora_modules(dims: ModelDims, targets: list[str], rank: int) -> list[Module
     modules = []
     for target in targets:
         d_in, d_out = dims.module_shape(target)
-        per_layer = rank * (d_in + d_out)
-        modules.append(ModuleBudget(target, d_in, d_out, per_layer, dims.num_layers,
-                                    per_layer * dims.num_layers))
+        per_layer, layers = rank * (d_in + d_out), dims.layers_of(target)
+        modules.append(ModuleBudget(target, d_in, d_out, per_layer, layers, per_layer * layers))
     return modules
 
 

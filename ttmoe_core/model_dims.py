@@ -61,13 +61,39 @@ class ModelDims:
         """Target module names this model family accepts."""
         return list(self._module_shapes())
 
+    def _aliases(self) -> dict[str, tuple[str, ...]]:
+        """Module names as ``train-expert --targets`` takes them (the model's own attribute
+        names) -> the budget's names. BERT's ``dense`` names three linear layers of each block
+        and the pooler's (once per model)."""
+        if self.model_type in LLAMA_LIKE or self.model_type == DISTILBERT:
+            return {}
+        return {"dense": ("attention_output", "intermediate", "output", "pooler")}
+
+    def expand_targets(self, targets: Sequence[str]) -> list[str]:
+        """The budget's module names for ``targets`` (aliases such as ``dense`` expanded, order
+        kept, each once); ValueError for a name this family does not have."""
+        out: list[str] = []
+        for target in targets:
+            for name in self._aliases().get(target, (target,)):
+                self.module_shape(name)                      # raises with the valid names
+                if name not in out:
+                    out.append(name)
+        return out
+
     def module_shape(self, target: str) -> tuple[int, int]:
         """``(d_in, d_out)`` of a target module, e.g. llama ``q_proj`` -> ``(h, heads·head_dim)``."""
         shapes = self._module_shapes()
+        if target == "pooler" and self._aliases():
+            return (self.hidden_size, self.hidden_size)
         if target not in shapes:
             raise ValueError(f"unknown target module {target!r} for {self.model_type} model "
-                             f"{self.name!r}: valid targets are {', '.join(shapes)}")
+                             f"{self.name!r}: valid targets are {', '.join(shapes)} (or "
+                             f"{', '.join(self._aliases()) or 'no other names'})")
         return shapes[target]
+
+    def layers_of(self, target: str) -> int:
+        """How many copies of ``target`` the model has: one per block, the pooler once."""
+        return 1 if target == "pooler" else self.num_layers
 
     def default_targets(self) -> list[str]:
         """The paper's choice: query and value projections."""
