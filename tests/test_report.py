@@ -447,13 +447,17 @@ def test_small_report_end_to_end(tmp_path, record_property):
 
 
 @pytest.mark.slow
-def test_training_in_a_fresh_process_measures_memory(samples_dir):
+def test_training_in_a_fresh_process_measures_memory(samples_dir, tmp_path):
     """Experiment 2's memory path (full budget): the expert comes back with its peak RSS growth."""
     train = tasks.load_task("sst2", "train", data_dir=samples_dir, limit=16)
     valid = tasks.load_task("sst2", "validation", data_dir=samples_dir, limit=8)
-    config = experts.ExpertConfig(task="sst2", steps=2, batch_size=4, max_length=32, eval_limit=8)
-    out = worker.train_in_fresh_process(config.to_dict(), "all-minilm-l6-v2", train, valid)
+    config = experts.ExpertConfig(task="sst2", steps=4, batch_size=4, max_length=32, eval_limit=8,
+                                  holdout_fraction=0.25, eval_every=1, patience=1, checkpoint_every=1)
+    out = worker.train_in_fresh_process(config.to_dict(), "all-minilm-l6-v2", train, valid,
+                                        checkpoint_dir=tmp_path / "ck")
     expert = out["expert"]
     assert isinstance(expert, experts.Expert) and expert.metrics["eval_rows"] == 8
+    assert (tmp_path / "ck").is_dir()                       # the run checkpointed (full budget: resumable)
+    assert 1 <= expert.metrics["steps_run"] <= 4 and expert.metrics["train_cpu_seconds"] > 0
     assert out["peak_growth_mib"] > 0
     assert out["peak_rss_mib"] >= out["rss_before_training_mib"] + out["peak_growth_mib"] - 1e-6

@@ -7,7 +7,7 @@ the experiments in order, the methods compared, the paper's headline numbers.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from ..tasks import DEMO_TASKS
 
@@ -109,6 +109,10 @@ BUDGETS: dict[str, ReportBudget] = {
         # measured (the old full run: ~1.5 s a step of 8 rows over 16 adapters on this machine)
         fusion_steps=500),
 }
+# the full rule on the six demo tasks only (experiment 2 and the mixture): about a quarter of
+# the full budget's CPU time (reports/CONVERGENCE_BUDGET.md)
+BUDGETS["full-demo"] = replace(BUDGETS["full"], name="full-demo", comparison_tasks=DEMO_TASKS,
+                               min_integration_experts=len(DEMO_TASKS))
 
 
 def resolve_budget(budget: str | ReportBudget) -> ReportBudget:
