@@ -38,6 +38,14 @@ def load_results(path: str, folder_stamp: float) -> dict:
     return data
 
 
+def seed_words(meta: dict) -> str:
+    """``seeds 0, 1, 2 (experiment 2), seed 0 elsewhere``; older reports: ``seed 0``."""
+    seeds = meta.get("seeds") or []
+    if len(seeds) <= 1:
+        return f"seed {meta['seed']}"
+    return f"seeds {', '.join(str(s) for s in seeds)} (experiment 2: mean ± std), seed {meta['seed']} elsewhere"
+
+
 def show_report(results: dict, key: str) -> None:
     """Headline numbers, the paper's claims with their verdicts, then each section's tables and plots."""
     meta, machine = results["meta"], report.machine_summary(results["meta"])
@@ -53,7 +61,7 @@ def show_report(results: dict, key: str) -> None:
     st.caption(f"{machine['gpu'] or machine['cpu']} · {machine['cores']} "
                f"cores · torch {machine['torch']}, {machine['threads']} threads on {machine['device']} · "
                f"load average {machine['load_average']} at start · base model "
-               f"{meta['base_model']['name']} · seed {meta['seed']} · `{meta['command']}`")
+               f"{meta['base_model']['name']} · {seed_words(meta)} · `{meta['command']}`")
     # the verdict next to the experiment, long texts last and wrapped to fit at 1280 px
     st.dataframe(pd.DataFrame([{"experiment": report.SECTION_TITLES[name].split(" (")[0],
                                 "here": exp["claim"]["verdict"], "paper's claim": exp["claim"]["paper"],
@@ -107,7 +115,8 @@ st.divider()
 st.header("Re-run the small budget")
 small = report.BUDGETS["small"]
 st.caption(f"The same five experiments at CI scale ({small.steps} steps of batch {small.batch_size} per "
-           f"expert, {small.eval_rows} validation rows a task; about 5 minutes on 2 CPU cores), in the "
+           f"expert, {len(small.seeds)} seeds in experiment 2, {small.eval_rows} validation rows a task; "
+           "about 5 minutes on 2 CPU cores), in the "
            "background. The result goes to the workspace; the committed report is not touched. Its "
            "numbers are far from the full run's: it checks that everything runs, not what holds.")
 own = registry.get(owner, ss.get("report_job"))

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from ttmoe_core import adapters, baselines, experts, report, tasks
-from ttmoe_core.report import contraction, worker
+from ttmoe_core.report import contraction, methods, seeds, worker
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NUMERIC_CELL = re.compile(r"^[+-]?(\d{1,3}(,\d{3})+|\d+)(\.\d+)?(e[+-]\d+)?(%|×)?$")
@@ -34,7 +34,9 @@ def table_cells(markdown: str) -> list[str]:
             continue
         if i + 1 < len(lines) and set(lines[i + 1]) <= set("|-") and lines[i + 1].startswith("|"):
             continue  # a header row
-        cells += [c.strip().strip("*") for c in line.strip().strip("|").split("|")]
+        # a "mean ± std" cell holds two numbers, each checked on its own
+        cells += [part.strip().strip("*") for c in line.strip().strip("|").split("|")
+                  for part in c.split("±")]
     return cells
 
 
@@ -77,16 +79,23 @@ def synthetic_results() -> dict:
                     "confusion": confusion, "ms_per_input": 1.25 + k, "fit_seconds": 0.4}
                    for v in ("linear", "mlp", "fusion") for k in (0, 2)]
     router_rows.insert(0, {**router_rows[0], "variant": "paper", "layer": 6, "cost_fraction": 1.0})
-    method_rows = [{"task": t, "method": m, "metric": "accuracy", "value": 0.7 + 0.01 * i,
-                    "train_seconds": 3.25, "wall_seconds": 5.0, "peak_growth_mib": 250.5,
+    method_rows = [{"task": t, "method": m, "seed": seed, "metric": "accuracy",
+                    "value": 0.7 + 0.01 * i + 0.0125 * seed, "steps_run": 800 + 200 * seed,
+                    "best_step": 400 + 200 * seed, "lr": 5e-4, "train_seconds": 3.25 + seed,
+                    "cpu_seconds": 6.5 + seed, "wall_seconds": 5.0, "peak_growth_mib": 250.5,
                     "memory_measure": "x", "trainable_params": 10130 + i, "adapter_params": 9360 + i,
                     "train_rows": 400, "eval_rows": 64, "fraction_of_lora_adapter": 0.0635,
                     "fraction_of_lora_trainable": 0.0683}
-                   for t in ("sst2", "rte") for i, m in enumerate(report.METHODS)]
+                   for t in ("sst2", "rte") for seed in (0, 1) for i, m in enumerate(report.METHODS)]
+    aggregate = seeds.aggregate(method_rows)
+    for entry in aggregate:
+        entry.update({"adapter_params": 9360, "trainable_params": 10130, "fraction_of_lora_adapter": 0.0635,
+                      "train_rows": 400, "eval_rows": 64, "lr": 5e-4})
+    comparisons, outcomes = methods.claim_per_task(aggregate, ["sst2", "rte"])
     ratio = {"model": "all-minilm-l6-v2 (measured)", "tt_lora": 9360, "lora": 147456, "adapter": 113040,
              "fraction_of_lora": 9360 / 147456, "fraction_of_adapter": 9360 / 113040}
     return {
-        "meta": {"budget": "small", "settings": report.BUDGETS["small"].to_dict(), "seed": 0,
+        "meta": {"budget": "small", "settings": report.BUDGETS["small"].to_dict(), "seed": 0, "seeds": [0, 1],
                  "started": run["started"], "finished": "2026-01-01T00:05:00+00:00", "seconds": 300.0,
                  "machine": {"platform": "Linux", "cpu": "CPU", "logical_cpus": 4, "cores": 2,
                              "threads": 3, "device": "cpu", "gpu": None, "memory_gib": 8.0,
@@ -102,9 +111,12 @@ def synthetic_results() -> dict:
                  "contract_ms_per_input": 10.0, "reconstruct_ms_per_input": 12.5, "ratio": 1.25,
                  "max_abs_diff": 2.5e-7, "hidden_max_abs_diff": 3.1e-5, "hidden_max_abs": 5.94}
                 for b in (1, 8, 32)], "claim": claim, "differences": ["a"], "run": run},
-            "methods": {"tasks": ["sst2", "rte"], "rows": method_rows, "ratios": [ratio],
+            "methods": {"tasks": ["sst2", "rte"], "seeds": [0, 1], "rows": method_rows, "ratios": [ratio],
+                        "aggregate": aggregate, "comparisons": comparisons, "outcomes": outcomes,
+                        "spread_rule": seeds.SPREAD_RULE, "margin": methods.MARGIN,
                         "summary": [{"method": m, "tasks": 2, "adapter_params": 9360, "mean_value": 0.71,
-                                     "mean_train_seconds": 3.25, "mean_peak_growth_mib": None}
+                                     "mean_train_seconds": 3.25, "mean_cpu_seconds": 7.0,
+                                     "mean_peak_growth_mib": None}
                                     for m in report.METHODS],
                         "paper": {"tt_lora_fraction_of_lora": 0.02, "tt_lora_fraction_of_adapter": 0.003},
                         "claim": {**claim, "verdict": "does not hold"}, "differences": ["b"], "run": run},
@@ -127,9 +139,9 @@ def synthetic_results() -> dict:
                                  "paper_moe_fraction_of_fusion": 0.0003},
                       "claim": claim, "differences": ["e"], "run": run},
         },
-        "trainings": [{"task": "sst2", "method": "tt-lora", "started": run["started"], "train_rows": 400,
-                       "train_seconds": 3.25, "wall_seconds": 5.0, "metric": "accuracy", "value": 0.7,
-                       "peak_growth_mib": None}],
+        "trainings": [{"task": "sst2", "method": "tt-lora", "seed": 0, "started": run["started"],
+                       "train_rows": 400, "steps_run": 800, "train_seconds": 3.25, "cpu_seconds": 6.5,
+                       "wall_seconds": 5.0, "metric": "accuracy", "value": 0.7, "peak_growth_mib": None}],
         "figures": {"mixed": {"html": "figures/mixed.html", "png": "figures/mixed.png"}},
     }
 
@@ -345,6 +357,12 @@ def test_compare_page_shows_a_report_folder(tmp_path, monkeypatch):
         assert report.SECTION_TITLES[name] in shown
     assert any(m.label == "Paper's claims that hold here" and m.value == "4 of 5" for m in at.metric)
     assert any(b.label == "Run the small report" for b in at.button)
+    # experiment 2 over two seeds: mean ± std per task and method, the spread rule, the seeds
+    tt_sst2 = next(r for r in results["experiments"]["methods"]["aggregate"]
+                   if (r["task"], r["method"]) == ("sst2", "tt-lora"))
+    assert f"| {tt_sst2['value_mean']:.3f} ± {tt_sst2['value_std']:.3f} |" in shown
+    assert f"Rule: {results['experiments']['methods']['spread_rule']}." in shown
+    assert any("seeds 0, 1 (experiment 2: mean ± std), seed 0 elsewhere" in c.value for c in at.caption)
 
 
 def _compare_page(report_dir, tmp_path, monkeypatch):
@@ -403,6 +421,13 @@ def test_small_report_end_to_end(tmp_path, record_property):
     assert {(r["task"], r["method"]) for r in methods["rows"]} == {
         (t, m) for t in report.BUDGETS["small"].comparison_tasks for m in report.METHODS}
     assert methods["budget_matches_measured"] is True
+    small = report.BUDGETS["small"]
+    assert {(r["task"], r["method"], r["seed"]) for r in methods["rows"]} == {
+        (t, m, s) for t in small.comparison_tasks for m in report.METHODS for s in small.seeds}
+    assert all(a["n"] == len(small.seeds) and a["value_std"] is not None for a in methods["aggregate"])
+    assert all(1 <= r["steps_run"] <= small.steps and r["cpu_seconds"] > 0 for r in methods["rows"])
+    assert len(methods["comparisons"]) == 2 * len(small.comparison_tasks)
+    assert f"Rule: {methods['spread_rule']}." in markdown
     assert len(results["experiments"]["integration"]["experts"]) >= 4
     # figures
     assert results["figures"]
@@ -422,13 +447,17 @@ def test_small_report_end_to_end(tmp_path, record_property):
 
 
 @pytest.mark.slow
-def test_training_in_a_fresh_process_measures_memory(samples_dir):
+def test_training_in_a_fresh_process_measures_memory(samples_dir, tmp_path):
     """Experiment 2's memory path (full budget): the expert comes back with its peak RSS growth."""
     train = tasks.load_task("sst2", "train", data_dir=samples_dir, limit=16)
     valid = tasks.load_task("sst2", "validation", data_dir=samples_dir, limit=8)
-    config = experts.ExpertConfig(task="sst2", steps=2, batch_size=4, max_length=32, eval_limit=8)
-    out = worker.train_in_fresh_process(config.to_dict(), "all-minilm-l6-v2", train, valid)
+    config = experts.ExpertConfig(task="sst2", steps=4, batch_size=4, max_length=32, eval_limit=8,
+                                  holdout_fraction=0.25, eval_every=1, patience=1, checkpoint_every=1)
+    out = worker.train_in_fresh_process(config.to_dict(), "all-minilm-l6-v2", train, valid,
+                                        checkpoint_dir=tmp_path / "ck")
     expert = out["expert"]
     assert isinstance(expert, experts.Expert) and expert.metrics["eval_rows"] == 8
+    assert (tmp_path / "ck").is_dir()                       # the run checkpointed (full budget: resumable)
+    assert 1 <= expert.metrics["steps_run"] <= 4 and expert.metrics["train_cpu_seconds"] > 0
     assert out["peak_growth_mib"] > 0
     assert out["peak_rss_mib"] >= out["rss_before_training_mib"] + out["peak_growth_mib"] - 1e-6

@@ -110,7 +110,7 @@ def _same(a: nn.Module, b: nn.Module) -> None:
 
 
 def _strip(history):
-    return [{k: v for k, v in h.items() if k not in ("examples_per_s", "elapsed_s")}
+    return [{k: v for k, v in h.items() if k not in ("examples_per_s", "elapsed_s", "cpu_s")}
             for h in history]
 
 
@@ -236,6 +236,9 @@ def test_train_expert_resumes_exactly(tiny_bert, sst2, tmp_path, method):
     for key, value in whole.tensors.items():
         torch.testing.assert_close(resumed.tensors[key], value, rtol=0, atol=1e-6)
     assert _strip(resumed.history) == _strip(whole.history)
+    # CPU time of the loop carries over the checkpoint: steps 1-6 (first process), then 7-9
+    cpu = [h["cpu_s"] for h in resumed.history]
+    assert cpu == sorted(cpu) and cpu[-1] > 0 and resumed.metrics["train_cpu_seconds"] == cpu[-1]
     other = experts.ExpertConfig(**{**cfg.to_dict(), "lr": 2e-2})
     with pytest.raises(CheckpointError, match="differ in lr"):
         experts.train_expert(other, tiny_bert, **kwargs, checkpoint_dir=tmp_path / "ck",
@@ -266,7 +269,7 @@ def test_report_run_reuses_finished_experts_and_checks_settings(tiny_bert, sampl
     first = Run(budget=budget, backbone=tiny_bert, data_dir=samples_dir)
     assert report_run._work_dir(first, tmp_path / "w", False, {"settings": 1}) == {}
     trained = first.expert("sst2", "tt-lora")
-    assert (tmp_path / "w" / "experts" / "sst2-tt-lora.training.json").is_file()
+    assert (tmp_path / "w" / "experts" / "sst2-tt-lora-seed0.training.json").is_file()
     (tmp_path / "w" / "experiments" / "methods.json").write_text('{"claim": 1}')
     told = []
     again = Run(budget=budget, backbone=tiny_bert, data_dir=samples_dir,
@@ -275,7 +278,7 @@ def test_report_run_reuses_finished_experts_and_checks_settings(tiny_bert, sampl
         "methods": {"claim": 1}}
     kept = again.expert("sst2", "tt-lora")
     assert told == []                                       # nothing trained
-    assert again.trainings[("sst2", "tt-lora")] == first.trainings[("sst2", "tt-lora")]
+    assert again.trainings[("sst2", "tt-lora", 0)] == first.trainings[("sst2", "tt-lora", 0)]
     for key, value in trained.tensors.items():
         assert torch.equal(kept.tensors[key], value)
     other = Run(budget=budget, backbone=tiny_bert, data_dir=samples_dir)

@@ -364,6 +364,7 @@ def train_expert(config: ExpertConfig, backbone: Backbone | None = None, *,
                   lengths=encoded.lengths if cfg.length_buckets else None,
                   holdout=holdout, checkpoint=checkpoint)
     train_seconds = history[-1].get("elapsed_s", 0.0) if history else 0.0
+    train_cpu = history[-1].get("cpu_s") if history else None    # the loop's CPU, across resumes
     expert = Expert(name=name or cfg.task, config=cfg, label_names=list(train_data.label_names),
                     tensors=expert_tensors(model, cfg.method), base=backbone.info,
                     tt_layout=tt_layout(model.encoder, cfg.targets) if cfg.method == "tt-lora" else {},
@@ -373,7 +374,8 @@ def train_expert(config: ExpertConfig, backbone: Backbone | None = None, *,
     result = evaluate_model(model, backbone, eval_data, cfg.task, max_length=cfg.max_length,
                             should_stop=should_stop)
     expert.metrics = {**result["metrics"], "confusion": result["confusion"],
-                      "train_seconds": round(train_seconds, 2), "eval_rows": len(eval_data),
+                      "train_seconds": round(train_seconds, 2), "train_cpu_seconds": train_cpu,
+                      "eval_rows": len(eval_data),
                       **training.summary(history)}
     expert.data = {"train": train_data.source, "train_rows": len(fit_data),
                    "holdout_rows": len(holdout_rows),

@@ -117,6 +117,7 @@ class _Loop:
         self.running: list[float] = []  # losses since the last history entry
         self.seen = 0                 # examples trained on
         self.elapsed = 0.0            # seconds of training before this process
+        self.cpu = 0.0                # CPU seconds (this process's, time.process_time) before it
         self.best_score = -math.inf
         self.best_step: int | None = None
         self.bad_evals = 0            # evaluations since the best one
@@ -125,7 +126,7 @@ class _Loop:
     def to_dict(self) -> dict:
         best = None if self.best_score == -math.inf else self.best_score
         return {"step": self.step, "history": self.history, "running": self.running,
-                "seen": self.seen, "elapsed": self.elapsed, "best_score": best,
+                "seen": self.seen, "elapsed": self.elapsed, "cpu": self.cpu, "best_score": best,
                 "best_step": self.best_step, "bad_evals": self.bad_evals,
                 "stopped_early": self.stopped_early}
 
@@ -133,6 +134,7 @@ class _Loop:
         self.step, self.history = int(data["step"]), list(data["history"])
         self.running, self.seen = [float(x) for x in data["running"]], int(data["seen"])
         self.elapsed = float(data["elapsed"])
+        self.cpu = float(data.get("cpu", 0.0))       # checkpoints written before it: unknown, 0
         self.best_score = -math.inf if data["best_score"] is None else float(data["best_score"])
         self.best_step, self.bad_evals = data["best_step"], int(data["bad_evals"])
         self.stopped_early = bool(data["stopped_early"])
@@ -161,7 +163,7 @@ def fit(model: nn.Module, batch_loss: Callable[[list[int]], torch.Tensor], num_r
 
     The model trains with its ``encoder`` (the frozen base) in eval mode, so only its own layers
     use dropout, and is left in eval mode. History: [{step, loss (mean since the last entry),
-    examples_per_s, elapsed_s[, holdout, best]}] every ``log_every`` steps, at each evaluation and at the
+    examples_per_s, elapsed_s, cpu_s[, holdout, best]}] every ``log_every`` steps, at each evaluation and at the
     last step, each also sent to ``progress``. Raises TrainingError when ``should_stop()`` says
     so or the loss is not finite (messages start with ``prefix``; ``nan_hint`` is appended to the
     non-finite one).
@@ -208,11 +210,11 @@ def fit(model: nn.Module, batch_loss: Callable[[list[int]], torch.Tensor], num_r
             loop.load(saved["loop"])
             best = saved["best"]
 
-    clock = [time.perf_counter()]
+    clock = [time.perf_counter(), time.process_time()]       # wall, CPU since the last save
 
     def save() -> None:
-        now = time.perf_counter()
-        loop.elapsed, clock[0] = loop.elapsed + now - clock[0], now
+        now, cpu = time.perf_counter(), time.process_time()
+        loop.elapsed, loop.cpu, clock[:] = loop.elapsed + now - clock[0], loop.cpu + cpu - clock[1], [now, cpu]
         checkpoint.save(state())
 
     def evaluate_now() -> dict:
@@ -231,7 +233,7 @@ def fit(model: nn.Module, batch_loss: Callable[[list[int]], torch.Tensor], num_r
 
     model.train()
     model.encoder.eval()
-    clock[0] = time.perf_counter()
+    clock[:] = [time.perf_counter(), time.process_time()]
     while loop.step < steps and not loop.stopped_early:
         if should_stop is not None and should_stop():
             if checkpoint is not None:
@@ -262,7 +264,8 @@ def fit(model: nn.Module, batch_loss: Callable[[list[int]], torch.Tensor], num_r
                              step == steps or loop.stopped_early)
             loop.history.append({"step": step, "loss": event.loss,
                                  "examples_per_s": event.examples_per_s,
-                                 "elapsed_s": round(elapsed, 2), **evaluated})
+                                 "elapsed_s": round(elapsed, 2),
+                                 "cpu_s": round(loop.cpu + time.process_time() - clock[1], 2), **evaluated})
             loop.running = []
             if progress is not None:
                 progress(event)

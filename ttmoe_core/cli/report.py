@@ -52,7 +52,9 @@ def add_parsers(subparsers) -> argparse.ArgumentParser:
     """Register the ``report`` subcommand (``func(args) -> int``) on a subparsers action."""
     parser = subparsers.add_parser("report", help="re-run the paper's experiments into a report folder")
     parser.add_argument("--budget", choices=list(report.BUDGETS), default="small",
-                        help="small: about 5 minutes on 2 CPU cores (CI); full: the committed reports/")
+                        help="small: about 5 minutes on 2 CPU cores (CI); full: every method until its "
+                             "hold-out metric is flat, 3 seeds, every task (tens of CPU-hours); "
+                             "full-demo: the same on the six demo tasks")
     parser.add_argument("--out", default="reports", help="report folder (default: reports)")
     parser.add_argument("--data-dir", default=None,
                         help="task data folder (default: $TTMOE_DATA_DIR, ../shared/datasets, assets/samples)")

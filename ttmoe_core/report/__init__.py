@@ -13,8 +13,9 @@ returning plain data):
 
 1. ``contraction``: inference time of TT layers that contract the cores (``TTLoRALinear``) vs the
    same model whose TT layers rebuild ΔW every call (``ReconstructedTTLoRALinear``), per batch size.
-2. ``methods``: TT-LoRA vs LoRA (PEFT) vs bottleneck adapter, one expert per task, same training
-   loop (``experts.train_expert``) and step budget; parameters, metric, time, peak memory.
+2. ``methods``: TT-LoRA vs LoRA (PEFT) vs bottleneck adapter, one expert per task and seed, same
+   training loop (``experts.train_expert``) and stopping rule; mean ± std over seeds of the
+   metric, steps and time (``seeds``), parameters, peak memory.
 3. ``routers``: router variants on six tasks (``router.sweep_layers``): held-out accuracy,
    parameters, measured cost per input, confusion.
 4. ``integration``: each task through the mixture (router over every expert) vs the expert alone;
@@ -22,6 +23,7 @@ returning plain data):
 5. ``mixed``: one test set mixing six tasks: TT-LoRA MoE vs one AdapterFusion trained on the mix.
 
 The rest: ``budgets`` (how much to run, constants), ``experiment`` (run state, shared helpers),
+``seeds`` (mean ± std over seeds, the rule for a difference beyond the seed spread),
 ``worker`` (a training in a fresh process, for peak memory), ``run`` (the run and its files),
 ``markdown`` and ``plots`` (rendering). ``render_markdown(results)`` formats only numbers present
 in ``results`` (no arithmetic), through ``FORMATS``, so every number of a table can be traced to

@@ -36,12 +36,12 @@ class Run:
     should_stop: Callable[[], bool] | None = None
     comparison_tasks: list[str] = field(default_factory=list)
     integration_tasks: list[str] = field(default_factory=list)
-    trainings: dict[tuple[str, str], dict] = field(default_factory=dict)   # (task, method) → record
+    trainings: dict[tuple[str, str, int], dict] = field(default_factory=dict)   # (task, method, seed) → record
     mixture_router: router_mod.Router | None = None     # set by the router experiment
     work_dir: Path | None = None     # finished experts (+ records) and training checkpoints
     resume: bool = False             # reuse work_dir's finished experts, continue its checkpoints
     _data: dict[tuple[str, str], tasks.TaskData] = field(default_factory=dict)
-    _experts: dict[tuple[str, str], experts.Expert] = field(default_factory=dict)
+    _experts: dict[tuple[str, str, int], experts.Expert] = field(default_factory=dict)
 
     def tell(self, stage: str, done: int, total: int) -> None:
         """Report progress; ReportError when ``should_stop()`` says the run is cancelled."""
@@ -63,18 +63,23 @@ class Run:
                                               seed=self.budget.seed)
         return self._data[key]
 
-    def expert(self, task: str, method: str, measure_memory: bool = False) -> experts.Expert:
-        """The trained expert of (task, method), training it on first use."""
-        key = (task, method)
+    def expert(self, task: str, method: str, measure_memory: bool = False,
+               seed: int | None = None) -> experts.Expert:
+        """The trained expert of (task, method, seed) (None: the budget's ``seed``), trained on
+        first use under the budget's stopping rule."""
+        b = self.budget
+        seed = b.seed if seed is None else seed
+        key = (task, method, seed)
         if key in self._experts:
             return self._experts[key]
-        b = self.budget
         config = experts.ExpertConfig(task=task, method=method, steps=b.steps, batch_size=b.batch_size,
-                                      max_length=b.max_length, seed=b.seed, train_limit=b.train_rows,
-                                      eval_limit=b.eval_rows)
+                                      max_length=b.max_length, seed=seed, train_limit=b.train_rows,
+                                      eval_limit=b.eval_rows, eval_every=b.eval_every,
+                                      patience=b.patience, min_steps=b.min_steps, schedule=b.schedule,
+                                      lr=b.lr_of(method))
         train, valid = self.data(task, "train"), self.data(task, "validation")
-        stage = f"training {METHOD_LABELS[method]} expert on {task}"
-        part = None if self.work_dir is None else self.work_dir / "experts" / f"{task}-{method}"
+        stage = f"training {METHOD_LABELS[method]} expert on {task} (seed {seed})"
+        part = None if self.work_dir is None else self.work_dir / "experts" / f"{task}-{method}-seed{seed}"
         if part is not None and self.resume:
             kept = self._finished(part, config)
             if kept is not None:                   # trained by an earlier, interrupted run
@@ -84,8 +89,12 @@ class Run:
         started, t0 = runinfo.now(), time.perf_counter()
         measure_memory = measure_memory and b.measure_memory
         memory: dict = {"memory_measure": None, "peak_growth_mib": None}
+        checkpoint = None if part is None else part.with_name(f"{part.name}.checkpoint")
+        if checkpoint is not None and not config.checkpoint_every:
+            config.checkpoint_every = 100
         if measure_memory and self.backbone.device.type == "cpu":
-            out = train_in_fresh_process(config.to_dict(), self.backbone.info.name, train, valid)
+            out = train_in_fresh_process(config.to_dict(), self.backbone.info.name, train, valid,
+                                         checkpoint_dir=checkpoint, resume=self.resume)
             expert = out.pop("expert")
             memory = {"memory_measure": "CPU peak RSS growth during training (ru_maxrss, fresh process)",
                       **{k: round(v, 1) for k, v in out.items()}}
@@ -94,9 +103,6 @@ class Run:
             if cuda:
                 torch.cuda.reset_peak_memory_stats(self.backbone.device)
                 before = torch.cuda.memory_allocated(self.backbone.device)
-            checkpoint = None if part is None else part.with_name(f"{part.name}.checkpoint")
-            if checkpoint is not None and not config.checkpoint_every:
-                config.checkpoint_every = 100
             expert = experts.train_expert(config, self.backbone, train_data=train, eval_data=valid,
                                           progress=self.step_progress(stage), should_stop=self.should_stop,
                                           checkpoint_dir=checkpoint, resume=self.resume)
@@ -106,11 +112,15 @@ class Run:
                           "peak_growth_mib": round(growth / 2**20, 1)}
         self.tell(stage, b.steps, b.steps)
         metric = tasks.primary_metric(task)
-        self.trainings[key] = {"task": task, "method": method, "started": started,
+        self.trainings[key] = {"task": task, "method": method, "seed": seed, "started": started,
                                "wall_seconds": round(time.perf_counter() - t0, 2),
                                "train_seconds": expert.metrics["train_seconds"],
+                               # CPU time of the training loop (time.process_time of the process
+                               # that trained it; carried over a resumed checkpoint)
+                               "cpu_seconds": expert.metrics.get("train_cpu_seconds"),
                                "steps_run": expert.metrics.get("steps_run"),
                                "best_step": expert.metrics.get("best_step"),
+                               "lr": expert.config.lr,
                                "metric": metric, "value": expert.metrics[metric],
                                "train_rows": len(train), "eval_rows": len(valid),
                                "trainable_params": expert.trainable_params(),
@@ -183,6 +193,19 @@ def median_ms(fn: Callable[[], object], repeats: int) -> float:
     return 1000 * statistics.median(times)
 
 
+def stopping_rule(b: ReportBudget) -> str:
+    """The budget's training rule in words (cap, hold-out evaluations, patience, schedule)."""
+    if b.eval_every and b.patience:
+        stop = (f"stopped once {b.patience} hold-out evaluations (every {b.eval_every} steps) in a row "
+                f"brought no better score, never before step {b.min_steps}; the expert keeps the "
+                "weights of its best evaluation")
+    else:
+        stop = "no early stop"
+    return (f"at most {b.steps} steps of batch {b.batch_size}, max length {b.max_length} tokens, "
+            f"{b.schedule} schedule, {stop} (hold-out: a seeded 10% of the training rows, at most "
+            "1,000; never the validation split)")
+
+
 def setup_differences(run: Run) -> list[str]:
     """How this run's setup differs from the paper's: base model and device, steps, rows, seed."""
     b, info = run.budget, run.backbone.info
@@ -191,10 +214,12 @@ def setup_differences(run: Run) -> list[str]:
     where = (f"one {torch.cuda.get_device_name(device)}" if device.type == "cuda"
              else f"CPU ({threads} torch thread{'s' if threads != 1 else ''})")
     rows = "all" if b.train_rows is None else f"at most {b.train_rows:,}"
+    seeds = ", ".join(str(s) for s in b.seeds)
     return [f"Base model: {info.name} ({info.num_layers} layers, hidden {info.hidden_size}) on {where}, "
             "not LLaMA-3.2-1B on 4 GPUs.",
-            f"Step budget: {b.steps} steps of batch {b.batch_size}, max length {b.max_length} tokens, "
-            f"{rows} training rows a task, not the paper's epochs over full training sets.",
+            f"Training budget of each expert: {stopping_rule(b)}; {rows} training rows a task, not the "
+            "paper's epochs over full training sets.",
             f"Scores on {b.eval_rows} validation rows a task (seeded subset; tasks without a train "
             f"file here train on a seeded split, MNLI on validation_matched and is scored on "
-            f"validation_mismatched). One seed ({b.seed})."]
+            f"validation_mismatched). Experiment 2: seeds {seeds} (mean ± sample std over seeds); the "
+            f"other experiments: the experts of seed {b.seed} only (no seed spread)."]

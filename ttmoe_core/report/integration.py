@@ -43,13 +43,13 @@ def exp_integration(run: Run) -> dict:
         rows.append({"task": name, "metric": key, "expert_alone": row["oracle"][key],
                      "mixture": row["mixture"][key], "gap": row["mixture"][key] - row["oracle"][key],
                      "routing_accuracy": row["routing_accuracy"], "rows": row["rows"],
-                     "expert_at_training": run.trainings[(name, "tt-lora")]["value"]})
+                     "expert_at_training": run.trainings[(name, "tt-lora", b.seed)]["value"]})
     adapter_experts = {name: run.expert(name, "adapter") for name in names}
     fusion_rows = []
     for task in b.fusion_tasks:
         stage = f"AdapterFusion over {len(names)} adapters for {task}"
         result = baselines.train_fusion(run.backbone, adapter_experts, {task: run.data(task, "train")},
-                                        run.fusion_config(b.steps),
+                                        run.fusion_config(b.fusion_budget),
                                         progress=run.step_progress(stage), should_stop=run.should_stop)
         scored = baselines.evaluate_fusion(result, run.backbone, run.data(task, "validation"), task)
         key = tasks.primary_metric(task)
@@ -81,7 +81,8 @@ def exp_integration(run: Run) -> dict:
             f"Router: our {variant} variant at layer {layer}, trained on {b.router_train_rows} inputs "
             f"a task. The expert alone is the mixture with the right expert forced (oracle).",
             f"AdapterFusion (adapters library, Fuse over all {len(names)} adapters, dynamic fusion): "
-            f"only the fusion layers and a new head trained, {b.steps} steps, lr 5e-4, for "
+            f"only the fusion layers and a new head trained, {b.fusion_budget} steps (no hold-out "
+            f"stop), lr 5e-4, for "
             f"{', '.join(b.fusion_tasks)} only (time budget)."] + (
             [f"No mixture score for {', '.join(undefined)}: a regression task's misrouted rows get no "
              "prediction (moe.evaluate_mixture), so its correlation is undefined (–); the means leave "

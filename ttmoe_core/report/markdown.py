@@ -16,7 +16,7 @@ from .plots import SECTION_FIGURES
 
 SECTION_TITLES = {
     "contraction": "1. Contraction vs reconstruction (paper Table 3)",
-    "methods": "2. TT-LoRA vs LoRA vs Adapter, one expert per task (paper Tables 4 and 6, single training)",
+    "methods": "2. TT-LoRA vs LoRA vs Adapter, one expert per task and seed (paper Tables 4 and 6)",
     "routers": "3. Router variants (paper Table 5)",
     "integration": "4. Expert integration (paper Table 6, expert integration)",
     "mixed": "5. Mixed-task evaluation (the \"4 points over AdapterFusion\" claim)",
@@ -95,7 +95,72 @@ def _section_contraction(exp: dict) -> list[str]:
                     "max abs diff (last hidden)", "max abs last hidden"], rows)]
 
 
+def _pm(mean, std, kind: str = "f3") -> str:
+    """``mean ± std`` (just the mean when the std is unknown: one seed)."""
+    return fmt(mean, kind) + ("" if std is None else f" ± {fmt(std, kind)}")
+
+
+def _yes_no(value: bool | None) -> str:
+    return "–" if value is None else ("yes" if value else "no")
+
+
+def _methods_ratios(exp: dict) -> str:
+    paper = exp["paper"]
+    return _table(["model", "TT-LoRA params", "LoRA params", "adapter params", "TT-LoRA % of LoRA",
+                   "TT-LoRA % of adapter", "paper: % of LoRA", "paper: % of adapters"],
+                  [[r["model"], fmt(r["tt_lora"], "int"), fmt(r["lora"], "int"),
+                    fmt(r["adapter"], "int"), fmt(r["fraction_of_lora"], "pct2"),
+                    fmt(r["fraction_of_adapter"], "pct2"),
+                    fmt(paper["tt_lora_fraction_of_lora"], "pct1"),
+                    fmt(paper["tt_lora_fraction_of_adapter"], "pct1")] for r in exp["ratios"]])
+
+
+def _methods_over_seeds(exp: dict) -> list[str]:
+    """Experiment 2 with seeds: mean ± std per (task, method), TT-LoRA against each baseline by
+    the spread rule, and the per-seed runs."""
+    seeds = ", ".join(str(s) for s in exp["seeds"])
+    agg = _table(["task", "method", "seeds", "adapter params", "adapter % of LoRA", "metric",
+                  "mean ± std", "steps run", "best step", "train s", "CPU s", "peak memory growth MiB"],
+                 [[r["task"], METHOD_LABELS[r["method"]], str(r["n"]), fmt(r["adapter_params"], "int"),
+                   fmt(r["fraction_of_lora_adapter"], "pct1"), r["metric"],
+                   _pm(r["value_mean"], r["value_std"]), _pm(r["steps_run_mean"], r["steps_run_std"], "int"),
+                   _pm(r["best_step_mean"], r["best_step_std"], "int"),
+                   _pm(r["train_seconds_mean"], r["train_seconds_std"], "f1"),
+                   _pm(r["cpu_seconds_mean"], r["cpu_seconds_std"], "f1"),
+                   fmt(r["peak_growth_mib_mean"], "f1")] for r in exp["aggregate"]])
+    margin = exp.get("margin", 0.02)
+    versus = _table(["task", "TT-LoRA vs", "TT-LoRA", "baseline", "difference", "seed spread",
+                     "difference beyond the spread", f"within {100 * margin:g} points"],
+                    [[c["task"], METHOD_LABELS[c["baseline"]], _pm(c["tt_lora_mean"], c["tt_lora_std"]),
+                      _pm(c["baseline_mean"], c["baseline_std"]), fmt(c["difference"], "signed3"),
+                      fmt(c["spread"], "f3"), _yes_no(c["exceeds_spread"]), _yes_no(c["within_margin"])]
+                     for c in exp["comparisons"]])
+    runs = _table(["task", "method", "seed", "metric", "value", "steps run", "best step", "train s",
+                   "CPU s", "peak memory growth MiB"],
+                  [[r["task"], METHOD_LABELS[r["method"]], str(r["seed"]), r["metric"], fmt(r["value"], "f3"),
+                    fmt(r["steps_run"], "int"), fmt(r["best_step"], "int"), fmt(r["train_seconds"], "f1"),
+                    fmt(r["cpu_seconds"], "f1"), fmt(r["peak_growth_mib"], "f1")] for r in exp["rows"]])
+    summary = _table(["method", "tasks", "adapter params", "mean metric", "mean train s", "mean CPU s",
+                      "mean peak growth MiB"],
+                     [[METHOD_LABELS[s["method"]], str(s["tasks"]), fmt(s["adapter_params"], "int"),
+                       fmt(s["mean_value"], "f3"), fmt(s["mean_train_seconds"], "f1"),
+                       fmt(s.get("mean_cpu_seconds"), "f1"), fmt(s["mean_peak_growth_mib"], "f1")]
+                      for s in exp["summary"]])
+    return [f"Per task and method over seeds {seeds}: mean ± sample std of the validation metric (the "
+            "task's primary one), of the steps each run trained (it stops when its hold-out metric is "
+            "flat), of the step whose weights it kept, and of its training time (train s: wall time of "
+            "the training loop, hold-out evaluations included; CPU s: the process's CPU time over the same "
+            "loop, all threads, carried over a resumed checkpoint; "
+            "adapter parameters without the task head):", agg,
+            f"TT-LoRA against each baseline per task. Rule: {exp['spread_rule']}.", versus,
+            "Every run (task, method, seed):", runs, "Mean over tasks (of the means over seeds):", summary,
+            "Parameter ratios (adapter only; LLaMA-3.2-1B counted by `budget.compute_budget` with the "
+            "paper's TT shapes, rank 5, q/v, LoRA r16):", _methods_ratios(exp)]
+
+
 def _section_methods(exp: dict) -> list[str]:
+    if "aggregate" in exp:
+        return _methods_over_seeds(exp)
     rows = [[r["task"], METHOD_LABELS[r["method"]], fmt(r["trainable_params"], "int"),
              fmt(r["adapter_params"], "int"), fmt(r["fraction_of_lora_adapter"], "pct1"), r["metric"],
              fmt(r["value"], "f3"), fmt(r["train_seconds"], "f1"), fmt(r["peak_growth_mib"], "f1")]
@@ -107,18 +172,10 @@ def _section_methods(exp: dict) -> list[str]:
                      [[METHOD_LABELS[s["method"]], str(s["tasks"]), fmt(s["adapter_params"], "int"),
                        fmt(s["mean_value"], "f3"), fmt(s["mean_train_seconds"], "f1"),
                        fmt(s["mean_peak_growth_mib"], "f1")] for s in exp["summary"]])
-    paper = exp["paper"]
-    ratios = _table(["model", "TT-LoRA params", "LoRA params", "adapter params", "TT-LoRA % of LoRA",
-                     "TT-LoRA % of adapter", "paper: % of LoRA", "paper: % of adapters"],
-                    [[r["model"], fmt(r["tt_lora"], "int"), fmt(r["lora"], "int"),
-                      fmt(r["adapter"], "int"), fmt(r["fraction_of_lora"], "pct2"),
-                      fmt(r["fraction_of_adapter"], "pct2"),
-                      fmt(paper["tt_lora_fraction_of_lora"], "pct1"),
-                      fmt(paper["tt_lora_fraction_of_adapter"], "pct1")] for r in exp["ratios"]])
     return ["Per task and method (adapter parameters without the task head; the metric is the "
             "task's primary one on its validation rows):", per_task, "Mean over tasks:", summary,
             "Parameter ratios (adapter only; LLaMA-3.2-1B counted by `budget.compute_budget` with the "
-            "paper's TT shapes, rank 5, q/v, LoRA r16):", ratios]
+            "paper's TT shapes, rank 5, q/v, LoRA r16):", _methods_ratios(exp)]
 
 
 def _section_routers(exp: dict) -> list[str]:
@@ -218,7 +275,9 @@ def render_markdown(results: dict) -> str:
         f"Generated by `{meta['command']}` on {meta['started']} (finished {meta['finished']}, "
         f"{meta['seconds']} s in all).",
         _machine_line(meta),
-        f"Base model: {meta['base_model']['name']}. Data: {meta['data_dir']}. Seed {meta['seed']}. "
+        f"Base model: {meta['base_model']['name']}. Data: {meta['data_dir']}. Seed {meta['seed']}"
+        + (f" (experiment 2: seeds {', '.join(str(x) for x in meta['seeds'])})" if meta.get("seeds") else "")
+        + ". "
         f"Budget `{meta['budget']}`: {settings}.",
         "Paper: Kunwar et al., *TT-LoRA MoE* (arXiv 2504.21190), LLaMA-3.2-1B on 4 GPUs. Every "
         "number below comes from this run (`results.json`); the paper's are quoted only where named.",
@@ -228,9 +287,11 @@ def render_markdown(results: dict) -> str:
     appendix = []
     if trainings:
         appendix = ["## Training runs of this report",
-                    _table(["task", "method", "started", "train rows", "train s", "wall s", "metric",
-                            "value", "peak memory growth MiB"],
-                           [[t["task"], METHOD_LABELS[t["method"]], t["started"], fmt(t["train_rows"], "int"),
-                             fmt(t["train_seconds"], "f1"), fmt(t["wall_seconds"], "f1"), t["metric"],
-                             fmt(t["value"], "f3"), fmt(t["peak_growth_mib"], "f1")] for t in trainings])]
+                    _table(["task", "method", "seed", "started", "train rows", "steps run", "train s",
+                            "CPU s", "wall s", "metric", "value", "peak memory growth MiB"],
+                           [[t["task"], METHOD_LABELS[t["method"]], str(t.get("seed", "–")), t["started"],
+                             fmt(t["train_rows"], "int"), fmt(t.get("steps_run"), "int"),
+                             fmt(t["train_seconds"], "f1"), fmt(t.get("cpu_seconds"), "f1"),
+                             fmt(t["wall_seconds"], "f1"), t["metric"], fmt(t["value"], "f3"),
+                             fmt(t["peak_growth_mib"], "f1")] for t in trainings])]
     return "\n\n".join(header + sections + appendix) + "\n"

@@ -51,7 +51,7 @@ def exp_mixed(run: Run) -> dict:
     stage = "mixed test set: AdapterFusion over six adapters"
     fusion = baselines.train_fusion(run.backbone, adapter_experts,
                                     {t: run.data(t, "train") for t in names},
-                                    run.fusion_config(b.steps * len(names)),
+                                    run.fusion_config(b.fusion_budget * len(names)),
                                     progress=run.step_progress(stage), should_stop=run.should_stop)
     per_task = []
     for task in names:
@@ -89,8 +89,8 @@ def exp_mixed(run: Run) -> dict:
             f"(seed {b.seed}). The MoE routes each row itself ({MIXTURE_ROUTER[0]} router, layer "
             f"{MIXTURE_ROUTER[1]}, from experiment 3); a misrouted row counts as wrong. AdapterFusion "
             "answers each row with its own task's head: it is told the task.",
-            f"AdapterFusion: one fusion over the six adapters + a head per task, {b.steps} × 6 = "
-            f"{b.steps * len(names)} steps of mixed batches (each row's loss from its task's head), "
+            f"AdapterFusion: one fusion over the six adapters + a head per task, {b.fusion_budget} × 6 = "
+            f"{b.fusion_budget * len(names)} steps of mixed batches (each row's loss from its task's head), "
             "lr 5e-4. Parameters: ours = experts (cores + heads) + router; theirs = adapters + fusion "
             "layers + heads."],
     }

@@ -26,14 +26,20 @@ SECTION_FIGURES = {"contraction": ("contraction_ms", "contraction_ratio"),
 
 
 def _grouped_bar(categories: Sequence[str], series: Mapping[str, Sequence[float]], title: str,
-                 y_title: str, log: bool = False):
-    """One bar group per category, one bar per series (None values: no bar)."""
+                 y_title: str, log: bool = False, errors: Mapping[str, Sequence[float | None]] | None = None):
+    """One bar group per category, one bar per series (None values: no bar); ``errors``: an
+    error bar (± value) per bar of a series."""
     import plotly.graph_objects as go
 
     from ..figures import apply_layout
 
+    def error(name):
+        if not errors or name not in errors:
+            return None
+        return dict(type="data", array=[0.0 if e is None else float(e) for e in errors[name]], visible=True)
+
     fig = go.Figure([go.Bar(x=list(categories), y=[float(v) if v is not None else None for v in values],
-                            name=name) for name, values in series.items()])
+                            name=name, error_y=error(name)) for name, values in series.items()])
     fig.update_layout(barmode="group", legend=dict(orientation="h", y=1.02, x=1, xanchor="right",
                                                    yanchor="bottom"))
     fig.update_xaxes(type="category")
@@ -62,10 +68,18 @@ def build_figures(results: dict) -> dict:
                                                 "Reconstruction time / contraction time", "ratio")
     if "methods" in exps:
         exp = exps["methods"]
-        series = {METHOD_LABELS[m]: [next(r["value"] for r in exp["rows"] if r["task"] == t and r["method"] == m)
-                                     for t in exp["tasks"]] for m in METHODS}
-        out["methods_metric"] = _grouped_bar(exp["tasks"], series, "Primary metric per task and method",
-                                             "metric (validation)")
+        if "aggregate" in exp:         # mean over seeds, ± sample std
+            agg = {(r["task"], r["method"]): r for r in exp["aggregate"]}
+            series = {METHOD_LABELS[m]: [agg[(t, m)]["value_mean"] for t in exp["tasks"]] for m in METHODS}
+            errors = {METHOD_LABELS[m]: [agg[(t, m)]["value_std"] for t in exp["tasks"]] for m in METHODS}
+            title = f"Primary metric per task and method (mean ± std over {len(exp['seeds'])} seeds)"
+        else:
+            series = {METHOD_LABELS[m]: [next(r["value"] for r in exp["rows"]
+                                              if r["task"] == t and r["method"] == m)
+                                         for t in exp["tasks"]] for m in METHODS}
+            errors, title = None, "Primary metric per task and method"
+        out["methods_metric"] = _grouped_bar(exp["tasks"], series, title, "metric (validation)",
+                                             errors=errors)
         out["methods_params"] = _grouped_bar(
             [r["model"] for r in exp["ratios"]],
             {"TT-LoRA": [r["tt_lora"] for r in exp["ratios"]], "LoRA": [r["lora"] for r in exp["ratios"]],

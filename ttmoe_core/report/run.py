@@ -88,7 +88,8 @@ def run_report(budget: str | ReportBudget, out: str | Path, progress: Progress |
     backbone = load_backbone()
     run = Run(budget=b, backbone=backbone, data_dir=data_path, progress=progress,
               should_stop=should_stop, comparison_tasks=comparison, integration_tasks=integration)
-    meta = {"budget": b.name, "settings": b.to_dict(), "seed": b.seed, "started": started,
+    meta = {"budget": b.name, "settings": b.to_dict(), "seed": b.seed, "seeds": list(b.seeds),
+            "started": started,
             "machine": runinfo.machine_info(backbone.device, libraries=True),
             "load_average_at_start": runinfo.load_average(), "base_model": backbone.info.to_dict(),
             "data_dir": str(data_path or tasks.default_data_dir()),

@@ -38,8 +38,11 @@ def warm_up(backbone: Backbone) -> None:
 
 
 def measured_training(config: dict, model_name: str, train: tasks.TaskData,
-                      valid: tasks.TaskData, threads: int) -> dict:
-    """Train one expert in this (fresh) process; peak RSS growth (MiB) over the memory before training."""
+                      valid: tasks.TaskData, threads: int, checkpoint_dir: str | None = None,
+                      resume: bool = False) -> dict:
+    """Train one expert in this (fresh) process; peak RSS growth (MiB) over the memory before
+    training. ``checkpoint_dir``/``resume``: as ``experts.train_expert``'s (a resumed run
+    measures the memory of the part run here)."""
     torch.set_num_threads(threads)
     backbone = load_backbone(model_name, device="cpu")
     warm_up(backbone)
@@ -48,11 +51,13 @@ def measured_training(config: dict, model_name: str, train: tasks.TaskData,
     peak: dict[str, float] = {}
 
     def progress(event: experts.Progress) -> None:
-        if event.step == event.total_steps:      # end of training, before evaluation
+        if event.final:                          # end of training (cap or early stop), before evaluation
             peak["mib"] = runinfo.peak_rss_mib()
 
     expert = experts.train_expert(experts.ExpertConfig.from_dict(config), backbone,
-                                  train_data=train, eval_data=valid, progress=progress)
+                                  train_data=train, eval_data=valid, progress=progress,
+                                  checkpoint_dir=checkpoint_dir, resume=resume)
+    peak.setdefault("mib", runinfo.peak_rss_mib())   # a resumed run that had no step left
     base = baseline if baseline is not None else peak_before
     return {"expert": expert, "peak_growth_mib": max(0.0, peak["mib"] - base),
             "rss_before_training_mib": base, "peak_rss_mib": peak["mib"],
@@ -69,7 +74,8 @@ def main(src: str, dst: str) -> None:
 
 
 def train_in_fresh_process(config: dict, model_name: str, train: tasks.TaskData,
-                           valid: tasks.TaskData) -> dict:
+                           valid: tasks.TaskData, checkpoint_dir: Path | None = None,
+                           resume: bool = False) -> dict:
     """``measured_training`` in a new Python process (so ru_maxrss is that training's alone).
 
     A plain subprocess rather than multiprocessing: spawn would re-import the caller's main
@@ -79,7 +85,8 @@ def train_in_fresh_process(config: dict, model_name: str, train: tasks.TaskData,
         src, dst = Path(tmp) / "in.pkl", Path(tmp) / "out.pkl"
         with src.open("wb") as f:
             pickle.dump({"config": config, "model_name": model_name, "train": train, "valid": valid,
-                         "threads": torch.get_num_threads()}, f)
+                         "threads": torch.get_num_threads(), "resume": resume,
+                         "checkpoint_dir": None if checkpoint_dir is None else str(checkpoint_dir)}, f)
         path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
         code = "import sys; from ttmoe_core.report.worker import main; main(sys.argv[1], sys.argv[2])"
         done = subprocess.run([sys.executable, "-c", code, str(src), str(dst)],

@@ -1,0 +1,170 @@
+"""Experiment 2 over several seeds: mean ± std (against numpy), the seed-spread rule of the
+verdicts, and a resumed report run keeping each seed's finished expert."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ttmoe_core import report
+from ttmoe_core.report import methods, seeds
+from ttmoe_core.report import run as report_run
+from ttmoe_core.report.experiment import Run
+
+# ----------------------------------------------------------------------------- aggregation math
+
+
+def test_mean_std_matches_numpy_float64():
+    rng = np.random.default_rng(7)
+    for n in (2, 3, 5, 17):
+        values = rng.normal(0.8, 0.05, size=n)            # float64
+        mean, std, count = seeds.mean_std(values.tolist())
+        assert count == n
+        assert mean == pytest.approx(float(np.mean(values)), rel=0, abs=1e-15)
+        assert std == pytest.approx(float(np.std(values, ddof=1)), rel=0, abs=1e-15)
+        assert isinstance(mean, float) and isinstance(std, float)
+
+
+def test_mean_std_skips_missing_values_and_needs_two_for_a_spread():
+    assert seeds.mean_std([0.5, None, float("nan"), 0.7]) == (pytest.approx(0.6), pytest.approx(
+        float(np.std([0.5, 0.7], ddof=1))), 2)
+    assert seeds.mean_std([0.75]) == (0.75, None, 1)        # one seed: no spread
+    assert seeds.mean_std([None, float("nan")]) == (None, None, 0)
+
+
+def test_aggregate_groups_per_task_and_method_in_order():
+    values = {("sst2", "tt-lora"): [0.80, 0.83, 0.79], ("sst2", "lora"): [0.81, 0.80, 0.82],
+              ("rte", "tt-lora"): [0.55, 0.60, 0.49]}
+    rows = [{"task": t, "method": m, "seed": s, "metric": "accuracy", "value": v,
+             "steps_run": 1000 + 200 * s, "best_step": None if s == 2 else 600, "cpu_seconds": 10.0 * (s + 1)}
+            for (t, m), vs in values.items() for s, v in enumerate(vs)]
+    out = seeds.aggregate(rows)
+    assert [(r["task"], r["method"]) for r in out] == list(values)
+    for row in out:
+        vs = np.array(values[(row["task"], row["method"])], dtype=np.float64)
+        assert row["seeds"] == [0, 1, 2] and row["n"] == 3 and row["metric"] == "accuracy"
+        assert row["value_mean"] == pytest.approx(vs.mean(), abs=1e-15)
+        assert row["value_std"] == pytest.approx(vs.std(ddof=1), abs=1e-15)
+        assert row["steps_run_mean"] == 1200 and row["steps_run_std"] == pytest.approx(200.0)
+        assert row["best_step_mean"] == 600 and row["best_step_std"] == 0.0      # seed 2's None left out
+        assert row["cpu_seconds_mean"] == 20.0
+        assert row["train_seconds_mean"] is None and row["train_seconds_std"] is None   # never measured
+
+
+# ----------------------------------------------------------------------------- the spread rule
+
+
+def test_spread_swallows_a_small_difference():
+    rule = seeds.compare(0.80, 0.02, 0.83, 0.015)          # 3 points apart, spread 3.5 points
+    assert rule["difference"] == pytest.approx(-0.03)
+    assert rule["spread"] == pytest.approx(0.035)
+    assert rule["exceeds_spread"] is False
+
+
+def test_a_difference_beyond_the_spread_counts():
+    rule = seeds.compare(0.80, 0.004, 0.83, 0.006)         # 3 points apart, spread 1 point
+    assert rule["exceeds_spread"] is True and rule["spread"] == pytest.approx(0.01)
+    assert seeds.compare(0.80, None, 0.83, 0.006)["exceeds_spread"] is None   # one seed: unknown
+    assert seeds.compare(None, 0.1, 0.83, 0.006) == {"difference": None, "spread": None,
+                                                   "exceeds_spread": None}
+
+
+def _agg(task, tt, lora, adapter):
+    """Aggregate rows of one task: (mean, std) per method."""
+    return [{"task": task, "method": m, "metric": "accuracy", "value_mean": v[0], "value_std": v[1]}
+            for m, v in zip(report.METHODS, (tt, lora, adapter))]
+
+
+def test_claim_per_task_outcomes_against_the_weaker_baseline():
+    aggregate = (_agg("sst2", (0.80, 0.01), (0.81, 0.01), (0.85, 0.01))     # 1 point below LoRA
+                 + _agg("rte", (0.50, 0.04), (0.55, 0.03), (0.58, 0.02))    # 5 below, spread 7
+                 + _agg("cola", (0.05, 0.01), (0.20, 0.02), (0.25, 0.02))   # 15 below, spread 3
+                 + _agg("mrpc", (0.70, None), (0.75, None), (0.76, None)))  # one seed, 5 below
+    comparisons, outcomes = methods.claim_per_task(aggregate, ["sst2", "rte", "cola", "mrpc"])
+    assert [o["outcome"] for o in outcomes] == ["within", "inside spread", "below", "below"]
+    assert all(o["weaker_baseline"] == "lora" for o in outcomes)
+    assert len(comparisons) == 8
+    rte = {c["baseline"]: c for c in comparisons if c["task"] == "rte"}
+    assert rte["lora"]["difference"] == pytest.approx(-0.05) and rte["lora"]["spread"] == pytest.approx(0.07)
+    assert rte["lora"]["exceeds_spread"] is False and rte["lora"]["within_margin"] is False
+    assert rte["adapter"]["difference"] == pytest.approx(-0.08) and rte["adapter"]["spread"] == pytest.approx(0.06)
+    assert rte["adapter"]["exceeds_spread"] is True
+    edge = methods.claim_per_task(_agg("sst2", (0.706, 0.0), (0.726, 0.0), (0.73, 0.0)), ["sst2"])[1]
+    assert edge[0]["outcome"] == "within"                  # exactly 2 points below (float noise)
+
+
+# ----------------------------------------------------------------------------- runs and resume (tiny model)
+
+
+def _tiny_budget():
+    return dataclasses.replace(report.BUDGETS["small"], comparison_tasks=("sst2",), steps=4, batch_size=4,
+                               max_length=32, train_rows=40, eval_rows=8, seeds=(0, 1), eval_every=1,
+                               patience=1, min_steps=2)
+
+
+def test_methods_over_seeds_and_a_resumed_run_keeps_each_seed(tiny_bert, samples_dir, tmp_path):
+    budget = _tiny_budget()
+    first = Run(budget=budget, backbone=tiny_bert, data_dir=samples_dir, comparison_tasks=["sst2"])
+    report_run._work_dir(first, tmp_path / "w", False, {"settings": 1})
+    exp = methods.exp_methods(first)
+    assert {(r["method"], r["seed"]) for r in exp["rows"]} == {(m, s) for m in report.METHODS for s in (0, 1)}
+    for method in report.METHODS:
+        for seed in (0, 1):
+            part = tmp_path / "w" / "experts" / f"sst2-{method}-seed{seed}"
+            assert part.is_dir() and part.with_name(f"{part.name}.training.json").is_file()
+            assert not part.with_name(f"{part.name}.checkpoint").exists()
+    by_seed = {s: first._experts[("sst2", "tt-lora", s)] for s in (0, 1)}
+    assert by_seed[0].config.seed == 0 and by_seed[1].config.seed == 1
+    assert any(not torch.equal(by_seed[0].tensors[k], by_seed[1].tensors[k]) for k in by_seed[0].tensors)
+    for row in exp["rows"]:
+        assert 1 <= row["steps_run"] <= budget.steps and row["best_step"] <= row["steps_run"]
+        assert row["cpu_seconds"] > 0 and row["train_seconds"] >= 0
+    for entry in exp["aggregate"]:
+        values = [r["value"] for r in exp["rows"] if (r["task"], r["method"]) == (entry["task"], entry["method"])]
+        assert entry["n"] == 2 and entry["value_mean"] == pytest.approx(float(np.mean(values)), abs=1e-12)
+        assert entry["value_std"] == pytest.approx(float(np.std(values, ddof=1)), abs=1e-12)
+    assert {c["baseline"] for c in exp["comparisons"]} == {"lora", "adapter"}
+    assert f"(rule: {seeds.SPREAD_RULE})" in exp["claim"]["evidence"]
+    text = report.render_section({"meta": {"seed": 0, "budget": "tiny"}, "experiments": {
+        "methods": {**exp, "run": {"started": "now", "seconds": 1.0}}}}, "methods", figure_links=False)
+    assert f"Rule: {seeds.SPREAD_RULE}." in text and " ± " in text
+
+    # resumed: every (task, method, seed) comes back from the work folder, nothing trains
+    told = []
+    again = Run(budget=budget, backbone=tiny_bert, data_dir=samples_dir, comparison_tasks=["sst2"],
+                progress=lambda stage, done, total: told.append(stage))
+    report_run._work_dir(again, tmp_path / "w", True, {"settings": 1})
+    resumed = methods.exp_methods(again)
+    assert not [t for t in told if t.startswith("training")]
+    assert resumed["rows"] == exp["rows"] and resumed["aggregate"] == exp["aggregate"]
+    for key, expert in first._experts.items():
+        for name, tensor in expert.tensors.items():
+            assert torch.equal(again._experts[key].tensors[name], tensor)
+    # a third seed is new: only it trains
+    more = Run(budget=dataclasses.replace(budget, seeds=(0, 1, 2)), backbone=tiny_bert,
+               data_dir=samples_dir, comparison_tasks=["sst2"],
+               progress=lambda stage, done, total: told.append(stage))
+    told.clear()
+    report_run._work_dir(more, tmp_path / "w", True, {"settings": 1})
+    three = methods.exp_methods(more)
+    trained = sorted({t for t in told if t.startswith("training")})
+    assert trained == sorted(f"training {report.METHOD_LABELS[m]} expert on sst2 (seed 2)" for m in report.METHODS)
+    assert all(e["n"] == 3 for e in three["aggregate"])
+    assert all(math.isfinite(e["value_std"]) for e in three["aggregate"])
+
+
+def test_budgets_share_one_stopping_rule_for_every_method():
+    full, small = report.BUDGETS["full"], report.BUDGETS["small"]
+    assert full.seeds == (0, 1, 2) and full.seed in full.seeds and small.seed in small.seeds
+    assert (full.steps, full.batch_size, full.max_length) == (4000, 16, 128)
+    assert (full.eval_every, full.patience, full.min_steps, full.schedule) == (200, 5, 1600, "linear")
+    assert full.lr_of("tt-lora") == 1e-3 and full.lr_of("lora") is None and full.lr_of("adapter") is None
+    assert full.fusion_budget == 500 and small.fusion_budget == small.steps
+    assert len(small.seeds) >= 2 and small.patience >= 1 and small.eval_every < small.steps
+    demo = report.BUDGETS["full-demo"]
+    assert demo.comparison_tasks == tuple(report.budgets.DEMO_TASKS) and demo.min_integration_experts == 6
+    assert dataclasses.replace(demo, name="full", comparison_tasks=None, min_integration_experts=10) == full
