@@ -50,7 +50,9 @@ def show_result(result: dict) -> None:
     metrics = result["metrics"]
     st.success(f"Saved expert **{result['name']}** to `{result['path']}`.",
                icon=":material/check_circle:")
-    scores = {k: v for k, v in metrics.items() if isinstance(v, float) and k != "train_seconds"}
+    # validation scores only: not timings, not the hold-out's (shown in the caption below)
+    scores = {k: v for k, v in metrics.items() if isinstance(v, float)
+              and k not in ("train_seconds", "train_cpu_seconds") and not k.startswith("holdout_")}
     cols = st.columns(len(scores) + 2)
     for col, (key, value) in zip(cols, scores.items()):
         col.metric(f"Validation {key}", f"{value:.3f}")
@@ -65,8 +67,14 @@ def show_result(result: dict) -> None:
     if result["history"]:
         right.plotly_chart(figures.loss_curve(result["history"]), key=f"loss_{result['path']}")
     data = result["data"]
+    held = {k[len("holdout_"):]: v for k, v in metrics.items() if k.startswith("holdout_")}
+    best = ", ".join(f"{k} {v:.3f}" for k, v in held.items())
+    stop = (f" Early stopping on a hold-out of the training rows: best {best} at step "
+            f"{metrics.get('best_step')} of {metrics.get('steps_run')} run (the expert keeps those "
+            "weights)." if held else "")
     st.caption(f"Trained {common.fmt_date(result['created'])} on {data.get('train_rows')} rows of "
-               f"{data.get('train')}; validated on {data.get('eval_rows')} rows of {data.get('eval')}.")
+               f"{data.get('train')}; validated on {data.get('eval_rows')} rows of {data.get('eval')}."
+               + stop)
     left, right = st.columns([1, 3], vertical_alignment="center")
     if result["method"] == "tt-lora":
         if left.button("Try it", type="primary", icon=":material/chat:", key="train_try",

@@ -277,6 +277,9 @@ def test_train_page_two_step_run_lands_in_the_workspace(_env):
     assert saved["training"]["steps"] == 2 and saved["training"]["batch_size"] == 4
     assert saved["data"]["eval_rows"] == 16
     assert 0.0 <= float(metric(at, "Validation accuracy")) <= 1.0
+    # validation scores only: no hold-out score or CPU time dressed as a validation metric
+    assert {m.label for m in at.metric} == {"Validation accuracy", "Training time",
+                                            "Trainable parameters"}
     # the new expert is listed on the Experts page
     experts_page = open_page("experts")
     assert "workspace / sst2" in by_label(experts_page.selectbox, "Expert").options
