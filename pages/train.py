@@ -223,6 +223,24 @@ with col_c:
             elif shape is not None:
                 shapes[target] = shape
 
+with st.expander("Early stopping: a hold-out of the training rows", icon=":material/timer:"):
+    stop_defaults = experts.ExpertConfig(task="any")
+    st.caption("A seeded share of the TRAINING rows (never the validation rows) is held out and "
+               "scored every few steps; the run stops after that many evaluations without a "
+               "better score and keeps the weights of its best one. Steps above are the cap.")
+    col_h, col_e, col_p, col_m = st.columns(4)
+    holdout_fraction = col_h.number_input("Hold-out share", 0.0, 0.5,
+                                          stop_defaults.holdout_fraction, step=0.05,
+                                          key="train_holdout", help="0: train on every row, no stop")
+    eval_every = col_e.number_input("Evaluate every (steps)", 0, 100_000, stop_defaults.eval_every,
+                                    key="train_eval_every", help="0: only at the end")
+    patience = col_p.number_input("Patience (evaluations)", 0, 1_000, stop_defaults.patience,
+                                  key="train_patience", help="0: never stop early")
+    min_steps = col_m.number_input("Never stop before step", 0, 100_000, stop_defaults.min_steps,
+                                   key="train_min_steps",
+                                   help="Some tasks sit at the majority class for hundreds of steps "
+                                        "before they learn (CoLA).")
+
 default_name = task_name or "expert"
 col_name, col_where = st.columns([1, 2], vertical_alignment="bottom")
 name = col_name.text_input("Expert name", default_name, key=f"train_name_{default_name}",
@@ -243,7 +261,9 @@ if button_col.button("Train", type="primary", icon=":material/model_training:",
     config = experts.ExpertConfig(
         task=task_name, method=method, rank=int(rank), alpha=float(alpha), lr=float(lr),
         shapes=shapes or None, init=init, steps=int(steps), batch_size=int(batch_size),
-        max_length=int(max_length), seed=int(seed), eval_limit=int(eval_limit))
+        max_length=int(max_length), seed=int(seed), eval_limit=int(eval_limit),
+        holdout_fraction=float(holdout_fraction), eval_every=int(eval_every),
+        patience=int(patience), min_steps=int(min_steps))
     resolved = common.safe(config.resolved, what="settings")
     base_model = common.safe(common.get_backbone, what="base model") if resolved else None
     if resolved and base_model:

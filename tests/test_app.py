@@ -270,11 +270,15 @@ def start_training(at: AppTest, steps: int) -> None:
 @pytest.mark.slow
 def test_train_page_two_step_run_lands_in_the_workspace(_env):
     at = open_page("train")
+    by_label(at.number_input, "Evaluate every").set_value(1)       # early-stopping settings
+    by_label(at.number_input, "Patience").set_value(7)
     start_training(at, 2)
     wait_for_success(at, "Saved expert", 240, "the training run")
     folder = _env / "sst2"
     saved = json.loads((folder / "adapter_config.json").read_text())
     assert saved["training"]["steps"] == 2 and saved["training"]["batch_size"] == 4
+    assert saved["training"]["eval_every"] == 1 and saved["training"]["patience"] == 7
+    assert saved["metrics"]["evaluations"] == 2                      # steps 1 and 2 on the hold-out
     assert saved["data"]["eval_rows"] == 16
     assert 0.0 <= float(metric(at, "Validation accuracy")) <= 1.0
     # validation scores only: no hold-out score or CPU time dressed as a validation metric
