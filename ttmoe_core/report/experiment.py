@@ -201,9 +201,10 @@ def stopping_rule(b: ReportBudget) -> str:
                 "weights of its best evaluation")
     else:
         stop = "no early stop"
+    held = experts.ExpertConfig(task="any")        # the hold-out the runs use: the config's defaults
     return (f"at most {b.steps} steps of batch {b.batch_size}, max length {b.max_length} tokens, "
-            f"{b.schedule} schedule, {stop} (hold-out: a seeded 10% of the training rows, at most "
-            "1,000; never the validation split)")
+            f"{b.schedule} schedule, {stop} (hold-out: a seeded {held.holdout_fraction:.0%} of the "
+            f"training rows, at most {held.holdout_limit:,}; never the validation split)")
 
 
 def setup_differences(run: Run) -> list[str]:
