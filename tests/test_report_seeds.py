@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from ttmoe_core import report
+from ttmoe_core import report, store
 from ttmoe_core.report import methods, seeds
 from ttmoe_core.report import run as report_run
 from ttmoe_core.report.experiment import Run
@@ -155,6 +155,28 @@ def test_methods_over_seeds_and_a_resumed_run_keeps_each_seed(tiny_bert, samples
     assert trained == sorted(f"training {report.METHOD_LABELS[m]} expert on sst2 (seed 2)" for m in report.METHODS)
     assert all(e["n"] == 3 for e in three["aggregate"])
     assert all(math.isfinite(e["value_std"]) for e in three["aggregate"])
+
+    # ``report --status`` reads the same numbers back from the folder alone, without a model
+    work = tmp_path / "w"
+    store.write_json(work / "settings.json", {"settings": dataclasses.replace(budget, seeds=(0, 1, 2)).to_dict()})
+    status = report.work_status(work)
+    assert (status["trainings_done"], status["trainings_total"]) == (9, 9) and not status["running"]
+    assert [{k: r[k] for k in entry} for r, entry in zip(three["aggregate"], status["aggregate"])] == \
+        status["aggregate"] and status["comparisons"] == three["comparisons"]
+    assert status["cpu_seconds_done"] == pytest.approx(sum(r["cpu_seconds"] for r in three["rows"]))
+    # a seed-2 LoRA run missing: its pair has two seeds, the task is still compared
+    (work / "experts" / "sst2-lora-seed2.training.json").unlink()
+    partial = report.work_status(work)
+    assert partial["trainings_done"] == 8
+    assert {(r["method"], r["n"]) for r in partial["aggregate"]} == {("tt-lora", 3), ("lora", 2), ("adapter", 3)}
+    # no adapter run at all: no task has all three methods, nothing is compared
+    for seed in (0, 1, 2):
+        (work / "experts" / f"sst2-adapter-seed{seed}.training.json").unlink()
+    assert report.work_status(work)["comparisons"] == []
+    text = report.render_status(partial)
+    assert "**8 of 9**" in text and f"Rule: {seeds.SPREAD_RULE}." in text
+    with pytest.raises(report.ReportError, match="not a report work folder"):
+        report.work_status(tmp_path)
 
 
 def test_budgets_share_one_stopping_rule_for_every_method():

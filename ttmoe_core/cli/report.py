@@ -26,11 +26,13 @@ def cmd_report(args: argparse.Namespace) -> int:
         last["stage"] = stage
 
     out = Path(args.out)
+    work = Path(args.work_dir) if args.work_dir else out.parent / f"{out.name}.work"
+    if args.status:
+        return _status(work, args.json)
     if args.data_dir is not None and not Path(args.data_dir).is_dir():
         raise UsageError(f"--data-dir {args.data_dir} is not a folder")
     check_writable(out, f"--out {out}")
     try:
-        work = Path(args.work_dir) if args.work_dir else out.parent / f"{out.name}.work"
         results = report.run_report(args.budget, out, progress=None if args.json else show,
                                     data_dir=args.data_dir, work_dir=work, resume=args.resume)
     except (report.ReportError, tasks.DataError, BackboneError) as exc:
@@ -45,6 +47,16 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"wrote {summary['markdown']} and {summary['results']} in {summary['seconds']} s")
         for name, verdict in summary["verdicts"].items():
             print(f"  {name}: the paper's claim {verdict}")
+    return 0
+
+
+def _status(work: Path, as_json: bool) -> int:
+    """``report --status``: what the work folder of a (long, perhaps interrupted) run holds."""
+    try:
+        status = report.work_status(work)
+    except report.ReportError as exc:
+        raise UsageError(f"{exc}: give the run's --work-dir (or its --out)") from None
+    print(json.dumps(status) if as_json else report.render_status(status))
     return 0
 
 
@@ -65,6 +77,9 @@ def add_parsers(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted report: reuse its finished experts and "
                              "experiments, continue its checkpoints")
+    parser.add_argument("--status", action="store_true",
+                        help="run nothing: show what the work folder holds so far (finished "
+                             "trainings, runs in progress, mean ± std over the seeds finished)")
     parser.set_defaults(func=cmd_report)
     return parser
 

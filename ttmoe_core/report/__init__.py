@@ -24,6 +24,7 @@ returning plain data):
 
 The rest: ``budgets`` (how much to run, constants), ``experiment`` (run state, shared helpers),
 ``seeds`` (mean ± std over seeds, the rule for a difference beyond the seed spread),
+``status`` (what a long run's work folder holds so far: ``report --status``),
 ``worker`` (a training in a fresh process, for peak memory), ``run`` (the run and its files),
 ``markdown`` and ``plots`` (rendering). ``render_markdown(results)`` formats only numbers present
 in ``results`` (no arithmetic), through ``FORMATS``, so every number of a table can be traced to
@@ -40,10 +41,11 @@ from .mixed import exp_mixed
 from .plots import SECTION_FIGURES, build_figures, png_available, write_figures
 from .routers import exp_routers, router_cost_ms
 from .run import EXPERIMENTS, report_job, run_report
+from .status import render_status, work_status
 
 __all__ = ["BUDGETS", "EXPERIMENTS", "FIGURES_DIR", "FORMATS", "MARKDOWN_FILE", "METHOD_LABELS", "METHODS",
            "MIXTURE_ROUTER", "PAPER", "RESULTS_FILE", "SECTIONS", "SECTION_FIGURES", "SECTION_TITLES",
            "TOLERANCE", "Progress", "ReportBudget", "ReportError", "build_figures", "exp_contraction",
            "exp_integration", "exp_methods", "exp_mixed", "exp_routers", "fmt", "machine_summary",
-           "png_available", "render_markdown", "render_section", "report_job", "resolve_budget",
-           "router_cost_ms", "run_report", "write_figures"]
+           "png_available", "render_markdown", "render_section", "render_status", "report_job", "resolve_budget",
+           "router_cost_ms", "run_report", "work_status", "write_figures"]

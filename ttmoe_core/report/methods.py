@@ -108,8 +108,10 @@ def exp_methods(run: Run) -> dict:
     of the metric, steps, time; parameters and memory."""
     rows = []
     seed_list = list(run.budget.seeds)
-    for task in run.comparison_tasks:
-        for seed in seed_list:
+    # seed-major: every (task, method) of the first seed before any second seed, so a long run
+    # stopped part-way (``report --status``) already holds one whole comparison
+    for seed in seed_list:
+        for task in run.comparison_tasks:
             by_method = {m: run.expert(task, m, measure_memory=True, seed=seed) for m in METHODS}
             lora = by_method["lora"]
             for method, expert in by_method.items():

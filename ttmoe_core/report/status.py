@@ -1,0 +1,121 @@
+"""How far a long report has come: what its work folder holds, read without loading a model.
+
+``report --status`` reads ``<work>/settings.json``, the finished trainings of experiment 2
+(``experts/<task>-<method>-seed<k>.training.json``), the runs in progress (their checkpoints'
+``state.json``: step, best hold-out score so far) and the finished experiments, and folds the
+finished seeds into the same per-task comparison the full report makes (``seeds.aggregate``,
+``methods.claim_per_task``), so a run stopped part-way already says what it has measured, and
+how much is left.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from . import seeds
+from .budgets import METHOD_LABELS, METHODS, SECTIONS, ReportError
+from .markdown import _pm, _table, fmt
+from .methods import claim_per_task
+
+TRAINING_SUFFIX, CHECKPOINT_SUFFIX = ".training.json", ".checkpoint"
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _running(folder: Path) -> dict | None:
+    """A checkpoint's run: task, method, seed, step, cap, best hold-out score and step, CPU s."""
+    state = _read_json(folder / "state.json")
+    if state is None or not isinstance(state.get("loop"), dict):
+        return None
+    run, loop = state.get("fingerprint") or {}, state["loop"]
+    return {"task": run.get("task"), "method": run.get("method"), "seed": run.get("seed"),
+            "step": loop.get("step"), "cap": run.get("steps"), "best_score": loop.get("best_score"),
+            "best_step": loop.get("best_step"), "cpu_seconds": loop.get("cpu")}
+
+
+def work_status(work_dir: str | Path) -> dict:
+    """What ``work_dir`` (a report's ``--work-dir``) holds; ReportError when it is not one."""
+    work = Path(work_dir)
+    settings = _read_json(work / "settings.json")
+    if settings is None or not isinstance(settings.get("settings"), dict):
+        raise ReportError(f"{work} is not a report work folder (no readable settings.json)")
+    budget = settings["settings"]
+    experts_dir = work / "experts"
+    finished = []
+    for path in sorted(experts_dir.glob(f"*{TRAINING_SUFFIX}")):
+        record = _read_json(path)
+        if record is not None and {"task", "method", "seed", "value"} <= set(record):
+            finished.append(record)
+    running = [r for r in (_running(p) for p in sorted(experts_dir.glob(f"*{CHECKPOINT_SUFFIX}")))
+               if r is not None]
+    seed_list = list(budget.get("seeds") or [budget.get("seed", 0)])
+    tasks = list(budget.get("comparison_tasks") or [])
+    order = {s: i for i, s in enumerate(seed_list)}
+    rank = {t: i for i, t in enumerate(tasks)}
+    finished.sort(key=lambda r: (order.get(r["seed"], len(order)), rank.get(r["task"], len(rank)),
+                                 r["task"], METHODS.index(r["method"]) if r["method"] in METHODS else 9))
+    aggregate = seeds.aggregate(finished)
+    have = {(r["task"], r["method"]) for r in aggregate}
+    complete = [t for t in dict.fromkeys(r["task"] for r in aggregate)
+                if all((t, m) in have for m in METHODS)]
+    comparisons, outcomes = claim_per_task(aggregate, complete)
+    done = [name for name in SECTIONS if (work / "experiments" / f"{name}.json").is_file()]
+    total = len(tasks) * len(METHODS) * len(seed_list) if tasks else None
+    return {"work_dir": str(work), "budget": budget.get("name"), "seeds": seed_list, "tasks": tasks,
+            "trainings_total": total, "trainings_done": len(finished),
+            "cpu_seconds_done": sum(r.get("cpu_seconds") or 0.0 for r in finished),
+            "finished": finished, "running": running, "aggregate": aggregate,
+            "comparisons": comparisons, "outcomes": outcomes, "margin": 0.02,
+            "spread_rule": seeds.SPREAD_RULE, "experiments_done": done,
+            "experiments": list(SECTIONS)}
+
+
+def render_status(status: dict) -> str:
+    """``work_status`` as Markdown: progress, the finished runs, mean ± std so far, TT-LoRA against
+    each baseline on the tasks where all three methods have a finished run."""
+    total = status["trainings_total"]
+    lines = [f"# Report in progress: budget `{status['budget']}`", "",
+             f"Work folder `{status['work_dir']}`. Experiment 2 trainings finished: "
+             f"**{status['trainings_done']}" + (f" of {total}**" if total else "**") +
+             f" ({len(status['seeds'])} seed(s) × {len(status['tasks']) or '?'} task(s) × "
+             f"{len(METHODS)} methods), {status['cpu_seconds_done'] / 3600:.2f} CPU-hours. "
+             f"Experiments finished: {', '.join(status['experiments_done']) or 'none'} "
+             f"(of {', '.join(status['experiments'])}).", ""]
+    if status["running"]:
+        lines += ["In progress (a checkpoint; `report --resume` continues it):", "",
+                  _table(["task", "method", "seed", "step", "cap", "best hold-out so far", "at step", "CPU s"],
+                         [[str(r["task"]), METHOD_LABELS.get(r["method"], str(r["method"])), str(r["seed"]),
+                           fmt(r["step"], "int"), fmt(r["cap"], "int"), fmt(r["best_score"], "f3"),
+                           fmt(r["best_step"], "int"), fmt(r["cpu_seconds"], "f1")]
+                          for r in status["running"]]), ""]
+    if not status["finished"]:
+        return "\n".join(lines + ["No training has finished yet.", ""])
+    lines += ["Every finished run (validation metric of the weights kept at the best hold-out step):", "",
+              _table(["task", "method", "seed", "metric", "value", "steps run", "best step", "CPU s"],
+                     [[r["task"], METHOD_LABELS.get(r["method"], r["method"]), str(r["seed"]), r["metric"],
+                       fmt(r["value"], "f3"), fmt(r.get("steps_run"), "int"), fmt(r.get("best_step"), "int"),
+                       fmt(r.get("cpu_seconds"), "f1")] for r in status["finished"]]), "",
+              "Per task and method over the seeds finished so far (mean ± sample std; one seed: no spread):", "",
+              _table(["task", "method", "seeds", "metric", "mean ± std", "steps run", "CPU s"],
+                     [[r["task"], METHOD_LABELS.get(r["method"], r["method"]), str(r["n"]), r["metric"],
+                       _pm(r["value_mean"], r["value_std"]), _pm(r["steps_run_mean"], r["steps_run_std"], "int"),
+                       _pm(r["cpu_seconds_mean"], r["cpu_seconds_std"], "f1")] for r in status["aggregate"]]), ""]
+    if status["comparisons"]:
+        lines += [f"TT-LoRA against each baseline where all three methods have finished. Rule: "
+                  f"{status['spread_rule']}.", "",
+                  _table(["task", "TT-LoRA vs", "TT-LoRA", "baseline", "difference", "seed spread",
+                          "beyond the spread", f"within {100 * status['margin']:g} points"],
+                         [[c["task"], METHOD_LABELS[c["baseline"]], _pm(c["tt_lora_mean"], c["tt_lora_std"]),
+                           _pm(c["baseline_mean"], c["baseline_std"]), fmt(c["difference"], "signed3"),
+                           fmt(c["spread"], "f3"),
+                           "–" if c["exceeds_spread"] is None else ("yes" if c["exceeds_spread"] else "no"),
+                           "–" if c["within_margin"] is None else ("yes" if c["within_margin"] else "no")]
+                          for c in status["comparisons"]]), ""]
+    return "\n".join(lines)
