@@ -1,4 +1,5 @@
-"""Commands for one expert: ``budget``, ``train-expert``, ``eval-expert``."""
+"""Commands for one expert: ``budget``, ``train-expert``, ``eval-expert``; ``full-finetune``
+(the reference an expert is measured against: every base weight trained, a JSON record)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 from .args import (MAX_BATCH, UsageError, common_model_flags, fraction_arg, int_in, name_arg,
                    positive_float, positive_int, seed_arg, shape_arg, targets_arg)
-from .checks import check_max_length, check_output, check_targets
+from .checks import check_max_length, check_output, check_targets, check_writable
 
 MAX_RANK = 1024              # TT/LoRA rank or adapter reduction factor (the paper: 5 and 16)
 
@@ -88,6 +89,66 @@ def cmd_train_expert(args: argparse.Namespace) -> int:
                "trainable_params": expert.trainable_params(),
                "adapter_params": expert.adapter_params(),
                **{k: v for k, v in expert.metrics.items() if k != "confusion"}}
+    print(json.dumps(summary) if args.json else
+          "\n".join(f"{k:>18}: {v}" for k, v in summary.items()))
+    return 0
+
+
+def cmd_full_finetune(args: argparse.Namespace) -> int:
+    """``full-finetune``: every weight of the base model trained on one task through the experts'
+    loop and stopping rule; writes the run's record (metrics, hold-out curve, steps, CPU time) as
+    JSON to --out. The weights are not kept (a whole model per task)."""
+    from tqdm import tqdm
+
+    from .. import experts, fullft, safefs, store, tasks
+    from ..backbone import BackboneError, load_backbone
+    from ..checkpoint import CheckpointError
+
+    out = Path(args.out)
+    if out.is_dir() or out.is_symlink():
+        raise UsageError(f"--out {out} is a folder or a link: give a .json file to write")
+    if out.exists() and not args.overwrite:
+        raise UsageError(f"--out {out} exists: pass --overwrite to replace it")
+    check_writable(out.parent, f"--out {out}")
+    settings = convergence_settings(args)
+    config = fullft.FullConfig(
+        task=args.task, lr=args.lr, steps=args.max_steps, batch_size=args.batch_size,
+        max_length=args.max_length, seed=args.seed, train_limit=args.train_limit,
+        eval_limit=args.eval_limit, device=args.device,
+        schedule=settings.pop("schedule") or "linear", **settings)
+    try:
+        config.checked()
+        tasks.get_task(args.task)
+        train = tasks.load_task(args.task, "train", data_dir=args.data_dir,
+                                limit=config.train_limit, seed=config.seed)
+        valid = tasks.load_task(args.task, "validation", data_dir=args.data_dir,
+                                limit=config.eval_limit, seed=config.seed)
+        backbone = load_backbone(args.model, device=args.device, dtype=args.dtype)
+    except (experts.ConfigError, tasks.DataError, BackboneError) as exc:
+        raise UsageError(str(exc)) from None
+    check_max_length(backbone, config.max_length)
+    print(f"full fine-tuning for {args.task}: {len(train)} train rows ({train.source}), "
+          f"{len(valid)} validation rows, device {backbone.device}", file=sys.stderr)
+    bar = tqdm(total=config.steps, unit="step", file=sys.stderr, disable=args.quiet)
+    checkpoint_dir = checkpoint_folder(out)
+    try:
+        record = fullft.train_full(config, backbone, train_data=train, eval_data=valid,
+                                   progress=progress_bar(bar), checkpoint_dir=checkpoint_dir,
+                                   resume=args.resume)
+    except (experts.ConfigError, experts.TrainingError, CheckpointError) as exc:
+        raise UsageError(str(exc)) from None
+    finally:
+        bar.close()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        store.write_json(out, record)
+    except (store.StoreError, OSError) as exc:
+        raise UsageError(f"the record could not be written to {out}: {exc}") from None
+    safefs.remove(checkpoint_dir)
+    summary = {"out": str(out), "task": args.task, "method": fullft.METHOD,
+               "trainable_params": record["trainable_params"], record["metric"]: record["value"],
+               **{k: record.get(k) for k in ("steps_run", "best_step", "train_seconds",
+                                             "train_cpu_seconds")}}
     print(json.dumps(summary) if args.json else
           "\n".join(f"{k:>18}: {v}" for k, v in summary.items()))
     return 0
@@ -217,6 +278,26 @@ def add_parsers(sub) -> None:
     add_convergence_flags(p)
     common_model_flags(p)
     p.set_defaults(func=cmd_train_expert)
+
+    p = sub.add_parser("full-finetune", help="reference: fine-tune every base weight on one task "
+                                             "(same loop and stopping rule; a JSON record)")
+    p.add_argument("--task", required=True)
+    p.add_argument("--out", required=True, help="JSON file to write the run's record to")
+    p.add_argument("--lr", type=positive_float, default=3e-5)
+    p.add_argument("--max-steps", type=positive_int, default=4000,
+                   help="the step cap (early stopping may end sooner)")
+    p.add_argument("--batch-size", type=int_in(1, MAX_BATCH), default=16)
+    p.add_argument("--max-length", type=positive_int, default=128)
+    p.add_argument("--seed", type=seed_arg, default=0)
+    p.add_argument("--train-limit", type=positive_int, default=None)
+    p.add_argument("--eval-limit", type=positive_int, default=2000)
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="a summary as one JSON object")
+    add_convergence_flags(p)
+    p.set_defaults(eval_every=200, checkpoint_every=500)   # a checkpoint holds the whole model
+    common_model_flags(p)
+    p.set_defaults(func=cmd_full_finetune)
 
     p = sub.add_parser("eval-expert", help="evaluate an expert folder")
     p.add_argument("expert", help="expert folder")
