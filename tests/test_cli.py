@@ -351,6 +351,16 @@ def test_build_demo_resume_keeps_finished_experts(capsys, tiny_base, tmp_path):
         again = store.load_expert(tmp_path / "pack" / "experts" / name)
         for key, value in expert.tensors.items():
             assert torch.equal(again.tensors[key], value)
+    # one task's learning rate changed: only that expert trains again, the pack records each lr
+    assert cli.main([*argv, "--resume", "--overwrite", "--task-lr", "rte=0.02"]) == 0
+    assert capsys.readouterr().err.count("done earlier") == 1
+    manifest = json.loads((tmp_path / "pack" / "pack.json").read_text())
+    default_lr = experts.METHOD_DEFAULTS["tt-lora"]["lr"]
+    assert manifest["build"]["lr"] == {"sst2": default_lr, "rte": 0.02}
+    assert store.load_expert(tmp_path / "pack" / "experts" / "rte").config.lr == 0.02
+    for bad in ("qqp=1e-3", "rte=0", "rte", "rte=nan"):
+        assert cli.main([*argv, "--resume", "--overwrite", "--task-lr", bad]) == 2
+    assert "not among the tasks built" in capsys.readouterr().err
     # other settings: the finished part does not fit, so it would be trained again
     config = experts.ExpertConfig(task="sst2", steps=4, batch_size=4, max_length=32, eval_limit=8,
                                   eval_every=2, checkpoint_every=100)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 EXIT_USAGE = 2
 EXIT_BUG = 70                  # sysexits' EX_SOFTWARE: an error no check foresaw (a bug)
@@ -107,6 +108,21 @@ def shape_arg(text: str) -> tuple[str, list[int]]:
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"{text!r}: write TARGET=d1,d2,... (e.g. q_proj=16,8,4,4,4,4,8,16)") from None
+
+
+def task_lr_arg(text: str) -> tuple[str, float]:
+    """``sst2=3e-3`` -> ("sst2", 0.003): one task's learning rate, > 0 and finite."""
+    task, sep, value = text.partition("=")
+    try:
+        if not sep or not task.strip():
+            raise ValueError
+        lr = float(value)
+        if not (lr > 0 and math.isfinite(lr)):
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: write TASK=LR with LR > 0 (e.g. sst2=3e-3)") from None
+    return task.strip(), lr
 
 
 def names_list(what: str):

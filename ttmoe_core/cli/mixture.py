@@ -11,7 +11,7 @@ from .. import tasks
 from ..router import VARIANTS
 from ..workspace import default_pack
 from .args import (MAX_BATCH, UsageError, common_model_flags, device_arg, dtype_flag, int_in,
-                   names_list, positive_float, positive_int, seed_arg, targets_arg)
+                   names_list, positive_float, positive_int, seed_arg, targets_arg, task_lr_arg)
 from .checks import check_max_length, check_output
 from .experts import add_convergence_flags, convergence_settings
 
@@ -293,6 +293,10 @@ def cmd_build_demo(args: argparse.Namespace) -> int:
     except (tasks.DataError, BackboneError, routers.RouterError) as exc:
         raise UsageError(str(exc)) from None
     check_max_length(backbone, args.max_length)
+    task_lr = dict(args.task_lr or [])
+    if set(task_lr) - set(task_names):
+        raise UsageError(f"--task-lr names {', '.join(sorted(set(task_lr) - set(task_names)))}, "
+                         f"not among the tasks built ({', '.join(task_names)})")
     parts = Path(args.work_dir) if args.work_dir else out.parent / f"{out.name}.parts"
     trained = []
     try:
@@ -300,7 +304,8 @@ def cmd_build_demo(args: argparse.Namespace) -> int:
             t0 = time.perf_counter()
             config = experts.ExpertConfig(task=task, steps=args.steps, batch_size=args.batch_size,
                                           max_length=args.max_length, seed=args.seed,
-                                          eval_limit=args.eval_limit, init=args.init, lr=args.lr,
+                                          eval_limit=args.eval_limit, init=args.init,
+                                          lr=task_lr.get(task, args.lr),
                                           targets=args.targets, **convergence_settings(args))
             expert = finished_part(parts / task, config) if args.resume else None
             if expert is None:     # train it (continuing its checkpoint with --resume), keep it
@@ -332,6 +337,7 @@ def cmd_build_demo(args: argparse.Namespace) -> int:
                                           "seconds": round(seconds, 1), "steps": args.steps,
                                           "batch_size": args.batch_size,
                                           "max_length": args.max_length, "seed": args.seed,
+                                          "lr": {e.name: e.config.lr for e in trained},
                                           "parts": str(parts)},
                                 # each expert's validation metric and verdict (quality.assess)
                                 "validation": {e.name: quality.pack_entry(e) for e in trained}},
@@ -412,6 +418,9 @@ def add_parsers(sub) -> None:
                    help="modules adapted (default: the architecture's query,value)")
     p.add_argument("--lr", type=positive_float, default=None,
                    help="learning rate of every expert (default: TT-LoRA's 5e-3)")
+    p.add_argument("--task-lr", type=task_lr_arg, action="append", metavar="TASK=LR",
+                   help="one task's learning rate instead of --lr (repeatable; e.g. chosen on "
+                        "that task's train hold-out)")
     p.add_argument("--work-dir", default=None,
                    help="where finished experts and checkpoints wait for the pack (default: "
                         "<out>.parts); --resume continues from there")
