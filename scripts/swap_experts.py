@@ -47,6 +47,7 @@ def swap(pack: Path, parts: Path, command: str) -> dict:
         manifest = json.loads((tmp / "pack.json").read_text(encoding="utf-8"))
         manifest["build"] = {"command": command, "experts_from": str(parts),
                              "router": "kept: it reads only the frozen base model",
+                             "lr": {name: e.config.lr for name, e in new.items()},
                              "previous": manifest.get("build")}
         manifest["validation"] = {name: quality.pack_entry(e) for name, e in new.items()}
         (tmp / "pack.json").unlink()                    # a hard link to the old manifest

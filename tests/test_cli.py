@@ -360,7 +360,9 @@ def test_build_demo_resume_keeps_finished_experts(capsys, tiny_base, tmp_path):
     assert store.load_expert(tmp_path / "pack" / "experts" / "rte").config.lr == 0.02
     for bad in ("qqp=1e-3", "rte=0", "rte", "rte=nan"):
         assert cli.main([*argv, "--resume", "--overwrite", "--task-lr", bad]) == 2
-    assert "not among the tasks built" in capsys.readouterr().err
+    assert cli.main([*argv, "--resume", "--overwrite", "--task-lr", "rte=0.1", "--task-lr", "rte=0.2"]) == 2
+    err = capsys.readouterr().err
+    assert "not among the tasks built" in err and "gives a task twice" in err
     # other settings: the finished part does not fit, so it would be trained again
     config = experts.ExpertConfig(task="sst2", steps=4, batch_size=4, max_length=32, eval_limit=8,
                                   eval_every=2, checkpoint_every=100)

@@ -4,6 +4,8 @@ resumed to the uninterrupted result, and the CLI's checks."""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 
 import pytest
@@ -69,7 +71,20 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tiny_bert, sst2,
     assert resumed["value"] == whole["value"] and resumed["curve"] == whole["curve"]
 
 
-@pytest.mark.parametrize("overrides,pattern", [({"lr": 0.0}, "lr"), ({"steps": 0}, "steps"),
+def test_a_half_precision_base_trains_float32_weights(tiny_bert, sst2):
+    train, valid = sst2
+    half = dataclasses.replace(tiny_bert, model=copy.deepcopy(tiny_bert.model).to(torch.bfloat16),
+                               dtype=torch.bfloat16)
+    record, model = fullft.train_full(_config(steps=2, eval_every=0, lr=3e-5), half, train_data=train,
+                                      eval_data=valid, return_model=True)
+    assert record["config"]["dtype"] == "bfloat16"
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    start = half.model.embeddings.word_embeddings.weight.float()
+    moved = model.encoder.embeddings.word_embeddings.weight.detach() != start
+    assert moved.any(dim=1).sum() >= 10        # a 3e-5 step survives on the rows the batches used
+
+
+@pytest.mark.parametrize("overrides,pattern", [({"dtype": "float64"}, "dtype"), ({"lr": 0.0}, "lr"), ({"steps": 0}, "steps"),
                                                ({"holdout_fraction": 1.0}, "hold-out"),
                                                ({"schedule": "steps"}, "schedule")])
 def test_bad_settings_are_refused(overrides, pattern):
@@ -83,14 +98,15 @@ def test_cli_writes_the_record_and_refuses_bad_output(tmp_path, capsys):
     args = ["full-finetune", "--task", "sst2", "--model", str(folder), "--max-steps", "4",
             "--batch-size", "4", "--max-length", "32", "--eval-limit", "8", "--train-limit", "24",
             "--eval-every", "2", "--lr", "1e-3", "--data-dir", str(SAMPLES), "--quiet", "--json",
-            "--device", "cpu"]
+            "--device", "cpu", "--checkpoint-every", "2"]
     out = tmp_path / "runs" / "sst2-full.json"
     assert cli.main([*args, "--out", str(out)]) == 0
     summary = json.loads(capsys.readouterr().out)
     record = json.loads(out.read_text())
     assert summary["accuracy"] == record["value"] and record["steps_run"] == 4
     assert record["config"]["lr"] == 1e-3 and record["config"]["eval_every"] == 2
-    assert not (tmp_path / "runs" / "sst2-full.json.checkpoint").exists()
+    assert not (tmp_path / "runs" / "sst2-full.json.checkpoint").exists()   # written, then removed
+    assert record["config"]["dtype"] == "float32" and record["encoder_dropout"] is False
     assert cli.main([*args, "--out", str(out)]) == 2                      # exists: --overwrite needed
     assert "--overwrite" in capsys.readouterr().err
     assert cli.main([*args, "--out", str(tmp_path)]) == 2                 # a folder

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -159,22 +160,31 @@ def test_methods_over_seeds_and_a_resumed_run_keeps_each_seed(tiny_bert, samples
     # ``report --status`` reads the same numbers back from the folder alone, without a model
     work = tmp_path / "w"
     store.write_json(work / "settings.json", {"settings": dataclasses.replace(budget, seeds=(0, 1, 2)).to_dict()})
+    # another experiment's expert in the same folder (a task not compared) is not experiment 2's
+    shutil.copy(work / "experts" / "sst2-lora-seed0.training.json", work / "experts" / "rte-lora-seed0.training.json")
+    (work / "experts" / "rte-lora-seed0.training.json").write_text(
+        (work / "experts" / "sst2-lora-seed0.training.json").read_text().replace('"sst2"', '"rte"'))
     status = report.work_status(work)
     assert (status["trainings_done"], status["trainings_total"]) == (9, 9) and not status["running"]
+    assert len(status["aggregate"]) == len(three["aggregate"]) == 3
     assert [{k: r[k] for k in entry} for r, entry in zip(three["aggregate"], status["aggregate"])] == \
         status["aggregate"] and status["comparisons"] == three["comparisons"]
     assert status["cpu_seconds_done"] == pytest.approx(sum(r["cpu_seconds"] for r in three["rows"]))
-    # a seed-2 LoRA run missing: its pair has two seeds, the task is still compared
+    # a seed-2 LoRA run missing: LoRA shows two seeds; TT-LoRA is compared over seeds 0 and 1 only
     (work / "experts" / "sst2-lora-seed2.training.json").unlink()
     partial = report.work_status(work)
-    assert partial["trainings_done"] == 8
+    assert partial["trainings_done"] == 8 and partial["compared_seeds"] == {"sst2": [0, 1]}
     assert {(r["method"], r["n"]) for r in partial["aggregate"]} == {("tt-lora", 3), ("lora", 2), ("adapter", 3)}
-    # no adapter run at all: no task has all three methods, nothing is compared
+    two = [r for r in three["rows"] if r["seed"] < 2]
+    tt_values = [r["value"] for r in two if r["method"] == "tt-lora"]
+    assert partial["comparisons"][0]["tt_lora_mean"] == pytest.approx(float(np.mean(tt_values)), abs=1e-12)
+    assert partial["comparisons"][0]["tt_lora_std"] == pytest.approx(float(np.std(tt_values, ddof=1)), abs=1e-12)
+    # no adapter run at all: no seed has all three methods, nothing is compared
     for seed in (0, 1, 2):
         (work / "experts" / f"sst2-adapter-seed{seed}.training.json").unlink()
     assert report.work_status(work)["comparisons"] == []
     text = report.render_status(partial)
-    assert "**8 of 9**" in text and f"Rule: {seeds.SPREAD_RULE}." in text
+    assert "**8 of 9**" in text and f"Rule: {seeds.SPREAD_RULE}." in text and "(sst2: 0, 1)" in text
     with pytest.raises(report.ReportError, match="not a report work folder"):
         report.work_status(tmp_path)
 

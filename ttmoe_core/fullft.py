@@ -7,6 +7,13 @@ model (a copy of the base whose parameters all require grad) and what comes back
 the run (metrics, hold-out curve, steps, CPU time), not an expert: its weights are a whole model
 (about 90 MB for MiniLM), which no pack serves, so they are not written.
 
+As in every run of ``training.fit``, the encoder runs in eval mode (no dropout inside the base
+model; the head has dropout 0.1): the loop is the experts' own, kept identical so the comparison
+is about what is trained, not how. BERT's recipe keeps the encoder's dropout on; the record says
+``encoder_dropout: false``. The trained weights are float32 master weights whatever ``--dtype``
+the base model was loaded in (a bfloat16 weight would swallow most steps of size 3e-5); the
+forward runs under autocast to that dtype, as an expert's does.
+
 The setup of ``experts.train_expert`` is repeated here (the hold-out, the encoded rows, the
 checkpoint) rather than shared, because that function's every line is about adapter experts
 (targets, TT shapes, saving cores) and a flag for "no adapter" would thread through all of it.
@@ -22,7 +29,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from . import tasks, training
+from . import precision, tasks, training
 from .backbone import Backbone, default_pooling, encode_rows, load_backbone
 from .experts import ConfigError, ExpertModel, evaluate_model
 
@@ -52,6 +59,7 @@ class FullConfig:
     min_steps: int = 0
     checkpoint_every: int = 0          # a checkpoint holds the whole model and its AdamW moments
     device: str | None = None
+    dtype: str = "float32"             # the forward's autocast dtype (weights stay float32)
 
     def checked(self) -> "FullConfig":
         """Itself; ConfigError for a bad value."""
@@ -63,6 +71,8 @@ class FullConfig:
                   (0 <= self.holdout_fraction < 1, "hold-out fraction must be in [0, 1)"),
                   (self.eval_every >= 0 and self.patience >= 0 and self.min_steps >= 0,
                    "eval every, patience and min steps must be >= 0"),
+                  (self.dtype in precision.DTYPES,
+                   f"dtype must be one of {', '.join(precision.DTYPES)}, got {self.dtype!r}"),
                   (self.schedule in training.SCHEDULES,
                    f"schedule must be one of {', '.join(training.SCHEDULES)}, got {self.schedule!r}")]
         for ok, message in checks:
@@ -76,7 +86,7 @@ class FullConfig:
 
 def full_model(backbone: Backbone, num_labels: int, generator: torch.Generator) -> ExpertModel:
     """A copy of the base model, every parameter trainable, with a head drawn from ``generator``."""
-    encoder = copy.deepcopy(backbone.model)
+    encoder = copy.deepcopy(backbone.model).float()      # float32 master weights
     for p in encoder.parameters():
         p.requires_grad_(True)
     pooling = default_pooling(getattr(encoder.config, "model_type", ""))
@@ -96,7 +106,8 @@ def train_full(config: FullConfig, backbone: Backbone | None = None, *,
     from .checkpoint import Checkpointer
 
     cfg = config.checked()
-    backbone = backbone or load_backbone(device=cfg.device)
+    backbone = backbone or load_backbone(device=cfg.device, dtype=cfg.dtype)
+    cfg.dtype = precision.dtype_name(backbone.dtype)       # what the forward computes in
     device = backbone.device
     if train_data is None:
         train_data = tasks.load_task(cfg.task, "train", data_dir=data_dir, limit=cfg.train_limit,
@@ -142,7 +153,8 @@ def train_full(config: FullConfig, backbone: Backbone | None = None, *,
     result = evaluate_model(model, backbone, eval_data, cfg.task, max_length=cfg.max_length,
                             should_stop=should_stop)
     last = history[-1] if history else {}
-    record = {"task": cfg.task, "method": METHOD, "config": cfg.to_dict(), "metric": metric,
+    record = {"task": cfg.task, "method": METHOD, "config": cfg.to_dict(), "encoder_dropout": False,
+              "metric": metric,
             "value": result["metrics"][metric], "metrics": result["metrics"],
             "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "train_seconds": round(last.get("elapsed_s", time.perf_counter() - started), 2),

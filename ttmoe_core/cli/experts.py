@@ -114,7 +114,7 @@ def cmd_full_finetune(args: argparse.Namespace) -> int:
     config = fullft.FullConfig(
         task=args.task, lr=args.lr, steps=args.max_steps, batch_size=args.batch_size,
         max_length=args.max_length, seed=args.seed, train_limit=args.train_limit,
-        eval_limit=args.eval_limit, device=args.device,
+        eval_limit=args.eval_limit, device=args.device, dtype=args.dtype or "float32",
         schedule=settings.pop("schedule") or "linear", **settings)
     try:
         config.checked()
@@ -131,6 +131,9 @@ def cmd_full_finetune(args: argparse.Namespace) -> int:
           f"{len(valid)} validation rows, device {backbone.device}", file=sys.stderr)
     bar = tqdm(total=config.steps, unit="step", file=sys.stderr, disable=args.quiet)
     checkpoint_dir = checkpoint_folder(out)
+    if checkpoint_dir.exists() and not args.resume:
+        print(f"a checkpoint of an earlier run is at {checkpoint_dir}: starting afresh (pass "
+              "--resume to continue it)", file=sys.stderr)
     try:
         record = fullft.train_full(config, backbone, train_data=train, eval_data=valid,
                                    progress=progress_bar(bar), checkpoint_dir=checkpoint_dir,
@@ -183,7 +186,8 @@ def progress_bar(bar):
 
 
 def add_convergence_flags(p: argparse.ArgumentParser) -> None:
-    """Early stopping, learning-rate schedule and checkpoint flags (train-expert, build-demo)."""
+    """Early stopping, learning-rate schedule and checkpoint flags (train-expert, build-demo,
+    full-finetune)."""
     p.add_argument("--holdout-fraction", type=fraction_arg, default=0.1,
                    help="share of the TRAIN rows held out for early stopping (0: none)")
     p.add_argument("--holdout-limit", type=positive_int, default=1000,

@@ -287,16 +287,13 @@ def cmd_build_demo(args: argparse.Namespace) -> int:
         task_names = list(args.tasks)
         for task in task_names:
             tasks.get_task(task)
+        task_lr = _task_lrs(args.task_lr or [], task_names)
         backbone = load_backbone(args.model, device=args.device)
         RouterConfig(**{**router_config.to_dict(), "variant": "linear"}).resolved(
             backbone.info.num_layers)
     except (tasks.DataError, BackboneError, routers.RouterError) as exc:
         raise UsageError(str(exc)) from None
     check_max_length(backbone, args.max_length)
-    task_lr = dict(args.task_lr or [])
-    if set(task_lr) - set(task_names):
-        raise UsageError(f"--task-lr names {', '.join(sorted(set(task_lr) - set(task_names)))}, "
-                         f"not among the tasks built ({', '.join(task_names)})")
     parts = Path(args.work_dir) if args.work_dir else out.parent / f"{out.name}.parts"
     trained = []
     try:
@@ -347,6 +344,17 @@ def cmd_build_demo(args: argparse.Namespace) -> int:
     print(json.dumps({"pack": str(out), "seconds": round(seconds, 1),
                       "routing_accuracy": result["report"].accuracy}))
     return 0
+
+
+def _task_lrs(pairs: list[tuple[str, float]], task_names: list[str]) -> dict[str, float]:
+    """``--task-lr`` as {task: lr}: each task once, each among the tasks built (UsageError)."""
+    named = [task for task, _ in pairs]
+    if len(set(named)) != len(named):
+        raise UsageError(f"--task-lr gives a task twice: {', '.join(sorted(named))}")
+    if set(named) - set(task_names):
+        raise UsageError(f"--task-lr names {', '.join(sorted(set(named) - set(task_names)))}, "
+                         f"not among the tasks built ({', '.join(task_names)})")
+    return dict(pairs)
 
 
 def finished_part(folder: Path, config):

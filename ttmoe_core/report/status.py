@@ -1,11 +1,13 @@
 """How far a long report has come: what its work folder holds, read without loading a model.
 
 ``report --status`` reads ``<work>/settings.json``, the finished trainings of experiment 2
-(``experts/<task>-<method>-seed<k>.training.json``), the runs in progress (their checkpoints'
-``state.json``: step, best hold-out score so far) and the finished experiments, and folds the
-finished seeds into the same per-task comparison the full report makes (``seeds.aggregate``,
-``methods.claim_per_task``), so a run stopped part-way already says what it has measured, and
-how much is left.
+(``experts/<task>-<method>-seed<k>.training.json`` of the budget's comparison tasks and seeds;
+the other experiments' experts live in the same folder and are left out), the runs in progress
+(their checkpoints' ``state.json``: step, best hold-out score so far) and the finished
+experiments. The finished seeds fold into the same per-task comparison the full report makes
+(``seeds.aggregate``, ``methods.claim_per_task``), over the seeds where all three methods have
+finished (as ``exp_methods`` always has), so a run stopped part-way already says what it has
+measured, and how much is left.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .. import tasks as task_registry
 from . import seeds
 from .budgets import METHOD_LABELS, METHODS, SECTIONS, ReportError
 from .markdown import _pm, _table, fmt
-from .methods import claim_per_task
+from .methods import MARGIN, claim_per_task
 
 TRAINING_SUFFIX, CHECKPOINT_SUFFIX = ".training.json", ".checkpoint"
 
@@ -47,32 +50,39 @@ def work_status(work_dir: str | Path) -> dict:
     if settings is None or not isinstance(settings.get("settings"), dict):
         raise ReportError(f"{work} is not a report work folder (no readable settings.json)")
     budget = settings["settings"]
+    seed_list = list(budget.get("seeds") or [budget.get("seed", 0)])
+    # the full budget compares every task of its data folder (None in the settings)
+    tasks = list(budget.get("comparison_tasks") or task_registry.available_tasks(settings.get("data_dir")))
     experts_dir = work / "experts"
     finished = []
     for path in sorted(experts_dir.glob(f"*{TRAINING_SUFFIX}")):
         record = _read_json(path)
-        if record is not None and {"task", "method", "seed", "value"} <= set(record):
+        if (record is not None and {"task", "method", "seed", "value"} <= set(record)
+                and record["task"] in tasks and record["seed"] in seed_list
+                and record["method"] in METHODS):
             finished.append(record)
     running = [r for r in (_running(p) for p in sorted(experts_dir.glob(f"*{CHECKPOINT_SUFFIX}")))
                if r is not None]
-    seed_list = list(budget.get("seeds") or [budget.get("seed", 0)])
-    tasks = list(budget.get("comparison_tasks") or [])
     order = {s: i for i, s in enumerate(seed_list)}
     rank = {t: i for i, t in enumerate(tasks)}
-    finished.sort(key=lambda r: (order.get(r["seed"], len(order)), rank.get(r["task"], len(rank)),
-                                 r["task"], METHODS.index(r["method"]) if r["method"] in METHODS else 9))
+    finished.sort(key=lambda r: (order[r["seed"]], rank[r["task"]], METHODS.index(r["method"])))
     aggregate = seeds.aggregate(finished)
-    have = {(r["task"], r["method"]) for r in aggregate}
-    complete = [t for t in dict.fromkeys(r["task"] for r in aggregate)
-                if all((t, m) in have for m in METHODS)]
-    comparisons, outcomes = claim_per_task(aggregate, complete)
+    # compared: per task, the seeds where every method has finished (exp_methods' rows always are)
+    methods_of: dict[tuple[str, int], set[str]] = {}
+    for r in finished:
+        methods_of.setdefault((r["task"], r["seed"]), set()).add(r["method"])
+    whole = [r for r in finished if methods_of[(r["task"], r["seed"])] == set(METHODS)]
+    compared = seeds.aggregate(whole)
+    comparisons, outcomes = claim_per_task(compared, list(dict.fromkeys(r["task"] for r in whole)))
     done = [name for name in SECTIONS if (work / "experiments" / f"{name}.json").is_file()]
-    total = len(tasks) * len(METHODS) * len(seed_list) if tasks else None
+    total = len(tasks) * len(METHODS) * len(seed_list)
     return {"work_dir": str(work), "budget": budget.get("name"), "seeds": seed_list, "tasks": tasks,
             "trainings_total": total, "trainings_done": len(finished),
             "cpu_seconds_done": sum(r.get("cpu_seconds") or 0.0 for r in finished),
             "finished": finished, "running": running, "aggregate": aggregate,
-            "comparisons": comparisons, "outcomes": outcomes, "margin": 0.02,
+            "compared_seeds": {t: sorted({r["seed"] for r in whole if r["task"] == t})
+                               for t in dict.fromkeys(r["task"] for r in whole)},
+            "comparisons": comparisons, "outcomes": outcomes, "margin": MARGIN,
             "spread_rule": seeds.SPREAD_RULE, "experiments_done": done,
             "experiments": list(SECTIONS)}
 
@@ -83,8 +93,8 @@ def render_status(status: dict) -> str:
     total = status["trainings_total"]
     lines = [f"# Report in progress: budget `{status['budget']}`", "",
              f"Work folder `{status['work_dir']}`. Experiment 2 trainings finished: "
-             f"**{status['trainings_done']}" + (f" of {total}**" if total else "**") +
-             f" ({len(status['seeds'])} seed(s) × {len(status['tasks']) or '?'} task(s) × "
+             f"**{status['trainings_done']} of {total}**"
+             f" ({len(status['seeds'])} seed(s) × {len(status['tasks'])} task(s) × "
              f"{len(METHODS)} methods), {status['cpu_seconds_done'] / 3600:.2f} CPU-hours. "
              f"Experiments finished: {', '.join(status['experiments_done']) or 'none'} "
              f"(of {', '.join(status['experiments'])}).", ""]
@@ -108,8 +118,9 @@ def render_status(status: dict) -> str:
                        _pm(r["value_mean"], r["value_std"]), _pm(r["steps_run_mean"], r["steps_run_std"], "int"),
                        _pm(r["cpu_seconds_mean"], r["cpu_seconds_std"], "f1")] for r in status["aggregate"]]), ""]
     if status["comparisons"]:
-        lines += [f"TT-LoRA against each baseline where all three methods have finished. Rule: "
-                  f"{status['spread_rule']}.", "",
+        over = "; ".join(f"{t}: {', '.join(map(str, s))}" for t, s in status["compared_seeds"].items())
+        lines += [f"TT-LoRA against each baseline, over the seeds where all three methods have finished "
+                  f"({over}). Rule: {status['spread_rule']}.", "",
                   _table(["task", "TT-LoRA vs", "TT-LoRA", "baseline", "difference", "seed spread",
                           "beyond the spread", f"within {100 * status['margin']:g} points"],
                          [[c["task"], METHOD_LABELS[c["baseline"]], _pm(c["tt_lora_mean"], c["tt_lora_std"]),
