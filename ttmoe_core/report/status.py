@@ -95,7 +95,11 @@ def render_status(status: dict) -> str:
              f"Work folder `{status['work_dir']}`. Experiment 2 trainings finished: "
              f"**{status['trainings_done']} of {total}**"
              f" ({len(status['seeds'])} seed(s) × {len(status['tasks'])} task(s) × "
-             f"{len(METHODS)} methods), {status['cpu_seconds_done'] / 3600:.2f} CPU-hours. "
+             f"{len(METHODS)} methods), {status['cpu_seconds_done'] / 3600:.2f} CPU-hours"
+             + ("" if not status["trainings_done"] else
+                f" (at their mean, the {total - status['trainings_done']} left would take about "
+                f"{status['cpu_seconds_done'] / status['trainings_done'] * (total - status['trainings_done']) / 3600:.1f}"
+                " more; tasks differ a lot in cost)") + ". "
              f"Experiments finished: {', '.join(status['experiments_done']) or 'none'} "
              f"(of {', '.join(status['experiments'])}).", ""]
     if status["running"]:
