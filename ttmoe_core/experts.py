@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 
@@ -94,32 +93,17 @@ class ExpertConfig:
         cfg.lr = defaults["lr"] if cfg.lr is None else float(cfg.lr)
         cfg.schedule = cfg.schedule or defaults["schedule"]
         checks = [(cfg.rank >= 1, f"rank must be >= 1, got {cfg.rank}"),
-                  (cfg.lr > 0 and math.isfinite(cfg.lr), f"lr must be > 0, got {cfg.lr}"),
-                  (cfg.steps >= 1, f"steps must be >= 1, got {cfg.steps}"),
-                  (cfg.batch_size >= 1, f"batch size must be >= 1, got {cfg.batch_size}"),
-                  (cfg.max_length >= 8, f"max length must be >= 8, got {cfg.max_length}"),
                   (cfg.init in ("kaiming", "zero"), f"init must be kaiming or zero, got {cfg.init!r}"),
                   (cfg.min_layer >= 0, f"min layer must be >= 0, got {cfg.min_layer}"),
                   (cfg.min_layer == 0 or cfg.method == "tt-lora",
                    "min layer > 0 needs a tt-lora expert"),
-                  (0 <= cfg.warmup_fraction < 1, "warmup fraction must be in [0, 1)"),
-                  (0 <= cfg.holdout_fraction < 1, "hold-out fraction must be in [0, 1)"),
-                  (cfg.holdout_limit is None or cfg.holdout_limit >= 1,
-                   f"hold-out limit must be >= 1, got {cfg.holdout_limit}"),
-                  (cfg.eval_every >= 0, f"eval every must be >= 0, got {cfg.eval_every}"),
-                  (cfg.patience >= 0, f"patience must be >= 0, got {cfg.patience}"),
-                  (cfg.min_steps >= 0, f"min steps must be >= 0, got {cfg.min_steps}"),
-                  (cfg.schedule in training.SCHEDULES,
-                   f"schedule must be one of {', '.join(training.SCHEDULES)}, got {cfg.schedule!r}"),
-                  (cfg.checkpoint_every >= 0,
-                   f"checkpoint every must be >= 0, got {cfg.checkpoint_every}"),
                   (cfg.pooling is None or cfg.pooling in POOLINGS,
                    f"pooling must be one of {', '.join(POOLINGS)}, got {cfg.pooling!r}"),
                   (cfg.dtype in precision.DTYPES,
                    f"dtype must be one of {', '.join(precision.DTYPES)}, got {cfg.dtype!r}")]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
+        problems = [message for ok, message in checks if not ok] + training.setting_problems(cfg)
+        if problems:
+            raise ConfigError(problems[0])
         return cfg
 
     def to_dict(self) -> dict:

@@ -22,7 +22,6 @@ checkpoint) rather than shared, because that function's every line is about adap
 from __future__ import annotations
 
 import copy
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -63,21 +62,11 @@ class FullConfig:
 
     def checked(self) -> "FullConfig":
         """Itself; ConfigError for a bad value."""
-        checks = [(self.lr > 0 and math.isfinite(self.lr), f"lr must be > 0, got {self.lr}"),
-                  (self.steps >= 1, f"steps must be >= 1, got {self.steps}"),
-                  (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
-                  (self.max_length >= 8, f"max length must be >= 8, got {self.max_length}"),
-                  (0 <= self.warmup_fraction < 1, "warmup fraction must be in [0, 1)"),
-                  (0 <= self.holdout_fraction < 1, "hold-out fraction must be in [0, 1)"),
-                  (self.eval_every >= 0 and self.patience >= 0 and self.min_steps >= 0,
-                   "eval every, patience and min steps must be >= 0"),
-                  (self.dtype in precision.DTYPES,
-                   f"dtype must be one of {', '.join(precision.DTYPES)}, got {self.dtype!r}"),
-                  (self.schedule in training.SCHEDULES,
-                   f"schedule must be one of {', '.join(training.SCHEDULES)}, got {self.schedule!r}")]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
+        problems = training.setting_problems(self)
+        if self.dtype not in precision.DTYPES:
+            problems.append(f"dtype must be one of {', '.join(precision.DTYPES)}, got {self.dtype!r}")
+        if problems:
+            raise ConfigError(problems[0])
         return self
 
     def to_dict(self) -> dict:

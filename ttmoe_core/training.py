@@ -80,6 +80,26 @@ def holdout_split(num_rows: int, fraction: float, limit: int | None,
     return sorted(order[size:].tolist()), sorted(order[:size].tolist())
 
 
+def setting_problems(cfg) -> list[str]:
+    """What is wrong with the settings every run of :func:`fit` reads, and its rows' length
+    (``ExpertConfig``, ``fullft.FullConfig``): one message per bad value, empty when none is."""
+    checks = [(cfg.lr > 0 and math.isfinite(cfg.lr), f"lr must be > 0, got {cfg.lr}"),
+              (cfg.steps >= 1, f"steps must be >= 1, got {cfg.steps}"),
+              (cfg.batch_size >= 1, f"batch size must be >= 1, got {cfg.batch_size}"),
+              (cfg.max_length >= 8, f"max length must be >= 8, got {cfg.max_length}"),
+              (0 <= cfg.warmup_fraction < 1, "warmup fraction must be in [0, 1)"),
+              (0 <= cfg.holdout_fraction < 1, "hold-out fraction must be in [0, 1)"),
+              (cfg.holdout_limit is None or cfg.holdout_limit >= 1,
+               f"hold-out limit must be >= 1, got {cfg.holdout_limit}"),
+              (cfg.eval_every >= 0, f"eval every must be >= 0, got {cfg.eval_every}"),
+              (cfg.patience >= 0, f"patience must be >= 0, got {cfg.patience}"),
+              (cfg.min_steps >= 0, f"min steps must be >= 0, got {cfg.min_steps}"),
+              (cfg.schedule in SCHEDULES,
+               f"schedule must be one of {', '.join(SCHEDULES)}, got {cfg.schedule!r}"),
+              (cfg.checkpoint_every >= 0, f"checkpoint every must be >= 0, got {cfg.checkpoint_every}")]
+    return [message for ok, message in checks if not ok]
+
+
 def lr_factor(schedule: str, step: int, steps: int, warmup: int) -> float:
     """Multiplier of the peak learning rate after ``step`` optimizer steps (0-based): linear
     warm-up over ``warmup`` steps, then "linear" decay to 0 at ``steps``, "cosine" decay to 0 at

@@ -36,7 +36,6 @@ def cmd_train_expert(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .. import distributed, experts, safefs, store, tasks
-    from ..backbone import BackboneError, load_backbone
     from ..checkpoint import CheckpointError
 
     config = experts.ExpertConfig(
@@ -51,14 +50,7 @@ def cmd_train_expert(args: argparse.Namespace) -> int:
     except (experts.ConfigError, tasks.DataError) as exc:
         raise UsageError(str(exc)) from None
     out = check_output(args.out, "expert", args.overwrite, store.load_expert)
-    try:
-        train = tasks.load_task(args.task, "train", data_dir=args.data_dir,
-                                limit=config.train_limit, seed=config.seed)
-        valid = tasks.load_task(args.task, "validation", data_dir=args.data_dir,
-                                limit=config.eval_limit, seed=config.seed)
-        backbone = load_backbone(args.model, device=args.device, dtype=args.dtype)
-    except (experts.ConfigError, tasks.DataError, BackboneError) as exc:
-        raise UsageError(str(exc)) from None
+    train, valid, backbone = run_inputs(args, config)
     check_targets(backbone.model, config.targets, config.shapes)
     check_max_length(backbone, config.max_length)
     print(f"training {config.method} expert for {args.task}: {len(train)} train rows "
@@ -101,7 +93,6 @@ def cmd_full_finetune(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .. import experts, fullft, safefs, store, tasks
-    from ..backbone import BackboneError, load_backbone
     from ..checkpoint import CheckpointError
 
     out = Path(args.out)
@@ -119,13 +110,9 @@ def cmd_full_finetune(args: argparse.Namespace) -> int:
     try:
         config.checked()
         tasks.get_task(args.task)
-        train = tasks.load_task(args.task, "train", data_dir=args.data_dir,
-                                limit=config.train_limit, seed=config.seed)
-        valid = tasks.load_task(args.task, "validation", data_dir=args.data_dir,
-                                limit=config.eval_limit, seed=config.seed)
-        backbone = load_backbone(args.model, device=args.device, dtype=args.dtype)
-    except (experts.ConfigError, tasks.DataError, BackboneError) as exc:
+    except (experts.ConfigError, tasks.DataError) as exc:
         raise UsageError(str(exc)) from None
+    train, valid, backbone = run_inputs(args, config)
     check_max_length(backbone, config.max_length)
     print(f"full fine-tuning for {args.task}: {len(train)} train rows ({train.source}), "
           f"{len(valid)} validation rows, device {backbone.device}", file=sys.stderr)
@@ -157,6 +144,23 @@ def cmd_full_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_inputs(args: argparse.Namespace, config):
+    """(train rows, validation rows, base model) of one training command (``config``: an
+    ``ExpertConfig`` or ``fullft.FullConfig``); UsageError when one cannot be had."""
+    from .. import experts, tasks
+    from ..backbone import BackboneError, load_backbone
+
+    try:
+        train = tasks.load_task(args.task, "train", data_dir=args.data_dir,
+                                limit=config.train_limit, seed=config.seed)
+        valid = tasks.load_task(args.task, "validation", data_dir=args.data_dir,
+                                limit=config.eval_limit, seed=config.seed)
+        backbone = load_backbone(args.model, device=args.device, dtype=args.dtype)
+    except (experts.ConfigError, tasks.DataError, BackboneError) as exc:
+        raise UsageError(str(exc)) from None
+    return train, valid, backbone
+
+
 def convergence_settings(args: argparse.Namespace) -> dict:
     """The ``ExpertConfig`` fields of the convergence flags (``add_convergence_flags``)."""
     return {"holdout_fraction": args.holdout_fraction, "holdout_limit": args.holdout_limit,
@@ -183,6 +187,19 @@ def progress_bar(bar):
         bar.set_postfix(loss=f"{event.loss:.4f}", ex_s=f"{event.examples_per_s:.0f}", **shown)
 
     return progress
+
+
+def add_run_flags(p: argparse.ArgumentParser, steps: int, batch_size: int) -> None:
+    """The flags of one training run (train-expert, full-finetune): cap, batch, rows, output."""
+    p.add_argument("--max-steps", type=positive_int, default=steps,
+                   help="the step cap (early stopping may end sooner)")
+    p.add_argument("--batch-size", type=int_in(1, MAX_BATCH), default=batch_size)
+    p.add_argument("--max-length", type=positive_int, default=128)
+    p.add_argument("--seed", type=seed_arg, default=0)
+    p.add_argument("--train-limit", type=positive_int, default=None)
+    p.add_argument("--eval-limit", type=positive_int, default=2000)
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def add_convergence_flags(p: argparse.ArgumentParser) -> None:
@@ -269,15 +286,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--init", choices=["kaiming", "zero"], default="zero")
     p.add_argument("--shape", type=shape_arg, action="append", metavar="TARGET=D1,D2,...")
     p.add_argument("--targets", type=targets_arg, default=None)
-    p.add_argument("--max-steps", type=positive_int, default=300,
-                   help="the step cap (early stopping may end sooner)")
-    p.add_argument("--batch-size", type=int_in(1, MAX_BATCH), default=32)
-    p.add_argument("--max-length", type=positive_int, default=128)
-    p.add_argument("--seed", type=seed_arg, default=0)
-    p.add_argument("--train-limit", type=positive_int, default=None)
-    p.add_argument("--eval-limit", type=positive_int, default=2000)
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_run_flags(p, steps=300, batch_size=32)
     p.add_argument("--json", action="store_true", help="final metrics as one JSON object")
     add_convergence_flags(p)
     common_model_flags(p)
@@ -288,15 +297,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--task", required=True)
     p.add_argument("--out", required=True, help="JSON file to write the run's record to")
     p.add_argument("--lr", type=positive_float, default=3e-5)
-    p.add_argument("--max-steps", type=positive_int, default=4000,
-                   help="the step cap (early stopping may end sooner)")
-    p.add_argument("--batch-size", type=int_in(1, MAX_BATCH), default=16)
-    p.add_argument("--max-length", type=positive_int, default=128)
-    p.add_argument("--seed", type=seed_arg, default=0)
-    p.add_argument("--train-limit", type=positive_int, default=None)
-    p.add_argument("--eval-limit", type=positive_int, default=2000)
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_run_flags(p, steps=4000, batch_size=16)
     p.add_argument("--json", action="store_true", help="a summary as one JSON object")
     add_convergence_flags(p)
     p.set_defaults(eval_every=200, checkpoint_every=500)   # a checkpoint holds the whole model
