@@ -242,10 +242,14 @@ def test_report_parser_defaults_and_usage_errors(tmp_path):
     from ttmoe_core.cli import report as report_cli
 
     args = _parse(["report"])
-    assert (args.budget, args.out, args.data_dir, args.json) == ("small", "reports", None, False)
+    assert (args.budget, args.out, args.data_dir, args.json, args.jobs) == ("small", "reports", None, False, 1)
     assert args.func is report_cli.cmd_report
+    assert _parse(["report", "--jobs", "2"]).jobs == 2
     with pytest.raises(UsageError):
         _parse(["report", "--budget", "huge"])
+    for bad in ("0", "-1", "two"):
+        with pytest.raises(UsageError, match="jobs"):
+            _parse(["report", "--jobs", bad])
     with pytest.raises(UsageError, match="not a folder"):
         report_cli.cmd_report(_parse(["report", "--data-dir", str(tmp_path / "nope")]))
     empty = tmp_path / "empty"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import shutil
+import types
 
 import numpy as np
 import pytest
@@ -200,3 +201,61 @@ def test_budgets_share_one_stopping_rule_for_every_method():
     demo = report.BUDGETS["full-demo"]
     assert demo.comparison_tasks == tuple(report.budgets.DEMO_TASKS) and demo.min_integration_experts == 6
     assert dataclasses.replace(demo, name="full", comparison_tasks=None, min_integration_experts=10) == full
+
+
+# ----------------------------------------------------------------------------- trainings side by side
+
+
+@pytest.mark.slow
+def test_trainings_side_by_side_match_one_at_a_time(samples_dir, tmp_path):
+    """``report --jobs 2``: experiment 2's experts train two at a time in fresh one-thread
+    processes; each comes out bit-identical to the same training run alone in a fresh process
+    with the same thread count, its record says it shared the cores, and a resumed run reuses it."""
+    from tests.tinymodels import saved_tiny_bert
+    from ttmoe_core.report import worker
+
+    bb = saved_tiny_bert(tmp_path / "model")
+    budget = dataclasses.replace(_tiny_budget(), seeds=(0,), measure_memory=True)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)                    # two jobs: one thread each
+        run = Run(budget=budget, backbone=bb, data_dir=samples_dir, comparison_tasks=["sst2"], jobs=2)
+        report_run._work_dir(run, tmp_path / "w", False, {"settings": 1})
+        exp = methods.exp_methods(run)
+    finally:
+        torch.set_num_threads(threads)
+    assert {(r["method"], r["side_by_side"], r["threads"]) for r in exp["rows"]} == \
+        {(m, 2, 1) for m in report.METHODS}
+    assert all(r["peak_growth_mib"] > 0 and r["cpu_seconds"] > 0 for r in exp["rows"])
+    assert any("ran side by side (2 at a time" in d for d in exp["differences"])
+    for method in report.METHODS:
+        part = tmp_path / "w" / "experts" / f"sst2-{method}-seed0"
+        assert part.is_dir() and not part.with_name(f"{part.name}.checkpoint").exists()
+
+    # the same TT-LoRA training, alone, in a fresh one-thread process: the same weights and metric
+    key, config, _ = run._plan("sst2", "tt-lora", 0)
+    alone = worker.train_in_fresh_process(config.to_dict(), bb.info.name, run.data("sst2", "train"),
+                                          run.data("sst2", "validation"), threads=1)["expert"]
+    shared = run._experts[key]
+    assert set(alone.tensors) == set(shared.tensors)
+    for name, tensor in alone.tensors.items():
+        assert torch.equal(shared.tensors[name], tensor), name
+    assert alone.metrics["accuracy"] == shared.metrics["accuracy"]
+
+    # resumed with --jobs 2: nothing left to train, the records come back unchanged
+    told = []
+    again = Run(budget=budget, backbone=bb, data_dir=samples_dir, comparison_tasks=["sst2"], jobs=2,
+                progress=lambda stage, done, total: told.append(stage))
+    report_run._work_dir(again, tmp_path / "w", True, {"settings": 1})
+    assert methods.exp_methods(again)["rows"] == exp["rows"] and not [t for t in told if "train" in t]
+
+
+def test_side_by_side_needs_a_positive_count_and_the_cpu(tiny_bert, samples_dir):
+    run = Run(budget=_tiny_budget(), backbone=tiny_bert, data_dir=samples_dir, comparison_tasks=["sst2"])
+    with pytest.raises(report.ReportError, match="at least 1"):
+        run.train_side_by_side([("sst2", "lora", 0)], 0)
+    gpu = Run(budget=_tiny_budget(), backbone=types.SimpleNamespace(device=torch.device("cuda"), info=tiny_bert.info),
+              data_dir=samples_dir, comparison_tasks=["sst2"])
+    with pytest.raises(report.ReportError, match="run on CPU"):
+        gpu.train_side_by_side([("sst2", "lora", 0)], 2)
+    assert run.trainings == {}

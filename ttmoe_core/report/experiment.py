@@ -13,6 +13,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +39,7 @@ class Run:
     integration_tasks: list[str] = field(default_factory=list)
     trainings: dict[tuple[str, str, int], dict] = field(default_factory=dict)   # (task, method, seed) → record
     mixture_router: router_mod.Router | None = None     # set by the router experiment
+    jobs: int = 1                    # experiment 2: trainings side by side (train_side_by_side)
     work_dir: Path | None = None     # finished experts (+ records) and training checkpoints
     resume: bool = False             # reuse work_dir's finished experts, continue its checkpoints
     _data: dict[tuple[str, str], tasks.TaskData] = field(default_factory=dict)
@@ -67,37 +69,23 @@ class Run:
                seed: int | None = None) -> experts.Expert:
         """The trained expert of (task, method, seed) (None: the budget's ``seed``), trained on
         first use under the budget's stopping rule."""
-        b = self.budget
-        seed = b.seed if seed is None else seed
-        key = (task, method, seed)
+        key, config, part = self._plan(task, method, seed)
         if key in self._experts:
             return self._experts[key]
-        config = experts.ExpertConfig(task=task, method=method, steps=b.steps, batch_size=b.batch_size,
-                                      max_length=b.max_length, seed=seed, train_limit=b.train_rows,
-                                      eval_limit=b.eval_rows, eval_every=b.eval_every,
-                                      patience=b.patience, min_steps=b.min_steps, schedule=b.schedule,
-                                      lr=b.lr_of(method))
+        if self._reuse(key, config, part):
+            return self._experts[key]
+        b = self.budget
         train, valid = self.data(task, "train"), self.data(task, "validation")
-        stage = f"training {METHOD_LABELS[method]} expert on {task} (seed {seed})"
-        part = None if self.work_dir is None else self.work_dir / "experts" / f"{task}-{method}-seed{seed}"
-        if part is not None and self.resume:
-            kept = self._finished(part, config)
-            if kept is not None:                   # trained by an earlier, interrupted run
-                self.trainings[key], self._experts[key] = kept[1], kept[0]
-                return kept[0]
+        stage = f"training {METHOD_LABELS[method]} expert on {task} (seed {key[2]})"
         self.tell(stage, 0, b.steps)
         started, t0 = runinfo.now(), time.perf_counter()
         measure_memory = measure_memory and b.measure_memory
         memory: dict = {"memory_measure": None, "peak_growth_mib": None}
-        checkpoint = None if part is None else part.with_name(f"{part.name}.checkpoint")
-        if checkpoint is not None and not config.checkpoint_every:
-            config.checkpoint_every = 100
+        checkpoint = self._checkpoint(config, part)
         if measure_memory and self.backbone.device.type == "cpu":
             out = train_in_fresh_process(config.to_dict(), self.backbone.info.name, train, valid,
                                          checkpoint_dir=checkpoint, resume=self.resume)
-            expert = out.pop("expert")
-            memory = {"memory_measure": "CPU peak RSS growth during training (ru_maxrss, fresh process)",
-                      **{k: round(v, 1) for k, v in out.items()}}
+            expert, memory = out.pop("expert"), _fresh_memory(out)
         else:
             cuda = measure_memory and self.backbone.device.type == "cuda"
             if cuda:
@@ -111,9 +99,94 @@ class Run:
                 memory = {"memory_measure": "CUDA max_memory_allocated growth",
                           "peak_growth_mib": round(growth / 2**20, 1)}
         self.tell(stage, b.steps, b.steps)
+        self._keep(key, expert, part, started, time.perf_counter() - t0,
+                   {**memory, "threads": torch.get_num_threads(), "side_by_side": 1})
+        return expert
+
+    def train_side_by_side(self, keys: Sequence[tuple[str, str, int]], jobs: int) -> None:
+        """Train the experts of ``keys`` (task, method, seed) not trained yet, ``jobs`` at a time,
+        each in its own fresh process with ``torch.get_num_threads() // jobs`` threads (at least
+        one), on CPU; ``expert`` then finds them trained. Small models use two cores poorly, so
+        two one-thread trainings side by side get through more steps an hour than one
+        two-thread training (bench/RESULTS.md); each keeps its peak memory and CPU time, and
+        its record says how many ran side by side."""
+        if jobs < 1:
+            raise ReportError(f"jobs must be at least 1, got {jobs}")
+        if self.backbone.device.type != "cpu":
+            raise ReportError("trainings side by side (--jobs > 1) run on CPU; on "
+                              f"{self.backbone.device.type} run one at a time (--jobs 1)")
+        plans = {}                                  # key → (key, config, part), in the order given
+        for task, method, seed in keys:
+            key, config, part = self._plan(task, method, seed)
+            if key not in plans and key not in self._experts and not self._reuse(key, config, part):
+                plans[key] = (key, config, part)
+        todo = list(plans.values())
+        if not todo:
+            return
+        threads = max(1, torch.get_num_threads() // jobs)
+        for (task, _, _), _, _ in todo:              # load the data here, not in the workers' threads
+            self.data(task, "train"), self.data(task, "validation")
+        stage = f"training {len(todo)} experts, {min(jobs, len(todo))} side by side ({threads} thread(s) each)"
+        self.tell(stage, 0, len(todo))
+
+        def train(key: tuple[str, str, int], config: experts.ExpertConfig, part: Path | None):
+            started, t0 = runinfo.now(), time.perf_counter()
+            out = train_in_fresh_process(config.to_dict(), self.backbone.info.name, self.data(key[0], "train"),
+                                         self.data(key[0], "validation"),
+                                         checkpoint_dir=self._checkpoint(config, part), resume=self.resume,
+                                         threads=threads)
+            return out.pop("expert"), out, started, time.perf_counter() - t0
+
+        with ThreadPoolExecutor(max_workers=jobs) as pool:     # threads wait on the processes
+            running = {pool.submit(train, key, config, part): (key, part) for key, config, part in todo}
+            for done, future in enumerate(as_completed(running), start=1):
+                key, part = running[future]
+                expert, out, started, wall = future.result()
+                memory = _fresh_memory(out) if self.budget.measure_memory else {
+                    "memory_measure": None, "peak_growth_mib": None}
+                self._keep(key, expert, part, started, wall,
+                           {**memory, "threads": threads, "side_by_side": min(jobs, len(todo))})
+                record = self.trainings[key]
+                self.tell(f"trained {METHOD_LABELS[key[1]]} expert on {key[0]} (seed {key[2]}): "
+                          f"{record['metric']} {record['value']:.3f} after {record['steps_run']} steps",
+                          done, len(todo))
+
+    def _plan(self, task: str, method: str, seed: int | None):
+        """(key, config, part folder or None) of the (task, method, seed) expert under the budget."""
+        b = self.budget
+        seed = b.seed if seed is None else seed
+        config = experts.ExpertConfig(task=task, method=method, steps=b.steps, batch_size=b.batch_size,
+                                      max_length=b.max_length, seed=seed, train_limit=b.train_rows,
+                                      eval_limit=b.eval_rows, eval_every=b.eval_every,
+                                      patience=b.patience, min_steps=b.min_steps, schedule=b.schedule,
+                                      lr=b.lr_of(method))
+        part = None if self.work_dir is None else self.work_dir / "experts" / f"{task}-{method}-seed{seed}"
+        return (task, method, seed), config, part
+
+    def _reuse(self, key: tuple[str, str, int], config: experts.ExpertConfig, part: Path | None) -> bool:
+        """Take the expert an earlier, interrupted run finished in ``part`` (resume only)."""
+        kept = self._finished(part, config) if part is not None and self.resume else None
+        if kept is not None:
+            self.trainings[key], self._experts[key] = kept[1], kept[0]
+        return kept is not None
+
+    def _checkpoint(self, config: experts.ExpertConfig, part: Path | None) -> Path | None:
+        """The training checkpoint folder beside ``part`` (None without a work folder); a run with
+        a work folder checkpoints every 100 steps unless the config says otherwise."""
+        if part is None:
+            return None
+        if not config.checkpoint_every:
+            config.checkpoint_every = 100
+        return part.with_name(f"{part.name}.checkpoint")
+
+    def _keep(self, key: tuple[str, str, int], expert: experts.Expert, part: Path | None,
+              started: str, wall: float, extra: dict) -> None:
+        """Record a finished training (metric, steps, times, sizes and ``extra``); with a work
+        folder, save the expert and its record there and drop its checkpoint."""
+        task = key[0]
         metric = tasks.primary_metric(task)
-        self.trainings[key] = {"task": task, "method": method, "seed": seed, "started": started,
-                               "wall_seconds": round(time.perf_counter() - t0, 2),
+        self.trainings[key] = {"task": task, "method": key[1], "seed": key[2], "started": started,
+                               "wall_seconds": round(wall, 2),
                                "train_seconds": expert.metrics["train_seconds"],
                                # CPU time of the training loop (time.process_time of the process
                                # that trained it; carried over a resumed checkpoint)
@@ -122,15 +195,15 @@ class Run:
                                "best_step": expert.metrics.get("best_step"),
                                "lr": expert.config.lr,
                                "metric": metric, "value": expert.metrics[metric],
-                               "train_rows": len(train), "eval_rows": len(valid),
+                               "train_rows": len(self.data(task, "train")),
+                               "eval_rows": len(self.data(task, "validation")),
                                "trainable_params": expert.trainable_params(),
-                               "adapter_params": expert.adapter_params(), **memory}
+                               "adapter_params": expert.adapter_params(), **extra}
         if part is not None:                       # kept for a resumed run
             store.save_expert(expert, part)
             store.write_json(part.with_name(f"{part.name}.training.json"), self.trainings[key])
             safefs.remove(part.with_name(f"{part.name}.checkpoint"))
         self._experts[key] = expert
-        return expert
 
     def _finished(self, part: Path, config: experts.ExpertConfig):
         """(expert, training record) an earlier run left in ``part`` with this config, or None."""
@@ -168,6 +241,12 @@ class Run:
         b = self.budget
         return baselines.FusionConfig(steps=steps, batch_size=b.batch_size, max_length=b.max_length,
                                       seed=b.seed)
+
+
+def _fresh_memory(out: Mapping[str, float]) -> dict:
+    """The memory entries of a training record from ``worker.measured_training``'s numbers."""
+    return {"memory_measure": "CPU peak RSS growth during training (ru_maxrss, fresh process)",
+            **{k: round(v, 1) for k, v in out.items()}}
 
 
 def mean(values: Iterable[float | None]) -> float:

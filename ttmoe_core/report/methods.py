@@ -52,6 +52,19 @@ def _memory_note(measure: str | None) -> str:
             "each method trains on and the activations; the paper reports GPU memory.")
 
 
+def _sharing_note(rows: list[dict]) -> list[str]:
+    """How many trainings shared the cores (``report --jobs``), when any did."""
+    shared = [r for r in rows if (r.get("side_by_side") or 1) > 1]
+    if not shared:
+        return []
+    jobs = sorted({r["side_by_side"] for r in shared})
+    threads = sorted({r["threads"] for r in shared if r.get("threads")})
+    return [f"{len(shared)} of {len(rows)} trainings ran side by side ({' or '.join(map(str, jobs))} at a "
+            f"time, each in its own process with {' or '.join(map(str, threads)) or 'its share of the'} "
+            "torch thread(s)): their CPU seconds are their own, their wall and training seconds "
+            "include waiting on the shared cores."]
+
+
 MARGIN = 0.02     # "comparable": TT-LoRA at most 2 points below a baseline
 
 
@@ -110,6 +123,9 @@ def exp_methods(run: Run) -> dict:
     seed_list = list(run.budget.seeds)
     # seed-major: every (task, method) of the first seed before any second seed, so a long run
     # stopped part-way (``report --status``) already holds one whole comparison
+    order = [(task, method, seed) for seed in seed_list for task in run.comparison_tasks for method in METHODS]
+    if run.jobs > 1:
+        run.train_side_by_side(order, run.jobs)
     for seed in seed_list:
         for task in run.comparison_tasks:
             by_method = {m: run.expert(task, m, measure_memory=True, seed=seed) for m in METHODS}
@@ -119,7 +135,8 @@ def exp_methods(run: Run) -> dict:
                 rows.append({**{k: info.get(k) for k in (
                     "task", "method", "seed", "metric", "value", "steps_run", "best_step", "lr",
                     "train_seconds", "cpu_seconds", "wall_seconds", "peak_growth_mib", "memory_measure",
-                    "trainable_params", "adapter_params", "train_rows", "eval_rows")},
+                    "trainable_params", "adapter_params", "train_rows", "eval_rows", "threads",
+                    "side_by_side")},
                     "fraction_of_lora_adapter": expert.adapter_params() / lora.adapter_params(),
                     "fraction_of_lora_trainable": expert.trainable_params() / lora.trainable_params()})
     aggregate = seeds.aggregate(rows)
@@ -181,5 +198,5 @@ def exp_methods(run: Run) -> dict:
             "warm-up, linear decay, frozen base in eval mode, head with dropout 0.1 on the mean-pooled "
             "last hidden state); learning rates " + _lrs(rows) + " (the paper's: TT-LoRA 5e-3 r5 α16, "
             "LoRA 5e-4 r16 α8; adapter: Pfeiffer seq_bn, reduction 16, 5e-4).",
-            _memory_note(rows[0]["memory_measure"])],
+            _memory_note(rows[0]["memory_measure"])] + _sharing_note(rows),
     }

@@ -62,14 +62,15 @@ def _write_text(path: Path, text: str) -> None:
 def run_report(budget: str | ReportBudget, out: str | Path, progress: Progress | None = None,
                data_dir: str | Path | None = None,
                should_stop: Callable[[], bool] | None = None,
-               work_dir: str | Path | None = None, resume: bool = False) -> dict:
+               work_dir: str | Path | None = None, resume: bool = False, jobs: int = 1) -> dict:
     """Run the five experiments, write results.json, paper_tables.md and figures to ``out``.
 
     ``progress(stage, done, total)`` is called often; ``should_stop()`` (checked as often) cancels
     with ReportError. Returns the results dict (what results.json holds).
     With ``work_dir`` every trained expert, training checkpoint and finished experiment's result
     is kept there; ``resume`` reuses them (same budget and data only: ReportError otherwise), so
-    an interrupted report continues where it stopped.
+    an interrupted report continues where it stopped. ``jobs`` > 1 trains experiment 2's
+    experts that many at a time, each in its own process (CPU only: ``Run.train_side_by_side``).
     """
     b = resolve_budget(budget)
     data_path = None if data_dir is None else Path(data_dir).expanduser()
@@ -82,18 +83,25 @@ def run_report(budget: str | ReportBudget, out: str | Path, progress: Progress |
                           f"the mixture, the data has {len(integration)} tasks")
     if set(b.fusion_tasks) - set(integration):
         raise ReportError(f"fusion tasks {sorted(set(b.fusion_tasks) - set(integration))} have no expert")
+    if jobs < 1:
+        raise ReportError(f"--jobs must be at least 1, got {jobs}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     started, t0 = runinfo.now(), time.perf_counter()
     backbone = load_backbone()
+    if jobs > 1 and backbone.device.type != "cpu":
+        raise ReportError(f"--jobs {jobs} trains side by side on CPU; on {backbone.device.type} "
+                          "run one training at a time (--jobs 1)")
     run = Run(budget=b, backbone=backbone, data_dir=data_path, progress=progress,
-              should_stop=should_stop, comparison_tasks=comparison, integration_tasks=integration)
+              should_stop=should_stop, comparison_tasks=comparison, integration_tasks=integration,
+              jobs=jobs)
     meta = {"budget": b.name, "settings": b.to_dict(), "seed": b.seed, "seeds": list(b.seeds),
             "started": started,
             "machine": runinfo.machine_info(backbone.device, libraries=True),
             "load_average_at_start": runinfo.load_average(), "base_model": backbone.info.to_dict(),
             "data_dir": str(data_path or tasks.default_data_dir()),
-            "command": f"python -m ttmoe_core report --budget {b.name}"}
+            "jobs": jobs, "command": f"python -m ttmoe_core report --budget {b.name}"
+                                     + (f" --jobs {jobs}" if jobs > 1 else "")}
     results: dict = {"meta": meta, "paper": dict(PAPER), "experiments": {}}
     finished = _work_dir(run, work_dir, resume, {"settings": meta["settings"],
                                                  "data_dir": meta["data_dir"]})

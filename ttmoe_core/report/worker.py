@@ -75,8 +75,9 @@ def main(src: str, dst: str) -> None:
 
 def train_in_fresh_process(config: dict, model_name: str, train: tasks.TaskData,
                            valid: tasks.TaskData, checkpoint_dir: Path | None = None,
-                           resume: bool = False) -> dict:
-    """``measured_training`` in a new Python process (so ru_maxrss is that training's alone).
+                           resume: bool = False, threads: int | None = None) -> dict:
+    """``measured_training`` in a new Python process (so ru_maxrss is that training's alone),
+    with ``threads`` torch threads (None: as many as this process has).
 
     A plain subprocess rather than multiprocessing: spawn would re-import the caller's main
     script, which breaks scripts without a ``__main__`` guard.
@@ -85,12 +86,15 @@ def train_in_fresh_process(config: dict, model_name: str, train: tasks.TaskData,
         src, dst = Path(tmp) / "in.pkl", Path(tmp) / "out.pkl"
         with src.open("wb") as f:
             pickle.dump({"config": config, "model_name": model_name, "train": train, "valid": valid,
-                         "threads": torch.get_num_threads(), "resume": resume,
+                         "threads": threads or torch.get_num_threads(), "resume": resume,
                          "checkpoint_dir": None if checkpoint_dir is None else str(checkpoint_dir)}, f)
         path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
+        env = {**os.environ, "PYTHONPATH": path}
+        if threads:                          # the child's OpenMP/MKL pools: no more than its share
+            env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
         code = "import sys; from ttmoe_core.report.worker import main; main(sys.argv[1], sys.argv[2])"
         done = subprocess.run([sys.executable, "-c", code, str(src), str(dst)],
-                              env={**os.environ, "PYTHONPATH": path}, capture_output=True, text=True)
+                              env=env, capture_output=True, text=True)
         if done.returncode != 0:
             tail = " | ".join(done.stderr.strip().splitlines()[-3:])
             raise ReportError(f"training {config['method']} on {config['task']} in a subprocess failed "
