@@ -126,6 +126,7 @@ def test_moe_quick_json_on_demo_pack(capsys, restore_threads):
     (["moe", "--experts-scan", "a,b"], "'a,b': give integers separated by commas"),
     (["adapters", "--tokens", "4,0"], "each >= 1"),
     (["adapters", "--threads", "x"], "'x' is not an integer"),
+    (["jobs", "--jobs", "1"], "--jobs: must be >= 2, got 1"),
     ([], "the following arguments are required: command"),
 ])
 def test_bad_flags_are_one_line_usage_errors(capsys, argv, message):
@@ -318,3 +319,26 @@ def test_time_paired_runs_each_part_of_every_variant_back_to_back():
     for t in times.values():
         assert t["rounds"] == 2 and len(t["round_s"]) == 2
         assert t["min_s"] <= t["median_s"] <= t["max_s"]
+
+
+def test_jobs_quick_json_and_table(tmp_path, capsys, restore_threads):
+    """``bench jobs``: one training alone vs two side by side, each in a fresh process: both did
+    the same steps, the ratios are measured, the table names both variants."""
+    model_dir = tmp_path / "tiny-bert"
+    saved_tiny_bert(model_dir)
+    argv = ["jobs", "--quick", "--threads", "2", "--model", str(model_dir), "--data-dir", str(SAMPLES)]
+    result = _run_json(capsys, argv + ["--json"])
+    assert result["benchmark"] == "jobs" and result["settings"]["threads"] == 2
+    assert (result["alone"]["threads"], result["side_by_side"]["jobs"], result["side_by_side"]["threads_each"]) == (2, 2, 1)
+    steps = result["settings"]["steps"]
+    for variant, runs in (("alone", 1), ("side_by_side", 2)):
+        figures = result[variant]
+        assert _positive_finite(figures["steps_per_s"]) and _positive_finite(figures["cpu_s_per_step"])
+        assert figures["steps_per_s"] == pytest.approx(runs * steps / figures["wall_s"], rel=1e-9)
+        assert figures["loop_s"] < figures["wall_s"]           # process start and model load are outside the loop
+    ratios = result["ratios"]
+    assert ratios["side_by_side_vs_alone_throughput"] == pytest.approx(
+        result["side_by_side"]["steps_per_s"] / result["alone"]["steps_per_s"], rel=1e-9)
+    text = bench.format_jobs(result)                           # what the command prints without --json
+    assert text.startswith("jobs benchmark, ") and "1 training, 2 thread(s)" in text
+    assert "2 trainings, 1 thread(s) each" in text and "side_by_side_vs_alone_throughput" in text

@@ -1,4 +1,4 @@
-"""Benchmarks, measured side by side in one run: ``python -m ttmoe_core.bench adapters|moe|serve``.
+"""Benchmarks, measured side by side in one run: ``python -m ttmoe_core.bench adapters|moe|serve|jobs``.
 
 ``adapters``: on the base model (default: the embedded all-MiniLM-L6-v2)
   - inference: frozen model vs the same model with TT-LoRA (rank 5) on every query/value module;
@@ -20,6 +20,10 @@
   padded batch and the same micro-batches), the paper's scheme; the expert part per row and the
   memory for E = 6, 64, 1,000, 10,000; a 1,000-expert pack loaded from disk; single-row latency.
 
+``jobs``: one expert training alone with every thread vs ``--jobs`` copies of it at once, each
+  with its share of the threads, every one in a fresh process (what ``report --jobs`` does):
+  training steps per second of wall time, and CPU seconds per step.
+
 Timing: the variants of a table run interleaved (the order rotates each round) and each figure
 is the median over the rounds; ``torch.cuda.synchronize`` brackets every sample on CUDA.
 ``--json`` prints one JSON object with the same figures (seconds, bytes).
@@ -35,9 +39,10 @@ from collections.abc import Sequence
 import torch
 
 from ..backbone import pick_device
-from ..cli.args import EXIT_USAGE, Parser, UsageError, positive_int, positive_int_list
+from ..cli.args import EXIT_USAGE, Parser, UsageError, int_in, positive_int, positive_int_list
 from ..runinfo import usable_cores
 from .adapters import ADAPTER_DEFAULTS, ADAPTER_QUICK, bench_adapters, format_adapters
+from .jobs import JOBS_DEFAULTS, JOBS_QUICK, bench_jobs, format_jobs
 from .moe import DEMO_PACK, MOE_DEFAULTS, MOE_QUICK, bench_moe, format_moe
 from .serve import SERVE_DEFAULTS, SERVE_QUICK, bench_serve, format_serve
 
@@ -65,6 +70,13 @@ def _run_serve(args: argparse.Namespace, device: torch.device) -> tuple[dict, st
         settings["rss"] = False
     result = bench_serve(settings, args.pack, args.data_dir, device, upper_pack=args.upper_pack)
     return result, format_serve(result)
+
+
+def _run_jobs(args: argparse.Namespace, device: torch.device) -> tuple[dict, str]:
+    if device.type != "cpu":
+        raise UsageError("the jobs benchmark compares CPU trainings: give --device cpu")
+    result = bench_jobs(_settings(args, JOBS_DEFAULTS, JOBS_QUICK), args.data_dir, torch.get_num_threads())
+    return result, format_jobs(result)
 
 
 def build_parser() -> Parser:
@@ -124,6 +136,18 @@ def build_parser() -> Parser:
     s.add_argument("--no-rss", action="store_true",
                    help="skip the memory probes (a fresh process per E)")
     s.set_defaults(run=_run_serve)
+
+    j = sub.add_parser("jobs", parents=[common], help="one training with every thread vs several "
+                                                     "side by side (report --jobs)")
+    j.add_argument("--model", default=None, help="base model (default: embedded all-MiniLM-L6-v2)")
+    j.add_argument("--data-dir", default=None, help="task data folder (default: the engine's)")
+    j.add_argument("--task", default=None, help="task trained (default mnli; quick: sst2)")
+    j.add_argument("--method", default=None, choices=["tt-lora", "lora", "adapter"],
+                   help="method trained (default tt-lora)")
+    j.add_argument("--steps", type=positive_int, default=None, help="steps per training (default 100)")
+    j.add_argument("--jobs", type=int_in(2, 64), default=None, help="trainings side by side (default 2)")
+    j.add_argument("--train-rows", type=positive_int, default=None, help="training rows (default 2000)")
+    j.set_defaults(run=_run_jobs)
     return parser
 
 
@@ -132,11 +156,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     one line ``error: ...`` on stderr and return 2."""
     try:
         args = build_parser().parse_args(argv)
+        torch.set_num_threads(args.threads or usable_cores())
+        result, text = args.run(args, pick_device(args.device))
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    torch.set_num_threads(args.threads or usable_cores())
-    result, text = args.run(args, pick_device(args.device))
     print(json.dumps(result) if args.json else text)
     return 0
 
