@@ -339,6 +339,8 @@ def test_jobs_quick_json_and_table(tmp_path, capsys, restore_threads):
     ratios = result["ratios"]
     assert ratios["side_by_side_vs_alone_throughput"] == pytest.approx(
         result["side_by_side"]["steps_per_s"] / result["alone"]["steps_per_s"], rel=1e-9)
+    assert ratios["side_by_side_vs_alone_loop_throughput"] == pytest.approx(
+        2 * result["alone"]["loop_s"] / result["side_by_side"]["loop_s"], rel=1e-9)
     text = bench.format_jobs(result)                           # what the command prints without --json
     assert text.startswith("jobs benchmark, ") and "1 training, 2 thread(s)" in text
     assert "2 trainings, 1 thread(s) each" in text and "side_by_side_vs_alone_throughput" in text
