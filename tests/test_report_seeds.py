@@ -231,6 +231,8 @@ def test_trainings_side_by_side_match_one_at_a_time(samples_dir, tmp_path):
     for method in report.METHODS:
         part = tmp_path / "w" / "experts" / f"sst2-{method}-seed0"
         assert part.is_dir() and not part.with_name(f"{part.name}.checkpoint").exists()
+        # each process was told to checkpoint (a run with a work folder can be resumed)
+        assert run._experts[("sst2", method, 0)].config.checkpoint_every == 100
 
     # the same TT-LoRA training, alone, in a fresh one-thread process: the same weights and metric
     key, config, _ = run._plan("sst2", "tt-lora", 0)

@@ -131,10 +131,10 @@ class Run:
 
         def train(key: tuple[str, str, int], config: experts.ExpertConfig, part: Path | None):
             started, t0 = runinfo.now(), time.perf_counter()
+            checkpoint = self._checkpoint(config, part)          # sets the config's checkpoint_every
             out = train_in_fresh_process(config.to_dict(), self.backbone.info.name, self.data(key[0], "train"),
-                                         self.data(key[0], "validation"),
-                                         checkpoint_dir=self._checkpoint(config, part), resume=self.resume,
-                                         threads=threads)
+                                         self.data(key[0], "validation"), checkpoint_dir=checkpoint,
+                                         resume=self.resume, threads=threads)
             return out.pop("expert"), out, started, time.perf_counter() - t0
 
         with ThreadPoolExecutor(max_workers=jobs) as pool:     # threads wait on the processes
