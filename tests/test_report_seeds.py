@@ -6,13 +6,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import shutil
-import types
+import time
+from datetime import datetime
 
 import numpy as np
 import pytest
 import torch
 
-from ttmoe_core import report, store
+from ttmoe_core import experts, report, store, tasks
 from ttmoe_core.report import methods, seeds
 from ttmoe_core.report import run as report_run
 from ttmoe_core.report.experiment import Run
@@ -206,8 +207,16 @@ def test_budgets_share_one_stopping_rule_for_every_method():
 # ----------------------------------------------------------------------------- trainings side by side
 
 
+@pytest.fixture
+def two_threads():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.mark.slow
-def test_trainings_side_by_side_match_one_at_a_time(samples_dir, tmp_path):
+def test_trainings_side_by_side_match_one_at_a_time(samples_dir, tmp_path, two_threads):
     """``report --jobs 2``: experiment 2's experts train two at a time in fresh one-thread
     processes; each comes out bit-identical to the same training run alone in a fresh process
     with the same thread count, its record says it shared the cores, and a resumed run reuses it."""
@@ -216,17 +225,15 @@ def test_trainings_side_by_side_match_one_at_a_time(samples_dir, tmp_path):
 
     bb = saved_tiny_bert(tmp_path / "model")
     budget = dataclasses.replace(_tiny_budget(), seeds=(0,), measure_memory=True)
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)                    # two jobs: one thread each
-        run = Run(budget=budget, backbone=bb, data_dir=samples_dir, comparison_tasks=["sst2"], jobs=2)
-        report_run._work_dir(run, tmp_path / "w", False, {"settings": 1})
-        exp = methods.exp_methods(run)
-    finally:
-        torch.set_num_threads(threads)
+    run = Run(budget=budget, backbone=bb, data_dir=samples_dir, comparison_tasks=["sst2"], jobs=2)
+    report_run._work_dir(run, tmp_path / "w", False, {"settings": 1})
+    exp = methods.exp_methods(run)                  # two threads (fixture): one a training
     assert {(r["method"], r["side_by_side"], r["threads"]) for r in exp["rows"]} == \
         {(m, 2, 1) for m in report.METHODS}
-    assert all(r["peak_growth_mib"] > 0 and r["cpu_seconds"] > 0 for r in exp["rows"])
+    assert all(r["peak_growth_mib"] > 0 and r["cpu_seconds"] > 0 for r in run.trainings.values())
+    # the first two ran at the same time: the second started before the first ended
+    spans = sorted((datetime.fromisoformat(r["started"]).timestamp(), r["wall_seconds"]) for r in run.trainings.values())
+    assert spans[1][0] < spans[0][0] + spans[0][1]
     assert any("ran side by side (2 at a time" in d for d in exp["differences"])
     for method in report.METHODS:
         part = tmp_path / "w" / "experts" / f"sst2-{method}-seed0"
@@ -252,12 +259,63 @@ def test_trainings_side_by_side_match_one_at_a_time(samples_dir, tmp_path):
     assert methods.exp_methods(again)["rows"] == exp["rows"] and not [t for t in told if "train" in t]
 
 
-def test_side_by_side_needs_a_positive_count_and_the_cpu(tiny_bert, samples_dir):
-    run = Run(budget=_tiny_budget(), backbone=tiny_bert, data_dir=samples_dir, comparison_tasks=["sst2"])
+def test_jobs_need_a_positive_count_the_cpu_and_a_thread_each(two_threads):
+    from ttmoe_core.report.experiment import check_jobs
+
+    check_jobs(1, torch.device("cuda"))                     # one at a time runs anywhere
+    check_jobs(2, torch.device("cpu"))
     with pytest.raises(report.ReportError, match="at least 1"):
-        run.train_side_by_side([("sst2", "lora", 0)], 0)
-    gpu = Run(budget=_tiny_budget(), backbone=types.SimpleNamespace(device=torch.device("cuda"), info=tiny_bert.info),
-              data_dir=samples_dir, comparison_tasks=["sst2"])
-    with pytest.raises(report.ReportError, match="run on CPU"):
-        gpu.train_side_by_side([("sst2", "lora", 0)], 2)
-    assert run.trainings == {}
+        check_jobs(0, torch.device("cpu"))
+    with pytest.raises(report.ReportError, match="side by side on CPU"):
+        check_jobs(2, torch.device("cuda"))
+    with pytest.raises(report.ReportError, match="needs a torch thread per training; this process has 2"):
+        check_jobs(3, torch.device("cpu"))
+
+
+def test_a_failed_training_stops_the_others_and_keeps_the_finished(tiny_bert, samples_dir, tmp_path,
+                                                                   monkeypatch, two_threads):
+    """Pool of 2 over TT-LoRA, LoRA, adapter: TT-LoRA finishes and is kept; LoRA fails; the
+    adapter (started when TT-LoRA finished) is told to stop; ReportError names the failure."""
+    from tests.tinymodels import tiny_expert
+    from ttmoe_core.report import experiment
+
+    finished = tiny_expert(tiny_bert, "sst2")
+    calls, stopped = [], []
+
+    def fake(config, model_name, train, valid, checkpoint_dir=None, resume=False, threads=None, stop=None):
+        calls.append((config["method"], threads, config["checkpoint_every"]))
+        if config["method"] == "tt-lora":
+            return {"expert": finished, "peak_growth_mib": 1.5}
+        if config["method"] == "lora":
+            time.sleep(0.5)
+            raise report.ReportError("boom")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:                  # a long training, until told to stop
+            if stop():
+                stopped.append(config["method"])
+                raise report.ReportError("stopped")
+            time.sleep(0.02)
+        raise AssertionError("never told to stop")
+
+    monkeypatch.setattr(experiment, "train_in_fresh_process", fake)
+    budget = dataclasses.replace(_tiny_budget(), seeds=(0,), measure_memory=True)
+    run = Run(budget=budget, backbone=tiny_bert, data_dir=samples_dir, comparison_tasks=["sst2"], jobs=2)
+    report_run._work_dir(run, tmp_path / "w", False, {"settings": 1})
+    with pytest.raises(report.ReportError, match=r"LoRA on sst2 \(seed 0\): boom.*1 of 3 trainings finished"):
+        run.train_side_by_side(methods.training_order(run), 2)
+    assert sorted(c[0] for c in calls) == ["adapter", "lora", "tt-lora"] and stopped == ["adapter"]
+    assert {c[1] for c in calls} == {1} and {c[2] for c in calls} == {100}   # a thread each; checkpoints
+    assert list(run.trainings) == [("sst2", "tt-lora", 0)]
+    record = run.trainings[("sst2", "tt-lora", 0)]
+    assert (record["side_by_side"], record["threads"], record["peak_growth_mib"]) == (2, 1, 1.5)
+    assert (tmp_path / "w" / "experts" / "sst2-tt-lora-seed0.training.json").is_file()
+    assert not (tmp_path / "w" / "experts" / "sst2-lora-seed0.training.json").exists()
+
+
+def test_a_stopped_fresh_process_is_terminated(samples_dir):
+    from ttmoe_core.report import worker
+
+    train = tasks.load_task("sst2", "train", data_dir=samples_dir, limit=16)
+    config = experts.ExpertConfig(task="sst2", steps=10_000, batch_size=4, max_length=32, eval_limit=8)
+    with pytest.raises(report.ReportError, match="stopped"):
+        worker.train_in_fresh_process(config.to_dict(), "all-minilm-l6-v2", train, train, stop=lambda: True)

@@ -75,7 +75,11 @@ def _run_serve(args: argparse.Namespace, device: torch.device) -> tuple[dict, st
 def _run_jobs(args: argparse.Namespace, device: torch.device) -> tuple[dict, str]:
     if device.type != "cpu":
         raise UsageError("the jobs benchmark compares CPU trainings: give --device cpu")
-    result = bench_jobs(_settings(args, JOBS_DEFAULTS, JOBS_QUICK), args.data_dir, torch.get_num_threads())
+    settings = _settings(args, JOBS_DEFAULTS, JOBS_QUICK)
+    if settings["jobs"] > torch.get_num_threads():
+        raise UsageError(f"--jobs {settings['jobs']} needs a thread per training: give --threads "
+                         f"{settings['jobs']} or more (now {torch.get_num_threads()})")
+    result = bench_jobs(settings, args.data_dir, torch.get_num_threads())
     return result, format_jobs(result)
 
 

@@ -57,9 +57,10 @@ def bench_jobs(settings: dict, data_dir: str | Path | None, threads: int) -> dic
     """One training alone with ``threads`` threads vs ``settings['jobs']`` side by side."""
     load_before = load_average()
     jobs = settings["jobs"]
-    if jobs < 2:
-        raise ValueError(f"jobs must be at least 2 to compare with one training, got {jobs}")
-    share = max(1, threads // jobs)
+    if not 2 <= jobs <= threads:
+        raise ValueError(f"jobs must be at least 2 (to compare with one training) and at most the "
+                         f"{threads} thread(s) (one each), got {jobs}")
+    share = threads // jobs
     train = tasks.load_task(settings["task"], "train", data_dir=data_dir, limit=settings["train_rows"], seed=0)
     valid = tasks.load_task(settings["task"], "validation", data_dir=data_dir, limit=16, seed=0)
     config = experts.ExpertConfig(task=settings["task"], method=settings["method"], steps=settings["steps"],
@@ -78,8 +79,8 @@ def bench_jobs(settings: dict, data_dir: str | Path | None, threads: int) -> dic
     def med(samples: list[dict], key: str) -> float:
         return statistics.median(s[key] for s in samples)
 
-    rate_alone = statistics.median(s["steps"] / s["wall_s"] for s in alone)
-    rate_together = statistics.median(s["steps"] / s["wall_s"] for s in together)
+    rate_alone = settings["steps"] / med(alone, "wall_s")            # steps per median wall second
+    rate_together = jobs * settings["steps"] / med(together, "wall_s")
     figures = {
         "alone": {"threads": threads, "wall_s": med(alone, "wall_s"), "loop_s": med(alone, "loop_s"),
                   "cpu_s_per_step": med(alone, "cpu_s") / settings["steps"], "steps_per_s": rate_alone},
@@ -93,9 +94,9 @@ def bench_jobs(settings: dict, data_dir: str | Path | None, threads: int) -> dic
                                   # the loops alone (no process start, no model load): what counts
                                   # for trainings of thousands of steps
                                   "side_by_side_vs_alone_loop_throughput":
-                                      jobs * figures["alone"]["loop_s"] / figures["side_by_side"]["loop_s"],
+                                      jobs * med(alone, "loop_s") / med(together, "loop_s"),
                                   "cpu_per_step_side_by_side_vs_alone":
-                                      figures["side_by_side"]["cpu_s_per_step"] / figures["alone"]["cpu_s_per_step"]})}
+                                      med(together, "cpu_s") / med(alone, "cpu_s")})}
 
 
 def format_jobs(result: dict) -> str:

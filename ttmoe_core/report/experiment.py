@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -105,53 +106,93 @@ class Run:
 
     def train_side_by_side(self, keys: Sequence[tuple[str, str, int]], jobs: int) -> None:
         """Train the experts of ``keys`` (task, method, seed) not trained yet, ``jobs`` at a time,
-        each in its own fresh process with ``torch.get_num_threads() // jobs`` threads (at least
-        one), on CPU; ``expert`` then finds them trained. Small models use two cores poorly, so
-        two one-thread trainings side by side get through more steps an hour than one
-        two-thread training (bench/RESULTS.md); each keeps its peak memory and CPU time, and
-        its record says how many ran side by side."""
-        if jobs < 1:
-            raise ReportError(f"jobs must be at least 1, got {jobs}")
-        if self.backbone.device.type != "cpu":
-            raise ReportError("trainings side by side (--jobs > 1) run on CPU; on "
-                              f"{self.backbone.device.type} run one at a time (--jobs 1)")
-        plans = {}                                  # key → (key, config, part), in the order given
+        each in its own fresh process with ``torch.get_num_threads() // jobs`` threads, on CPU;
+        ``expert`` then finds them trained. Small models use two cores poorly, so two one-thread
+        trainings side by side get through more steps an hour than one two-thread training
+        (bench/RESULTS.md); each keeps its peak memory and CPU time, and its record says how
+        many ran at a time (``side_by_side``: the pool's size; the last may run alone).
+
+        Progress is told per finished training. A failed training, or ``should_stop()``, ends
+        the others within ``worker.POLL_S`` seconds (their checkpoints stay) and starts no new
+        one; the finished ones are kept, then ReportError names what failed."""
+        check_jobs(jobs, self.backbone.device)
+        todo: list[tuple[tuple[str, str, int], experts.ExpertConfig, Path | None, Path | None]] = []
         for task, method, seed in keys:
             key, config, part = self._plan(task, method, seed)
-            if key not in plans and key not in self._experts and not self._reuse(key, config, part):
-                plans[key] = (key, config, part)
-        todo = list(plans.values())
+            if key in self._experts or key in {t[0] for t in todo} or self._reuse(key, config, part):
+                continue
+            todo.append((key, config, part, self._checkpoint(config, part)))
         if not todo:
             return
-        threads = max(1, torch.get_num_threads() // jobs)
-        for (task, _, _), _, _ in todo:              # load the data here, not in the workers' threads
+        threads = torch.get_num_threads() // jobs
+        for (task, _, _), *_ in todo:                # load the data here, not in the workers' threads
             self.data(task, "train"), self.data(task, "validation")
-        stage = f"training {len(todo)} experts, {min(jobs, len(todo))} side by side ({threads} thread(s) each)"
-        self.tell(stage, 0, len(todo))
+        pool_size = min(jobs, len(todo))
+        self.tell(f"training {len(todo)} experts, {pool_size} side by side ({threads} thread(s) each)",
+                  0, len(todo))
+        halt = threading.Event()
 
-        def train(key: tuple[str, str, int], config: experts.ExpertConfig, part: Path | None):
+        def stop() -> bool:
+            return halt.is_set() or (self.should_stop is not None and self.should_stop())
+
+        def train(key, config, part, checkpoint):
+            if stop():
+                return None                          # not started: the run is ending
             started, t0 = runinfo.now(), time.perf_counter()
-            checkpoint = self._checkpoint(config, part)          # sets the config's checkpoint_every
-            out = train_in_fresh_process(config.to_dict(), self.backbone.info.name, self.data(key[0], "train"),
-                                         self.data(key[0], "validation"), checkpoint_dir=checkpoint,
-                                         resume=self.resume, threads=threads)
+            out = train_in_fresh_process(config.to_dict(), self.backbone.info.name,
+                                         self.data(key[0], "train"), self.data(key[0], "validation"),
+                                         checkpoint_dir=checkpoint, resume=self.resume,
+                                         threads=threads, stop=stop)
             return out.pop("expert"), out, started, time.perf_counter() - t0
 
-        with ThreadPoolExecutor(max_workers=jobs) as pool:     # threads wait on the processes
-            running = {pool.submit(train, key, config, part): (key, part) for key, config, part in todo}
-            for done, future in enumerate(as_completed(running), start=1):
-                key, part = running[future]
-                expert, out, started, wall = future.result()
-                memory = _fresh_memory(out) if self.budget.measure_memory else {
-                    "memory_measure": None, "peak_growth_mib": None}
-                self._keep(key, expert, part, started, wall,
-                           {**memory, "threads": threads, "side_by_side": min(jobs, len(todo))})
-                record = self.trainings[key]
-                self.tell(f"trained {METHOD_LABELS[key[1]]} expert on {key[0]} (seed {key[2]}): "
-                          f"{record['metric']} {record['value']:.3f} after {record['steps_run']} steps",
-                          done, len(todo))
+        errors: list[str] = []
+        parts = {key: part for key, _, part, _ in todo}
+        with ThreadPoolExecutor(max_workers=jobs) as pool:     # its threads wait on the processes
+            running = {pool.submit(train, *item): item[0] for item in todo}
+            try:
+                self._collect(running, parts, halt, errors, threads, pool_size)
+            except BaseException:                    # interrupted, or a record not written: stop all
+                halt.set()
+                raise
+        # the records in the order asked for (they finish in any order)
+        asked = [k for k, *_ in todo]
+        order = [k for k in self.trainings if k not in parts] + [k for k in asked if k in self.trainings]
+        self.trainings = {k: self.trainings[k] for k in order}
+        if errors:
+            kept = sum(k in self.trainings for k in asked)
+            raise ReportError(f"{'; '.join(errors)} ({kept} of {len(todo)} trainings finished and kept; "
+                              "--resume continues the others from their checkpoints)")
 
-    def _plan(self, task: str, method: str, seed: int | None):
+    def _collect(self, running: dict, parts: dict, halt: threading.Event, errors: list[str],
+                 threads: int, pool_size: int) -> None:
+        """``train_side_by_side``'s results as they finish: keep each; on a failure or a cancel,
+        set ``halt`` (the others stop) and add to ``errors``."""
+        for done, future in enumerate(as_completed(running), start=1):
+            key = running[future]
+            label = f"{METHOD_LABELS[key[1]]} on {key[0]} (seed {key[2]})"
+            try:
+                result = future.result()
+            except Exception as exc:             # noqa: BLE001 (reported after the others stop)
+                halt.set()
+                errors.append(f"{label}: {exc}")
+                continue
+            if result is None:                   # not started: the run is ending
+                continue
+            expert, out, started, wall = result
+            memory = _fresh_memory(out) if self.budget.measure_memory else {
+                "memory_measure": None, "peak_growth_mib": None}
+            self._keep(key, expert, parts[key], started, wall,
+                       {**memory, "threads": threads, "side_by_side": pool_size})
+            record = self.trainings[key]
+            try:
+                self.tell(f"trained {label}: {record['metric']} {record['value']:.3f} after "
+                          f"{record['steps_run']} steps", done, len(running))
+            except ReportError as exc:           # cancelled
+                halt.set()
+                errors.append(str(exc))
+
+    def _plan(self, task: str, method: str,
+              seed: int | None) -> tuple[tuple[str, str, int], experts.ExpertConfig, Path | None]:
         """(key, config, part folder or None) of the (task, method, seed) expert under the budget."""
         b = self.budget
         seed = b.seed if seed is None else seed
@@ -241,6 +282,19 @@ class Run:
         b = self.budget
         return baselines.FusionConfig(steps=steps, batch_size=b.batch_size, max_length=b.max_length,
                                       seed=b.seed)
+
+
+def check_jobs(jobs: int, device: torch.device) -> None:
+    """ReportError unless ``jobs`` trainings side by side can run: at least 1, on CPU, and no more
+    than this process's torch threads (each gets at least one)."""
+    if jobs < 1:
+        raise ReportError(f"--jobs must be at least 1, got {jobs}")
+    if jobs > 1 and device.type != "cpu":
+        raise ReportError(f"--jobs {jobs} trains side by side on CPU; on {device.type} run one training "
+                          "at a time (--jobs 1)")
+    if jobs > torch.get_num_threads():
+        raise ReportError(f"--jobs {jobs} needs a torch thread per training; this process has "
+                          f"{torch.get_num_threads()} (OMP_NUM_THREADS, or the cores)")
 
 
 def _fresh_memory(out: Mapping[str, float]) -> dict:

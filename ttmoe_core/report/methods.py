@@ -53,16 +53,18 @@ def _memory_note(measure: str | None) -> str:
 
 
 def _sharing_note(rows: list[dict]) -> list[str]:
-    """How many trainings shared the cores (``report --jobs``), when any did."""
+    """How many trainings shared the cores (``report --jobs``), when any did, and which did not."""
     shared = [r for r in rows if (r.get("side_by_side") or 1) > 1]
     if not shared:
         return []
     jobs = sorted({r["side_by_side"] for r in shared})
     threads = sorted({r["threads"] for r in shared if r.get("threads")})
+    alone = [f"{r['task']} {METHOD_LABELS[r['method']]} seed {r['seed']}" for r in rows if r not in shared]
     return [f"{len(shared)} of {len(rows)} trainings ran side by side ({' or '.join(map(str, jobs))} at a "
             f"time, each in its own process with {' or '.join(map(str, threads)) or 'its share of the'} "
-            "torch thread(s)): their CPU seconds are their own, their wall and training seconds "
-            "include waiting on the shared cores."]
+            "torch thread(s)): their CPU seconds are their own (one thread spends less CPU a step "
+            "than two that wait on each other), their wall and training seconds include sharing "
+            "the cores" + (f"; one at a time: {', '.join(alone)}." if alone else ".")]
 
 
 MARGIN = 0.02     # "comparable": TT-LoRA at most 2 points below a baseline
@@ -116,17 +118,22 @@ def _task_evidence(outcome: dict, comparisons: list[dict]) -> str:
             f"({outcome['outcome']})")
 
 
+def training_order(run: Run) -> list[tuple[str, str, int]]:
+    """Experiment 2's (task, method, seed) trainings, seed-major: every task and method of the
+    first seed before any of the second, so a long run stopped part-way (``report --status``)
+    already holds one whole comparison."""
+    return [(task, method, seed) for seed in run.budget.seeds for task in run.comparison_tasks
+            for method in METHODS]
+
+
 def exp_methods(run: Run) -> dict:
     """One expert per task, method and seed, same loop and stopping rule; mean ± std over seeds
     of the metric, steps, time; parameters and memory."""
     rows = []
     seed_list = list(run.budget.seeds)
-    # seed-major: every (task, method) of the first seed before any second seed, so a long run
-    # stopped part-way (``report --status``) already holds one whole comparison
-    order = [(task, method, seed) for seed in seed_list for task in run.comparison_tasks for method in METHODS]
     if run.jobs > 1:
-        run.train_side_by_side(order, run.jobs)
-    for seed in seed_list:
+        run.train_side_by_side(training_order(run), run.jobs)
+    for seed in seed_list:                          # in ``training_order``'s order
         for task in run.comparison_tasks:
             by_method = {m: run.expert(task, m, measure_memory=True, seed=seed) for m in METHODS}
             lora = by_method["lora"]

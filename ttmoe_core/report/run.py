@@ -19,10 +19,10 @@ from ..tasks import DEMO_TASKS
 from .budgets import (FIGURES_DIR, MARKDOWN_FILE, PAPER, RESULTS_FILE, Progress, ReportBudget, ReportError,
                       resolve_budget)
 from .contraction import exp_contraction
-from .experiment import Run
+from .experiment import Run, check_jobs
 from .integration import exp_integration
 from .markdown import render_markdown
-from .methods import exp_methods
+from .methods import exp_methods, training_order
 from .mixed import exp_mixed
 from .plots import build_figures, write_figures
 from .routers import exp_routers
@@ -83,15 +83,11 @@ def run_report(budget: str | ReportBudget, out: str | Path, progress: Progress |
                           f"the mixture, the data has {len(integration)} tasks")
     if set(b.fusion_tasks) - set(integration):
         raise ReportError(f"fusion tasks {sorted(set(b.fusion_tasks) - set(integration))} have no expert")
-    if jobs < 1:
-        raise ReportError(f"--jobs must be at least 1, got {jobs}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     started, t0 = runinfo.now(), time.perf_counter()
     backbone = load_backbone()
-    if jobs > 1 and backbone.device.type != "cpu":
-        raise ReportError(f"--jobs {jobs} trains side by side on CPU; on {backbone.device.type} "
-                          "run one training at a time (--jobs 1)")
+    check_jobs(jobs, backbone.device)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     run = Run(budget=b, backbone=backbone, data_dir=data_path, progress=progress,
               should_stop=should_stop, comparison_tasks=comparison, integration_tasks=integration,
               jobs=jobs)
@@ -105,6 +101,10 @@ def run_report(budget: str | ReportBudget, out: str | Path, progress: Progress |
     results: dict = {"meta": meta, "paper": dict(PAPER), "experiments": {}}
     finished = _work_dir(run, work_dir, resume, {"settings": meta["settings"],
                                                  "data_dir": meta["data_dir"]})
+    if jobs > 1 and "methods" not in finished:
+        # every expert of experiment 2 side by side first, so that none of them (e.g. the one
+        # experiment 1 times) trains alone under other conditions than the rest
+        run.train_side_by_side(training_order(run), jobs)
     for done, (name, fn) in enumerate(EXPERIMENTS.items()):
         run.tell(f"experiment {done + 1}/{len(EXPERIMENTS)}: {name}", done, len(EXPERIMENTS))
         # the routers experiment also sets the mixture's router: rerun it unless "mixed" is done

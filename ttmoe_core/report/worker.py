@@ -14,6 +14,7 @@ import pickle
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -75,15 +76,19 @@ def main(src: str, dst: str) -> None:
 
 def train_in_fresh_process(config: dict, model_name: str, train: tasks.TaskData,
                            valid: tasks.TaskData, checkpoint_dir: Path | None = None,
-                           resume: bool = False, threads: int | None = None) -> dict:
+                           resume: bool = False, threads: int | None = None,
+                           stop: Callable[[], bool] | None = None) -> dict:
     """``measured_training`` in a new Python process (so ru_maxrss is that training's alone),
-    with ``threads`` torch threads (None: as many as this process has).
+    with ``threads`` torch threads (None: as many as this process has). ``stop()``, asked every
+    ``POLL_S`` seconds while the child runs, ends it early: the child is terminated (its last
+    checkpoint stays, so ``resume`` continues it) and ReportError is raised.
 
     A plain subprocess rather than multiprocessing: spawn would re-import the caller's main
     script, which breaks scripts without a ``__main__`` guard.
     """
+    what = f"training {config['method']} on {config['task']}"
     with tempfile.TemporaryDirectory(prefix="ttmoe-report-") as tmp:
-        src, dst = Path(tmp) / "in.pkl", Path(tmp) / "out.pkl"
+        src, dst, log = Path(tmp) / "in.pkl", Path(tmp) / "out.pkl", Path(tmp) / "stderr.txt"
         with src.open("wb") as f:
             pickle.dump({"config": config, "model_name": model_name, "train": train, "valid": valid,
                          "threads": threads or torch.get_num_threads(), "resume": resume,
@@ -93,11 +98,36 @@ def train_in_fresh_process(config: dict, model_name: str, train: tasks.TaskData,
         if threads:                          # the child's OpenMP/MKL pools: no more than its share
             env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
         code = "import sys; from ttmoe_core.report.worker import main; main(sys.argv[1], sys.argv[2])"
-        done = subprocess.run([sys.executable, "-c", code, str(src), str(dst)],
-                              env=env, capture_output=True, text=True)
-        if done.returncode != 0:
-            tail = " | ".join(done.stderr.strip().splitlines()[-3:])
-            raise ReportError(f"training {config['method']} on {config['task']} in a subprocess failed "
-                              f"(exit {done.returncode}): {tail}")
+        with log.open("w") as err:
+            child = subprocess.Popen([sys.executable, "-c", code, str(src), str(dst)], env=env,
+                                     stdout=subprocess.DEVNULL, stderr=err)
+            try:
+                returncode = _wait(child, stop)
+            except BaseException:            # stopped, or this process interrupted: no orphan
+                child.terminate()
+                child.wait()
+                raise
+        if returncode is None:
+            raise ReportError(f"{what} stopped (its checkpoint, if any, is kept: --resume continues it)")
+        if returncode != 0:
+            tail = " | ".join(log.read_text(errors="replace").strip().splitlines()[-3:])
+            raise ReportError(f"{what} in a subprocess failed (exit {returncode}): {tail}")
         with dst.open("rb") as f:
             return pickle.load(f)
+
+
+POLL_S = 1.0   # how often a waiting ``train_in_fresh_process`` asks ``stop()``
+
+
+def _wait(child: subprocess.Popen, stop: Callable[[], bool] | None) -> int | None:
+    """The child's exit code; None when ``stop()`` said to end it first (then it is terminated)."""
+    if stop is None:
+        return child.wait()
+    while True:
+        try:
+            return child.wait(timeout=POLL_S)
+        except subprocess.TimeoutExpired:
+            if stop():
+                child.terminate()
+                child.wait()
+                return None
