@@ -187,6 +187,8 @@ def test_methods_over_seeds_and_a_resumed_run_keeps_each_seed(tiny_bert, samples
     assert report.work_status(work)["comparisons"] == []
     text = report.render_status(partial)
     assert "**8 of 9**" in text and f"Rule: {seeds.SPREAD_RULE}." in text and "(sst2: 0, 1)" in text
+    threads = torch.get_num_threads()
+    assert f"| alone, {threads} thread{'s' if threads != 1 else ''} |" in text   # how each run shared the cores
     with pytest.raises(report.ReportError, match="not a report work folder"):
         report.work_status(tmp_path)
 

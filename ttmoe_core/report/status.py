@@ -87,6 +87,16 @@ def work_status(work_dir: str | Path) -> dict:
             "experiments": list(SECTIONS)}
 
 
+def _how_it_ran(record: dict) -> str:
+    """``alone, 2 threads`` / ``2 side by side, 1 thread each`` (``report --jobs``); ``–`` for a
+    record from before the report wrote it."""
+    threads, jobs = record.get("threads"), record.get("side_by_side")
+    if threads is None or jobs is None:
+        return "–"
+    each = f"{threads} thread{'s' if threads != 1 else ''}"
+    return f"alone, {each}" if jobs == 1 else f"{jobs} side by side, {each} each"
+
+
 def render_status(status: dict) -> str:
     """``work_status`` as Markdown: progress, the finished runs, mean ± std so far, TT-LoRA against
     each baseline on the tasks where all three methods have a finished run."""
@@ -112,10 +122,10 @@ def render_status(status: dict) -> str:
     if not status["finished"]:
         return "\n".join(lines + ["No training has finished yet.", ""])
     lines += ["Every finished run (validation metric of the weights kept at the best hold-out step):", "",
-              _table(["task", "method", "seed", "metric", "value", "steps run", "best step", "CPU s"],
+              _table(["task", "method", "seed", "metric", "value", "steps run", "best step", "CPU s", "ran"],
                      [[r["task"], METHOD_LABELS.get(r["method"], r["method"]), str(r["seed"]), r["metric"],
                        fmt(r["value"], "f3"), fmt(r.get("steps_run"), "int"), fmt(r.get("best_step"), "int"),
-                       fmt(r.get("cpu_seconds"), "f1")] for r in status["finished"]]), "",
+                       fmt(r.get("cpu_seconds"), "f1"), _how_it_ran(r)] for r in status["finished"]]), "",
               "Per task and method over the seeds finished so far (mean ± sample std; one seed: no spread):", "",
               _table(["task", "method", "seeds", "metric", "mean ± std", "steps run", "CPU s"],
                      [[r["task"], METHOD_LABELS.get(r["method"], r["method"]), str(r["n"]), r["metric"],
