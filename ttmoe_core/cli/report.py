@@ -81,7 +81,9 @@ def add_parsers(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--jobs", type=int_in(1, 64), default=1,
                         help="experiment 2: train this many experts at a time, each in its own process "
                              "with its share of the torch threads (CPU only; default 1). On 2 cores "
-                             "2 one-thread jobs get through more steps an hour than one 2-thread job")
+                             "2 one-thread jobs get through more steps an hour than one 2-thread job "
+                             "(python -m ttmoe_core.bench jobs). Progress: a line per finished "
+                             "training; --status shows the runs in progress")
     parser.add_argument("--status", action="store_true",
                         help="run nothing: show what the work folder holds so far (finished "
                              "trainings, runs in progress, mean ± std over the seeds finished)")
