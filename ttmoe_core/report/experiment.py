@@ -116,12 +116,15 @@ class Run:
         the others within ``worker.POLL_S`` seconds (their checkpoints stay) and starts no new
         one; the finished ones are kept, then ReportError names what failed."""
         check_jobs(jobs, self.backbone.device)
-        todo: list[tuple[tuple[str, str, int], experts.ExpertConfig, Path | None, Path | None]] = []
+        # key -> (key, config, part folder, checkpoint folder); a dict keeps the order asked for
+        planned: dict[tuple[str, str, int],
+                      tuple[tuple[str, str, int], experts.ExpertConfig, Path | None, Path | None]] = {}
         for task, method, seed in keys:
             key, config, part = self._plan(task, method, seed)
-            if key in self._experts or key in {t[0] for t in todo} or self._reuse(key, config, part):
+            if key in self._experts or key in planned or self._reuse(key, config, part):
                 continue
-            todo.append((key, config, part, self._checkpoint(config, part)))
+            planned[key] = (key, config, part, self._checkpoint(config, part))
+        todo = list(planned.values())
         if not todo:
             return
         threads = torch.get_num_threads() // jobs
