@@ -12,7 +12,7 @@ from pages import common
 from ttmoe_core import report
 
 REPORT_ENV = "TTMOE_REPORT_DIR"        # another report folder to show (else <repo>/reports)
-COMMAND = "python -m ttmoe_core report --budget full --out reports"
+COMMAND = "python -m ttmoe_core report --budget full-demo --out reports --work-dir reports-work --resume"
 
 ws = common.setup()
 registry = common.job_registry()
@@ -53,8 +53,14 @@ def show_report(results: dict, key: str) -> None:
     holds = sum(exp["claim"]["verdict"] == "holds" for exp in exps.values())
     cols = st.columns(4)
     cols[0].metric("Budget", meta["budget"])
-    cols[1].metric("Run time", f"{meta['seconds'] / 60:.1f} min",
-                   help="Wall time of the whole run, training included.")
+    starts = len(meta.get("sessions") or [])
+    if starts > 1:      # resumed: the run time over every start
+        cols[1].metric("Run time", f"{meta['seconds_all_sessions'] / 3600:.1f} h",
+                       help=f"Wall time over the run's {starts} starts (`--resume`), training included; "
+                            "each interrupted start counted to its last finished training or experiment.")
+    else:
+        cols[1].metric("Run time", f"{meta['seconds'] / 60:.1f} min",
+                       help="Wall time of the whole run, training included.")
     finished = common.fmt_date(meta.get("finished"))
     cols[2].metric("Finished", finished.split(" ")[0], help=finished)   # the day fits; hover: time
     cols[3].metric("Paper's claims that hold here", f"{holds} of {len(exps)}")

@@ -384,9 +384,22 @@ def _compare_page(report_dir, tmp_path, monkeypatch):
 def test_compare_page_shows_the_committed_report(tmp_path, monkeypatch):
     """The committed reports/ was written by an older version (other machine keys): still shown."""
     at = _compare_page(REPO_ROOT / "reports", tmp_path, monkeypatch)
-    machine = json.loads((REPO_ROOT / "reports" / report.RESULTS_FILE).read_text())["meta"]["machine"]
-    assert any(f"{machine['usable_cpus']} cores · torch {machine['torch']}, {machine['torch_threads']} threads"
+    machine = report.machine_summary(json.loads((REPO_ROOT / "reports" / report.RESULTS_FILE).read_text())["meta"])
+    assert any(f"{machine['cores']} cores · torch {machine['torch']}, {machine['threads']} threads"
                in c.value for c in at.caption)
+
+
+def test_compare_page_gives_a_resumed_runs_time_over_its_starts(tmp_path, monkeypatch):
+    folder = tmp_path / "reports"
+    folder.mkdir()
+    results = synthetic_results()
+    results["meta"].update(sessions=[{"started": "2026-01-01T00:00:00+00:00", "seconds": 5400.0},
+                                     {"started": "2026-01-02T00:00:00+00:00", "seconds": 1800.0}],
+                           seconds_all_sessions=7200.0)
+    (folder / report.RESULTS_FILE).write_text(json.dumps(results))
+    at = _compare_page(folder, tmp_path, monkeypatch)
+    shown = next(m for m in at.metric if m.label == "Run time")
+    assert shown.value == "2.0 h" and "2 starts" in shown.help
 
 
 def test_compare_page_without_a_report(tmp_path, monkeypatch):

@@ -43,6 +43,7 @@ class Run:
     jobs: int = 1                    # experiment 2: trainings side by side (train_side_by_side)
     work_dir: Path | None = None     # finished experts (+ records) and training checkpoints
     resume: bool = False             # reuse work_dir's finished experts, continue its checkpoints
+    on_saved: Callable[[], None] | None = None   # after a training is saved to work_dir (sessions)
     _data: dict[tuple[str, str], tasks.TaskData] = field(default_factory=dict)
     _experts: dict[tuple[str, str, int], experts.Expert] = field(default_factory=dict)
 
@@ -247,6 +248,8 @@ class Run:
             store.save_expert(expert, part)
             store.write_json(part.with_name(f"{part.name}.training.json"), self.trainings[key])
             safefs.remove(part.with_name(f"{part.name}.checkpoint"))
+            if self.on_saved is not None:
+                self.on_saved()
         self._experts[key] = expert
 
     def _finished(self, part: Path, config: experts.ExpertConfig):

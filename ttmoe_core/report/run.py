@@ -26,6 +26,7 @@ from .methods import exp_methods, training_order
 from .mixed import exp_mixed
 from .plots import build_figures, write_figures
 from .routers import exp_routers
+from .sessions import SessionLog, total_seconds
 
 EXPERIMENTS: dict[str, Callable[[Run], dict]] = {
     "contraction": exp_contraction, "methods": exp_methods, "routers": exp_routers,
@@ -101,6 +102,11 @@ def run_report(budget: str | ReportBudget, out: str | Path, progress: Progress |
     results: dict = {"meta": meta, "paper": dict(PAPER), "experiments": {}}
     finished = _work_dir(run, work_dir, resume, {"settings": meta["settings"],
                                                  "data_dir": meta["data_dir"]})
+    sessions = None
+    if run.work_dir is not None:      # the starts of a resumed run, each with its run time
+        sessions = SessionLog.open(run.work_dir, resume)
+        sessions.begin(started, jobs)
+        run.on_saved = lambda: sessions.update(time.perf_counter() - t0)
     if jobs > 1 and "methods" not in finished:
         # every expert of experiment 2 side by side first, so that none of them (e.g. the one
         # experiment 1 times) trains alone under other conditions than the rest
@@ -115,9 +121,14 @@ def run_report(budget: str | ReportBudget, out: str | Path, progress: Progress |
         if run.work_dir is not None:
             store.write_json(run.work_dir / "experiments" / f"{name}.json",
                              results["experiments"][name])
+            run.on_saved()
     results["trainings"] = list(run.trainings.values())
     meta["finished"] = runinfo.now()
     meta["seconds"] = round(time.perf_counter() - t0, 1)
+    if sessions is not None:
+        sessions.update(meta["seconds"])
+        meta["sessions"] = sessions.entries
+        meta["seconds_all_sessions"] = total_seconds(sessions.entries)
     run.tell("writing figures and tables", 0, 1)
     results["figures"] = write_figures(build_figures(results), out / FIGURES_DIR)
     store.write_json(out / RESULTS_FILE, results)

@@ -3,8 +3,8 @@
 ``report --status`` reads ``<work>/settings.json``, the finished trainings of experiment 2
 (``experts/<task>-<method>-seed<k>.training.json`` of the budget's comparison tasks and seeds;
 the other experiments' experts live in the same folder and are left out), the runs in progress
-(their checkpoints' ``state.json``: step, best hold-out score so far) and the finished
-experiments. The finished seeds fold into the same per-task comparison the full report makes
+(their checkpoints' ``state.json``: step, best hold-out score so far), the finished
+experiments and the run's starts (``sessions.json``). The finished seeds fold into the same per-task comparison the full report makes
 (``seeds.aggregate``, ``methods.claim_per_task``), over the seeds where all three methods have
 finished (as ``exp_methods`` always has), so a run stopped part-way already says what it has
 measured, and how much is left.
@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 from .. import tasks as task_registry
-from . import seeds
+from . import seeds, sessions
 from .budgets import METHOD_LABELS, METHODS, SECTIONS, ReportError
 from .markdown import _pm, _table, fmt
 from .methods import MARGIN, claim_per_task
@@ -76,7 +76,11 @@ def work_status(work_dir: str | Path) -> dict:
     comparisons, outcomes = claim_per_task(compared, list(dict.fromkeys(r["task"] for r in whole)))
     done = [name for name in SECTIONS if (work / "experiments" / f"{name}.json").is_file()]
     total = len(tasks) * len(METHODS) * len(seed_list)
-    return {"work_dir": str(work), "budget": budget.get("name"), "seeds": seed_list, "tasks": tasks,
+    try:                                       # the run's starts so far (sessions.json)
+        starts = sessions.SessionLog.open(work, resume=True).entries
+    except ReportError:
+        starts = None
+    return {"sessions": starts, "work_dir": str(work), "budget": budget.get("name"), "seeds": seed_list, "tasks": tasks,
             "trainings_total": total, "trainings_done": len(finished),
             "cpu_seconds_done": sum(r.get("cpu_seconds") or 0.0 for r in finished),
             "finished": finished, "running": running, "aggregate": aggregate,
@@ -112,6 +116,13 @@ def render_status(status: dict) -> str:
                 " more; tasks differ a lot in cost)") + ". "
              f"Experiments finished: {', '.join(status['experiments_done']) or 'none'} "
              f"(of {', '.join(status['experiments'])}).", ""]
+    starts = status.get("sessions")
+    if starts is None:
+        lines += [f"Its `{sessions.FILE}` cannot be read: the run's starts are not known.", ""]
+    elif starts:
+        lines += [f"Started {len(starts)} time(s) (`--resume`) from {starts[0]['started']}, the last at "
+                  f"{starts[-1]['started']}: {sessions.total_seconds(starts) / 3600:.2f} hours of run time "
+                  "(each start counted to its last finished training or experiment).", ""]
     if status["running"]:
         lines += ["In progress (a checkpoint; `report --resume` continues it):", "",
                   _table(["task", "method", "seed", "step", "cap", "best hold-out so far", "at step", "CPU s"],
