@@ -12,7 +12,7 @@ from pages import common
 from ttmoe_core import report
 
 REPORT_ENV = "TTMOE_REPORT_DIR"        # another report folder to show (else <repo>/reports)
-COMMAND = "python -m ttmoe_core report --budget full-demo --out reports --work-dir reports-work --resume"
+COMMAND = "python -m ttmoe_core report --budget full-demo --out reports --work-dir reports.work --resume"
 
 ws = common.setup()
 registry = common.job_registry()
@@ -53,14 +53,11 @@ def show_report(results: dict, key: str) -> None:
     holds = sum(exp["claim"]["verdict"] == "holds" for exp in exps.values())
     cols = st.columns(4)
     cols[0].metric("Budget", meta["budget"])
-    starts = len(meta.get("sessions") or [])
-    if starts > 1:      # resumed: the run time over every start
-        cols[1].metric("Run time", f"{meta['seconds_all_sessions'] / 3600:.1f} h",
-                       help=f"Wall time over the run's {starts} starts (`--resume`), training included; "
-                            "each interrupted start counted to its last finished training or experiment.")
-    else:
-        cols[1].metric("Run time", f"{meta['seconds'] / 60:.1f} min",
-                       help="Wall time of the whole run, training included.")
+    seconds, starts = report.run_time(meta)
+    how = (f", over its {starts} starts (`--resume`): {report.sessions_rule(meta['sessions'])}"
+           if starts > 1 else "")
+    cols[1].metric("Run time", report.duration(seconds),
+                   help=f"Wall time of the whole run, training included{how}.")
     finished = common.fmt_date(meta.get("finished"))
     cols[2].metric("Finished", finished.split(" ")[0], help=finished)   # the day fits; hover: time
     cols[3].metric("Paper's claims that hold here", f"{holds} of {len(exps)}")

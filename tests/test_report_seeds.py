@@ -113,8 +113,8 @@ def test_methods_over_seeds_and_a_resumed_run_keeps_each_seed(tiny_bert, samples
     budget = _tiny_budget()
     first = Run(budget=budget, backbone=tiny_bert, data_dir=samples_dir, comparison_tasks=["sst2"])
     report_run._work_dir(first, tmp_path / "w", False, {"settings": 1})
-    saved = []                                   # the session clock hears of every saved training
-    first.on_saved = lambda: saved.append(len(first.trainings))
+    saved = []                                   # the start's clock hears of every saved training
+    first.clock = lambda force: saved.append(len(first.trainings)) if force else None
     exp = methods.exp_methods(first)
     assert saved == list(range(1, 2 * len(report.METHODS) + 1))
     assert {(r["method"], r["seed"]) for r in exp["rows"]} == {(m, s) for m in report.METHODS for s in (0, 1)}
@@ -144,7 +144,7 @@ def test_methods_over_seeds_and_a_resumed_run_keeps_each_seed(tiny_bert, samples
     again = Run(budget=budget, backbone=tiny_bert, data_dir=samples_dir, comparison_tasks=["sst2"],
                 progress=lambda stage, done, total: told.append(stage))
     report_run._work_dir(again, tmp_path / "w", True, {"settings": 1})
-    again.on_saved = lambda: saved.append("again")
+    again.clock = lambda force: saved.append("again") if force else None
     resumed = methods.exp_methods(again)
     assert not [t for t in told if t.startswith("training")] and "again" not in saved
     assert resumed["rows"] == exp["rows"] and resumed["aggregate"] == exp["aggregate"]

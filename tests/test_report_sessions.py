@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import json
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -12,6 +15,7 @@ from tests.test_report import synthetic_results
 from ttmoe_core import report
 from ttmoe_core.report import sessions
 from ttmoe_core.report.budgets import ReportError
+from ttmoe_core.report.experiment import Run
 from ttmoe_core.report.run import EXPERIMENTS
 
 
@@ -19,14 +23,16 @@ def test_session_log_begins_updates_and_is_read_back_on_resume(tmp_path):
     log = sessions.SessionLog.open(tmp_path, resume=True)          # nothing there yet
     assert log.entries == []
     log.begin("2026-01-01T00:00:00+00:00", jobs=2)
-    log.update(12.34)
+    log.mark(12.34)
     on_disk = json.loads((tmp_path / sessions.FILE).read_text())
     assert on_disk == log.entries and on_disk[0]["seconds"] == 12.3 and on_disk[0]["jobs"] == 2
     assert on_disk[0]["last_seen"] >= on_disk[0]["started"]
 
     again = sessions.SessionLog.open(tmp_path, resume=True)
     again.begin("2026-01-02T00:00:00+00:00", jobs=1)
-    again.update(0.05)
+    again.mark(0.05)
+    again.mark(99.0, force=False)                   # a beat right after a write is not written
+    assert again.entries[-1]["seconds"] == 0.1
     assert [e["started"][:10] for e in again.entries] == ["2026-01-01", "2026-01-02"]
     assert sessions.total_seconds(again.entries) == pytest.approx(12.4)
     assert json.loads((tmp_path / sessions.FILE).read_text())[0]["seconds"] == 12.3   # kept as it was
@@ -38,7 +44,8 @@ def test_session_log_begins_updates_and_is_read_back_on_resume(tmp_path):
 
 @pytest.mark.parametrize("text", ["{not json", '{"started": "x"}', '[{"started": "x", "seconds": -1}]',
                                   '[{"started": 3, "seconds": 1}]', '[{"started": "x", "seconds": true}]',
-                                  '[{"started": "x", "seconds": NaN}]'])
+                                  '[{"started": "x", "seconds": NaN}]',
+                                  '[{"started": "x", "seconds": 1' + "0" * 400 + '}]'])
 def test_a_broken_session_log_names_the_file_and_how_to_go_on(tmp_path, text):
     (tmp_path / sessions.FILE).write_text(text)
     with pytest.raises(ReportError, match=f"{sessions.FILE}.*delete it"):
@@ -53,7 +60,9 @@ JSON = st.recursive(st.none() | st.booleans() | st.floats() | st.integers() | st
 
 @settings(max_examples=150, deadline=None)
 @given(st.one_of(JSON, st.lists(st.fixed_dictionaries({"started": st.text(max_size=8),
-                                                       "seconds": st.floats() | st.integers()}), max_size=3)))
+                                                       "seconds": st.floats() | st.integers(min_value=-10**400,
+                                                                                            max_value=10**400)}),
+                          max_size=3)))
 def test_any_json_is_a_session_log_or_a_clear_error(tmp_path_factory, data):
     folder = tmp_path_factory.mktemp("sessions")
     (folder / sessions.FILE).write_text(json.dumps(data))
@@ -75,8 +84,11 @@ def test_markdown_says_how_a_resumed_run_ran():
     results["meta"].update(sessions=entries, seconds_all_sessions=sessions.total_seconds(entries))
     text = report.render_markdown(results)
     assert ("in 2 starts (`--resume`) from 2026-01-01T00:00:00+00:00 to "
-            f"{results['meta']['finished']}: 3607.5 s of run time") in text
+            f"{results['meta']['finished']}: 3607.5 s (1.0 h) of run time over them ({sessions.RULE})") in text
     assert f"the last start began {results['meta']['started']} and ran {results['meta']['seconds']} s" in text
+    entries[0]["from_log"] = True                    # filled in from an older run's log
+    assert ("; 1 earlier start(s) filled in from the run's log count only to their last finished "
+            "training)") in report.render_markdown(results)
 
 
 def test_each_resumed_report_adds_a_start(samples_dir, tmp_path):
@@ -106,10 +118,81 @@ def test_status_tells_the_starts_so_far_or_that_they_are_unknown(tmp_path):
     log = sessions.SessionLog.open(tmp_path, resume=True)
     for day, seconds in (("01", 5400.0), ("02", 1800.0)):
         log.begin(f"2026-01-{day}T00:00:00+00:00", jobs=2)
-        log.update(seconds)
+        log.mark(seconds)
     text = report.render_status(report.work_status(tmp_path))
-    assert ("Started 2 time(s) (`--resume`) from 2026-01-01T00:00:00+00:00, the last at "
-            "2026-01-02T00:00:00+00:00: 2.00 hours of run time") in text
+    last = json.loads((tmp_path / sessions.FILE).read_text())[-1]["last_seen"]
+    assert ("Started 2 time(s), each `--resume` adding one: from 2026-01-01T00:00:00+00:00 to "
+            f"{last} (last written), 2.0 h of run time so far ({sessions.RULE})") in text
     (tmp_path / sessions.FILE).write_text("[1, 2]")
     status = report.work_status(tmp_path)
-    assert status["sessions"] is None and f"Its `{sessions.FILE}` cannot be read" in report.render_status(status)
+    assert status["sessions"] is None
+    assert f"The run's starts are not known: {tmp_path / sessions.FILE} is not a report's session log" \
+        in report.render_status(status)
+
+
+def test_duration_words():
+    assert [sessions.duration(s) for s in (0, 59.4, 60, 3599, 3600, 16402)] == [
+        "0 s", "59 s", "1.0 min", "60.0 min", "1.0 h", "4.6 h"]
+
+
+def test_an_interrupted_start_counts_to_its_last_write_and_the_next_adds_to_it(
+        tiny_bert, samples_dir, tmp_path, monkeypatch):
+    """run_report's own wiring: a start cancelled in experiment 2 keeps the seconds of its last
+    beat in sessions.json; the --resume after it adds a start and the report sums both."""
+    from ttmoe_core.report import run as report_run
+
+    synthetic = synthetic_results()["experiments"]
+    monkeypatch.setattr(report_run, "load_backbone", lambda: tiny_bert)
+    monkeypatch.setattr(sessions, "BEAT_S", 0.0)                 # every progress event writes
+    clock = itertools.count(0.0, 10.0)                           # perf_counter: +10 s a call
+    monkeypatch.setattr(report_run.time, "perf_counter", lambda: next(clock))
+
+    def cancelled(run):
+        run.tell("training", 1, 2)                               # a beat, then the user cancels
+        raise ReportError("report cancelled during training")
+
+    for name in EXPERIMENTS:
+        monkeypatch.setitem(report_run.EXPERIMENTS, name, lambda run, name=name: dict(synthetic[name]))
+    monkeypatch.setitem(report_run.EXPERIMENTS, "methods", cancelled)
+    work = tmp_path / "work"
+    with pytest.raises(ReportError, match="cancelled"):
+        report.run_report("small", tmp_path / "out", data_dir=samples_dir, work_dir=work, resume=True)
+    first = json.loads((work / sessions.FILE).read_text())
+    assert len(first) == 1 and first[0]["seconds"] > 0
+    assert (work / "experiments" / "contraction.json").is_file()
+    assert not (work / "experiments" / "methods.json").exists()
+
+    monkeypatch.setitem(report_run.EXPERIMENTS, "methods", lambda run: dict(synthetic["methods"]))
+    meta = report.run_report("small", tmp_path / "out", data_dir=samples_dir, work_dir=work, resume=True)["meta"]
+    assert meta["sessions"][0] == first[0] and len(meta["sessions"]) == 2
+    assert meta["sessions"][1]["seconds"] == meta["seconds"] > 0
+    assert meta["seconds_all_sessions"] == pytest.approx(first[0]["seconds"] + meta["seconds"])
+    assert report.run_time(meta) == (meta["seconds_all_sessions"], 2)
+    assert json.loads((work / sessions.FILE).read_text()) == meta["sessions"]   # closed with the start
+    assert "in 2 starts (`--resume`)" in (tmp_path / "out" / report.MARKDOWN_FILE).read_text()
+
+
+@pytest.mark.slow
+def test_a_training_in_a_child_process_ticks_the_clock_and_stops_on_cancel(embedded, samples_dir, tmp_path):
+    """The full budget's memory path trains in a fresh process: the wait ticks the start's clock
+    (a beat each poll), and a cancel ends the child at the next poll instead of after the training."""
+    budget = dataclasses.replace(report.BUDGETS["small"], comparison_tasks=("sst2",), steps=4, batch_size=4,
+                                 max_length=32, train_rows=16, eval_rows=8, eval_every=1, patience=1,
+                                 min_steps=2, measure_memory=True)
+    ticks: list[bool] = []
+    run = Run(budget=budget, backbone=embedded, data_dir=samples_dir, comparison_tasks=["sst2"])
+    run.work_dir = tmp_path / "w"
+    run.clock = ticks.append
+    expert = run.expert("sst2", "tt-lora", measure_memory=True)
+    assert 1 <= expert.metrics["steps_run"] <= 4
+    assert ticks.count(False) >= 1 and ticks[-1] is True          # polled while it trained, then saved
+    record = run.trainings[("sst2", "tt-lora", 0)]
+    assert record["memory_measure"] is not None and record["peak_growth_mib"] > 0
+
+    asked = itertools.count()            # the user cancels once the child has started (after the first ask)
+    cancelled = Run(budget=budget, backbone=embedded, data_dir=samples_dir, comparison_tasks=["sst2"],
+                    should_stop=lambda: next(asked) >= 1)
+    started = time.perf_counter()
+    with pytest.raises(ReportError, match="stopped"):
+        cancelled.expert("sst2", "lora", measure_memory=True)
+    assert time.perf_counter() - started < 60 and not cancelled.trainings

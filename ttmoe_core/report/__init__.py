@@ -41,11 +41,13 @@ from .mixed import exp_mixed
 from .plots import SECTION_FIGURES, build_figures, png_available, write_figures
 from .routers import exp_routers, router_cost_ms
 from .run import EXPERIMENTS, report_job, run_report
+from .sessions import rule as sessions_rule
+from .sessions import duration, run_time
 from .status import render_status, work_status
 
 __all__ = ["BUDGETS", "EXPERIMENTS", "FIGURES_DIR", "FORMATS", "MARKDOWN_FILE", "METHOD_LABELS", "METHODS",
            "MIXTURE_ROUTER", "PAPER", "RESULTS_FILE", "SECTIONS", "SECTION_FIGURES", "SECTION_TITLES",
-           "TOLERANCE", "Progress", "ReportBudget", "ReportError", "build_figures", "exp_contraction",
+           "TOLERANCE", "Progress", "ReportBudget", "ReportError", "build_figures", "duration", "exp_contraction",
            "exp_integration", "exp_methods", "exp_mixed", "exp_routers", "fmt", "machine_summary",
            "png_available", "render_markdown", "render_section", "render_status", "report_job", "resolve_budget",
-           "router_cost_ms", "run_report", "work_status", "write_figures"]
+           "router_cost_ms", "run_report", "run_time", "sessions_rule", "work_status", "write_figures"]

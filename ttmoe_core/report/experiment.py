@@ -43,16 +43,24 @@ class Run:
     jobs: int = 1                    # experiment 2: trainings side by side (train_side_by_side)
     work_dir: Path | None = None     # finished experts (+ records) and training checkpoints
     resume: bool = False             # reuse work_dir's finished experts, continue its checkpoints
-    on_saved: Callable[[], None] | None = None   # after a training is saved to work_dir (sessions)
+    # the start's clock (sessions.json): clock(True) after a save, clock(False) as work goes on
+    clock: Callable[[bool], None] | None = None
     _data: dict[tuple[str, str], tasks.TaskData] = field(default_factory=dict)
     _experts: dict[tuple[str, str, int], experts.Expert] = field(default_factory=dict)
 
     def tell(self, stage: str, done: int, total: int) -> None:
         """Report progress; ReportError when ``should_stop()`` says the run is cancelled."""
-        if self.should_stop is not None and self.should_stop():
+        if self.stopping():
             raise ReportError(f"report cancelled during {stage}")
         if self.progress is not None:
             self.progress(stage, done, total)
+
+    def stopping(self) -> bool:
+        """``should_stop()``, asked as work goes on (progress, a child's poll): also ticks the
+        start's clock (at most once a ``sessions.BEAT_S``)."""
+        if self.clock is not None:
+            self.clock(False)
+        return self.should_stop is not None and self.should_stop()
 
     def step_progress(self, stage: str) -> Callable:
         """A training callback (events with ``step`` and ``total_steps``) that tells ``stage``."""
@@ -86,7 +94,7 @@ class Run:
         checkpoint = self._checkpoint(config, part)
         if measure_memory and self.backbone.device.type == "cpu":
             out = train_in_fresh_process(config.to_dict(), self.backbone.info.name, train, valid,
-                                         checkpoint_dir=checkpoint, resume=self.resume)
+                                         checkpoint_dir=checkpoint, resume=self.resume, stop=self.stopping)
             expert, memory = out.pop("expert"), _fresh_memory(out)
         else:
             cuda = measure_memory and self.backbone.device.type == "cuda"
@@ -137,7 +145,7 @@ class Run:
         halt = threading.Event()
 
         def stop() -> bool:
-            return halt.is_set() or (self.should_stop is not None and self.should_stop())
+            return halt.is_set() or self.stopping()
 
         def train(key, config, part, checkpoint):
             if stop():
@@ -227,7 +235,7 @@ class Run:
     def _keep(self, key: tuple[str, str, int], expert: experts.Expert, part: Path | None,
               started: str, wall: float, extra: dict) -> None:
         """Record a finished training (metric, steps, times, sizes and ``extra``); with a work
-        folder, save the expert and its record there and drop its checkpoint."""
+        folder, save the expert and its record there, drop its checkpoint and tell ``clock``."""
         task = key[0]
         metric = tasks.primary_metric(task)
         self.trainings[key] = {"task": task, "method": key[1], "seed": key[2], "started": started,
@@ -248,9 +256,9 @@ class Run:
             store.save_expert(expert, part)
             store.write_json(part.with_name(f"{part.name}.training.json"), self.trainings[key])
             safefs.remove(part.with_name(f"{part.name}.checkpoint"))
-            if self.on_saved is not None:
-                self.on_saved()
         self._experts[key] = expert
+        if part is not None and self.clock is not None:
+            self.clock(True)
 
     def _finished(self, part: Path, config: experts.ExpertConfig):
         """(expert, training record) an earlier run left in ``part`` with this config, or None."""

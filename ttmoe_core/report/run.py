@@ -104,9 +104,12 @@ def run_report(budget: str | ReportBudget, out: str | Path, progress: Progress |
                                                  "data_dir": meta["data_dir"]})
     sessions = None
     if run.work_dir is not None:      # the starts of a resumed run, each with its run time
-        sessions = SessionLog.open(run.work_dir, resume)
-        sessions.begin(started, jobs)
-        run.on_saved = lambda: sessions.update(time.perf_counter() - t0)
+        log = sessions = SessionLog.open(run.work_dir, resume)
+        log.begin(started, jobs)
+
+        def clock(force: bool) -> None:
+            log.mark(time.perf_counter() - t0, force)
+        run.clock = clock
     if jobs > 1 and "methods" not in finished:
         # every expert of experiment 2 side by side first, so that none of them (e.g. the one
         # experiment 1 times) trains alone under other conditions than the rest
@@ -121,13 +124,14 @@ def run_report(budget: str | ReportBudget, out: str | Path, progress: Progress |
         if run.work_dir is not None:
             store.write_json(run.work_dir / "experiments" / f"{name}.json",
                              results["experiments"][name])
-            run.on_saved()
+            run.clock(True)
     results["trainings"] = list(run.trainings.values())
     meta["finished"] = runinfo.now()
     meta["seconds"] = round(time.perf_counter() - t0, 1)
-    if sessions is not None:
-        sessions.update(meta["seconds"])
-        meta["sessions"] = sessions.entries
+    if sessions is not None:          # this start ends here, as meta["seconds"] does: stop the clock
+        run.clock = None
+        sessions.mark(meta["seconds"])
+        meta["sessions"] = [dict(e) for e in sessions.entries]
         meta["seconds_all_sessions"] = total_seconds(sessions.entries)
     run.tell("writing figures and tables", 0, 1)
     results["figures"] = write_figures(build_figures(results), out / FIGURES_DIR)

@@ -1,20 +1,23 @@
-"""The sessions of one report run: when each start of a resumed run began and how long it ran.
+"""The starts of one report run: when each start of a resumed run began and how long it ran.
 
 A report at convergence outlives a working session. It is interrupted and continued with
 ``--resume`` from its work folder, and ``meta["seconds"]`` is the wall time of the last start
-alone. So the work folder keeps ``sessions.json``: one entry per start, whose ``seconds`` is
-brought up to date each time a training or an experiment finishes there. An interrupted start
-therefore counts up to its last finished piece of work, not the minutes it lost (its unfinished
-training's steps are kept in a checkpoint and counted by the start that finishes it), so the
-total is a lower bound of the run's wall time.
+alone. So the work folder keeps ``sessions.json``, one entry per start. Its ``seconds`` is written
+whenever a training or an experiment is saved, and at most every ``BEAT_S`` seconds while work
+goes on (progress events, and the polls of trainings in child processes). An interrupted start
+therefore counts up to its last write; the at most ``BEAT_S`` seconds after it are counted by no
+start, so the total is a lower bound of the run's wall time, short by at most ``BEAT_S`` a start.
 
-Entry: ``{"started": ISO time, "seconds": float, "last_seen": ISO time, "jobs": int}``.
+Entry: ``{"started": ISO time, "seconds": float, "last_seen": ISO time, "jobs": int}``; entries
+filled in from an older run's log also carry ``"from_log": true``.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,13 +25,18 @@ from .. import runinfo, store
 from .budgets import ReportError
 
 FILE = "sessions.json"
+BEAT_S = 60.0          # write a running start's seconds at most this often between saves
+RULE = "each start counted to its last write, at most a minute before it ended"
 
 
 @dataclass
 class SessionLog:
-    """The work folder's ``sessions.json``; ``begin`` adds this start, ``update`` its seconds."""
+    """The work folder's ``sessions.json``: ``begin`` adds this start, ``mark`` its seconds.
+    Safe to ``mark`` from several threads (trainings side by side poll from theirs)."""
     path: Path
     entries: list[dict] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _written: float = field(default=0.0, repr=False)     # time.monotonic() of the last write
 
     @classmethod
     def open(cls, work_dir: Path, resume: bool) -> SessionLog:
@@ -41,29 +49,68 @@ class SessionLog:
             entries = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise ReportError(f"cannot read {path} ({exc}): delete it to resume without the "
-                              "earlier sessions' times") from exc
+                              "earlier starts' times") from exc
         if not isinstance(entries, list) or not all(_valid(e) for e in entries):
             raise ReportError(f"{path} is not a report's session log: delete it to resume without "
-                              "the earlier sessions' times")
+                              "the earlier starts' times")
         return cls(path, entries)
 
     def begin(self, started: str, jobs: int) -> None:
         """Add this start (0 s so far) and write the log."""
-        self.entries.append({"started": started, "seconds": 0.0, "last_seen": started, "jobs": jobs})
-        store.write_json(self.path, self.entries)
+        with self._lock:
+            self.entries.append({"started": started, "seconds": 0.0, "last_seen": started, "jobs": jobs})
+            self._write()
 
-    def update(self, seconds: float) -> None:
-        """This start has run ``seconds`` up to a finished piece of work: write it down."""
-        self.entries[-1].update(seconds=round(seconds, 1), last_seen=runinfo.now())
+    def mark(self, seconds: float, force: bool = True) -> None:
+        """This start has run ``seconds``: write it down (``force=False``: only if the last write
+        is ``BEAT_S`` old)."""
+        with self._lock:
+            if not force and time.monotonic() - self._written < BEAT_S:
+                return
+            self.entries[-1].update(seconds=round(seconds, 1), last_seen=runinfo.now())
+            self._write()
+
+    def _write(self) -> None:
         store.write_json(self.path, self.entries)
+        self._written = time.monotonic()
 
 
 def total_seconds(entries: list[dict]) -> float:
-    """Wall seconds over every start (each counted to its last finished piece of work)."""
+    """Wall seconds over every start (``RULE``)."""
     return round(sum(e["seconds"] for e in entries), 1)
 
 
+def rule(entries: list[dict]) -> str:
+    """How the starts' seconds were counted: ``RULE``, and how many came from a log instead."""
+    from_log = sum(bool(e.get("from_log")) for e in entries)
+    if not from_log:
+        return RULE
+    return (f"{RULE}; {from_log} earlier start(s) filled in from the run's log count only to their "
+            "last finished training")
+
+
+def run_time(meta: dict) -> tuple[float, int]:
+    """(wall seconds, starts) of a report's ``meta``: over every start of a resumed run, else the
+    one run's (older reports have no ``sessions``)."""
+    starts = meta.get("sessions") or []
+    if len(starts) > 1:
+        return meta["seconds_all_sessions"], len(starts)
+    return meta["seconds"], 1
+
+
+def duration(seconds: float) -> str:
+    """``42 s``, ``12.5 min`` or ``3.2 h``."""
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 3600 else f"{seconds / 3600:.1f} h"
+
+
 def _valid(entry: object) -> bool:
-    return (isinstance(entry, dict) and isinstance(entry.get("started"), str)
-            and isinstance(entry.get("seconds"), (int, float)) and not isinstance(entry["seconds"], bool)
-            and math.isfinite(entry["seconds"]) and entry["seconds"] >= 0)
+    if not (isinstance(entry, dict) and isinstance(entry.get("started"), str)):
+        return False
+    seconds = entry.get("seconds")
+    try:
+        return (isinstance(seconds, (int, float)) and not isinstance(seconds, bool)
+                and math.isfinite(seconds) and seconds >= 0)
+    except OverflowError:                        # an integer too large for a float
+        return False

@@ -4,10 +4,10 @@
 (``experts/<task>-<method>-seed<k>.training.json`` of the budget's comparison tasks and seeds;
 the other experiments' experts live in the same folder and are left out), the runs in progress
 (their checkpoints' ``state.json``: step, best hold-out score so far), the finished
-experiments and the run's starts (``sessions.json``). The finished seeds fold into the same per-task comparison the full report makes
-(``seeds.aggregate``, ``methods.claim_per_task``), over the seeds where all three methods have
-finished (as ``exp_methods`` always has), so a run stopped part-way already says what it has
-measured, and how much is left.
+experiments and the run's starts (``sessions.json``). The finished seeds fold into the same
+per-task comparison the full report makes (``seeds.aggregate``, ``methods.claim_per_task``),
+over the seeds where all three methods have finished (as ``exp_methods`` always has), so a run
+stopped part-way already says what it has measured, and how much is left.
 """
 
 from __future__ import annotations
@@ -77,10 +77,11 @@ def work_status(work_dir: str | Path) -> dict:
     done = [name for name in SECTIONS if (work / "experiments" / f"{name}.json").is_file()]
     total = len(tasks) * len(METHODS) * len(seed_list)
     try:                                       # the run's starts so far (sessions.json)
-        starts = sessions.SessionLog.open(work, resume=True).entries
-    except ReportError:
-        starts = None
-    return {"sessions": starts, "work_dir": str(work), "budget": budget.get("name"), "seeds": seed_list, "tasks": tasks,
+        starts, starts_error = sessions.SessionLog.open(work, resume=True).entries, None
+    except ReportError as exc:
+        starts, starts_error = None, str(exc)
+    return {"sessions": starts, "sessions_error": starts_error,
+            "work_dir": str(work), "budget": budget.get("name"), "seeds": seed_list, "tasks": tasks,
             "trainings_total": total, "trainings_done": len(finished),
             "cpu_seconds_done": sum(r.get("cpu_seconds") or 0.0 for r in finished),
             "finished": finished, "running": running, "aggregate": aggregate,
@@ -118,11 +119,12 @@ def render_status(status: dict) -> str:
              f"(of {', '.join(status['experiments'])}).", ""]
     starts = status.get("sessions")
     if starts is None:
-        lines += [f"Its `{sessions.FILE}` cannot be read: the run's starts are not known.", ""]
+        lines += [f"The run's starts are not known: {status['sessions_error']}", ""]
     elif starts:
-        lines += [f"Started {len(starts)} time(s) (`--resume`) from {starts[0]['started']}, the last at "
-                  f"{starts[-1]['started']}: {sessions.total_seconds(starts) / 3600:.2f} hours of run time "
-                  "(each start counted to its last finished training or experiment).", ""]
+        seconds = sessions.total_seconds(starts)
+        lines += [f"Started {len(starts)} time(s), each `--resume` adding one: from {starts[0]['started']} "
+                  f"to {starts[-1].get('last_seen', starts[-1]['started'])} (last written), "
+                  f"{sessions.duration(seconds)} of run time so far ({sessions.rule(starts)}).", ""]
     if status["running"]:
         lines += ["In progress (a checkpoint; `report --resume` continues it):", "",
                   _table(["task", "method", "seed", "step", "cap", "best hold-out so far", "at step", "CPU s"],
