@@ -46,6 +46,16 @@ def seed_words(meta: dict) -> str:
     return f"seeds {', '.join(str(s) for s in seeds)} (experiment 2: mean ± std), seed {meta['seed']} elsewhere"
 
 
+def short(value: object) -> str:
+    """A budget setting in a few characters: ``60``, ``none``, ``0, 1, 2``, ``mnli, cola, … (6)``."""
+    if value is None:
+        return "none"
+    if isinstance(value, list):
+        items = [", ".join(str(v) for v in item) if isinstance(item, list) else str(item) for item in value]
+        return ", ".join(items) if len(items) <= 3 else f"{', '.join(items[:2])}, … ({len(items)})"
+    return str(value)
+
+
 def show_report(results: dict, key: str) -> None:
     """Headline numbers, the paper's claims with their verdicts, then each section's tables and plots."""
     meta, machine = results["meta"], report.machine_summary(results["meta"])
@@ -65,6 +75,13 @@ def show_report(results: dict, key: str) -> None:
                f"cores · torch {machine['torch']}, {machine['threads']} threads on {machine['device']} · "
                f"load average {machine['load_average']} at start · base model "
                f"{meta['base_model']['name']} · {seed_words(meta)} · `{meta['command']}`")
+    changes = report.budget_changes(meta)
+    if changes:
+        listed = "; ".join(f"{key} {short(then)} → {short(now)}" for key, then, now in changes[:6])
+        more = f"; and {len(changes) - 6} more" if len(changes) > 6 else ""
+        st.warning(f"This report ran the `{meta['budget']}` budget as it was defined then; today's "
+                   f"`{meta['budget']}` differs: {listed}{more}. Its numbers are not what today's budget "
+                   f"gives: re-run it (`{COMMAND}`).", icon=":material/history:")
     # the verdict next to the experiment, long texts last and wrapped to fit at 1280 px
     st.dataframe(pd.DataFrame([{"experiment": report.SECTION_TITLES[name].split(" (")[0],
                                 "here": exp["claim"]["verdict"], "paper's claim": exp["claim"]["paper"],

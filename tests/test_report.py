@@ -409,6 +409,34 @@ def test_compare_page_without_a_report(tmp_path, monkeypatch):
     assert any("--budget full" in i.value for i in at.info)
 
 
+# ----------------------------------------------------------------------------- a report of an older budget
+
+
+def test_budget_changes_list_what_todays_budget_of_that_name_does_otherwise():
+    meta = {"budget": "small", "settings": json.loads(json.dumps(report.BUDGETS["small"].to_dict()))}
+    assert report.budget_changes(meta) == []
+    meta["settings"]["steps"] = 60
+    del meta["settings"]["seeds"]                       # a report older than the setting: its default
+    del meta["settings"]["fusion_tasks"]                # no default: "not recorded" (None)
+    small = report.BUDGETS["small"]
+    assert report.budget_changes(meta) == [("steps", 60, small.steps), ("fusion_tasks", None, list(small.fusion_tasks)),
+                                           ("seeds", [0], list(small.seeds))]
+    assert report.budget_changes({"budget": "mine", "settings": {}}) == []
+    assert report.budget_changes({"budget": "small", "settings": "broken"}) == []
+
+
+def test_compare_page_warns_when_the_report_ran_an_older_budget(tmp_path, monkeypatch):
+    folder = tmp_path / "reports"
+    folder.mkdir()
+    results = synthetic_results()
+    (folder / report.RESULTS_FILE).write_text(json.dumps(results))
+    assert not _compare_page(folder, tmp_path, monkeypatch).warning     # today's budget: no warning
+    results["meta"]["settings"]["steps"] = 60
+    (folder / report.RESULTS_FILE).write_text(json.dumps(results))
+    warnings = [w.value for w in _compare_page(folder, tmp_path, monkeypatch).warning]
+    assert len(warnings) == 1 and f"steps 60 → {report.BUDGETS['small'].steps}" in warnings[0]
+
+
 # ----------------------------------------------------------------------------- end to end (slow)
 
 

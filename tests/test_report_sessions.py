@@ -196,3 +196,4 @@ def test_a_training_in_a_child_process_ticks_the_clock_and_stops_on_cancel(embed
     with pytest.raises(ReportError, match="stopped"):
         cancelled.expert("sst2", "lora", measure_memory=True)
     assert time.perf_counter() - started < 60 and not cancelled.trainings
+

@@ -32,7 +32,8 @@ in ``results`` (no arithmetic), through ``FORMATS``, so every number of a table 
 """
 
 from .budgets import (BUDGETS, FIGURES_DIR, MARKDOWN_FILE, METHOD_LABELS, METHODS, MIXTURE_ROUTER, PAPER,
-                      RESULTS_FILE, SECTIONS, TOLERANCE, Progress, ReportBudget, ReportError, resolve_budget)
+                      RESULTS_FILE, SECTIONS, TOLERANCE, Progress, ReportBudget, ReportError, budget_changes,
+                      resolve_budget)
 from .contraction import exp_contraction
 from .integration import exp_integration
 from .markdown import FORMATS, SECTION_TITLES, fmt, machine_summary, render_markdown, render_section
@@ -47,7 +48,7 @@ from .status import render_status, work_status
 
 __all__ = ["BUDGETS", "EXPERIMENTS", "FIGURES_DIR", "FORMATS", "MARKDOWN_FILE", "METHOD_LABELS", "METHODS",
            "MIXTURE_ROUTER", "PAPER", "RESULTS_FILE", "SECTIONS", "SECTION_FIGURES", "SECTION_TITLES",
-           "TOLERANCE", "Progress", "ReportBudget", "ReportError", "build_figures", "duration", "exp_contraction",
+           "TOLERANCE", "Progress", "ReportBudget", "ReportError", "budget_changes", "build_figures", "duration", "exp_contraction",
            "exp_integration", "exp_methods", "exp_mixed", "exp_routers", "fmt", "machine_summary",
            "png_available", "render_markdown", "render_section", "render_status", "report_job", "resolve_budget",
            "router_cost_ms", "run_report", "run_time", "sessions_rule", "work_status", "write_figures"]

@@ -6,8 +6,9 @@ the experiments in order, the methods compared, the paper's headline numbers.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 
 from ..tasks import DEMO_TASKS
 
@@ -123,3 +124,26 @@ def resolve_budget(budget: str | ReportBudget) -> ReportBudget:
         return BUDGETS[budget]
     except KeyError:
         raise ReportError(f"unknown budget {budget!r}: use one of {', '.join(BUDGETS)}") from None
+
+
+def budget_changes(meta: Mapping) -> list[tuple[str, object, object]]:
+    """(setting, as the report ran it, today) for each setting where the budget a report ran
+    (``meta["settings"]``) differs from today's budget of the same name; a setting the report
+    predates counts as that setting's default (what older versions did). [] for a budget of
+    another name (one passed as a ReportBudget) or when nothing changed. JSON values (lists)."""
+    today = BUDGETS.get(meta.get("budget"))
+    then = meta.get("settings")
+    if today is None or not isinstance(then, Mapping):
+        return []
+    defaults = {f.name: f.default for f in fields(ReportBudget) if f.default is not MISSING}
+    changes = []
+    for key, now in _json(today.to_dict()).items():
+        old = then[key] if key in then else _json(defaults.get(key))
+        if key != "name" and old != now:
+            changes.append((key, old, now))
+    return changes
+
+
+def _json(value: object) -> object:
+    """``value`` as results.json holds it (tuples become lists)."""
+    return json.loads(json.dumps(value))
