@@ -48,7 +48,7 @@ from .status import render_status, work_status
 
 __all__ = ["BUDGETS", "EXPERIMENTS", "FIGURES_DIR", "FORMATS", "MARKDOWN_FILE", "METHOD_LABELS", "METHODS",
            "MIXTURE_ROUTER", "PAPER", "RESULTS_FILE", "SECTIONS", "SECTION_FIGURES", "SECTION_TITLES",
-           "TOLERANCE", "Progress", "ReportBudget", "ReportError", "budget_changes", "build_figures", "duration", "exp_contraction",
-           "exp_integration", "exp_methods", "exp_mixed", "exp_routers", "fmt", "machine_summary",
+           "TOLERANCE", "Progress", "ReportBudget", "ReportError", "budget_changes", "build_figures", "duration",
+           "exp_contraction", "exp_integration", "exp_methods", "exp_mixed", "exp_routers", "fmt", "machine_summary",
            "png_available", "render_markdown", "render_section", "render_status", "report_job", "resolve_budget",
            "router_cost_ms", "run_report", "run_time", "sessions_rule", "work_status", "write_figures"]

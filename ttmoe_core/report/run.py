@@ -11,6 +11,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 from .. import runinfo, store, tasks
@@ -51,6 +52,11 @@ def _timed(run: Run, fn: Callable[[Run], dict]) -> dict:
     result = fn(run)
     return {**result, "run": {"started": started, "seconds": round(time.perf_counter() - t0, 1),
                               "load_average_at_start": load, "load_average_at_end": runinfo.load_average()}}
+
+
+def _tick(log: SessionLog, t0: float, force: bool) -> None:
+    """``Run.clock``: this start has run since ``t0`` (``time.perf_counter``)."""
+    log.mark(time.perf_counter() - t0, force)
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -102,14 +108,11 @@ def run_report(budget: str | ReportBudget, out: str | Path, progress: Progress |
     results: dict = {"meta": meta, "paper": dict(PAPER), "experiments": {}}
     finished = _work_dir(run, work_dir, resume, {"settings": meta["settings"],
                                                  "data_dir": meta["data_dir"]})
-    sessions = None
+    sessions: SessionLog | None = None
     if run.work_dir is not None:      # the starts of a resumed run, each with its run time
-        log = sessions = SessionLog.open(run.work_dir, resume)
-        log.begin(started, jobs)
-
-        def clock(force: bool) -> None:
-            log.mark(time.perf_counter() - t0, force)
-        run.clock = clock
+        sessions = SessionLog.open(run.work_dir, resume)
+        sessions.begin(started, jobs)
+        run.clock = partial(_tick, sessions, t0)
     if jobs > 1 and "methods" not in finished:
         # every expert of experiment 2 side by side first, so that none of them (e.g. the one
         # experiment 1 times) trains alone under other conditions than the rest
