@@ -12,7 +12,7 @@ from pages import common
 from ttmoe_core import report
 
 REPORT_ENV = "TTMOE_REPORT_DIR"        # another report folder to show (else <repo>/reports)
-COMMAND = "python -m ttmoe_core report --budget full-demo --out reports --work-dir reports.work --resume"
+COMMAND = "python -m ttmoe_core report --budget full-demo --out reports --work-dir reports/full-demo.work --resume"
 
 ws = common.setup()
 registry = common.job_registry()
