@@ -197,3 +197,48 @@ def test_a_training_in_a_child_process_ticks_the_clock_and_stops_on_cancel(embed
         cancelled.expert("sst2", "lora", measure_memory=True)
     assert time.perf_counter() - started < 60 and not cancelled.trainings
 
+
+
+# ----------------------------------------------------------------------------- a moved work folder
+
+
+def test_a_work_folder_resumes_from_another_path_to_the_same_data_and_refuses_changed_data(
+        samples_dir, tmp_path):
+    import shutil
+    import types
+
+    from ttmoe_core.report import run as report_run
+    names = ["rte", "sst2"]
+    here, there = tmp_path / "here", tmp_path / "there"
+    for root in (here, there):
+        for name in names:
+            shutil.copytree(samples_dir / name, root / name)
+    mine = report_run.data_fingerprint(here, names)
+    assert mine == report_run.data_fingerprint(there, list(reversed(names)))
+    assert report_run.data_fingerprint(None, names) is None         # the hub: nothing to hash
+    budget = {"steps": 4000, "seeds": [0, 1, 2]}
+
+    def settings(root):
+        return {"settings": budget, "data_dir": str(root), "data": report_run.data_fingerprint(root, names)}
+
+    work = tmp_path / "w"
+    report_run._work_dir(types.SimpleNamespace(), work, False, settings(here))
+    report_run._work_dir(types.SimpleNamespace(), work, True, settings(there))   # moved clone: resumes
+    assert json.loads((work / "settings.json").read_text())["data_dir"] == str(there)
+
+    # one changed byte in one task's file: other data, refused, the folder left as it was
+    target = sorted((there / "sst2").glob("*.parquet"))[0]
+    raw = bytearray(target.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    target.write_bytes(bytes(raw))
+    before = (work / "settings.json").read_text()
+    with pytest.raises(ReportError, match="other settings or data"):
+        report_run._work_dir(types.SimpleNamespace(), work, True, settings(there))
+    assert (work / "settings.json").read_text() == before
+    with pytest.raises(ReportError, match="other settings or data"):          # other settings
+        report_run._work_dir(types.SimpleNamespace(), work, True,
+                             {**settings(here), "settings": {**budget, "steps": 60}})
+
+    # a folder written before fingerprints (no "data"): the path decides, as it did
+    old = {"settings": budget, "data_dir": str(here)}
+    assert report_run.same_run(old, settings(here)) and not report_run.same_run(old, settings(there))

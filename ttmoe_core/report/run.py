@@ -7,6 +7,7 @@ function for the app's Compare page.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -44,6 +45,33 @@ def _check_data(data_dir: Path | None, needed: Sequence[str]) -> list[str]:
         raise ReportError(f"task data missing in {where}: {', '.join(missing)} (has: "
                           f"{', '.join(available) or 'nothing'}); set --data-dir or $TTMOE_DATA_DIR")
     return available
+
+
+def data_fingerprint(data_dir: Path | None, names: Sequence[str]) -> dict[str, str] | None:
+    """Each task's sha256 over its Parquet files (name and bytes) in ``data_dir``; None for the hub.
+
+    A resumed run compares these instead of the folder's path, so a committed work folder
+    continues from any clone whose data is the same.
+    """
+    if data_dir is None:
+        return None
+    out = {}
+    for name in sorted(names):
+        digest = hashlib.sha256()
+        for path in sorted((data_dir / name).glob("*.parquet")):
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+        out[name] = digest.hexdigest()
+    return out
+
+
+def same_run(saved: dict, now: dict) -> bool:
+    """Whether a work folder's ``settings.json`` (``saved``) is this run's (``now``): the same
+    budget settings and the same data (by fingerprint where both have one, else by folder path)."""
+    if saved.get("settings") != now.get("settings"):
+        return False
+    if saved.get("data") is not None and now.get("data") is not None:
+        return saved["data"] == now["data"]
+    return saved.get("data_dir") == now.get("data_dir")
 
 
 def _timed(run: Run, fn: Callable[[Run], dict]) -> dict:
@@ -106,8 +134,9 @@ def run_report(budget: str | ReportBudget, out: str | Path, progress: Progress |
             "jobs": jobs, "command": f"python -m ttmoe_core report --budget {b.name}"
                                      + (f" --jobs {jobs}" if jobs > 1 else "")}
     results: dict = {"meta": meta, "paper": dict(PAPER), "experiments": {}}
-    finished = _work_dir(run, work_dir, resume, {"settings": meta["settings"],
-                                                 "data_dir": meta["data_dir"]})
+    finished = _work_dir(run, work_dir, resume, {
+        "settings": meta["settings"], "data_dir": meta["data_dir"],
+        "data": data_fingerprint(data_path or tasks.default_data_dir(), integration)})
     sessions: SessionLog | None = None
     if run.work_dir is not None:      # the starts of a resumed run, each with its run time
         sessions = SessionLog.open(run.work_dir, resume)
@@ -155,7 +184,7 @@ def _work_dir(run: Run, work_dir: str | Path | None, resume: bool, settings: dic
     (run.work_dir / "experiments").mkdir(parents=True, exist_ok=True)
     saved = run.work_dir / "settings.json"
     if resume and saved.is_file():
-        if json.loads(saved.read_text(encoding="utf-8")) != json.loads(json.dumps(settings)):
+        if not same_run(json.loads(saved.read_text(encoding="utf-8")), json.loads(json.dumps(settings))):
             raise ReportError(f"{run.work_dir} holds a run with other settings or data: give "
                               "another --work-dir, or run without --resume")
     store.write_json(saved, settings)
