@@ -134,9 +134,10 @@ def run_report(budget: str | ReportBudget, out: str | Path, progress: Progress |
             "jobs": jobs, "command": f"python -m ttmoe_core report --budget {b.name}"
                                      + (f" --jobs {jobs}" if jobs > 1 else "")}
     results: dict = {"meta": meta, "paper": dict(PAPER), "experiments": {}}
-    finished = _work_dir(run, work_dir, resume, {
+    finished = _work_dir(run, work_dir, resume, {      # data hashed only for a work folder to check
         "settings": meta["settings"], "data_dir": meta["data_dir"],
-        "data": data_fingerprint(data_path or tasks.default_data_dir(), integration)})
+        "data": None if work_dir is None else data_fingerprint(data_path or tasks.default_data_dir(),
+                                                               integration)})
     sessions: SessionLog | None = None
     if run.work_dir is not None:      # the starts of a resumed run, each with its run time
         sessions = SessionLog.open(run.work_dir, resume)
