@@ -215,7 +215,7 @@ def sst2(samples_dir):
             tasks.load_task("sst2", "validation", data_dir=samples_dir, limit=8))
 
 
-@pytest.mark.parametrize("method", ["tt-lora", "lora"])
+@pytest.mark.parametrize("method", ["tt-lora", "lora", "adapter"])
 def test_train_expert_resumes_exactly(tiny_bert, sst2, tmp_path, method):
     train, valid = sst2
     cfg = experts.ExpertConfig(task="sst2", method=method, steps=9, batch_size=4, max_length=32,
