@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from ttmoe_core import experts, report, store, tasks
+from ttmoe_core import experts, report, runinfo, store, tasks
 from ttmoe_core.report import methods, seeds
 from ttmoe_core.report import run as report_run
 from ttmoe_core.report.experiment import Run
@@ -237,6 +237,7 @@ def test_trainings_side_by_side_match_one_at_a_time(samples_dir, tmp_path, two_t
     assert {(r["method"], r["side_by_side"], r["threads"]) for r in exp["rows"]} == \
         {(m, 2, 1) for m in report.METHODS}
     assert all(r["peak_growth_mib"] > 0 and r["cpu_seconds"] > 0 for r in run.trainings.values())
+    assert {r["cpu"] for r in exp["rows"]} == {runinfo.cpu_name()}      # the host that trained each
     # the first two ran at the same time: the second started before the first ended
     spans = sorted((datetime.fromisoformat(r["started"]).timestamp(), r["wall_seconds"]) for r in run.trainings.values())
     assert spans[1][0] < spans[0][0] + spans[0][1]

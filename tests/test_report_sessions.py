@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.test_report import synthetic_results
-from ttmoe_core import report
+from ttmoe_core import report, runinfo
 from ttmoe_core.report import sessions
 from ttmoe_core.report.budgets import ReportError
 from ttmoe_core.report.experiment import Run
@@ -86,6 +86,7 @@ def test_markdown_says_how_a_resumed_run_ran():
     assert ("in 2 starts (`--resume`) from 2026-01-01T00:00:00+00:00 to "
             f"{results['meta']['finished']}: 3607.5 s (1.0 h) of run time over them ({sessions.RULE})") in text
     assert f"the last start began {results['meta']['started']} and ran {results['meta']['seconds']} s" in text
+    assert "Hosts (starts): unknown (1, 2)." in text               # entries from before the log kept it
     entries[0]["from_log"] = True                    # filled in from an older run's log
     assert ("; 1 earlier start(s) filled in from the run's log count only to their last finished "
             "training)") in report.render_markdown(results)
@@ -123,11 +124,24 @@ def test_status_tells_the_starts_so_far_or_that_they_are_unknown(tmp_path):
     last = json.loads((tmp_path / sessions.FILE).read_text())[-1]["last_seen"]
     assert ("Started 2 time(s), each `--resume` adding one: from 2026-01-01T00:00:00+00:00 to "
             f"{last} (last written), 2.0 h of run time so far ({sessions.RULE})") in text
+    assert f"Hosts (starts): {runinfo.cpu_name()} (1, 2)." in text
     (tmp_path / sessions.FILE).write_text("[1, 2]")
     status = report.work_status(tmp_path)
     assert status["sessions"] is None
     assert f"The run's starts are not known: {tmp_path / sessions.FILE} is not a report's session log" \
         in report.render_status(status)
+
+
+def test_hosts_group_the_starts_by_cpu_model(tmp_path):
+    entries = [{"started": "a", "seconds": 1.0}, {"started": "b", "seconds": 1.0, "cpu": "AMD EPYC"},
+               {"started": "c", "seconds": 1.0, "cpu": "Intel(R) Xeon(R) Processor"},
+               {"started": "d", "seconds": 1.0, "cpu": "AMD EPYC"}]
+    assert sessions.hosts(entries) == "unknown (1); AMD EPYC (2, 4); Intel(R) Xeon(R) Processor (3)"
+    log = sessions.SessionLog.open(tmp_path, resume=True)
+    log.begin("e", jobs=1)
+    log.begin("f", jobs=1, cpu="given")
+    on_disk = json.loads((tmp_path / sessions.FILE).read_text())
+    assert [e["cpu"] for e in on_disk] == [runinfo.cpu_name(), "given"]
 
 
 def test_duration_words():

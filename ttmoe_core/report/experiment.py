@@ -251,7 +251,10 @@ class Run:
                                "train_rows": len(self.data(task, "train")),
                                "eval_rows": len(self.data(task, "validation")),
                                "trainable_params": expert.trainable_params(),
-                               "adapter_params": expert.adapter_params(), **extra}
+                               "adapter_params": expert.adapter_params(),
+                               # the host that finished it (a resumed training may have begun on
+                               # another): kernels, and so the last bits, follow the instruction set
+                               "cpu": runinfo.cpu_name(), **extra}
         if part is not None:                       # kept for a resumed run
             store.save_expert(expert, part)
             store.write_json(part.with_name(f"{part.name}.training.json"), self.trainings[key])

@@ -143,7 +143,7 @@ def exp_methods(run: Run) -> dict:
                     "task", "method", "seed", "metric", "value", "steps_run", "best_step", "lr",
                     "train_seconds", "cpu_seconds", "wall_seconds", "peak_growth_mib", "memory_measure",
                     "trainable_params", "adapter_params", "train_rows", "eval_rows", "threads",
-                    "side_by_side")},
+                    "side_by_side", "cpu")},
                     "fraction_of_lora_adapter": expert.adapter_params() / lora.adapter_params(),
                     "fraction_of_lora_trainable": expert.trainable_params() / lora.trainable_params()})
     aggregate = seeds.aggregate(rows)

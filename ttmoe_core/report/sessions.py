@@ -8,8 +8,9 @@ goes on (progress events, and the polls of trainings in child processes). An int
 therefore counts up to its last write; the at most ``BEAT_S`` seconds after it are counted by no
 start, so the total is a lower bound of the run's wall time, short by at most ``BEAT_S`` a start.
 
-Entry: ``{"started": ISO time, "seconds": float, "last_seen": ISO time, "jobs": int}``; entries
-filled in from an older run's log also carry ``"from_log": true``.
+Entry: ``{"started": ISO time, "seconds": float, "last_seen": ISO time, "jobs": int, "cpu": str}``
+(``cpu``: the host's CPU model; a new session may land on another host); entries filled in from an
+older run's log also carry ``"from_log": true``, and entries written before 2026-12-02 have no ``cpu``.
 """
 
 from __future__ import annotations
@@ -55,10 +56,11 @@ class SessionLog:
                               "the earlier starts' times")
         return cls(path, entries)
 
-    def begin(self, started: str, jobs: int) -> None:
-        """Add this start (0 s so far) and write the log."""
+    def begin(self, started: str, jobs: int, cpu: str | None = None) -> None:
+        """Add this start (0 s so far; ``cpu`` None: this host's CPU model) and write the log."""
         with self._lock:
-            self.entries.append({"started": started, "seconds": 0.0, "last_seen": started, "jobs": jobs})
+            self.entries.append({"started": started, "seconds": 0.0, "last_seen": started, "jobs": jobs,
+                                 "cpu": runinfo.cpu_name() if cpu is None else cpu})
             self._write()
 
     def mark(self, seconds: float, force: bool = True) -> None:
@@ -96,6 +98,15 @@ def run_time(meta: dict) -> tuple[float, int]:
     if len(starts) > 1:
         return meta["seconds_all_sessions"], len(starts)
     return meta["seconds"], 1
+
+
+def hosts(entries: list[dict]) -> str:
+    """The CPU models the starts ran on, each with its starts (1-based): ``AMD EPYC (3, 4)``;
+    ``unknown (1, 2)`` for entries written before the log kept it."""
+    by_cpu: dict[str, list[int]] = {}
+    for i, entry in enumerate(entries, 1):
+        by_cpu.setdefault(str(entry.get("cpu") or "unknown"), []).append(i)
+    return "; ".join(f"{cpu} ({', '.join(map(str, starts))})" for cpu, starts in by_cpu.items())
 
 
 def duration(seconds: float) -> str:

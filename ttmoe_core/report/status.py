@@ -124,7 +124,8 @@ def render_status(status: dict) -> str:
         seconds = sessions.total_seconds(starts)
         lines += [f"Started {len(starts)} time(s), each `--resume` adding one: from {starts[0]['started']} "
                   f"to {starts[-1].get('last_seen', starts[-1]['started'])} (last written), "
-                  f"{sessions.duration(seconds)} of run time so far ({sessions.rule(starts)}).", ""]
+                  f"{sessions.duration(seconds)} of run time so far ({sessions.rule(starts)}). "
+                  f"Hosts (starts): {sessions.hosts(starts)}.", ""]
     if status["running"]:
         lines += ["In progress (a checkpoint; `report --resume` continues it):", "",
                   _table(["task", "method", "seed", "step", "cap", "best hold-out so far", "at step", "CPU s"],
