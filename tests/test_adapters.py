@@ -425,3 +425,17 @@ def test_inject_lora_peft_param_count(tiny_bert):
     assert not any(p.requires_grad for p in tiny_bert.model.parameters())
     with pytest.raises(ValueError, match="query"):
         adapters.inject_lora(copy.deepcopy(tiny_bert.model), ["q_proj"], rank=rank, alpha=8.0)
+
+
+def test_bottleneck_injection_is_silent_and_leaves_the_library_log_open(tiny_bert, caplog):
+    """The `adapters` library warns "none are activated" while ``train_adapter`` resets layers it
+    is about to activate; ``inject_bottleneck`` drops that one line, and only while it runs."""
+    import logging
+
+    encoder = copy.deepcopy(tiny_bert.model)
+    with caplog.at_level(logging.WARNING, logger="adapters"):
+        adapters.inject_bottleneck(encoder, "expert", reduction=4)
+        assert not [r for r in caplog.records if "none are activated" in r.getMessage()]
+        assert list(encoder.active_adapters.flatten()) == ["expert"]
+        logging.getLogger("adapters.model_mixin").warning("There are adapters available but none are activated")
+    assert [r.getMessage() for r in caplog.records] == ["There are adapters available but none are activated"]

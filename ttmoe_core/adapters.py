@@ -18,8 +18,9 @@ The LoRA baseline is PEFT's own ``LoraConfig`` / ``get_peft_model``.
 from __future__ import annotations
 
 import contextlib
-import math
 import contextvars
+import logging
+import math
 from collections.abc import Iterator, Mapping, Sequence
 
 import torch
@@ -373,6 +374,21 @@ def inject_bottleneck(model: nn.Module, name: str, *, reduction: int = 16) -> nn
 
     adapters_lib.init(model)
     model.add_adapter(name, config=adapters_lib.SeqBnConfig(reduction_factor=reduction))
-    model.train_adapter(name)
-    model.set_active_adapters(name)
+    with _without_log_line("adapters.model_mixin", "none are activated"):
+        model.train_adapter(name)           # resets its layers before it activates the adapter:
+    model.set_active_adapters(name)         # the library warns, wrongly here, that none is active
     return model
+
+
+@contextlib.contextmanager
+def _without_log_line(logger: str, text: str) -> Iterator[None]:
+    """Drop the records of ``logger`` that contain ``text`` while the block runs (others pass)."""
+    def keep(record: logging.LogRecord) -> bool:
+        return text not in record.getMessage()
+
+    target = logging.getLogger(logger)
+    target.addFilter(keep)
+    try:
+        yield
+    finally:
+        target.removeFilter(keep)
