@@ -111,6 +111,42 @@ def resolve(spec: str | Path | None, progress: Progress | None = None) -> Resolv
     return Resolved(name, name, False)
 
 
+def hub_unreachable(repo_id: str, timeout: float = 10.0) -> bool:
+    """Ask the hub about ``repo_id`` once, without retries: True when the hub cannot be reached (no
+    network, a firewall, a dead endpoint), so the caller loads from the local cache only.
+
+    ``from_pretrained`` itself retries every file 5 times with back-off, about 70 s before it fails
+    or falls back to the cache when there is no network; this one request answers in well under a
+    second there. ModelError when the hub answers that the model does not exist; any other answer
+    (a gated model, a mirror without the API): False, and ``from_pretrained`` says what it finds.
+    """
+    from huggingface_hub import model_info
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+
+    try:
+        model_info(repo_id, timeout=timeout)
+    except GatedRepoError:           # a subclass of RepositoryNotFoundError: it exists
+        return False
+    except RepositoryNotFoundError:
+        raise ModelError(f"no model {repo_id!r} on the hub (or it is private: log in with "
+                         f"`hf auth login`); a local folder or .gguf file also works") from None
+    except HfHubHTTPError:           # the hub answered: let from_pretrained try
+        return False
+    except Exception:                # connection refused, DNS, timeout, TLS: no hub from here
+        return True
+    return False
+
+
+def cached_snapshot(repo_id: str) -> str | None:
+    """The folder of ``repo_id``'s cached snapshot in the Hugging Face cache (None: not cached)."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(repo_id, local_files_only=True)
+    except Exception:        # LocalEntryNotFoundError, or an id the cache cannot hold
+        return None
+
+
 def _looks_like_hub_id(name: str) -> bool:
     """``owner/model``: one slash, no empty part."""
     parts = name.split("/")
