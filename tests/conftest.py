@@ -146,3 +146,15 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(autouse=True)
+def _keep_the_main_module():
+    """Put ``sys.modules["__main__"]`` back after each test: Streamlit's AppTest leaves the page
+    script (app.py) there, and every later multiprocessing child (forkserver, spawn) would then
+    import app.py as its main module, about a second each (the kill test's 92 children)."""
+    import sys
+
+    main = sys.modules["__main__"]
+    yield
+    sys.modules["__main__"] = main

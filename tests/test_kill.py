@@ -188,10 +188,11 @@ def _swaps_in_one_step(tmp_path: Path) -> bool:
         shutil.rmtree(b)
 
 
-@pytest.mark.slow            # about 35 s: 72 child processes, each with real fsyncs
+@pytest.mark.slow            # about 30 s: some 90 child processes, each with real fsyncs
 def test_killed_saves_leave_the_old_or_the_new_version(sources, tmp_path, capsys):
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["torch", "ttmoe_core.store", "ttmoe_core.router"])
+    # the children run this module's _child: preloaded with it, each starts in tens of ms
+    context.set_forkserver_preload(["torch", "ttmoe_core.store", "ttmoe_core.router", __name__])
     seed = int(os.environ.get("TTMOE_KILL_SEED", time.time_ns() % 10**6))
     rng = random.Random(seed)
     one_step = _swaps_in_one_step(tmp_path)
