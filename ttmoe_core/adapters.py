@@ -374,14 +374,14 @@ def inject_bottleneck(model: nn.Module, name: str, *, reduction: int = 16) -> nn
 
     adapters_lib.init(model)
     model.add_adapter(name, config=adapters_lib.SeqBnConfig(reduction_factor=reduction))
-    with _without_log_line("adapters.model_mixin", "none are activated"):
+    with without_log_line("adapters.model_mixin", "none are activated"):
         model.train_adapter(name)           # resets its layers before it activates the adapter:
     model.set_active_adapters(name)         # the library warns, wrongly here, that none is active
     return model
 
 
 @contextlib.contextmanager
-def _without_log_line(logger: str, text: str) -> Iterator[None]:
+def without_log_line(logger: str, text: str) -> Iterator[None]:
     """Drop the records of ``logger`` that contain ``text`` while the block runs (others pass)."""
     def keep(record: logging.LogRecord) -> bool:
         return text not in record.getMessage()

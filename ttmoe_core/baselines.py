@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from . import experts, rng, tasks
+from .adapters import without_log_line
 from .backbone import Backbone, default_pooling, pool, tokenize_mixed
 
 
@@ -82,7 +83,10 @@ def fused_encoder(backbone: Backbone, adapter_experts: Mapping[str, experts.Expe
                                   f"{result.unexpected_keys[:2]}, missing {missing[:2]})")
         fuse = Fuse(*adapter_experts)
         encoder.add_adapter_fusion(fuse)
-    encoder.train_adapter_fusion(fuse)       # freezes base and adapters, fusion layers trainable
+    # freezes base and adapters, fusion layers trainable; like train_adapter, it resets the layers
+    # before it activates the Fuse block, and the library warns, wrongly here, that none is active
+    with without_log_line("adapters.model_mixin", "none are activated"):
+        encoder.train_adapter_fusion(fuse)
     encoder.set_active_adapters(fuse)
     return encoder.to(backbone.device)
 
