@@ -169,22 +169,22 @@ def load_backbone(spec: str | Path | None = None, device: str | torch.device | N
     if source.local and not (Path(path) / "config.json").is_file():
         raise BackboneError(f"{path} has no config.json: not a model folder")
     # a hub id: one quick question to the hub first, so that without a network the model loads
-    # from the local cache (or fails) at once instead of after a minute of retries
-    # (the cached snapshot's folder, not the id with local_files_only: transformers 4.57 does not
-    # hand that on to its look for a PEFT adapter config, which would go to the network and retry)
-    try:
-        unreachable = not source.local and os.environ.get("HF_HUB_OFFLINE") != "1" \
-            and models.hub_unreachable(str(path))
-    except models.ModelError as exc:
-        raise BackboneError(str(exc)) from None
-    if unreachable:
-        snapshot = models.cached_snapshot(str(path))
-        if snapshot is None:
-            raise BackboneError(f"could not load base model {name!r}: the hub cannot be reached "
-                                f"from here and the model is not in the local cache; use a local "
-                                f"folder, a .gguf file or a pulled model (`models list`)")
-        path = snapshot
-    offline = source.local or unreachable or os.environ.get("HF_HUB_OFFLINE") == "1"
+    # from the local cache (or fails) at once instead of after a minute of retries. Offline, the
+    # cached snapshot's folder is loaded, not the id with local_files_only: transformers 4.57 does
+    # not pass that on to its look for a PEFT adapter config, which would go to the network
+    offline = source.local
+    if not source.local:
+        try:
+            why = "HF_HUB_OFFLINE is set" if models.hub_offline() else models.hub_unreachable(str(path))
+        except models.ModelError as exc:
+            raise BackboneError(str(exc)) from None
+        if why is not None:
+            snapshot = models.cached_snapshot(str(path))
+            if snapshot is None:
+                raise BackboneError(f"could not load base model {name!r}: the hub cannot be reached "
+                                    f"({why}) and the model is not in the local cache; use a local "
+                                    f"folder, a .gguf file or a pulled model (`models list`)")
+            path, offline = snapshot, True
     try:
         model = AutoModel.from_pretrained(str(path), local_files_only=offline)
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=offline)

@@ -111,40 +111,60 @@ def resolve(spec: str | Path | None, progress: Progress | None = None) -> Resolv
     return Resolved(name, name, False)
 
 
-def hub_unreachable(repo_id: str, timeout: float = 10.0) -> bool:
-    """Ask the hub about ``repo_id`` once, without retries: True when the hub cannot be reached (no
-    network, a firewall, a dead endpoint), so the caller loads from the local cache only.
+def hub_unreachable(repo_id: str, timeout: float = 5.0) -> str | None:
+    """Ask the hub about ``repo_id`` once, without retries. Returns why the hub cannot be reached
+    (no network, a firewall, a proxy that answers 5xx), so the caller loads from the local cache
+    only; None when it can (the hub answered, or answered in a way ``from_pretrained`` explains
+    better: a gated model, 401/403, a mirror without this API).
 
     ``from_pretrained`` itself retries every file 5 times with back-off, about 70 s before it fails
-    or falls back to the cache when there is no network; this one request answers in well under a
-    second there. ModelError when the hub answers that the model does not exist; any other answer
-    (a gated model, a mirror without the API): False, and ``from_pretrained`` says what it finds.
+    or falls back to the cache when there is no network; this one request answers at once where a
+    connection is refused or a name does not resolve (at most ``timeout`` seconds where packets are
+    dropped). ModelError for an id the hub cannot hold, or a model the hub says does not exist.
     """
+    import requests
     from huggingface_hub import model_info
-    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, HFValidationError,
+                                        RepositoryNotFoundError)
 
     try:
         model_info(repo_id, timeout=timeout)
+    except HFValidationError as exc:
+        raise ModelError(f"{repo_id!r} is not a model folder, a .gguf file, a registered name "
+                         f"(`models list`) or a valid hub id: {exc}".splitlines()[0]) from None
     except GatedRepoError:           # a subclass of RepositoryNotFoundError: it exists
-        return False
+        return None
     except RepositoryNotFoundError:
         raise ModelError(f"no model {repo_id!r} on the hub (or it is private: log in with "
                          f"`hf auth login`); a local folder or .gguf file also works") from None
-    except HfHubHTTPError:           # the hub answered: let from_pretrained try
-        return False
-    except Exception:                # connection refused, DNS, timeout, TLS: no hub from here
-        return True
-    return False
+    except HfHubHTTPError as exc:    # the hub (or a proxy) answered
+        status = getattr(exc.response, "status_code", None) or 0
+        return f"it answered {status}" if status >= 500 else None
+    except (requests.ConnectionError, requests.Timeout) as exc:   # refused, DNS, TLS, proxy, offline
+        return type(exc).__name__
+    except Exception:                # anything else: let from_pretrained try and say what it finds
+        return None
+    return None
 
 
 def cached_snapshot(repo_id: str) -> str | None:
-    """The folder of ``repo_id``'s cached snapshot in the Hugging Face cache (None: not cached)."""
+    """The folder of ``repo_id``'s cached snapshot (None: not cached), in the cache transformers
+    reads (``HF_HUB_CACHE``, or the older ``TRANSFORMERS_CACHE`` where a user still sets it)."""
     from huggingface_hub import snapshot_download
+    from transformers.utils import hub
 
     try:
-        return snapshot_download(repo_id, local_files_only=True)
+        return snapshot_download(repo_id, local_files_only=True,
+                                 cache_dir=getattr(hub, "TRANSFORMERS_CACHE", None))
     except Exception:        # LocalEntryNotFoundError, or an id the cache cannot hold
         return None
+
+
+def hub_offline() -> bool:
+    """Whether the user turned the hub off (``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE``, read
+    now, with huggingface_hub's truthy values)."""
+    return any(os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+               for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
 def _looks_like_hub_id(name: str) -> bool:
