@@ -25,6 +25,7 @@ from torch import nn
 from . import experts, rng, tasks
 from .adapters import without_log_line
 from .backbone import Backbone, default_pooling, pool, tokenize_mixed
+from .checkpoint import Checkpointer
 
 
 class FusionError(ValueError):
@@ -156,11 +157,14 @@ class FusionResult:
 def train_fusion(backbone: Backbone, adapter_experts: Mapping[str, experts.Expert],
                  train_sets: Mapping[str, tasks.TaskData], config: FusionConfig, *,
                  progress: Callable[[experts.Progress], None] | None = None,
-                 should_stop: Callable[[], bool] | None = None, log_every: int = 5) -> FusionResult:
+                 should_stop: Callable[[], bool] | None = None, log_every: int = 5,
+                 checkpoint: Checkpointer | None = None) -> FusionResult:
     """Train the fusion layers + one head per task of ``train_sets`` on the mixture of their rows.
 
     Every epoch shuffles all tasks' rows together, so a batch mixes tasks in proportion to their
-    sizes; each row's loss comes from its own task's head (batch loss = mean over rows).
+    sizes; each row's loss comes from its own task's head (batch loss = mean over rows). With
+    ``checkpoint`` the run saves itself as ``training.fit`` does and, resumed, ends where an
+    uninterrupted run ends (``train_seconds`` then counts every start's loop).
     """
     if not train_sets:
         raise FusionError("no training data given")
@@ -190,10 +194,12 @@ def train_fusion(backbone: Backbone, adapter_experts: Mapping[str, experts.Exper
 
     start = time.perf_counter()
     history = experts.fit(model, batch_loss, len(pool), config, generator, progress=progress,
-                          should_stop=should_stop, log_every=log_every, prefix="fusion ")
+                          should_stop=should_stop, log_every=log_every, prefix="fusion ",
+                          checkpoint=checkpoint)
+    elapsed = history[-1].get("elapsed_s") if history else None     # over every start
     return FusionResult(model=model, config=config, adapters=list(adapter_experts),
                         tasks=list(train_sets), history=history,
-                        train_seconds=time.perf_counter() - start,
+                        train_seconds=elapsed if elapsed is not None else time.perf_counter() - start,
                         train_rows={t: len(d) for t, d in train_sets.items()})
 
 

@@ -24,6 +24,7 @@ from .. import baselines, experts, runinfo, safefs, store, tasks
 from .. import moe as moe_mod
 from .. import router as router_mod
 from ..backbone import Backbone
+from ..checkpoint import Checkpointer
 from .budgets import METHOD_LABELS, Progress, ReportBudget, ReportError
 from .worker import train_in_fresh_process
 
@@ -293,6 +294,51 @@ class Run:
             store.add_expert_to_pack(pack_dir, self.expert(name, "tt-lora"))
         store.save_router(pack_dir, router, list(names), router_metrics, self.backbone.info)
         return moe_mod.TTLoRAMoE.from_pack(pack_dir, backbone=self.backbone)
+
+    def fusion_scores(self, name: str, adapter_experts: Mapping[str, experts.Expert],
+                      train_tasks: Sequence[str], eval_tasks: Sequence[str], steps: int,
+                      stage: str) -> dict:
+        """AdapterFusion over ``adapter_experts`` trained on ``train_tasks``' rows for ``steps``
+        steps, scored on each of ``eval_tasks``' validation rows: {"metrics": {task: metrics},
+        "steps", "train_seconds", "params"}.
+
+        With a work folder the training checkpoints every 100 steps (``<work>/fusion/<name>.
+        checkpoint``) and a resumed run continues it; the finished scores are kept beside it
+        (``<name>.json``) and a resumed run with the same settings takes them as they are.
+        """
+        config = self.fusion_config(steps)
+        settings = {"fusion": config.to_dict(), "train_tasks": list(train_tasks),
+                    "eval_tasks": list(eval_tasks),
+                    "adapters": {n: e.config.to_dict() for n, e in adapter_experts.items()},
+                    "train_rows": {t: len(self.data(t, "train")) for t in train_tasks},
+                    "eval_rows": {t: len(self.data(t, "validation")) for t in eval_tasks}}
+        settings = json.loads(json.dumps(settings))
+        folder = None if self.work_dir is None else self.work_dir / "fusion"
+        if folder is not None and self.resume:
+            try:
+                kept = json.loads((folder / f"{name}.json").read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                kept = None
+            if isinstance(kept, dict) and kept.get("settings") == settings:
+                return kept["scores"]
+        checkpoint = None if folder is None else Checkpointer(
+            folder / f"{name}.checkpoint", every=100, resume=self.resume, fingerprint=settings)
+        result = baselines.train_fusion(self.backbone, adapter_experts,
+                                        {t: self.data(t, "train") for t in train_tasks}, config,
+                                        progress=self.step_progress(stage),
+                                        should_stop=self.should_stop, checkpoint=checkpoint)
+        scores = {"metrics": {t: baselines.evaluate_fusion(result, self.backbone,
+                                                           self.data(t, "validation"), t)["metrics"]
+                              for t in eval_tasks},
+                  "steps": result.config.steps, "train_seconds": round(result.train_seconds, 2),
+                  "params": result.params(adapter_experts)}
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+            store.write_json(folder / f"{name}.json", {"settings": settings, "scores": scores})
+            safefs.remove(folder / f"{name}.checkpoint")
+            if self.clock is not None:
+                self.clock(True)
+        return scores
 
     def fusion_config(self, steps: int) -> baselines.FusionConfig:
         """AdapterFusion's settings: ``steps``, the budget's batch size, length and seed."""

@@ -11,7 +11,7 @@ import math
 import tempfile
 from pathlib import Path
 
-from .. import baselines, tasks
+from .. import tasks
 from .. import moe as moe_mod
 from .. import router as router_mod
 from .budgets import MIXTURE_ROUTER
@@ -48,16 +48,14 @@ def exp_integration(run: Run) -> dict:
     fusion_rows = []
     for task in b.fusion_tasks:
         stage = f"AdapterFusion over {len(names)} adapters for {task}"
-        result = baselines.train_fusion(run.backbone, adapter_experts, {task: run.data(task, "train")},
-                                        run.fusion_config(b.fusion_budget),
-                                        progress=run.step_progress(stage), should_stop=run.should_stop)
-        scored = baselines.evaluate_fusion(result, run.backbone, run.data(task, "validation"), task)
+        scored = run.fusion_scores(f"integration-{task}", adapter_experts, [task], [task],
+                                   b.fusion_budget, stage)
         key = tasks.primary_metric(task)
         alone = adapter_experts[task].metrics[key]
+        value = scored["metrics"][task][key]
         fusion_rows.append({"task": task, "metric": key, "adapter_alone": alone,
-                            "fusion": scored["metrics"][key], "gap": scored["metrics"][key] - alone,
-                            "train_seconds": round(result.train_seconds, 2),
-                            "params": result.params(adapter_experts)})
+                            "fusion": value, "gap": value - alone,
+                            "train_seconds": scored["train_seconds"], "params": scored["params"]})
     mean_gap = mean(r["gap"] for r in rows)
     fusion_gap = mean(r["gap"] for r in fusion_rows) if fusion_rows else None
     undefined = [r["task"] for r in rows if not math.isfinite(r["gap"])]

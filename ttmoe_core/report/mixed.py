@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from .. import baselines, experts, tasks
+from .. import experts, tasks
 from .. import router as router_mod
 from ..tasks import DEMO_TASKS
 from .budgets import MIXTURE_ROUTER, PAPER, ReportError
@@ -49,10 +49,8 @@ def exp_mixed(run: Run) -> dict:
     router_params = router_mod.router_params(run.mixture_router)
     adapter_experts = {t: run.expert(t, "adapter") for t in names}
     stage = "mixed test set: AdapterFusion over six adapters"
-    fusion = baselines.train_fusion(run.backbone, adapter_experts,
-                                    {t: run.data(t, "train") for t in names},
-                                    run.fusion_config(b.fusion_budget * len(names)),
-                                    progress=run.step_progress(stage), should_stop=run.should_stop)
+    fusion = run.fusion_scores("mixed", adapter_experts, names, names,
+                               b.fusion_budget * len(names), stage)
     per_task = []
     for task in names:
         data = valid[task]
@@ -62,14 +60,14 @@ def exp_mixed(run: Run) -> dict:
         labels = [data.labels[rows[k][1]] for k in mine]
         key = tasks.primary_metric(task)
         moe_value = tasks.compute_metrics(task, labels, preds)[key]
-        fusion_value = baselines.evaluate_fusion(fusion, run.backbone, data, task)["metrics"][key]
+        fusion_value = fusion["metrics"][task][key]
         per_task.append({"task": task, "metric": key, "rows": len(mine), "moe": moe_value,
                          "fusion": fusion_value, "gain_points": 100 * (moe_value - fusion_value),
                          "routed_right": sum(answers[k]["task"] == task for k in mine) / len(mine)})
     moe_mean = mean(r["moe"] for r in per_task)
     fusion_mean = mean(r["fusion"] for r in per_task)
     gain = 100 * (moe_mean - fusion_mean)
-    fusion_params = fusion.params(adapter_experts)
+    fusion_params = fusion["params"]
     ours = moe_params + router_params
     return {
         "tasks": names, "rows": len(rows), "per_task": per_task, "moe_mean": moe_mean,
@@ -78,7 +76,7 @@ def exp_mixed(run: Run) -> dict:
                    **{f"fusion_{k}": v for k, v in fusion_params.items()},
                    "moe_fraction_of_fusion": ours / fusion_params["total"],
                    "paper_moe_fraction_of_fusion": PAPER["moe_fraction_of_adapterfusion"]},
-        "fusion_steps": fusion.config.steps, "fusion_train_seconds": round(fusion.train_seconds, 2),
+        "fusion_steps": fusion["steps"], "fusion_train_seconds": fusion["train_seconds"],
         "claim": {"paper": "TT-LoRA MoE beats AdapterFusion on a mixed-task test set by about 4 "
                            "points on average",
                   "verdict": verdict(gain >= PAPER["mixed_gain_points"], gain > 0),

@@ -75,6 +75,17 @@ def work_status(work_dir: str | Path) -> dict:
     compared = seeds.aggregate(whole)
     comparisons, outcomes = claim_per_task(compared, list(dict.fromkeys(r["task"] for r in whole)))
     done = [name for name in SECTIONS if (work / "experiments" / f"{name}.json").is_file()]
+    # AdapterFusion trainings of experiments 4 and 5 (Run.fusion_scores): finished, in progress
+    fusion_dir = work / "fusion"
+    fusion_done = sorted(p.stem for p in fusion_dir.glob("*.json"))
+    fusion_running = []
+    for folder in sorted(fusion_dir.glob(f"*{CHECKPOINT_SUFFIX}")):
+        state = _read_json(folder / "state.json")
+        if state is not None and isinstance(state.get("loop"), dict):
+            fusion = (state.get("fingerprint") or {}).get("fusion") or {}
+            fusion_running.append({"name": folder.name.removesuffix(CHECKPOINT_SUFFIX),
+                                   "step": state["loop"].get("step"), "cap": fusion.get("steps"),
+                                   "cpu_seconds": state["loop"].get("cpu")})
     total = len(tasks) * len(METHODS) * len(seed_list)
     try:                                       # the run's starts so far (sessions.json)
         starts, starts_error = sessions.SessionLog.open(work, resume=True).entries, None
@@ -89,6 +100,7 @@ def work_status(work_dir: str | Path) -> dict:
                                for t in dict.fromkeys(r["task"] for r in whole)},
             "comparisons": comparisons, "outcomes": outcomes, "margin": MARGIN,
             "spread_rule": seeds.SPREAD_RULE, "experiments_done": done,
+            "fusion_done": fusion_done, "fusion_running": fusion_running,
             "experiments": list(SECTIONS)}
 
 
@@ -133,6 +145,12 @@ def render_status(status: dict) -> str:
                            fmt(r["step"], "int"), fmt(r["cap"], "int"), fmt(r["best_score"], "f3"),
                            fmt(r["best_step"], "int"), fmt(r["cpu_seconds"], "f1")]
                           for r in status["running"]]), ""]
+    if status.get("fusion_done") or status.get("fusion_running"):
+        going = [f"{r['name']} at step {fmt(r['step'], 'int')} of {fmt(r['cap'], 'int')} "
+                 f"({fmt(r['cpu_seconds'], 'f1')} CPU s)" for r in status.get("fusion_running", [])]
+        lines += [f"AdapterFusion trainings (experiments 4 and 5): finished "
+                  f"{', '.join(status.get('fusion_done', [])) or 'none'}"
+                  + (f"; in progress (a checkpoint): {'; '.join(going)}" if going else "") + ".", ""]
     if not status["finished"]:
         return "\n".join(lines + ["No training has finished yet.", ""])
     lines += ["Every finished run (validation metric of the weights kept at the best hold-out step):", "",
