@@ -309,7 +309,9 @@ class Run:
         config = self.fusion_config(steps)
         settings = {"fusion": config.to_dict(), "train_tasks": list(train_tasks),
                     "eval_tasks": list(eval_tasks),
-                    "adapters": {n: e.config.to_dict() for n, e in adapter_experts.items()},
+                    "adapters": {n: {k: v for k, v in e.config.to_dict().items()
+                                     if k not in ("device", "checkpoint_every")}
+                                 for n, e in adapter_experts.items()},
                     "train_rows": {t: len(self.data(t, "train")) for t in train_tasks},
                     "eval_rows": {t: len(self.data(t, "validation")) for t in eval_tasks}}
         settings = json.loads(json.dumps(settings))
