@@ -165,9 +165,29 @@ def test_render_markdown_has_every_section_and_claim():
     assert "budget `small`, load average 1.5 at start.*" in text
 
 
-def test_results_of_older_versions_still_render():
-    """The committed reports/ (machine keys usable_cpus/torch_threads, one-number load averages)."""
+def test_settings_render_the_same_after_a_json_round_trip():
+    """results.json turns the budget's tuples into lists; the header still shows the budget as it is."""
+    results = synthetic_results()
+    reloaded = json.loads(json.dumps(results))
+    assert isinstance(reloaded["meta"]["settings"]["comparison_tasks"], list)
+    tasks_line = f"comparison_tasks={tuple(report.BUDGETS['small'].comparison_tasks)!r}"
+    assert tasks_line in report.render_markdown(results)
+    assert report.render_markdown(reloaded) == report.render_markdown(results)
+
+
+def test_committed_report_renders_from_its_results():
+    """reports/ as committed: every section, every number traced to results.json."""
     results = json.loads((REPO_ROOT / "reports" / report.RESULTS_FILE).read_text(encoding="utf-8"))
+    text = report.render_markdown(results)
+    for name in report.SECTIONS:
+        assert f"## {report.SECTION_TITLES[name]}" in text
+    assert untraced_numbers(text, results) == []
+    assert text == (REPO_ROOT / "reports" / report.MARKDOWN_FILE).read_text(encoding="utf-8")
+
+
+def test_results_of_older_versions_still_render():
+    """A report of 2026-11 (machine keys usable_cpus/torch_threads, one-number load averages)."""
+    results = json.loads((REPO_ROOT / "tests" / "fixtures" / "results_v1.json").read_text(encoding="utf-8"))
     assert "usable_cpus" in results["meta"]["machine"]      # still the old shape
     text = report.render_markdown(results)
     for name in report.SECTIONS:

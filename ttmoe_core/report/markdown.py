@@ -213,7 +213,7 @@ def _section_integration(exp: dict) -> list[str]:
 
 
 def _section_mixed(exp: dict) -> list[str]:
-    rows = [[r["task"], r["metric"], str(r["rows"]), fmt(r["moe"], "f3"), fmt(r["fusion"], "f3"),
+    rows = [[r["task"], r["metric"], fmt(r["rows"], "int"), fmt(r["moe"], "f3"), fmt(r["fusion"], "f3"),
              fmt(r["gain_points"], "signed1"), fmt(r["routed_right"], "f3")] for r in exp["per_task"]]
     rows.append(["**average**", "", "", fmt(exp["moe_mean"], "f3"), fmt(exp["fusion_mean"], "f3"),
                  fmt(exp["gain_points"], "signed1"), ""])
@@ -280,10 +280,18 @@ def _generated_line(meta: dict) -> str:
             f"Hosts (starts): {sessions.hosts(meta['sessions'])}.")
 
 
+def _as_tuples(value):
+    """A budget setting as the budget holds it: JSON turns its tuples into lists, and this undoes it."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_as_tuples(v) for v in value)
+    return value
+
+
 def render_markdown(results: dict) -> str:
     """The whole report as Markdown (numbers only from ``results``, formatted by ``FORMATS``)."""
     meta = results["meta"]
-    settings = ", ".join(f"{k}={v}" for k, v in meta["settings"].items() if k != "name")
+    settings = ", ".join(f"{k}={_as_tuples(v)!r}" if isinstance(v, (list, tuple)) else f"{k}={v}"
+                         for k, v in meta["settings"].items() if k != "name")
     header = [
         "# TT-LoRA MoE: the paper's tables re-run on the embedded model",
         _generated_line(meta),
