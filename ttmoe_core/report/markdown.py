@@ -290,8 +290,7 @@ def _as_tuples(value):
 def render_markdown(results: dict) -> str:
     """The whole report as Markdown (numbers only from ``results``, formatted by ``FORMATS``)."""
     meta = results["meta"]
-    settings = ", ".join(f"{k}={_as_tuples(v)!r}" if isinstance(v, (list, tuple)) else f"{k}={v}"
-                         for k, v in meta["settings"].items() if k != "name")
+    settings = ", ".join(f"{k}={_as_tuples(v)}" for k, v in meta["settings"].items() if k != "name")
     header = [
         "# TT-LoRA MoE: the paper's tables re-run on the embedded model",
         _generated_line(meta),
