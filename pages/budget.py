@@ -6,7 +6,8 @@ import pandas as pd
 import streamlit as st
 
 from pages import common
-from ttmoe_core import budget, figures, tt
+from ttmoe_core import budget, tt
+from ttmoe_core.services import figures
 
 common.setup()
 ss = st.session_state

@@ -51,8 +51,13 @@ def legacy_pages_dir_workaround() -> None:
 
 legacy_pages_dir_workaround()
 
-from ttmoe_core import (adhoc, backbone, budget, experts, jobs, moe, names, openworld,  # noqa: E402
-                        quality, router, store, tasks, workspace)
+from ttmoe_core.moe import adhoc
+from ttmoe_core.base import backbone
+from ttmoe_core import budget, experts, moe, store, tasks
+from ttmoe_core.services import jobs, workspace
+from ttmoe_core.files import names
+from ttmoe_core.routing import detector as openworld, router
+from ttmoe_core.experts import quality
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

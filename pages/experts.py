@@ -7,7 +7,8 @@ import pandas as pd
 import streamlit as st
 
 from pages import common
-from ttmoe_core import budget, figures, store, tt
+from ttmoe_core import budget, store, tt
+from ttmoe_core.services import figures
 
 ws = common.setup()
 pack_dir = common.default_pack_dir()

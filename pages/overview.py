@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from pages import common
-from ttmoe_core import figures
+from ttmoe_core.services import figures
 
 common.setup()
 pack_dir = common.default_pack_dir()

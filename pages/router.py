@@ -8,8 +8,11 @@ import pandas as pd
 import streamlit as st
 
 from pages import common
-from ttmoe_core import figures, jobs, poolfit, router, store, tasks
-from ttmoe_core.workspace import WorkspaceError
+from ttmoe_core.services import figures, jobs
+from ttmoe_core.moe import fit as poolfit
+from ttmoe_core.routing import router
+from ttmoe_core import store, tasks
+from ttmoe_core.services.workspace import WorkspaceError
 
 ws = common.setup()
 registry = common.job_registry()

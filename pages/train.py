@@ -9,7 +9,8 @@ import pandas as pd
 import streamlit as st
 
 from pages import common
-from ttmoe_core import experts, figures, jobs, tasks
+from ttmoe_core import experts, tasks
+from ttmoe_core.services import figures, jobs
 
 ws = common.setup()
 registry = common.job_registry()

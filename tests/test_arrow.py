@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from tests.tinymodels import random_expert, tiny_bert, tiny_expert
-from ttmoe_core import arrow, tt
+from studies import arrow
+from ttmoe_core import tt
 
 
 @pytest.mark.parametrize("m,n,rank", [([4, 3], [3, 4], 2), ([2, 3, 2], [4, 3], 3), ([8, 6], [6, 8], 5)])
@@ -79,7 +80,7 @@ def test_route_runs_the_base_model_on_a_batch():
     bb = tiny_bert()
     experts = [tiny_expert(bb, "sst2", rank=2, steps=2, seed=s, name=f"x{s}") for s in range(2)]
     router = arrow.ArrowRouter(experts)
-    from ttmoe_core.backbone import tokenize
+    from ttmoe_core.base.backbone import tokenize
 
     batch = tokenize(bb.tokenizer, ["a fine film", "dull"], None, 16, torch.device("cpu"))
     scores = router.route(bb.model, batch)

@@ -12,7 +12,8 @@ import torch
 
 from tests.threads import run_together
 from tests.tinymodels import SAMPLES, minilm_tokenizer
-from ttmoe_core import backbone, layers, tasks
+from ttmoe_core.base import backbone, partial as layers
+from ttmoe_core import tasks
 
 MAX_LENGTH = 32
 

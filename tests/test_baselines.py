@@ -6,7 +6,7 @@ from __future__ import annotations
 import ast
 import inspect
 
-from ttmoe_core import baselines
+from ttmoe_core.baselines import fusion as baselines
 
 
 def test_baselines_uses_only_public_names_of_experts():

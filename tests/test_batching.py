@@ -9,7 +9,7 @@ import random
 import pytest
 import torch
 
-from ttmoe_core import batching
+from ttmoe_core.base import batching
 
 
 def check_plan(lengths: list[int], batches: list[list[int]], max_tokens: int | None,

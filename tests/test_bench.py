@@ -13,7 +13,7 @@ import torch
 
 from tests.tinymodels import SAMPLES, random_expert, saved_tiny_bert, tiny_expert
 from ttmoe_core import adapters, bench, tt
-from ttmoe_core.backbone import tokenize_mixed
+from ttmoe_core.base.backbone import tokenize_mixed
 from ttmoe_core.bench.__main__ import main
 from ttmoe_core.cli.args import EXIT_USAGE
 from ttmoe_core.moe import TTLoRAMoE

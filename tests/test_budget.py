@@ -12,8 +12,8 @@ from transformers import (BertConfig, BertModel, DistilBertConfig, DistilBertMod
                           Qwen2ForCausalLM, RobertaConfig, RobertaModel)
 
 from ttmoe_core import tt
-from ttmoe_core.budget import (PAPER_PRESET, PRESETS, BudgetReport, compare_methods,
-                               compute_budget, dims_from_config, resolve_model)
+from ttmoe_core.budget import (PAPER_PRESET, PRESETS, BudgetReport, compare_methods, compute_budget,
+                               dims_from_config, resolve_model)
 
 PAPER_SHAPES = {"q_proj": [16, 8, 4, 4, 4, 4, 8, 16], "v_proj": [16, 16, 4, 2, 2, 16, 16]}
 
@@ -262,7 +262,7 @@ def test_decoder_presets_match_the_real_models_and_peft(name: str) -> None:
     preset's config (on the meta device: no memory); LoRA r16 on q/v equals PEFT's count."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from ttmoe_core.model_dims import _PRESET_CONFIGS
+    from ttmoe_core.base.dims import _PRESET_CONFIGS
 
     assert PRESETS[name].total_params == PUBLISHED_TOTALS[name]
     config = dict(_PRESET_CONFIGS[name])

@@ -10,7 +10,9 @@ import dataclasses
 import pytest
 import torch
 
-from ttmoe_core import backbone, experts, layers, moe, router, store
+from ttmoe_core.base import backbone, partial as layers
+from ttmoe_core import experts, moe, store
+from ttmoe_core.routing import router
 from tests.tinymodels import SAMPLES, decoder_tokenizer, tiny_decoder, tiny_expert
 
 TEXTS = ["a short one", "the movie was far better than anybody expected it to be",
@@ -222,7 +224,7 @@ def test_bfloat16_trains_float32_cores_and_heads(tmp_path):
     """--dtype bfloat16 on CPU: base weights bfloat16 (half the memory), fingerprint of the
     float32 weights, cores and head trained and saved as float32, finite loss, and a float32
     serving of the expert close to the bfloat16 one."""
-    from ttmoe_core import precision
+    from ttmoe_core.runtime import precision
 
     model = tiny_decoder("llama").model
     folder = tmp_path / "m"

@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from ttmoe_core import distributed, rng
+from ttmoe_core.runtime import distributed, rng
 from tests.tinymodels import SAMPLES, decoder_tokenizer, tiny_decoder_model
 
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from ttmoe_core import adapters, budget, figures, tt
+from ttmoe_core import adapters, budget, tt
+from ttmoe_core.services import figures
 
 
 def test_router_probs_bar_keeps_order_values_and_highlights_choice():
@@ -147,7 +148,7 @@ def test_short_layer_name():
     assert figures.short_layer_name("head") == "head"
 
 
-@pytest.mark.parametrize("module", ["figures.py", "jobs.py"])
+@pytest.mark.parametrize("module", ["services/figures.py", "services/jobs.py"])
 def test_engine_modules_do_not_import_streamlit(module):
     tree = ast.parse((Path(__file__).resolve().parents[1] / "ttmoe_core" / module).read_text())
     names = [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)

@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from tests.tinymodels import SAMPLES, saved_tiny_bert
-from ttmoe_core import cli, experts, fullft, tasks
-from ttmoe_core.training import TrainingError
+from ttmoe_core import cli, experts, tasks
+from ttmoe_core.baselines import fullft
+from ttmoe_core.experts.loop import TrainingError
 
 
 @pytest.fixture(scope="module")

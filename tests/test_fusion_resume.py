@@ -11,7 +11,8 @@ import torch
 
 from tinymodels import SAMPLES, tiny_bert, tiny_expert
 from ttmoe_core import baselines, report, store, tasks
-from ttmoe_core.checkpoint import Checkpointer
+from ttmoe_core.experts.checkpoint import Checkpointer
+from ttmoe_core.experts import TrainingError
 from ttmoe_core.report.experiment import Run
 
 
@@ -40,7 +41,7 @@ def test_a_resumed_fusion_training_ends_as_an_uninterrupted_one(bb, adapters, tm
         calls.append(1)
         return len(calls) > 3
 
-    with pytest.raises(baselines.experts.TrainingError, match="cancelled at step 3"):
+    with pytest.raises(TrainingError, match="cancelled at step 3"):
         _train(bb, adapters, Checkpointer(tmp_path / "ck", every=2), stop_after_three_steps)
     assert (tmp_path / "ck" / "state.json").is_file()
     resumed = _train(bb, adapters, Checkpointer(tmp_path / "ck", every=2, resume=True))
@@ -93,7 +94,7 @@ def test_status_shows_finished_and_running_fusions(bb, adapters, tmp_path):
     calls = []
     run = dataclasses.replace(_run(bb, work, resume=False),   # stops before its 4th step
                               should_stop=lambda: (calls.append(1), len(calls) > 3)[1])
-    with pytest.raises(baselines.experts.TrainingError, match="cancelled at step 3"):
+    with pytest.raises(TrainingError, match="cancelled at step 3"):
         run.fusion_scores("mixed", adapters, ["sst2", "cola"], ["sst2", "cola"], 150, "fusion")
     status = report.work_status(work)
     assert status["fusion_done"] == ["integration-sst2"]

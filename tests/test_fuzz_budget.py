@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from ttmoe_core import budget, tt
-from ttmoe_core.schema import SchemaError
+from ttmoe_core.files.schema import SchemaError
 
 PRESETS = {"llama": budget._PRESET_CONFIGS["llama-3.2-1b"], "bert": budget._PRESET_CONFIGS["roberta-base"]}
 KEYS = sorted({k for c in PRESETS.values() for k in c} | {"head_dim", "num_key_value_heads",

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 CHILD = """
 import json, sys
-from ttmoe_core import backbone, models
+from ttmoe_core.base import backbone, sources as models
 out = {}
 for repo in sys.argv[1:]:
     try:

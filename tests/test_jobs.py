@@ -7,11 +7,13 @@ import time
 
 import torch
 
-from ttmoe_core import jobs, router, store, tt
-from ttmoe_core.backbone import BackboneInfo
+from ttmoe_core.services import jobs
+from ttmoe_core.routing import router
+from ttmoe_core import store, tt
+from ttmoe_core.base.backbone import BackboneInfo
 from ttmoe_core.experts import Expert, ExpertConfig
-from ttmoe_core.router import RouterReport
-from ttmoe_core.workspace import Workspace
+from ttmoe_core.routing.router import RouterReport
+from ttmoe_core.services.workspace import Workspace
 
 
 def test_job_finishes_with_result_and_ordered_progress():

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from ttmoe_core import adapters, backbone, experts, moe, store, tasks, tt
+from ttmoe_core import adapters, experts, moe, store, tasks, tt
+from ttmoe_core.base import backbone
 from ttmoe_core.cli.args import UsageError
 from ttmoe_core.cli.checks import check_targets
 

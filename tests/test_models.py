@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ttmoe_core import models
+from ttmoe_core.base import sources as models
 from ttmoe_core.cli import main
 
 

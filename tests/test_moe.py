@@ -15,8 +15,10 @@ from torch import nn
 
 from tests.threads import run_together
 from tests.tinymodels import SAMPLES, random_expert, tiny_bert, tiny_expert, tiny_router
-from ttmoe_core import backbone, experts, layers, moe, router, tasks
-from ttmoe_core.backbone import BackboneInfo, mean_pool
+from ttmoe_core.base import backbone, partial as layers
+from ttmoe_core import experts, moe, tasks
+from ttmoe_core.routing import router
+from ttmoe_core.base.backbone import BackboneInfo, mean_pool
 
 MAX_LENGTH = 128
 
@@ -288,7 +290,7 @@ def test_empty_after_strip_is_refused_among_many_rows(routed, rows):
 
 def test_evaluation_tokenizes_once_and_routes_each_row_once(routed, three, monkeypatch):
     encodes, routed_rows = [], []
-    real_encode, real_route = moe.encode_rows, routed._route_states
+    real_encode, real_route = moe.mixture.encode_rows, routed._route_states
 
     def encode(tokenizer, texts, *args):
         encodes.append(len(texts))
@@ -298,7 +300,7 @@ def test_evaluation_tokenizes_once_and_routes_each_row_once(routed, three, monke
         routed_rows.append(batch["input_ids"].shape[0])
         return real_route(batch, text_feats)
 
-    monkeypatch.setattr(moe, "encode_rows", encode)
+    monkeypatch.setattr(moe.mixture, "encode_rows", encode)
     monkeypatch.setattr(routed, "_route_states", route)
     pairs = [(e.name, e.config.task) for e in three]
     result = moe.evaluate_mixture(routed, pairs, 6, data_dir=SAMPLES, batch_size=4)
@@ -461,7 +463,7 @@ def test_pack_files_are_read_once(tmp_path, monkeypatch, capsys):
         reads.append(Path(path).name)
         return real_load_expert(path, *args, **kwargs)
 
-    monkeypatch.setattr(store, "load_expert", load_expert)
+    monkeypatch.setattr(store.core, "load_expert", load_expert)
     names = [e.name for e in pack_experts]
     mixture = moe.TTLoRAMoE.from_pack(pack_dir, backbone=base)
     assert reads == names and mixture.names == names
@@ -541,8 +543,8 @@ def test_prefix_reuse_equals_the_full_pass_float64(upper_routed, rows, monkeypat
     texts, pairs = shuffled_with_repeats(rows)
     encoded, forced = upper_routed.prepare(texts, pairs)
     continued = []
-    real = moe.continue_layers
-    monkeypatch.setattr(moe, "continue_layers", lambda *a: continued.append(1) or real(*a))
+    real = moe.mixture.continue_layers
+    monkeypatch.setattr(moe.mixture, "continue_layers", lambda *a: continued.append(1) or real(*a))
     shared = upper_routed.score(encoded, forced, batch_size=4, max_tokens=300)
     assert len(continued) == len(batching_plan(encoded, 4, 300))       # every micro-batch
     continued.clear()
@@ -556,7 +558,7 @@ def test_prefix_reuse_equals_the_full_pass_float64(upper_routed, rows, monkeypat
 
 
 def batching_plan(encoded, batch_size, max_tokens):
-    from ttmoe_core import batching
+    from ttmoe_core.base import batching
 
     first, _ = batching.distinct(list(zip(encoded.texts, encoded.text_pairs)))
     return batching.plan(encoded.take(first).lengths, max_tokens, batch_size)
@@ -584,7 +586,7 @@ def test_mixed_full_and_upper_experts_fall_back_where_needed(bb, three, trained_
 def test_large_pool_gathers_the_right_experts(bb, three, rows):
     """300 experts (five chunks): rows sent to a few of them equal those experts alone."""
     from ttmoe_core.bench.pools import random_pool
-    from ttmoe_core.pool import ExpertPool
+    from ttmoe_core.moe.pool import ExpertPool
 
     pool = random_pool(ExpertPool.from_experts(three), 300, seed=3)
     for expert in three:

@@ -9,7 +9,7 @@ import itertools
 import pytest
 import torch
 
-from ttmoe_core import openworld as ow
+from ttmoe_core.routing import detector as ow
 
 D, E = 12, 3
 

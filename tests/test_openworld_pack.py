@@ -15,7 +15,10 @@ import pytest
 import torch
 
 from tests.tinymodels import SAMPLES, saved_tiny_bert, tiny_expert, tree_hashes
-from ttmoe_core import cli, poolfiles, poolfit, routers, store
+from ttmoe_core import cli, store
+from ttmoe_core.store import detector as poolfiles
+from ttmoe_core.moe import fit as poolfit
+from ttmoe_core.routing import registry as routers
 from ttmoe_core.moe import TTLoRAMoE
 
 TEXTS = ["The acting was wooden and the plot made no sense.", "I loved every minute of it.",
@@ -263,7 +266,8 @@ def test_retraining_the_router_removes_its_stale_detector(pack_copy):
 
 
 def test_router_page_jobs_write_replay_rows_for_ngram_routers(base, tmp_path):
-    from ttmoe_core import jobs, router
+    from ttmoe_core.services import jobs
+    from ttmoe_core.routing import router
 
     pairs = [("cola", "cola"), ("sst2", "sst2")]
     train = router.routing_data(pairs, "train", 20, SAMPLES)
@@ -291,7 +295,7 @@ def test_replay_round_trip_is_exact_for_ngrams(tmp_path):
 
 
 def test_recipe_rows_balance_and_sentences():
-    from ttmoe_core.router import RoutingData
+    from ttmoe_core.routing.router import RoutingData
 
     texts = ["a phrase", "this is a whole sentence with eight words .", "short one !",
              "x", "y", "z"]
@@ -310,7 +314,7 @@ def test_recipe_rows_balance_and_sentences():
 
 @pytest.mark.slow
 def test_demo_pack_reports_in_pool_and_says_when_nothing_fits(embedded):
-    from ttmoe_core.workspace import default_pack
+    from ttmoe_core.services.workspace import default_pack
 
     moe = TTLoRAMoE.from_pack(default_pack(), backbone=embedded)
     assert moe.openworld is not None and moe.router.config.variant == "ngram"

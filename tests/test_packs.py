@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from tests.tinymodels import tiny_bert, tiny_expert, tiny_pack, tiny_router, tree_hashes
-from ttmoe_core import backbone, moe, store
+from ttmoe_core.base import backbone
+from ttmoe_core import moe, store
 from ttmoe_core.store import StoreError
 
 TEXTS = ["a gorgeous , witty , seductive movie .", "The cat sat on the mat.",
@@ -226,7 +227,7 @@ def test_a_failed_router_save_leaves_the_pack_byte_identical(pack_copy, built, b
     def crash(path, data):
         raise OSError("disk full")
 
-    monkeypatch.setattr(store, "write_json", crash)
+    monkeypatch.setattr(store.core, "write_json", crash)
     with pytest.raises(OSError, match="disk full"):
         store.save_router(pack_copy, trained, train.names, {"accuracy": 0.0}, bb.info)
     assert tree_hashes(pack_copy) == before

@@ -16,7 +16,7 @@ from ttmoe_core import store, tt
 from ttmoe_core.adapters import layer_index
 from ttmoe_core.bench.pools import random_pool, upper_layer_experts
 from ttmoe_core.moe import TTLoRAMoE
-from ttmoe_core.pool import CHUNK_ROWS, NO_LAYER, ExpertPool, MoEError, open_pack
+from ttmoe_core.moe.pool import CHUNK_ROWS, NO_LAYER, ExpertPool, MoEError, open_pack
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from ttmoe_core import quality
+from ttmoe_core.experts import quality
 
 # 30 unacceptable, 70 acceptable (rows are true labels)
 COLA = [[10, 20], [5, 65]]

@@ -11,8 +11,10 @@ import torch
 from torch import nn
 
 from tests.tinymodels import SAMPLES, tiny_bert
-from ttmoe_core import baselines, experts, rng, router, router_v2, routers, tasks
-from ttmoe_core.router import SURFACE_DIM, RouterConfig
+from ttmoe_core import baselines, experts, tasks
+from ttmoe_core.runtime import rng
+from ttmoe_core.routing import router, ngram as router_v2, registry as routers
+from ttmoe_core.routing.router import SURFACE_DIM, RouterConfig
 
 HIDDEN, LAYERS, EXPERTS = 16, 2, 3
 

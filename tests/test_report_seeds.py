@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from ttmoe_core import experts, report, runinfo, store, tasks
+from ttmoe_core import experts, report, store, tasks
+from ttmoe_core.runtime import runinfo
 from ttmoe_core.report import methods, seeds
 from ttmoe_core.report import run as report_run
 from ttmoe_core.report.experiment import Run

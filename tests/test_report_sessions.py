@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.test_report import synthetic_results
-from ttmoe_core import report, runinfo
+from ttmoe_core import report
+from ttmoe_core.runtime import runinfo
 from ttmoe_core.report import sessions
 from ttmoe_core.report.budgets import ReportError
 from ttmoe_core.report.experiment import Run

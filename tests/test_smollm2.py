@@ -10,7 +10,8 @@ import os
 import pytest
 import torch
 
-from ttmoe_core import backbone, cli, experts, layers, models, moe, store
+from ttmoe_core.base import backbone, partial as layers, sources as models
+from ttmoe_core import cli, experts, moe, store
 from tests.tinymodels import SAMPLES
 
 pytestmark = pytest.mark.slow

@@ -147,7 +147,7 @@ def test_failed_save_leaves_previous_folder_untouched(tt_expert, saved, monkeypa
     def disk_full(path, data):
         raise OSError("disk full")
 
-    monkeypatch.setattr(store, "write_json", disk_full)
+    monkeypatch.setattr(store.core, "write_json", disk_full)
     changed = experts.Expert(**{**tt_expert.__dict__, "name": "changed",
                                 "tensors": {k: v + 1 for k, v in tt_expert.tensors.items()}})
     with pytest.raises(OSError, match="disk full"):
@@ -401,7 +401,7 @@ def test_huge_lora_rank_is_refused_from_the_header(lora_expert, tmp_path, monkey
     data is read (the loader is never called)."""
     path = store.save_expert(lora_expert, tmp_path / "lora")
     _set_config(path, **{"training.rank": 4096})
-    monkeypatch.setattr(store.tensorfile, "load_file", lambda *a, **k: pytest.fail("data was read"))
+    monkeypatch.setattr(store.core.tensorfile, "load_file", lambda *a, **k: pytest.fail("data was read"))
     with pytest.raises(StoreError, match="rank 4096 needs A"):
         store.load_expert(path)
     _set_config(path, **{"training.rank": 10**9})
@@ -415,7 +415,7 @@ def test_tt_rank_that_disagrees_with_the_cores_is_refused_from_the_header(saved,
     for info in data["tt"].values():
         info.pop("core_shapes")
     _write_config(saved, data)
-    monkeypatch.setattr(store.tensorfile, "load_file", lambda *a, **k: pytest.fail("data was read"))
+    monkeypatch.setattr(store.core.tensorfile, "load_file", lambda *a, **k: pytest.fail("data was read"))
     with pytest.raises(StoreError, match="cores of .* have shapes"):
         store.load_expert(saved)
 
@@ -484,7 +484,7 @@ def test_save_replaces_only_an_expert_or_an_empty_folder(tt_expert, tmp_path):
 def test_swap_fallback_and_recovery_of_each_interrupted_step(tt_expert, saved, monkeypatch):
     """Without RENAME_EXCHANGE (other OS or file system) the replace is backup + rename; a crash
     after the backup leaves no folder, and ``recover`` puts the backup back."""
-    from ttmoe_core import safefs
+    from ttmoe_core.files import safefs
 
     old = store.load_expert(saved)
     monkeypatch.setattr(safefs, "exchange", lambda a, b: False)
@@ -516,7 +516,7 @@ def test_swap_fallback_and_recovery_of_each_interrupted_step(tt_expert, saved, m
 
 
 def test_recover_keeps_what_live_processes_are_writing(saved):
-    from ttmoe_core import safefs
+    from ttmoe_core.files import safefs
 
     mine = saved.parent / f".sst2.tmp-{os.getpid()}-0123abcd"
     dead = saved.parent / ".sst2.tmp-999999999-0123abcd"

@@ -13,8 +13,10 @@ import pytest
 import torch
 from torch import nn
 
-from ttmoe_core import experts, rng, tasks, training
-from ttmoe_core.checkpoint import Checkpointer, CheckpointError
+from ttmoe_core import experts, tasks
+from ttmoe_core.runtime import rng
+from ttmoe_core.experts import loop as training
+from ttmoe_core.experts.checkpoint import Checkpointer, CheckpointError
 
 
 # ----------------------------------------------------------------------------- pure parts

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import torch
 
-from ttmoe_core import backbone, experts, router, store
+from ttmoe_core.base import backbone
+from ttmoe_core import experts, store
+from ttmoe_core.routing import router
 
 SAMPLES = Path(__file__).resolve().parents[1] / "assets" / "samples"
 

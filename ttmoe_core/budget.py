@@ -25,9 +25,8 @@ from pathlib import Path
 from types import MappingProxyType
 
 from ttmoe_core import tt
-from ttmoe_core.model_dims import (  # noqa: F401  (re-exported: the budget's public model API)
-    _PRESET_CONFIGS, BERT_LIKE, DISTILBERT, LLAMA_LIKE, PRESETS, SUPPORTED_MODEL_TYPES, ModelDims,
-    dims_from_config, resolve_model)
+from ttmoe_core.base.dims import (_PRESET_CONFIGS, BERT_LIKE, DISTILBERT, LLAMA_LIKE, PRESETS,
+                                  SUPPORTED_MODEL_TYPES, ModelDims, dims_from_config, resolve_model)
 
 METHODS = ("tt-lora", "lora", "adapter", "adapterfusion", "full")
 ADAPTER_KINDS = ("pfeiffer", "houlsby")

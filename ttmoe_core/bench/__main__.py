@@ -38,9 +38,9 @@ from collections.abc import Sequence
 
 import torch
 
-from ..backbone import pick_device
+from ..base.backbone import pick_device
 from ..cli.args import EXIT_USAGE, Parser, UsageError, int_in, positive_int, positive_int_list
-from ..runinfo import usable_cores
+from ..runtime.runinfo import usable_cores
 from .adapters import ADAPTER_DEFAULTS, ADAPTER_QUICK, bench_adapters, format_adapters
 from .jobs import JOBS_DEFAULTS, JOBS_QUICK, bench_jobs, format_jobs
 from .moe import DEMO_PACK, MOE_DEFAULTS, MOE_QUICK, bench_moe, format_moe

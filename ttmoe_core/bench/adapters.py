@@ -15,9 +15,9 @@ from torch import nn
 
 from .. import tt
 from ..adapters import inject_lora, inject_tt_lora, tt_layers
-from ..backbone import default_targets, load_backbone
+from ..base.backbone import default_targets, load_backbone
 from ..experts import METHOD_DEFAULTS, ExpertConfig, build_expert_model, tt_layout
-from ..runinfo import load_average
+from ..runtime.runinfo import load_average
 from .results import envelope, header_lines, kib, mib, ms, ratio_lines, ratios_and_targets
 from .timing import memory_note, peak_memory, time_interleaved
 

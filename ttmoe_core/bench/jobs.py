@@ -23,7 +23,7 @@ import torch
 
 from .. import experts, tasks
 from ..report.worker import train_in_fresh_process
-from ..runinfo import load_average
+from ..runtime.runinfo import load_average
 from .results import envelope, header_lines, ratio_lines, ratios_and_targets
 
 JOBS_DEFAULTS = {"task": "mnli", "method": "tt-lora", "steps": 100, "batch": 16, "max_length": 128,

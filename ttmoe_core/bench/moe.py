@@ -13,10 +13,10 @@ from pathlib import Path
 import torch
 
 from .. import tasks
-from ..backbone import Backbone, tokenize_mixed
+from ..base.backbone import Backbone, tokenize_mixed
 from ..experts import build_expert_model
 from ..moe import TTLoRAMoE
-from ..runinfo import load_average
+from ..runtime.runinfo import load_average
 from .paper import GateWeightedMoE, max_logit_difference
 from .pools import random_pool
 from .results import envelope, header_lines, mib, ms, ratio_lines, ratios_and_targets

@@ -22,13 +22,13 @@ import torch
 
 from .. import store
 from ..adapters import layer_index
-from ..backbone import Backbone, encode_rows, load_backbone
+from ..base.backbone import Backbone, encode_rows, load_backbone
 from ..experts import Expert
 from ..moe import TTLoRAMoE
-from ..pool import CHUNK_ROWS, ExpertCard, ExpertPool, open_pack
-from ..router import Router
-from ..routers import build
-from ..runinfo import rss_mib
+from ..moe.pool import CHUNK_ROWS, ExpertCard, ExpertPool, open_pack
+from ..routing.router import Router
+from ..routing.registry import build
+from ..runtime.runinfo import rss_mib
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -7,7 +7,7 @@ import json
 
 import torch
 
-from ..runinfo import load_average, machine_info, now
+from ..runtime.runinfo import load_average, machine_info, now
 
 # target ratios (see DESIGN.md "Targets"): (bound, "<=" or ">=")
 TARGETS = {

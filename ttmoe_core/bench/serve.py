@@ -26,10 +26,11 @@ from pathlib import Path
 
 import torch
 
-from .. import batching, rng
-from ..backbone import Backbone, default_pooling, default_targets, encode_rows, pool
+from ..base import batching
+from ..runtime import rng
+from ..base.backbone import Backbone, default_pooling, default_targets, encode_rows, pool
 from ..moe import TTLoRAMoE
-from ..runinfo import load_average
+from ..runtime.runinfo import load_average
 from .moe import mixed_rows
 from .paper import GateWeightedMoE
 from .pools import (random_experts, random_pool, random_router, rss_in_fresh_process,

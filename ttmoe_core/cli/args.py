@@ -68,7 +68,7 @@ def fraction_arg(text: str) -> float:
 
 def name_arg(text: str) -> str:
     """A name (of an expert): ``names.NAME_RULE``."""
-    from ..names import NAME_RULE, is_valid_name
+    from ..files.names import NAME_RULE, is_valid_name
 
     if not is_valid_name(text):
         raise argparse.ArgumentTypeError(f"{text!r} is not a valid name ({NAME_RULE})")

@@ -62,7 +62,7 @@ def check_targets(model, targets: list[str] | None, shapes: dict[str, list[int]]
     defaults when ``targets`` is None) and every ``--shape`` names a target (or, where a target's
     layers differ in size, one of its roles such as ``intermediate.dense``) and fits its layers."""
     from ..adapters import find_targets, resolve_shapes
-    from ..backbone import default_targets
+    from ..base.backbone import default_targets
 
     try:
         chosen = list(targets or default_targets(model.config.model_type))

@@ -35,8 +35,10 @@ def cmd_train_expert(args: argparse.Namespace) -> int:
     before the first step; the expert is saved atomically at the end."""
     from tqdm import tqdm
 
-    from .. import distributed, experts, safefs, store, tasks
-    from ..checkpoint import CheckpointError
+    from ..runtime import distributed
+    from .. import experts, store, tasks
+    from ..files import safefs
+    from ..experts.checkpoint import CheckpointError
 
     config = experts.ExpertConfig(
         task=args.task, method=args.method, rank=args.rank, alpha=args.alpha,
@@ -92,8 +94,10 @@ def cmd_full_finetune(args: argparse.Namespace) -> int:
     JSON to --out. The weights are not kept (a whole model per task)."""
     from tqdm import tqdm
 
-    from .. import experts, fullft, safefs, store, tasks
-    from ..checkpoint import CheckpointError
+    from .. import experts, store, tasks
+    from ..baselines import fullft
+    from ..files import safefs
+    from ..experts.checkpoint import CheckpointError
 
     out = Path(args.out)
     if out.is_dir() or out.is_symlink():
@@ -148,7 +152,7 @@ def run_inputs(args: argparse.Namespace, config):
     """(train rows, validation rows, base model) of one training command (``config``: an
     ``ExpertConfig`` or ``fullft.FullConfig``); UsageError when one cannot be had."""
     from .. import experts, tasks
-    from ..backbone import BackboneError, load_backbone
+    from ..base.backbone import BackboneError, load_backbone
 
     try:
         train = tasks.load_task(args.task, "train", data_dir=args.data_dir,
@@ -225,7 +229,7 @@ def add_convergence_flags(p: argparse.ArgumentParser) -> None:
 
 def cmd_eval_expert(args: argparse.Namespace) -> int:
     from .. import experts, store, tasks
-    from ..backbone import BackboneError, check_fingerprint, load_backbone
+    from ..base.backbone import BackboneError, check_fingerprint, load_backbone
 
     try:
         expert = store.load_expert(args.expert)                 # read and checked once

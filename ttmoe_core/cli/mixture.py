@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 from .. import tasks
-from ..router import VARIANTS
-from ..workspace import default_pack
+from ..routing.router import VARIANTS
+from ..services.workspace import default_pack
 from .args import (MAX_BATCH, UsageError, common_model_flags, device_arg, dtype_flag, int_in,
                    names_list, positive_float, positive_int, seed_arg, targets_arg, task_lr_arg)
 from .checks import check_max_length, check_output
@@ -86,7 +86,7 @@ def _load_pack(path: str | Path):
 def _load_moe(pack: str | None, device: str | None, dtype: str = "float32"):
     """The pack's mixture on its own base model, each file of the pack read once."""
     from .. import store
-    from ..backbone import BackboneError
+    from ..base.backbone import BackboneError
     from ..moe import MoEError, TTLoRAMoE
 
     loaded = _load_pack(Path(pack) if pack else default_pack())
@@ -99,8 +99,8 @@ def _load_moe(pack: str | None, device: str | None, dtype: str = "float32"):
 def _load_adhoc(folders: list[str], device: str | None, dtype: str = "float32"):
     """The router-less mixture of expert folders (``adhoc.mixture_from_folders``)."""
     from .. import store
-    from ..adhoc import mixture_from_folders
-    from ..backbone import BackboneError
+    from ..moe.adhoc import mixture_from_folders
+    from ..base.backbone import BackboneError
     from ..moe import MoEError
 
     try:
@@ -214,7 +214,7 @@ def cmd_eval_moe(args: argparse.Namespace) -> int:
         where = args.pack or default_pack()
         raise UsageError(f"the pack {where} has no router to evaluate: train one with "
                          f"`python -m ttmoe_core train-router --pack {where}`")
-    from ..poolfit import openworld_report
+    from ..moe.fit import openworld_report
 
     pairs = [(e.name, e.config.task) for e in moe.experts]
     try:
@@ -274,10 +274,13 @@ def cmd_build_demo(args: argparse.Namespace) -> int:
     first expert trains; the pack is written in one step at the end."""
     import time
 
-    from .. import experts, quality, router as routers, routers as variants, safefs, store, tasks
-    from ..backbone import BackboneError, load_backbone
-    from ..checkpoint import CheckpointError
-    from ..router import RouterConfig
+    from .. import experts, store, tasks
+    from ..experts import quality
+    from ..routing import router as routers, registry as variants
+    from ..files import safefs
+    from ..base.backbone import BackboneError, load_backbone
+    from ..experts.checkpoint import CheckpointError
+    from ..routing.router import RouterConfig
 
     out = check_output(args.out, "pack", args.overwrite, store.load_pack)
     started = time.perf_counter()

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from .. import models
+from ..base import sources as models
 from .args import UsageError
 
 

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .. import report, tasks
-from ..backbone import BackboneError
+from ..base.backbone import BackboneError
 from .args import EXIT_USAGE, Parser, UsageError, int_in
 from .checks import check_writable
 

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from ..router import VARIANTS
+from ..routing.router import VARIANTS
 from .args import (UsageError, device_arg, int_in, parse_layers, positive_float, positive_int,
                    seed_arg)
 from .checks import check_max_length, check_writable
@@ -19,8 +19,11 @@ def cmd_train_router(args: argparse.Namespace) -> int:
     """``train-router``: the pack, its folder, the layers and sizes are checked before the
     features are read; the best layer's router is saved into the pack (an ngram router with its
     replay rows, for add-expert). ``--all-rows``: the final recipe of ROUTING_STUDY.md."""
-    from .. import growth, poolfiles, poolfit, router as router_mod, routers, store, tasks
-    from ..backbone import BackboneError, load_backbone
+    from ..routing import growth, router as router_mod, registry as routers
+    from ..store import detector as poolfiles
+    from ..moe import fit as poolfit
+    from .. import store, tasks
+    from ..base.backbone import BackboneError, load_backbone
 
     check_writable(args.pack, f"the pack {args.pack}")
     pack = _load_pack(args.pack)
@@ -104,7 +107,7 @@ def cmd_train_router(args: argparse.Namespace) -> int:
 def _writable_pack_base(args: argparse.Namespace):
     """The base model of the pack ``args.pack`` that a command will change (calibrate-pool,
     add-expert): the folder writable, the pack readable, its base model loaded; UsageError else."""
-    from ..backbone import BackboneError, load_backbone
+    from ..base.backbone import BackboneError, load_backbone
 
     check_writable(args.pack, f"the pack {args.pack}")
     pack = _load_pack(args.pack)
@@ -116,7 +119,8 @@ def _writable_pack_base(args: argparse.Namespace):
 
 def cmd_calibrate_pool(args: argparse.Namespace) -> int:
     """``calibrate-pool``: fit and calibrate the pack's out-of-pool detector (``poolfit``)."""
-    from .. import poolfit, store, tasks
+    from ..moe import fit as poolfit
+    from .. import store, tasks
 
     backbone = _writable_pack_base(args)
     try:
@@ -139,7 +143,9 @@ def cmd_calibrate_pool(args: argparse.Namespace) -> int:
 
 def cmd_add_expert(args: argparse.Namespace) -> int:
     """``add-expert``: the expert joins the pack and its routing without retraining the router."""
-    from .. import growth, poolfit, router as router_mod, store, tasks
+    from ..routing import growth, router as router_mod
+    from ..moe import fit as poolfit
+    from .. import store, tasks
 
     backbone = _writable_pack_base(args)
     try:

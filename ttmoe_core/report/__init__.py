@@ -31,9 +31,9 @@ in ``results`` (no arithmetic), through ``FORMATS``, so every number of a table 
 ``results.json``.
 """
 
-from .budgets import (BUDGETS, FIGURES_DIR, MARKDOWN_FILE, METHOD_LABELS, METHODS, MIXTURE_ROUTER, PAPER,
-                      RESULTS_FILE, SECTIONS, TOLERANCE, Progress, ReportBudget, ReportError, budget_changes,
-                      resolve_budget)
+from .budgets import (BUDGETS, FIGURES_DIR, MARKDOWN_FILE, METHOD_LABELS, METHODS, MIXTURE_ROUTER,
+                      PAPER, RESULTS_FILE, SECTIONS, TOLERANCE, Progress, ReportBudget, ReportError,
+                      budget_changes, resolve_budget)
 from .contraction import exp_contraction
 from .integration import exp_integration
 from .markdown import FORMATS, SECTION_TITLES, fmt, machine_summary, render_markdown, render_section

@@ -12,7 +12,7 @@ import copy
 import torch
 
 from .. import adapters, experts
-from ..backbone import pool
+from ..base.backbone import pool
 from .budgets import TOLERANCE, ReportError
 from .experiment import Run, median_ms, setup_differences, verdict
 

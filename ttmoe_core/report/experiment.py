@@ -20,11 +20,13 @@ from pathlib import Path
 
 import torch
 
-from .. import baselines, experts, runinfo, safefs, store, tasks
+from .. import baselines, experts, store, tasks
+from ..runtime import runinfo
+from ..files import safefs
 from .. import moe as moe_mod
-from .. import router as router_mod
-from ..backbone import Backbone
-from ..checkpoint import Checkpointer
+from ..routing import router as router_mod
+from ..base.backbone import Backbone
+from ..experts.checkpoint import Checkpointer
 from .budgets import METHOD_LABELS, Progress, ReportBudget, ReportError
 from .worker import train_in_fresh_process
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .. import tasks
 from .. import moe as moe_mod
-from .. import router as router_mod
+from ..routing import router as router_mod
 from .budgets import MIXTURE_ROUTER
 from .experiment import Run, mean, setup_differences, verdict
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from .. import experts, tasks
-from .. import router as router_mod
+from ..routing import router as router_mod
 from ..tasks import DEMO_TASKS
 from .budgets import MIXTURE_ROUTER, PAPER, ReportError
 from .experiment import Run, mean, setup_differences, verdict

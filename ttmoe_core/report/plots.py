@@ -12,7 +12,7 @@ import importlib.util
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from ..router import ROUTERS
+from ..routing.router import ROUTERS
 
 VARIANTS = tuple(ROUTERS)      # the paper's comparison: router.py's four (ngram: ROUTING_STUDY.md)
 from .budgets import METHOD_LABELS, METHODS
@@ -31,7 +31,7 @@ def _grouped_bar(categories: Sequence[str], series: Mapping[str, Sequence[float]
     error bar (± value) per bar of a series."""
     import plotly.graph_objects as go
 
-    from ..figures import apply_layout
+    from ..services.figures import apply_layout
 
     def error(name):
         if not errors or name not in errors:
@@ -51,7 +51,7 @@ def build_figures(results: dict) -> dict:
     """Plotly figures of the experiments present in ``results`` (pure: data in, figures out)."""
     import plotly.graph_objects as go
 
-    from ..figures import apply_layout, confusion_heatmap
+    from ..services.figures import apply_layout, confusion_heatmap
 
     out = {}
     exps = results["experiments"]

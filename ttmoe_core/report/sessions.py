@@ -22,7 +22,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import runinfo, store
+from ..runtime import runinfo
+from .. import store
 from .budgets import ReportError
 
 FILE = "sessions.json"
