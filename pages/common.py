@@ -51,13 +51,14 @@ def legacy_pages_dir_workaround() -> None:
 
 legacy_pages_dir_workaround()
 
-from ttmoe_core.moe import adhoc
-from ttmoe_core.base import backbone
 from ttmoe_core import budget, experts, moe, store, tasks
-from ttmoe_core.services import jobs, workspace
-from ttmoe_core.files import names
-from ttmoe_core.routing import detector as openworld, router
+from ttmoe_core.base import backbone
 from ttmoe_core.experts import quality
+from ttmoe_core.files import names
+from ttmoe_core.moe import adhoc
+from ttmoe_core.routing import detector as openworld
+from ttmoe_core.routing import router
+from ttmoe_core.services import jobs, workspace
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -120,7 +121,7 @@ def sub_workspace(root: Path, name: str | None) -> workspace.Workspace:
     try:
         names.check_name(name, "sub-folder name")
         names.inside(root, name)
-    except names.NameError_ as exc:
+    except names.NameRuleError as exc:
         raise workspace.WorkspaceError(str(exc)) from None
     return workspace.Workspace(root / name)
 

@@ -7,8 +7,8 @@ import pandas as pd
 import streamlit as st
 
 from pages import common
-from ttmoe_core.services import figures
 from ttmoe_core import tasks
+from ttmoe_core.services import figures
 
 ws = common.setup()
 ss = st.session_state

@@ -8,10 +8,10 @@ import pandas as pd
 import streamlit as st
 
 from pages import common
-from ttmoe_core.services import figures, jobs
+from ttmoe_core import store, tasks
 from ttmoe_core.moe import fit as poolfit
 from ttmoe_core.routing import router
-from ttmoe_core import store, tasks
+from ttmoe_core.services import figures, jobs
 from ttmoe_core.services.workspace import WorkspaceError
 
 ws = common.setup()

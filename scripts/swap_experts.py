@@ -23,9 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ttmoe_core import store  # noqa: E402
 from ttmoe_core.experts import quality
 from ttmoe_core.files import safefs
-from ttmoe_core import store  # noqa: E402
 
 
 def swap(pack: Path, parts: Path, command: str) -> dict:

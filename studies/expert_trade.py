@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from ttmoe_core.base import backbone, batching
 from ttmoe_core import experts, store, tasks
+from ttmoe_core.base import backbone, batching
 from ttmoe_core.runtime.runinfo import load_average
 
 DEMO_TASKS = ["mnli", "cola", "rte", "sst2", "qnli", "qqp"]

@@ -30,9 +30,9 @@ def main() -> int:
 
     import torch
 
-    from ttmoe_core.moe import adhoc
     from ttmoe_core import experts, store, tasks
     from ttmoe_core.base.backbone import load_backbone
+    from ttmoe_core.moe import adhoc
 
     torch.set_num_threads(1)
     loaded = [store.load_expert(folder) for folder in args.experts]

@@ -40,10 +40,10 @@ def main() -> int:
 
     import torch
 
-    from ttmoe_core.base import backbone
-    from ttmoe_core.routing import router
     from ttmoe_core import store
+    from ttmoe_core.base import backbone
     from ttmoe_core.moe import TTLoRAMoE
+    from ttmoe_core.routing import router
 
     torch.set_num_threads(1)
     start = rss()

@@ -25,8 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ttmoe_core.base import backbone, batching, partial as layers
 from ttmoe_core import tasks
+from ttmoe_core.base import backbone, batching
+from ttmoe_core.base import partial as layers
 from ttmoe_core.routing.router import routing_data
 
 POOL = tuple(tasks.DEMO_TASKS)                      # mnli cola rte sst2 qnli qqp

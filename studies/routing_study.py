@@ -27,8 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from routing_cache import CACHE, OUTSIDE
 
-from ttmoe_core.routing import detector as openworld, router, ngram as router_v2
 from ttmoe_core import store
+from ttmoe_core.routing import detector as openworld
+from ttmoe_core.routing import ngram as router_v2
+from ttmoe_core.routing import router
 
 PACK = Path(__file__).resolve().parents[1] / "assets" / "demo"
 NAMES = ["mnli", "cola", "rte", "sst2", "qnli", "qqp"]
@@ -604,7 +606,9 @@ def cmd_scratch(args) -> dict:
 def cmd_arrow(args) -> dict:
     """Zero-shot Arrow routing from the demo experts' TT cores (+ a quickly trained seventh)."""
     import arrow
-    from ttmoe_core.base import backbone, batching, partial as layers
+
+    from ttmoe_core.base import backbone, batching
+    from ttmoe_core.base import partial as layers
     from ttmoe_core.store import load_expert
 
     pack = store.load_pack(PACK)

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from ttmoe_core.base import backbone
 from ttmoe_core import tasks
+from ttmoe_core.base import backbone
 from ttmoe_core.moe import TTLoRAMoE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,8 +60,8 @@ def padding(bb: backbone.Backbone, texts, pairs, max_length: int, batch: int) ->
     out = {"real_tokens": sum(lengths), "one_batch_positions": len(lengths) * max(lengths),
            "sorted_micro_batch_positions": sorted_cost}
     try:   # the mixture's own plan, where this checkout has length-aware batching
-        from ttmoe_core.base import batching
         from ttmoe_core import moe
+        from ttmoe_core.base import batching
     except ImportError:
         return out
     plan = batching.plan(lengths, moe.MAX_BATCH_TOKENS, moe.MAX_BATCH_ROWS)

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ttmoe_core.base import backbone
 from ttmoe_core import tt
+from ttmoe_core.base import backbone
 
 SAMPLES = Path(__file__).resolve().parents[1] / "assets" / "samples"
 

@@ -154,6 +154,7 @@ def test_the_workspace_root_is_the_servers(_env, monkeypatch, tmp_path):
                                       ("link", False)])
 def test_a_visitor_chooses_only_a_sub_folder_inside_the_root(_env, tmp_path, name, ok):
     from test_jobs import _expert
+
     from ttmoe_core import store
 
     store.save_expert(_expert("sst2"), _env / "sst2")         # an expert, not a sub-folder
@@ -405,6 +406,7 @@ def test_experts_page_lists_a_corrupt_expert_with_its_reason(_env):
 def _experts_page_on_alpha(workspace):
     """The Experts page with a saved workspace expert 'alpha' selected."""
     from test_jobs import _expert
+
     from ttmoe_core import store
 
     store.save_expert(_expert("alpha"), workspace / "alpha")

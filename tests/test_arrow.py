@@ -8,8 +8,8 @@ import dataclasses
 import pytest
 import torch
 
-from tests.tinymodels import random_expert, tiny_bert, tiny_expert
 from studies import arrow
+from tests.tinymodels import random_expert, tiny_bert, tiny_expert
 from ttmoe_core import tt
 
 

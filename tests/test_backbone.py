@@ -12,8 +12,9 @@ import torch
 
 from tests.threads import run_together
 from tests.tinymodels import SAMPLES, minilm_tokenizer
-from ttmoe_core.base import backbone, partial as layers
 from ttmoe_core import tasks
+from ttmoe_core.base import backbone
+from ttmoe_core.base import partial as layers
 
 MAX_LENGTH = 32
 

@@ -7,13 +7,31 @@ import math
 
 import pytest
 import torch
-from transformers import (BertConfig, BertModel, DistilBertConfig, DistilBertModel, LlamaConfig,
-                          LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config,
-                          Qwen2ForCausalLM, RobertaConfig, RobertaModel)
+from transformers import (
+    BertConfig,
+    BertModel,
+    DistilBertConfig,
+    DistilBertModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    RobertaConfig,
+    RobertaModel,
+)
 
 from ttmoe_core import tt
-from ttmoe_core.budget import (PAPER_PRESET, PRESETS, BudgetReport, compare_methods, compute_budget,
-                               dims_from_config, resolve_model)
+from ttmoe_core.budget import (
+    PAPER_PRESET,
+    PRESETS,
+    BudgetReport,
+    compare_methods,
+    compute_budget,
+    dims_from_config,
+    resolve_model,
+)
 
 PAPER_SHAPES = {"q_proj": [16, 8, 4, 4, 4, 4, 8, 16], "v_proj": [16, 16, 4, 2, 2, 16, 16]}
 

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from tests.tinymodels import SAMPLES, saved_tiny_bert, tiny_pack, tree_hashes
-from ttmoe_core.base import backbone
 from ttmoe_core import cli, experts, store, tasks
+from ttmoe_core.base import backbone
 from ttmoe_core.cli.mixture import finished_part
 from ttmoe_core.experts.loop import TrainingError
 

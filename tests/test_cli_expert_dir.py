@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from tests.tinymodels import saved_tiny_bert, tiny_expert
-from ttmoe_core.moe import adhoc
 from ttmoe_core import cli, moe, store
+from ttmoe_core.moe import adhoc
 
 REVIEW = "a gorgeous , witty , seductive movie ."
 

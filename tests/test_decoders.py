@@ -10,10 +10,11 @@ import dataclasses
 import pytest
 import torch
 
-from ttmoe_core.base import backbone, partial as layers
-from ttmoe_core import experts, moe, store
-from ttmoe_core.routing import router
 from tests.tinymodels import SAMPLES, decoder_tokenizer, tiny_decoder, tiny_expert
+from ttmoe_core import experts, moe, store
+from ttmoe_core.base import backbone
+from ttmoe_core.base import partial as layers
+from ttmoe_core.routing import router
 
 TEXTS = ["a short one", "the movie was far better than anybody expected it to be",
          "no", "two sentences here. and one more for length"]

@@ -12,8 +12,8 @@ import sys
 import pytest
 import torch
 
-from ttmoe_core.runtime import distributed, rng
 from tests.tinymodels import SAMPLES, decoder_tokenizer, tiny_decoder_model
+from ttmoe_core.runtime import distributed, rng
 
 
 def test_shares_cover_the_batch_once():

@@ -8,11 +8,11 @@ import dataclasses
 
 import pytest
 import torch
-
 from tinymodels import SAMPLES, tiny_bert, tiny_expert
+
 from ttmoe_core import baselines, report, store, tasks
-from ttmoe_core.experts.checkpoint import Checkpointer
 from ttmoe_core.experts import TrainingError
+from ttmoe_core.experts.checkpoint import Checkpointer
 from ttmoe_core.report.experiment import Run
 
 

@@ -22,8 +22,8 @@ from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
 from tests.tinymodels import tiny_bert, tiny_pack, tree_hashes
-from ttmoe_core.runtime import runinfo
 from ttmoe_core import store
+from ttmoe_core.runtime import runinfo
 from ttmoe_core.services import workspace
 
 FILES = ("pack.json", "router_config.json", "router.safetensors",

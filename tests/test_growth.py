@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from ttmoe_core.routing import growth, router, ngram as router_v2
+from ttmoe_core.routing import growth, router
+from ttmoe_core.routing import ngram as router_v2
 
 H, LAYER = 8, 1
 WORDS = [["movie", "film", "acting", "plot"], ["question", "why", "how", "what"],

@@ -7,12 +7,12 @@ import time
 
 import torch
 
-from ttmoe_core.services import jobs
-from ttmoe_core.routing import router
 from ttmoe_core import store, tt
 from ttmoe_core.base.backbone import BackboneInfo
 from ttmoe_core.experts import Expert, ExpertConfig
+from ttmoe_core.routing import router
 from ttmoe_core.routing.router import RouterReport
+from ttmoe_core.services import jobs
 from ttmoe_core.services.workspace import Workspace
 
 

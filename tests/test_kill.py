@@ -30,9 +30,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from ttmoe_core.routing import router
-from ttmoe_core.files import safefs
 from ttmoe_core import store
+from ttmoe_core.files import safefs
+from ttmoe_core.routing import router
 
 TRACED = (safefs.__file__, shutil.__file__)       # where the file-system steps are
 # "…, backup": as where the OS cannot swap two folders in one step (backup + rename + recover)

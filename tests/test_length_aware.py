@@ -12,9 +12,9 @@ import torch
 from tests.tinymodels import SAMPLES, tiny_bert, tiny_expert
 from ttmoe_core import adapters, experts, store, tasks
 from ttmoe_core.base import backbone
-from ttmoe_core.routing import router
 from ttmoe_core.moe import TTLoRAMoE
 from ttmoe_core.moe.pool import ExpertPool
+from ttmoe_core.routing import router
 
 MAX_LENGTH = 24
 

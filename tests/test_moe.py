@@ -15,10 +15,11 @@ from torch import nn
 
 from tests.threads import run_together
 from tests.tinymodels import SAMPLES, random_expert, tiny_bert, tiny_expert, tiny_router
-from ttmoe_core.base import backbone, partial as layers
 from ttmoe_core import experts, moe, tasks
-from ttmoe_core.routing import router
+from ttmoe_core.base import backbone
+from ttmoe_core.base import partial as layers
 from ttmoe_core.base.backbone import BackboneInfo, mean_pool
+from ttmoe_core.routing import router
 
 MAX_LENGTH = 128
 

@@ -16,10 +16,10 @@ import torch
 
 from tests.tinymodels import SAMPLES, saved_tiny_bert, tiny_expert, tree_hashes
 from ttmoe_core import cli, store
-from ttmoe_core.store import detector as poolfiles
+from ttmoe_core.moe import TTLoRAMoE
 from ttmoe_core.moe import fit as poolfit
 from ttmoe_core.routing import registry as routers
-from ttmoe_core.moe import TTLoRAMoE
+from ttmoe_core.store import detector as poolfiles
 
 TEXTS = ["The acting was wooden and the plot made no sense.", "I loved every minute of it.",
          "Him and me went to the store yesterday.", "the cat sat on the mat ."]
@@ -266,8 +266,8 @@ def test_retraining_the_router_removes_its_stale_detector(pack_copy):
 
 
 def test_router_page_jobs_write_replay_rows_for_ngram_routers(base, tmp_path):
-    from ttmoe_core.services import jobs
     from ttmoe_core.routing import router
+    from ttmoe_core.services import jobs
 
     pairs = [("cola", "cola"), ("sst2", "sst2")]
     train = router.routing_data(pairs, "train", 20, SAMPLES)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from tests.tinymodels import tiny_bert, tiny_expert, tiny_pack, tiny_router, tree_hashes
-from ttmoe_core.base import backbone
 from ttmoe_core import moe, store
+from ttmoe_core.base import backbone
 from ttmoe_core.store import StoreError
 
 TEXTS = ["a gorgeous , witty , seductive movie .", "The cat sat on the mat.",

@@ -13,11 +13,11 @@ import pytest
 from test_jobs import _expert
 
 from tests.tinymodels import tree_hashes
-from ttmoe_core.routing import router
 from ttmoe_core import store
+from ttmoe_core.routing import router
 from ttmoe_core.services import workspace
-from ttmoe_core.store import StoreError
 from ttmoe_core.services.workspace import Workspace
+from ttmoe_core.store import StoreError
 
 HOSTILE = ["..", "../..", "../outside", "../outside/expert", "/", ".", "", "packs/../..",
            "ｅｘｐｅｒｔ", "exp\u202eert", "\u202e", "a\x00b", "\x00", "x" * 65, "x" * 4096,

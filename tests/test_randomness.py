@@ -12,9 +12,11 @@ from torch import nn
 
 from tests.tinymodels import SAMPLES, tiny_bert
 from ttmoe_core import baselines, experts, tasks
-from ttmoe_core.runtime import rng
-from ttmoe_core.routing import router, ngram as router_v2, registry as routers
+from ttmoe_core.routing import ngram as router_v2
+from ttmoe_core.routing import registry as routers
+from ttmoe_core.routing import router
 from ttmoe_core.routing.router import SURFACE_DIM, RouterConfig
+from ttmoe_core.runtime import rng
 
 HIDDEN, LAYERS, EXPERTS = 16, 2, 3
 

@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from ttmoe_core import experts, report, store, tasks
-from ttmoe_core.runtime import runinfo
 from ttmoe_core.report import methods, seeds
 from ttmoe_core.report import run as report_run
 from ttmoe_core.report.experiment import Run
+from ttmoe_core.runtime import runinfo
 
 # ----------------------------------------------------------------------------- aggregation math
 

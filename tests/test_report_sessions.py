@@ -13,11 +13,11 @@ from hypothesis import strategies as st
 
 from tests.test_report import synthetic_results
 from ttmoe_core import report
-from ttmoe_core.runtime import runinfo
 from ttmoe_core.report import sessions
 from ttmoe_core.report.budgets import ReportError
 from ttmoe_core.report.experiment import Run
 from ttmoe_core.report.run import EXPERIMENTS
+from ttmoe_core.runtime import runinfo
 
 
 def test_session_log_begins_updates_and_is_read_back_on_resume(tmp_path):

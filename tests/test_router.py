@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from tests.tinymodels import SAMPLES, tiny_bert
-from ttmoe_core.base import backbone, partial as layers
+from ttmoe_core.base import backbone
+from ttmoe_core.base import partial as layers
 from ttmoe_core.routing import router
 from ttmoe_core.routing.router import SURFACE_DIM, RouterConfig, RouterError
 
@@ -152,7 +153,8 @@ def test_sweep_layers_one_result_per_layer(bb, routing_sets, variant):
 
 
 def test_routers_registry_builds_and_sweeps_every_variant(bb, routing_sets):
-    from ttmoe_core.routing import ngram as router_v2, registry as routers
+    from ttmoe_core.routing import ngram as router_v2
+    from ttmoe_core.routing import registry as routers
 
     assert set(routers.VARIANTS) == set(router.ROUTERS) | {"ngram"}
     with pytest.raises(RouterError, match="routers.build"):

@@ -9,7 +9,8 @@ import torch
 
 from tests.tinymodels import tiny_bert
 from ttmoe_core.base import backbone
-from ttmoe_core.routing import router, ngram as router_v2
+from ttmoe_core.routing import ngram as router_v2
+from ttmoe_core.routing import router
 
 CASED = ["It's a charming, often affecting journey.", "Doesn't work (at all)!",
          "Why is the sky blue?"]

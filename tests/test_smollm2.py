@@ -10,9 +10,11 @@ import os
 import pytest
 import torch
 
-from ttmoe_core.base import backbone, partial as layers, sources as models
-from ttmoe_core import cli, experts, moe, store
 from tests.tinymodels import SAMPLES
+from ttmoe_core import cli, experts, moe, store
+from ttmoe_core.base import backbone
+from ttmoe_core.base import partial as layers
+from ttmoe_core.base import sources as models
 
 pytestmark = pytest.mark.slow
 NAME = "smollm2-135m"

@@ -13,9 +13,18 @@ import pandas as pd
 import pytest
 
 from ttmoe_core import tasks
-from ttmoe_core.tasks import (TASKS, DataError, TaskData, available_tasks, compute_metrics,
-                              default_data_dir, load_file, load_task, primary_metric,
-                              render_example)
+from ttmoe_core.tasks import (
+    TASKS,
+    DataError,
+    TaskData,
+    available_tasks,
+    compute_metrics,
+    default_data_dir,
+    load_file,
+    load_task,
+    primary_metric,
+    render_example,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared" / "datasets"

@@ -14,10 +14,9 @@ import torch
 from torch import nn
 
 from ttmoe_core import experts, tasks
-from ttmoe_core.runtime import rng
 from ttmoe_core.experts import loop as training
 from ttmoe_core.experts.checkpoint import Checkpointer, CheckpointError
-
+from ttmoe_core.runtime import rng
 
 # ----------------------------------------------------------------------------- pure parts
 

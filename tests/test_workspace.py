@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from test_jobs import _expert
 
-from ttmoe_core.routing import router
 from ttmoe_core import store
+from ttmoe_core.routing import router
 from ttmoe_core.services import workspace
-from ttmoe_core.store import CONFIG_FILE, WEIGHTS_FILE
 from ttmoe_core.services.workspace import Workspace, WorkspaceError
+from ttmoe_core.store import CONFIG_FILE, WEIGHTS_FILE
 
 BAD_NAMES = ["", ".", "..", ".hidden", "-x", "a/b", "../escape", "/abs", "a" * 65, "tab\tname",
              "café", "packs"]

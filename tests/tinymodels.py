@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from ttmoe_core.base import backbone
 from ttmoe_core import experts, store
+from ttmoe_core.base import backbone
 from ttmoe_core.routing import router
 
 SAMPLES = Path(__file__).resolve().parents[1] / "assets" / "samples"

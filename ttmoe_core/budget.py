@@ -25,8 +25,17 @@ from pathlib import Path
 from types import MappingProxyType
 
 from ttmoe_core import tt
-from ttmoe_core.base.dims import (_PRESET_CONFIGS, BERT_LIKE, DISTILBERT, LLAMA_LIKE, PRESETS,
-                                  SUPPORTED_MODEL_TYPES, ModelDims, dims_from_config, resolve_model)
+from ttmoe_core.base.dims import (
+    _PRESET_CONFIGS,
+    BERT_LIKE,
+    DISTILBERT,
+    LLAMA_LIKE,
+    PRESETS,
+    SUPPORTED_MODEL_TYPES,
+    ModelDims,
+    dims_from_config,
+    resolve_model,
+)
 
 METHODS = ("tt-lora", "lora", "adapter", "adapterfusion", "full")
 ADAPTER_KINDS = ("pfeiffer", "houlsby")

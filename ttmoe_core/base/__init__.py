@@ -3,20 +3,84 @@
 May import: files, runtime, tasks, tt.
 """
 
-from .backbone import (DEFAULT_MODEL, TARGETS_BY_TYPE, BackboneError, BackboneInfo, Backbone, pick_device,
-    default_model_path, default_targets, fingerprint, with_pad_token, wrap, load_backbone,
-    check_fingerprint, Encoded, encode_rows, tokenize, tokenize_mixed, POOLINGS, DECODER_TYPES,
-    is_decoder_type, default_pooling, mean_pool, last_positions, last_token, pool,
-    weight_sharing_copy)
-from .batching import (MAX_ROWS, MAX_TOKENS, BUCKET_BATCHES, plan, restore_order, distinct, bucketed_batches,
-    bucketed_epoch, shuffled_epoch, BatchStream)
-from .dims import (LLAMA_LIKE, BERT_LIKE, DISTILBERT, SUPPORTED_MODEL_TYPES, ModelDims, dims_from_config, PRESETS,
-    resolve_model)
-from .partial import (is_layered_encoder, is_layered_decoder, runs_in_parts, layer_mask, hidden_states,
-    continue_layers)
-from .sources import (MODELS_ENV, EMBEDDED, MARKER, Progress, ModelError, RegisteredModel, REGISTRY, cache_dir,
-    embedded_path, is_pulled, Resolved, resolve, hub_unreachable, cached_snapshot, hub_offline,
-    convert_gguf, pull, list_models)
+from .backbone import (
+    DECODER_TYPES,
+    DEFAULT_MODEL,
+    POOLINGS,
+    TARGETS_BY_TYPE,
+    Backbone,
+    BackboneError,
+    BackboneInfo,
+    Encoded,
+    check_fingerprint,
+    default_model_path,
+    default_pooling,
+    default_targets,
+    encode_rows,
+    fingerprint,
+    is_decoder_type,
+    last_positions,
+    last_token,
+    load_backbone,
+    mean_pool,
+    pick_device,
+    pool,
+    tokenize,
+    tokenize_mixed,
+    weight_sharing_copy,
+    with_pad_token,
+    wrap,
+)
+from .batching import (
+    BUCKET_BATCHES,
+    MAX_ROWS,
+    MAX_TOKENS,
+    BatchStream,
+    bucketed_batches,
+    bucketed_epoch,
+    distinct,
+    plan,
+    restore_order,
+    shuffled_epoch,
+)
+from .dims import (
+    BERT_LIKE,
+    DISTILBERT,
+    LLAMA_LIKE,
+    PRESETS,
+    SUPPORTED_MODEL_TYPES,
+    ModelDims,
+    dims_from_config,
+    resolve_model,
+)
+from .partial import (
+    continue_layers,
+    hidden_states,
+    is_layered_decoder,
+    is_layered_encoder,
+    layer_mask,
+    runs_in_parts,
+)
+from .sources import (
+    EMBEDDED,
+    MARKER,
+    MODELS_ENV,
+    REGISTRY,
+    ModelError,
+    Progress,
+    RegisteredModel,
+    Resolved,
+    cache_dir,
+    cached_snapshot,
+    convert_gguf,
+    embedded_path,
+    hub_offline,
+    hub_unreachable,
+    is_pulled,
+    list_models,
+    pull,
+    resolve,
+)
 
 __all__ = ["BERT_LIKE", "BUCKET_BATCHES", "Backbone", "BackboneError", "BackboneInfo",
            "BatchStream", "DECODER_TYPES", "DEFAULT_MODEL", "DISTILBERT", "EMBEDDED", "Encoded",

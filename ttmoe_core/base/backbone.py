@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import BackboneError
 from . import sources as models
 
 DEFAULT_MODEL = "all-minilm-l6-v2"
@@ -38,10 +39,6 @@ TARGETS_BY_TYPE = {
     "mistral": ["q_proj", "v_proj"],
     "qwen2": ["q_proj", "v_proj"],
 }
-
-
-class BackboneError(ValueError):
-    """A base model could not be loaded or does not match what an expert was trained on."""
 
 
 @dataclass(frozen=True)

@@ -23,15 +23,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import ModelError
+
 MODELS_ENV = "TTMOE_MODELS"
 EMBEDDED = "all-minilm-l6-v2"
 MARKER = "ttmoe_model.json"        # written last into a cache folder: the pull is complete
 
 Progress = Callable[[str], None]
-
-
-class ModelError(ValueError):
-    """A model that cannot be resolved, pulled or converted; the message says what to do."""
 
 
 @dataclass(frozen=True)
@@ -124,8 +122,12 @@ def hub_unreachable(repo_id: str, timeout: float = 5.0) -> str | None:
     """
     import requests
     from huggingface_hub import model_info
-    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, HFValidationError,
-                                        RepositoryNotFoundError)
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        HFValidationError,
+        RepositoryNotFoundError,
+    )
 
     try:
         model_info(repo_id, timeout=timeout)

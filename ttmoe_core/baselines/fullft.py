@@ -28,11 +28,11 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from ..runtime import precision
 from .. import tasks
-from ..experts import loop as training
 from ..base.backbone import Backbone, default_pooling, encode_rows, load_backbone
 from ..experts import ConfigError, ExpertModel, evaluate_model
+from ..experts import loop as training
+from ..runtime import precision
 
 METHOD = "full"
 DEFAULT_LR = 3e-5        # BERT-style fine-tuning (Devlin et al., 2019 searched 2e-5 .. 5e-5)

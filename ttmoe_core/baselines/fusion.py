@@ -23,14 +23,11 @@ import torch
 from torch import nn
 
 from .. import experts, tasks
-from ..runtime import rng
 from ..adapters import without_log_line
 from ..base.backbone import Backbone, default_pooling, pool, tokenize_mixed
+from ..errors import FusionError
 from ..experts.checkpoint import Checkpointer
-
-
-class FusionError(ValueError):
-    """The adapters cannot be fused (wrong method, base model, or missing tensors)."""
+from ..runtime import rng
 
 
 @dataclass(frozen=True)

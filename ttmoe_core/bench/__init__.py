@@ -6,16 +6,30 @@ targets and text rendering), ``paper`` (the paper's gate-weighted scheme, the ba
 ``adapters``, ``moe``, ``serve`` and ``jobs`` (one benchmark each), ``__main__`` (the command line).
 """
 
-from .adapters import (ADAPTER_DEFAULTS, ADAPTER_QUICK, PAPER_LAYER, bench_adapters,
-                       contraction_variants, crossover, format_adapters, synthetic_batch)
+from .adapters import (
+                       ADAPTER_DEFAULTS,
+                       ADAPTER_QUICK,
+                       PAPER_LAYER,
+                       bench_adapters,
+                       contraction_variants,
+                       crossover,
+                       format_adapters,
+                       synthetic_batch,
+)
 from .jobs import JOBS_DEFAULTS, JOBS_QUICK, bench_jobs, format_jobs
 from .moe import DEMO_PACK, MOE_DEFAULTS, MOE_QUICK, bench_moe, format_moe, mixed_rows
 from .paper import GateWeightedMoE, GateWeightedTTLoRA, max_logit_difference
 from .pools import random_pool, rss_in_fresh_process, upper_layer_experts
 from .results import TARGETS, ratio_check
 from .serve import SERVE_DEFAULTS, SERVE_QUICK, bench_serve, format_serve
-from .timing import (MEMORY_NOTE_CPU, MEMORY_NOTE_CUDA, memory_note, peak_memory, time_interleaved,
-                     time_paired)
+from .timing import (
+                       MEMORY_NOTE_CPU,
+                       MEMORY_NOTE_CUDA,
+                       memory_note,
+                       peak_memory,
+                       time_interleaved,
+                       time_paired,
+)
 
 __all__ = ["ADAPTER_DEFAULTS", "ADAPTER_QUICK", "DEMO_PACK", "MEMORY_NOTE_CPU", "MEMORY_NOTE_CUDA",
            "JOBS_DEFAULTS", "JOBS_QUICK", "MOE_DEFAULTS", "MOE_QUICK", "PAPER_LAYER", "TARGETS", "GateWeightedMoE",

@@ -26,8 +26,8 @@ from ..base.backbone import Backbone, encode_rows, load_backbone
 from ..experts import Expert
 from ..moe import TTLoRAMoE
 from ..moe.pool import CHUNK_ROWS, ExpertCard, ExpertPool, open_pack
-from ..routing.router import Router
 from ..routing.registry import build
+from ..routing.router import Router
 from ..runtime.runinfo import rss_mib
 
 REPO = Path(__file__).resolve().parents[2]

@@ -27,14 +27,20 @@ from pathlib import Path
 import torch
 
 from ..base import batching
-from ..runtime import rng
 from ..base.backbone import Backbone, default_pooling, default_targets, encode_rows, pool
 from ..moe import TTLoRAMoE
+from ..runtime import rng
 from ..runtime.runinfo import load_average
 from .moe import mixed_rows
 from .paper import GateWeightedMoE
-from .pools import (random_experts, random_pool, random_router, rss_in_fresh_process,
-                    upper_layer_experts, write_pack)
+from .pools import (
+    random_experts,
+    random_pool,
+    random_router,
+    rss_in_fresh_process,
+    upper_layer_experts,
+    write_pack,
+)
 from .results import envelope, header_lines, ms, ratio_lines, ratios_and_targets
 from .timing import time_interleaved, time_paired
 

@@ -8,8 +8,19 @@ import json
 import sys
 from pathlib import Path
 
-from .args import (MAX_BATCH, UsageError, common_model_flags, fraction_arg, int_in, name_arg,
-                   positive_float, positive_int, seed_arg, shape_arg, targets_arg)
+from .args import (
+    MAX_BATCH,
+    UsageError,
+    common_model_flags,
+    fraction_arg,
+    int_in,
+    name_arg,
+    positive_float,
+    positive_int,
+    seed_arg,
+    shape_arg,
+    targets_arg,
+)
 from .checks import check_max_length, check_output, check_targets, check_writable
 
 MAX_RANK = 1024              # TT/LoRA rank or adapter reduction factor (the paper: 5 and 16)
@@ -35,10 +46,10 @@ def cmd_train_expert(args: argparse.Namespace) -> int:
     before the first step; the expert is saved atomically at the end."""
     from tqdm import tqdm
 
-    from ..runtime import distributed
     from .. import experts, store, tasks
-    from ..files import safefs
     from ..experts.checkpoint import CheckpointError
+    from ..files import safefs
+    from ..runtime import distributed
 
     config = experts.ExpertConfig(
         task=args.task, method=args.method, rank=args.rank, alpha=args.alpha,
@@ -96,8 +107,8 @@ def cmd_full_finetune(args: argparse.Namespace) -> int:
 
     from .. import experts, store, tasks
     from ..baselines import fullft
-    from ..files import safefs
     from ..experts.checkpoint import CheckpointError
+    from ..files import safefs
 
     out = Path(args.out)
     if out.is_dir() or out.is_symlink():

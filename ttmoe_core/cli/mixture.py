@@ -10,8 +10,20 @@ from pathlib import Path
 from .. import tasks
 from ..routing.router import VARIANTS
 from ..services.workspace import default_pack
-from .args import (MAX_BATCH, UsageError, common_model_flags, device_arg, dtype_flag, int_in,
-                   names_list, positive_float, positive_int, seed_arg, targets_arg, task_lr_arg)
+from .args import (
+    MAX_BATCH,
+    UsageError,
+    common_model_flags,
+    device_arg,
+    dtype_flag,
+    int_in,
+    names_list,
+    positive_float,
+    positive_int,
+    seed_arg,
+    targets_arg,
+    task_lr_arg,
+)
 from .checks import check_max_length, check_output
 from .experts import add_convergence_flags, convergence_settings
 
@@ -99,9 +111,9 @@ def _load_moe(pack: str | None, device: str | None, dtype: str = "float32"):
 def _load_adhoc(folders: list[str], device: str | None, dtype: str = "float32"):
     """The router-less mixture of expert folders (``adhoc.mixture_from_folders``)."""
     from .. import store
-    from ..moe.adhoc import mixture_from_folders
     from ..base.backbone import BackboneError
     from ..moe import MoEError
+    from ..moe.adhoc import mixture_from_folders
 
     try:
         return mixture_from_folders(folders, device=device, dtype=dtype)
@@ -205,9 +217,7 @@ def _confusion_text(names: list[str], confusion: list[list[int]]) -> str:
 
 def cmd_eval_moe(args: argparse.Namespace) -> int:
     from .. import tasks
-    from ..moe import evaluate_mixture
-
-    from ..moe import MoEError
+    from ..moe import MoEError, evaluate_mixture
 
     moe = _load_moe(args.pack, args.device, args.dtype)
     if moe.router is None:
@@ -275,11 +285,12 @@ def cmd_build_demo(args: argparse.Namespace) -> int:
     import time
 
     from .. import experts, store, tasks
-    from ..experts import quality
-    from ..routing import router as routers, registry as variants
-    from ..files import safefs
     from ..base.backbone import BackboneError, load_backbone
+    from ..experts import quality
     from ..experts.checkpoint import CheckpointError
+    from ..files import safefs
+    from ..routing import registry as variants
+    from ..routing import router as routers
     from ..routing.router import RouterConfig
 
     out = check_output(args.out, "pack", args.overwrite, store.load_pack)

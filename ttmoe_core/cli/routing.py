@@ -7,8 +7,15 @@ import json
 import sys
 
 from ..routing.router import VARIANTS
-from .args import (UsageError, device_arg, int_in, parse_layers, positive_float, positive_int,
-                   seed_arg)
+from .args import (
+    UsageError,
+    device_arg,
+    int_in,
+    parse_layers,
+    positive_float,
+    positive_int,
+    seed_arg,
+)
 from .checks import check_max_length, check_writable
 from .mixture import _confusion_text, _load_pack, _stage_printer
 
@@ -19,11 +26,13 @@ def cmd_train_router(args: argparse.Namespace) -> int:
     """``train-router``: the pack, its folder, the layers and sizes are checked before the
     features are read; the best layer's router is saved into the pack (an ngram router with its
     replay rows, for add-expert). ``--all-rows``: the final recipe of ROUTING_STUDY.md."""
-    from ..routing import growth, router as router_mod, registry as routers
-    from ..store import detector as poolfiles
-    from ..moe import fit as poolfit
     from .. import store, tasks
     from ..base.backbone import BackboneError, load_backbone
+    from ..moe import fit as poolfit
+    from ..routing import growth
+    from ..routing import registry as routers
+    from ..routing import router as router_mod
+    from ..store import detector as poolfiles
 
     check_writable(args.pack, f"the pack {args.pack}")
     pack = _load_pack(args.pack)
@@ -119,8 +128,8 @@ def _writable_pack_base(args: argparse.Namespace):
 
 def cmd_calibrate_pool(args: argparse.Namespace) -> int:
     """``calibrate-pool``: fit and calibrate the pack's out-of-pool detector (``poolfit``)."""
-    from ..moe import fit as poolfit
     from .. import store, tasks
+    from ..moe import fit as poolfit
 
     backbone = _writable_pack_base(args)
     try:
@@ -143,9 +152,10 @@ def cmd_calibrate_pool(args: argparse.Namespace) -> int:
 
 def cmd_add_expert(args: argparse.Namespace) -> int:
     """``add-expert``: the expert joins the pack and its routing without retraining the router."""
-    from ..routing import growth, router as router_mod
-    from ..moe import fit as poolfit
     from .. import store, tasks
+    from ..moe import fit as poolfit
+    from ..routing import growth
+    from ..routing import router as router_mod
 
     backbone = _writable_pack_base(args)
     try:

@@ -3,13 +3,50 @@
 May import: files, runtime, tasks, tt, base, adapters.
 """
 
-from .checkpoint import (FORMAT, JSON_LIMIT, CheckpointError, Checkpointer)
-from .loop import (SCHEDULES, HOLDOUT_STREAM, TrainingError, Progress, LoopConfig, HoldOut, holdout_split,
-    setting_problems, lr_factor, task_loss, fit, summary)
-from .model import (METHODS, METHOD_DEFAULTS, ADAPTER_NAME, ConfigError, CHECKPOINT_ADDED, ExpertConfig, Expert,
-    ExpertModel, build_expert_model, tt_layout, expert_tensors, load_expert_tensors, train_expert,
-    predict_logits, evaluate_model, evaluate_expert)
-from .quality import (MIN_MCC, MIN_PEARSON, MARGIN, ORDER, Quality, label_rates, assess, pack_entry, words)
+from .checkpoint import FORMAT, JSON_LIMIT, Checkpointer, CheckpointError
+from .loop import (
+    HOLDOUT_STREAM,
+    SCHEDULES,
+    HoldOut,
+    LoopConfig,
+    Progress,
+    TrainingError,
+    fit,
+    holdout_split,
+    lr_factor,
+    setting_problems,
+    summary,
+    task_loss,
+)
+from .model import (
+    ADAPTER_NAME,
+    CHECKPOINT_ADDED,
+    METHOD_DEFAULTS,
+    METHODS,
+    ConfigError,
+    Expert,
+    ExpertConfig,
+    ExpertModel,
+    build_expert_model,
+    evaluate_expert,
+    evaluate_model,
+    expert_tensors,
+    load_expert_tensors,
+    predict_logits,
+    train_expert,
+    tt_layout,
+)
+from .quality import (
+    MARGIN,
+    MIN_MCC,
+    MIN_PEARSON,
+    ORDER,
+    Quality,
+    assess,
+    label_rates,
+    pack_entry,
+    words,
+)
 
 __all__ = ["ADAPTER_NAME", "CHECKPOINT_ADDED", "CheckpointError", "Checkpointer", "ConfigError",
            "Expert", "ExpertConfig", "ExpertModel", "FORMAT", "HOLDOUT_STREAM", "HoldOut",

@@ -18,16 +18,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from ..errors import CheckpointError
 from ..files import safefs, tensorfile
 from ..files.safefs import StoreError
 
 FORMAT = "ttmoe-checkpoint"
 TENSORS, STATE = "state.safetensors", "state.json"
 JSON_LIMIT = 200_000_000      # bytes: the batch order of a large epoch is the biggest part
-
-
-class CheckpointError(ValueError):
-    """A checkpoint cannot be read or belongs to another run."""
 
 
 def _cpu(t: torch.Tensor) -> torch.Tensor:

@@ -25,16 +25,13 @@ import torch
 from torch import nn
 
 from ..base import batching
+from ..errors import TrainingError
 
 if TYPE_CHECKING:
     from .checkpoint import Checkpointer
 
 SCHEDULES = ("linear", "cosine", "constant")
 HOLDOUT_STREAM = 0x401D   # second seed word of the hold-out split: independent of other draws
-
-
-class TrainingError(RuntimeError):
-    """Training stopped (NaN loss, cancelled)."""
 
 
 @dataclass

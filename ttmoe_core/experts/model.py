@@ -20,10 +20,18 @@ from torch import nn
 
 from .. import adapters, tasks, tt
 from ..base import batching
+from ..base.backbone import (
+    POOLINGS,
+    Backbone,
+    BackboneInfo,
+    default_pooling,
+    encode_rows,
+    load_backbone,
+    pool,
+)
+from ..errors import ConfigError
 from ..runtime import distributed, precision, rng
 from . import loop as training
-from ..base.backbone import (POOLINGS, Backbone, BackboneInfo, default_pooling, encode_rows,
-                             load_backbone, pool)
 from .loop import LoopConfig, Progress, TrainingError, fit, task_loss  # noqa: F401 (API)
 
 METHODS = ("tt-lora", "lora", "adapter")
@@ -35,10 +43,6 @@ METHOD_DEFAULTS = {"tt-lora": {"rank": 5, "alpha": 16.0, "lr": 5e-3, "schedule":
                    "lora": {"rank": 16, "alpha": 8.0, "lr": 5e-4, "schedule": "linear"},
                    "adapter": {"rank": 16, "alpha": 1.0, "lr": 5e-4, "schedule": "linear"}}
 ADAPTER_NAME = "expert"   # name of the bottleneck adapter inside an `adapters` model
-
-
-class ConfigError(ValueError):
-    """An expert configuration value is invalid."""
 
 
 # settings added to ExpertConfig after checkpoints existed, with the value older runs used

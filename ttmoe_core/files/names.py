@@ -9,12 +9,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from ..errors import NameRuleError
+
 NAME_RULE = "1–64 characters: letters, digits, '.', '_' or '-', starting with a letter or a digit"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-
-
-class NameError_(ValueError):
-    """A name that breaks the rule, or a path that leaves its root."""
 
 
 def is_valid_name(name: object) -> bool:
@@ -23,20 +21,20 @@ def is_valid_name(name: object) -> bool:
 
 
 def check_name(name: object, what: str = "name") -> str:
-    """``name`` itself when it follows ``NAME_RULE``; else ``NameError_`` naming ``what``."""
+    """``name`` itself when it follows ``NAME_RULE``; else ``NameRuleError`` naming ``what``."""
     if not is_valid_name(name):
-        raise NameError_(f"{what} {name!r} is not a valid name ({NAME_RULE})")
+        raise NameRuleError(f"{what} {name!r} is not a valid name ({NAME_RULE})")
     return name
 
 
 def inside(root: str | Path, *parts: str | Path) -> Path:
-    """``root/parts...`` resolved (symlinks followed); ``NameError_`` if it leaves ``root`` or
+    """``root/parts...`` resolved (symlinks followed); ``NameRuleError`` if it leaves ``root`` or
     cannot be resolved (a NUL byte, a symbolic link loop)."""
     try:
         base = Path(root).resolve()
         path = base.joinpath(*parts).resolve()
     except (OSError, ValueError, RuntimeError) as exc:
-        raise NameError_(f"{Path(*parts)!s:.200} cannot be resolved inside {root} ({exc})") from None
+        raise NameRuleError(f"{Path(*parts)!s:.200} cannot be resolved inside {root} ({exc})") from None
     if path != base and base not in path.parents:
-        raise NameError_(f"{Path(*parts)} leaves {base}")
+        raise NameRuleError(f"{Path(*parts)} leaves {base}")
     return path

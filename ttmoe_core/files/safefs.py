@@ -28,12 +28,10 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
+from ..errors import StoreError
+
 LEGACY_AGE_S = 3600          # leftovers of older versions (no pid in the name): removed after 1 h
 _LEFTOVER = re.compile(r"\.(?P<name>.+)\.(?P<kind>tmp|old)-(?:(?P<pid>\d+)-[0-9a-f]+|(?P<legacy>\w+))")
-
-
-class StoreError(ValueError):
-    """A file or folder of the workspace is missing, malformed, unsafe, or does not fit."""
 
 
 # ----------------------------------------------------------------------------- one-step swap

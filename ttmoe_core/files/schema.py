@@ -19,6 +19,7 @@ from typing import Any
 
 import jsonschema
 
+from ..errors import SchemaError
 from .safefs import StoreError
 
 MAX_DIM = 1 << 20            # hidden / intermediate / head sizes
@@ -33,10 +34,6 @@ MAX_ELEMENTS_PER_DIM = 1 << 31
 MAX_NAME = 256               # free-text names (task, target, label); expert names have their own rule
 
 DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "bool")
-
-
-class SchemaError(StoreError):
-    """A JSON file that does not follow its schema; the message names the file and the field."""
 
 
 def _int(lo: int, hi: int) -> dict:

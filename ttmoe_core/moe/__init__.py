@@ -3,12 +3,32 @@
 May import: everything below services.
 """
 
-from .adhoc import (mixture_from_folders)
-from .fit import (CALIBRATION_FAMILIES, FAMILY_ROWS, FIT_PER_TASK, REPLAY_PER_TASK, CALIBRATION_PER_TASK,
-    PoolFitError, outside_families, features, calibrate_pool, openworld_report, replay_sets,
-    add_expert)
-from .mixture import (MAX_BATCH_ROWS, MAX_BATCH_TOKENS, MoEError, Scores, TTLoRAMoE, evaluate_mixture)
-from .pool import (CHUNK_ROWS, NO_LAYER, ModuleSlot, Gathered, ExpertCard, module_slots, ExpertPool, open_pack)
+from .adhoc import mixture_from_folders
+from .fit import (
+    CALIBRATION_FAMILIES,
+    CALIBRATION_PER_TASK,
+    FAMILY_ROWS,
+    FIT_PER_TASK,
+    REPLAY_PER_TASK,
+    PoolFitError,
+    add_expert,
+    calibrate_pool,
+    features,
+    openworld_report,
+    outside_families,
+    replay_sets,
+)
+from .mixture import MAX_BATCH_ROWS, MAX_BATCH_TOKENS, MoEError, Scores, TTLoRAMoE, evaluate_mixture
+from .pool import (
+    CHUNK_ROWS,
+    NO_LAYER,
+    ExpertCard,
+    ExpertPool,
+    Gathered,
+    ModuleSlot,
+    module_slots,
+    open_pack,
+)
 
 __all__ = ["CALIBRATION_FAMILIES", "CALIBRATION_PER_TASK", "CHUNK_ROWS", "ExpertCard",
            "ExpertPool", "FAMILY_ROWS", "FIT_PER_TASK", "Gathered", "MAX_BATCH_ROWS",

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..base.backbone import Backbone, BackboneError, load_backbone
-from .mixture import MoEError, TTLoRAMoE
 from ..store import StoreError, load_expert
+from .mixture import MoEError, TTLoRAMoE
 
 
 def mixture_from_folders(folders: Sequence[str | Path], backbone: Backbone | None = None,

@@ -22,10 +22,13 @@ from pathlib import Path
 
 import torch
 
-from ..routing import growth, detector as openworld, registry as routers
-from ..store import detector as poolfiles
 from .. import store, tasks
+from ..errors import PoolFitError
+from ..routing import detector as openworld
+from ..routing import growth
+from ..routing import registry as routers
 from ..routing.router import RouterConfig, RoutingData
+from ..store import detector as poolfiles
 
 # the routing study's split of the data folder's other task families (ROUTING_STUDY.md)
 CALIBRATION_FAMILIES = ("mrpc", "cb", "boolq", "winogrande_l", "socialiqa")
@@ -33,10 +36,6 @@ FAMILY_ROWS = 600
 FIT_PER_TASK = 2000
 REPLAY_PER_TASK = 300
 CALIBRATION_PER_TASK = 200
-
-
-class PoolFitError(ValueError):
-    """Calibration or growth cannot run (no router, no outside families, no replay rows)."""
 
 
 def outside_families(pack_tasks: Sequence[str], data_dir=None) -> tuple[list[str], list[str]]:

@@ -31,18 +31,26 @@ from torch import nn
 
 from .. import adapters
 from ..base import batching
-from ..runtime import precision
-from ..routing import registry as routers
-from ..base.backbone import (Backbone, BackboneError, Encoded, check_fingerprint, encode_rows,
-                             load_backbone, pool, weight_sharing_copy)
+from ..base.backbone import (
+    Backbone,
+    BackboneError,
+    Encoded,
+    check_fingerprint,
+    encode_rows,
+    load_backbone,
+    pool,
+    weight_sharing_copy,
+)
 from ..base.partial import continue_layers, hidden_states, runs_in_parts
 from ..experts import Expert
-from .pool import ExpertCard, ExpertPool, MoEError, open_pack
+from ..routing import registry as routers
 from ..routing.detector import PoolModel
-from ..store.detector import read_pool
-from ..routing.router import Router
 from ..routing.ngram import segment_pools
+from ..routing.router import Router
+from ..runtime import precision
 from ..store import Pack, StoreError, load_pack, read_pack_manifest
+from ..store.detector import read_pool
+from .pool import ExpertCard, ExpertPool, MoEError, open_pack
 
 MAX_BATCH_ROWS = batching.MAX_ROWS        # rows per micro-batch when serving
 MAX_BATCH_TOKENS = batching.MAX_TOKENS    # padded tokens (rows × longest row) per micro-batch

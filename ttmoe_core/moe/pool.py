@@ -32,17 +32,14 @@ import torch
 from torch import nn
 
 from .. import store, tt
-from ..files import tensorfile
 from ..adapters import layer_index
 from ..base.backbone import BackboneInfo, check_fingerprint
+from ..errors import MoEError
 from ..experts import Expert
+from ..files import tensorfile
 
 CHUNK_ROWS = 64              # experts per storage chunk
 NO_LAYER = 1 << 30           # first_layer of an expert that adapts no layer
-
-
-class MoEError(ValueError):
-    """Bad input to the mixture, or experts that cannot be pooled together."""
 
 
 @dataclass(frozen=True)

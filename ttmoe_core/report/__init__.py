@@ -31,9 +31,23 @@ in ``results`` (no arithmetic), through ``FORMATS``, so every number of a table 
 ``results.json``.
 """
 
-from .budgets import (BUDGETS, FIGURES_DIR, MARKDOWN_FILE, METHOD_LABELS, METHODS, MIXTURE_ROUTER,
-                      PAPER, RESULTS_FILE, SECTIONS, TOLERANCE, Progress, ReportBudget, ReportError,
-                      budget_changes, resolve_budget)
+from .budgets import (
+                      BUDGETS,
+                      FIGURES_DIR,
+                      MARKDOWN_FILE,
+                      METHOD_LABELS,
+                      METHODS,
+                      MIXTURE_ROUTER,
+                      PAPER,
+                      RESULTS_FILE,
+                      SECTIONS,
+                      TOLERANCE,
+                      Progress,
+                      ReportBudget,
+                      ReportError,
+                      budget_changes,
+                      resolve_budget,
+)
 from .contraction import exp_contraction
 from .integration import exp_integration
 from .markdown import FORMATS, SECTION_TITLES, fmt, machine_summary, render_markdown, render_section
@@ -42,8 +56,8 @@ from .mixed import exp_mixed
 from .plots import SECTION_FIGURES, build_figures, png_available, write_figures
 from .routers import exp_routers, router_cost_ms
 from .run import EXPERIMENTS, report_job, run_report
-from .sessions import rule as sessions_rule
 from .sessions import duration, run_time
+from .sessions import rule as sessions_rule
 from .status import render_status, work_status
 
 __all__ = ["BUDGETS", "EXPERIMENTS", "FIGURES_DIR", "FORMATS", "MARKDOWN_FILE", "METHOD_LABELS", "METHODS",

@@ -10,6 +10,7 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, asdict, dataclass, fields, replace
 
+from ..errors import ReportError
 from ..tasks import DEMO_TASKS
 
 METHODS = ("tt-lora", "lora", "adapter")
@@ -25,10 +26,6 @@ PAPER = {"tt_lora_fraction_of_lora": 0.02, "tt_lora_fraction_of_adapter": 0.003,
          "moe_fraction_of_adapterfusion": 0.0003, "mixed_gain_points": 4.0}
 
 Progress = Callable[[str, int, int], None]   # (stage, done, total)
-
-
-class ReportError(RuntimeError):
-    """The report cannot run (missing data) or a check failed (outputs not equal)."""
 
 
 @dataclass(frozen=True)

@@ -21,12 +21,12 @@ from pathlib import Path
 import torch
 
 from .. import baselines, experts, store, tasks
-from ..runtime import runinfo
-from ..files import safefs
 from .. import moe as moe_mod
-from ..routing import router as router_mod
 from ..base.backbone import Backbone
 from ..experts.checkpoint import Checkpointer
+from ..files import safefs
+from ..routing import router as router_mod
+from ..runtime import runinfo
 from .budgets import METHOD_LABELS, Progress, ReportBudget, ReportError
 from .worker import train_in_fresh_process
 

@@ -11,8 +11,8 @@ import math
 import tempfile
 from pathlib import Path
 
-from .. import tasks
 from .. import moe as moe_mod
+from .. import tasks
 from ..routing import router as router_mod
 from .budgets import MIXTURE_ROUTER
 from .experiment import Run, mean, setup_differences, verdict

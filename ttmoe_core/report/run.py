@@ -15,12 +15,20 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 
-from ..runtime import runinfo
 from .. import store, tasks
 from ..base.backbone import load_backbone
+from ..runtime import runinfo
 from ..tasks import DEMO_TASKS
-from .budgets import (FIGURES_DIR, MARKDOWN_FILE, PAPER, RESULTS_FILE, Progress, ReportBudget,
-                      ReportError, resolve_budget)
+from .budgets import (
+    FIGURES_DIR,
+    MARKDOWN_FILE,
+    PAPER,
+    RESULTS_FILE,
+    Progress,
+    ReportBudget,
+    ReportError,
+    resolve_budget,
+)
 from .contraction import exp_contraction
 from .experiment import Run, check_jobs
 from .integration import exp_integration

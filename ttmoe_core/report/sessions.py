@@ -22,8 +22,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..runtime import runinfo
 from .. import store
+from ..runtime import runinfo
 from .budgets import ReportError
 
 FILE = "sessions.json"

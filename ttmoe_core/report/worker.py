@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 from .. import experts, tasks
-from ..runtime import runinfo
 from ..base.backbone import Backbone, load_backbone, tokenize_mixed
+from ..runtime import runinfo
 from .budgets import ReportError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]   # the folder holding ttmoe_core/

@@ -3,17 +3,83 @@
 May import: files, runtime, tasks, tt, base, adapters.
 """
 
-from .detector import (COMPONENTS, OpenWorldError, PoolScorer, NgramLM, PoolModel, calibrated, auroc, ood_report,
-    fit_temperature, expected_calibration_error)
-from .growth import (GrowthError, SOURCES, last_linear, phi_width, cached_outputs, base_outputs, GrownRouter,
-    replay_sample, add_expert, cat_rows)
-from .ngram import (VARIANT, BUCKETS, MAX_NGRAMS, FLAGS, canonical, ngram_features, text_flags, segment_pools,
-    batch_features, NgramFusionRouter, build_ngram_router)
-from .registry import (VARIANTS, build, grow, params, state_features, text_features, features_fn, extract_features,
-    pool_dense, sweep_layers, sentence_level, balanced, take, routing_splits, recipe_rows, fit)
-from .router import (GROW_SOURCES, SURFACE_DIM, RouterError, RouterConfig, surface_features, base_states, Router,
-    PaperRouter, LinearRouter, MLPRouter, FusionRouter, ROUTERS, build_router, router_params,
-    RouterReport, train_router, evaluate_router, RoutingData, routing_data, router_metrics)
+from .detector import (
+    COMPONENTS,
+    NgramLM,
+    OpenWorldError,
+    PoolModel,
+    PoolScorer,
+    auroc,
+    calibrated,
+    expected_calibration_error,
+    fit_temperature,
+    ood_report,
+)
+from .growth import (
+    SOURCES,
+    GrownRouter,
+    GrowthError,
+    add_expert,
+    base_outputs,
+    cached_outputs,
+    cat_rows,
+    last_linear,
+    phi_width,
+    replay_sample,
+)
+from .ngram import (
+    BUCKETS,
+    FLAGS,
+    MAX_NGRAMS,
+    VARIANT,
+    NgramFusionRouter,
+    batch_features,
+    build_ngram_router,
+    canonical,
+    ngram_features,
+    segment_pools,
+    text_flags,
+)
+from .registry import (
+    VARIANTS,
+    balanced,
+    build,
+    extract_features,
+    features_fn,
+    fit,
+    grow,
+    params,
+    pool_dense,
+    recipe_rows,
+    routing_splits,
+    sentence_level,
+    state_features,
+    sweep_layers,
+    take,
+    text_features,
+)
+from .router import (
+    GROW_SOURCES,
+    ROUTERS,
+    SURFACE_DIM,
+    FusionRouter,
+    LinearRouter,
+    MLPRouter,
+    PaperRouter,
+    Router,
+    RouterConfig,
+    RouterError,
+    RouterReport,
+    RoutingData,
+    base_states,
+    build_router,
+    evaluate_router,
+    router_metrics,
+    router_params,
+    routing_data,
+    surface_features,
+    train_router,
+)
 
 __all__ = ["BUCKETS", "COMPONENTS", "FLAGS", "FusionRouter", "GROW_SOURCES", "GrownRouter",
            "GrowthError", "LinearRouter", "MAX_NGRAMS", "MLPRouter", "NgramFusionRouter",

@@ -33,11 +33,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..errors import OpenWorldError
+
 COMPONENTS = ("msp", "energy", "maha", "knn", "lm")
-
-
-class OpenWorldError(ValueError):
-    """Bad inputs to the pool scorer (shapes, empty sets, unknown components)."""
 
 
 def _standardise(feats: torch.Tensor, center: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

@@ -23,10 +23,7 @@ import time
 import torch
 from torch import nn
 
-
-class GrowthError(ValueError):
-    """The router cannot be grown (no penultimate layer found, empty rows)."""
-
+from ..errors import GrowthError
 
 SOURCES = ("hidden", "input", "both")
 

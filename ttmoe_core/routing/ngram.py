@@ -31,8 +31,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..runtime import rng
 from ..base.partial import hidden_states
+from ..runtime import rng
 from .router import Router, RouterConfig
 
 VARIANT = "ngram"

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import growth, router, ngram as router_v2
+from . import growth, router
+from . import ngram as router_v2
 from .router import RouterConfig, RouterError, RoutingData
 
 VARIANTS = router.VARIANTS

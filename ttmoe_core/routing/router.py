@@ -28,17 +28,14 @@ import torch
 from torch import nn
 
 from ..base import batching
-from ..runtime import rng
 from ..base.backbone import last_token, mean_pool
 from ..base.partial import hidden_states
+from ..errors import RouterError
+from ..runtime import rng
 
 VARIANTS = ("paper", "linear", "mlp", "fusion", "ngram")   # ngram: router_v2 (built by routers)
 GROW_SOURCES = ("hidden", "input", "both")
 SURFACE_DIM = 512          # hashed char n-gram features per segment
-
-
-class RouterError(ValueError):
-    """A router configuration or its inputs are invalid."""
 
 
 @dataclass

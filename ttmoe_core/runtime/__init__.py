@@ -3,10 +3,19 @@
 May import: the standard library, torch.
 """
 
-from .distributed import (launched_world_size, share, DataParallel, current, is_main_process)
-from .precision import (DTYPES, parse_dtype, dtype_name, autocast, cast_frozen)
-from .rng import (given_or_seeded, drawing_from, gaussian, batch_rows, Dropout)
-from .runinfo import (now, load_average, cpu_name, usable_cores, memory_gib, machine_info, peak_rss_mib, rss_mib)
+from .distributed import DataParallel, current, is_main_process, launched_world_size, share
+from .precision import DTYPES, autocast, cast_frozen, dtype_name, parse_dtype
+from .rng import Dropout, batch_rows, drawing_from, gaussian, given_or_seeded
+from .runinfo import (
+           cpu_name,
+           load_average,
+           machine_info,
+           memory_gib,
+           now,
+           peak_rss_mib,
+           rss_mib,
+           usable_cores,
+)
 
 __all__ = ["DTYPES", "DataParallel", "Dropout", "autocast", "batch_rows", "cast_frozen",
            "cpu_name", "current", "drawing_from", "dtype_name", "gaussian", "given_or_seeded",

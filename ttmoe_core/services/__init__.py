@@ -3,12 +3,49 @@
 May import: everything below report.
 """
 
-from .figures import (ACCENT, MUTED, INPUT_CORE, OUTPUT_CORE, FONT, apply_layout, probability_bar, router_probs_bar,
-    normalise_rows, confusion_heatmap, loss_curve, compact_count, params_bar, method_comparison_bar,
-    tt_cores_figure, short_layer_name, delta_w_norms, singular_values, metric_bar, pipeline_diagram)
-from .jobs import (log, Job, JobRegistry, CHECKPOINTS, train_expert_job, train_router_job, save_trained_router)
-from .workspace import (PACKS, UNEXPECTED, REPO_ROOT, WorkspaceError, default_pack, list_experts, list_packs, Workspace,
-    PACK_ENTRIES, EXPERT_ENTRIES)
+from .figures import (
+    ACCENT,
+    FONT,
+    INPUT_CORE,
+    MUTED,
+    OUTPUT_CORE,
+    apply_layout,
+    compact_count,
+    confusion_heatmap,
+    delta_w_norms,
+    loss_curve,
+    method_comparison_bar,
+    metric_bar,
+    normalise_rows,
+    params_bar,
+    pipeline_diagram,
+    probability_bar,
+    router_probs_bar,
+    short_layer_name,
+    singular_values,
+    tt_cores_figure,
+)
+from .jobs import (
+    CHECKPOINTS,
+    Job,
+    JobRegistry,
+    log,
+    save_trained_router,
+    train_expert_job,
+    train_router_job,
+)
+from .workspace import (
+    EXPERT_ENTRIES,
+    PACK_ENTRIES,
+    PACKS,
+    REPO_ROOT,
+    UNEXPECTED,
+    Workspace,
+    WorkspaceError,
+    default_pack,
+    list_experts,
+    list_packs,
+)
 
 __all__ = ["ACCENT", "CHECKPOINTS", "EXPERT_ENTRIES", "FONT", "INPUT_CORE", "Job", "JobRegistry",
            "MUTED", "OUTPUT_CORE", "PACKS", "PACK_ENTRIES", "REPO_ROOT", "UNEXPECTED", "Workspace",

@@ -294,7 +294,8 @@ def train_router_job(job: Job, router_config, layers: Sequence[int], backbone,
     "saved" (the pack of experts, no router yet) or "not saved". A cancel is honoured at every
     event, during router training too; a failed or cancelled run removes the pack it made.
     """
-    from ..routing import router as routers, registry as variants
+    from ..routing import registry as variants
+    from ..routing import router as routers
 
     def progress(stage: str, done: int, total: int) -> None:
         if job.cancelled():
@@ -352,9 +353,10 @@ def save_trained_router(result: dict, index: int, extra: dict | None = None) -> 
 def _replay_writer(model, result: dict):
     """For an ngram router: a writer of its replay rows (add-expert grows it from them), from
     the run's training rows; None for other variants or a result without them."""
-    from ..routing import growth, registry as variants
-    from ..store import detector as poolfiles
     from ..moe import fit as poolfit
+    from ..routing import growth
+    from ..routing import registry as variants
+    from ..store import detector as poolfiles
 
     train, backbone = result.get("train"), result.get("backbone")
     if model.config.variant != "ngram" or train is None or backbone is None:

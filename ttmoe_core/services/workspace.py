@@ -18,19 +18,15 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from ..files import safefs
 from .. import store
+from ..errors import WorkspaceError
 from ..experts import Expert
-from ..files.names import NameError_, check_name, inside
+from ..files import safefs
+from ..files.names import NameRuleError, check_name, inside
 
 PACKS = "packs"              # the sub-folder of the root that holds packs (not an expert name)
 UNEXPECTED = "unreadable (unexpected "   # how a listing reports an error that is not a StoreError
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-class WorkspaceError(store.StoreError):
-    """A name that breaks the rule, a path that leaves the workspace, or a folder that may not be
-    written or removed."""
 
 
 def default_pack() -> Path:
@@ -108,7 +104,7 @@ class Workspace:
             check_name(name, what)
             path = parent / name
             inside(self.root, path.relative_to(self.root))
-        except NameError_ as exc:
+        except NameRuleError as exc:
             raise WorkspaceError(str(exc)) from None
         if path.is_symlink():
             raise WorkspaceError(f"{path} is a symbolic link: the workspace only writes and "

@@ -28,14 +28,14 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from ..files import safefs, schema, tensorfile
-from . import shapes
 from .. import tt
 from ..base.backbone import BackboneInfo, check_fingerprint
 from ..experts import ConfigError, Expert, ExpertConfig
-from ..files.names import NAME_RULE, NameError_, check_name, inside, is_valid_name
+from ..files import safefs, schema, tensorfile
+from ..files.names import NAME_RULE, NameRuleError, check_name, inside, is_valid_name
 from ..files.safefs import StoreError, atomic_dir, write_json
 from ..files.tensorfile import manifest
+from . import shapes
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -190,7 +190,7 @@ def open_expert(path: str | Path, expected_fingerprint: str | None = None) -> Op
         check_name(data["name"], f"{what}: {CONFIG_FILE}: the expert name")
         config = ExpertConfig.from_dict(data["training"]).resolved()
         base = BackboneInfo(**data["base_model"])
-    except NameError_ as exc:
+    except NameRuleError as exc:
         raise StoreError(str(exc)) from None
     except (ConfigError, TypeError) as exc:
         raise StoreError(f"{what}: bad training settings or base model in {CONFIG_FILE}: {exc}") from None
@@ -288,7 +288,7 @@ def expert_folder(pack: Path, name: str) -> Path:
                              "real folders")
     try:
         inside(pack, "experts", name)
-    except NameError_ as exc:
+    except NameRuleError as exc:
         raise StoreError(f"pack {pack.name!r}: {exc}") from None
     return folder
 

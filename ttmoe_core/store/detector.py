@@ -24,14 +24,23 @@ from pathlib import Path
 
 import torch
 
-from ..routing import detector as openworld
-from ..files import tensorfile
 from ..base.backbone import check_fingerprint
-from ..routing.ngram import BUCKETS, MAX_NGRAMS
+from ..files import tensorfile
 from ..files.safefs import StoreError, write_json
-from .core import (FORMAT_VERSION, PACK_FILE, POOL_CONFIG_FILE, POOL_WEIGHTS_FILE,
-                   REPLAY_CONFIG_FILE, REPLAY_WEIGHTS_FILE, read_json, save_tensors)
 from ..files.tensorfile import manifest
+from ..routing import detector as openworld
+from ..routing.ngram import BUCKETS, MAX_NGRAMS
+from .core import (
+    FORMAT_VERSION,
+    PACK_FILE,
+    POOL_CONFIG_FILE,
+    POOL_WEIGHTS_FILE,
+    REPLAY_CONFIG_FILE,
+    REPLAY_WEIGHTS_FILE,
+    read_json,
+    save_tensors,
+)
+
 POOL_FORMAT = "ttmoe-pool"
 REPLAY_FORMAT = "ttmoe-replay"
 HALF = ("precision", "bank", "basis", "lm_tables")      # stored as float16

@@ -4,11 +4,29 @@ Every task becomes :class:`TaskData`, (text, text_pair, label) rows; the names b
 public API (``from ttmoe_core import tasks; tasks.load_task(...)``).
 """
 
-from .loading import (DATA_DIR_ENV, HUB, LOGICAL_SPLITS, SPLIT_SEED, SPLIT_TRAIN_FRACTION,
-                      available_tasks, default_data_dir, load_file, load_task)
+from .loading import (
+                      DATA_DIR_ENV,
+                      HUB,
+                      LOGICAL_SPLITS,
+                      SPLIT_SEED,
+                      SPLIT_TRAIN_FRACTION,
+                      available_tasks,
+                      default_data_dir,
+                      load_file,
+                      load_task,
+)
 from .metrics import compute_metrics, primary_metric
-from .registry import (DEMO_TASKS, KINDS, METRICS, TASKS, DataError, TaskData, TaskSpec, get_task,
-                       render_example)
+from .registry import (
+                      DEMO_TASKS,
+                      KINDS,
+                      METRICS,
+                      TASKS,
+                      DataError,
+                      TaskData,
+                      TaskSpec,
+                      get_task,
+                      render_example,
+)
 
 __all__ = ["DATA_DIR_ENV", "DEMO_TASKS", "HUB", "KINDS", "LOGICAL_SPLITS", "METRICS", "SPLIT_SEED",
            "SPLIT_TRAIN_FRACTION", "TASKS", "DataError", "TaskData", "TaskSpec", "available_tasks",

@@ -33,12 +33,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..errors import DataError
+
 METRICS = ("accuracy", "mcc", "f1_accuracy", "pearson_spearman")
 KINDS = ("single", "pair", "multiple_choice", "regression")
-
-
-class DataError(ValueError):
-    """Bad or missing task data; the message says what was wrong and how to fix it."""
 
 
 @dataclass(frozen=True)
