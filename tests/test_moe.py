@@ -531,7 +531,7 @@ def test_encoder_shares_the_backbone_weights_until_converted(bb, three):
 @pytest.fixture(scope="module")
 def upper_routed(bb, three, trained_router) -> moe.TTLoRAMoE:
     """Experts adapting only layers >= the router's layer (1), routed, float64."""
-    from ttmoe_core.bench.pools import upper_layer_experts
+    from ttmoe_core.bench.expert_pools import upper_layer_experts
 
     assert trained_router.config.layer == 1
     return moe.TTLoRAMoE(bb, upper_layer_experts(three, 1), trained_router,
@@ -568,7 +568,7 @@ def batching_plan(encoded, batch_size, max_tokens):
 def test_mixed_full_and_upper_experts_fall_back_where_needed(bb, three, trained_router, rows):
     """A pool of upper-layer and full experts: micro-batches holding a full expert run from the
     embeddings; every row equals its expert alone (float64)."""
-    from ttmoe_core.bench.pools import upper_layer_experts
+    from ttmoe_core.bench.expert_pools import upper_layer_experts
 
     pool_experts = upper_layer_experts(three[:2], 1) + three[2:]
     mixture = moe.TTLoRAMoE(bb, pool_experts, trained_router, max_length=MAX_LENGTH).double()
@@ -586,7 +586,7 @@ def test_mixed_full_and_upper_experts_fall_back_where_needed(bb, three, trained_
 
 def test_large_pool_gathers_the_right_experts(bb, three, rows):
     """300 experts (five chunks): rows sent to a few of them equal those experts alone."""
-    from ttmoe_core.bench.pools import random_pool
+    from ttmoe_core.bench.expert_pools import random_pool
     from ttmoe_core.moe.pool import ExpertPool
 
     pool = random_pool(ExpertPool.from_experts(three), 300, seed=3)

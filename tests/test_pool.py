@@ -14,7 +14,7 @@ from tests.threads import run_together
 from tests.tinymodels import random_expert, tiny_bert, tiny_expert, tiny_pack
 from ttmoe_core import store, tt
 from ttmoe_core.adapters import layer_index
-from ttmoe_core.bench.pools import random_pool, upper_layer_experts
+from ttmoe_core.bench.expert_pools import random_pool, upper_layer_experts
 from ttmoe_core.moe import TTLoRAMoE
 from ttmoe_core.moe.pool import CHUNK_ROWS, NO_LAYER, ExpertPool, MoEError, open_pack
 

@@ -207,7 +207,7 @@ def test_budgets_share_one_stopping_rule_for_every_method():
     assert full.fusion_budget == 500 and small.fusion_budget == small.steps
     assert len(small.seeds) >= 2 and small.patience >= 1 and small.eval_every < small.steps
     demo = report.BUDGETS["full-demo"]
-    assert demo.comparison_tasks == tuple(report.budgets.DEMO_TASKS) and demo.min_integration_experts == 6
+    assert demo.comparison_tasks == tuple(report.plan.DEMO_TASKS) and demo.min_integration_experts == 6
     assert dataclasses.replace(demo, name="full", comparison_tasks=None, min_integration_experts=10) == full
 
 

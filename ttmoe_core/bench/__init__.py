@@ -4,6 +4,8 @@ Modules: ``timing`` (interleaved rounds, medians, peak memory), ``results`` (a r
 targets and text rendering), ``paper`` (the paper's gate-weighted scheme, the baseline),
 ``pools`` (random expert pools in memory and on disk, memory in a fresh process),
 ``adapters``, ``moe``, ``serve`` and ``jobs`` (one benchmark each), ``__main__`` (the command line).
+
+May import: every engine package (benchmarks sit beside the CLI, above the library).
 """
 
 from .adapters import (
@@ -19,7 +21,7 @@ from .adapters import (
 from .jobs import JOBS_DEFAULTS, JOBS_QUICK, bench_jobs, format_jobs
 from .moe import DEMO_PACK, MOE_DEFAULTS, MOE_QUICK, bench_moe, format_moe, mixed_rows
 from .paper import GateWeightedMoE, GateWeightedTTLoRA, max_logit_difference
-from .pools import random_pool, rss_in_fresh_process, upper_layer_experts
+from .expert_pools import random_pool, rss_in_fresh_process, upper_layer_experts
 from .results import TARGETS, ratio_check
 from .serve import SERVE_DEFAULTS, SERVE_QUICK, bench_serve, format_serve
 from .timing import (

@@ -33,7 +33,7 @@ from ..runtime import rng
 from ..runtime.runinfo import load_average
 from .moe import mixed_rows
 from .paper import GateWeightedMoE
-from .pools import (
+from .expert_pools import (
     random_experts,
     random_pool,
     random_router,

@@ -5,6 +5,8 @@ cannot be written, too little memory for the sizes asked) print one line ``error
 and exit with code 2; ``predict --input-file`` exits with 1 when some lines failed. An error no
 check foresaw (a bug) also prints one line, exits with 70, and shows its traceback with
 ``TTMOE_DEBUG=1``. The library never imports this package.
+
+May import: every engine package; nothing in the engine imports it (only ``__main__``).
 """
 
 from __future__ import annotations

@@ -16,22 +16,24 @@ returning plain data):
 2. ``methods``: TT-LoRA vs LoRA (PEFT) vs bottleneck adapter, one expert per task and seed, same
    training loop (``experts.train_expert``) and stopping rule; mean ± std over seeds of the
    metric, steps and time (``seeds``), parameters, peak memory.
-3. ``routers``: router variants on six tasks (``router.sweep_layers``): held-out accuracy,
+3. ``router_variants``: router variants on six tasks (``router.sweep_layers``): held-out accuracy,
    parameters, measured cost per input, confusion.
 4. ``integration``: each task through the mixture (router over every expert) vs the expert alone;
    AdapterFusion over the same tasks' adapters, trained for one task, vs that adapter alone.
 5. ``mixed``: one test set mixing six tasks: TT-LoRA MoE vs one AdapterFusion trained on the mix.
 
-The rest: ``budgets`` (how much to run, constants), ``experiment`` (run state, shared helpers),
+The rest: ``plan`` (how much to run, constants), ``experiment`` (run state, shared helpers),
 ``seeds`` (mean ± std over seeds, the rule for a difference beyond the seed spread),
 ``status`` (what a long run's work folder holds so far: ``report --status``),
 ``worker`` (a training in a fresh process, for peak memory), ``run`` (the run and its files),
 ``markdown`` and ``plots`` (rendering). ``render_markdown(results)`` formats only numbers present
 in ``results`` (no arithmetic), through ``FORMATS``, so every number of a table can be traced to
 ``results.json``.
+
+May import: every engine package below it (services, moe, store, experts, routing, base, files, runtime, tasks); never cli.
 """
 
-from .budgets import (
+from .plan import (
                       BUDGETS,
                       FIGURES_DIR,
                       MARKDOWN_FILE,
@@ -54,7 +56,7 @@ from .markdown import FORMATS, SECTION_TITLES, fmt, machine_summary, render_mark
 from .methods import exp_methods
 from .mixed import exp_mixed
 from .plots import SECTION_FIGURES, build_figures, png_available, write_figures
-from .routers import exp_routers, router_cost_ms
+from .router_variants import exp_routers, router_cost_ms
 from .run import EXPERIMENTS, report_job, run_report
 from .sessions import duration, run_time
 from .sessions import rule as sessions_rule

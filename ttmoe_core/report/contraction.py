@@ -13,7 +13,7 @@ import torch
 
 from .. import adapters, experts
 from ..base.backbone import pool
-from .budgets import TOLERANCE, ReportError
+from .plan import TOLERANCE, ReportError
 from .experiment import Run, median_ms, setup_differences, verdict
 
 

@@ -27,7 +27,7 @@ from ..experts.checkpoint import Checkpointer
 from ..files import safefs
 from ..routing import router as router_mod
 from ..runtime import runinfo
-from .budgets import METHOD_LABELS, Progress, ReportBudget, ReportError
+from .plan import METHOD_LABELS, Progress, ReportBudget, ReportError
 from .worker import train_in_fresh_process
 
 

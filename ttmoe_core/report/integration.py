@@ -14,7 +14,7 @@ from pathlib import Path
 from .. import moe as moe_mod
 from .. import tasks
 from ..routing import router as router_mod
-from .budgets import MIXTURE_ROUTER
+from .plan import MIXTURE_ROUTER
 from .experiment import Run, mean, setup_differences, verdict
 
 

@@ -12,7 +12,7 @@ import math
 from collections.abc import Callable, Sequence
 
 from . import sessions
-from .budgets import METHOD_LABELS, SECTIONS
+from .plan import METHOD_LABELS, SECTIONS
 from .plots import SECTION_FIGURES
 
 SECTION_TITLES = {

@@ -15,7 +15,7 @@ import statistics
 
 from .. import budget as param_budget
 from . import seeds
-from .budgets import METHOD_LABELS, METHODS, PAPER
+from .plan import METHOD_LABELS, METHODS, PAPER
 from .experiment import Run, mean, setup_differences, verdict
 
 

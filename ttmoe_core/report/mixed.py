@@ -15,7 +15,7 @@ import torch
 from .. import experts, tasks
 from ..routing import router as router_mod
 from ..tasks import DEMO_TASKS
-from .budgets import MIXTURE_ROUTER, PAPER, ReportError
+from .plan import MIXTURE_ROUTER, PAPER, ReportError
 from .experiment import Run, mean, setup_differences, verdict
 
 

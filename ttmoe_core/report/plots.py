@@ -15,7 +15,7 @@ from pathlib import Path
 from ..routing.router import ROUTERS
 
 VARIANTS = tuple(ROUTERS)      # the paper's comparison: router.py's four (ngram: ROUTING_STUDY.md)
-from .budgets import METHOD_LABELS, METHODS
+from .plan import METHOD_LABELS, METHODS
 
 SECTION_FIGURES = {"contraction": ("contraction_ms", "contraction_ratio"),
                    "methods": ("methods_metric", "methods_params"),

@@ -19,7 +19,7 @@ from .. import store, tasks
 from ..base.backbone import load_backbone
 from ..runtime import runinfo
 from ..tasks import DEMO_TASKS
-from .budgets import (
+from .plan import (
     FIGURES_DIR,
     MARKDOWN_FILE,
     PAPER,
@@ -36,7 +36,7 @@ from .markdown import render_markdown
 from .methods import exp_methods, training_order
 from .mixed import exp_mixed
 from .plots import build_figures, write_figures
-from .routers import exp_routers
+from .router_variants import exp_routers
 from .sessions import SessionLog, total_seconds
 
 EXPERIMENTS: dict[str, Callable[[Run], dict]] = {

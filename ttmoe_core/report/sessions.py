@@ -24,7 +24,7 @@ from pathlib import Path
 
 from .. import store
 from ..runtime import runinfo
-from .budgets import ReportError
+from .plan import ReportError
 
 FILE = "sessions.json"
 BEAT_S = 60.0          # write a running start's seconds at most this often between saves

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .. import tasks as task_registry
 from . import seeds, sessions
-from .budgets import METHOD_LABELS, METHODS, SECTIONS, ReportError
+from .plan import METHOD_LABELS, METHODS, SECTIONS, ReportError
 from .markdown import _pm, _table, fmt
 from .methods import MARGIN, claim_per_task
 

@@ -22,7 +22,7 @@ import torch
 from .. import experts, tasks
 from ..base.backbone import Backbone, load_backbone, tokenize_mixed
 from ..runtime import runinfo
-from .budgets import ReportError
+from .plan import ReportError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]   # the folder holding ttmoe_core/
 

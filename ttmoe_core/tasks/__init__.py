@@ -2,6 +2,8 @@
 
 Every task becomes :class:`TaskData`, (text, text_pair, label) rows; the names below are the
 public API (``from ttmoe_core import tasks; tasks.load_task(...)``).
+
+May import: errors and files only (data sets, no model).
 """
 
 from .loading import (

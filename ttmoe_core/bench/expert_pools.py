@@ -4,7 +4,7 @@ a pack (load time), and the resident memory they add, measured in a fresh proces
 Random cores cost the same to serve as trained ones (the timing does not read their values);
 rows below ``min_layer`` are zero, as an upper-layer expert's are.
 
-    python -m ttmoe_core.bench.pools --rss E --pack PACK      # one JSON line: RSS in MiB
+    python -m ttmoe_core.bench.expert_pools --rss E --pack PACK      # one JSON line: RSS in MiB
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def rss_in_fresh_process(num_experts: int, pack: str | Path, timeout_s: float = 
     """Resident memory of a fresh process: the base model alone, then with a mixture of
     ``num_experts`` random experts in the pack's layout and a router with as many outputs
     (``rss_main``); MiB."""
-    cmd = [sys.executable, "-m", "ttmoe_core.bench.pools", "--rss", str(num_experts),
+    cmd = [sys.executable, "-m", "ttmoe_core.bench.expert_pools", "--rss", str(num_experts),
            "--pack", str(pack)]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=timeout_s,
                           check=False)

@@ -14,7 +14,7 @@ import torch
 from ..base.backbone import Backbone, tokenize_mixed
 from ..routing import router as router_mod
 from ..tasks import DEMO_TASKS
-from .budgets import MIXTURE_ROUTER
+from .plan import MIXTURE_ROUTER
 from .experiment import Run, median_ms, setup_differences, verdict
 
 
