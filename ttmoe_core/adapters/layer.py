@@ -1,4 +1,5 @@
-"""Adapter layers: a frozen ``nn.Linear`` with a bank of E experts' TT-LoRA cores, and the per-call expert context.
+"""Adapter layers: a frozen ``nn.Linear`` with a bank of E experts' TT-LoRA cores, and the
+per-call expert context.
 
 ``TTLoRALinear`` computes ``y = W x + b + α · TT_e(x)`` where ``e`` is the expert of x's row.
 Which expert each row uses is never module state: it comes from the caller through the

@@ -1,4 +1,5 @@
-"""Experts: config, model, training, the one training loop, checkpoints, quality verdicts, ΔW spectra.
+"""Experts: config, model, training, the one training loop, checkpoints, quality verdicts,
+ΔW spectra.
 
 May import: files, runtime, tasks, tt, base, adapters.
 """
@@ -52,7 +53,7 @@ __all__ = ["ADAPTER_NAME", "CHECKPOINT_ADDED", "CheckpointError", "Checkpointer"
            "Expert", "ExpertConfig", "ExpertModel", "FORMAT", "HOLDOUT_STREAM", "HoldOut",
            "JSON_LIMIT", "LoopConfig", "MARGIN", "METHODS", "METHOD_DEFAULTS", "MIN_MCC",
            "MIN_PEARSON", "ORDER", "Progress", "Quality", "SCHEDULES", "TrainingError", "assess",
-           "build_expert_model", "delta_w_spectra", "evaluate_expert", "evaluate_model", "expert_tensors", "fit",
-           "holdout_split", "label_rates", "load_expert_tensors", "load_split", "lr_factor", "pack_entry",
-           "predict_logits", "setting_problems", "summary", "task_loss", "train_expert",
-           "tt_layout", "words"]
+           "build_expert_model", "delta_w_spectra", "evaluate_expert", "evaluate_model",
+           "expert_tensors", "fit", "holdout_split", "label_rates", "load_expert_tensors",
+           "load_split", "lr_factor", "pack_entry", "predict_logits", "setting_problems",
+           "summary", "task_loss", "train_expert", "tt_layout", "words"]
