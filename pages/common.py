@@ -55,7 +55,6 @@ from ttmoe_core import budget, experts, moe, store, tasks
 from ttmoe_core.base import backbone
 from ttmoe_core.experts import quality
 from ttmoe_core.files import names
-from ttmoe_core.moe import adhoc
 from ttmoe_core.routing import detector as openworld
 from ttmoe_core.routing import router
 from ttmoe_core.services import jobs, workspace
@@ -263,7 +262,7 @@ def _mixture(path: str, folder_stamp: float) -> moe.TTLoRAMoE:
 @st.cache_resource(show_spinner=False, max_entries=8)
 def _adhoc_mixture(folders: tuple[str, ...], folder_stamp: float) -> moe.TTLoRAMoE:
     base = store.open_expert(folders[0]).expert.base.name if folders else backbone.DEFAULT_MODEL
-    return adhoc.mixture_from_folders(folders, backbone=_base_of(base))
+    return moe.mixture_from_folders(folders, backbone=_base_of(base))
 
 
 @st.cache_resource(show_spinner=False)

@@ -7,7 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from pages import common
-from ttmoe_core import budget, store, tt
+from ttmoe_core import budget, experts, store, tt
 from ttmoe_core.services import figures
 
 ws = common.setup()
@@ -16,13 +16,13 @@ pack_dir = common.default_pack_dir()
 
 @st.cache_data(show_spinner="Computing ΔW's singular values from the cores…", max_entries=16)
 def delta_spectra(folder: str, folder_stamp: float) -> dict | None:
-    """Adapted layers, ‖α·ΔW‖_F and singular values of each (``tt.delta_w_spectra``); None for
+    """Adapted layers, ‖α·ΔW‖_F and singular values of each (``experts.delta_w_spectra``); None for
     bottleneck adapters."""
     expert = store.load_expert(folder)
     cfg = expert.config
     if cfg.method not in ("tt-lora", "lora"):
         return None
-    spectra = tt.delta_w_spectra(expert.tensors, cfg.method, cfg.alpha, cfg.rank, expert.tt_layout)
+    spectra = experts.delta_w_spectra(expert.tensors, cfg.method, cfg.alpha, cfg.rank, expert.tt_layout)
     return {"layers": list(spectra), "values": {k: v.tolist() for k, v in spectra.items()},
             "norms": [float(v.norm()) for v in spectra.values()]}   # ‖ΔW‖_F = ‖σ‖_2
 
@@ -80,7 +80,7 @@ def delta_tabs(info: dict, norms_tab, svals_tab) -> None:
     norms_tab.plotly_chart(figures.delta_w_norms(stats["layers"], stats["norms"]),
                            key=f"norms_{info['folder']}")
     norms_tab.caption("‖α·ΔW‖_F of each adapted layer, from its singular values computed from the "
-                      "stored cores (`tt.delta_w_spectra`): ΔW itself is never formed.")
+                      "stored cores (`experts.delta_w_spectra`): ΔW itself is never formed.")
     layer = svals_tab.selectbox("Layer", stats["layers"], format_func=figures.short_layer_name,
                                 key=f"svals_layer_{info['folder']}")
     bound = info["rank"] if info["method"] in ("tt-lora", "lora") else None

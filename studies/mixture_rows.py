@@ -32,13 +32,13 @@ def main() -> int:
 
     from ttmoe_core import experts, store, tasks
     from ttmoe_core.base.backbone import load_backbone
-    from ttmoe_core.moe import adhoc
+    from ttmoe_core.moe import mixture_from_folders
 
     torch.set_num_threads(1)
     loaded = [store.load_expert(folder) for folder in args.experts]
     base = load_backbone(loaded[0].base.name, device="cpu")
     start = time.perf_counter()
-    mixture = adhoc.mixture_from_folders(args.experts, backbone=base)
+    mixture = mixture_from_folders(args.experts, backbone=base)
     data = {e.name: tasks.load_task(e.config.task, "validation", limit=args.rows, seed=0)
             for e in loaded}
     mixed_texts, mixed_pairs, mixed_names = [], [], []

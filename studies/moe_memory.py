@@ -59,7 +59,7 @@ def main() -> int:
         experts = [store.load_expert(folder) for folder in args.experts]
         for i, expert in enumerate(experts):
             expert.name = f"{expert.name}-{i}"
-            store.add_expert_to_pack(pack, expert)
+            store.append_expert(pack, expert)
         if args.router_layer is not None:
             trained = router.build_router(
                 router.RouterConfig(variant="mlp", layer=args.router_layer, hidden=64),

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ttmoe_core import tt
+from ttmoe_core import adapters
 from ttmoe_core.base import backbone
 
 SAMPLES = Path(__file__).resolve().parents[1] / "assets" / "samples"
@@ -107,7 +107,7 @@ def merged_reference_logits(bb: backbone.Backbone, expert, texts: list[str],
                     layers.setdefault(layer, {})[int(k)] = value
             assert layers, "no TT cores in the expert"
             for layer, cores in layers.items():
-                layout = tt.layout_for(expert.tt_layout, layer)
+                layout = adapters.layout_for(expert.tt_layout, layer)
                 dw = _dense_tt_delta([cores[k] for k in sorted(cores)], layout["in_factors"],
                                      layout["out_factors"])
                 merged.get_submodule(layer).weight += cfg.alpha * dw

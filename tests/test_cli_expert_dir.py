@@ -1,5 +1,5 @@
 """``predict --expert-dir DIR`` (repeatable): serve expert folders without a pack, the oracle
-choice; and ``adhoc.mixture_from_folders`` under it. Tiny base model saved to a folder."""
+choice; and ``moe.mixture_from_folders`` under it. Tiny base model saved to a folder."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from tests.tinymodels import saved_tiny_bert, tiny_expert
 from ttmoe_core import cli, moe, store
-from ttmoe_core.moe import adhoc
+from ttmoe_core.moe import mixture_from_folders
 
 REVIEW = "a gorgeous , witty , seductive movie ."
 
@@ -58,7 +58,7 @@ def test_several_folders_serve_the_chosen_expert_like_a_pack_does(capsys, folder
     assert adhoc_row["expert"] == "rte"
     # the same experts stacked in a pack (no router) give the same answer
     for name in ("sst2", "rte"):
-        store.add_expert_to_pack(tmp_path / "pack", store.load_expert(folders[name]))
+        store.append_expert(tmp_path / "pack", store.load_expert(folders[name]))
     packed = moe.TTLoRAMoE.from_pack(tmp_path / "pack")
     row = packed.predict(["A man."], ["Nobody."], expert="rte")[0]
     assert row["label"] == adhoc_row["label"]
@@ -88,4 +88,4 @@ def test_expert_dir_usage_errors(capsys, folders, tmp_path, case, text):
 
 def test_mixture_from_folders_needs_a_folder():
     with pytest.raises(moe.MoEError, match="at least one"):
-        adhoc.mixture_from_folders([])
+        mixture_from_folders([])

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from ttmoe_core import adapters, budget, tt
+from ttmoe_core import adapters, budget, experts, tt
 from ttmoe_core.services import figures
 
 
@@ -72,7 +72,7 @@ def test_tt_cores_figure_boxes_have_the_cores_sizes():
 
 
 def test_delta_w_spectra_of_tt_cores_are_those_of_the_layers_own_delta():
-    """The singular values the ΔW plots show (``tt.delta_w_spectra``, from the cores only) equal a
+    """The singular values the ΔW plots show (``experts.delta_w_spectra``, from the cores only) equal a
     dense SVD of each layer's reconstructed α·ΔW; beyond the boundary rank they are exactly 0."""
     torch.manual_seed(0)
 
@@ -87,7 +87,7 @@ def test_delta_w_spectra_of_tt_cores_are_those_of_the_layers_own_delta():
                             init="kaiming", generator=torch.Generator().manual_seed(0))
     tensors = adapters.expert_cores(model)
     layout = {"query": {"in_factors": [3, 4], "out_factors": [2, 3]}}
-    spectra = tt.delta_w_spectra(tensors, "tt-lora", 4.0, 3, layout)
+    spectra = experts.delta_w_spectra(tensors, "tt-lora", 4.0, 3, layout)
     assert list(spectra) == ["layer.0.query", "layer.1.query"]
     for name, layer in adapters.tt_layers(model).items():
         dense = torch.linalg.svdvals(layer.delta_weight(0).detach().double())
@@ -95,7 +95,7 @@ def test_delta_w_spectra_of_tt_cores_are_those_of_the_layers_own_delta():
         torch.testing.assert_close(spectra[name], dense, rtol=1e-5, atol=1e-6)
         assert torch.all(spectra[name][3:] == 0) and torch.all(spectra[name][:3] > 0)
     with pytest.raises(ValueError, match="TT-LoRA and LoRA only"):
-        tt.delta_w_spectra(tensors, "adapter", 1.0, 16)
+        experts.delta_w_spectra(tensors, "adapter", 1.0, 16)
 
 
 def test_delta_w_spectra_of_lora_are_those_of_scaled_b_times_a():
@@ -103,7 +103,7 @@ def test_delta_w_spectra_of_lora_are_those_of_scaled_b_times_a():
     tensors = {"base_model.model.encoder.layer.0.attention.self.query.lora_A.weight": a,
                "base_model.model.encoder.layer.0.attention.self.query.lora_B.weight": b,
                "head.weight": torch.zeros(2, 5)}
-    (name, values), = tt.delta_w_spectra(tensors, "lora", alpha=8.0, rank=2).items()
+    (name, values), = experts.delta_w_spectra(tensors, "lora", alpha=8.0, rank=2).items()
     assert name == "encoder.layer.0.attention.self.query"
     dense = torch.linalg.svdvals(4.0 * (b.double() @ a.double()))
     torch.testing.assert_close(values[:2], dense[:2])

@@ -63,7 +63,7 @@ def _operation(kind: str, src: Path, target: Path):
         base = store.load_expert(src / "a").base
         return lambda: store.save_router(target, _router(1), ["a", "b"], NEW, base)
     expert = store.load_expert(src / "e")
-    return lambda: store.add_expert_to_pack(target, expert)
+    return lambda: store.append_expert(target, expert)
 
 
 def _child(kind: str, src: str, target: str, kill_at: int | None, conn) -> None:

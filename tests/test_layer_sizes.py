@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from ttmoe_core import adapters, experts, moe, store, tasks, tt
+from ttmoe_core import adapters, experts, moe, store, tasks
 from ttmoe_core.base import backbone
 from ttmoe_core.cli.args import UsageError
 from ttmoe_core.cli.checks import check_targets
@@ -37,10 +37,10 @@ def dense_expert(tiny_bert, sst2):
 def test_layout_keys_per_size(tiny_bert):
     keys = adapters.target_layout_keys(tiny_bert.model, ALL)
     assert keys == {"query": (48, 48), "key": (48, 48), "value": (48, 48), **ROLES}
-    assert tt.module_role("encoder.layer.1.intermediate.dense") == "intermediate.dense"
-    assert tt.layout_key(keys, "encoder.layer.0.output.dense") == "output.dense"
-    assert tt.layout_key({"query": {}}, "encoder.layer.0.attention.self.query") == "query"
-    assert tt.layout_key({"query": {}}, "encoder.layer.0.attention.self.value") is None
+    assert adapters.module_role("encoder.layer.1.intermediate.dense") == "intermediate.dense"
+    assert adapters.layout_key(keys, "encoder.layer.0.output.dense") == "output.dense"
+    assert adapters.layout_key({"query": {}}, "encoder.layer.0.attention.self.query") == "query"
+    assert adapters.layout_key({"query": {}}, "encoder.layer.0.attention.self.value") is None
 
 
 def test_dense_of_three_sizes_trains_with_a_shape_per_size(dense_expert):

@@ -464,7 +464,7 @@ def test_pack_files_are_read_once(tmp_path, monkeypatch, capsys):
         reads.append(Path(path).name)
         return real_load_expert(path, *args, **kwargs)
 
-    monkeypatch.setattr(store.core, "load_expert", load_expert)
+    monkeypatch.setattr(store.packs, "load_expert", load_expert)
     names = [e.name for e in pack_experts]
     mixture = moe.TTLoRAMoE.from_pack(pack_dir, backbone=base)
     assert reads == names and mixture.names == names

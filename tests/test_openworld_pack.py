@@ -41,7 +41,7 @@ def pack(tmp_path_factory, base):
     """A two-expert pack (cola, sst2) with an ngram router (+ replay rows) and a detector."""
     folder = tmp_path_factory.mktemp("owpack") / "pack"
     for i, task in enumerate(("cola", "sst2")):
-        store.add_expert_to_pack(folder, tiny_expert(base, task, seed=i))
+        store.append_expert(folder, tiny_expert(base, task, seed=i))
     assert cli.main(["train-router", "--pack", str(folder), "--variant", "ngram", "--all-rows",
                      "--cap", "60", "--epochs", "4", "--layer", "1", "--eval-per-task", "20",
                      "--data-dir", str(SAMPLES), "--quiet", "--json"]) == 0

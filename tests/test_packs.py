@@ -66,7 +66,7 @@ def test_add_expert_keeps_others_byte_identical(pack_copy, built, bb):
     before = {e.name: tree_hashes(pack_copy / "experts" / e.name) for e in expert_list}
     assert all(before.values())
     fourth = tiny_expert(bb, "cola", rank=2, seed=7)
-    store.add_expert_to_pack(pack_copy, fourth)
+    store.append_expert(pack_copy, fourth)
     # the old router was trained for three experts: the pack asks for a new one
     with pytest.raises(StoreError, match="retrain"):
         store.load_pack(pack_copy)
@@ -138,14 +138,14 @@ def test_truncated_expert_weights(pack_copy):
 
 def test_duplicate_expert_name(pack_copy, built):
     with pytest.raises(StoreError):
-        store.add_expert_to_pack(pack_copy, built[1][0])
+        store.append_expert(pack_copy, built[1][0])
 
 
 def test_expert_from_other_base_refused_on_add(pack_copy):
     other = tiny_bert(seed=1)
     foreign = tiny_expert(other, "qqp", rank=2, steps=1)
     with pytest.raises(StoreError):
-        store.add_expert_to_pack(pack_copy, foreign)
+        store.append_expert(pack_copy, foreign)
     assert json.loads((pack_copy / "pack.json").read_text())["experts"] == ["mnli", "sst2", "rte"]
     assert not (pack_copy / "experts" / "qqp").exists()
 
@@ -227,7 +227,7 @@ def test_a_failed_router_save_leaves_the_pack_byte_identical(pack_copy, built, b
     def crash(path, data):
         raise OSError("disk full")
 
-    monkeypatch.setattr(store.core, "write_json", crash)
+    monkeypatch.setattr(store.routers, "write_json", crash)
     with pytest.raises(OSError, match="disk full"):
         store.save_router(pack_copy, trained, train.names, {"accuracy": 0.0}, bb.info)
     assert tree_hashes(pack_copy) == before

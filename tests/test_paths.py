@@ -96,7 +96,7 @@ def test_every_name_field_of_the_files(tmp_path, outside, name):
     pack = tmp_path / "pack"
     store.build_pack(pack, [_expert("e")], router=_linear_router(), router_metrics={},
                      extra=None)
-    _refused(lambda: store.add_expert_to_pack(pack, _expert(name)))
+    _refused(lambda: store.append_expert(pack, _expert(name)))
     for file in (store.PACK_FILE, store.ROUTER_CONFIG_FILE):
         data = json.loads((pack / file).read_text())
         original = list(data["experts"])
@@ -119,7 +119,7 @@ def test_links_inside_a_pack_are_refused(ws, outside):
     _refused(lambda: store.load_pack(pack))
     _refused(lambda: store.save_router(pack, _linear_router(), ["ok"], {}, _expert("ok").base))
     _refused(lambda: store.build_pack(pack, [_expert("ok")], replace=True))
-    _refused(lambda: store.add_expert_to_pack(pack, _expert("two")))
+    _refused(lambda: store.append_expert(pack, _expert("two")))
     assert list(ws.list_packs()[1]) == [pack]
     (pack / "experts" / "ok").unlink()
     (pack / "experts" / "moved").rename(pack / "experts" / "ok")
@@ -178,7 +178,7 @@ def test_user_chosen_paths_outside_are_never_replaced(outside, target, tmp_path)
                         target_is_directory=True)
     before = _tree(outside)
     calls = [lambda: store.build_pack(path, [_expert("x")], replace=True),
-             lambda: store.add_expert_to_pack(path, _expert("x")),
+             lambda: store.append_expert(path, _expert("x")),
              lambda: store.save_router(path, _linear_router(), ["x"], {}, _expert("x").base)]
     if target != "expert":
         calls.append(lambda: store.save_expert(_expert("x"), path))
@@ -200,7 +200,7 @@ def test_a_name_is_never_joined_unchecked(tmp_path, outside):
     victim = outside / "expert"
     before = _tree(outside)
     for call in (lambda: store.build_pack(tmp_path / "p", [_expert(str(victim))]),
-                 lambda: store.add_expert_to_pack(tmp_path / "p", _expert(str(victim))),
+                 lambda: store.append_expert(tmp_path / "p", _expert(str(victim))),
                  lambda: store.build_pack(tmp_path / "p", [_expert("../" * 8 + str(victim))])):
         _refused(call)
     assert _tree(outside) == before and not (tmp_path / "p").exists()

@@ -12,7 +12,7 @@ import torch
 
 from tests.threads import run_together
 from tests.tinymodels import random_expert, tiny_bert, tiny_expert, tiny_pack
-from ttmoe_core import store, tt
+from ttmoe_core import adapters, store, tt
 from ttmoe_core.adapters import layer_index
 from ttmoe_core.bench.expert_pools import random_pool, upper_layer_experts
 from ttmoe_core.moe import TTLoRAMoE
@@ -35,7 +35,7 @@ def experts(bb):
 def dense_reference(expert, module: str, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The expert's halves of ``module`` from its own cores (α folded, padded to ``rank``),
     float64: A [d_in, R], B [R, d_out]."""
-    layout = tt.layout_for(expert.tt_layout, module)
+    layout = adapters.layout_for(expert.tt_layout, module)
     cores = []
     for k, shape in enumerate(tt.core_shapes(layout["in_factors"], layout["out_factors"], rank)):
         core = expert.tensors[f"{module}.cores.{k}"].double()
@@ -58,7 +58,7 @@ def test_gather_equals_a_dense_bank_row_by_row(experts):
             torch.testing.assert_close(got.halves[module][0][b], left, rtol=0, atol=1e-12)
             torch.testing.assert_close(got.halves[module][1][b], right, rtol=0, atol=1e-12)
             # rank padding is exact: the same ΔW as the expert's own (unpadded) chain
-            layout = tt.layout_for(experts[e].tt_layout, module)
+            layout = adapters.layout_for(experts[e].tt_layout, module)
             own = [experts[e].tensors[f"{module}.cores.{k}"].double() for k in
                    range(len(layout["in_factors"]) + len(layout["out_factors"]))]
             dw = experts[e].config.alpha * tt.reconstruct(own, layout["in_factors"],

@@ -147,7 +147,7 @@ def test_failed_save_leaves_previous_folder_untouched(tt_expert, saved, monkeypa
     def disk_full(path, data):
         raise OSError("disk full")
 
-    monkeypatch.setattr(store.core, "write_json", disk_full)
+    monkeypatch.setattr(store.experts, "write_json", disk_full)
     changed = experts.Expert(**{**tt_expert.__dict__, "name": "changed",
                                 "tensors": {k: v + 1 for k, v in tt_expert.tensors.items()}})
     with pytest.raises(OSError, match="disk full"):
@@ -401,7 +401,7 @@ def test_huge_lora_rank_is_refused_from_the_header(lora_expert, tmp_path, monkey
     data is read (the loader is never called)."""
     path = store.save_expert(lora_expert, tmp_path / "lora")
     _set_config(path, **{"training.rank": 4096})
-    monkeypatch.setattr(store.core.tensorfile, "load_file", lambda *a, **k: pytest.fail("data was read"))
+    monkeypatch.setattr(store.experts.tensorfile, "load_file", lambda *a, **k: pytest.fail("data was read"))
     with pytest.raises(StoreError, match="rank 4096 needs A"):
         store.load_expert(path)
     _set_config(path, **{"training.rank": 10**9})
@@ -415,7 +415,7 @@ def test_tt_rank_that_disagrees_with_the_cores_is_refused_from_the_header(saved,
     for info in data["tt"].values():
         info.pop("core_shapes")
     _write_config(saved, data)
-    monkeypatch.setattr(store.core.tensorfile, "load_file", lambda *a, **k: pytest.fail("data was read"))
+    monkeypatch.setattr(store.experts.tensorfile, "load_file", lambda *a, **k: pytest.fail("data was read"))
     with pytest.raises(StoreError, match="cores of .* have shapes"):
         store.load_expert(saved)
 

@@ -93,7 +93,7 @@ def tiny_pack(pack_dir: str | Path, bb: backbone.Backbone, tasks: Sequence[str] 
     if expert_list is None:
         expert_list = [tiny_expert(bb, task, rank=3 + i, seed=i) for i, task in enumerate(tasks)]
     for expert in expert_list:
-        store.add_expert_to_pack(pack_dir, expert)
+        store.append_expert(pack_dir, expert)
     trained, report, train = tiny_router(bb, expert_list, variant=variant, layers=layers,
                                          epochs=epochs)
     store.save_router(pack_dir, trained, train.names, {"accuracy": report.accuracy}, bb.info)
@@ -113,7 +113,7 @@ def random_expert(template: experts.Expert, name: str, rank: int, num_labels: in
     random head of ``num_labels`` labels (no training)."""
     import dataclasses
 
-    from ttmoe_core import tt
+    from ttmoe_core import adapters, tt
 
     generator = torch.Generator().manual_seed(seed)
     tensors = {}
@@ -121,7 +121,7 @@ def random_expert(template: experts.Expert, name: str, rank: int, num_labels: in
         if ".cores." not in key:
             continue
         layer, k = key.rsplit(".cores.", 1)
-        layout = tt.layout_for(template.tt_layout, layer)
+        layout = adapters.layout_for(template.tt_layout, layer)
         shape = tt.core_shapes(layout["in_factors"], layout["out_factors"], rank)[int(k)]
         tensors[key] = scale * torch.randn(shape, generator=generator)
     hidden = template.tensors["head.weight"].shape[1]

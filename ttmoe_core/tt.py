@@ -16,7 +16,7 @@ row of a batch can use a different expert's cores (gathered by index: cost indep
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -297,64 +297,3 @@ def delta_w_singular_values(cores: Sequence[torch.Tensor], in_factors: Sequence[
     values = abs(alpha) * torch.linalg.svdvals(r_left @ r_right.T)
     size = min(left.shape[0], right.shape[1])
     return torch.cat([values, values.new_zeros(size - len(values))])
-
-
-def module_role(name: str) -> str:
-    """A module's place within its layer: the qualified name after the layer number
-    (``encoder.layer.3.intermediate.dense`` -> ``intermediate.dense``; the whole name when it
-    holds no number)."""
-    parts = name.split(".")
-    first = next((i for i, part in enumerate(parts) if part.isdigit()), None)
-    return name if first is None or first == len(parts) - 1 else ".".join(parts[first + 1:])
-
-
-def layout_key(layout: Mapping[str, object] | None, name: str) -> str | None:
-    """The key of module ``name`` in an expert's TT layout (or its config's shapes): its role in
-    the layer (``intermediate.dense``) where a target's modules differ in size, else the target
-    (``query``, the last name component; every expert before per-size shapes). None: absent."""
-    layout = layout or {}
-    role, target = module_role(name), name.rpartition(".")[2]
-    return role if role in layout else target if target in layout else None
-
-
-def layout_for(layout: Mapping[str, dict] | None, name: str) -> dict | None:
-    """The in/out factors of module ``name`` in an expert's TT layout (see ``layout_key``)."""
-    key = layout_key(layout, name)
-    return None if key is None else layout[key]
-
-
-def delta_w_spectra(tensors: dict[str, torch.Tensor], method: str, alpha: float, rank: int,
-                    tt_layout: dict[str, dict] | None = None) -> dict[str, torch.Tensor]:
-    """Singular values of ``α·ΔW`` per adapted layer of one expert (``delta_w_singular_values``),
-    by layer name in layer order.
-
-    ``method`` "tt-lora": the cores ``"<layer>.cores.<k>"`` with the factors of the layer's target
-    in ``tt_layout``. "lora" (PEFT keys ``….lora_A.weight`` [r, d_in], ``….lora_B.weight``
-    [d_out, r]): ``(α / r) · B @ A``, a chain of two cores. ValueError for other methods.
-    """
-    def layer_order(name: str) -> tuple:
-        return next((int(part) for part in name.split(".") if part.isdigit()), -1), name
-
-    out = {}
-    if method == "tt-lora":
-        for layer in sorted({key.rsplit(".cores.", 1)[0] for key in tensors if ".cores." in key},
-                            key=layer_order):
-            layout = layout_for(tt_layout, layer)
-            if layout is not None:
-                count = sum(1 for key in tensors if key.startswith(layer + ".cores."))
-                out[layer] = delta_w_singular_values(
-                    [tensors[f"{layer}.cores.{k}"] for k in range(count)],
-                    layout["in_factors"], layout["out_factors"], alpha)
-    elif method == "lora":
-        for key in sorted((k for k in tensors if k.endswith(".lora_A.weight")), key=layer_order):
-            layer = key.removesuffix(".lora_A.weight")
-            b_key = layer + ".lora_B.weight"
-            if b_key in tensors:
-                a, b = tensors[key], tensors[b_key]                     # [r, d_in], [d_out, r]
-                cores = [a.T.reshape(1, a.shape[1], a.shape[0]),        # [1, d_in, r]
-                         b.T.reshape(b.shape[1], b.shape[0], 1)]        # [r, d_out, 1]
-                out[layer.removeprefix("base_model.model.")] = delta_w_singular_values(
-                    cores, [a.shape[1]], [b.shape[0]], alpha / rank)
-    else:
-        raise ValueError(f"no ΔW for {method!r} experts (TT-LoRA and LoRA only)")
-    return out

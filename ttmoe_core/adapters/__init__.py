@@ -3,13 +3,7 @@
 May import: files, runtime, tasks, tt, base.
 """
 
-from .layer import (
-    GatheredTTLinear,
-    ReconstructedTTLoRALinear,
-    RowHalves,
-    TTLoRALinear,
-    adapters_off,
-    current_expert_index,
+from .inject import (
     expert_cores,
     find_targets,
     freeze_below,
@@ -18,21 +12,31 @@ from .layer import (
     inject_lora,
     inject_tt_lora,
     layer_index,
+    layout_for,
+    layout_key,
     load_expert_cores,
+    module_role,
     replace_submodule,
     resolve_factors,
     resolve_shapes,
     target_layout_keys,
     tt_layer_shapes,
     tt_layers,
+)
+from .layer import (
+    GatheredTTLinear,
+    ReconstructedTTLoRALinear,
+    RowHalves,
+    TTLoRALinear,
+    adapters_off,
+    current_expert_index,
     use_experts,
     use_row_halves,
-    without_log_line,
 )
 
 __all__ = ["GatheredTTLinear", "ReconstructedTTLoRALinear", "RowHalves", "TTLoRALinear",
            "adapters_off", "current_expert_index", "expert_cores", "find_targets", "freeze_below",
            "inject_bottleneck", "inject_gathered", "inject_lora", "inject_tt_lora", "layer_index",
-           "load_expert_cores", "replace_submodule", "resolve_factors", "resolve_shapes",
-           "target_layout_keys", "tt_layer_shapes", "tt_layers", "use_experts", "use_row_halves",
-           "without_log_line"]
+           "layout_for", "layout_key", "load_expert_cores", "module_role", "replace_submodule",
+           "resolve_factors", "resolve_shapes", "target_layout_keys", "tt_layer_shapes",
+           "tt_layers", "use_experts", "use_row_halves"]

@@ -23,11 +23,11 @@ import torch
 from torch import nn
 
 from .. import experts, tasks
-from ..adapters import without_log_line
 from ..base.backbone import Backbone, default_pooling, pool, tokenize_mixed
 from ..errors import FusionError
 from ..experts.checkpoint import Checkpointer
 from ..runtime import rng
+from ..runtime.logs import without_log_line
 
 
 @dataclass(frozen=True)

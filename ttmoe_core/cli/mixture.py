@@ -109,11 +109,11 @@ def _load_moe(pack: str | None, device: str | None, dtype: str = "float32"):
 
 
 def _load_adhoc(folders: list[str], device: str | None, dtype: str = "float32"):
-    """The router-less mixture of expert folders (``adhoc.mixture_from_folders``)."""
+    """The router-less mixture of expert folders (``moe.mixture_from_folders``)."""
     from .. import store
     from ..base.backbone import BackboneError
     from ..moe import MoEError
-    from ..moe.adhoc import mixture_from_folders
+    from ..moe.mixture import mixture_from_folders
 
     try:
         return mixture_from_folders(folders, device=device, dtype=dtype)

@@ -1,9 +1,18 @@
-"""Experts: config, model, the one training loop, checkpoints, quality verdicts.
+"""Experts: config, model, training, the one training loop, checkpoints, quality verdicts,
+ΔW spectra.
 
 May import: files, runtime, tasks, tt, base, adapters.
 """
 
 from .checkpoint import FORMAT, JSON_LIMIT, Checkpointer, CheckpointError
+from .config import (
+    ADAPTER_NAME,
+    CHECKPOINT_ADDED,
+    METHOD_DEFAULTS,
+    METHODS,
+    ConfigError,
+    ExpertConfig,
+)
 from .loop import (
     HOLDOUT_STREAM,
     SCHEDULES,
@@ -19,21 +28,11 @@ from .loop import (
     task_loss,
 )
 from .model import (
-    ADAPTER_NAME,
-    CHECKPOINT_ADDED,
-    METHOD_DEFAULTS,
-    METHODS,
-    ConfigError,
     Expert,
-    ExpertConfig,
     ExpertModel,
     build_expert_model,
-    evaluate_expert,
-    evaluate_model,
     expert_tensors,
     load_expert_tensors,
-    predict_logits,
-    train_expert,
     tt_layout,
 )
 from .quality import (
@@ -47,12 +46,14 @@ from .quality import (
     pack_entry,
     words,
 )
+from .spectra import delta_w_spectra
+from .train import evaluate_expert, evaluate_model, load_split, predict_logits, train_expert
 
 __all__ = ["ADAPTER_NAME", "CHECKPOINT_ADDED", "CheckpointError", "Checkpointer", "ConfigError",
            "Expert", "ExpertConfig", "ExpertModel", "FORMAT", "HOLDOUT_STREAM", "HoldOut",
            "JSON_LIMIT", "LoopConfig", "MARGIN", "METHODS", "METHOD_DEFAULTS", "MIN_MCC",
            "MIN_PEARSON", "ORDER", "Progress", "Quality", "SCHEDULES", "TrainingError", "assess",
-           "build_expert_model", "evaluate_expert", "evaluate_model", "expert_tensors", "fit",
-           "holdout_split", "label_rates", "load_expert_tensors", "lr_factor", "pack_entry",
-           "predict_logits", "setting_problems", "summary", "task_loss", "train_expert",
-           "tt_layout", "words"]
+           "build_expert_model", "delta_w_spectra", "evaluate_expert", "evaluate_model",
+           "expert_tensors", "fit", "holdout_split", "label_rates", "load_expert_tensors",
+           "load_split", "lr_factor", "pack_entry", "predict_logits", "setting_problems",
+           "summary", "task_loss", "train_expert", "tt_layout", "words"]

@@ -3,7 +3,6 @@
 May import: everything below services.
 """
 
-from .adhoc import mixture_from_folders
 from .fit import (
     CALIBRATION_FAMILIES,
     CALIBRATION_PER_TASK,
@@ -18,7 +17,15 @@ from .fit import (
     outside_families,
     replay_sets,
 )
-from .mixture import MAX_BATCH_ROWS, MAX_BATCH_TOKENS, MoEError, Scores, TTLoRAMoE, evaluate_mixture
+from .mixture import (
+    MAX_BATCH_ROWS,
+    MAX_BATCH_TOKENS,
+    MoEError,
+    Scores,
+    TTLoRAMoE,
+    evaluate_mixture,
+    mixture_from_folders,
+)
 from .pool import (
     CHUNK_ROWS,
     NO_LAYER,

@@ -12,7 +12,8 @@ the cost tracks real tokens, not the longest row; repeated rows run once. Per mi
    from the embeddings (layers 0..k run once for both);
 3. each row's head (padded to the largest label count, extra logits masked) on its expert's
    pooling of the last hidden state (mean, or the last real token for decoder experts).
-Answers come back in input order. The experts' updates travel with the call (context variables
+Answers come back in input order. Without a router (``mixture_from_folders``: chosen expert
+folders served without a pack, nothing written) each ``predict`` call names every row's expert. The experts' updates travel with the call (context variables
 of ``adapters``) and tokenization never changes the shared tokenizer, so one cached mixture is
 safe under concurrent threads. No forward is monkey-patched. The encoder shares the backbone's
 weights (``backbone.weight_sharing_copy``); converting the mixture (``.double()``, ``.to``)
@@ -48,7 +49,7 @@ from ..routing.detector import PoolModel
 from ..routing.ngram import segment_pools
 from ..routing.router import Router
 from ..runtime import precision
-from ..store import Pack, StoreError, load_pack, read_pack_manifest
+from ..store import Pack, StoreError, load_expert, load_pack, read_pack_manifest
 from ..store.detector import read_pool
 from .pool import ExpertCard, ExpertPool, MoEError, open_pack
 
@@ -368,6 +369,30 @@ class TTLoRAMoE(nn.Module):
             return cls(backbone, pool, router, max_length=max_length, openworld=openworld)
         except BackboneError as exc:
             raise StoreError(f"pack {Path(path).name!r}: {exc}") from None
+
+
+def mixture_from_folders(folders: Sequence[str | Path], backbone: Backbone | None = None,
+                         device: str | None = None, dtype: str | None = None) -> TTLoRAMoE:
+    """The router-less mixture of the experts in ``folders`` (in that order), on ``backbone`` or
+    else on the first expert's base model loaded here. Inputs are cut at the longest
+    ``max_length`` the experts were trained with.
+
+    StoreError for a folder that is not an expert (or a base model that does not match);
+    MoEError for no folders, repeated names, a LoRA/adapter expert or TT layouts that differ.
+    """
+    if not folders:
+        raise MoEError("choose at least one expert folder")
+    experts = [load_expert(folder) for folder in folders]
+    names = [e.name for e in experts]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise MoEError(f"two folders hold an expert named {repeated[0]!r}: choose one of them")
+    backbone = backbone or load_backbone(experts[0].base.name, device=device, dtype=dtype)
+    max_length = max(e.config.max_length for e in experts)
+    try:
+        return TTLoRAMoE(backbone, experts, router=None, max_length=max_length)
+    except BackboneError as exc:
+        raise StoreError(f"expert {experts[0].name!r}: {exc}") from None
 
 
 def evaluate_mixture(moe: TTLoRAMoE, expert_tasks: Sequence[tuple[str, str]], per_task: int | None,

@@ -31,9 +31,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .. import store, tt
+from .. import adapters, store, tt
 from ..adapters import layer_index
-from ..base.backbone import BackboneInfo, check_fingerprint
+from ..base.backbone import BackboneInfo
 from ..errors import MoEError
 from ..experts import Expert
 from ..files import tensorfile
@@ -119,7 +119,7 @@ def module_slots(expert: Expert, names: Sequence[str]) -> list[ModuleSlot]:
     """The slots of an expert's adapted modules ``names``, in layer order."""
     slots = []
     for name in sorted(set(names), key=lambda n: (layer_index(n) or 0, n)):
-        layout = tt.layout_for(expert.tt_layout, name)
+        layout = adapters.layout_for(expert.tt_layout, name)
         if layout is None:
             raise MoEError(f"expert {expert.name!r}: module {name!r} is not one of its targets")
         slots.append(ModuleSlot(name, layer_index(name), tuple(layout["in_factors"]),
@@ -177,15 +177,14 @@ class ExpertPool(nn.Module):
 
     @classmethod
     def open_folders(cls, folders: Sequence[str | Path], expected_fingerprint: str | None = None,
-                     rank: int | None = None) -> "ExpertPool":
-        """A pool of expert folders read lazily: configs checked now (StoreError, MoEError),
+                     rank: int | None = None,
+                     reference: str = "the loaded base model") -> "ExpertPool":
+        """A pool of expert folders read lazily: configs checked now (StoreError, MoEError; each
+        made on the base model of ``expected_fingerprint``, named ``reference``, when given),
         weights read when a batch first needs each expert."""
-        opened = [_open_folder(Path(f)) for f in folders]
+        opened = [_open_folder(Path(f), expected_fingerprint, reference) for f in folders]
         metas = [meta for meta, _ in opened]
         first = _check_experts(metas)
-        if expected_fingerprint is not None:
-            check_fingerprint(expected_fingerprint, first.base.fingerprint,
-                              f"expert {first.name!r}", store.StoreError)
         pool = cls(module_slots(first, _core_modules(opened[0][1].opened.header)),
                    rank or max(e.config.rank for e in metas), first.base.hidden_size,
                    max(e.num_labels for e in metas), first.base)
@@ -221,7 +220,7 @@ class ExpertPool(nn.Module):
             raise MoEError(f"expert {expert.name!r} (rank {expert.config.rank}, "
                            f"{expert.num_labels} labels) exceeds the pool's rank {self.rank} or "
                            f"{self.max_labels} labels")
-        factors = {(tt.layout_key(expert.tt_layout, slot.name), slot.in_factors, slot.out_factors)
+        factors = {(adapters.layout_key(expert.tt_layout, slot.name), slot.in_factors, slot.out_factors)
                    for slot in self.slots}
         given = {(t, tuple(v["in_factors"]), tuple(v["out_factors"]))
                  for t, v in expert.tt_layout.items()}
@@ -401,7 +400,8 @@ class ExpertPool(nn.Module):
 
 
 def _check_experts(experts: Sequence[Expert]) -> Expert:
-    """The first expert, when all are TT-LoRA experts of one base model with unique names."""
+    """The first expert, when all are TT-LoRA experts with unique names (of one base model:
+    ``ExpertPool._check_fits``)."""
     if not experts:
         raise MoEError("a mixture needs at least one expert")
     first = experts[0]
@@ -412,16 +412,14 @@ def _check_experts(experts: Sequence[Expert]) -> Expert:
         if expert.config.method != "tt-lora":
             raise MoEError(f"expert {expert.name!r} is a {expert.config.method} expert; "
                            "the mixture stacks TT-LoRA experts only")
-        if expert.base.fingerprint != first.base.fingerprint:
-            raise MoEError(f"experts {first.name!r} and {expert.name!r} were trained on different "
-                           "base models")
     return first
 
 
-def _open_folder(folder: Path) -> tuple[Expert, _Lazy]:
+def _open_folder(folder: Path, expected_fingerprint: str | None,
+                 reference: str) -> tuple[Expert, _Lazy]:
     """An expert folder's metadata (an Expert without tensors) and where its weights are: the
-    store's checks of the JSON and the weights header, no tensor data read."""
-    opened = store.open_expert(folder)
+    store's checks of the JSON, the base model and the weights header, no tensor data read."""
+    opened = store.open_expert(folder, expected_fingerprint, reference)
     return opened.expert, _Lazy(opened, opened.expert.config.rank, opened.expert.config.alpha)
 
 
@@ -438,7 +436,8 @@ def open_pack(path: str | Path) -> tuple[ExpertPool, "object | None", int]:
     if not names:
         raise store.StoreError(f"pack {path.name!r} lists no experts")
     pool = ExpertPool.open_folders([store.expert_folder(path, name) for name in names],
-                                   expected_fingerprint=base["fingerprint"])
+                                   expected_fingerprint=base["fingerprint"],
+                                   reference="the pack's manifest")
     for name, card in zip(names, pool.cards):
         if card.name != name:
             raise store.StoreError(f"pack {path.name!r}: expert {name!r}: its folder holds the "

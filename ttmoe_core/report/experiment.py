@@ -293,7 +293,7 @@ class Run:
                 router_metrics: Mapping) -> moe_mod.TTLoRAMoE:
         """A pack of the TT-LoRA experts of ``names`` with ``router``, written and loaded back."""
         for name in names:
-            store.add_expert_to_pack(pack_dir, self.expert(name, "tt-lora"))
+            store.append_expert(pack_dir, self.expert(name, "tt-lora"))
         store.save_router(pack_dir, router, list(names), router_metrics, self.backbone.info)
         return moe_mod.TTLoRAMoE.from_pack(pack_dir, backbone=self.backbone)
 

@@ -1,9 +1,10 @@
-"""How a computation runs: local random generators, precision, distributed training, run information (time, machine, load, memory).
+"""How a computation runs: local random generators, precision, distributed training, run information (time, machine, load, memory), log filters.
 
 May import: the standard library, torch.
 """
 
 from .distributed import DataParallel, current, is_main_process, launched_world_size, share
+from .logs import without_log_line
 from .precision import DTYPES, autocast, cast_frozen, dtype_name, parse_dtype
 from .rng import Dropout, batch_rows, drawing_from, gaussian, given_or_seeded
 from .runinfo import (
@@ -20,4 +21,5 @@ from .runinfo import (
 __all__ = ["DTYPES", "DataParallel", "Dropout", "autocast", "batch_rows", "cast_frozen",
            "cpu_name", "current", "drawing_from", "dtype_name", "gaussian", "given_or_seeded",
            "is_main_process", "launched_world_size", "load_average", "machine_info", "memory_gib",
-           "now", "parse_dtype", "peak_rss_mib", "rss_mib", "share", "usable_cores"]
+           "now", "parse_dtype", "peak_rss_mib", "rss_mib", "share", "usable_cores",
+           "without_log_line"]

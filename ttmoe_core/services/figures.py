@@ -2,7 +2,7 @@
 
 Each builder puts the numbers it is given into its traces unchanged (or normalised, where said),
 so a test can read them back (``fig.data[0].x`` ...). The numbers come from the engine (e.g. ΔW's
-singular values from ``tt.delta_w_spectra``); ``short_layer_name`` only shortens labels. No
+singular values from ``experts.delta_w_spectra``); ``short_layer_name`` only shortens labels. No
 streamlit import.
 """
 

@@ -13,7 +13,7 @@ file's header against the JSON and against the shapes the JSON implies, then the
 values), then value checks (labels in range, CSR offsets monotone): every problem is one
 ``StoreError``. Large statistics are stored in float16 (half the bytes; measured in
 ROUTING_STUDY.md) and widened on reading. Writing happens inside an unpublished pack folder
-(``store.update_pack``), so the pack changes in one step.
+(``packs.update_pack``), so the pack changes in one step.
 """
 
 from __future__ import annotations
@@ -24,13 +24,12 @@ from pathlib import Path
 
 import torch
 
-from ..base.backbone import check_fingerprint
 from ..files import tensorfile
 from ..files.safefs import StoreError, write_json
 from ..files.tensorfile import manifest
 from ..routing import detector as openworld
 from ..routing.ngram import BUCKETS, MAX_NGRAMS
-from .core import (
+from .layout import (
     FORMAT_VERSION,
     PACK_FILE,
     POOL_CONFIG_FILE,
@@ -38,6 +37,7 @@ from .core import (
     REPLAY_CONFIG_FILE,
     REPLAY_WEIGHTS_FILE,
     read_json,
+    read_pack_part,
     save_tensors,
 )
 
@@ -110,26 +110,13 @@ def _check_tensors(header: tensorfile.Header, expected: Mapping[str, list[int]],
             raise StoreError(f"{what}: tensor {key} has dtype {dtype}")
 
 
-def _header(path: Path, config_file: str, weights_file: str, kind: str, fmt: str,
-            pack: Mapping, what: str) -> tuple[dict, tensorfile.Header]:
-    data = read_json(path / config_file, what, kind, fmt)
-    if data["experts"] != pack["experts"]:
-        raise StoreError(f"{what} was made for experts {data['experts'][:20]}, the pack lists "
-                         f"{pack['experts'][:20]}")
-    check_fingerprint(pack["base_model"]["fingerprint"], data["base_model"]["fingerprint"], what,
-                      StoreError, reference="the pack's manifest")
-    header = tensorfile.read_header(path / weights_file, what)
-    tensorfile.check_manifest(header, data["tensors"], what)
-    return data, header
-
-
 def read_pool(path: str | Path, pack: Mapping) -> openworld.PoolModel | None:
     """The pack's out-of-pool detector (None when it has none); StoreError for any bad file."""
     path = Path(path)
     if not os.path.lexists(path / POOL_CONFIG_FILE):
         return None
     what = f"out-of-pool detector of pack {path.name!r}"
-    data, header = _header(path, POOL_CONFIG_FILE, POOL_WEIGHTS_FILE, "pool", POOL_FORMAT, pack, what)
+    data, header = read_pack_part(path, POOL_CONFIG_FILE, POOL_WEIGHTS_FILE, "pool", POOL_FORMAT, pack, what)
     _check_tensors(header, _pool_shapes(data, header, pack["base_model"]["hidden_size"], what),
                    {"bank_labels"}, what)
     if data["layer"] > pack["base_model"]["num_layers"]:
@@ -202,7 +189,7 @@ def read_replay(path: str | Path, pack: Mapping, base_experts: int) -> tuple[str
     if not os.path.lexists(path / REPLAY_CONFIG_FILE):
         return None
     what = f"replay rows of pack {path.name!r}"
-    data, header = _header(path, REPLAY_CONFIG_FILE, REPLAY_WEIGHTS_FILE, "replay", REPLAY_FORMAT,
+    data, header = read_pack_part(path, REPLAY_CONFIG_FILE, REPLAY_WEIGHTS_FILE, "replay", REPLAY_FORMAT,
                            pack, what)
     shapes = {k: s for k, (_, s) in header.items()}
     prefixes = sorted({k.partition(".")[0] for k in shapes})

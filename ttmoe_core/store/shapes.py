@@ -15,6 +15,7 @@ from collections.abc import Mapping
 import torch
 
 from .. import tt
+from ..adapters.inject import layout_key
 from ..files.safefs import StoreError
 from ..files.tensorfile import Header
 
@@ -62,7 +63,7 @@ def _expected_suffixes(method: str, rank: int, targets: list[str] | None, layout
         return {target: {"A.weight": None, "B.weight": None} for target in targets}
     layout = layout if isinstance(layout, dict) else {}
     # keys: a target ("query"), or a role in the layer ("intermediate.dense") where a target's
-    # modules differ in size (``tt.layout_key``); either way its last component is the target
+    # modules differ in size (``adapters.layout_key``); either way its last component is the target
     if {key.rpartition(".")[2] for key in layout} != set(targets):
         raise StoreError(f"{what}: TT layout covers {sorted(layout)}, targets are {targets}")
     expected = {}
@@ -90,11 +91,11 @@ def _check_modules(shapes: Mapping[str, list[int]], method: str, expected: Mappi
         if key.startswith("head."):
             continue
         module, sep, suffix = key.rpartition(separator)
-        if not sep or tt.layout_key(expected, module) is None:
+        if not sep or layout_key(expected, module) is None:
             raise StoreError(f"{what}: tensor {key} is not an adapter tensor of the targets "
                              f"{sorted(expected)}")
         found.setdefault(module, set()).add(suffix)
-    modules = {module: tt.layout_key(expected, module) for module in found}
+    modules = {module: layout_key(expected, module) for module in found}
     for target, suffixes in expected.items():
         mine = [module for module, t in modules.items() if t == target]
         if not mine:
