@@ -7,7 +7,8 @@ import streamlit as st
 
 from pages import common
 from ttmoe_core import budget, tt
-from ttmoe_core.services import figures
+from ttmoe_core.errors import one_line
+from ttmoe_core.services import figures, views
 
 common.setup()
 ss = st.session_state
@@ -63,7 +64,7 @@ with left:
                 st.error(f"{upload.name} is not valid JSON: {exc.msg} (line {exc.lineno}).",
                          icon=":material/error:")
             except ValueError as exc:
-                st.error(f"{upload.name}: {common.one_line(exc)}", icon=":material/error:")
+                st.error(f"{upload.name}: {one_line(exc)}", icon=":material/error:")
     if dims is None:
         st.stop()
     st.caption(f"**{dims.name}** ({dims.model_type}): {dims.num_layers} layers, hidden "
@@ -106,7 +107,7 @@ with left:
             text = st.text_input(f"TT shape of {target} ({d_in} → {d_out})", key=key,
                                  help=f"automatic = {','.join(map(str, auto_in))} | "
                                       f"{','.join(map(str, auto_out))}")
-            shape, error = common.parse_shape(text, d_in, d_out)
+            shape, error = views.parse_shape(text, d_in, d_out)
             if error:
                 st.error(error, icon=":material/error:")
                 shape_errors = True
@@ -137,8 +138,8 @@ with right:
                     help="trainable parameters of this method / those of LoRA at the reference rank")
     cells[3].metric("Share of the base model", f"{report.percent_of_base:.4g}%", border=True,
                     help=f"of {report.base_params:,} base parameters")
-    cells[4].metric("Weights in fp32", common.fmt_bytes(report.bytes_fp32), border=True)
-    cells[5].metric("Weights in bf16", common.fmt_bytes(report.bytes_bf16), border=True)
+    cells[4].metric("Weights in fp32", budget.format_bytes(report.bytes_fp32), border=True)
+    cells[5].metric("Weights in bf16", budget.format_bytes(report.bytes_bf16), border=True)
     for note in report.notes:
         st.caption(f"Note: {note}.")
 
@@ -148,7 +149,7 @@ with right:
             row = {"module": mod.target, "d_in × d_out": f"{mod.d_in} × {mod.d_out}"}
             if mod.tt_shape:
                 in_f, out_f = tt.split_shape(mod.tt_shape, mod.d_in, mod.d_out)
-                row["TT shape"] = common.shape_text({"in_factors": in_f, "out_factors": out_f})
+                row["TT shape"] = views.shape_text({"in_factors": in_f, "out_factors": out_f})
             rows.append({**row, "per layer": mod.params_per_layer,
                          f"total ({mod.num_layers} layers)": mod.total})
         total = f"total ({report.modules[0].num_layers} layers)"

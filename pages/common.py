@@ -1,4 +1,6 @@
-"""What the pages share: folders, cached engine objects, safe calls, small formatting helpers.
+"""What the pages share: the sidebar's workspace choice, cached engine objects and views, safe
+calls, job widgets. What is shown (summaries, words, formats) comes from
+``ttmoe_core.services.views``; every file rule from ``ttmoe_core.services.workspace``.
 
 A plain module (``st.navigation`` lists the pages explicitly, so this file is never a page).
 Cached resources are shared by every session of the server: the base model and each mixture are
@@ -10,7 +12,6 @@ changed folder is read again.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import logging
 import os
 import sys
@@ -51,13 +52,14 @@ def legacy_pages_dir_workaround() -> None:
 
 legacy_pages_dir_workaround()
 
-from ttmoe_core import budget, experts, moe, store, tasks
+# the engine's (slow) imports come after the workaround, see its docstring
+import torch
+
+from ttmoe_core import budget, moe, store
 from ttmoe_core.base import backbone
-from ttmoe_core.experts import quality
+from ttmoe_core.errors import TTMoEError, one_line
 from ttmoe_core.files import names
-from ttmoe_core.routing import detector as openworld
-from ttmoe_core.routing import router
-from ttmoe_core.services import jobs, workspace
+from ttmoe_core.services import jobs, views, workspace
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -68,15 +70,14 @@ WORKSPACE_ENV = "TTMOE_WORKSPACE"    # the server's workspace root (else <repo>/
 WORKSPACE_FLAG = "--workspace"       # `streamlit run app.py -- --workspace DIR` (beats the variable)
 TOP_LEVEL = "(top level)"            # the root itself in the sub-folder choice
 NEW_SUB = "New sub-folder…"
-RESERVED = {workspace.PACKS, "reports"}   # folders of the workspace that are not sub-folders
 BUILD_DEMO = "python -m ttmoe_core build-demo"
 SESSION_KEY = "_session_id"          # session-state key of ``session_id()``
 TRY_KEY = "_try_experts"             # expert folders the Playground opens with ("Try it")
 EMBEDDED_BASE = budget.PRESETS[backbone.DEFAULT_MODEL]   # the embedded base model's dimensions
 
-# what engine calls raise for bad input or files; shown as one st.error line
-ENGINE_ERRORS = (store.StoreError, tasks.DataError, experts.ConfigError, experts.TrainingError,
-                 moe.MoEError, router.RouterError, backbone.BackboneError, ValueError, OSError)
+# shown as one st.error line: the engine's errors, plain ValueErrors of its maths (a TT shape
+# that does not fit) and the disk's OSErrors
+ENGINE_ERRORS = (TTMoEError, ValueError, OSError)
 
 
 # ----------------------------------------------------------------------------- folders
@@ -96,41 +97,12 @@ def workspace_root() -> Path:
     return Path(flag or os.environ.get(WORKSPACE_ENV) or REPO_ROOT / "workspace").expanduser()
 
 
-def sub_folders(root: Path) -> list[str]:
-    """The sub-folders of ``root`` a visitor may choose: real folders whose name follows the name
-    rule and that are not an expert, a pack or one of the root's own folders (packs, reports)."""
-    try:
-        children = sorted(root.iterdir())
-    except OSError:
-        return []
-    return [c.name for c in children
-            if names.is_valid_name(c.name) and c.name not in RESERVED and c.is_dir()
-            and not c.is_symlink() and not (c / store.CONFIG_FILE).exists()
-            and not (c / store.PACK_FILE).exists()]
-
-
-def sub_workspace(root: Path, name: str | None) -> workspace.Workspace:
-    """The workspace ``root/name`` (``root`` itself for None): ``name`` follows the name rule, is
-    not one of the root's own folders, an expert or a symbolic link; WorkspaceError otherwise."""
-    if not name:
-        return workspace.Workspace(root)
-    if name in RESERVED or name not in sub_folders(root) and (root / name).exists():
-        raise workspace.WorkspaceError(f"{name!r} is taken by an expert, a pack or the "
-                                       "workspace's own folders: choose another sub-folder")
-    try:
-        names.check_name(name, "sub-folder name")
-        names.inside(root, name)
-    except names.NameRuleError as exc:
-        raise workspace.WorkspaceError(str(exc)) from None
-    return workspace.Workspace(root / name)
-
-
 def setup() -> workspace.Workspace:
     """Every page's first call: app navigation, the sidebar's settings; returns the workspace
     (the server's root, or the sub-folder of it this session chose)."""
     root = workspace_root()
     with st.sidebar:
-        choices = [TOP_LEVEL, *sub_folders(root)]
+        choices = [TOP_LEVEL, *workspace.sub_folders(root)]
         chosen = st.session_state.get("workspace_sub")
         if chosen and chosen not in choices:         # a new sub-folder, not saved into yet
             choices.append(chosen)
@@ -142,7 +114,7 @@ def setup() -> workspace.Workspace:
         if pick == NEW_SUB:
             sub = st.text_input("Sub-folder name", key="workspace_new_sub",
                                 help=f"A name, not a path ({names.NAME_RULE}).").strip() or None
-        ws = safe(sub_workspace, root, sub, what="workspace folder")
+        ws = safe(workspace.sub_workspace, root, sub, what="workspace folder")
         if ws is None:
             sub, ws = None, workspace.Workspace(root)
         st.session_state["workspace_sub"] = sub
@@ -154,7 +126,6 @@ def setup() -> workspace.Workspace:
 
 @st.cache_resource(show_spinner=False)
 def _cuda() -> bool:
-    import torch
     return torch.cuda.is_available()
 
 
@@ -163,7 +134,7 @@ def pack_choices(ws: workspace.Workspace) -> dict[str, Path]:
     demo = default_pack_dir()
     choices = {f"demo pack ({short_path(demo)})": demo}
     packs = ws.packs_root
-    valid, invalid = folder_packs(str(packs), stamp(packs))
+    valid, invalid = folder_packs(str(packs), views.stamp(packs))
     for folder in sorted(valid + list(invalid)):
         choices[f"workspace pack: {Path(folder).name}"] = Path(folder)
     return choices
@@ -181,18 +152,19 @@ def pick_pack(ws: workspace.Workspace, key: str) -> Path:
 
 def pack_missing(path: Path) -> bool:
     """True (and a friendly note on how to build it) when ``path`` holds no pack."""
-    if (path / store.PACK_FILE).is_file():
+    if workspace.is_pack(path):
         return False
+    manifest = workspace.pack_file(path)
     if path == default_pack_dir():
         command = (BUILD_DEMO if path == workspace.default_pack()
                    else f"{BUILD_DEMO} --out {path}")
-        st.info(f"The demo pack is not built yet (no `{short_path(path / store.PACK_FILE)}`). Build it "
+        st.info(f"The demo pack is not built yet (no `{short_path(manifest)}`). Build it "
                 f"once with\n\n```\n{command}\n```\n\nIt trains six TT-LoRA experts (MNLI, "
                 "CoLA, RTE, SST-2, QNLI, QQP) and a router on the embedded MiniLM; on a laptop "
                 "CPU this takes a while. Everything else in the app works without it.",
                 icon=":material/info:")
     else:
-        st.warning(f"{path} holds no pack ({store.PACK_FILE} is missing).")
+        st.warning(f"{path} holds no pack ({manifest.name} is missing).")
     return True
 
 
@@ -202,19 +174,6 @@ def short_path(path: Path) -> str:
         return str(path.resolve().relative_to(REPO_ROOT))
     except ValueError:
         return str(path)
-
-
-def stamp(*paths: Path) -> float:
-    """Latest mtime among the files under ``paths`` (0 when none): a cache key for folders."""
-    latest = 0.0
-    for path in paths:
-        if path.is_file():
-            latest = max(latest, path.stat().st_mtime)
-        elif path.is_dir():
-            for child in path.rglob("*.json"):
-                latest = max(latest, child.stat().st_mtime)
-            latest = max(latest, path.stat().st_mtime)
-    return latest
 
 
 # ----------------------------------------------------------------------------- safe calls
@@ -231,11 +190,6 @@ def safe(fn: Callable[..., T], *args: Any, what: str = "", **kwargs: Any) -> T |
         st.error(f"Unexpected error{' in ' + what if what else ''}: {type(exc).__name__}: "
                  f"{one_line(exc)}", icon=":material/error:")
     return None
-
-
-def one_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
 
 
 # ----------------------------------------------------------------------------- cached engine objects
@@ -287,8 +241,8 @@ def _warm() -> None:
         _backbone()
         _ready().add(("backbone",))
         pack = default_pack_dir()
-        if (pack / store.PACK_FILE).is_file():
-            key = (str(pack), stamp(pack))
+        if workspace.is_pack(pack):
+            key = (str(pack), views.stamp(pack))
             _mixture(*key)
             _ready().add(("pack", *key))
     except Exception:  # the page that needs it will say what is wrong
@@ -336,185 +290,32 @@ def session_id() -> str:
     return st.session_state[SESSION_KEY]
 
 
-def holdout_words(events: list[dict]) -> str:
-    """`` · hold-out accuracy 0.812 (best at step 300)`` from a training job's latest
-    evaluation event (early stopping), or "" before the first one."""
-    held = next((e for e in reversed(events) if e.get("holdout")), None)
-    if held is None:
-        return ""
-    key, value = next(iter(held["holdout"].items()))
-    return f" · hold-out {key} {value:.3f} (best at step {held.get('best_step')})"
-
-
 def quality_line(cards, name: str) -> None:
     """Under an answer: the answering expert's validation score, and plainly when it is weak
     (``quality.assess``); ``cards``: the mixture's ``ExpertCard`` list."""
     card = next((c for c in cards if c.name == name), None)
     if card is None or card.expert is None:
         return
-    verdict = quality.assess(card.expert.metrics, card.expert.label_names)
-    (st.warning if verdict.weak else st.caption)(quality.words(verdict))
-
-
-def expert_info(expert: experts.Expert, folder: Path) -> dict:
-    """Plain-data summary of an expert for tables and captions."""
-    cfg = expert.config
-    head = sum(t.numel() for k, t in expert.tensors.items() if k.startswith("head."))
-    metric = (tasks.primary_metric(cfg.task) if cfg.task in tasks.TASKS
-              else ("pearson" if expert.is_regression else "accuracy"))
-    return {"name": expert.name, "folder": str(folder), "task": cfg.task, "method": cfg.method,
-            "rank": cfg.rank, "alpha": cfg.alpha, "targets": list(cfg.targets or []),
-            "tt_layout": {t: {"in_factors": list(l["in_factors"]), "out_factors": list(l["out_factors"])}
-                          for t, l in expert.tt_layout.items()},
-            "label_names": list(expert.label_names), "metrics": dict(expert.metrics),
-            "metric": metric, "metric_value": expert.metrics.get(metric),
-            "quality": quality.assess(expert.metrics, expert.label_names).to_dict(),
-            "history": list(expert.history), "data": dict(expert.data), "created": expert.created,
-            "training": cfg.to_dict(), "trainable_params": expert.trainable_params(),
-            "adapter_params": expert.adapter_params(), "head_params": head,
-            "base": expert.base.to_dict()}
+    weak, words = views.quality_note(card.expert)
+    (st.warning if weak else st.caption)(words)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def pack_summary(path: str, folder_stamp: float) -> dict:
-    """{"error"} or the pack's manifest, experts (``expert_info``) and stored router metrics."""
-    try:
-        pack = store.load_pack(path)
-    except (store.StoreError, OSError, ValueError) as exc:
-        return {"error": one_line(exc)}
-    router_info = None
-    if pack.router_config is not None:
-        router_info = {"config": pack.router_config.to_dict(), "metrics": pack.router_metrics,
-                       "params": (pack.manifest.get("router") or {}).get("params")}
-    folder = Path(path)
-    infos = [expert_info(e, folder / "experts" / e.name) for e in pack.experts]
-    created = pack.manifest.get("created") or max((i["created"] for i in infos), default="")
-    return {"path": path, "names": pack.names, "manifest": pack.manifest, "router": router_info,
-            "experts": infos, "created": created, "base_model": pack.base_model}
+    """``views.pack_summary``, cached until the pack's files change (``folder_stamp``)."""
+    return views.pack_summary(path)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def folder_packs(root: str, folder_stamp: float) -> tuple[list[str], dict[str, str]]:
-    """Packs under ``root`` (one level): ([valid folder], {invalid folder: reason})."""
-    valid, invalid = workspace.list_packs(root)
-    return [str(p) for p in valid], {str(k): v for k, v in invalid.items()}
+    """``views.folder_packs``, cached until the folder's files change."""
+    return views.folder_packs(root)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def folder_experts(root: str, folder_stamp: float) -> tuple[list[dict], dict[str, str]]:
-    """Experts under ``root`` (one level): ([expert_info], {invalid folder: reason})."""
-    valid, invalid = workspace.list_experts(root)
-    infos = []
-    for folder in valid:
-        try:
-            infos.append(expert_info(store.load_expert(folder), folder))
-        except store.StoreError as exc:  # changed between the listing and now
-            invalid[folder] = str(exc)
-    return infos, {str(k): v for k, v in invalid.items()}
-
-
-def lora_reference(info: dict) -> int | None:
-    """LoRA r16 parameters on the same targets of the same base model (None when unknown)."""
-    name = info["base"].get("name", "")
-    if name not in budget.PRESETS or not info["targets"]:
-        return None
-    try:
-        return budget.compute_budget(name, "lora", rank=budget.DEFAULT_LORA_RANK,
-                                     targets=info["targets"]).trainable_params
-    except ValueError:
-        return None
-
-
-# ----------------------------------------------------------------------------- formatting
-
-
-def fmt_date(iso: str | None) -> str:
-    """``2026-11-24T22:27:46+00:00`` -> ``2026-11-24 22:27 UTC`` (unknown: "date unknown")."""
-    if not iso:
-        return "date unknown"
-    try:
-        when = dt.datetime.fromisoformat(iso)
-    except ValueError:
-        return iso
-    if when.tzinfo is not None:
-        when = when.astimezone(dt.timezone.utc)
-    return when.strftime("%Y-%m-%d %H:%M") + " UTC"
-
-
-def training_caption(info: dict) -> str:
-    """Where an expert's numbers come from: date, settings, data."""
-    cfg = info["training"]
-    data = info.get("data") or {}
-    parts = [f"trained {fmt_date(info['created'])}", f"{cfg.get('steps')} steps",
-             f"batch {cfg.get('batch_size')}", f"lr {cfg.get('lr'):g}" if cfg.get("lr") else "",
-             f"max length {cfg.get('max_length')}", f"init {cfg.get('init')}", f"seed {cfg.get('seed')}"]
-    text = " · ".join(p for p in parts if p)
-    if data.get("eval"):
-        text += f". Validation: {data.get('eval_rows', '?')} rows of {data['eval']}"
-    return text + "."
-
-
-def shape_text(layout: dict) -> str:
-    """``{"in_factors": [8, 8, 6], "out_factors": [6, 8, 8]}`` -> ``8,8,6 | 6,8,8``."""
-    return (",".join(map(str, layout["in_factors"])) + " | "
-            + ",".join(map(str, layout["out_factors"])))
-
-
-def parse_shape(text: str, d_in: int, d_out: int) -> tuple[list[int] | None, str | None]:
-    """A typed TT shape: (None, None) for "automatic"/empty, (shape, None) or (None, error)."""
-    from ttmoe_core import tt
-
-    text = (text or "").strip().lower()
-    if text in ("", "auto", "automatic"):
-        return None, None
-    try:
-        shape = [int(part) for part in text.replace(" ", "").replace("|", ",").split(",") if part]
-    except ValueError:
-        return None, f"“{text}” is not a list of integers: write e.g. 8,8,6,6,8,8 or “automatic”"
-    try:
-        m, n = tt.split_shape(shape, d_in, d_out)
-    except ValueError as exc:
-        return None, str(exc)
-    return m + n, None
-
-
-def fmt_bytes(num_bytes: int) -> str:
-    """``135680`` -> ``132.5 KiB`` (binary units)."""
-    value = float(num_bytes)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            break
-        value /= 1024
-    return f"{value:.0f} B" if unit == "B" else f"{value:.1f} {unit}"
-
-
-def confidence_words(probability: float) -> str:
-    """The router's confidence in its top choice, in words (a bar alone hides a weak choice)."""
-    if probability >= 0.9:
-        return f"The router is confident ({probability:.0%})."
-    if probability >= 0.6:
-        return f"The router is fairly sure ({probability:.0%}), not certain."
-    return (f"The router is unsure ({probability:.0%}): the input may fit several experts, or "
-            "none of their tasks; check the forced answers.")
-
-
-def decision_words(row: dict, temperature: float | None) -> tuple[str, str] | None:
-    """(level, sentence) for a routed row out of the pool or with a weak choice: "error" /
-    "warning"; None when nothing needs saying. ``temperature``: the detector's calibration of
-    the router (None: the raw probabilities)."""
-    if row.get("in_pool") is False:
-        return "error", ("No expert in this pack fits this input: it does not look like any of "
-                         f"their tasks (pool score {row['pool_score']:+.2f}, below the pack's "
-                         "threshold). Any answer below is a guess.")
-    probs = row.get("router_probs") or {}
-    if temperature is not None:
-        probs = openworld.calibrated(probs, temperature)
-    ranked = sorted(probs.items(), key=lambda kv: -kv[1])
-    if len(ranked) >= 2 and ranked[0][1] < 0.6:
-        (a, pa), (b, pb) = ranked[:2]
-        return "warning", (f"The router is unsure between {a} and {b} ({pa:.0%} / {pb:.0%}, "
-                           "calibrated): compare their answers with the oracle toggle.")
-    return None
+    """``views.folder_experts``, cached until the folder's files change."""
+    return views.folder_experts(root)
 
 
 def try_experts(folders: list[str]) -> None:

@@ -10,6 +10,8 @@ import streamlit as st
 
 from pages import common
 from ttmoe_core import report
+from ttmoe_core.errors import one_line
+from ttmoe_core.services import views
 
 REPORT_ENV = "TTMOE_REPORT_DIR"        # another report folder to show (else <repo>/reports)
 COMMAND = "python -m ttmoe_core report --budget full-demo --out reports --work-dir reports/full-demo.work --resume"
@@ -32,7 +34,7 @@ def load_results(path: str, folder_stamp: float) -> dict:
     except FileNotFoundError:
         return {"error": f"no {report.RESULTS_FILE} in {path}"}
     except (OSError, ValueError) as exc:
-        return {"error": f"cannot read {Path(path) / report.RESULTS_FILE}: {common.one_line(exc)}"}
+        return {"error": f"cannot read {Path(path) / report.RESULTS_FILE}: {one_line(exc)}"}
     if not isinstance(data, dict) or "experiments" not in data or "meta" not in data:
         return {"error": f"{Path(path) / report.RESULTS_FILE} is not a report's results"}
     return data
@@ -68,7 +70,7 @@ def show_report(results: dict, key: str) -> None:
            if starts > 1 else "")
     cols[1].metric("Run time", report.duration(seconds),
                    help=f"Wall time of the whole run, training included{how}.")
-    finished = common.fmt_date(meta.get("finished"))
+    finished = views.fmt_date(meta.get("finished"))
     cols[2].metric("Finished", finished.split(" ")[0], help=finished)   # the day fits; hover: time
     cols[3].metric("Paper's claims that hold here", f"{holds} of {len(exps)}")
     st.caption(f"{machine['gpu'] or machine['cpu']} · {machine['cores']} "
@@ -108,7 +110,7 @@ def job_view(job_id: str, polling: bool) -> None:
         return
     out = Path(job.result["out"])
     st.success(f"Done in {job.result['seconds']:.0f} s: `{out}`.", icon=":material/check_circle:")
-    results = load_results(str(out), common.stamp(out))
+    results = load_results(str(out), views.stamp(out))
     if "error" in results:
         st.error(results["error"], icon=":material/error:")
     else:
@@ -123,7 +125,7 @@ st.caption("The experiments of Kunwar et al. (2025) re-run with this project's c
 
 st.header("Committed report")
 folder = committed_dir()
-committed = load_results(str(folder), common.stamp(folder))
+committed = load_results(str(folder), views.stamp(folder))
 if "error" in committed:
     st.info(f"No report to show yet ({committed['error']}). Produce it with `{COMMAND}`.",
             icon=":material/info:")

@@ -7,8 +7,8 @@ import pandas as pd
 import streamlit as st
 
 from pages import common
-from ttmoe_core import budget, experts, store, tt
-from ttmoe_core.services import figures
+from ttmoe_core import budget, tt
+from ttmoe_core.services import figures, views, workspace
 
 ws = common.setup()
 pack_dir = common.default_pack_dir()
@@ -16,24 +16,17 @@ pack_dir = common.default_pack_dir()
 
 @st.cache_data(show_spinner="Computing ΔW's singular values from the cores…", max_entries=16)
 def delta_spectra(folder: str, folder_stamp: float) -> dict | None:
-    """Adapted layers, ‖α·ΔW‖_F and singular values of each (``experts.delta_w_spectra``); None for
-    bottleneck adapters."""
-    expert = store.load_expert(folder)
-    cfg = expert.config
-    if cfg.method not in ("tt-lora", "lora"):
-        return None
-    spectra = experts.delta_w_spectra(expert.tensors, cfg.method, cfg.alpha, cfg.rank, expert.tt_layout)
-    return {"layers": list(spectra), "values": {k: v.tolist() for k, v in spectra.items()},
-            "norms": [float(v.norm()) for v in spectra.values()]}   # ‖ΔW‖_F = ‖σ‖_2
+    """``views.expert_spectra``, cached until the expert's files change."""
+    return views.expert_spectra(folder)
 
 
 def experts_table(infos: list[dict]) -> None:
     rows = [{"name": i["name"], "task": i["task"], "method": i["method"], "rank": i["rank"],
-             "α": i["alpha"], "TT shape": " · ".join(f"{t}: {common.shape_text(l)}"
+             "α": i["alpha"], "TT shape": " · ".join(f"{t}: {views.shape_text(l)}"
                                                      for t, l in i["tt_layout"].items()) or "–",
              "adapter params": i["adapter_params"], "metric": i["metric"],
              "validation score": i["metric_value"], "steps": i["training"].get("steps"),
-             "trained": common.fmt_date(i["created"])} for i in infos]
+             "trained": views.fmt_date(i["created"])} for i in infos]
     st.dataframe(pd.DataFrame(rows), hide_index=True, column_config={
         "name": st.column_config.TextColumn(width="medium", pinned=True),
         "trained": st.column_config.TextColumn(width="medium"),
@@ -55,7 +48,7 @@ def structure_tab(info: dict) -> None:
     rows = []
     for target, layout in info["tt_layout"].items():
         cores = tt.core_shapes(layout["in_factors"], layout["out_factors"], info["rank"])
-        rows.append({"target": target, "TT shape (in | out)": common.shape_text(layout),
+        rows.append({"target": target, "TT shape (in | out)": views.shape_text(layout),
                      "cores [r, s, r']": " ".join(f"[{a},{b},{c}]" for a, b, c in cores),
                      "parameters per layer": tt.param_count(cores)})
     st.dataframe(pd.DataFrame(rows), hide_index=True)
@@ -71,7 +64,7 @@ def structure_tab(info: dict) -> None:
 
 
 def delta_tabs(info: dict, norms_tab, svals_tab) -> None:
-    stats = common.safe(delta_spectra, info["folder"], common.stamp(Path(info["folder"])),
+    stats = common.safe(delta_spectra, info["folder"], views.stamp(Path(info["folder"])),
                         what="reading the expert's tensors")
     if stats is None:
         for tab in (norms_tab, svals_tab):
@@ -94,7 +87,7 @@ def delta_tabs(info: dict, norms_tab, svals_tab) -> None:
 
 
 def size_tab(info: dict) -> None:
-    lora = common.lora_reference(info)
+    lora = views.lora_reference(info)
     dims = budget.PRESETS.get(info["base"].get("name", ""))
     labels = [f"this expert ({info['method']})"]
     counts = [info["adapter_params"]]
@@ -151,7 +144,7 @@ st.caption("Every expert folder of your workspace and of the demo pack (PEFT lay
            "adapter_config.json + adapter_model.safetensors), validated on reading.")
 
 st.header("Workspace")
-ws_infos, ws_invalid = common.folder_experts(str(ws.root), common.stamp(ws.root))
+ws_infos, ws_invalid = common.folder_experts(str(ws.root), views.stamp(ws.root))
 if ws_infos:
     experts_table(ws_infos)
 else:
@@ -162,8 +155,8 @@ show_invalid(ws_invalid)
 st.header("Demo pack")
 demo_infos = []
 if not common.pack_missing(pack_dir):
-    demo_infos, demo_invalid = common.folder_experts(str(pack_dir / "experts"),
-                                                     common.stamp(pack_dir / "experts"))
+    demo_experts = workspace.pack_experts(pack_dir)
+    demo_infos, demo_invalid = common.folder_experts(str(demo_experts), views.stamp(demo_experts))
     if demo_infos:
         experts_table(demo_infos)
     show_invalid(demo_invalid)
@@ -176,7 +169,7 @@ if choices:
     label = st.selectbox("Expert", list(choices), key="experts_pick")
     info, editable = choices[label]
     caption_col, try_col = st.columns([5, 1], vertical_alignment="center")
-    caption_col.caption(common.training_caption(info))
+    caption_col.caption(views.training_caption(info))
     if info["method"] == "tt-lora":
         if try_col.button("Try it", type="primary", icon=":material/chat:", key="experts_try",
                           help="Open the Playground with this expert, no pack needed."):

@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from pages import common
-from ttmoe_core.services import figures
+from ttmoe_core.services import figures, views, workspace
 
 common.setup()
 pack_dir = common.default_pack_dir()
@@ -16,8 +16,8 @@ st.markdown(
     "*TT-LoRA MoE* ([arXiv 2504.21190](https://arxiv.org/abs/2504.21190)).")
 
 summary = None
-if (pack_dir / "pack.json").is_file():
-    summary = common.pack_summary(str(pack_dir), common.stamp(pack_dir))
+if workspace.is_pack(pack_dir):
+    summary = common.pack_summary(str(pack_dir), views.stamp(pack_dir))
 names = summary["names"] if summary and "error" not in summary else ["sst2", "cola", "mnli"]
 chosen = "sst2" if "sst2" in names else names[0]
 st.plotly_chart(figures.pipeline_diagram(names, chosen=chosen), key="pipeline",
@@ -43,7 +43,7 @@ else:
     infos = summary["experts"]
     router_info = summary["router"] or {}
     metrics = router_info.get("metrics") or {}
-    lora = common.lora_reference(infos[0])
+    lora = views.lora_reference(infos[0])
     per_expert = infos[0]["adapter_params"]
     total_tt = sum(i["adapter_params"] for i in infos)
     cols = st.columns(5)
@@ -66,9 +66,9 @@ else:
              "quality": ("weak: " + i["quality"]["reason"]) if i["quality"]["weak"] else "ok",
              "TT-LoRA params": i["adapter_params"],
              "head params": i["head_params"], "rank": i["rank"],
-             "TT shape (q)": common.shape_text(next(iter(i["tt_layout"].values())))
+             "TT shape (q)": views.shape_text(next(iter(i["tt_layout"].values())))
              if i["tt_layout"] else "–",
-             "steps": i["training"].get("steps"), "trained": common.fmt_date(i["created"])}
+             "steps": i["training"].get("steps"), "trained": views.fmt_date(i["created"])}
             for i in infos]
     st.dataframe(pd.DataFrame(rows), hide_index=True,
                  column_config={"validation score": st.column_config.NumberColumn(format="%.3f"),
@@ -84,7 +84,7 @@ else:
             else "")
     router_cfg = router_info.get("config") or {}
     st.caption(
-        f"From `{common.short_path(pack_dir)}` ({common.fmt_date(summary['created'])}). {note}"
+        f"From `{common.short_path(pack_dir)}` ({views.fmt_date(summary['created'])}). {note}"
         "Validation scores: each expert on its task's validation split, measured when it was "
         f"trained. Router: {router_cfg.get('variant', '?')} on layer {router_cfg.get('layer', '?')}, "
         f"{metrics.get('train_rows', '?')} training inputs, scored on "

@@ -8,7 +8,7 @@ import streamlit as st
 
 from pages import common
 from ttmoe_core import tasks
-from ttmoe_core.services import figures
+from ttmoe_core.services import figures, views, workspace
 
 ws = common.setup()
 ss = st.session_state
@@ -65,9 +65,9 @@ SOURCE_PACK, SOURCE_EXPERTS = "A pack (router + experts)", "Chosen experts (no p
 def expert_choices() -> dict[str, str]:
     """{folder: label} of the TT-LoRA experts of the workspace and of the demo pack."""
     choices = {}
-    demo = common.default_pack_dir() / "experts"
+    demo = workspace.pack_experts(common.default_pack_dir())
     for root, where in ((ws.root, "workspace"), (demo, "demo pack")):
-        infos, _ = common.folder_experts(str(root), common.stamp(root))
+        infos, _ = common.folder_experts(str(root), views.stamp(root))
         for info in infos:
             if info["method"] == "tt-lora":
                 choices[info["folder"]] = f"{info['name']} ({info['task']}, {where})"
@@ -80,7 +80,7 @@ def load_mixture(source: str):
         pack_dir = common.pick_pack(ws, key="playground_pack")
         if common.pack_missing(pack_dir):
             return None
-        mixture = common.safe(common.get_mixture, str(pack_dir), common.stamp(pack_dir),
+        mixture = common.safe(common.get_mixture, str(pack_dir), views.stamp(pack_dir),
                               what=f"loading {pack_dir}")
         return mixture and (mixture, f"Pack `{common.short_path(pack_dir)}`: experts "
                                      f"{', '.join(mixture.names)}")
@@ -99,7 +99,7 @@ def load_mixture(source: str):
         st.info("Choose one or more experts to try.", icon=":material/info:")
         return None
     mixture = common.safe(common.get_adhoc_mixture, tuple(folders),
-                          common.stamp(*map(Path, folders)), what="loading the experts")
+                          views.stamp(*map(Path, folders)), what="loading the experts")
     return mixture and (mixture, f"Experts {', '.join(choices[f] for f in folders)}, no router")
 
 
@@ -202,7 +202,7 @@ with outputs:
             st.warning("The input changed: this answer is for the previous one. Press the button "
                        "again.", icon=":material/history:")
         temperature = mixture.openworld.scorer.temperature if mixture.openworld else None
-        said = common.decision_words(main, temperature) if routed else None
+        said = views.decision_words(main, temperature) if routed else None
         with st.container():
             best = max(main["label_probs"].values()) if main["label_probs"] else None
             top = st.columns([3, 2])
@@ -231,7 +231,7 @@ with outputs:
                                   "forced expert's answer included).")
             if confidence is not None and said is None:
                 (st.markdown if confidence >= 0.9 else st.warning)(
-                    common.confidence_words(confidence))
+                    views.confidence_words(confidence))
             if ss.get("pg_gold"):
                 st.caption(f"Gold label: {ss['pg_gold']}.")
             if main["truncated"]:

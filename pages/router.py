@@ -8,10 +8,8 @@ import pandas as pd
 import streamlit as st
 
 from pages import common
-from ttmoe_core import store, tasks
-from ttmoe_core.moe import fit as poolfit
-from ttmoe_core.routing import router
-from ttmoe_core.services import figures, jobs
+from ttmoe_core import moe, routing, tasks
+from ttmoe_core.services import figures, runs, views, workspace
 from ttmoe_core.services.workspace import WorkspaceError
 
 ws = common.setup()
@@ -46,7 +44,7 @@ def router_report(names: list[str], metrics: dict, key: str) -> None:
 
 
 def stored_router(pack_dir: Path) -> None:
-    summary = common.pack_summary(str(pack_dir), common.stamp(pack_dir))
+    summary = common.pack_summary(str(pack_dir), views.stamp(pack_dir))
     if "error" in summary:
         st.error(f"Cannot read the pack: {summary['error']}", icon=":material/error:")
         return
@@ -69,8 +67,8 @@ def stored_router(pack_dir: Path) -> None:
     build = summary["manifest"].get("build") or {}
     sources = metrics.get("sources") or {}
     st.caption(
-        f"Stored in `{common.short_path(pack_dir / store.ROUTER_CONFIG_FILE)}` "
-        f"({common.fmt_date(summary['manifest'].get('created') or summary['created'])}). "
+        f"Stored in `{common.short_path(Path(info['file']))}` "
+        f"({views.fmt_date(summary['manifest'].get('created') or summary['created'])}). "
         f"Trained on {metrics.get('train_rows', '?')} inputs ({cfg['epochs']} epochs, lr "
         f"{cfg['lr']:g}, max length {cfg['max_length']}); scored on {metrics.get('rows', '?')} "
         "held-out inputs the router never saw.")
@@ -116,13 +114,13 @@ def stored_router(pack_dir: Path) -> None:
 
 
 def add_expert_form(pack_dir: Path) -> None:
-    """Grow the chosen workspace pack by one trained expert (``poolfit.add_expert``)."""
+    """Grow the chosen workspace pack by one trained expert (``moe.add_expert``)."""
     if ws.root not in pack_dir.parents:
         st.caption("The demo pack is read-only: add experts to a pack of your workspace (train "
                    "an ngram router for it below first).")
         return
-    have = set(common.pack_summary(str(pack_dir), common.stamp(pack_dir)).get("names", []))
-    infos, _ = common.folder_experts(str(ws.root), common.stamp(ws.root))
+    have = set(common.pack_summary(str(pack_dir), views.stamp(pack_dir)).get("names", []))
+    infos, _ = common.folder_experts(str(ws.root), views.stamp(ws.root))
     options = {f"{i['name']} ({i['task']})": i["folder"] for i in infos
                if i["name"] not in have and i["method"] == "tt-lora"}
     if not options:
@@ -136,7 +134,7 @@ def add_expert_form(pack_dir: Path) -> None:
     if st.button("Add expert", icon=":material/add:", key="add_expert_go"):
         base_model = common.safe(common.get_backbone, what="base model")
         with st.spinner("Growing the router and the out-of-pool detector…"):
-            out = base_model and common.safe(poolfit.add_expert, pack_dir, options[chosen],
+            out = base_model and common.safe(moe.add_expert, pack_dir, options[chosen],
                                              base_model, rows=int(rows),
                                              evaluate=int(check) or None, what="add-expert")
         if out:
@@ -154,7 +152,7 @@ def job_view(job_id: str, polling: bool) -> None:
         return
     result = job.result
     rows = [{"layer k": r["layer"], "held-out accuracy": r["report"].accuracy,
-             "cost (share of a pass)": r["cost"], "parameters": router.router_params(r["router"])}
+             "cost (share of a pass)": r["cost"], "parameters": routing.router_params(r["router"])}
             for r in result["results"]]
     best = max(range(len(rows)), key=lambda i: rows[i]["held-out accuracy"])
     st.success(f"Trained {len(rows)} router(s) for {', '.join(result['names'])}: best "
@@ -165,17 +163,17 @@ def job_view(job_id: str, polling: bool) -> None:
         "cost (share of a pass)": st.column_config.NumberColumn(format="%.2f")})
     chosen = st.selectbox("Show and save the router of layer", range(len(rows)), index=best,
                           format_func=lambda i: f"k = {rows[i]['layer k']}", key=f"pick_{job_id}")
-    metrics = router.router_metrics(result["results"][chosen], result["train_rows"],
+    metrics = routing.router_metrics(result["results"][chosen], result["train_rows"],
                                     result["held_out_rows"], result["sources"], result["results"])
     router_report(result["names"], metrics, key=f"job_{job_id}")
-    st.caption(f"Trained {common.fmt_date(result['created'])} on {result['train_rows']} inputs; "
+    st.caption(f"Trained {views.fmt_date(result['created'])} on {result['train_rows']} inputs; "
                f"scored on {result['held_out_rows']} held-out inputs: "
                + "; ".join(f"{k}: {v}" for k, v in result["sources"].items()))
-    saved = (Path(result["pack"]) / store.ROUTER_CONFIG_FILE).is_file()
+    saved = workspace.has_router(result["pack"])
     if st.button("Save this router to the pack", type="primary", key=f"save_{job_id}_{chosen}"):
-        if common.safe(jobs.save_trained_router, result, chosen, {"built_by": "Router page"},
+        if common.safe(runs.save_trained_router, result, chosen, {"built_by": "Router page"},
                        what="save") is not None:
-            saved = (Path(result["pack"]) / store.ROUTER_CONFIG_FILE).is_file()
+            saved = workspace.has_router(result["pack"])
             if saved:
                 st.success(f"Saved to `{result['pack']}`: choose it as the pack on the Playground.")
     if not saved:
@@ -200,10 +198,10 @@ st.header("Train a router")
 st.caption("Choose experts (from the demo pack and your workspace): they are copied into a new "
            "pack under the workspace, and a router is trained for them on their tasks' data.")
 options: dict[str, dict] = {}
-demo_experts = common.default_pack_dir() / "experts"
+demo_experts = workspace.pack_experts(common.default_pack_dir())
 for prefix, root in (("demo pack", demo_experts), ("workspace", ws.root)):
     if root.is_dir():
-        infos, _ = common.folder_experts(str(root), common.stamp(root))
+        infos, _ = common.folder_experts(str(root), views.stamp(root))
         options.update({f"{prefix} / {i['name']} ({i['task']}, {i['method']})": i for i in infos})
 if not options:
     st.info("No experts to route between yet: build the demo pack "
@@ -212,7 +210,7 @@ else:
     common.default_state("router_experts", [k for k in options if k.startswith("demo pack")])
     chosen = st.multiselect("Experts", list(options), key="router_experts")
     col_a, col_b, col_c = st.columns(3)
-    variant = col_a.selectbox("Variant", router.VARIANTS, index=router.VARIANTS.index("fusion"),
+    variant = col_a.selectbox("Variant", routing.VARIANTS, index=routing.VARIANTS.index("fusion"),
                               help="; ".join(f"{v}: {h}" for v, h in VARIANT_HELP.items()))
     col_a.caption(VARIANT_HELP[variant][0].upper() + VARIANT_HELP[variant][1:] + ".")
     layers = col_a.multiselect("Base layer(s) k", list(range(common.EMBEDDED_BASE.num_layers + 1)), default=[2],
@@ -250,14 +248,11 @@ else:
     busy = own is not None and own.running
     if st.button("Train router", type="primary", icon=":material/alt_route:",
                  disabled=bool(problems) or busy):
-        config = router.RouterConfig(variant=variant, layer=max(layers) if layers else None,
-                                     epochs=int(epochs))
-        base_model = common.safe(common.get_backbone, what="base model")
-        if base_model is not None:
-            own = registry.submit(
-                owner, "router", f"{pack_name} ({variant})", jobs.train_router_job, config,
-                sorted(layers) or [common.EMBEDDED_BASE.num_layers], base_model,
-                [Path(i["folder"]) for i in picked], ws, pack_name, int(per_task), int(held_out))
+        started = common.safe(runs.start_router_training, registry, owner, variant, layers,
+                              int(epochs), common.get_backbone, [i["folder"] for i in picked], ws,
+                              pack_name, int(per_task), int(held_out), what="router training")
+        if started is not None:
+            own = started
             ss["router_job"] = own.id
     if own is not None:
         st.subheader("This run")

@@ -1,22 +1,19 @@
 """Train an expert: pick data and settings, train in the background, watch the loss, save."""
 
 import os
-import tempfile
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import streamlit as st
 
 from pages import common
 from ttmoe_core import experts, tasks
-from ttmoe_core.services import figures, jobs
+from ttmoe_core.services import figures, runs, views
 
 ws = common.setup()
 registry = common.job_registry()
 owner = common.session_id()
 ss = st.session_state
-UPLOAD_SEED = 0
 # the live view's refresh (seconds; $TTMOE_TRAIN_REFRESH_S overrides it for measurements). CPU
 # that the page and the browser take from a watched run on the same 2 cores, as a share of the
 # run's own CPU (scripts/refresh_cost.py, 2026-12-01): 6.7% at 1 s, 3.5% at 2 s, 2.0% at 5 s.
@@ -26,24 +23,10 @@ METHOD_LABELS = {"tt-lora": "TT-LoRA", "lora": "LoRA (PEFT)", "adapter": "Bottle
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def parse_upload(file_name: str, content: bytes, label_task: str | None) -> tasks.TaskData:
-    """An uploaded CSV/JSONL as TaskData (DataError, with the upload's name, when it is bad)."""
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / Path(file_name).name
-        path.write_bytes(content)
-        try:
-            return tasks.load_file(path, task=label_task)
-        except tasks.DataError as exc:
-            raise tasks.DataError(str(exc).replace(str(path), file_name)) from None
-
-
-def split_upload(data: tasks.TaskData) -> tuple[tasks.TaskData, tasks.TaskData]:
-    """A seeded 80/20 split of an uploaded file into training and validation rows."""
-    order = np.random.default_rng(UPLOAD_SEED).permutation(len(data))
-    cut = int(round(0.8 * len(data)))
-    note = f"{data.source}: seeded 80/20 split (seed {UPLOAD_SEED})"
-    return (data.select(sorted(order[:cut]), f"{note}, first part"),
-            data.select(sorted(order[cut:]), f"{note}, second part"))
+def read_upload(file_name: str, content: bytes, label_task: str | None
+                ) -> tuple[tasks.TaskData, tasks.TaskData, tasks.TaskData]:
+    """``runs.read_upload`` (all rows, training rows, validation rows), cached per upload."""
+    return runs.read_upload(file_name, content, label_task)
 
 
 def show_result(result: dict) -> None:
@@ -73,7 +56,7 @@ def show_result(result: dict) -> None:
     stop = (f" Early stopping on a hold-out of the training rows: best {best} at step "
             f"{metrics.get('best_step')} of {metrics.get('steps_run')} run (the expert keeps those "
             "weights)." if held else "")
-    st.caption(f"Trained {common.fmt_date(result['created'])} on {data.get('train_rows')} rows of "
+    st.caption(f"Trained {views.fmt_date(result['created'])} on {data.get('train_rows')} rows of "
                f"{data.get('train')}; validated on {data.get('eval_rows')} rows of {data.get('eval')}."
                + stop)
     left, right = st.columns([1, 3], vertical_alignment="center")
@@ -104,7 +87,7 @@ def phase(events: list[dict]) -> tuple[float, str]:
     if stage == "training":
         return step / total, (f"Step {step} of {total} · loss {last['loss']:.4f} · "
                               f"{last['examples_per_s']:.1f} examples/s"
-                              + common.holdout_words(events))
+                              + views.holdout_words(events))
     if stage == "evaluating":
         return 1.0, f"Evaluating on {last['rows']} validation rows…"
     if stage == "saving":
@@ -170,17 +153,11 @@ else:
         st.info("Upload a file to train on it: one row per example.")
     else:
         try:
-            data = parse_upload(upload.name, upload.getvalue(),
-                                None if label_task == "from the file" else label_task)
-            if len(data) < 5:
-                raise tasks.DataError(f"{upload.name} has {len(data)} rows: at least 5 are needed "
-                                      "(80% train, 20% validation)")
-            if not data.labels:
-                raise tasks.DataError(f"{upload.name} has no labels")
+            data, train_data, eval_data = read_upload(
+                upload.name, upload.getvalue(), None if label_task == "from the file" else label_task)
         except tasks.DataError as exc:
             st.error(str(exc), icon=":material/error:")
         else:
-            train_data, eval_data = split_upload(data)
             task_name = label_task if label_task != "from the file" else Path(upload.name).stem
             ready = True
             st.success(f"{len(data)} rows, labels {', '.join(data.label_names)}: "
@@ -215,7 +192,7 @@ with col_c:
     if method == "tt-lora":
         for target in common.EMBEDDED_BASE.default_targets():
             d_in, d_out = common.EMBEDDED_BASE.module_shape(target)
-            shape, error = common.parse_shape(
+            shape, error = views.parse_shape(
                 st.text_input(f"TT shape of {target} ({d_in} → {d_out})", "automatic",
                               key=f"train_shape_{target}"), d_in, d_out)
             if error:
@@ -259,18 +236,16 @@ button_col, run_col = st.columns([1, 5])     # the run's status line sits next t
 if button_col.button("Train", type="primary", icon=":material/model_training:",
                      disabled=busy or not ready or not name_ok or (out_dir.exists() and not overwrite),
                      help="A training run of yours is going on (one at a time)." if busy else None):
-    config = experts.ExpertConfig(
+    settings = dict(
         task=task_name, method=method, rank=int(rank), alpha=float(alpha), lr=float(lr),
         shapes=shapes or None, init=init, steps=int(steps), batch_size=int(batch_size),
         max_length=int(max_length), seed=int(seed), eval_limit=int(eval_limit),
         holdout_fraction=float(holdout_fraction), eval_every=int(eval_every),
         patience=int(patience), min_steps=int(min_steps))
-    resolved = common.safe(config.resolved, what="settings")
-    base_model = common.safe(common.get_backbone, what="base model") if resolved else None
-    if resolved and base_model:
-        job = registry.submit(owner, "train", f"{name} ({task_name}, {method}, {int(steps)} steps)",
-                              jobs.train_expert_job, config, base_model, ws, name,
-                              replace=overwrite, train_data=train_data, eval_data=eval_data)
+    job = common.safe(runs.start_training, registry, owner, settings, common.get_backbone, ws,
+                      name, replace=overwrite, train_data=train_data, eval_data=eval_data,
+                      what="training")
+    if job is not None:
         ss["train_job"] = job.id
         st.rerun()                           # draw the button disabled and the run beside it
 

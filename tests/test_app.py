@@ -625,8 +625,8 @@ def test_playground_says_when_no_expert_fits_and_abstains():
 
 
 def test_decision_words_for_out_of_pool_and_unsure_choices():
-    from pages.common import decision_words
     from ttmoe_core.routing.detector import calibrated
+    from ttmoe_core.services.views import decision_words
 
     probs = {"mnli": 0.7, "rte": 0.3}
     assert calibrated(probs, 1.0) == pytest.approx(probs)

@@ -148,7 +148,9 @@ def test_short_layer_name():
     assert figures.short_layer_name("head") == "head"
 
 
-@pytest.mark.parametrize("module", ["services/figures.py", "services/jobs.py"])
+@pytest.mark.parametrize("module", ["services/figures.py", "services/jobs.py",
+                                    "services/runs.py", "services/views.py",
+                                    "services/workspace.py"])
 def test_engine_modules_do_not_import_streamlit(module):
     tree = ast.parse((Path(__file__).resolve().parents[1] / "ttmoe_core" / module).read_text())
     names = [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)

@@ -134,14 +134,14 @@ class BudgetReport:
                 if i == 0:
                     lines.append("  ".join("-" * w for w in widths))
         lines.append(f"trainable {self.trainable_params:,} ({self.percent_of_base:.4g}% of base)"
-                     f" | fp32 {_human_bytes(self.bytes_fp32)} | bf16 {_human_bytes(self.bytes_bf16)}")
+                     f" | fp32 {format_bytes(self.bytes_fp32)} | bf16 {format_bytes(self.bytes_bf16)}")
         lines.append(f"LoRA r{self.lora_rank} on {','.join(self.targets)}: {self.lora_params:,}"
                      f" | ratio to LoRA {self.ratio_to_lora:.4g}")
         lines.extend(f"note: {note}" for note in self.notes)
         return "\n".join(lines)
 
 
-def _human_bytes(num_bytes: int) -> str:
+def format_bytes(num_bytes: int) -> str:
     """``135680`` -> ``"132.5 KiB"`` (binary units)."""
     if num_bytes < 1024:
         return f"{num_bytes} B"
@@ -152,10 +152,7 @@ def _human_bytes(num_bytes: int) -> str:
 def _as_int_list(value: str | Sequence[int]) -> list[int]:
     """``"16,8,4"`` or ``[16, 8, 4]`` -> ``[16, 8, 4]``."""
     if isinstance(value, str):
-        try:
-            return [int(part) for part in value.replace(" ", "").split(",") if part]
-        except ValueError as err:
-            raise ValueError(f"TT shape {value!r} must be comma-separated integers") from err
+        return tt.parse_shape(value)
     return [int(v) for v in value]
 
 

@@ -89,7 +89,13 @@ class ReportError(TTMoEError, RuntimeError):
     """The report cannot run (missing data) or a check failed (outputs not equal)."""
 
 
+def one_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message (its class name when the message is empty): how the
+    app, the CLI and the job runner show an error."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 __all__ = ["BackboneError", "CheckpointError", "ConfigError", "DataError", "FusionError",
            "GrowthError", "ModelError", "MoEError", "NameRuleError", "OpenWorldError",
            "PoolFitError", "ReportError", "RouterError", "SchemaError", "StoreError",
-           "TTMoEError", "TrainingError", "WorkspaceError"]
+           "TTMoEError", "TrainingError", "WorkspaceError", "one_line"]

@@ -73,6 +73,16 @@ def default_factors(d_in: int, d_out: int) -> tuple[list[int], list[int]]:
     return m, n
 
 
+def parse_shape(text: str) -> list[int]:
+    """A typed TT shape: ``"16,8,4,4"`` or ``"8,8,6 | 6,8,8"`` -> ``[16, 8, 4, 4]`` (spaces
+    ignored, ``|`` between input and output factors counts as a comma); ValueError when a part
+    is not an integer. Whether it fits a layer is ``split_shape``'s check."""
+    try:
+        return [int(part) for part in text.replace(" ", "").replace("|", ",").split(",") if part]
+    except ValueError:
+        raise ValueError(f"TT shape {text!r} must be comma-separated integers") from None
+
+
 def split_shape(shape: Sequence[int], d_in: int, d_out: int) -> tuple[list[int], list[int]]:
     """Split a flat TT shape into (input factors, output factors).
 

@@ -15,6 +15,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from ..errors import one_line
 from . import experts, mixture, models, report, routing
 from .args import DEBUG_ENV, EXIT_BUG, EXIT_USAGE, Parser, UsageError
 
@@ -39,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_USAGE
         return args.func(args)
     except UsageError as exc:
-        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -49,15 +50,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         if _out_of_memory(exc):
             print("error: not enough memory for the sizes asked (rank, hidden width, batch "
-                  f"size, inputs): use smaller ones ({_one_line(exc)[:200]})", file=sys.stderr)
+                  f"size, inputs): use smaller ones ({one_line(exc)[:200]})", file=sys.stderr)
             return EXIT_USAGE
-        print(f"error: unexpected {type(exc).__name__}: {_one_line(exc)[:500]} (a bug: run with "
+        print(f"error: unexpected {type(exc).__name__}: {one_line(exc)[:500]} (a bug: run with "
               f"{DEBUG_ENV}=1 for the traceback)", file=sys.stderr)
         return EXIT_BUG
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _out_of_memory(exc: BaseException) -> bool:

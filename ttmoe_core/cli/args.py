@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
+
+from ..files.names import NAME_RULE, is_valid_name
 
 EXIT_USAGE = 2
 EXIT_BUG = 70                  # sysexits' EX_SOFTWARE: an error no check foresaw (a bug)
@@ -68,8 +71,6 @@ def fraction_arg(text: str) -> float:
 
 def name_arg(text: str) -> str:
     """A name (of an expert): ``names.NAME_RULE``."""
-    from ..files.names import NAME_RULE, is_valid_name
-
     if not is_valid_name(text):
         raise argparse.ArgumentTypeError(f"{text!r} is not a valid name ({NAME_RULE})")
     return text
@@ -79,7 +80,7 @@ def device_arg(text: str) -> str:
     """``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``, and present on this machine."""
     if text == "auto":
         return text
-    import torch
+    import torch  # heavy: kept out of the parser
 
     try:
         device = torch.device(text)
@@ -100,11 +101,14 @@ def device_arg(text: str) -> str:
 
 def shape_arg(text: str) -> tuple[str, list[int]]:
     """``target=16,8,4,4`` -> ("target", [16, 8, 4, 4])."""
+    from ..tt import parse_shape  # heavy: imports torch; kept out of the parser
+
     target, sep, dims = text.partition("=")
     try:
-        if not sep or not target:
+        shape = parse_shape(dims)
+        if not sep or not target or not shape:
             raise ValueError
-        return target.strip(), [int(d) for d in dims.split(",")]
+        return target.strip(), shape
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"{text!r}: write TARGET=d1,d2,... (e.g. q_proj=16,8,4,4,4,4,8,16)") from None
@@ -160,8 +164,6 @@ def positive_int_list(text: str) -> list[int]:
 
 def model_arg(text: str) -> str:
     """A base model: a name or hub id, or a path (``/``, ``./``, ``../``, ``~``) that exists."""
-    from pathlib import Path
-
     if text.startswith(("/", "./", "../", "~")) and not Path(text).expanduser().exists():
         raise argparse.ArgumentTypeError(f"no model folder {text}")
     return text

@@ -1,6 +1,6 @@
 """Checks of what a command is asked to do, made before any work starts (training can take hours:
 a bad ``--out`` or target must fail at once, not when the result is saved): output folders, the
-base model's target modules and its longest input."""
+pack a command reads, the base model's target modules and its longest input."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from ..errors import TTMoEError
 from .args import UsageError
 
 
@@ -18,8 +19,6 @@ def check_output(path: str | Path, kind: str, overwrite: bool, load: Callable[[P
     it is not a file or a symbolic link; when it exists and is not empty, it is replaced only with
     ``overwrite`` and only when ``load`` reads it as a valid ``kind`` (a StoreError otherwise);
     and a folder can be created next to it (``check_writable``). UsageError saying why not."""
-    from .. import store
-
     out = Path(path)
     if not str(path).strip():
         raise UsageError(f"{flag} is empty: give the folder to write the {kind} to")
@@ -34,11 +33,21 @@ def check_output(path: str | Path, kind: str, overwrite: bool, load: Callable[[P
                                  f"replace it")
             try:
                 load(out)
-            except store.StoreError as exc:
+            except TTMoEError as exc:
                 raise UsageError(f"{flag} {out} is not a valid {kind}, so --overwrite does not "
                                  f"replace it ({exc})") from None
     check_writable(out.parent, f"{flag} {out}")
     return out
+
+
+def load_pack(path: str | Path):
+    """``store.load_pack``, its StoreError (every bad pack file ends in one) as a UsageError."""
+    from .. import store  # heavy: imports torch; kept out of the parser
+
+    try:
+        return store.load_pack(path)
+    except TTMoEError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def check_writable(folder: str | Path, what: str) -> None:
@@ -61,6 +70,7 @@ def check_targets(model, targets: list[str] | None, shapes: dict[str, list[int]]
     """UsageError unless every target names linear modules of ``model`` (the model family's
     defaults when ``targets`` is None) and every ``--shape`` names a target (or, where a target's
     layers differ in size, one of its roles such as ``intermediate.dense``) and fits its layers."""
+    # heavy: imports torch; kept out of the parser
     from ..adapters import find_targets, resolve_shapes
     from ..base.backbone import default_targets
 

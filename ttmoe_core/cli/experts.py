@@ -8,6 +8,11 @@ import json
 import sys
 from pathlib import Path
 
+from tqdm import tqdm
+
+from .. import tasks
+from ..errors import TTMoEError
+from ..files import safefs
 from .args import (
     MAX_BATCH,
     UsageError,
@@ -27,7 +32,7 @@ MAX_RANK = 1024              # TT/LoRA rank or adapter reduction factor (the pap
 
 
 def cmd_budget(args: argparse.Namespace) -> int:
-    from .. import budget
+    from .. import budget  # heavy: imports torch; kept out of the parser
 
     try:
         report = budget.compute_budget(args.model, args.method, rank=args.rank,
@@ -44,11 +49,8 @@ def cmd_budget(args: argparse.Namespace) -> int:
 def cmd_train_expert(args: argparse.Namespace) -> int:
     """``train-expert``: every input is checked (settings, name, --out, data, model, targets)
     before the first step; the expert is saved atomically at the end."""
-    from tqdm import tqdm
-
-    from .. import experts, store, tasks
-    from ..experts.checkpoint import CheckpointError
-    from ..files import safefs
+    # heavy: imports torch; kept out of the parser
+    from .. import experts, store
     from ..runtime import distributed
 
     config = experts.ExpertConfig(
@@ -60,7 +62,7 @@ def cmd_train_expert(args: argparse.Namespace) -> int:
     try:
         config = config.resolved()
         tasks.get_task(args.task)
-    except (experts.ConfigError, tasks.DataError) as exc:
+    except TTMoEError as exc:
         raise UsageError(str(exc)) from None
     out = check_output(args.out, "expert", args.overwrite, store.load_expert)
     train, valid, backbone = run_inputs(args, config)
@@ -79,7 +81,7 @@ def cmd_train_expert(args: argparse.Namespace) -> int:
         expert = experts.train_expert(config, backbone, train_data=train, eval_data=valid,
                                       progress=progress_bar(bar), name=args.name or args.task,
                                       checkpoint_dir=checkpoint_dir, resume=args.resume)
-    except (experts.ConfigError, experts.TrainingError, CheckpointError) as exc:
+    except TTMoEError as exc:
         raise UsageError(str(exc)) from None
     finally:
         bar.close()
@@ -87,7 +89,7 @@ def cmd_train_expert(args: argparse.Namespace) -> int:
         return 0
     try:
         store.save_expert(expert, out)
-    except (store.StoreError, OSError) as exc:
+    except (TTMoEError, OSError) as exc:
         raise UsageError(f"the trained expert could not be saved to {out}: {exc}") from None
     safefs.remove(checkpoint_dir)                       # the expert is saved: nothing to resume
     summary = {"expert": str(out), "task": args.task, "method": config.method,
@@ -103,12 +105,9 @@ def cmd_full_finetune(args: argparse.Namespace) -> int:
     """``full-finetune``: every weight of the base model trained on one task through the experts'
     loop and stopping rule; writes the run's record (metrics, hold-out curve, steps, CPU time) as
     JSON to --out. The weights are not kept (a whole model per task)."""
-    from tqdm import tqdm
-
-    from .. import experts, store, tasks
+    # heavy: imports torch; kept out of the parser
+    from .. import store
     from ..baselines import fullft
-    from ..experts.checkpoint import CheckpointError
-    from ..files import safefs
 
     out = Path(args.out)
     if out.is_dir() or out.is_symlink():
@@ -125,7 +124,7 @@ def cmd_full_finetune(args: argparse.Namespace) -> int:
     try:
         config.checked()
         tasks.get_task(args.task)
-    except (experts.ConfigError, tasks.DataError) as exc:
+    except TTMoEError as exc:
         raise UsageError(str(exc)) from None
     train, valid, backbone = run_inputs(args, config)
     check_max_length(backbone, config.max_length)
@@ -140,14 +139,14 @@ def cmd_full_finetune(args: argparse.Namespace) -> int:
         record = fullft.train_full(config, backbone, train_data=train, eval_data=valid,
                                    progress=progress_bar(bar), checkpoint_dir=checkpoint_dir,
                                    resume=args.resume)
-    except (experts.ConfigError, experts.TrainingError, CheckpointError) as exc:
+    except TTMoEError as exc:
         raise UsageError(str(exc)) from None
     finally:
         bar.close()
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         store.write_json(out, record)
-    except (store.StoreError, OSError) as exc:
+    except (TTMoEError, OSError) as exc:
         raise UsageError(f"the record could not be written to {out}: {exc}") from None
     safefs.remove(checkpoint_dir)
     summary = {"out": str(out), "task": args.task, "method": fullft.METHOD,
@@ -162,8 +161,7 @@ def cmd_full_finetune(args: argparse.Namespace) -> int:
 def run_inputs(args: argparse.Namespace, config):
     """(train rows, validation rows, base model) of one training command (``config``: an
     ``ExpertConfig`` or ``fullft.FullConfig``); UsageError when one cannot be had."""
-    from .. import experts, tasks
-    from ..base.backbone import BackboneError, load_backbone
+    from ..base.backbone import load_backbone  # heavy: imports torch; kept out of the parser
 
     try:
         train = tasks.load_task(args.task, "train", data_dir=args.data_dir,
@@ -171,7 +169,7 @@ def run_inputs(args: argparse.Namespace, config):
         valid = tasks.load_task(args.task, "validation", data_dir=args.data_dir,
                                 limit=config.eval_limit, seed=config.seed)
         backbone = load_backbone(args.model, device=args.device, dtype=args.dtype)
-    except (experts.ConfigError, tasks.DataError, BackboneError) as exc:
+    except TTMoEError as exc:
         raise UsageError(str(exc)) from None
     return train, valid, backbone
 
@@ -239,8 +237,9 @@ def add_convergence_flags(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_eval_expert(args: argparse.Namespace) -> int:
-    from .. import experts, store, tasks
-    from ..base.backbone import BackboneError, check_fingerprint, load_backbone
+    # heavy: imports torch; kept out of the parser
+    from .. import experts, store
+    from ..base.backbone import check_fingerprint, load_backbone
 
     try:
         expert = store.load_expert(args.expert)                 # read and checked once
@@ -255,7 +254,7 @@ def cmd_eval_expert(args: argparse.Namespace) -> int:
             data = tasks.load_task(expert.config.task, "validation", data_dir=args.data_dir,
                                    limit=args.limit, seed=expert.config.seed)
         result = experts.evaluate_expert(expert, backbone, data)
-    except (store.StoreError, tasks.DataError, BackboneError, experts.ConfigError) as exc:
+    except TTMoEError as exc:
         raise UsageError(str(exc)) from None
     except OSError as exc:
         raise UsageError(f"cannot read {args.input_file}: {exc.strerror or exc}") from None

@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from .. import tasks
-from ..routing.router import VARIANTS
+from ..errors import TTMoEError
+from ..routing import VARIANTS
 from ..services.workspace import default_pack
 from .args import (
     MAX_BATCH,
@@ -24,8 +25,9 @@ from .args import (
     targets_arg,
     task_lr_arg,
 )
-from .checks import check_max_length, check_output
+from .checks import check_max_length, check_output, load_pack
 from .experts import add_convergence_flags, convergence_settings
+from .show import confusion_text
 
 MAX_INPUT_BYTES = 256 * 2**20  # predict --input-file
 
@@ -85,45 +87,28 @@ def _shown(text: str, width: int = 60) -> str:
     return text if len(text) < width else text[:width - 3] + "..."
 
 
-def _load_pack(path: str | Path):
-    """``store.load_pack``, its StoreError (every bad pack file ends in one) as a UsageError."""
-    from .. import store
-
-    try:
-        return store.load_pack(path)
-    except store.StoreError as exc:
-        raise UsageError(str(exc)) from None
-
-
 def _load_moe(pack: str | None, device: str | None, dtype: str = "float32"):
     """The pack's mixture on its own base model, each file of the pack read once."""
-    from .. import store
-    from ..base.backbone import BackboneError
-    from ..moe import MoEError, TTLoRAMoE
+    from ..moe import TTLoRAMoE  # heavy: imports torch; kept out of the parser
 
-    loaded = _load_pack(Path(pack) if pack else default_pack())
+    loaded = load_pack(Path(pack) if pack else default_pack())
     try:
         return TTLoRAMoE.from_loaded_pack(loaded, device=device, dtype=dtype)
-    except (store.StoreError, BackboneError, MoEError) as exc:
+    except TTMoEError as exc:
         raise UsageError(str(exc)) from None
 
 
 def _load_adhoc(folders: list[str], device: str | None, dtype: str = "float32"):
     """The router-less mixture of expert folders (``moe.mixture_from_folders``)."""
-    from .. import store
-    from ..base.backbone import BackboneError
-    from ..moe import MoEError
-    from ..moe.mixture import mixture_from_folders
+    from ..moe import mixture_from_folders  # heavy: imports torch; kept out of the parser
 
     try:
         return mixture_from_folders(folders, device=device, dtype=dtype)
-    except (store.StoreError, BackboneError, MoEError) as exc:
+    except TTMoEError as exc:
         raise UsageError(str(exc)) from None
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from ..moe import MoEError
-
     if args.expert_dir and args.pack:
         raise UsageError("give --pack or --expert-dir, not both")
     if args.input_file and args.text:
@@ -159,7 +144,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         try:
             out = moe.predict([r["text"] for _, r in good], [r["text_pair"] for _, r in good],
                               expert=args.expert, abstain=args.abstain)
-        except MoEError as exc:
+        except TTMoEError as exc:
             raise UsageError(str(exc)) from None
         results = {n: res for (n, _), res in zip(good, out)}
     failures = 0
@@ -197,41 +182,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-def _stage_printer():
-    last = {}
-
-    def show(stage: str, done: int, total: int) -> None:
-        if last.get(stage) != done and (done == total or done % max(1, total // 10) == 0):
-            print(f"  {stage}: {done}/{total}", file=sys.stderr)
-        last[stage] = done
-    return show
-
-
-def _confusion_text(names: list[str], confusion: list[list[int]]) -> str:
-    width = max(6, *(len(n) for n in names)) + 1
-    lines = ["true \\ routed".ljust(width + 8) + "".join(n.rjust(width) for n in names)]
-    for name, row in zip(names, confusion):
-        lines.append(name.ljust(width + 8) + "".join(str(v).rjust(width) for v in row))
-    return "\n".join(lines)
-
-
 def cmd_eval_moe(args: argparse.Namespace) -> int:
-    from .. import tasks
-    from ..moe import MoEError, evaluate_mixture
+    # heavy: imports torch; kept out of the parser
+    from ..moe import evaluate_mixture, openworld_report
 
     moe = _load_moe(args.pack, args.device, args.dtype)
     if moe.router is None:
         where = args.pack or default_pack()
         raise UsageError(f"the pack {where} has no router to evaluate: train one with "
                          f"`python -m ttmoe_core train-router --pack {where}`")
-    from ..moe.fit import openworld_report
-
     pairs = [(e.name, e.config.task) for e in moe.experts]
     try:
         result = evaluate_mixture(moe, pairs, args.per_task, args.data_dir)
         result["openworld"] = None if args.no_openworld else openworld_report(
             moe, pairs, args.per_task, args.data_dir)
-    except (tasks.DataError, MoEError) as exc:
+    except TTMoEError as exc:
         raise UsageError(str(exc)) from None
     if args.save:
         _save_evaluation(args.pack or default_pack(), result)
@@ -240,7 +205,7 @@ def cmd_eval_moe(args: argparse.Namespace) -> int:
         return 0
     print(f"routing accuracy on held-out inputs: {result['routing_accuracy']:.4f} "
           f"({result['rows']} rows)")
-    print(_confusion_text(result["names"], result["confusion"]))
+    print(confusion_text(result["names"], result["confusion"]))
     print(f"\n{'expert':<8} {'metric':<9} {'mixture':>8} {'oracle':>8} {'gap':>7}  routing")
     for name, row in result["per_task"].items():
         key = row["metric"]
@@ -260,7 +225,7 @@ def cmd_eval_moe(args: argparse.Namespace) -> int:
 
 def _save_evaluation(pack: str | Path, result: dict) -> None:
     """``eval-moe --save``: the figures into pack.json ("metrics" → "mixture"), in one step."""
-    from .. import store
+    from .. import store  # heavy: imports torch; kept out of the parser
 
     summary = {"routing_accuracy": result["routing_accuracy"], "rows": result["rows"],
                "per_task": {name: {k: row[k] for k in ("task", "metric", "mixture", "oracle",
@@ -275,88 +240,47 @@ def _save_evaluation(pack: str | Path, result: dict) -> None:
 
     try:
         store.update_pack(pack, write)
-    except (store.StoreError, OSError) as exc:
+    except (TTMoEError, OSError) as exc:
         raise UsageError(f"the figures could not be saved to {pack}: {exc}") from None
 
 
 def cmd_build_demo(args: argparse.Namespace) -> int:
     """``build-demo``: --out, the tasks, the router's layer and the model are checked before the
-    first expert trains; the pack is written in one step at the end."""
-    import time
-
-    from .. import experts, store, tasks
-    from ..base.backbone import BackboneError, load_backbone
-    from ..experts import quality
-    from ..experts.checkpoint import CheckpointError
-    from ..files import safefs
-    from ..routing import registry as variants
-    from ..routing import router as routers
-    from ..routing.router import RouterConfig
+    first expert trains (``runs.build_demo`` then trains, sweeps and writes the pack)."""
+    # heavy: imports torch; kept out of the parser
+    from .. import experts, routing, store
+    from ..base.backbone import load_backbone
+    from ..services import runs
 
     out = check_output(args.out, "pack", args.overwrite, store.load_pack)
-    started = time.perf_counter()
-    router_config = RouterConfig(variant=args.variant, layer=args.layer, seed=args.seed,
-                                 max_length=args.max_length)
+    router_config = routing.RouterConfig(variant=args.variant, layer=args.layer, seed=args.seed,
+                                         max_length=args.max_length)
     try:
         task_names = list(args.tasks)
         for task in task_names:
             tasks.get_task(task)
         task_lr = _task_lrs(args.task_lr or [], task_names)
         backbone = load_backbone(args.model, device=args.device)
-        RouterConfig(**{**router_config.to_dict(), "variant": "linear"}).resolved(
+        routing.RouterConfig(**{**router_config.to_dict(), "variant": "linear"}).resolved(
             backbone.info.num_layers)
-    except (tasks.DataError, BackboneError, routers.RouterError) as exc:
+    except TTMoEError as exc:
         raise UsageError(str(exc)) from None
     check_max_length(backbone, args.max_length)
-    parts = Path(args.work_dir) if args.work_dir else out.parent / f"{out.name}.parts"
-    trained = []
+    configs = [experts.ExpertConfig(task=task, steps=args.steps, batch_size=args.batch_size,
+                                    max_length=args.max_length, seed=args.seed,
+                                    eval_limit=args.eval_limit, init=args.init,
+                                    lr=task_lr.get(task, args.lr), targets=args.targets,
+                                    **convergence_settings(args))
+               for task in task_names]
     try:
-        for task in task_names:
-            t0 = time.perf_counter()
-            config = experts.ExpertConfig(task=task, steps=args.steps, batch_size=args.batch_size,
-                                          max_length=args.max_length, seed=args.seed,
-                                          eval_limit=args.eval_limit, init=args.init,
-                                          lr=task_lr.get(task, args.lr),
-                                          targets=args.targets, **convergence_settings(args))
-            expert = finished_part(parts / task, config) if args.resume else None
-            if expert is None:     # train it (continuing its checkpoint with --resume), keep it
-                expert = experts.train_expert(config, backbone, data_dir=args.data_dir,
-                                              checkpoint_dir=parts / f"{task}.checkpoint",
-                                              resume=args.resume)
-                store.save_expert(expert, parts / task)
-                safefs.remove(parts / f"{task}.checkpoint")
-                took = f"{time.perf_counter() - t0:.0f} s"
-            else:
-                took = f"done earlier, kept from {parts / task}"
-            trained.append(expert)
-            verdict = quality.assess(expert.metrics, expert.label_names)
-            print(f"expert {task}: {quality.words(verdict)} ({expert.metrics.get('steps_run')} "
-                  f"steps, {took})", file=sys.stderr)
-        pairs = [(e.name, e.config.task) for e in trained]
-        train = routers.routing_data(pairs, "train", args.per_task, args.data_dir, args.seed)
-        held = routers.routing_data(pairs, "validation", args.eval_per_task, args.data_dir, args.seed)
-        result = variants.sweep_layers(router_config, [args.layer], backbone, train, held)[0]
-    except (tasks.DataError, experts.ConfigError, experts.TrainingError,
-            routers.RouterError, CheckpointError, store.StoreError) as exc:
+        summary = runs.build_demo(out, backbone, configs, router_config, per_task=args.per_task,
+                                  eval_per_task=args.eval_per_task, data_dir=args.data_dir,
+                                  parts=args.work_dir, resume=args.resume,
+                                  command=" ".join(sys.argv[1:]) or "build-demo",
+                                  progress=lambda line: print(line, file=sys.stderr))
+    except TTMoEError as exc:
         raise UsageError(str(exc)) from None
-    seconds = time.perf_counter() - started
-    try:
-        store.build_pack(out, trained, router=result["router"],
-                         router_metrics=routers.router_metrics(result, len(train.labels),
-                                                               len(held.labels), held.sources),
-                         extra={"build": {"command": " ".join(sys.argv[1:]) or "build-demo",
-                                          "seconds": round(seconds, 1), "steps": args.steps,
-                                          "batch_size": args.batch_size,
-                                          "max_length": args.max_length, "seed": args.seed,
-                                          "lr": {e.name: e.config.lr for e in trained},
-                                          "parts": str(parts)},
-                                # each expert's validation metric and verdict (quality.assess)
-                                "validation": {e.name: quality.pack_entry(e) for e in trained}},
-                         replace=True)
-    except (store.StoreError, OSError) as exc:
-        raise UsageError(f"the pack could not be written to {out}: {exc}") from None
-    print(json.dumps({"pack": str(out), "seconds": round(seconds, 1),
-                      "routing_accuracy": result["report"].accuracy}))
+    print(json.dumps(summary))
     return 0
 
 
@@ -369,25 +293,6 @@ def _task_lrs(pairs: list[tuple[str, float]], task_names: list[str]) -> dict[str
         raise UsageError(f"--task-lr names {', '.join(sorted(set(named) - set(task_names)))}, "
                          f"not among the tasks built ({', '.join(task_names)})")
     return dict(pairs)
-
-
-def finished_part(folder: Path, config):
-    """The expert a resumed build trained earlier into ``folder`` with these settings, or None
-    (absent, unreadable, or trained with other settings: then it is trained again)."""
-    from .. import store
-
-    if not (folder / store.CONFIG_FILE).is_file():
-        return None
-    try:
-        expert = store.load_expert(folder)
-    except store.StoreError:
-        return None
-    wanted = config.resolved().to_dict()
-    have = expert.config.to_dict()
-    unset = {"device", "checkpoint_every",
-             *(k for k in ("targets", "shapes", "pooling") if wanted[k] is None)}
-    same = all(have.get(k) == v for k, v in wanted.items() if k not in unset)
-    return expert if same else None
 
 
 def add_parsers(sub) -> None:

@@ -9,8 +9,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from .. import report, tasks
-from ..base.backbone import BackboneError
+from .. import report
+from ..errors import TTMoEError
 from .args import EXIT_USAGE, Parser, UsageError, int_in
 from .checks import check_writable
 
@@ -36,7 +36,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         results = report.run_report(args.budget, out, progress=None if args.json else show,
                                     data_dir=args.data_dir, work_dir=work, resume=args.resume,
                                     jobs=args.jobs)
-    except (report.ReportError, tasks.DataError, BackboneError) as exc:
+    except TTMoEError as exc:
         raise UsageError(str(exc)) from None
     summary = {"out": str(out), "markdown": str(out / report.MARKDOWN_FILE), "results": str(out / report.RESULTS_FILE),
                "figures": sorted(v["html"] for v in results["figures"].values()),

@@ -6,7 +6,8 @@ import argparse
 import json
 import sys
 
-from ..routing.router import VARIANTS
+from ..errors import TTMoEError
+from ..routing import VARIANTS
 from .args import (
     UsageError,
     device_arg,
@@ -16,8 +17,8 @@ from .args import (
     positive_int,
     seed_arg,
 )
-from .checks import check_max_length, check_writable
-from .mixture import _confusion_text, _load_pack, _stage_printer
+from .checks import check_max_length, check_writable, load_pack
+from .show import confusion_text, stage_printer
 
 MAX_HIDDEN = 16384           # router MLP width
 
@@ -26,67 +27,63 @@ def cmd_train_router(args: argparse.Namespace) -> int:
     """``train-router``: the pack, its folder, the layers and sizes are checked before the
     features are read; the best layer's router is saved into the pack (an ngram router with its
     replay rows, for add-expert). ``--all-rows``: the final recipe of ROUTING_STUDY.md."""
-    from .. import store, tasks
-    from ..base.backbone import BackboneError, load_backbone
-    from ..moe import fit as poolfit
-    from ..routing import growth
-    from ..routing import registry as routers
-    from ..routing import router as router_mod
-    from ..store import detector as poolfiles
+    # heavy: imports torch; kept out of the parser
+    from .. import moe, routing, store
+    from ..base.backbone import load_backbone
 
     check_writable(args.pack, f"the pack {args.pack}")
-    pack = _load_pack(args.pack)
+    pack = load_pack(args.pack)
     epochs = args.epochs or (8 if args.all_rows else 60)
-    config = router_mod.RouterConfig(variant=args.variant, hidden=args.hidden, epochs=epochs,
+    config = routing.RouterConfig(variant=args.variant, hidden=args.hidden, epochs=epochs,
                                      lr=args.lr, seed=args.seed, max_length=args.max_length)
     if args.all_rows and len(args.layer) != 1:
         raise UsageError("--all-rows trains one router: give one --layer")
-    progress = None if args.quiet else _stage_printer()
+    progress = None if args.quiet else stage_printer()
     try:
         backbone = load_backbone(pack.base_model["name"], device=args.device)
         for layer in args.layer:      # the paper variant reads the last layer, but not a wrong one
-            router_mod.RouterConfig(**{**config.to_dict(), "layer": layer,
+            routing.RouterConfig(**{**config.to_dict(), "layer": layer,
                                        "variant": "linear"}).resolved(backbone.info.num_layers)
         pack = store.load_pack(args.pack, expected_fingerprint=backbone.info.fingerprint)
         check_max_length(backbone, args.max_length)
         pairs = [(e.name, e.config.task) for e in pack.experts]
         dev = None
         if args.all_rows:
-            train_all, held, dev = routers.routing_splits(pairs, args.data_dir, args.seed,
+            train_all, held, dev = routing.routing_splits(pairs, args.data_dir, args.seed,
                                                           args.eval_per_task)
-            train, index = routers.recipe_rows(train_all, pairs, args.cap, args.sst2_sentences,
+            train, index = routing.recipe_rows(train_all, pairs, args.cap, args.sst2_sentences,
                                                args.seed)
-            cfg = router_mod.RouterConfig(**{**config.to_dict(), "layer": args.layer[0]})
-            results = [routers.fit(cfg, backbone, train, held, index, progress)]
+            cfg = routing.RouterConfig(**{**config.to_dict(), "layer": args.layer[0]})
+            results = [routing.fit(cfg, backbone, train, held, index, progress)]
             train_rows = len(index)
         else:
-            train = router_mod.routing_data(pairs, "train", args.per_task, args.data_dir, args.seed)
-            held = router_mod.routing_data(pairs, "validation", args.eval_per_task, args.data_dir,
+            train = routing.routing_data(pairs, "train", args.per_task, args.data_dir, args.seed)
+            held = routing.routing_data(pairs, "validation", args.eval_per_task, args.data_dir,
                                            args.seed)
-            results = routers.sweep_layers(config, args.layer, backbone, train, held, progress)
+            results = routing.sweep_layers(config, args.layer, backbone, train, held, progress)
             train_rows = len(train.labels)
         best = max(results, key=lambda r: r["report"].accuracy)
         model = best["router"]
         companions = None
         if args.variant == "ngram":
-            idx = growth.replay_sample(train.labels, poolfit.REPLAY_PER_TASK, args.seed)
-            part = routers.take(train, idx)
-            feats = routers.extract_features(backbone.model, backbone.tokenizer, part.texts,
+            idx = routing.replay_sample(train.labels, moe.REPLAY_PER_TASK, args.seed)
+            part = routing.take(train, idx)
+            feats = routing.extract_features(backbone.model, backbone.tokenizer, part.texts,
                                              part.text_pairs, model.config)
             cal = cal_labels = None
             if dev is not None:       # calibration rows for add-expert's capture budget
-                cal_rows = routers.take(dev, growth.replay_sample(
-                    dev.labels, poolfit.CALIBRATION_PER_TASK, args.seed))
-                cal = routers.extract_features(backbone.model, backbone.tokenizer, cal_rows.texts,
+                cal_rows = routing.take(dev, routing.replay_sample(
+                    dev.labels, moe.CALIBRATION_PER_TASK, args.seed))
+                cal = routing.extract_features(backbone.model, backbone.tokenizer, cal_rows.texts,
                                                cal_rows.text_pairs, model.config)
                 cal_labels = cal_rows.labels
-            sets = poolfit.replay_sets(model, feats, part.labels, cal, cal_labels, args.seed)
+            sets = moe.replay_sets(model, feats, part.labels, cal, cal_labels, args.seed)
 
             def companions(folder):
-                poolfiles.write_replay(folder, sets, train.names, backbone.info.to_dict(), "hidden")
-    except (store.StoreError, tasks.DataError, BackboneError, router_mod.RouterError) as exc:
+                store.write_replay(folder, sets, train.names, backbone.info.to_dict(), "hidden")
+    except TTMoEError as exc:
         raise UsageError(str(exc)) from None
-    metrics = router_mod.router_metrics(best, train_rows, len(held.labels), held.sources,
+    metrics = routing.router_metrics(best, train_rows, len(held.labels), held.sources,
                                         sweep=results)
     if args.all_rows:
         metrics["recipe"] = {"all_rows": True, "cap": args.cap, "sst2_sentences": args.sst2_sentences,
@@ -94,12 +91,12 @@ def cmd_train_router(args: argparse.Namespace) -> int:
     try:
         store.save_router(args.pack, model, train.names, metrics, backbone.info,
                           companions=companions)
-    except (store.StoreError, OSError) as exc:
+    except (TTMoEError, OSError) as exc:
         raise UsageError(f"the router could not be saved to {args.pack}: {exc}") from None
     summary = {"pack": str(args.pack), "variant": args.variant, "layer": model.config.layer,
                "accuracy": best["report"].accuracy, "per_layer": metrics["per_layer"],
                "per_task": best["report"].per_task, "confusion": best["report"].confusion,
-               "names": train.names, "router_params": routers.params(model)}
+               "names": train.names, "router_params": routing.params(model)}
     if args.json:
         print(json.dumps(summary))
     else:
@@ -107,7 +104,7 @@ def cmd_train_router(args: argparse.Namespace) -> int:
             print(f"layer {layer:>2}: held-out routing accuracy {acc:.4f}")
         print(f"saved {args.variant} router (layer {summary['layer']}, "
               f"{summary['router_params']} params) to {args.pack}")
-        print(_confusion_text(summary["names"], summary["confusion"]))
+        print(confusion_text(summary["names"], summary["confusion"]))
         print("the out-of-pool detector, if any, was removed with the old router: run "
               f"`python -m ttmoe_core calibrate-pool --pack {args.pack}`")
     return 0
@@ -116,29 +113,28 @@ def cmd_train_router(args: argparse.Namespace) -> int:
 def _writable_pack_base(args: argparse.Namespace):
     """The base model of the pack ``args.pack`` that a command will change (calibrate-pool,
     add-expert): the folder writable, the pack readable, its base model loaded; UsageError else."""
-    from ..base.backbone import BackboneError, load_backbone
+    from ..base.backbone import load_backbone  # heavy: imports torch; kept out of the parser
 
     check_writable(args.pack, f"the pack {args.pack}")
-    pack = _load_pack(args.pack)
+    pack = load_pack(args.pack)
     try:
         return load_backbone(pack.base_model["name"], device=args.device)
-    except BackboneError as exc:
+    except TTMoEError as exc:
         raise UsageError(str(exc)) from None
 
 
 def cmd_calibrate_pool(args: argparse.Namespace) -> int:
     """``calibrate-pool``: fit and calibrate the pack's out-of-pool detector (``poolfit``)."""
-    from .. import store, tasks
-    from ..moe import fit as poolfit
+    from .. import moe  # heavy: imports torch; kept out of the parser
 
     backbone = _writable_pack_base(args)
     try:
-        figures = poolfit.calibrate_pool(
+        figures = moe.calibrate_pool(
             args.pack, backbone, args.data_dir, per_task=args.per_task,
             dims=None if args.dims == 0 else args.dims, bank_per_class=args.bank_per_class,
             false_flag=args.false_flag, seed=args.seed,
             progress=None if args.quiet else (lambda msg: print(f"  {msg}", file=sys.stderr)))
-    except (store.StoreError, tasks.DataError, poolfit.PoolFitError) as exc:
+    except TTMoEError as exc:
         raise UsageError(str(exc)) from None
     if args.json:
         print(json.dumps(figures))
@@ -152,17 +148,13 @@ def cmd_calibrate_pool(args: argparse.Namespace) -> int:
 
 def cmd_add_expert(args: argparse.Namespace) -> int:
     """``add-expert``: the expert joins the pack and its routing without retraining the router."""
-    from .. import store, tasks
-    from ..moe import fit as poolfit
-    from ..routing import growth
-    from ..routing import router as router_mod
+    from .. import moe  # heavy: imports torch; kept out of the parser
 
     backbone = _writable_pack_base(args)
     try:
-        out = poolfit.add_expert(args.pack, args.expert_dir, backbone, args.data_dir, rows=args.rows,
+        out = moe.add_expert(args.pack, args.expert_dir, backbone, args.data_dir, rows=args.rows,
                                  max_capture=args.max_capture, evaluate=args.evaluate)
-    except (store.StoreError, tasks.DataError, poolfit.PoolFitError, growth.GrowthError,
-            router_mod.RouterError) as exc:
+    except TTMoEError as exc:
         raise UsageError(str(exc)) from None
     if args.json:
         print(json.dumps(out, default=float))

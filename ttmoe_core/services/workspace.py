@@ -9,7 +9,8 @@ of its kind (so a broken expert can be removed, a folder of other files never). 
 ``WorkspaceError`` (a ``StoreError``), with a message a person can act on. Reading any folder
 (``list_experts``, ``list_packs``) is harmless, allowed anywhere, and never raises.
 
-Opening a workspace recovers what killed saves left in it (``store.recover``).
+Opening a workspace recovers what killed saves left in it (``store.recover``). A server's
+workspace root may hold sub-workspaces (``sub_folders``, ``sub_workspace``), one a visitor.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from .. import store
 from ..errors import WorkspaceError
 from ..experts import Expert
 from ..files import safefs
-from ..files.names import NameRuleError, check_name, inside
+from ..files.names import NameRuleError, check_name, inside, is_valid_name
 
 PACKS = "packs"              # the sub-folder of the root that holds packs (not an expert name)
+RESERVED = {PACKS, "reports"}   # folders of a workspace root that are not sub-workspaces
 UNEXPECTED = "unreadable (unexpected "   # how a listing reports an error that is not a StoreError
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,6 +34,61 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 def default_pack() -> Path:
     """The committed demo pack of this repository (``assets/demo``)."""
     return REPO_ROOT / "assets" / "demo"
+
+
+def pack_file(folder: str | Path) -> Path:
+    """The manifest whose presence makes ``folder`` a pack (``pack.json``)."""
+    return Path(folder) / store.PACK_FILE
+
+
+def is_pack(folder: str | Path) -> bool:
+    """Whether ``folder`` holds a pack manifest (valid or not: ``store.load_pack`` says)."""
+    return pack_file(folder).is_file()
+
+
+def pack_experts(folder: str | Path) -> Path:
+    """The folder of the pack ``folder``'s experts (one expert folder each)."""
+    return Path(folder) / "experts"
+
+
+def has_router(folder: str | Path) -> bool:
+    """Whether the pack ``folder`` holds a router."""
+    return (Path(folder) / store.ROUTER_CONFIG_FILE).is_file()
+
+
+def router_file(folder: str | Path) -> Path:
+    """The file of the pack ``folder``'s router configuration (for captions)."""
+    return Path(folder) / store.ROUTER_CONFIG_FILE
+
+
+def sub_folders(root: Path) -> list[str]:
+    """The sub-workspaces of ``root`` a visitor may choose: real folders whose name follows the
+    name rule and that are not an expert, a pack or one of the root's own folders (``RESERVED``)."""
+    try:
+        children = sorted(Path(root).iterdir())
+    except OSError:
+        return []
+    return [c.name for c in children
+            if is_valid_name(c.name) and c.name not in RESERVED and c.is_dir()
+            and not c.is_symlink() and not (c / store.CONFIG_FILE).exists()
+            and not (c / store.PACK_FILE).exists()]
+
+
+def sub_workspace(root: Path, name: str | None) -> Workspace:
+    """The workspace ``root/name`` (``root`` itself for None): ``name`` follows the name rule, is
+    not one of the root's own folders, an expert or a symbolic link; WorkspaceError otherwise."""
+    root = Path(root)
+    if not name:
+        return Workspace(root)
+    if name in RESERVED or name not in sub_folders(root) and (root / name).exists():
+        raise WorkspaceError(f"{name!r} is taken by an expert, a pack or the workspace's own "
+                             "folders: choose another sub-folder")
+    try:
+        check_name(name, "sub-folder name")
+        inside(root, name)
+    except NameRuleError as exc:
+        raise WorkspaceError(str(exc)) from None
+    return Workspace(root / name)
 
 
 def list_experts(folder: str | Path) -> tuple[list[Path], dict[Path, str]]:
