@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ttmoe_core.report import frontier
-from ttmoe_core.report.frontier import Setting
+from ttmoe_core.report.plan import Setting
 
 
 def _rows(task: str, setting: Setting, params: int, values: list[float]) -> list[dict]:

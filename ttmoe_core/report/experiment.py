@@ -27,7 +27,7 @@ from ..experts.checkpoint import Checkpointer
 from ..files import safefs
 from ..routing import router as router_mod
 from ..runtime import runinfo
-from .plan import METHOD_LABELS, Progress, ReportBudget, ReportError
+from .plan import METHOD_LABELS, Progress, ReportBudget, ReportError, Setting
 from .worker import train_in_fresh_process
 
 
@@ -41,11 +41,15 @@ class Run:
     should_stop: Callable[[], bool] | None = None
     comparison_tasks: list[str] = field(default_factory=list)
     integration_tasks: list[str] = field(default_factory=list)
-    trainings: dict[tuple[str, str, int], dict] = field(default_factory=dict)   # (task, method, seed) → record
+    # (task, variant, seed) → record; a variant is a method (experiment 2's size of it) or a
+    # frontier setting's tag (``frontier.Setting.tag``: another size of a method)
+    trainings: dict[tuple[str, str, int], dict] = field(default_factory=dict)
     mixture_router: router_mod.Router | None = None     # set by the router experiment
     jobs: int = 1                    # experiment 2: trainings side by side (train_side_by_side)
     work_dir: Path | None = None     # finished experts (+ records) and training checkpoints
     resume: bool = False             # reuse work_dir's finished experts, continue its checkpoints
+    reuse_from: tuple[Path, ...] = ()   # other work folders whose finished experts may be reused
+    settings: dict[str, Setting] = field(default_factory=dict)   # frontier variants by tag
     # the start's clock (sessions.json): clock(True) after a save, clock(False) as work goes on
     clock: Callable[[bool], None] | None = None
     _data: dict[tuple[str, str], tasks.TaskData] = field(default_factory=dict)
@@ -78,10 +82,31 @@ class Run:
                                               seed=self.budget.seed)
         return self._data[key]
 
+    def variant(self, setting: Setting) -> str:
+        """The training variant of ``setting``: its method's name when it is experiment 2's size
+        of that method (so that run is reused), else its tag (registered on the run)."""
+        if setting.targets is None and setting.rank == experts.METHOD_DEFAULTS[setting.method]["rank"]:
+            return setting.method
+        self.settings[setting.tag] = setting
+        return setting.tag
+
+    def method_of(self, variant: str) -> tuple[str, Setting | None]:
+        """(method, frontier setting or None) of a training variant."""
+        if variant in METHOD_LABELS:
+            return variant, None
+        setting = self.settings.get(variant)
+        if setting is None:
+            raise ReportError(f"unknown training variant {variant!r}")
+        return setting.method, setting
+
+    def label(self, variant: str) -> str:
+        """``LoRA`` or ``lora-r4``: how progress lines name a variant."""
+        return METHOD_LABELS.get(variant, variant)
+
     def expert(self, task: str, method: str, measure_memory: bool = False,
                seed: int | None = None) -> experts.Expert:
-        """The trained expert of (task, method, seed) (None: the budget's ``seed``), trained on
-        first use under the budget's stopping rule."""
+        """The trained expert of (task, method or frontier variant, seed) (None: the budget's
+        ``seed``), trained on first use under the budget's stopping rule."""
         key, config, part = self._plan(task, method, seed)
         if key in self._experts:
             return self._experts[key]
@@ -89,7 +114,7 @@ class Run:
             return self._experts[key]
         b = self.budget
         train, valid = self.data(task, "train"), self.data(task, "validation")
-        stage = f"training {METHOD_LABELS[method]} expert on {task} (seed {key[2]})"
+        stage = f"training {self.label(method)} expert on {task} (seed {key[2]})"
         self.tell(stage, 0, b.steps)
         started, t0 = runinfo.now(), time.perf_counter()
         measure_memory = measure_memory and b.measure_memory
@@ -184,7 +209,7 @@ class Run:
         set ``halt`` (the others stop) and add to ``errors``."""
         for done, future in enumerate(as_completed(running), start=1):
             key = running[future]
-            label = f"{METHOD_LABELS[key[1]]} on {key[0]} (seed {key[2]})"
+            label = f"{self.label(key[1])} on {key[0]} (seed {key[2]})"
             try:
                 result = future.result()
             except Exception as exc:             # noqa: BLE001 (reported after the others stop)
@@ -206,22 +231,35 @@ class Run:
                 halt.set()
                 errors.append(str(exc))
 
-    def _plan(self, task: str, method: str,
+    def _plan(self, task: str, variant: str,
               seed: int | None) -> tuple[tuple[str, str, int], experts.ExpertConfig, Path | None]:
-        """(key, config, part folder or None) of the (task, method, seed) expert under the budget."""
+        """(key, config, part folder or None) of the (task, variant, seed) expert under the budget."""
         b = self.budget
         seed = b.seed if seed is None else seed
+        method, setting = self.method_of(variant)
+        size = {} if setting is None else {
+            "rank": setting.rank, "targets": None if setting.targets is None else list(setting.targets)}
         config = experts.ExpertConfig(task=task, method=method, steps=b.steps, batch_size=b.batch_size,
                                       max_length=b.max_length, seed=seed, train_limit=b.train_rows,
                                       eval_limit=b.eval_rows, eval_every=b.eval_every,
                                       patience=b.patience, min_steps=b.min_steps, schedule=b.schedule,
-                                      lr=b.lr_of(method))
-        part = None if self.work_dir is None else self.work_dir / "experts" / f"{task}-{method}-seed{seed}"
-        return (task, method, seed), config, part
+                                      lr=b.lr_of(method), **size)
+        part = None if self.work_dir is None else self.work_dir / "experts" / f"{task}-{variant}-seed{seed}"
+        return (task, variant, seed), config, part
 
     def _reuse(self, key: tuple[str, str, int], config: experts.ExpertConfig, part: Path | None) -> bool:
-        """Take the expert an earlier, interrupted run finished in ``part`` (resume only)."""
+        """Take the expert an earlier, interrupted run finished in ``part`` (resume only), or one
+        of the same name and config in a ``reuse_from`` folder (copied into this run's folder)."""
         kept = self._finished(part, config) if part is not None and self.resume else None
+        if kept is None and part is not None:
+            for other in self.reuse_from:
+                found = other / "experts" / part.name
+                kept = self._finished(found, config)
+                if kept is not None:
+                    store.save_expert(kept[0], part)
+                    store.write_json(part.with_name(f"{part.name}.training.json"),
+                                     {**kept[1], "reused_from": f"{other.name}/experts/{part.name}"})
+                    break
         if kept is not None:
             self.trainings[key], self._experts[key] = kept[1], kept[0]
         return kept is not None
@@ -241,7 +279,8 @@ class Run:
         folder, save the expert and its record there, drop its checkpoint and tell ``clock``."""
         task = key[0]
         metric = tasks.primary_metric(task)
-        self.trainings[key] = {"task": task, "method": key[1], "seed": key[2], "started": started,
+        self.trainings[key] = {"task": task, "method": self.method_of(key[1])[0], "variant": key[1],
+                               "seed": key[2], "started": started,
                                "wall_seconds": round(wall, 2),
                                "train_seconds": expert.metrics["train_seconds"],
                                # CPU time of the training loop (time.process_time of the process

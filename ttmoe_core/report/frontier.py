@@ -22,42 +22,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-
 from . import seeds
+from .experiment import verdict
+from .plan import METHOD_LABELS, Setting, settings_from
 
 MATCH = 0.15          # "equal parameters": within ±15% of the TT-LoRA setting's count
 CLOSE = 0.01          # "within 1 point" of the reference LoRA
 REFERENCE = ("lora", 16, None)     # method, rank, targets of the reference LoRA (experiment 2's)
-
-
-@dataclass(frozen=True)
-class Setting:
-    """One size of one method: ``rank`` is the TT rank (tt-lora), the LoRA rank (lora) or the
-    reduction factor (adapter); ``targets`` None is the method's default (q,v)."""
-    method: str
-    rank: int
-    targets: tuple[str, ...] | None = None
-
-    @property
-    def tag(self) -> str:
-        """A short unique name: ``tt-lora-r5``, ``tt-lora-query+key+value+dense-r12``, ``adapter-rf64``."""
-        modules = "" if self.targets is None else "-" + "+".join(self.targets)
-        size = f"rf{self.rank}" if self.method == "adapter" else f"r{self.rank}"
-        return f"{self.method}{modules}-{size}"
-
-    @property
-    def modules(self) -> str:
-        return "q,v" if self.targets is None else ",".join(self.targets)
-
-    def to_dict(self) -> dict:
-        return {"method": self.method, "rank": self.rank,
-                "targets": None if self.targets is None else list(self.targets)}
-
-
-def settings_from(raw: Sequence[Sequence]) -> list[Setting]:
-    """``ReportBudget.frontier`` entries ((method, rank, targets or None), ...) as settings."""
-    return [Setting(m, int(r), None if t is None else tuple(t)) for m, r, t in raw]
 
 
 # ----------------------------------------------------------------------------- analysis (pure)

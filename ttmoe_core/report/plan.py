@@ -20,12 +20,41 @@ TOLERANCE = 1e-5                   # contraction and reconstruction must agree t
 MARKDOWN_FILE = "paper_tables.md"
 RESULTS_FILE = "results.json"
 FIGURES_DIR = "figures"
-SECTIONS = ("contraction", "methods", "routers", "integration", "mixed")   # the experiments, in order
+SECTIONS = ("contraction", "methods", "frontier", "routers", "integration", "mixed")   # in run order
 # the paper's headline numbers (abstract): fractions of the baselines' parameters, points gained
 PAPER = {"tt_lora_fraction_of_lora": 0.02, "tt_lora_fraction_of_adapter": 0.003,
          "moe_fraction_of_adapterfusion": 0.0003, "mixed_gain_points": 4.0}
 
 Progress = Callable[[str, int, int], None]   # (stage, done, total)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One size of one method: ``rank`` is the TT rank (tt-lora), the LoRA rank (lora) or the
+    reduction factor (adapter); ``targets`` None is the method's default (q,v)."""
+    method: str
+    rank: int
+    targets: tuple[str, ...] | None = None
+
+    @property
+    def tag(self) -> str:
+        """A short unique name: ``tt-lora-r5``, ``tt-lora-query+key+value+dense-r12``, ``adapter-rf64``."""
+        modules = "" if self.targets is None else "-" + "+".join(self.targets)
+        size = f"rf{self.rank}" if self.method == "adapter" else f"r{self.rank}"
+        return f"{self.method}{modules}-{size}"
+
+    @property
+    def modules(self) -> str:
+        return "q,v" if self.targets is None else ",".join(self.targets)
+
+    def to_dict(self) -> dict:
+        return {"method": self.method, "rank": self.rank,
+                "targets": None if self.targets is None else list(self.targets)}
+
+
+def settings_from(raw: Sequence[Sequence]) -> list[Setting]:
+    """``ReportBudget.frontier`` entries ((method, rank, targets or None), ...) as settings."""
+    return [Setting(m, int(r), None if t is None else tuple(t)) for m, r, t in raw]
 
 
 @dataclass(frozen=True)
@@ -62,6 +91,10 @@ class ReportBudget:
     lr: tuple[tuple[str, float], ...] = ()      # (method, lr) overrides; others: METHOD_DEFAULTS
     fusion_steps: int | None = None             # AdapterFusion (no hold-out): per fusion task,
                                                 # × 6 on the mixed set; None: ``steps``
+    # accuracy per parameter (report/frontier.py): these tasks, every seed, each setting
+    # (method, rank — the adapter's reduction factor —, targets or None for q,v)
+    frontier_tasks: tuple[str, ...] = ()
+    frontier: tuple[tuple[str, int, tuple[str, ...] | None], ...] = ()
 
     def lr_of(self, method: str) -> float | None:
         """This budget's learning rate for ``method`` (None: the method's default)."""
@@ -84,7 +117,10 @@ BUDGETS: dict[str, ReportBudget] = {
         timing_batch_sizes=(1, 8, 32), timing_length=32, timing_repeats=2,
         min_integration_experts=4, measure_memory=False,
         # two seeds and a tiny stopping rule: CI runs the mean ± std and early-stop code paths
-        seeds=(0, 1), eval_every=2, patience=1, min_steps=4),
+        seeds=(0, 1), eval_every=2, patience=1, min_steps=4,
+        # the frontier's code paths: two new sizes and two reused from experiment 2
+        frontier_tasks=("sst2",), frontier=(("tt-lora", 2, None), ("tt-lora", 5, None),
+                                            ("lora", 1, None), ("lora", 16, None))),
     # every method until its hold-out metric is flat, one rule for all three (CONVERGENCE.md):
     # cap 4,000 steps of 16 rows, an evaluation every 200 steps, 5 without a better score stop
     # the run (1,000 steps), never before step 1,600 (on CoLA both methods sit at the majority
@@ -109,8 +145,16 @@ BUDGETS: dict[str, ReportBudget] = {
 }
 # the full rule on the six demo tasks only (experiment 2 and the mixture): about a quarter of
 # the full budget's CPU time (reports/CONVERGENCE_BUDGET.md)
+QKVD = ("query", "key", "value", "dense")
+FRONTIER = (*((("tt-lora", r, None) for r in (2, 4, 5, 8, 12, 16))),
+            ("tt-lora", 5, QKVD), ("tt-lora", 12, QKVD),
+            *((("lora", r, None) for r in (1, 2, 4, 8, 16))),
+            ("adapter", 16, None), ("adapter", 64, None))
+"""The frontier of the full budgets: 15 settings (TT-LoRA r5, LoRA r16 and the adapter's
+reduction 16 are experiment 2's runs, reused)."""
 BUDGETS["full-demo"] = replace(BUDGETS["full"], name="full-demo", comparison_tasks=DEMO_TASKS,
-                               min_integration_experts=len(DEMO_TASKS))
+                               min_integration_experts=len(DEMO_TASKS),
+                               frontier_tasks=("sst2", "qnli"), frontier=FRONTIER)
 
 
 def resolve_budget(budget: str | ReportBudget) -> ReportBudget:
