@@ -56,8 +56,7 @@ from ttmoe_core.base import backbone
 from ttmoe_core.experts import quality
 from ttmoe_core.files import names
 from ttmoe_core.moe import adhoc
-from ttmoe_core.routing import detector as openworld
-from ttmoe_core.routing import router
+from ttmoe_core.routing import RouterError, calibrated
 from ttmoe_core.services import jobs, workspace
 
 log = logging.getLogger(__name__)
@@ -77,7 +76,7 @@ EMBEDDED_BASE = budget.PRESETS[backbone.DEFAULT_MODEL]   # the embedded base mod
 
 # what engine calls raise for bad input or files; shown as one st.error line
 ENGINE_ERRORS = (store.StoreError, tasks.DataError, experts.ConfigError, experts.TrainingError,
-                 moe.MoEError, router.RouterError, backbone.BackboneError, ValueError, OSError)
+                 moe.MoEError, RouterError, backbone.BackboneError, ValueError, OSError)
 
 
 # ----------------------------------------------------------------------------- folders
@@ -509,7 +508,7 @@ def decision_words(row: dict, temperature: float | None) -> tuple[str, str] | No
                          "threshold). Any answer below is a guess.")
     probs = row.get("router_probs") or {}
     if temperature is not None:
-        probs = openworld.calibrated(probs, temperature)
+        probs = calibrated(probs, temperature)
     ranked = sorted(probs.items(), key=lambda kv: -kv[1])
     if len(ranked) >= 2 and ranked[0][1] < 0.6:
         (a, pa), (b, pb) = ranked[:2]

@@ -10,7 +10,7 @@ import streamlit as st
 from pages import common
 from ttmoe_core import store, tasks
 from ttmoe_core.moe import fit as poolfit
-from ttmoe_core.routing import router
+from ttmoe_core.routing import VARIANTS, RouterConfig, params, router_metrics, variant_spec
 from ttmoe_core.services import figures, jobs
 from ttmoe_core.services.workspace import WorkspaceError
 
@@ -154,7 +154,7 @@ def job_view(job_id: str, polling: bool) -> None:
         return
     result = job.result
     rows = [{"layer k": r["layer"], "held-out accuracy": r["report"].accuracy,
-             "cost (share of a pass)": r["cost"], "parameters": router.router_params(r["router"])}
+             "cost (share of a pass)": r["cost"], "parameters": params(r["router"])}
             for r in result["results"]]
     best = max(range(len(rows)), key=lambda i: rows[i]["held-out accuracy"])
     st.success(f"Trained {len(rows)} router(s) for {', '.join(result['names'])}: best "
@@ -165,8 +165,8 @@ def job_view(job_id: str, polling: bool) -> None:
         "cost (share of a pass)": st.column_config.NumberColumn(format="%.2f")})
     chosen = st.selectbox("Show and save the router of layer", range(len(rows)), index=best,
                           format_func=lambda i: f"k = {rows[i]['layer k']}", key=f"pick_{job_id}")
-    metrics = router.router_metrics(result["results"][chosen], result["train_rows"],
-                                    result["held_out_rows"], result["sources"], result["results"])
+    metrics = router_metrics(result["results"][chosen], result["train_rows"],
+                             result["held_out_rows"], result["sources"], result["results"])
     router_report(result["names"], metrics, key=f"job_{job_id}")
     st.caption(f"Trained {common.fmt_date(result['created'])} on {result['train_rows']} inputs; "
                f"scored on {result['held_out_rows']} held-out inputs: "
@@ -212,11 +212,11 @@ else:
     common.default_state("router_experts", [k for k in options if k.startswith("demo pack")])
     chosen = st.multiselect("Experts", list(options), key="router_experts")
     col_a, col_b, col_c = st.columns(3)
-    variant = col_a.selectbox("Variant", router.VARIANTS, index=router.VARIANTS.index("fusion"),
+    variant = col_a.selectbox("Variant", VARIANTS, index=VARIANTS.index("fusion"),
                               help="; ".join(f"{v}: {h}" for v, h in VARIANT_HELP.items()))
     col_a.caption(VARIANT_HELP[variant][0].upper() + VARIANT_HELP[variant][1:] + ".")
     layers = col_a.multiselect("Base layer(s) k", list(range(common.EMBEDDED_BASE.num_layers + 1)), default=[2],
-                               disabled=variant == "paper",
+                               disabled=variant_spec(variant).last_layer_only,
                                help="One router per layer; the paper variant reads the last layer.")
     per_task = col_b.number_input("Training inputs per task", 10, 100_000, 300)
     held_out = col_b.number_input("Held-out inputs per task", 10, 10_000, 100)
@@ -231,7 +231,7 @@ else:
     if unknown:
         problems.append(f"{', '.join(unknown)}: trained on an uploaded file, not a known task, so "
                         "there is no task data to teach the router with.")
-    if variant != "paper" and not layers:
+    if not variant_spec(variant).last_layer_only and not layers:
         problems.append("Choose at least one layer.")
     try:
         new_pack = ws.pack_dir(pack_name)
@@ -250,8 +250,8 @@ else:
     busy = own is not None and own.running
     if st.button("Train router", type="primary", icon=":material/alt_route:",
                  disabled=bool(problems) or busy):
-        config = router.RouterConfig(variant=variant, layer=max(layers) if layers else None,
-                                     epochs=int(epochs))
+        config = RouterConfig(variant=variant, layer=max(layers) if layers else None,
+                              epochs=int(epochs))
         base_model = common.safe(common.get_backbone, what="base model")
         if base_model is not None:
             own = registry.submit(

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from .. import tasks
-from ..routing.router import VARIANTS
+from ..routing import VARIANTS
 from ..services.workspace import default_pack
 from .args import (
     MAX_BATCH,
@@ -289,9 +289,7 @@ def cmd_build_demo(args: argparse.Namespace) -> int:
     from ..experts import quality
     from ..experts.checkpoint import CheckpointError
     from ..files import safefs
-    from ..routing import registry as variants
-    from ..routing import router as routers
-    from ..routing.router import RouterConfig
+    from ..routing import RouterConfig, RouterError, router_metrics, routing_data, sweep_layers
 
     out = check_output(args.out, "pack", args.overwrite, store.load_pack)
     started = time.perf_counter()
@@ -305,7 +303,7 @@ def cmd_build_demo(args: argparse.Namespace) -> int:
         backbone = load_backbone(args.model, device=args.device)
         RouterConfig(**{**router_config.to_dict(), "variant": "linear"}).resolved(
             backbone.info.num_layers)
-    except (tasks.DataError, BackboneError, routers.RouterError) as exc:
+    except (tasks.DataError, BackboneError, RouterError) as exc:
         raise UsageError(str(exc)) from None
     check_max_length(backbone, args.max_length)
     parts = Path(args.work_dir) if args.work_dir else out.parent / f"{out.name}.parts"
@@ -333,17 +331,17 @@ def cmd_build_demo(args: argparse.Namespace) -> int:
             print(f"expert {task}: {quality.words(verdict)} ({expert.metrics.get('steps_run')} "
                   f"steps, {took})", file=sys.stderr)
         pairs = [(e.name, e.config.task) for e in trained]
-        train = routers.routing_data(pairs, "train", args.per_task, args.data_dir, args.seed)
-        held = routers.routing_data(pairs, "validation", args.eval_per_task, args.data_dir, args.seed)
-        result = variants.sweep_layers(router_config, [args.layer], backbone, train, held)[0]
+        train = routing_data(pairs, "train", args.per_task, args.data_dir, args.seed)
+        held = routing_data(pairs, "validation", args.eval_per_task, args.data_dir, args.seed)
+        result = sweep_layers(router_config, [args.layer], backbone, train, held)[0]
     except (tasks.DataError, experts.ConfigError, experts.TrainingError,
-            routers.RouterError, CheckpointError, store.StoreError) as exc:
+            RouterError, CheckpointError, store.StoreError) as exc:
         raise UsageError(str(exc)) from None
     seconds = time.perf_counter() - started
     try:
         store.build_pack(out, trained, router=result["router"],
-                         router_metrics=routers.router_metrics(result, len(train.labels),
-                                                               len(held.labels), held.sources),
+                         router_metrics=router_metrics(result, len(train.labels),
+                                                       len(held.labels), held.sources),
                          extra={"build": {"command": " ".join(sys.argv[1:]) or "build-demo",
                                           "seconds": round(seconds, 1), "steps": args.steps,
                                           "batch_size": args.batch_size,

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from ..routing.router import VARIANTS
+from ..routing import VARIANTS
 from .args import (
     UsageError,
     device_arg,
@@ -29,65 +29,74 @@ def cmd_train_router(args: argparse.Namespace) -> int:
     from .. import store, tasks
     from ..base.backbone import BackboneError, load_backbone
     from ..moe import fit as poolfit
-    from ..routing import growth
-    from ..routing import registry as routers
-    from ..routing import router as router_mod
+    from ..routing import (
+        RouterConfig,
+        RouterError,
+        extract_features,
+        fit,
+        params,
+        recipe_rows,
+        replay_sample,
+        router_metrics,
+        routing_data,
+        routing_splits,
+        sweep_layers,
+        take,
+        variant_spec,
+    )
     from ..store import detector as poolfiles
 
     check_writable(args.pack, f"the pack {args.pack}")
     pack = _load_pack(args.pack)
     epochs = args.epochs or (8 if args.all_rows else 60)
-    config = router_mod.RouterConfig(variant=args.variant, hidden=args.hidden, epochs=epochs,
-                                     lr=args.lr, seed=args.seed, max_length=args.max_length)
+    config = RouterConfig(variant=args.variant, hidden=args.hidden, epochs=epochs,
+                          lr=args.lr, seed=args.seed, max_length=args.max_length)
     if args.all_rows and len(args.layer) != 1:
         raise UsageError("--all-rows trains one router: give one --layer")
     progress = None if args.quiet else _stage_printer()
     try:
         backbone = load_backbone(pack.base_model["name"], device=args.device)
         for layer in args.layer:      # the paper variant reads the last layer, but not a wrong one
-            router_mod.RouterConfig(**{**config.to_dict(), "layer": layer,
-                                       "variant": "linear"}).resolved(backbone.info.num_layers)
+            RouterConfig(**{**config.to_dict(), "layer": layer,
+                            "variant": "linear"}).resolved(backbone.info.num_layers)
         pack = store.load_pack(args.pack, expected_fingerprint=backbone.info.fingerprint)
         check_max_length(backbone, args.max_length)
         pairs = [(e.name, e.config.task) for e in pack.experts]
         dev = None
         if args.all_rows:
-            train_all, held, dev = routers.routing_splits(pairs, args.data_dir, args.seed,
-                                                          args.eval_per_task)
-            train, index = routers.recipe_rows(train_all, pairs, args.cap, args.sst2_sentences,
-                                               args.seed)
-            cfg = router_mod.RouterConfig(**{**config.to_dict(), "layer": args.layer[0]})
-            results = [routers.fit(cfg, backbone, train, held, index, progress)]
+            train_all, held, dev = routing_splits(pairs, args.data_dir, args.seed,
+                                                  args.eval_per_task)
+            train, index = recipe_rows(train_all, pairs, args.cap, args.sst2_sentences, args.seed)
+            cfg = RouterConfig(**{**config.to_dict(), "layer": args.layer[0]})
+            results = [fit(cfg, backbone, train, held, index, progress)]
             train_rows = len(index)
         else:
-            train = router_mod.routing_data(pairs, "train", args.per_task, args.data_dir, args.seed)
-            held = router_mod.routing_data(pairs, "validation", args.eval_per_task, args.data_dir,
-                                           args.seed)
-            results = routers.sweep_layers(config, args.layer, backbone, train, held, progress)
+            train = routing_data(pairs, "train", args.per_task, args.data_dir, args.seed)
+            held = routing_data(pairs, "validation", args.eval_per_task, args.data_dir, args.seed)
+            results = sweep_layers(config, args.layer, backbone, train, held, progress)
             train_rows = len(train.labels)
         best = max(results, key=lambda r: r["report"].accuracy)
         model = best["router"]
         companions = None
-        if args.variant == "ngram":
-            idx = growth.replay_sample(train.labels, poolfit.REPLAY_PER_TASK, args.seed)
-            part = routers.take(train, idx)
-            feats = routers.extract_features(backbone.model, backbone.tokenizer, part.texts,
-                                             part.text_pairs, model.config)
+        if variant_spec(args.variant).keeps_replay:
+            idx = replay_sample(train.labels, poolfit.REPLAY_PER_TASK, args.seed)
+            part = take(train, idx)
+            feats = extract_features(backbone.model, backbone.tokenizer, part.texts,
+                                     part.text_pairs, model.config)
             cal = cal_labels = None
             if dev is not None:       # calibration rows for add-expert's capture budget
-                cal_rows = routers.take(dev, growth.replay_sample(
+                cal_rows = take(dev, replay_sample(
                     dev.labels, poolfit.CALIBRATION_PER_TASK, args.seed))
-                cal = routers.extract_features(backbone.model, backbone.tokenizer, cal_rows.texts,
-                                               cal_rows.text_pairs, model.config)
+                cal = extract_features(backbone.model, backbone.tokenizer, cal_rows.texts,
+                                       cal_rows.text_pairs, model.config)
                 cal_labels = cal_rows.labels
             sets = poolfit.replay_sets(model, feats, part.labels, cal, cal_labels, args.seed)
 
             def companions(folder):
                 poolfiles.write_replay(folder, sets, train.names, backbone.info.to_dict(), "hidden")
-    except (store.StoreError, tasks.DataError, BackboneError, router_mod.RouterError) as exc:
+    except (store.StoreError, tasks.DataError, BackboneError, RouterError) as exc:
         raise UsageError(str(exc)) from None
-    metrics = router_mod.router_metrics(best, train_rows, len(held.labels), held.sources,
-                                        sweep=results)
+    metrics = router_metrics(best, train_rows, len(held.labels), held.sources, sweep=results)
     if args.all_rows:
         metrics["recipe"] = {"all_rows": True, "cap": args.cap, "sst2_sentences": args.sst2_sentences,
                              "epochs": epochs, "distinct_rows": len(train.texts)}
@@ -99,7 +108,7 @@ def cmd_train_router(args: argparse.Namespace) -> int:
     summary = {"pack": str(args.pack), "variant": args.variant, "layer": model.config.layer,
                "accuracy": best["report"].accuracy, "per_layer": metrics["per_layer"],
                "per_task": best["report"].per_task, "confusion": best["report"].confusion,
-               "names": train.names, "router_params": routers.params(model)}
+               "names": train.names, "router_params": params(model)}
     if args.json:
         print(json.dumps(summary))
     else:
@@ -154,15 +163,14 @@ def cmd_add_expert(args: argparse.Namespace) -> int:
     """``add-expert``: the expert joins the pack and its routing without retraining the router."""
     from .. import store, tasks
     from ..moe import fit as poolfit
-    from ..routing import growth
-    from ..routing import router as router_mod
+    from ..routing import GrowthError, RouterError
 
     backbone = _writable_pack_base(args)
     try:
         out = poolfit.add_expert(args.pack, args.expert_dir, backbone, args.data_dir, rows=args.rows,
                                  max_capture=args.max_capture, evaluate=args.evaluate)
-    except (store.StoreError, tasks.DataError, poolfit.PoolFitError, growth.GrowthError,
-            router_mod.RouterError) as exc:
+    except (store.StoreError, tasks.DataError, poolfit.PoolFitError, GrowthError,
+            RouterError) as exc:
         raise UsageError(str(exc)) from None
     if args.json:
         print(json.dumps(out, default=float))

@@ -16,7 +16,7 @@ returning plain data):
 2. ``methods``: TT-LoRA vs LoRA (PEFT) vs bottleneck adapter, one expert per task and seed, same
    training loop (``experts.train_expert``) and stopping rule; mean ± std over seeds of the
    metric, steps and time (``seeds``), parameters, peak memory.
-3. ``routers``: router variants on six tasks (``router.sweep_layers``): held-out accuracy,
+3. ``routers``: router variants on six tasks (``routing.sweep_layers``): held-out accuracy,
    parameters, measured cost per input, confusion.
 4. ``integration``: each task through the mixture (router over every expert) vs the expert alone;
    AdapterFusion over the same tasks' adapters, trained for one task, vs that adapter alone.

@@ -286,7 +286,7 @@ def train_router_job(job: Job, router_config, layers: Sequence[int], backbone,
                      expert_dirs: Sequence[str | Path], workspace, pack_name: str, per_task: int,
                      eval_per_task: int, data_dir=None) -> dict:
     """Build the pack ``pack_name`` of ``workspace`` from expert folders and fit one router per
-    layer (``router.sweep_layers``).
+    layer (``routing.sweep_layers``).
 
     Returns the pack, expert names, and per layer the router and its held-out report; the caller
     saves the one it wants with ``save_trained_router``. Events: ``stage``, done, total (stages
@@ -294,12 +294,11 @@ def train_router_job(job: Job, router_config, layers: Sequence[int], backbone,
     "saved" (the pack of experts, no router yet) or "not saved". A cancel is honoured at every
     event, during router training too; a failed or cancelled run removes the pack it made.
     """
-    from ..routing import registry as variants
-    from ..routing import router as routers
+    from ..routing import RouterError, routing_data, sweep_layers
 
     def progress(stage: str, done: int, total: int) -> None:
         if job.cancelled():
-            raise routers.RouterError(f"router training cancelled during {stage}")
+            raise RouterError(f"router training cancelled during {stage}")
         job.report(stage=stage, done=done, total=total)
 
     built: Path | None = None           # the pack folder this job made
@@ -310,13 +309,13 @@ def train_router_job(job: Job, router_config, layers: Sequence[int], backbone,
         progress("building pack", len(experts_), len(expert_dirs))
         pairs = [(e.name, e.config.task) for e in experts_]
         progress("loading data", 0, 2)
-        train = routers.routing_data(pairs, "train", per_task, data_dir)
-        held = routers.routing_data(pairs, "validation", eval_per_task, data_dir)
+        train = routing_data(pairs, "train", per_task, data_dir)
+        held = routing_data(pairs, "validation", eval_per_task, data_dir)
         progress("loading data", 2, 2)
-        results = variants.sweep_layers(router_config, list(layers), backbone, train, held,
-                                        progress=progress)
+        results = sweep_layers(router_config, list(layers), backbone, train, held,
+                               progress=progress)
         if not job.commit():
-            raise routers.RouterError("router training cancelled at its end")
+            raise RouterError("router training cancelled at its end")
     except BaseException as exc:
         if built is not None:
             with contextlib.suppress(ValueError):     # the original error matters, not this one
@@ -337,13 +336,13 @@ def train_router_job(job: Job, router_config, layers: Sequence[int], backbone,
 
 def save_trained_router(result: dict, index: int, extra: dict | None = None) -> Path:
     """Save the router of layer ``result["results"][index]`` (a ``train_router_job`` result) into
-    its pack, with its metrics (``router.router_metrics``), the run's date and ``extra``; returns
+    its pack, with its metrics (``routing.router_metrics``), the run's date and ``extra``; returns
     the pack folder."""
-    from ..routing import router as routers
+    from ..routing import router_metrics
 
     chosen = result["results"][index]
-    metrics = routers.router_metrics(chosen, result["train_rows"], result["held_out_rows"],
-                                     result["sources"], sweep=result["results"])
+    metrics = router_metrics(chosen, result["train_rows"], result["held_out_rows"],
+                             result["sources"], sweep=result["results"])
     return result["workspace"].save_router(
         result["pack_name"], chosen["router"], result["names"], metrics, result["base"],
         extra={"created": result["created"], **(extra or {})},
@@ -351,19 +350,18 @@ def save_trained_router(result: dict, index: int, extra: dict | None = None) -> 
 
 
 def _replay_writer(model, result: dict):
-    """For an ngram router: a writer of its replay rows (add-expert grows it from them), from
-    the run's training rows; None for other variants or a result without them."""
+    """For a router whose pack keeps replay rows (ngram): a writer of them (add-expert grows it
+    from them), from the run's training rows; None for other variants or a result without them."""
     from ..moe import fit as poolfit
-    from ..routing import growth
-    from ..routing import registry as variants
+    from ..routing import extract_features, replay_sample, take, variant_spec
     from ..store import detector as poolfiles
 
     train, backbone = result.get("train"), result.get("backbone")
-    if model.config.variant != "ngram" or train is None or backbone is None:
+    if not variant_spec(model.config.variant).keeps_replay or train is None or backbone is None:
         return None
-    part = variants.take(train, growth.replay_sample(train.labels, poolfit.REPLAY_PER_TASK))
-    feats = variants.extract_features(backbone.model, backbone.tokenizer, part.texts,
-                                      part.text_pairs, model.config)
+    part = take(train, replay_sample(train.labels, poolfit.REPLAY_PER_TASK))
+    feats = extract_features(backbone.model, backbone.tokenizer, part.texts,
+                             part.text_pairs, model.config)
     sets = poolfit.replay_sets(model, feats, part.labels, None, None)
     return lambda folder: poolfiles.write_replay(folder, sets, result["names"],
                                                  backbone.info.to_dict(), "hidden")

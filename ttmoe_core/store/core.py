@@ -438,7 +438,7 @@ def _write_router(folder: Path, router, names: list[str], metrics: Mapping, base
 def read_router(path: Path, pack: Mapping) -> tuple[object, tensorfile.Header, dict]:
     """(RouterConfig, checked header, metrics) of the pack's router, from its JSON and the
     weights file's header: its tensors fit the config, the experts and the base model."""
-    from ..routing.router import RouterConfig, RouterError
+    from ..routing import RouterConfig, RouterError
 
     what = f"router of pack {path.name!r}"
     data = read_json(path / ROUTER_CONFIG_FILE, what, "router", ROUTER_FORMAT)
