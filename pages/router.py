@@ -152,7 +152,7 @@ def job_view(job_id: str, polling: bool) -> None:
         return
     result = job.result
     rows = [{"layer k": r["layer"], "held-out accuracy": r["report"].accuracy,
-             "cost (share of a pass)": r["cost"], "parameters": routing.router_params(r["router"])}
+             "cost (share of a pass)": r["cost"], "parameters": routing.params(r["router"])}
             for r in result["results"]]
     best = max(range(len(rows)), key=lambda i: rows[i]["held-out accuracy"])
     st.success(f"Trained {len(rows)} router(s) for {', '.join(result['names'])}: best "
@@ -214,7 +214,7 @@ else:
                               help="; ".join(f"{v}: {h}" for v, h in VARIANT_HELP.items()))
     col_a.caption(VARIANT_HELP[variant][0].upper() + VARIANT_HELP[variant][1:] + ".")
     layers = col_a.multiselect("Base layer(s) k", list(range(common.EMBEDDED_BASE.num_layers + 1)), default=[2],
-                               disabled=variant == "paper",
+                               disabled=routing.variant_spec(variant).last_layer_only,
                                help="One router per layer; the paper variant reads the last layer.")
     per_task = col_b.number_input("Training inputs per task", 10, 100_000, 300)
     held_out = col_b.number_input("Held-out inputs per task", 10, 10_000, 100)
@@ -229,7 +229,7 @@ else:
     if unknown:
         problems.append(f"{', '.join(unknown)}: trained on an uploaded file, not a known task, so "
                         "there is no task data to teach the router with.")
-    if variant != "paper" and not layers:
+    if not routing.variant_spec(variant).last_layer_only and not layers:
         problems.append("Choose at least one layer.")
     try:
         new_pack = ws.pack_dir(pack_name)

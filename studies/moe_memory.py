@@ -43,7 +43,7 @@ def main() -> int:
     from ttmoe_core import store
     from ttmoe_core.base import backbone
     from ttmoe_core.moe import TTLoRAMoE
-    from ttmoe_core.routing import router
+    from ttmoe_core.routing import RouterConfig, build
 
     torch.set_num_threads(1)
     start = rss()
@@ -61,8 +61,8 @@ def main() -> int:
             expert.name = f"{expert.name}-{i}"
             store.append_expert(pack, expert)
         if args.router_layer is not None:
-            trained = router.build_router(
-                router.RouterConfig(variant="mlp", layer=args.router_layer, hidden=64),
+            trained = build(
+                RouterConfig(variant="mlp", layer=args.router_layer, hidden=64),
                 len(experts), base.info.hidden_size, base.info.num_layers)
             store.save_router(pack, trained, [e.name for e in experts], {}, base.info)
         before = rss()

@@ -28,7 +28,7 @@ import torch
 from ttmoe_core import tasks
 from ttmoe_core.base import backbone, batching
 from ttmoe_core.base import partial as layers
-from ttmoe_core.routing.router import routing_data
+from ttmoe_core.routing import routing_data
 
 POOL = tuple(tasks.DEMO_TASKS)                      # mnli cola rte sst2 qnli qqp
 OUTSIDE = ("mrpc", "stsb", "cb", "boolq", "sick", "scitail", "winogrande_l", "csqa",

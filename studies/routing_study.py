@@ -27,10 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from routing_cache import CACHE, OUTSIDE
 
-from ttmoe_core import store
-from ttmoe_core.routing import detector as openworld
-from ttmoe_core.routing import ngram as router_v2
-from ttmoe_core.routing import router
+from ttmoe_core import routing, store
 
 PACK = Path(__file__).resolve().parents[1] / "assets" / "demo"
 NAMES = ["mnli", "cola", "rte", "sst2", "qnli", "qqp"]
@@ -65,10 +62,10 @@ def features(data: dict, variant: str, layer: int = 2) -> dict[str, torch.Tensor
     """Router inputs of cached rows for ``variant`` ("fusion" | "ngram" | "attn")."""
     pooled = data["pooled"][:, : layer + 1].float()
     if variant == "fusion":
-        return {"pooled": pooled, "surface": router.surface_features(data["texts"], data["pairs"])}
-    ids, weights = router_v2.ngram_features(data["texts"], data["pairs"])
+        return {"pooled": pooled, "surface": routing.surface_features(data["texts"], data["pairs"])}
+    ids, weights = routing.ngram_features(data["texts"], data["pairs"])
     return {"pooled": pooled, "seg": data["seg"][:, : layer + 1].float(), "ngram_ids": ids,
-            "ngram_w": weights, "flags": router_v2.text_flags(data["texts"], data["pairs"])}
+            "ngram_w": weights, "flags": routing.text_flags(data["texts"], data["pairs"])}
 
 
 def sentence_level(text: str) -> bool:
@@ -99,12 +96,9 @@ def train(variant: str, data: dict, idx=None, epochs: int = 20, hidden: int = 25
     rows = take(data, idx)
     start = time.time()
     feats = features(rows, variant)
-    cfg = router.RouterConfig(variant=variant, layer=2, hidden=hidden, epochs=epochs, seed=seed)
-    if variant == "ngram":
-        model = router_v2.build_ngram_router(cfg, len(NAMES), 384, 6)
-    else:
-        model = router.build_router(cfg, len(NAMES), 384, 6)
-    router.train_router(model, feats, rows["labels"])
+    cfg = routing.RouterConfig(variant=variant, layer=2, hidden=hidden, epochs=epochs, seed=seed)
+    model = routing.build(cfg, len(NAMES), 384, 6)
+    routing.train_router(model, feats, rows["labels"])
     return model, time.time() - start
 
 
@@ -214,7 +208,7 @@ class AttnNgram(torch.nn.Module):
 
     def __init__(self, cfg, heads: int = 4):
         super().__init__()
-        self.inner = router_v2.build_ngram_router(cfg, len(NAMES), 384, 6)
+        self.inner = routing.build(cfg, len(NAMES), 384, 6)
         self.config, self.generator = self.inner.config, self.inner.generator
         self.queries = torch.nn.Parameter(torch.zeros(3, heads, 384))
         self.norm = torch.nn.LayerNorm(3 * heads * 384)
@@ -255,7 +249,7 @@ def attn_logits(model, data: dict, feats: dict, batch: int = 256) -> torch.Tenso
 def cmd_attention(args) -> dict:
     """(b) on the 2,000/task rows (token states are cached for those): ngram vs ngram + attention."""
     data, held = load("train2k"), load("held")
-    cfg = router.RouterConfig(variant="ngram", layer=2, hidden=256, epochs=args.epochs)
+    cfg = routing.RouterConfig(variant="ngram", layer=2, hidden=256, epochs=args.epochs)
     model = AttnNgram(cfg)
     feats = features(data, "ngram")
     starts = torch.cat([torch.zeros(1, dtype=torch.long), data["lengths"].cumsum(0)[:-1]])
@@ -302,8 +296,8 @@ def final_router(args, seed: int = 0) -> tuple[torch.nn.Module, float]:
     SST-2 whole sentences, balanced to ``--cap`` rows a task; cached in <cache>/models."""
     suffix = (f"_e{args.epochs_all}" if args.epochs_all != 8 else "") + (f"_s{seed}" if seed else "")
     path = MODELS / f"final_{args.cap}{suffix}.pt"
-    cfg = router.RouterConfig(variant="ngram", layer=2, hidden=256, epochs=args.epochs_all, seed=seed)
-    model = router_v2.build_ngram_router(cfg, len(NAMES), 384, 6)
+    cfg = routing.RouterConfig(variant="ngram", layer=2, hidden=256, epochs=args.epochs_all, seed=seed)
+    model = routing.build(cfg, len(NAMES), 384, 6)
     if path.exists():
         saved = torch.load(path)
         model.load_state_dict(saved["state"])
@@ -323,9 +317,9 @@ def cmd_final(args) -> dict:
     out = assess(model, "ngram", seconds, f"ngram final, all rows (cap {args.cap:,}), SST-2 sentences")
     dev, held = load("dev"), load("held")
     dev_logits, held_logits = logits_of(model, "ngram", dev), logits_of(model, "ngram", held)
-    t = openworld.fit_temperature(dev_logits, dev["labels"])
-    ece = {f"T={tt:.2f}": openworld.expected_calibration_error(torch.softmax(held_logits / tt, -1),
-                                                                held["labels"]) for tt in (1.0, t)}
+    t = routing.fit_temperature(dev_logits, dev["labels"])
+    ece = {f"T={tt:.2f}": routing.expected_calibration_error(torch.softmax(held_logits / tt, -1),
+                                                             held["labels"]) for tt in (1.0, t)}
     nll = {f"T={tt:.2f}": float(torch.nn.functional.cross_entropy(held_logits / tt, held["labels"]))
            for tt in (1.0, t)}
     bias = torch.zeros(len(NAMES), requires_grad=True)
@@ -363,8 +357,8 @@ def route_timed(model, variant: str, data: dict, bb, repeats: int = 3) -> float:
     ``repeats``."""
     from ttmoe_core.base import backbone, batching
 
-    cfg = router.RouterConfig(variant=variant, layer=2)
-    extract = router_v2.batch_features if variant == "ngram" else router.batch_features
+    cfg = routing.RouterConfig(variant=variant, layer=2)
+    extract = routing.batch_features
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
@@ -410,16 +404,16 @@ def dense(data: dict) -> torch.Tensor:
     return torch.cat([data["pooled"][:, :3].flatten(1), data["seg"][:, :3].flatten(1)], 1).float()
 
 
-def pool_model(model, per_task: int = 2000) -> tuple[openworld.PoolScorer, openworld.NgramLM, float]:
+def pool_model(model, per_task: int = 2000) -> tuple[routing.PoolScorer, routing.NgramLM, float]:
     """Pool statistics and n-gram model from a seeded sample of the router's training rows."""
     start = time.time()
     data, keep = all_rows(sentences_only=True)
     keep = keep & ~rte_dev_rows(data)          # dev's RTE rows calibrate: never fitted on
     sample = torch.unique(balanced(data, per_task, seed=3, keep=keep))
     rows = take(data, sample)
-    scorer = openworld.PoolScorer.fit(dense(rows), rows["labels"], len(NAMES), bank_per_class=500,
-                                      dims=POOL_DIMS[0])
-    lm = openworld.NgramLM.fit(rows["texts"], rows["pairs"], rows["labels"], len(NAMES))
+    scorer = routing.PoolScorer.fit(dense(rows), rows["labels"], len(NAMES), bank_per_class=500,
+                                    dims=POOL_DIMS[0])
+    lm = routing.NgramLM.fit(rows["texts"], rows["pairs"], rows["labels"], len(NAMES))
     return scorer, lm, time.time() - start
 
 
@@ -453,7 +447,7 @@ def cmd_ood(args) -> dict:
     model, _ = final_router(args)
     scorer, lm, fit_seconds = pool_model(model)
     dev, held, out = load("dev"), load("held"), load("outside")
-    scorer.temperature = openworld.fit_temperature(logits_of(model, "ngram", dev), dev["labels"])
+    scorer.temperature = routing.fit_temperature(logits_of(model, "ngram", dev), dev["labels"])
     parts = {name: components(scorer, lm, model, d) for name, d in (("dev", dev), ("held", held), ("out", out))}
     fam = by_family(parts["out"], out, OUTSIDE)
     cal = {k: torch.cat([fam[f][k] for f in CALIBRATION]) for k in parts["dev"]}
@@ -467,10 +461,10 @@ def cmd_ood(args) -> dict:
           "|---|---|---|---|---|---|")
     for name, weights in candidates.items():
         threshold = scorer.calibrate(parts["dev"], args.false_flag, weights)
-        cal_auc = openworld.auroc(scorer.combine(parts["dev"]), scorer.combine(cal))
+        cal_auc = routing.auroc(scorer.combine(parts["dev"]), scorer.combine(cal))
         held_s = scorer.combine(parts["held"])
-        rep = openworld.ood_report(held_s, {f: scorer.combine(fam[f]) for f in EVALUATION}, threshold)
-        every = openworld.ood_report(held_s, {f: scorer.combine(fam[f]) for f in OUTSIDE}, threshold)
+        rep = routing.ood_report(held_s, {f: scorer.combine(fam[f]) for f in EVALUATION}, threshold)
+        every = routing.ood_report(held_s, {f: scorer.combine(fam[f]) for f in OUTSIDE}, threshold)
         results[name] = {"weights": weights, "calibration_auroc": cal_auc, "evaluation": rep,
                          "all_families": every}
         print(f"| {name} | {cal_auc:.3f} | {rep['auroc']:.3f} | {rep['false_flag']:.1%} | "
@@ -486,10 +480,10 @@ def cmd_ood(args) -> dict:
         print(f"  {f}: AUROC {r['auroc']:.3f}, caught {r['caught']:.1%} ({r['rows']} rows)"
               f"{' [calibration]' if f in CALIBRATION else ''}")
     base = shipped()
-    base_parts = {n: openworld.PoolScorer.components(scorer, dense(d), logits_of(base, "fusion", d))
+    base_parts = {n: routing.PoolScorer.components(scorer, dense(d), logits_of(base, "fusion", d))
                   for n, d in (("held", held), ("out", out))}
     base_fam = by_family(base_parts["out"], out, EVALUATION)
-    shipped_auc = {c: openworld.auroc(base_parts["held"][c], torch.cat([base_fam[f][c] for f in EVALUATION]))
+    shipped_auc = {c: routing.auroc(base_parts["held"][c], torch.cat([base_fam[f][c] for f in EVALUATION]))
                    for c in ("msp", "energy")}
     print("shipped fusion router, held vs evaluation families:", shipped_auc)
     return {"results": results, "chosen": chosen, "temperature": scorer.temperature,
@@ -507,7 +501,7 @@ def seven_way(pred: torch.Tensor, labels: torch.Tensor) -> dict:
 
 
 def cmd_grow(args) -> dict:
-    """A seventh expert (``--task``) added to the final router by ``growth.add_expert``."""
+    """A seventh expert (``--task``) added to the final router by ``growth.grow_router``."""
     from ttmoe_core.base import backbone
     from ttmoe_core.routing import growth
     from ttmoe_core.tasks import load_task
@@ -529,12 +523,12 @@ def cmd_grow(args) -> dict:
     enc = backbone.encode_rows(bb.tokenizer, rows.texts, rows.text_pairs, 128)
     from ttmoe_core.base import batching
 
-    cfg = router.RouterConfig(variant="ngram", layer=2)
+    cfg = routing.RouterConfig(variant="ngram", layer=2)
     parts, order = [], batching.plan(enc.lengths, 4096, 128)
     for batch_rows in order:
         part = enc.take(batch_rows)
-        parts.append(router_v2.batch_features(bb.model, enc.batch(batch_rows, "cpu"), part.texts,
-                                              part.text_pairs, cfg))
+        parts.append(routing.batch_features(bb.model, enc.batch(batch_rows, "cpu"), part.texts,
+                                            part.text_pairs, cfg))
     width = max(p["ngram_ids"].shape[1] for p in parts)
     new_feats = {}
     for key in parts[0]:
@@ -547,9 +541,9 @@ def cmd_grow(args) -> dict:
            "extract_seconds": extract_seconds, "old_before": seven_way(before, held["labels"])}
     for label, budget in (("no_budget", None), ("budget", dev_feats)):
         fit_start = time.time()
-        grown, info = growth.add_expert(model, replay_feats, replay["labels"], new_feats,
-                                        calibration=budget, max_capture=args.max_capture,
-                                        source=args.source)
+        grown, info = growth.grow_router(model, replay_feats, replay["labels"], new_feats,
+                                         calibration=budget, max_capture=args.max_capture,
+                                         source=args.source)
         after = logits_of(grown, "ngram", held).argmax(-1)
         new_pred = logits_of(grown, "ngram", new_val).argmax(-1)
         out[label] = {"fit_seconds": time.time() - fit_start,
@@ -564,7 +558,7 @@ def cmd_grow(args) -> dict:
     # the pool scorer grows the same way: one mean, its bank rows and its n-gram tables
     scorer, lm, _ = pool_model(model)
     dev = load("dev")
-    scorer.temperature = openworld.fit_temperature(logits_of(model, "ngram", dev), dev["labels"])
+    scorer.temperature = routing.fit_temperature(logits_of(model, "ngram", dev), dev["labels"])
     scorer.calibrate(components(scorer, lm, model, dev), args.false_flag,
                      {"energy": 1, "maha": 1, "knn": 1, "lm": 1})
     start = time.time()
@@ -591,9 +585,9 @@ def cmd_scratch(args) -> dict:
     f_old, f_new = features(old, "ngram"), features(new, "ngram")
     feats = {k: growth.cat_rows(f_old[k], f_new[k]) for k in f_old}
     labels = torch.cat([old["labels"], torch.full((len(new["texts"]),), len(NAMES))])
-    cfg = router.RouterConfig(variant="ngram", layer=2, hidden=256, epochs=args.epochs_all)
-    model = router_v2.build_ngram_router(cfg, len(NAMES) + 1, 384, 6)
-    router.train_router(model, feats, labels)
+    cfg = routing.RouterConfig(variant="ngram", layer=2, hidden=256, epochs=args.epochs_all)
+    model = routing.build(cfg, len(NAMES) + 1, 384, 6)
+    routing.train_router(model, feats, labels)
     seconds = time.time() - start
     held, val = load("held"), load(f"{args.task}_val")
     out = {"task": args.task, "seconds": seconds,

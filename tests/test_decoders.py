@@ -11,10 +11,9 @@ import pytest
 import torch
 
 from tests.tinymodels import SAMPLES, decoder_tokenizer, tiny_decoder, tiny_expert
-from ttmoe_core import experts, moe, store
+from ttmoe_core import experts, moe, routing, store
 from ttmoe_core.base import backbone
 from ttmoe_core.base import partial as layers
-from ttmoe_core.routing import router
 
 TEXTS = ["a short one", "the movie was far better than anybody expected it to be",
          "no", "two sentences here. and one more for length"]
@@ -136,7 +135,7 @@ def test_layer_prefix_costs_only_k_layers():
     try:
         batch = backbone.encode_rows(bb.tokenizer, TEXTS, PAIRS, 64).batch()
         with torch.no_grad():
-            router.base_states(bb.model, batch, 1)
+            routing.base_states(bb.model, batch, 1)
     finally:
         for hook in hooks:
             hook.remove()
@@ -198,8 +197,8 @@ def test_mixture_of_decoder_experts_answers_as_each_alone(llama, decoder_experts
     """A mixture whose experts pool differently (last / mean) answers every row, routed or
     forced, exactly as the expert alone; the routed pass starts from the router's layer."""
     last, mean = decoder_experts
-    trained = router.build_router(router.RouterConfig(variant="mlp", layer=1, hidden=8, seed=0),
-                                  2, llama.info.hidden_size, llama.info.num_layers)
+    trained = routing.build(routing.RouterConfig(variant="mlp", layer=1, hidden=8, seed=0),
+                            2, llama.info.hidden_size, llama.info.num_layers)
     mix = moe.TTLoRAMoE(llama, [last, mean], trained, max_length=32)
     texts = TEXTS * 2
     pairs = [None] * len(texts)

@@ -7,11 +7,10 @@ import time
 
 import torch
 
-from ttmoe_core import store, tt
+from ttmoe_core import routing, store, tt
 from ttmoe_core.base.backbone import BackboneInfo
 from ttmoe_core.experts import Expert, ExpertConfig
-from ttmoe_core.routing import router
-from ttmoe_core.routing.router import RouterReport
+from ttmoe_core.routing import RouterReport
 from ttmoe_core.services import jobs, runs
 from ttmoe_core.services.workspace import Workspace
 
@@ -141,8 +140,8 @@ def test_save_trained_router_stores_metrics_and_date(tmp_path):
     experts = ws.build_pack("p", [_expert("a"), _expert("b", task="cola")])
     results = [{"layer": k, "cost": k / 2, "report": RouterReport(
         accuracy=0.5 + k / 4, confusion=[[1, 1], [0, 2]], per_task={"a": 0.5, "b": 1.0}, rows=4,
-        history=[{"epoch": 1, "loss": 0.7}]), "router": router.build_router(
-            router.RouterConfig(variant="linear", layer=0), 2, hidden_size=8, num_layers=1)}
+        history=[{"epoch": 1, "loss": 0.7}]), "router": routing.build(
+            routing.RouterConfig(variant="linear", layer=0), 2, hidden_size=8, num_layers=1)}
         for k in (0, 1)]
     result = {"workspace": ws, "pack_name": "p", "results": results, "names": ["a", "b"],
               "train_rows": 10, "held_out_rows": 4, "sources": {"a": "sst2 validation"},
@@ -309,8 +308,8 @@ def _router_job(tmp_path, stage: str):
     folders = [store.save_expert(tiny_expert(bb, task, seed=i), tmp_path / "in" / task)
                for i, task in enumerate(("sst2", "rte"))]
     ws = Workspace(tmp_path / "ws")
-    config = router.RouterConfig(variant="mlp", layer=1, hidden=16, epochs=4, batch_size=32,
-                                 max_length=32)
+    config = routing.RouterConfig(variant="mlp", layer=1, hidden=16, epochs=4, batch_size=32,
+                                  max_length=32)
     job = CancelAt(stage, runs.train_router_job, config, [0, 1], bb, folders, ws, "p", 12, 6,
                    data_dir=SAMPLES)
     assert job.wait(120)

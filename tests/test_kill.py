@@ -30,9 +30,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ttmoe_core import store
+from ttmoe_core import routing, store
 from ttmoe_core.files import safefs
-from ttmoe_core.routing import router
 
 TRACED = (safefs.__file__, shutil.__file__)       # where the file-system steps are
 # "…, backup": as where the OS cannot swap two folders in one step (backup + rename + recover)
@@ -42,9 +41,9 @@ STEP_TRIALS, TIMED_TRIALS = 6, 3          # per kind, + one per line of the publ
 OLD, NEW = {"accuracy": 0.25}, {"accuracy": 0.75}
 
 
-def _router(seed: int) -> router.Router:
-    return router.build_router(router.RouterConfig(variant="linear", layer=0, seed=seed), 2,
-                               hidden_size=8, num_layers=1)
+def _router(seed: int) -> routing.Router:
+    return routing.build(routing.RouterConfig(variant="linear", layer=0, seed=seed), 2,
+                         hidden_size=8, num_layers=1)
 
 
 def _operation(kind: str, src: Path, target: Path):

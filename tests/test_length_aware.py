@@ -10,11 +10,10 @@ import pytest
 import torch
 
 from tests.tinymodels import SAMPLES, tiny_bert, tiny_expert
-from ttmoe_core import adapters, experts, store, tasks
+from ttmoe_core import adapters, experts, routing, store, tasks
 from ttmoe_core.base import backbone
 from ttmoe_core.moe import TTLoRAMoE
 from ttmoe_core.moe.pool import ExpertPool
-from ttmoe_core.routing import router
 
 MAX_LENGTH = 24
 
@@ -52,15 +51,15 @@ def test_expert_evaluation_in_micro_batches_equals_row_by_row(bb, rows):
 def test_router_features_in_micro_batches_equal_row_by_row(bb, rows):
     texts, pairs = rows
     for variant in ("fusion", "paper"):
-        config = router.RouterConfig(variant=variant, layer=1, max_length=MAX_LENGTH).resolved(2)
+        config = routing.RouterConfig(variant=variant, layer=1, max_length=MAX_LENGTH).resolved(2)
         model = copy_double(bb.model)
         done = []
-        feats = router.extract_features(model, bb.tokenizer, texts, pairs, config, batch_size=4,
-                                        max_tokens=50, progress=lambda d, n: done.append((d, n)))
+        feats = routing.extract_features(model, bb.tokenizer, texts, pairs, config, batch_size=4,
+                                         max_tokens=50, progress=lambda d, n: done.append((d, n)))
         assert done[-1] == (len(texts), len(texts)) and len(done) > 2
         for i, (text, pair) in enumerate(zip(texts, pairs)):
             batch = backbone.tokenize(bb.tokenizer, [text], [pair], MAX_LENGTH, bb.device)
-            alone = router.batch_features(model, batch, [text], [pair], config)
+            alone = routing.batch_features(model, batch, [text], [pair], config)
             for key, value in alone.items():
                 torch.testing.assert_close(feats[key][i], value[0].cpu().float(), rtol=0,
                                            atol=1e-6)

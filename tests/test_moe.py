@@ -15,11 +15,10 @@ from torch import nn
 
 from tests.threads import run_together
 from tests.tinymodels import SAMPLES, random_expert, tiny_bert, tiny_expert, tiny_router
-from ttmoe_core import experts, moe, tasks
+from ttmoe_core import experts, moe, routing, tasks
 from ttmoe_core.base import backbone
 from ttmoe_core.base import partial as layers
 from ttmoe_core.base.backbone import BackboneInfo, mean_pool
-from ttmoe_core.routing import router
 
 MAX_LENGTH = 128
 
@@ -37,7 +36,7 @@ def three(bb) -> list[experts.Expert]:
 
 
 @pytest.fixture(scope="module")
-def trained_router(bb, three) -> router.Router:
+def trained_router(bb, three) -> routing.Router:
     return tiny_router(bb, three, variant="mlp", layers=(1,), epochs=3)[0]
 
 
@@ -377,11 +376,11 @@ def test_experts_refused_on_another_backbone(three):
 # ----------------------------------------------------------------------------- evaluation
 
 
-class LookupRouter(router.Router):
+class LookupRouter(routing.Router):
     """A router that is always right: one-hot logits looked up from the row's surface features."""
 
     def __init__(self, table: dict[bytes, int], num_experts: int, hidden_size: int):
-        super().__init__(router.RouterConfig(variant="fusion", layer=0), num_experts, hidden_size)
+        super().__init__(routing.RouterConfig(variant="fusion", layer=0), num_experts, hidden_size)
         self.table = table
         self.dummy = nn.Parameter(torch.zeros(1))   # the mixture reads the router's dtype
 
@@ -433,7 +432,7 @@ def test_always_right_router_makes_mixture_equal_oracle(bb, three):
     table = {}
     for idx, (_, task) in enumerate(pairs):
         data = tasks.load_task(task, "validation", data_dir=SAMPLES, limit=per_task, seed=0)
-        surface = router.surface_features(data.texts, data.text_pairs)
+        surface = routing.surface_features(data.texts, data.text_pairs)
         for row in surface:
             table[LookupRouter.key(row)] = idx
     assert len(table) == per_task * len(pairs)
@@ -499,12 +498,12 @@ def test_pack_on_another_base_model_is_refused(tmp_path):
 def test_route_pass_reads_the_base_model_with_adapters_off(bb, routed, rows):
     texts, pairs = [t for _, t, _ in rows], [p for _, _, p in rows]
     batch, _ = backbone.tokenize_mixed(bb.tokenizer, texts, pairs, MAX_LENGTH, bb.device)
-    cfg = router.RouterConfig(variant="mlp", layer=2).resolved(bb.info.num_layers)
+    cfg = routing.RouterConfig(variant="mlp", layer=2).resolved(bb.info.num_layers)
     from ttmoe_core.adapters import use_row_halves
 
     halves = routed.pool.gather(torch.zeros(len(texts), dtype=torch.long)).halves
     with use_row_halves(halves):        # even inside a forward whose rows have experts
-        feats = router.batch_features(routed.encoder, batch, texts, pairs, cfg)
+        feats = routing.batch_features(routed.encoder, batch, texts, pairs, cfg)
     with torch.no_grad():
         plain = layers.hidden_states(bb.model, batch, 2)
     want = torch.stack([mean_pool(h, batch["attention_mask"]) for h in plain], 1)

@@ -15,10 +15,9 @@ import pytest
 import torch
 
 from tests.tinymodels import SAMPLES, saved_tiny_bert, tiny_expert, tree_hashes
-from ttmoe_core import cli, store
+from ttmoe_core import cli, routing, store
 from ttmoe_core.moe import TTLoRAMoE
 from ttmoe_core.moe import fit as poolfit
-from ttmoe_core.routing import registry as routers
 from ttmoe_core.store import detector as poolfiles
 
 TEXTS = ["The acting was wooden and the plot made no sense.", "I loved every minute of it.",
@@ -266,12 +265,11 @@ def test_retraining_the_router_removes_its_stale_detector(pack_copy):
 
 
 def test_router_page_jobs_write_replay_rows_for_ngram_routers(base, tmp_path):
-    from ttmoe_core.routing import router
     from ttmoe_core.services import runs
 
     pairs = [("cola", "cola"), ("sst2", "sst2")]
-    train = router.routing_data(pairs, "train", 20, SAMPLES)
-    model = routers.build(router.RouterConfig(variant="ngram", layer=1, hidden=8), 2,
+    train = routing.routing_data(pairs, "train", 20, SAMPLES)
+    model = routing.build(routing.RouterConfig(variant="ngram", layer=1, hidden=8), 2,
                           base.info.hidden_size, base.info.num_layers)
     result = {"train": train, "backbone": base, "names": ["cola", "sst2"]}
     writer = runs._replay_writer(model, result)
@@ -280,7 +278,7 @@ def test_router_page_jobs_write_replay_rows_for_ngram_routers(base, tmp_path):
     source, sets = poolfiles.read_replay(tmp_path, manifest, 2)
     assert source == "hidden" and sets["replay"]["labels"].tolist().count(0) == 20
     assert sets["replay"]["phi_hidden"].shape == (40, 8) and "calibration" not in sets
-    fusion = routers.build(router.RouterConfig(variant="fusion", layer=1, hidden=8), 2,
+    fusion = routing.build(routing.RouterConfig(variant="fusion", layer=1, hidden=8), 2,
                            base.info.hidden_size, base.info.num_layers)
     assert runs._replay_writer(fusion, result) is None
 
@@ -295,18 +293,16 @@ def test_replay_round_trip_is_exact_for_ngrams(tmp_path):
 
 
 def test_recipe_rows_balance_and_sentences():
-    from ttmoe_core.routing.router import RoutingData
-
     texts = ["a phrase", "this is a whole sentence with eight words .", "short one !",
              "x", "y", "z"]
-    data = RoutingData(texts, [None] * 6, torch.tensor([0, 0, 0, 1, 1, 1]), ["sst2", "cola"], {})
-    rows, index = routers.recipe_rows(data, [("sst2", "sst2"), ("cola", "cola")], cap=4)
+    data = routing.RoutingData(texts, [None] * 6, torch.tensor([0, 0, 0, 1, 1, 1]), ["sst2", "cola"], {})
+    rows, index = routing.recipe_rows(data, [("sst2", "sst2"), ("cola", "cola")], cap=4)
     chosen = [rows.texts[i] for i in index.tolist()]
     assert chosen[:4] == [texts[1]] * 4                   # sst2: only its whole sentence, repeated
     assert len(chosen[4:]) == 4 and set(chosen[4:]) == {"x", "y", "z"}   # all, one repeated
     assert len(set(rows.texts)) == len(rows.texts)        # features once a row
-    assert routers.sentence_level("It was great fun to watch , really .")
-    assert not routers.sentence_level("great fun")
+    assert routing.sentence_level("It was great fun to watch , really .")
+    assert not routing.sentence_level("great fun")
 
 
 # ----------------------------------------------------------------------------- the demo pack

@@ -13,8 +13,7 @@ import pytest
 from test_jobs import _expert
 
 from tests.tinymodels import tree_hashes
-from ttmoe_core import store
-from ttmoe_core.routing import router
+from ttmoe_core import routing, store
 from ttmoe_core.services import workspace
 from ttmoe_core.services.workspace import Workspace
 from ttmoe_core.store import StoreError
@@ -51,9 +50,9 @@ def ws(tmp_path) -> Workspace:
     return space
 
 
-def _linear_router(num_experts: int = 1) -> router.Router:
-    return router.build_router(router.RouterConfig(variant="linear", layer=0), num_experts,
-                               hidden_size=8, num_layers=1)
+def _linear_router(num_experts: int = 1) -> routing.Router:
+    return routing.build(routing.RouterConfig(variant="linear", layer=0), num_experts,
+                         hidden_size=8, num_layers=1)
 
 
 def _refused(call) -> None:

@@ -11,11 +11,8 @@ import torch
 from torch import nn
 
 from tests.tinymodels import SAMPLES, tiny_bert
-from ttmoe_core import baselines, experts, tasks
-from ttmoe_core.routing import ngram as router_v2
-from ttmoe_core.routing import registry as routers
-from ttmoe_core.routing import router
-from ttmoe_core.routing.router import SURFACE_DIM, RouterConfig
+from ttmoe_core import baselines, experts, routing, tasks
+from ttmoe_core.routing import SURFACE_DIM, RouterConfig
 from ttmoe_core.runtime import rng
 
 HIDDEN, LAYERS, EXPERTS = 16, 2, 3
@@ -55,16 +52,16 @@ def _features(seed: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
              "surface": torch.randn(n, 2 * SURFACE_DIM + 6, generator=g),
              # the ngram variant's inputs
              "seg": torch.randn(n, LAYERS + 1, 2, HIDDEN, generator=g) + labels[:, None, None, None],
-             "ngram_ids": torch.randint(0, 4 * router_v2.BUCKETS, (n, 6), generator=g),
+             "ngram_ids": torch.randint(0, 4 * routing.BUCKETS, (n, 6), generator=g),
              "ngram_w": torch.rand(n, 6, generator=g),
-             "flags": torch.randn(n, router_v2.FLAGS, generator=g)}, labels)
+             "flags": torch.randn(n, routing.FLAGS, generator=g)}, labels)
 
 
 def _train_router(variant: str, seed: int) -> tuple[list[dict], dict[str, torch.Tensor]]:
     feats, labels = _features(seed)
     config = RouterConfig(variant=variant, layer=1, hidden=16, epochs=8, batch_size=16, seed=seed)
-    model = routers.build(config, EXPERTS, HIDDEN, LAYERS)
-    return router.train_router(model, feats, labels), model.state_dict()
+    model = routing.build(config, EXPERTS, HIDDEN, LAYERS)
+    return routing.train_router(model, feats, labels), model.state_dict()
 
 
 def _concurrently(*jobs: Callable[[], object]) -> list[object]:
@@ -196,7 +193,7 @@ def test_two_expert_trainings_in_threads_equal_sequential_runs(bb, sst2_cola):
     assert all(_same_expert(s, c) for s, c in zip(sequential, concurrent))
 
 
-@pytest.mark.parametrize("variant", router.VARIANTS)
+@pytest.mark.parametrize("variant", routing.VARIANTS)
 def test_router_training_leaves_the_global_rng_alone(variant):
     torch.manual_seed(7)
     state = torch.get_rng_state()

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from tests.test_report import synthetic_results
 from ttmoe_core import report
 from ttmoe_core.report import sessions
-from ttmoe_core.report.plan import ReportError
 from ttmoe_core.report.experiment import Run
+from ttmoe_core.report.plan import ReportError
 from ttmoe_core.report.run import EXPERIMENTS
 from ttmoe_core.runtime import runinfo
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from tests.tinymodels import SAMPLES, tiny_bert
+from ttmoe_core import routing
 from ttmoe_core.base import backbone
 from ttmoe_core.base import partial as layers
-from ttmoe_core.routing import router
-from ttmoe_core.routing.router import SURFACE_DIM, RouterConfig, RouterError
+from ttmoe_core.routing import SURFACE_DIM, RouterConfig, RouterError
 
 HIDDEN, LAYERS, EXPERTS = 16, 2, 3
 
@@ -33,25 +33,25 @@ def synthetic_features(n_per_class: int, seed: int) -> tuple[dict[str, torch.Ten
     return feats, labels
 
 
-@pytest.mark.parametrize("variant", sorted(router.ROUTERS))     # ngram: tests/test_router_v2.py
+@pytest.mark.parametrize("variant", sorted(routing.ROUTERS))     # ngram: tests/test_ngram.py
 def test_each_variant_learns_separable_features(variant):
     train, train_labels = synthetic_features(40, seed=0)
     held, held_labels = synthetic_features(20, seed=1)
     cfg = RouterConfig(variant=variant, layer=1, hidden=32, epochs=30, batch_size=32, lr=1e-2)
-    model = router.build_router(cfg, EXPERTS, HIDDEN, LAYERS)
-    assert isinstance(model, router.ROUTERS[variant])
-    assert router.router_params(model) > 0
-    history = router.train_router(model, train, train_labels)
+    model = routing.build(cfg, EXPERTS, HIDDEN, LAYERS)
+    assert isinstance(model, routing.ROUTERS[variant])
+    assert routing.params(model) > 0
+    history = routing.train_router(model, train, train_labels)
     assert len(history) == cfg.epochs and history[-1]["loss"] < history[0]["loss"]
     assert not model.training
-    report = router.evaluate_router(model, held, held_labels, ["a", "b", "c"])
+    report = routing.evaluate_router(model, held, held_labels, ["a", "b", "c"])
     assert report.accuracy >= 0.9, report
     assert report.rows == len(held_labels)
 
 
 def test_paper_router_noise_only_in_training():
     feats, _ = synthetic_features(5, seed=0)
-    model = router.build_router(RouterConfig(variant="paper"), EXPERTS, HIDDEN, LAYERS)
+    model = routing.build(RouterConfig(variant="paper"), EXPERTS, HIDDEN, LAYERS)
     model.train()
     a, b = model(feats), model(feats)
     assert not torch.equal(a, b)
@@ -74,7 +74,7 @@ def test_resolved_errors(cfg):
     with pytest.raises(RouterError):
         cfg.resolved(LAYERS)
     with pytest.raises(RouterError):
-        router.build_router(cfg, EXPERTS, HIDDEN, LAYERS)
+        routing.build(cfg, EXPERTS, HIDDEN, LAYERS)
 
 
 def test_config_round_trip_and_unknown_keys():
@@ -116,8 +116,8 @@ def test_hidden_states_prefix_equals_transformers_output(bb):
 @pytest.fixture(scope="module")
 def routing_sets():
     names = [("sst2", "sst2"), ("mnli", "mnli"), ("cola", "cola")]
-    return (router.routing_data(names, "train", 10, SAMPLES, 0),
-            router.routing_data(names, "validation", 6, SAMPLES, 0))
+    return (routing.routing_data(names, "train", 10, SAMPLES, 0),
+            routing.routing_data(names, "validation", 6, SAMPLES, 0))
 
 
 def test_routing_data_labels(routing_sets):
@@ -129,7 +129,7 @@ def test_routing_data_labels(routing_sets):
     assert held.labels.shape[0] == 18
 
 
-def check_report(report: router.RouterReport, rows: int, names: list[str]) -> None:
+def check_report(report: routing.RouterReport, rows: int, names: list[str]) -> None:
     confusion = torch.tensor(report.confusion)
     assert confusion.shape == (len(names), len(names))
     assert int(confusion.sum()) == rows == report.rows
@@ -143,7 +143,7 @@ def check_report(report: router.RouterReport, rows: int, names: list[str]) -> No
 def test_sweep_layers_one_result_per_layer(bb, routing_sets, variant):
     train, held = routing_sets
     cfg = RouterConfig(variant=variant, hidden=16, epochs=3)
-    results = router.sweep_layers(cfg, [0, 1, 2], bb, train, held)
+    results = routing.sweep_layers(cfg, [0, 1, 2], bb, train, held)
     assert [r["layer"] for r in results] == [0, 1, 2]
     for r in results:
         assert r["cost"] == pytest.approx(r["layer"] / bb.info.num_layers)
@@ -152,27 +152,20 @@ def test_sweep_layers_one_result_per_layer(bb, routing_sets, variant):
         check_report(r["report"], len(held.labels), train.names)
 
 
-def test_routers_registry_builds_and_sweeps_every_variant(bb, routing_sets):
-    from ttmoe_core.routing import ngram as router_v2
-    from ttmoe_core.routing import registry as routers
-
-    assert set(routers.VARIANTS) == set(router.ROUTERS) | {"ngram"}
-    with pytest.raises(RouterError, match="routers.build"):
-        router.build_router(RouterConfig(variant="ngram"), EXPERTS, HIDDEN, LAYERS)
+def test_sweep_layers_of_the_ngram_variant(bb, routing_sets):
+    assert set(routing.VARIANTS) == set(routing.ROUTERS) | {"ngram"}
     train, held = routing_sets
-    results = routers.sweep_layers(RouterConfig(variant="ngram", hidden=16, epochs=3), [0, 1], bb,
+    results = routing.sweep_layers(RouterConfig(variant="ngram", hidden=16, epochs=3), [0, 1], bb,
                                    train, held)
     assert [r["layer"] for r in results] == [0, 1]
     for r in results:
-        assert isinstance(r["router"], router_v2.NgramFusionRouter)
+        assert isinstance(r["router"], routing.NgramFusionRouter)
         check_report(r["report"], len(held.labels), train.names)
-    assert routers.features_fn(RouterConfig(variant="ngram")) is router_v2.batch_features
-    assert routers.features_fn(RouterConfig(variant="fusion")) is router.batch_features
 
 
 def test_sweep_paper_uses_last_layer_only(bb, routing_sets):
     train, held = routing_sets
-    results = router.sweep_layers(RouterConfig(variant="paper", epochs=2), [0, 1], bb, train, held)
+    results = routing.sweep_layers(RouterConfig(variant="paper", epochs=2), [0, 1], bb, train, held)
     assert len(results) == 1
     assert results[0]["layer"] == bb.info.num_layers and results[0]["cost"] == 1.0
     check_report(results[0]["report"], len(held.labels), train.names)
@@ -180,8 +173,8 @@ def test_sweep_paper_uses_last_layer_only(bb, routing_sets):
 
 def test_evaluate_router_confusion_matches_predictions():
     feats, labels = synthetic_features(7, seed=3)
-    model = router.build_router(RouterConfig(variant="linear", layer=0), EXPERTS, HIDDEN, LAYERS)
-    report = router.evaluate_router(model, feats, labels, ["a", "b", "c"])
+    model = routing.build(RouterConfig(variant="linear", layer=0), EXPERTS, HIDDEN, LAYERS)
+    report = routing.evaluate_router(model, feats, labels, ["a", "b", "c"])
     check_report(report, len(labels), ["a", "b", "c"])
     with torch.no_grad():
         pred = model(feats).argmax(-1)
@@ -194,14 +187,14 @@ def test_evaluate_router_confusion_matches_predictions():
 def test_surface_features():
     texts = ["Hello world.", "hello world.", "A pair"]
     pairs = [None, None, "Second part"]
-    a = router.surface_features(texts, pairs)
-    b = router.surface_features(texts, pairs)
+    a = routing.surface_features(texts, pairs)
+    b = routing.surface_features(texts, pairs)
     assert a.shape == (3, 2 * SURFACE_DIM + 6) and a.dtype == torch.float32
     assert torch.equal(a, b)
     assert not torch.equal(a[0], a[1])            # case is visible
     assert torch.equal(a[0, SURFACE_DIM:2 * SURFACE_DIM], torch.zeros(SURFACE_DIM))  # no pair
     assert float(a[2, SURFACE_DIM:2 * SURFACE_DIM].abs().sum()) > 0
-    assert torch.equal(router.surface_features(texts[:2], None), a[:2])
-    single = router.surface_features(["Hello"], None)
-    lower = router.surface_features(["hello"], None)
+    assert torch.equal(routing.surface_features(texts[:2], None), a[:2])
+    single = routing.surface_features(["Hello"], None)
+    lower = routing.surface_features(["hello"], None)
     assert not torch.equal(single, lower)

@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 from test_jobs import _expert
 
-from ttmoe_core import store
-from ttmoe_core.routing import router
+from ttmoe_core import routing, store
 from ttmoe_core.services import workspace
 from ttmoe_core.services.workspace import Workspace, WorkspaceError
 from ttmoe_core.store import CONFIG_FILE, WEIGHTS_FILE
@@ -33,9 +32,9 @@ def sentinel(tmp_path) -> Path:
     return store.save_expert(_expert("sentinel"), tmp_path / "outside" / "sentinel")
 
 
-def _router(num_experts: int = 2) -> router.Router:
-    return router.build_router(router.RouterConfig(variant="linear", layer=0), num_experts,
-                               hidden_size=8, num_layers=1)
+def _router(num_experts: int = 2) -> routing.Router:
+    return routing.build(routing.RouterConfig(variant="linear", layer=0), num_experts,
+                         hidden_size=8, num_layers=1)
 
 
 # ----------------------------------------------------------------------------- listing

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import torch
 
-from ttmoe_core import experts, store
+from ttmoe_core import experts, routing, store
 from ttmoe_core.base import backbone
-from ttmoe_core.routing import router
 
 SAMPLES = Path(__file__).resolve().parents[1] / "assets" / "samples"
 
@@ -67,8 +66,8 @@ def routing_sets(expert_list: Sequence[experts.Expert], per_task: int = 12,
                  eval_per_task: int = 6, seed: int = 0):
     """(train, held-out) RoutingData for the experts' tasks from the samples."""
     pairs = [(e.name, e.config.task) for e in expert_list]
-    return (router.routing_data(pairs, "train", per_task, SAMPLES, seed),
-            router.routing_data(pairs, "validation", eval_per_task, SAMPLES, seed))
+    return (routing.routing_data(pairs, "train", per_task, SAMPLES, seed),
+            routing.routing_data(pairs, "validation", eval_per_task, SAMPLES, seed))
 
 
 def tiny_router(bb: backbone.Backbone, expert_list: Sequence[experts.Expert],
@@ -76,9 +75,9 @@ def tiny_router(bb: backbone.Backbone, expert_list: Sequence[experts.Expert],
                 per_task: int = 12, eval_per_task: int = 6, seed: int = 0) -> tuple:
     """(router, report, train data) of the best layer of a small ``sweep_layers`` run."""
     train, held = routing_sets(expert_list, per_task, eval_per_task, seed)
-    config = router.RouterConfig(variant=variant, hidden=16, epochs=epochs, batch_size=32,
-                                 seed=seed, max_length=64)
-    results = router.sweep_layers(config, list(layers), bb, train, held)
+    config = routing.RouterConfig(variant=variant, hidden=16, epochs=epochs, batch_size=32,
+                                  seed=seed, max_length=64)
+    results = routing.sweep_layers(config, list(layers), bb, train, held)
     best = max(results, key=lambda r: r["report"].accuracy)
     return best["router"], best["report"], train
 

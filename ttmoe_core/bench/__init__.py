@@ -18,10 +18,10 @@ from .adapters import (
                        format_adapters,
                        synthetic_batch,
 )
+from .expert_pools import random_pool, rss_in_fresh_process, upper_layer_experts
 from .jobs import JOBS_DEFAULTS, JOBS_QUICK, bench_jobs, format_jobs
 from .moe import DEMO_PACK, MOE_DEFAULTS, MOE_QUICK, bench_moe, format_moe, mixed_rows
 from .paper import GateWeightedMoE, GateWeightedTTLoRA, max_logit_difference
-from .expert_pools import random_pool, rss_in_fresh_process, upper_layer_experts
 from .results import TARGETS, ratio_check
 from .serve import SERVE_DEFAULTS, SERVE_QUICK, bench_serve, format_serve
 from .timing import (

@@ -26,8 +26,7 @@ from ..base.backbone import Backbone, encode_rows, load_backbone
 from ..experts import Expert
 from ..moe import TTLoRAMoE
 from ..moe.pool import CHUNK_ROWS, ExpertCard, ExpertPool, open_pack
-from ..routing.registry import build
-from ..routing.router import Router
+from ..routing import Router, build, variant_spec
 from ..runtime.runinfo import rss_mib
 
 REPO = Path(__file__).resolve().parents[2]
@@ -58,8 +57,9 @@ def random_router(like: Router, num_experts: int, hidden_size: int, num_layers: 
     ``ngram`` router's n-gram table holds 262,144 × E weights (2.6 G for E = 10,000): large pools
     are routed by a ``fusion`` router reading the same layers instead (same base-model cost)."""
     config = dataclasses.replace(like.config, seed=seed, added_experts=0)
-    if config.variant == "ngram":
-        config = dataclasses.replace(config, variant="fusion")
+    stand_in = variant_spec(config.variant).stand_in
+    if stand_in is not None:
+        config = dataclasses.replace(config, variant=stand_in)
     return build(config, num_experts, hidden_size, num_layers).eval()
 
 

@@ -17,8 +17,8 @@ from ..base.backbone import Backbone, tokenize_mixed
 from ..experts import build_expert_model
 from ..moe import TTLoRAMoE
 from ..runtime.runinfo import load_average
-from .paper import GateWeightedMoE, max_logit_difference
 from .expert_pools import random_pool
+from .paper import GateWeightedMoE, max_logit_difference
 from .results import envelope, header_lines, mib, ms, ratio_lines, ratios_and_targets
 from .timing import memory_note, peak_memory, time_interleaved
 

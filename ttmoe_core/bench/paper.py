@@ -20,7 +20,7 @@ from .. import tt
 from ..adapters import GatheredTTLinear, current_expert_index, replace_submodule, use_experts
 from ..base.backbone import pool
 from ..moe import TTLoRAMoE
-from ..routing.registry import batch_features
+from ..routing import batch_features
 
 
 def per_row_logits(encoder: nn.Module, head_weight: torch.Tensor, head_bias: torch.Tensor,

@@ -31,8 +31,6 @@ from ..base.backbone import Backbone, default_pooling, default_targets, encode_r
 from ..moe import TTLoRAMoE
 from ..runtime import rng
 from ..runtime.runinfo import load_average
-from .moe import mixed_rows
-from .paper import GateWeightedMoE
 from .expert_pools import (
     random_experts,
     random_pool,
@@ -41,6 +39,8 @@ from .expert_pools import (
     upper_layer_experts,
     write_pack,
 )
+from .moe import mixed_rows
+from .paper import GateWeightedMoE
 from .results import envelope, header_lines, ms, ratio_lines, ratios_and_targets
 from .timing import time_interleaved, time_paired
 

@@ -35,7 +35,7 @@ def cmd_train_router(args: argparse.Namespace) -> int:
     pack = load_pack(args.pack)
     epochs = args.epochs or (8 if args.all_rows else 60)
     config = routing.RouterConfig(variant=args.variant, hidden=args.hidden, epochs=epochs,
-                                     lr=args.lr, seed=args.seed, max_length=args.max_length)
+                                  lr=args.lr, seed=args.seed, max_length=args.max_length)
     if args.all_rows and len(args.layer) != 1:
         raise UsageError("--all-rows trains one router: give one --layer")
     progress = None if args.quiet else stage_printer()
@@ -43,7 +43,7 @@ def cmd_train_router(args: argparse.Namespace) -> int:
         backbone = load_backbone(pack.base_model["name"], device=args.device)
         for layer in args.layer:      # the paper variant reads the last layer, but not a wrong one
             routing.RouterConfig(**{**config.to_dict(), "layer": layer,
-                                       "variant": "linear"}).resolved(backbone.info.num_layers)
+                                    "variant": "linear"}).resolved(backbone.info.num_layers)
         pack = store.load_pack(args.pack, expected_fingerprint=backbone.info.fingerprint)
         check_max_length(backbone, args.max_length)
         pairs = [(e.name, e.config.task) for e in pack.experts]
@@ -59,13 +59,13 @@ def cmd_train_router(args: argparse.Namespace) -> int:
         else:
             train = routing.routing_data(pairs, "train", args.per_task, args.data_dir, args.seed)
             held = routing.routing_data(pairs, "validation", args.eval_per_task, args.data_dir,
-                                           args.seed)
+                                        args.seed)
             results = routing.sweep_layers(config, args.layer, backbone, train, held, progress)
             train_rows = len(train.labels)
         best = max(results, key=lambda r: r["report"].accuracy)
         model = best["router"]
         companions = None
-        if args.variant == "ngram":
+        if routing.variant_spec(args.variant).keeps_replay:
             idx = routing.replay_sample(train.labels, moe.REPLAY_PER_TASK, args.seed)
             part = routing.take(train, idx)
             feats = routing.extract_features(backbone.model, backbone.tokenizer, part.texts,
@@ -84,7 +84,7 @@ def cmd_train_router(args: argparse.Namespace) -> int:
     except TTMoEError as exc:
         raise UsageError(str(exc)) from None
     metrics = routing.router_metrics(best, train_rows, len(held.labels), held.sources,
-                                        sweep=results)
+                                     sweep=results)
     if args.all_rows:
         metrics["recipe"] = {"all_rows": True, "cap": args.cap, "sst2_sentences": args.sst2_sentences,
                              "epochs": epochs, "distinct_rows": len(train.texts)}

@@ -1,15 +1,15 @@
 """A pack's open-world routing: calibrate its out-of-pool detector, report it, grow the pack.
 
-- ``calibrate_pool``: fit ``openworld.PoolScorer`` + ``NgramLM`` on training rows of the pack's
+- ``calibrate_pool``: fit ``PoolScorer`` + ``NgramLM`` on training rows of the pack's
   tasks, the router's temperature and the components' z-scores on calibration rows (``dev``:
-  rows the router never trained on, ``routers.routing_splits``), the components' weights by
+  rows the router never trained on, ``routing_splits``), the components' weights by
   logistic regression of dev rows against rows of *calibration families* (tasks of the data
   folder outside the pack), the threshold at the ``false_flag`` quantile of dev scores; reports
   AUROC and false flags on the held-out rows against the *evaluation families* (never used for a
   choice). Writes pool.safetensors + pool_config.json (``poolfiles``) in one step.
 - ``openworld_report``: the same figures for a loaded mixture (``eval-moe``).
 - ``add_expert``: a trained expert folder added to the pack without retraining the router:
-  ``routers.grow`` on the pack's replay rows (old experts' logits frozen, a capture budget on
+  ``grow`` on the pack's replay rows (old experts' logits frozen, a capture budget on
   its calibration rows), the detector's new task (``PoolModel.add_class``); the old experts'
   files are not rewritten (byte-identical), everything else changes in one step.
 """
@@ -24,10 +24,25 @@ import torch
 
 from .. import store, tasks
 from ..errors import PoolFitError
-from ..routing import detector as openworld
-from ..routing import growth
-from ..routing import registry as routers
-from ..routing.router import RouterConfig, RoutingData
+from ..routing import (
+    GrownRouter,
+    NgramLM,
+    PoolModel,
+    PoolScorer,
+    RouterConfig,
+    RoutingData,
+    cached_outputs,
+    cat_rows,
+    extract_features,
+    fit_temperature,
+    grow,
+    ood_report,
+    pool_dense,
+    recipe_rows,
+    replay_sample,
+    routing_data,
+    routing_splits,
+)
 from ..store import detector as poolfiles
 
 # the routing study's split of the data folder's other task families (ROUTING_STUDY.md)
@@ -60,18 +75,18 @@ def _ngram_config(layer: int) -> RouterConfig:
 def features(backbone, model, texts, pairs, pool_layer: int, progress=None) -> dict:
     """{"logits" [N, E], "dense" [N, D], "feats": the router's features} of N rows."""
     config = model.config
-    feats = routers.extract_features(backbone.model, backbone.tokenizer, texts, pairs, config,
-                                     progress=progress)
-    dense_src = feats if "seg" in feats else routers.extract_features(
+    feats = extract_features(backbone.model, backbone.tokenizer, texts, pairs, config,
+                             progress=progress)
+    dense_src = feats if "seg" in feats else extract_features(
         backbone.model, backbone.tokenizer, texts, pairs, _ngram_config(pool_layer))
     device = next(model.parameters()).device
     with torch.no_grad():
         model.eval()
         logits = model({k: v.to(device) for k, v in feats.items()}).float().cpu()
-    return {"logits": logits, "dense": routers.pool_dense(dense_src, pool_layer), "feats": feats}
+    return {"logits": logits, "dense": pool_dense(dense_src, pool_layer), "feats": feats}
 
 
-def _learned_weights(dev: dict, outside: dict, scorer: openworld.PoolScorer) -> dict[str, float]:
+def _learned_weights(dev: dict, outside: dict, scorer: PoolScorer) -> dict[str, float]:
     """Logistic-regression weights of the z-scored components: dev (in pool) vs outside rows."""
     from sklearn.linear_model import LogisticRegression
 
@@ -104,18 +119,18 @@ def calibrate_pool(pack_dir: str | Path, backbone, data_dir=None, *, per_task: i
     if not cal_f or not eval_f:
         raise PoolFitError("calibration needs task families outside the pack in the data folder "
                            f"(found {cal_f + eval_f})")
-    train, held, dev = routers.routing_splits(pairs, data_dir, seed)
-    fit_rows, _ = routers.recipe_rows(train, pairs, per_task, seed=seed + 3)
+    train, held, dev = routing_splits(pairs, data_dir, seed)
+    fit_rows, _ = recipe_rows(train, pairs, per_task, seed=seed + 3)
     say(f"features of {len(fit_rows.texts)} training rows")
     fit = features(backbone, model, fit_rows.texts, fit_rows.text_pairs, layer)
-    scorer = openworld.PoolScorer.fit(fit["dense"], fit_rows.labels, len(pairs), dims=dims,
-                                      bank_per_class=bank_per_class, seed=seed)
-    lm = openworld.NgramLM.fit(fit_rows.texts, fit_rows.text_pairs, fit_rows.labels, len(pairs))
-    detector = openworld.PoolModel(scorer, lm, layer)
+    scorer = PoolScorer.fit(fit["dense"], fit_rows.labels, len(pairs), dims=dims,
+                            bank_per_class=bank_per_class, seed=seed)
+    lm = NgramLM.fit(fit_rows.texts, fit_rows.text_pairs, fit_rows.labels, len(pairs))
+    detector = PoolModel(scorer, lm, layer)
     say(f"features of {len(dev.texts)} calibration and {len(held.texts)} held-out rows")
     dev_f = features(backbone, model, dev.texts, dev.text_pairs, layer)
     held_f = features(backbone, model, held.texts, held.text_pairs, layer)
-    scorer.temperature = openworld.fit_temperature(dev_f["logits"], dev.labels)
+    scorer.temperature = fit_temperature(dev_f["logits"], dev.labels)
     dev_parts = detector.components(dev_f["dense"], dev_f["logits"], dev.texts, dev.text_pairs,
                                     every=True)
     scorer.calibrate(dev_parts, false_flag)                       # z-scores of every component
@@ -129,7 +144,7 @@ def calibrate_pool(pack_dir: str | Path, backbone, data_dir=None, *, per_task: i
     weights = _learned_weights(dev_parts, outside, scorer)
     threshold = scorer.calibrate(dev_parts, false_flag, weights)
     held_scores = detector.score(held_f["dense"], held_f["logits"], held.texts, held.text_pairs)
-    report = openworld.ood_report(held_scores, {f: scorer.combine(fam[f]) for f in eval_f}, threshold)
+    report = ood_report(held_scores, {f: scorer.combine(fam[f]) for f in eval_f}, threshold)
     detector.meta = {"auroc": report["auroc"], "false_flag": report["false_flag"],
                      "caught": report["caught"], "caught_at_tpr95": report["caught_at_tpr95"],
                      "threshold": threshold, "false_flag_target": false_flag,
@@ -157,10 +172,10 @@ def openworld_report(moe, expert_tasks: Sequence[tuple[str, str]], per_task: int
     fams = {f: _route_scores(moe, d) for f, d in _family_rows(cal_f + eval_f, data_dir, family_rows).items()}
     if not fams:
         return None
-    report = openworld.ood_report(torch.cat(held), fams, moe.openworld.threshold)
+    report = ood_report(torch.cat(held), fams, moe.openworld.threshold)
     report["calibration_families"], report["evaluation_families"] = cal_f, eval_f
     if eval_f:
-        report["evaluation_only"] = openworld.ood_report(
+        report["evaluation_only"] = ood_report(
             torch.cat(held), {f: fams[f] for f in eval_f}, moe.openworld.threshold)["auroc"]
     return report
 
@@ -179,13 +194,13 @@ def _route_scores(moe, data: tasks.TaskData) -> torch.Tensor:
 def replay_sets(model, feats: dict, labels: torch.Tensor, cal_feats: dict | None, cal_labels,
                 seed: int = 0) -> dict:
     """The replay file's rows from a freshly trained router's training (and calibration) rows:
-    ``REPLAY_PER_TASK`` / ``CALIBRATION_PER_TASK`` a task, as ``growth.cached_outputs``."""
-    idx = growth.replay_sample(labels, REPLAY_PER_TASK, seed)
-    sets = {"replay": growth.cached_outputs(model, {k: v[idx] for k, v in feats.items()})
+    ``REPLAY_PER_TASK`` / ``CALIBRATION_PER_TASK`` a task, as ``cached_outputs``."""
+    idx = replay_sample(labels, REPLAY_PER_TASK, seed)
+    sets = {"replay": cached_outputs(model, {k: v[idx] for k, v in feats.items()})
             | {"labels": labels[idx]}}
     if cal_feats is not None:
-        cidx = growth.replay_sample(cal_labels, CALIBRATION_PER_TASK, seed)
-        sets["calibration"] = growth.cached_outputs(model, {k: v[cidx] for k, v in cal_feats.items()})
+        cidx = replay_sample(cal_labels, CALIBRATION_PER_TASK, seed)
+        sets["calibration"] = cached_outputs(model, {k: v[cidx] for k, v in cal_feats.items()})
     return sets
 
 
@@ -205,7 +220,7 @@ def add_expert(pack_dir: str | Path, expert_dir: str | Path, backbone, data_dir=
     if pack.router_state is None:
         raise PoolFitError(f"pack {pack_dir} has no router: build one with train-router")
     model = pack.build_router()
-    base = model.base if isinstance(model, growth.GrownRouter) else model
+    base = model.base if isinstance(model, GrownRouter) else model
     replay = poolfiles.read_replay(pack_dir, pack.manifest, base.num_experts)
     if replay is None:
         raise PoolFitError(f"pack {pack_dir} has no replay rows: retrain its router with "
@@ -215,16 +230,16 @@ def add_expert(pack_dir: str | Path, expert_dir: str | Path, backbone, data_dir=
     data = tasks.load_task(expert.config.task, "train", data_dir=data_dir, limit=rows, seed=seed)
     layer = model.config.layer
     new = features(backbone, model, data.texts, data.text_pairs, detector.layer if detector else layer)
-    new_cached = growth.cached_outputs(base, new["feats"], source)
+    new_cached = cached_outputs(base, new["feats"], source)
     replay_rows = dict(sets["replay"])
     labels = replay_rows.pop("labels")
-    grown, info = routers.grow(model, replay_rows, labels, new_cached,
-                               calibration=sets.get("calibration"), max_capture=max_capture,
-                               source=source)
+    grown, info = grow(model, replay_rows, labels, new_cached,
+                       calibration=sets.get("calibration"), max_capture=max_capture,
+                       source=source)
     if detector is not None:
         detector.add_class(new["dense"], data.texts, data.text_pairs)
-    keep = growth.replay_sample(torch.zeros(len(data.texts), dtype=torch.long), REPLAY_PER_TASK, seed)
-    sets["replay"] = {k: growth.cat_rows(sets["replay"][k], v) for k, v in (
+    keep = replay_sample(torch.zeros(len(data.texts), dtype=torch.long), REPLAY_PER_TASK, seed)
+    sets["replay"] = {k: cat_rows(sets["replay"][k], v) for k, v in (
         {k: new_cached[k][keep] for k in new_cached} | {"labels": torch.full((len(keep),), len(pack.names))}).items()}
     metrics = {**pack.router_metrics, "added": [*pack.router_metrics.get("added", []), {
         "expert": expert.name, "task": expert.config.task, "rows": len(data.texts),
@@ -243,8 +258,6 @@ def add_expert(pack_dir: str | Path, expert_dir: str | Path, backbone, data_dir=
     out = {"name": expert.name, "task": expert.config.task, "seconds": time.time() - start,
            "growth": info, "experts": pack.names + [expert.name]}
     if evaluate:
-        from ..routing.router import routing_data
-
         pairs = [(e.name, e.config.task) for e in pack.experts] + [(expert.name, expert.config.task)]
         held_out = routing_data(pairs, "validation", evaluate, data_dir, seed)
         before, after = _routed((model, grown), backbone, held_out)
@@ -258,7 +271,7 @@ def add_expert(pack_dir: str | Path, expert_dir: str | Path, backbone, data_dir=
 
 def _routed(models: Sequence, backbone, rows: RoutingData) -> list[torch.Tensor]:
     """Each model's choice [N] for ``rows`` (features read once: the models share a base)."""
-    feats = routers.extract_features(backbone.model, backbone.tokenizer, rows.texts,
-                                     rows.text_pairs, models[0].config)
+    feats = extract_features(backbone.model, backbone.tokenizer, rows.texts,
+                             rows.text_pairs, models[0].config)
     with torch.no_grad():
         return [m.eval()(feats).argmax(-1) for m in models]

@@ -44,10 +44,14 @@ from ..base.backbone import (
 )
 from ..base.partial import continue_layers, hidden_states, runs_in_parts
 from ..experts import Expert
-from ..routing import registry as routers
-from ..routing.detector import PoolModel
-from ..routing.ngram import segment_pools
-from ..routing.router import Router
+from ..routing import (
+    PoolModel,
+    Router,
+    pool_dense,
+    segment_pools,
+    state_features,
+    text_features,
+)
 from ..runtime import precision
 from ..store import Pack, StoreError, load_expert, load_pack, read_pack_manifest
 from ..store.detector import read_pool
@@ -147,7 +151,7 @@ class TTLoRAMoE(nn.Module):
     def _router_features(self, texts: Sequence[str], text_pairs: Sequence[str | None]
                          ) -> dict[str, torch.Tensor]:
         """Features of the raw text for the router (fusion: "surface" [N, F]), on the device."""
-        feats = routers.text_features(texts, text_pairs, self.router.config)
+        feats = text_features(texts, text_pairs, self.router.config)
         return {k: v.to(self.backbone.device) for k, v in feats.items()}
 
     def _route_states(self, batch: dict[str, torch.Tensor], text_feats: dict[str, torch.Tensor]
@@ -157,7 +161,7 @@ class TTLoRAMoE(nn.Module):
         device = batch["input_ids"].device
         with adapters.adapters_off(rows, device), precision.autocast(device, self.backbone.dtype):
             states = hidden_states(self.encoder, batch, self.router.config.layer)
-        feats = routers.state_features(states, batch, self.router.config) | text_feats
+        feats = state_features(states, batch, self.router.config) | text_feats
         dtype = next(self.router.parameters()).dtype
         logits = self.router({k: v.to(dtype) if v.is_floating_point() else v for k, v in feats.items()})
         return states, torch.softmax(logits, dim=-1), logits
@@ -167,7 +171,7 @@ class TTLoRAMoE(nn.Module):
                      ) -> torch.Tensor:
         """``pool_score`` [B] of a routed micro-batch (states 0..k of the frozen base)."""
         pooled, seg = segment_pools(states[: self.openworld.layer + 1], batch)
-        dense = routers.pool_dense({"pooled": pooled, "seg": seg}, self.openworld.layer)
+        dense = pool_dense({"pooled": pooled, "seg": seg}, self.openworld.layer)
         return self.openworld.score(dense.cpu(), logits.float().cpu(), texts, pairs).to(logits.device)
 
     @torch.inference_mode()

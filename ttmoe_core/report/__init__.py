@@ -16,7 +16,7 @@ returning plain data):
 2. ``methods``: TT-LoRA vs LoRA (PEFT) vs bottleneck adapter, one expert per task and seed, same
    training loop (``experts.train_expert``) and stopping rule; mean ± std over seeds of the
    metric, steps and time (``seeds``), parameters, peak memory.
-3. ``router_variants``: router variants on six tasks (``router.sweep_layers``): held-out accuracy,
+3. ``router_variants``: router variants on six tasks (``routing.sweep_layers``): held-out accuracy,
    parameters, measured cost per input, confusion.
 4. ``integration``: each task through the mixture (router over every expert) vs the expert alone;
    AdapterFusion over the same tasks' adapters, trained for one task, vs that adapter alone.
@@ -33,6 +33,11 @@ in ``results`` (no arithmetic), through ``FORMATS``, so every number of a table 
 May import: every engine package below it (services, moe, store, experts, routing, base, files, runtime, tasks); never cli.
 """
 
+from .contraction import exp_contraction
+from .integration import exp_integration
+from .markdown import FORMATS, SECTION_TITLES, fmt, machine_summary, render_markdown, render_section
+from .methods import exp_methods
+from .mixed import exp_mixed
 from .plan import (
                       BUDGETS,
                       FIGURES_DIR,
@@ -50,11 +55,6 @@ from .plan import (
                       budget_changes,
                       resolve_budget,
 )
-from .contraction import exp_contraction
-from .integration import exp_integration
-from .markdown import FORMATS, SECTION_TITLES, fmt, machine_summary, render_markdown, render_section
-from .methods import exp_methods
-from .mixed import exp_mixed
 from .plots import SECTION_FIGURES, build_figures, png_available, write_figures
 from .router_variants import exp_routers, router_cost_ms
 from .run import EXPERIMENTS, report_job, run_report

@@ -13,8 +13,8 @@ import torch
 
 from .. import adapters, experts
 from ..base.backbone import pool
-from .plan import TOLERANCE, ReportError
 from .experiment import Run, median_ms, setup_differences, verdict
+from .plan import TOLERANCE, ReportError
 
 
 def forward(model: experts.ExpertModel, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:

@@ -25,7 +25,7 @@ from .. import moe as moe_mod
 from ..base.backbone import Backbone
 from ..experts.checkpoint import Checkpointer
 from ..files import safefs
-from ..routing import router as router_mod
+from ..routing import Router, RoutingData, routing_data
 from ..runtime import runinfo
 from .plan import METHOD_LABELS, Progress, ReportBudget, ReportError, Setting
 from .worker import train_in_fresh_process
@@ -44,7 +44,7 @@ class Run:
     # (task, variant, seed) → record; a variant is a method (experiment 2's size of it) or a
     # frontier setting's tag (``frontier.Setting.tag``: another size of a method)
     trainings: dict[tuple[str, str, int], dict] = field(default_factory=dict)
-    mixture_router: router_mod.Router | None = None     # set by the router experiment
+    mixture_router: Router | None = None     # set by the router experiment
     jobs: int = 1                    # experiment 2: trainings side by side (train_side_by_side)
     work_dir: Path | None = None     # finished experts (+ records) and training checkpoints
     resume: bool = False             # reuse work_dir's finished experts, continue its checkpoints
@@ -321,14 +321,14 @@ class Run:
                    if k not in ("device", "checkpoint_every"))
         return (expert, data) if same and isinstance(data, dict) else None
 
-    def routing(self, names: Sequence[str]) -> tuple[router_mod.RoutingData, router_mod.RoutingData]:
+    def routing(self, names: Sequence[str]) -> tuple[RoutingData, RoutingData]:
         """(training inputs, held-out validation inputs) labelled with the task's index in ``names``."""
         pairs = [(t, t) for t in names]
         b = self.budget
-        return (router_mod.routing_data(pairs, "train", b.router_train_rows, self.data_dir, b.seed),
-                router_mod.routing_data(pairs, "validation", b.router_eval_rows, self.data_dir, b.seed))
+        return (routing_data(pairs, "train", b.router_train_rows, self.data_dir, b.seed),
+                routing_data(pairs, "validation", b.router_eval_rows, self.data_dir, b.seed))
 
-    def mixture(self, names: Sequence[str], router: router_mod.Router, pack_dir: Path,
+    def mixture(self, names: Sequence[str], router: Router, pack_dir: Path,
                 router_metrics: Mapping) -> moe_mod.TTLoRAMoE:
         """A pack of the TT-LoRA experts of ``names`` with ``router``, written and loaded back."""
         for name in names:

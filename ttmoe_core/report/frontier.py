@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+
 from . import seeds
 from .experiment import verdict
 from .plan import METHOD_LABELS, Setting, settings_from

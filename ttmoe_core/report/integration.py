@@ -13,9 +13,9 @@ from pathlib import Path
 
 from .. import moe as moe_mod
 from .. import tasks
-from ..routing import router as router_mod
-from .plan import MIXTURE_ROUTER
+from ..routing import RouterConfig, params, sweep_layers
 from .experiment import Run, mean, setup_differences, verdict
+from .plan import MIXTURE_ROUTER
 
 
 def exp_integration(run: Run) -> dict:
@@ -27,9 +27,9 @@ def exp_integration(run: Run) -> dict:
     for name in names:
         run.expert(name, "tt-lora")
     run.tell(f"router over {len(names)} experts", 0, 1)
-    config = router_mod.RouterConfig(variant=variant, layer=layer, epochs=b.router_epochs, seed=b.seed,
-                                     max_length=b.max_length)
-    fitted = router_mod.sweep_layers(config, [layer], run.backbone, train, held)[0]
+    config = RouterConfig(variant=variant, layer=layer, epochs=b.router_epochs, seed=b.seed,
+                          max_length=b.max_length)
+    fitted = sweep_layers(config, [layer], run.backbone, train, held)[0]
     with tempfile.TemporaryDirectory() as tmp:
         mixture = run.mixture(names, fitted["router"], Path(tmp) / "pack",
                               {"accuracy": fitted["report"].accuracy})
@@ -63,7 +63,7 @@ def exp_integration(run: Run) -> dict:
         "experts": list(names), "router": {"variant": variant, "layer": layer,
                                            "accuracy": fitted["report"].accuracy,
                                            "confusion": fitted["report"].confusion,
-                                           "params": router_mod.router_params(fitted["router"])},
+                                           "params": params(fitted["router"])},
         "routing_accuracy": evaluated["routing_accuracy"], "rows": rows, "mean_gap": mean_gap,
         "fusion_rows": fusion_rows, "fusion_mean_gap": fusion_gap,
         "claim": {"paper": "the mixture keeps each expert's score (read here: mean drop at most 1 "

@@ -15,8 +15,8 @@ import statistics
 
 from .. import budget as param_budget
 from . import seeds
-from .plan import METHOD_LABELS, METHODS, PAPER
 from .experiment import Run, mean, setup_differences, verdict
+from .plan import METHOD_LABELS, METHODS, PAPER
 
 
 def _paper_budget_rows() -> list[dict]:

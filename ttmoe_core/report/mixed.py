@@ -13,10 +13,10 @@ from pathlib import Path
 import torch
 
 from .. import experts, tasks
-from ..routing import router as router_mod
+from ..routing import params
 from ..tasks import DEMO_TASKS
-from .plan import MIXTURE_ROUTER, PAPER, ReportError
 from .experiment import Run, mean, setup_differences, verdict
+from .plan import MIXTURE_ROUTER, PAPER, ReportError
 
 
 def _mixed_prediction(row: dict, task: str, expert: experts.Expert, true) -> int | float:
@@ -46,7 +46,7 @@ def exp_mixed(run: Run) -> dict:
         mixture = run.mixture(names, run.mixture_router, Path(tmp) / "pack", {})
         answers = mixture.predict(texts, pairs)
         moe_params = sum(e.trainable_params() for e in mixture.experts)
-    router_params = router_mod.router_params(run.mixture_router)
+    router_params = params(run.mixture_router)
     adapter_experts = {t: run.expert(t, "adapter") for t in names}
     stage = "mixed test set: AdapterFusion over six adapters"
     fusion = run.fusion_scores("mixed", adapter_experts, names, names,

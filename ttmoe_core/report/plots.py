@@ -12,9 +12,9 @@ import importlib.util
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from ..routing.router import ROUTERS
+from ..routing import ROUTERS
 
-VARIANTS = tuple(ROUTERS)      # the paper's comparison: router.py's four (ngram: ROUTING_STUDY.md)
+VARIANTS = tuple(ROUTERS)      # the paper's comparison: routing.variants' four (ngram: ROUTING_STUDY.md)
 from .plan import METHOD_LABELS, METHODS
 
 SECTION_FIGURES = {"contraction": ("contraction_ms", "contraction_ratio"),

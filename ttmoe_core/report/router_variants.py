@@ -1,7 +1,7 @@
 """Experiment 3 (paper Table 5): the router variants on the six demo tasks.
 
 Each variant (the paper's, linear, MLP, our fusion) at each layer k of the budget
-(``router.sweep_layers``): held-out accuracy, parameters, measured cost per input, confusion.
+(``routing.sweep_layers``): held-out accuracy, parameters, measured cost per input, confusion.
 The fusion router at ``MIXTURE_ROUTER``'s layer is kept on the run for experiment 5.
 """
 
@@ -12,10 +12,19 @@ import time
 import torch
 
 from ..base.backbone import Backbone, tokenize_mixed
-from ..routing import router as router_mod
+from ..routing import (
+    ROUTERS,
+    Router,
+    RouterConfig,
+    RoutingData,
+    batch_features,
+    params,
+    sweep_layers,
+    variant_spec,
+)
 from ..tasks import DEMO_TASKS
-from .plan import MIXTURE_ROUTER
 from .experiment import Run, median_ms, setup_differences, verdict
+from .plan import MIXTURE_ROUTER
 
 
 def _spread(n: int, total: int) -> list[int]:
@@ -23,7 +32,7 @@ def _spread(n: int, total: int) -> list[int]:
     return sorted({int(i * total / n) for i in range(n)}) if total > n else list(range(total))
 
 
-def router_cost_ms(backbone: Backbone, router: router_mod.Router, data: router_mod.RoutingData,
+def router_cost_ms(backbone: Backbone, router: Router, data: RoutingData,
                    rows: int = 64, repeats: int = 3) -> float:
     """Measured ms per input of tokenizing + features (base up to the router's layer) + router."""
     idx = _spread(rows, len(data.texts))
@@ -33,7 +42,7 @@ def router_cost_ms(backbone: Backbone, router: router_mod.Router, data: router_m
 
     def once():
         batch, _ = tokenize_mixed(backbone.tokenizer, texts, pairs, config.max_length, backbone.device)
-        feats = router_mod.batch_features(backbone.model, batch, texts, pairs, config)
+        feats = batch_features(backbone.model, batch, texts, pairs, config)
         return router(feats).argmax(-1)                                 # [rows] expert index
 
     router.eval()
@@ -48,21 +57,21 @@ def exp_routers(run: Run) -> dict:
     train, held = run.routing(DEMO_TASKS)
     num_layers = run.backbone.info.num_layers
     rows = []
-    variants = tuple(router_mod.ROUTERS)      # router.py's four (the ngram router: ROUTING_STUDY.md)
+    variants = tuple(ROUTERS)      # routing.variants' four (the ngram router: ROUTING_STUDY.md)
     for done, variant in enumerate(variants):
         run.tell(f"router variants: {variant}", done, len(variants))
-        layers = [num_layers] if variant == "paper" else list(b.router_layers)
-        config = router_mod.RouterConfig(variant=variant, epochs=b.router_epochs, seed=b.seed,
-                                         max_length=b.max_length)
+        layers = [num_layers] if variant_spec(variant).last_layer_only else list(b.router_layers)
+        config = RouterConfig(variant=variant, epochs=b.router_epochs, seed=b.seed,
+                              max_length=b.max_length)
         t0 = time.perf_counter()
-        fitted = router_mod.sweep_layers(config, layers, run.backbone, train, held)
+        fitted = sweep_layers(config, layers, run.backbone, train, held)
         fit_seconds = time.perf_counter() - t0
         for result in fitted:
             router, report = result["router"], result["report"]
             if (variant, result["layer"]) == MIXTURE_ROUTER:
                 run.mixture_router = router
             rows.append({"variant": variant, "layer": result["layer"], "cost_fraction": result["cost"],
-                         "params": router_mod.router_params(router), "accuracy": report.accuracy,
+                         "params": params(router), "accuracy": report.accuracy,
                          "per_task": report.per_task, "confusion": report.confusion,
                          "ms_per_input": round(router_cost_ms(run.backbone, router, held,
                                                               repeats=b.timing_repeats), 4),

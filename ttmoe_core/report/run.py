@@ -19,6 +19,12 @@ from .. import store, tasks
 from ..base.backbone import load_backbone
 from ..runtime import runinfo
 from ..tasks import DEMO_TASKS
+from .contraction import exp_contraction
+from .experiment import Run, check_jobs
+from .integration import exp_integration
+from .markdown import render_markdown
+from .methods import exp_methods, training_order
+from .mixed import exp_mixed
 from .plan import (
     FIGURES_DIR,
     MARKDOWN_FILE,
@@ -29,12 +35,6 @@ from .plan import (
     ReportError,
     resolve_budget,
 )
-from .contraction import exp_contraction
-from .experiment import Run, check_jobs
-from .integration import exp_integration
-from .markdown import render_markdown
-from .methods import exp_methods, training_order
-from .mixed import exp_mixed
 from .plots import build_figures, write_figures
 from .router_variants import exp_routers
 from .sessions import SessionLog, total_seconds

@@ -17,9 +17,9 @@ from pathlib import Path
 
 from .. import tasks as task_registry
 from . import seeds, sessions
-from .plan import METHOD_LABELS, METHODS, SECTIONS, ReportError
 from .markdown import _pm, _table, fmt
 from .methods import MARGIN, claim_per_task
+from .plan import METHOD_LABELS, METHODS, SECTIONS, ReportError
 
 TRAINING_SUFFIX, CHECKPOINT_SUFFIX = ".training.json", ".checkpoint"
 

@@ -1,8 +1,15 @@
 """Routers: config, features, variants behind a registry, training, growth, and the out-of-pool detector.
 
-May import: files, runtime, tasks, tt, base, adapters.
+``config`` (RouterConfig), ``registry`` (the variants by name: build, grow), ``features`` (what
+a variant reads), ``variants`` (paper / linear / mlp / fusion) and ``ngram`` (the ngram variant),
+``train`` (training, scoring, routing data, the layer sweep), ``recipe`` (the all-rows training
+recipe), ``growth`` (experts appended to a trained router), ``detector`` (out-of-pool inputs).
+
+May import: errors, files, runtime, tasks, tt, base, adapters.
 """
 
+from ..errors import RouterError
+from .config import GROW_SOURCES, VARIANTS, RouterConfig
 from .detector import (
     COMPONENTS,
     NgramLM,
@@ -15,14 +22,24 @@ from .detector import (
     fit_temperature,
     ood_report,
 )
+from .features import (
+    SURFACE_DIM,
+    base_states,
+    batch_features,
+    extract_features,
+    pooled_states,
+    state_features,
+    surface_features,
+    text_features,
+)
 from .growth import (
     SOURCES,
     GrownRouter,
     GrowthError,
-    add_expert,
     base_outputs,
     cached_outputs,
     cat_rows,
+    grow_router,
     last_linear,
     phi_width,
     replay_sample,
@@ -31,66 +48,44 @@ from .ngram import (
     BUCKETS,
     FLAGS,
     MAX_NGRAMS,
-    VARIANT,
     NgramFusionRouter,
-    batch_features,
-    build_ngram_router,
     canonical,
     ngram_features,
+    pool_dense,
     segment_pools,
     text_flags,
 )
+from .recipe import balanced, fit, recipe_rows, routing_splits, sentence_level, take
 from .registry import (
-    VARIANTS,
-    balanced,
+    VariantSpec,
     build,
-    extract_features,
-    features_fn,
-    fit,
     grow,
+    known_variants,
     params,
-    pool_dense,
-    recipe_rows,
-    routing_splits,
-    sentence_level,
-    state_features,
-    sweep_layers,
-    take,
-    text_features,
+    register_variant,
+    variant_spec,
 )
-from .router import (
-    GROW_SOURCES,
-    ROUTERS,
-    SURFACE_DIM,
-    FusionRouter,
-    LinearRouter,
-    MLPRouter,
-    PaperRouter,
-    Router,
-    RouterConfig,
-    RouterError,
+from .train import (
     RouterReport,
     RoutingData,
-    base_states,
-    build_router,
     evaluate_router,
     router_metrics,
-    router_params,
     routing_data,
-    surface_features,
+    sweep_layers,
     train_router,
 )
+from .variants import ROUTERS, FusionRouter, LinearRouter, MLPRouter, PaperRouter, Router
 
 __all__ = ["BUCKETS", "COMPONENTS", "FLAGS", "FusionRouter", "GROW_SOURCES", "GrownRouter",
            "GrowthError", "LinearRouter", "MAX_NGRAMS", "MLPRouter", "NgramFusionRouter",
            "NgramLM", "OpenWorldError", "PaperRouter", "PoolModel", "PoolScorer", "ROUTERS",
            "Router", "RouterConfig", "RouterError", "RouterReport", "RoutingData", "SOURCES",
-           "SURFACE_DIM", "VARIANT", "VARIANTS", "add_expert", "auroc", "balanced", "base_outputs",
-           "base_states", "batch_features", "build", "build_ngram_router", "build_router",
-           "cached_outputs", "calibrated", "canonical", "cat_rows", "evaluate_router",
-           "expected_calibration_error", "extract_features", "features_fn", "fit",
-           "fit_temperature", "grow", "last_linear", "ngram_features", "ood_report", "params",
-           "phi_width", "pool_dense", "recipe_rows", "replay_sample", "router_metrics",
-           "router_params", "routing_data", "routing_splits", "segment_pools", "sentence_level",
-           "state_features", "surface_features", "sweep_layers", "take", "text_features",
-           "text_flags", "train_router"]
+           "SURFACE_DIM", "VARIANTS", "VariantSpec", "auroc", "balanced", "base_outputs",
+           "base_states", "batch_features", "build", "cached_outputs", "calibrated", "canonical",
+           "cat_rows", "evaluate_router", "expected_calibration_error", "extract_features", "fit",
+           "fit_temperature", "grow", "grow_router", "known_variants", "last_linear",
+           "ngram_features", "ood_report", "params", "phi_width", "pool_dense", "pooled_states",
+           "recipe_rows", "register_variant", "replay_sample", "router_metrics", "routing_data",
+           "routing_splits", "segment_pools", "sentence_level", "state_features",
+           "surface_features", "take", "text_features", "text_flags", "train_router",
+           "variant_spec"]

@@ -231,7 +231,7 @@ class NgramLM:
     """Per-task hashed word 1-3-gram log-probabilities of each segment (a multinomial model per
     task and segment, additive smoothing ``alpha``); ``tables`` [2, buckets, E] float32.
 
-    The text is ``router_v2.canonical`` (case-free) with sentence marks, so the model sees how a
+    The text is ``ngram.canonical`` (case-free) with sentence marks, so the model sees how a
     data set's inputs start and end ("<s> is", "? </s>") as well as its words.
     """
 
@@ -291,7 +291,7 @@ class NgramLM:
 @dataclass
 class PoolModel:
     """A pack's out-of-pool detector: ``scorer`` on the router's dense features of layers
-    0..``layer`` (``routers.pool_dense``) and logits, ``lm`` on the text; ``meta``: its
+    0..``layer`` (``ngram.pool_dense``) and logits, ``lm`` on the text; ``meta``: its
     calibration figures (stored in pool_config.json)."""
     scorer: PoolScorer
     lm: NgramLM

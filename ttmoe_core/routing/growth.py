@@ -139,10 +139,10 @@ def replay_sample(labels: torch.Tensor, per_class: int, seed: int = 0) -> torch.
     return torch.cat(out)
 
 
-def add_expert(router: nn.Module, replay_feats: dict[str, torch.Tensor], replay_labels: torch.Tensor,
-               new_feats: dict[str, torch.Tensor], *, l2: float = 1e-3, steps: int = 300,
-               ngram_l2: float = 1e-4, calibration: dict[str, torch.Tensor] | None = None,
-               max_capture: float = 0.0025, source: str = "hidden") -> tuple[GrownRouter, dict]:
+def grow_router(router: nn.Module, replay_feats: dict[str, torch.Tensor], replay_labels: torch.Tensor,
+                new_feats: dict[str, torch.Tensor], *, l2: float = 1e-3, steps: int = 300,
+                ngram_l2: float = 1e-4, calibration: dict[str, torch.Tensor] | None = None,
+                max_capture: float = 0.0025, source: str = "hidden") -> tuple[GrownRouter, dict]:
     """Append one expert to ``router`` (a router, or a ``GrownRouter`` to grow again).
 
     ``replay_feats`` / ``replay_labels`` [R]: old tasks' rows (features as the router reads them;

@@ -15,10 +15,10 @@ them apart without relying on GLUE's preprocessing artefacts:
   segment, question mark, final punctuation, digits, word overlap of the segments).
 Logits = MLP(LayerNorm(pooled ⊕ seg) ⊕ flags) + a linear map of the n-grams (an embedding bag).
 
-``NgramFusionRouter`` is a ``router.Router`` (``forward(feats) -> [N, E]``) and trains with
-``router.train_router`` on cached features. ``router`` does not know this module (that would be
-an import cycle): a registry above both dispatches by variant (integration plan in
-ROUTING_STUDY.md).
+``NgramFusionRouter`` is a ``variants.Router`` (``forward(feats) -> [N, E]``), trains with
+``train.train_router`` on cached features and registers itself with ``registry`` (its pack keeps
+replay rows for add-expert; a grown one extends its n-gram table by a column). ``pool_dense``:
+the out-of-pool detector's input, read from this variant's features.
 """
 
 from __future__ import annotations
@@ -31,11 +31,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..base.partial import hidden_states
 from ..runtime import rng
-from .router import Router, RouterConfig
+from .config import RouterConfig
+from .registry import register_variant
+from .variants import Router
 
-VARIANT = "ngram"
 BUCKETS = 1 << 16          # hash buckets per block; 4 blocks: (word, char) × (first, second segment)
 MAX_NGRAMS = 768           # n-grams kept per row (the most frequent); rows rarely have more
 FLAGS = 15
@@ -131,22 +131,27 @@ def segment_pools(states: Sequence[torch.Tensor], batch: dict[str, torch.Tensor]
     return pool(mask), torch.stack([pool(mask * (1 - types)), pool(mask * types)], 2)
 
 
-@torch.no_grad()
-def batch_features(model: nn.Module, batch: dict[str, torch.Tensor], texts: Sequence[str],
-                   text_pairs: Sequence[str | None] | None, config: RouterConfig) -> dict[str, torch.Tensor]:
-    """The ``ngram`` router's inputs of one tokenized batch (adapters off; same signature as
-    ``router.batch_features``): pooled [B, k+1, H], seg [B, k+1, 2, H], ngram_ids [B, L],
-    ngram_w [B, L], flags [B, FLAGS]."""
-    from ..adapters import use_experts
+def pool_dense(feats: dict[str, torch.Tensor], layer: int) -> torch.Tensor:
+    """[N, (k+1)·3·H]: pooled ⊕ per-segment pooled states of layers 0..k (the out-of-pool
+    detector's input; ``feats``: "pooled" [N, ≥k+1, H], "seg" [N, ≥k+1, 2, H])."""
+    k = layer + 1
+    return torch.cat([feats["pooled"][:, :k].flatten(1), feats["seg"][:, :k].flatten(1)], 1).float()
 
-    rows = batch["input_ids"].shape[0]
-    device = batch["input_ids"].device
-    with use_experts(torch.full((rows,), -1, dtype=torch.long, device=device)):
-        states = hidden_states(model, batch, config.layer)
+
+def ngram_states(states: Sequence[torch.Tensor], batch: dict[str, torch.Tensor],
+                 config: RouterConfig) -> dict[str, torch.Tensor]:
+    """The ``ngram`` router's inputs read from the states 0..k: pooled [B, k+1, H],
+    seg [B, k+1, 2, H] (``segment_pools``)."""
     pooled, seg = segment_pools(states, batch)
+    return {"pooled": pooled, "seg": seg}
+
+
+def ngram_text(texts: Sequence[str], text_pairs: Sequence[str | None] | None,
+               config: RouterConfig) -> dict[str, torch.Tensor]:
+    """The ``ngram`` router's inputs read from the raw text: ngram_ids [N, L], ngram_w [N, L],
+    flags [N, FLAGS]."""
     ids, weights = ngram_features(texts, text_pairs)
-    return {"pooled": pooled, "seg": seg, "ngram_ids": ids.to(device),
-            "ngram_w": weights.to(device), "flags": text_flags(texts, text_pairs).to(device)}
+    return {"ngram_ids": ids, "ngram_w": weights, "flags": text_flags(texts, text_pairs)}
 
 
 class NgramFusionRouter(Router):
@@ -181,18 +186,9 @@ class NgramFusionRouter(Router):
         return self.mlp(self.dense_input(feats)) + self.ngram_logits(feats)
 
 
-def build_ngram_router(config: RouterConfig, num_experts: int, hidden_size: int, num_layers: int,
-                       generator: torch.Generator | None = None) -> NgramFusionRouter:
-    """A fresh ``ngram`` router (``config``: a ``router.RouterConfig`` with variant "ngram";
-    layer None means the last layer); weights drawn from ``generator`` (None: seeded by
-    ``config.seed``), which stays with the router for dropout and batch order."""
-    from dataclasses import replace
+def _table_rows(router: NgramFusionRouter) -> int:
+    return router.ngrams.weight.shape[0]
 
-    layer = num_layers if config.layer is None else int(config.layer)
-    if config.variant != VARIANT or not 0 <= layer <= num_layers:
-        raise ValueError(f"an {VARIANT!r} router needs variant {VARIANT!r} and a layer in "
-                         f"0..{num_layers}, got {config.variant!r}, {config.layer!r}")
-    config = replace(config, layer=layer)
-    generator = rng.given_or_seeded(generator, config.seed)
-    with rng.drawing_from(generator):
-        return NgramFusionRouter(config, num_experts, hidden_size, generator)
+
+register_variant("ngram", NgramFusionRouter, ngram_states, ngram_text, grow_table=_table_rows,
+                 keeps_replay=True, stand_in="fusion")

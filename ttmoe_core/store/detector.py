@@ -27,7 +27,7 @@ import torch
 from ..files import tensorfile
 from ..files.safefs import StoreError, write_json
 from ..files.tensorfile import manifest
-from ..routing import detector as openworld
+from ..routing import NgramLM, PoolModel, PoolScorer
 from ..routing.ngram import BUCKETS, MAX_NGRAMS
 from .layout import (
     FORMAT_VERSION,
@@ -50,7 +50,7 @@ MAX_ROWS = 1 << 22
 # ----------------------------------------------------------------------------- out-of-pool
 
 
-def write_pool(folder: Path, model: openworld.PoolModel, names: list[str], base: Mapping) -> None:
+def write_pool(folder: Path, model: PoolModel, names: list[str], base: Mapping) -> None:
     """``model``'s two files into the unpublished pack ``folder``."""
     sc = model.scorer
     tensors = {"center": sc.center.float(), "scale": sc.scale.float(), "means": sc.means.float(),
@@ -110,7 +110,7 @@ def _check_tensors(header: tensorfile.Header, expected: Mapping[str, list[int]],
             raise StoreError(f"{what}: tensor {key} has dtype {dtype}")
 
 
-def read_pool(path: str | Path, pack: Mapping) -> openworld.PoolModel | None:
+def read_pool(path: str | Path, pack: Mapping) -> PoolModel | None:
     """The pack's out-of-pool detector (None when it has none); StoreError for any bad file."""
     path = Path(path)
     if not os.path.lexists(path / POOL_CONFIG_FILE):
@@ -130,13 +130,13 @@ def read_pool(path: str | Path, pack: Mapping) -> openworld.PoolModel | None:
         raise StoreError(f"{what}: bank_labels outside 0..{len(data['experts']) - 1}")
     if bool((t["scale"] <= 0).any()):
         raise StoreError(f"{what}: scale must be positive")
-    scorer = openworld.PoolScorer(
+    scorer = PoolScorer(
         t["center"].double(), t["scale"].double(), t["means"].double(), t["precision"].double(),
         t["bank"].float(), labels, t["basis"].double() if "basis" in t else None, k=data["k"],
         temperature=data["temperature"], z={k: tuple(v) for k, v in data["z"].items()},
         weights=dict(data["weights"]), threshold=data["threshold"])
-    lm = openworld.NgramLM(t["lm_tables"].float(), alpha=data["lm_alpha"])
-    return openworld.PoolModel(scorer, lm, data["layer"], dict(data.get("metrics", {})))
+    lm = NgramLM(t["lm_tables"].float(), alpha=data["lm_alpha"])
+    return PoolModel(scorer, lm, data["layer"], dict(data.get("metrics", {})))
 
 
 # ----------------------------------------------------------------------------- replay rows

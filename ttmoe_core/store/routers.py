@@ -15,7 +15,7 @@ from ..base.backbone import BackboneInfo
 from ..files import safefs, tensorfile
 from ..files.safefs import StoreError, write_json
 from ..files.tensorfile import manifest
-from ..routing.router import RouterConfig, RouterError
+from ..routing import RouterConfig, RouterError
 from . import shapes
 from .layout import (
     FORMAT_VERSION,

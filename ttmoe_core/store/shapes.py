@@ -122,10 +122,10 @@ def _check_modules(shapes: Mapping[str, list[int]], method: str, expected: Mappi
 
 
 def router_shapes(config, num_experts: int, hidden_size: int, num_layers: int) -> dict[str, list[int]]:
-    """{tensor name: shape} of the state of the router ``config`` (a ``router.RouterConfig``)
+    """{tensor name: shape} of the state of the router ``config`` (a ``RouterConfig``)
     would build, from a copy built on the meta device: no memory is allocated."""
+    from ..routing import RouterError
     from ..routing.registry import build
-    from ..routing.router import RouterError
 
     try:
         with torch.device("meta"):

@@ -9,7 +9,7 @@ import itertools
 import pytest
 import torch
 
-from ttmoe_core.routing import detector as ow
+from ttmoe_core.routing import detector
 
 D, E = 12, 3
 
@@ -32,16 +32,16 @@ def test_auroc_equals_pairwise_count_with_ties(seed):
     gen = torch.Generator().manual_seed(seed)
     pos = torch.randint(0, 6, (17,), generator=gen).float()
     neg = torch.randint(0, 6, (11,), generator=gen).float()
-    assert ow.auroc(pos, neg) == pytest.approx(brute_auroc(pos.tolist(), neg.tolist()))
-    assert ow.auroc(torch.tensor([2.0, 3.0]), torch.tensor([0.0, 1.0])) == 1.0
-    assert ow.auroc(torch.tensor([0.0]), torch.tensor([1.0])) == 0.0
-    with pytest.raises(ow.OpenWorldError):
-        ow.auroc(torch.tensor([]), torch.tensor([1.0]))
+    assert detector.auroc(pos, neg) == pytest.approx(brute_auroc(pos.tolist(), neg.tolist()))
+    assert detector.auroc(torch.tensor([2.0, 3.0]), torch.tensor([0.0, 1.0])) == 1.0
+    assert detector.auroc(torch.tensor([0.0]), torch.tensor([1.0])) == 0.0
+    with pytest.raises(detector.OpenWorldError):
+        detector.auroc(torch.tensor([]), torch.tensor([1.0]))
 
 
-def fitted() -> tuple[ow.PoolScorer, dict]:
+def fitted() -> tuple[detector.PoolScorer, dict]:
     train, labels = pool_rows(60, seed=0)
-    scorer = ow.PoolScorer.fit(train, labels, E, k=5)
+    scorer = detector.PoolScorer.fit(train, labels, E, k=5)
     calib, _ = pool_rows(40, seed=1)
     logits = -torch.cdist(calib, scorer.means.float() * scorer.scale.float() + scorer.center.float())
     parts = scorer.components(calib, logits)
@@ -55,28 +55,28 @@ def test_pool_scorer_separates_far_rows_and_flags_the_chosen_share():
     inside, _ = pool_rows(100, seed=2)
     outside, _ = pool_rows(100, seed=3, shift=6.0)
     s_in, s_out = scorer.score(inside), scorer.score(outside)
-    assert ow.auroc(s_in, s_out) > 0.99
+    assert detector.auroc(s_in, s_out) > 0.99
     calib_scores = scorer.combine(parts)
     assert float((calib_scores < threshold).float().mean()) <= 0.05 + 1e-9
-    report = ow.ood_report(s_in, {"far": s_out}, threshold)
+    report = detector.ood_report(s_in, {"far": s_out}, threshold)
     assert report["families"]["far"]["caught"] > 0.95 and report["false_flag"] < 0.15
     assert scorer.in_pool(s_in).float().mean() > 0.85
-    with pytest.raises(ow.OpenWorldError, match="unknown components"):
+    with pytest.raises(detector.OpenWorldError, match="unknown components"):
         scorer.calibrate(parts, weights={"nope": 1.0})
-    with pytest.raises(ow.OpenWorldError, match="not available"):
+    with pytest.raises(detector.OpenWorldError, match="not available"):
         scorer.combine({"maha": parts["maha"]})
 
 
 def test_projected_scorer_keeps_separating_and_round_trips():
     train, labels = pool_rows(60, seed=0)
-    scorer = ow.PoolScorer.fit(train, labels, E, k=5, dims=4)
+    scorer = detector.PoolScorer.fit(train, labels, E, k=5, dims=4)
     assert scorer.basis.shape == (D, 4) and scorer.precision.shape == (4, 4)
     torch.testing.assert_close(scorer.basis.T @ scorer.basis, torch.eye(4, dtype=torch.float64))
     parts = scorer.components(pool_rows(40, seed=1)[0])
     scorer.calibrate(parts, weights={"maha": 1.0, "knn": 1.0})
     inside, outside = pool_rows(50, seed=2)[0], pool_rows(50, seed=3, shift=6.0)[0]
-    assert ow.auroc(scorer.score(inside), scorer.score(outside)) > 0.95
-    again = ow.PoolScorer.from_state(scorer.state_dict(), sorted(scorer.z))
+    assert detector.auroc(scorer.score(inside), scorer.score(outside)) > 0.95
+    again = detector.PoolScorer.from_state(scorer.state_dict(), sorted(scorer.z))
     torch.testing.assert_close(again.score(outside), scorer.score(outside))
     assert scorer.add_class(outside) == E and scorer.means.shape == (E + 1, 4)
 
@@ -86,7 +86,7 @@ def test_state_round_trip_gives_the_same_scores():
     scorer.calibrate(parts, weights={"maha": 0.5, "knn": 2.0})
     state = scorer.state_dict()
     assert all(isinstance(v, torch.Tensor) for v in state.values())
-    again = ow.PoolScorer.from_state(state, sorted(scorer.z))
+    again = detector.PoolScorer.from_state(state, sorted(scorer.z))
     rows, _ = pool_rows(10, seed=5, shift=1.0)
     torch.testing.assert_close(again.score(rows), scorer.score(rows), atol=1e-3, rtol=1e-4)
     assert again.threshold == scorer.threshold and again.weights == scorer.weights
@@ -106,15 +106,15 @@ def test_add_class_accepts_the_new_task_and_keeps_the_others():
 
 
 def test_fit_rejects_bad_shapes():
-    with pytest.raises(ow.OpenWorldError):
-        ow.PoolScorer.fit(torch.zeros(4, 3), torch.zeros(5, dtype=torch.long), 2)
+    with pytest.raises(detector.OpenWorldError):
+        detector.PoolScorer.fit(torch.zeros(4, 3), torch.zeros(5, dtype=torch.long), 2)
 
 
 def test_ngram_model_prefers_the_style_it_saw():
     texts = ["what is the capital of france ?", "how do i learn python ?", "why is the sky blue ?",
              "the film is a charming journey .", "a dull , lifeless movie .", "great acting ."]
     labels = torch.tensor([0, 0, 0, 1, 1, 1])
-    lm = ow.NgramLM.fit(texts, None, labels, 2, buckets=1 << 10)
+    lm = detector.NgramLM.fit(texts, None, labels, 2, buckets=1 << 10)
     ll = lm.loglik(["What is the best way to learn French?", "A charming, lifeless film."], None)
     assert ll.shape == (2, 2) and ll.argmax(-1).tolist() == [0, 1]
     # casing and spacing do not matter (canonical text)
@@ -133,9 +133,9 @@ def test_temperature_and_ece():
     logits = torch.randn(400, 4, generator=gen)
     logits[torch.arange(400), labels] += 1.0
     sharp = logits * 8                                          # over-confident
-    t = ow.fit_temperature(sharp, labels)
+    t = detector.fit_temperature(sharp, labels)
     assert t > 3
-    ece_before = ow.expected_calibration_error(torch.softmax(sharp, -1), labels)
-    ece_after = ow.expected_calibration_error(torch.softmax(sharp / t, -1), labels)
+    ece_before = detector.expected_calibration_error(torch.softmax(sharp, -1), labels)
+    ece_after = detector.expected_calibration_error(torch.softmax(sharp / t, -1), labels)
     assert ece_after < ece_before
     assert torch.equal((sharp / t).argmax(-1), sharp.argmax(-1))
