@@ -9,7 +9,7 @@ import streamlit as st
 
 from pages import common
 from ttmoe_core import moe, routing, tasks
-from ttmoe_core.services import figures, runs, views, workspace
+from ttmoe_core.services import figures, views, workflows, workspace
 from ttmoe_core.services.workspace import WorkspaceError
 
 ws = common.setup()
@@ -171,7 +171,7 @@ def job_view(job_id: str, polling: bool) -> None:
                + "; ".join(f"{k}: {v}" for k, v in result["sources"].items()))
     saved = workspace.has_router(result["pack"])
     if st.button("Save this router to the pack", type="primary", key=f"save_{job_id}_{chosen}"):
-        if common.safe(runs.save_trained_router, result, chosen, {"built_by": "Router page"},
+        if common.safe(workflows.save_trained_router, result, chosen, {"built_by": "Router page"},
                        what="save") is not None:
             saved = workspace.has_router(result["pack"])
             if saved:
@@ -248,7 +248,7 @@ else:
     busy = own is not None and own.running
     if st.button("Train router", type="primary", icon=":material/alt_route:",
                  disabled=bool(problems) or busy):
-        started = common.safe(runs.start_router_training, registry, owner, variant, layers,
+        started = common.safe(workflows.start_router_training, registry, owner, variant, layers,
                               int(epochs), common.get_backbone, [i["folder"] for i in picked], ws,
                               pack_name, int(per_task), int(held_out), what="router training")
         if started is not None:

@@ -8,7 +8,7 @@ import streamlit as st
 
 from pages import common
 from ttmoe_core import experts, tasks
-from ttmoe_core.services import figures, runs, views
+from ttmoe_core.services import figures, views, workflows
 
 ws = common.setup()
 registry = common.job_registry()
@@ -25,8 +25,8 @@ METHOD_LABELS = {"tt-lora": "TT-LoRA", "lora": "LoRA (PEFT)", "adapter": "Bottle
 @st.cache_data(show_spinner=False, max_entries=8)
 def read_upload(file_name: str, content: bytes, label_task: str | None
                 ) -> tuple[tasks.TaskData, tasks.TaskData, tasks.TaskData]:
-    """``runs.read_upload`` (all rows, training rows, validation rows), cached per upload."""
-    return runs.read_upload(file_name, content, label_task)
+    """``workflows.read_upload`` (all rows, training rows, validation rows), cached per upload."""
+    return workflows.read_upload(file_name, content, label_task)
 
 
 def show_result(result: dict) -> None:
@@ -242,7 +242,7 @@ if button_col.button("Train", type="primary", icon=":material/model_training:",
         max_length=int(max_length), seed=int(seed), eval_limit=int(eval_limit),
         holdout_fraction=float(holdout_fraction), eval_every=int(eval_every),
         patience=int(patience), min_steps=int(min_steps))
-    job = common.safe(runs.start_training, registry, owner, settings, common.get_backbone, ws,
+    job = common.safe(workflows.start_training, registry, owner, settings, common.get_backbone, ws,
                       name, replace=overwrite, train_data=train_data, eval_data=eval_data,
                       what="training")
     if job is not None:

@@ -17,7 +17,7 @@ from tests.tinymodels import SAMPLES, saved_tiny_bert, tiny_pack, tree_hashes
 from ttmoe_core import cli, experts, store, tasks
 from ttmoe_core.base import backbone
 from ttmoe_core.experts.loop import TrainingError
-from ttmoe_core.services.runs import finished_part
+from ttmoe_core.services.workflows import finished_part
 
 REPO = Path(__file__).resolve().parents[1]
 

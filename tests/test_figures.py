@@ -149,7 +149,7 @@ def test_short_layer_name():
 
 
 @pytest.mark.parametrize("module", ["services/figures.py", "services/jobs.py",
-                                    "services/runs.py", "services/views.py",
+                                    "services/workflows.py", "services/views.py",
                                     "services/workspace.py"])
 def test_engine_modules_do_not_import_streamlit(module):
     tree = ast.parse((Path(__file__).resolve().parents[1] / "ttmoe_core" / module).read_text())

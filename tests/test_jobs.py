@@ -11,7 +11,7 @@ from ttmoe_core import routing, store, tt
 from ttmoe_core.base.backbone import BackboneInfo
 from ttmoe_core.experts import Expert, ExpertConfig
 from ttmoe_core.routing import RouterReport
-from ttmoe_core.services import jobs, runs
+from ttmoe_core.services import jobs, workflows
 from ttmoe_core.services.workspace import Workspace
 
 
@@ -128,7 +128,7 @@ def test_a_failed_router_job_removes_the_pack_it_made(tmp_path):
     folders = [store.save_expert(_expert(n, task=t), tmp_path / n)
                for n, t in (("a", "sst2"), ("b", "from_my_file"))]
     ws = Workspace(tmp_path)
-    job = jobs.Job(runs.train_router_job, None, [0], None, folders, ws, "p", 5, 5)
+    job = jobs.Job(workflows.train_router_job, None, [0], None, folders, ws, "p", 5, 5)
     assert job.wait(30)
     assert job.status == "failed" and "from_my_file" in job.error
     assert [e["stage"] for e in job.events][:2] == ["building pack", "building pack"]
@@ -146,7 +146,7 @@ def test_save_trained_router_stores_metrics_and_date(tmp_path):
     result = {"workspace": ws, "pack_name": "p", "results": results, "names": ["a", "b"],
               "train_rows": 10, "held_out_rows": 4, "sources": {"a": "sst2 validation"},
               "base": experts[0].base, "created": "2026-01-01T00:00:00+00:00"}
-    path = runs.save_trained_router(result, 1, {"built_by": "test"})
+    path = workflows.save_trained_router(result, 1, {"built_by": "test"})
     pack = store.load_pack(path)
     assert pack.router_metrics == {"accuracy": 0.75, "confusion": [[1, 1], [0, 2]],
                                    "per_task": {"a": 0.5, "b": 1.0}, "rows": 4, "train_rows": 10,
@@ -161,7 +161,7 @@ def test_an_expert_job_checks_its_target_before_training(tmp_path):
     (tmp_path / "notes").mkdir()
     for name, replace, message in (("packs", False, "packs"), ("notes", False, "already exists"),
                                    ("notes", True, "not a valid expert"), ("../x", False, "valid name")):
-        job = jobs.Job(runs.train_expert_job, ExpertConfig(task="sst2"), None, ws, name, replace)
+        job = jobs.Job(workflows.train_expert_job, ExpertConfig(task="sst2"), None, ws, name, replace)
         assert job.wait(10) and job.status == "failed" and message in job.error, job.error
         assert job.events == []          # failed before loading any data
 
@@ -212,7 +212,7 @@ TINY_CONFIG = dict(task="sst2", rank=3, steps=2, batch_size=4, max_length=32, de
 def _train_job(stage: str, ws, name: str = "mine", replace: bool = False, config=None):
     from tests.tinymodels import SAMPLES, tiny_bert
 
-    job = CancelAt(stage, runs.train_expert_job, config or ExpertConfig(**TINY_CONFIG),
+    job = CancelAt(stage, workflows.train_expert_job, config or ExpertConfig(**TINY_CONFIG),
                    tiny_bert(), ws, name, replace, data_dir=SAMPLES)
     assert job.wait(120)
     return job
@@ -253,7 +253,7 @@ def test_a_cancel_while_saving_is_refused_and_the_job_says_where_it_saved(tmp_pa
 
     ready, answers = threading.Event(), []
     ws = ClickDuringSave(tmp_path)
-    job = jobs.Job(runs.train_expert_job, ExpertConfig(**TINY_CONFIG), tiny_bert(), ws, "mine",
+    job = jobs.Job(workflows.train_expert_job, ExpertConfig(**TINY_CONFIG), tiny_bert(), ws, "mine",
                    data_dir=SAMPLES)
     ws.job = job
     ready.set()
@@ -269,7 +269,7 @@ def test_a_training_cancel_is_reported_as_not_saved(tmp_path):
     assert job.status == "cancelled" and "cancelled at step" in job.error
     assert job.events[-1]["saved"] is False
     # only the run's checkpoint stays (hidden from the workspace's experts), for a resume
-    assert [p.name for p in tmp_path.iterdir()] == [runs.CHECKPOINTS]
+    assert [p.name for p in tmp_path.iterdir()] == [workflows.CHECKPOINTS]
     assert Workspace(tmp_path).list_experts() == ([], {})
 
 
@@ -277,7 +277,7 @@ def test_a_cancelled_training_job_resumes_to_the_uninterrupted_result(tmp_path):
     from tests.tinymodels import SAMPLES, tiny_bert
 
     config = ExpertConfig(**{**TINY_CONFIG, "steps": 6, "checkpoint_every": 2, "eval_every": 2})
-    whole = jobs.Job(runs.train_expert_job, config, tiny_bert(), Workspace(tmp_path / "a"), "mine",
+    whole = jobs.Job(workflows.train_expert_job, config, tiny_bert(), Workspace(tmp_path / "a"), "mine",
                      data_dir=SAMPLES)
     assert whole.wait(120) and whole.status == "done"
 
@@ -288,9 +288,9 @@ def test_a_cancelled_training_job_resumes_to_the_uninterrupted_result(tmp_path):
                 self.cancel()
 
     ws = Workspace(tmp_path / "b")
-    first = StopAtStep3(runs.train_expert_job, config, tiny_bert(), ws, "mine", data_dir=SAMPLES)
+    first = StopAtStep3(workflows.train_expert_job, config, tiny_bert(), ws, "mine", data_dir=SAMPLES)
     assert first.wait(120) and first.status == "cancelled" and "at step 3" in first.error
-    again = jobs.Job(runs.train_expert_job, config, tiny_bert(), ws, "mine", data_dir=SAMPLES)
+    again = jobs.Job(workflows.train_expert_job, config, tiny_bert(), ws, "mine", data_dir=SAMPLES)
     assert again.wait(120) and again.status == "done"
     steps = [e["step"] for e in again.events if e.get("stage") == "training" and "loss" in e]
     assert steps and min(steps) > 3                              # continued, not restarted
@@ -298,7 +298,7 @@ def test_a_cancelled_training_job_resumes_to_the_uninterrupted_result(tmp_path):
     b = store.load_expert(tmp_path / "b" / "mine")
     for key, value in a.tensors.items():
         torch.testing.assert_close(b.tensors[key], value, rtol=0, atol=1e-6)
-    assert not (tmp_path / "b" / runs.CHECKPOINTS / "mine").exists()   # removed once saved
+    assert not (tmp_path / "b" / workflows.CHECKPOINTS / "mine").exists()   # removed once saved
 
 
 def _router_job(tmp_path, stage: str):
@@ -310,7 +310,7 @@ def _router_job(tmp_path, stage: str):
     ws = Workspace(tmp_path / "ws")
     config = routing.RouterConfig(variant="mlp", layer=1, hidden=16, epochs=4, batch_size=32,
                                   max_length=32)
-    job = CancelAt(stage, runs.train_router_job, config, [0, 1], bb, folders, ws, "p", 12, 6,
+    job = CancelAt(stage, workflows.train_router_job, config, [0, 1], bb, folders, ws, "p", 12, 6,
                    data_dir=SAMPLES)
     assert job.wait(120)
     return job, ws

@@ -265,14 +265,14 @@ def test_retraining_the_router_removes_its_stale_detector(pack_copy):
 
 
 def test_router_page_jobs_write_replay_rows_for_ngram_routers(base, tmp_path):
-    from ttmoe_core.services import runs
+    from ttmoe_core.services import workflows
 
     pairs = [("cola", "cola"), ("sst2", "sst2")]
     train = routing.routing_data(pairs, "train", 20, SAMPLES)
     model = routing.build(routing.RouterConfig(variant="ngram", layer=1, hidden=8), 2,
                           base.info.hidden_size, base.info.num_layers)
     result = {"train": train, "backbone": base, "names": ["cola", "sst2"]}
-    writer = runs._replay_writer(model, result)
+    writer = workflows._replay_writer(model, result)
     writer(tmp_path)
     manifest = {"experts": ["cola", "sst2"], "base_model": base.info.to_dict()}
     source, sets = poolfiles.read_replay(tmp_path, manifest, 2)
@@ -280,7 +280,7 @@ def test_router_page_jobs_write_replay_rows_for_ngram_routers(base, tmp_path):
     assert sets["replay"]["phi_hidden"].shape == (40, 8) and "calibration" not in sets
     fusion = routing.build(routing.RouterConfig(variant="fusion", layer=1, hidden=8), 2,
                            base.info.hidden_size, base.info.num_layers)
-    assert runs._replay_writer(fusion, result) is None
+    assert workflows._replay_writer(fusion, result) is None
 
 
 def test_replay_round_trip_is_exact_for_ngrams(tmp_path):

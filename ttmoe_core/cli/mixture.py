@@ -246,11 +246,11 @@ def _save_evaluation(pack: str | Path, result: dict) -> None:
 
 def cmd_build_demo(args: argparse.Namespace) -> int:
     """``build-demo``: --out, the tasks, the router's layer and the model are checked before the
-    first expert trains (``runs.build_demo`` then trains, sweeps and writes the pack)."""
+    first expert trains (``workflows.build_demo`` then trains, sweeps and writes the pack)."""
     # heavy: imports torch; kept out of the parser
     from .. import experts, routing, store
     from ..base.backbone import load_backbone
-    from ..services import runs
+    from ..services import workflows
 
     out = check_output(args.out, "pack", args.overwrite, store.load_pack)
     router_config = routing.RouterConfig(variant=args.variant, layer=args.layer, seed=args.seed,
@@ -273,7 +273,7 @@ def cmd_build_demo(args: argparse.Namespace) -> int:
                                     **convergence_settings(args))
                for task in task_names]
     try:
-        summary = runs.build_demo(out, backbone, configs, router_config, per_task=args.per_task,
+        summary = workflows.build_demo(out, backbone, configs, router_config, per_task=args.per_task,
                                   eval_per_task=args.eval_per_task, data_dir=args.data_dir,
                                   parts=args.work_dir, resume=args.resume,
                                   command=" ".join(sys.argv[1:]) or "build-demo",

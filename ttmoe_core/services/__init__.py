@@ -1,5 +1,5 @@
 """What the app and CLI call: the workspace (every user file operation), the job runner, the
-workflows (runs: training, build-demo), what the pages show (views) and figures.
+workflows (training an expert or a router, build-demo), what the pages show (views) and figures.
 
 May import: everything below report.
 """
@@ -27,20 +27,6 @@ from .figures import (
     tt_cores_figure,
 )
 from .jobs import Job, JobRegistry
-from .runs import (
-    CHECKPOINTS,
-    MIN_UPLOAD_ROWS,
-    UPLOAD_SEED,
-    build_demo,
-    finished_part,
-    read_upload,
-    save_trained_router,
-    split_upload,
-    start_router_training,
-    start_training,
-    train_expert_job,
-    train_router_job,
-)
 from .views import (
     confidence_words,
     decision_words,
@@ -57,6 +43,20 @@ from .views import (
     shape_text,
     stamp,
     training_caption,
+)
+from .workflows import (
+    CHECKPOINTS,
+    MIN_UPLOAD_ROWS,
+    UPLOAD_SEED,
+    build_demo,
+    finished_part,
+    read_upload,
+    save_trained_router,
+    split_upload,
+    start_router_training,
+    start_training,
+    train_expert_job,
+    train_router_job,
 )
 from .workspace import (
     EXPERT_ENTRIES,

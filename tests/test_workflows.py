@@ -1,4 +1,4 @@
-"""services.runs: an upload's seeded 80/20 split, reading an upload, the app's Train buttons."""
+"""services.workflows: an upload's seeded 80/20 split, reading an upload, the app's Train buttons."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from test_jobs import _expert
 
 from ttmoe_core import store, tasks
 from ttmoe_core.errors import ConfigError, DataError
-from ttmoe_core.services import jobs, runs
+from ttmoe_core.services import jobs, workflows
 from ttmoe_core.services.workspace import Workspace
 
 
@@ -19,13 +19,13 @@ def _data(rows: int) -> tasks.TaskData:
 
 def test_the_upload_split_is_seeded_disjoint_and_whole():
     data = _data(23)
-    train, valid = runs.split_upload(data)
+    train, valid = workflows.split_upload(data)
     assert (len(train), len(valid)) == (18, 5)                    # round(0.8 * 23)
     assert set(train.texts).isdisjoint(valid.texts)
     assert sorted(train.texts + valid.texts) == sorted(data.texts)
-    again = runs.split_upload(data)
+    again = workflows.split_upload(data)
     assert (again[0].texts, again[1].texts) == (train.texts, valid.texts)   # same seed, same rows
-    other = runs.split_upload(data, seed=1)
+    other = workflows.split_upload(data, seed=1)
     assert other[0].texts != train.texts
     assert train.texts == sorted(train.texts, key=data.texts.index)         # file order kept
     assert "seeded 80/20 split (seed 0)" in train.source and train.source.endswith("first part")
@@ -33,12 +33,12 @@ def test_the_upload_split_is_seeded_disjoint_and_whole():
 
 def test_read_upload_names_the_file_and_refuses_too_few_rows():
     content = "text,label\n" + "".join(f"row {i},{i % 2}\n" for i in range(10))
-    data, train, valid = runs.read_upload("mine.csv", content.encode())
+    data, train, valid = workflows.read_upload("mine.csv", content.encode())
     assert (len(data), len(train), len(valid)) == (10, 8, 2)
     with pytest.raises(DataError, match="mine.csv has 3 rows: at least 5"):
-        runs.read_upload("mine.csv", b"text,label\na,0\nb,1\nc,0\n")
+        workflows.read_upload("mine.csv", b"text,label\na,0\nb,1\nc,0\n")
     with pytest.raises(DataError) as caught:
-        runs.read_upload("broken.csv", b"no such columns\n1\n")
+        workflows.read_upload("broken.csv", b"no such columns\n1\n")
     assert "broken.csv" in str(caught.value)
 
 
@@ -46,7 +46,7 @@ def test_start_training_checks_the_settings_before_loading_the_model(tmp_path):
     registry = jobs.JobRegistry()
     loaded = []
     with pytest.raises(ConfigError):
-        runs.start_training(registry, "me", {"task": "sst2", "steps": 0},
+        workflows.start_training(registry, "me", {"task": "sst2", "steps": 0},
                             lambda: loaded.append(1), Workspace(tmp_path), "x")
     assert loaded == [] and registry.list("me") == []
 
@@ -55,6 +55,6 @@ def test_start_training_submits_one_labelled_job(tmp_path):
     registry = jobs.JobRegistry()
     ws = Workspace(tmp_path)
     store.save_expert(_expert("x"), tmp_path / "x")
-    job = runs.start_training(registry, "me", {"task": "sst2", "steps": 3}, lambda: None, ws, "x")
+    job = workflows.start_training(registry, "me", {"task": "sst2", "steps": 3}, lambda: None, ws, "x")
     assert job.wait(30) and job.status == "failed" and "already exists" in job.error
     assert registry.list("me") == [(job, "x (sst2, tt-lora, 3 steps)")]
