@@ -35,7 +35,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     try:
         results = report.run_report(args.budget, out, progress=None if args.json else show,
                                     data_dir=args.data_dir, work_dir=work, resume=args.resume,
-                                    jobs=args.jobs)
+                                    jobs=args.jobs, reuse_from=args.reuse_from)
     except TTMoEError as exc:
         raise UsageError(str(exc)) from None
     summary = {"out": str(out), "markdown": str(out / report.MARKDOWN_FILE), "results": str(out / report.RESULTS_FILE),
@@ -75,6 +75,9 @@ def add_parsers(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--work-dir", default=None,
                         help="trained experts, checkpoints and finished experiments (default: "
                              "<out>.work); --resume continues from there")
+    parser.add_argument("--reuse-from", action="append", default=[], metavar="WORK_DIR",
+                        help="another report's work folder: its finished experts are taken where "
+                             "their settings are this run's (copied, not retrained); repeatable")
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted report: reuse its finished experts and "
                              "experiments, continue its checkpoints")

@@ -34,6 +34,7 @@ May import: every engine package below it (services, moe, store, experts, routin
 """
 
 from .contraction import exp_contraction
+from .frontier import exp_frontier
 from .integration import exp_integration
 from .markdown import FORMATS, SECTION_TITLES, fmt, machine_summary, render_markdown, render_section
 from .methods import exp_methods
@@ -52,6 +53,7 @@ from .plan import (
                       Progress,
                       ReportBudget,
                       ReportError,
+                      Setting,
                       budget_changes,
                       resolve_budget,
 )
@@ -64,7 +66,7 @@ from .status import render_status, work_status
 
 __all__ = ["BUDGETS", "EXPERIMENTS", "FIGURES_DIR", "FORMATS", "MARKDOWN_FILE", "METHOD_LABELS", "METHODS",
            "MIXTURE_ROUTER", "PAPER", "RESULTS_FILE", "SECTIONS", "SECTION_FIGURES", "SECTION_TITLES",
-           "TOLERANCE", "Progress", "ReportBudget", "ReportError", "budget_changes", "build_figures", "duration",
-           "exp_contraction", "exp_integration", "exp_methods", "exp_mixed", "exp_routers", "fmt", "machine_summary",
+           "TOLERANCE", "Progress", "ReportBudget", "ReportError", "Setting", "budget_changes", "build_figures", "duration",
+           "exp_contraction", "exp_frontier", "exp_integration", "exp_methods", "exp_mixed", "exp_routers", "fmt", "machine_summary",
            "png_available", "render_markdown", "render_section", "render_status", "report_job", "resolve_budget",
            "router_cost_ms", "run_report", "run_time", "sessions_rule", "work_status", "write_figures"]

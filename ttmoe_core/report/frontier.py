@@ -138,7 +138,7 @@ def smallest_within(points: Sequence[Mapping], reference_tag: str) -> list[dict]
                  "reference_params": ref["params"], "setting": None, "params": None, "fraction": None,
                  "value_mean": None,
                  "best_tt_setting": None if best is None else best["setting"],
-                 "best_tt_gap": None if best is None else best["value_mean"] - ref["value_mean"]}
+                 "best_tt_gap_points": None if best is None else 100 * (best["value_mean"] - ref["value_mean"])}
         if close:
             entry.update(setting=close[0]["setting"], params=close[0]["params"],
                          fraction=close[0]["params"] / ref["params"], value_mean=close[0]["value_mean"])
@@ -155,3 +155,74 @@ def summarise(rows: Sequence[Mapping]) -> dict:
     return {"points": points, "front": fronts, "matched": matched(points),
             "smallest_within": smallest_within(points, reference), "reference": reference,
             "match_tolerance": MATCH, "close": CLOSE, "spread_rule": seeds.SPREAD_RULE}
+
+
+# ----------------------------------------------------------------------------- the experiment
+ORDER = ("lora", "adapter", "tt-lora")
+"""Within a seed and task, LoRA and the adapter train before TT-LoRA (a long run stopped part-way
+already holds the baselines every TT-LoRA point is compared with)."""
+
+
+def frontier_order(run) -> list[tuple[str, Setting, int]]:
+    """The frontier's (task, setting, seed) trainings, seed-major, then task, then ``ORDER``."""
+    settings = settings_from(run.budget.frontier)
+    ranked = sorted(settings, key=lambda s: ORDER.index(s.method))
+    return [(task, s, seed) for seed in run.budget.seeds for task in run.budget.frontier_tasks
+            for s in ranked]
+
+
+def _row(run, task: str, setting: Setting, seed: int) -> dict:
+    """One finished training of the frontier as a results row."""
+    variant = run.variant(setting)
+    expert = run.expert(task, variant, seed=seed)
+    info = run.trainings[(task, variant, seed)]
+    return {"task": task, "setting": setting.tag, "method": setting.method, "modules": setting.modules,
+            "rank": setting.rank, "tt_shapes": expert.config.shapes if setting.method == "tt-lora" else None,
+            "adapter_params": expert.adapter_params(), "seed": seed, "metric": info["metric"],
+            "value": info["value"], "steps_run": info.get("steps_run"), "best_step": info.get("best_step"),
+            "cpu_seconds": info.get("cpu_seconds"), "train_seconds": info.get("train_seconds"),
+            "lr": info.get("lr"), "alpha": expert.config.alpha,
+            "from_experiment_2": variant == setting.method}
+
+
+def _rates(budget) -> str:
+    """``LoRA default, Adapter default, TT-LoRA 0.001``: each method's learning rate in words."""
+    return ", ".join(f"{METHOD_LABELS[m]} {budget.lr_of(m) or 'default'}" for m in ORDER)
+
+
+def exp_frontier(run) -> dict:
+    """Every setting of the budget's frontier on its tasks and seeds; the analysis of
+    ``summarise`` and the verdict on the paper's accuracy-per-parameter claim."""
+    b = run.budget
+    if not b.frontier_tasks or not b.frontier:
+        return {"skipped": f"the {b.name} budget has no frontier",
+                "claim": {"paper": "TT-LoRA reaches LoRA's accuracy with a small fraction of its "
+                                   "parameters", "verdict": verdict(None), "evidence": "no frontier run"},
+                "differences": []}
+    order = frontier_order(run)
+    if run.jobs > 1:
+        run.train_side_by_side([(t, run.variant(s), seed) for t, s, seed in order], run.jobs)
+    rows = [_row(run, task, setting, seed) for task, setting, seed in order]
+    analysis = summarise(rows)
+    compared = [m for m in analysis["matched"] if m["difference"] is not None]
+    at_least_equal = [m for m in compared if m["difference"] >= -CLOSE]
+    close = [e for e in analysis["smallest_within"] if e.get("setting")]
+    words = "; ".join(f"{m['task']} {m['setting']} ({m['params']:,}): {m['verdict']} "
+                      f"({100 * m['difference']:+.1f} points vs {m['how']})" for m in compared)
+    return {"tasks": list(b.frontier_tasks), "seeds": list(b.seeds),
+            "settings": [s.to_dict() | {"tag": s.tag} for s in settings_from(b.frontier)],
+            "rows": rows, **analysis,
+            "claim": {"paper": "TT-LoRA reaches LoRA's accuracy with a small fraction of its "
+                               "parameters (read here: at equal parameters, TT-LoRA within 1 point "
+                               "of LoRA or above it)",
+                      "verdict": verdict(bool(compared) and len(at_least_equal) == len(compared),
+                                         bool(at_least_equal) or bool(close)),
+                      "evidence": f"TT-LoRA at least level with LoRA at equal parameters in "
+                                  f"{len(at_least_equal)} of {len(compared)} comparisons: {words}"},
+            "differences": [
+                "Every setting through experiment 2's loop and stopping rule, with its method's "
+                f"learning rate ({_rates(b)}); "
+                "LoRA keeps α 8 at every rank (PEFT scales by α/r), TT-LoRA α 16 at every rank "
+                "(the authors' code does not scale α or the rate with rank).",
+                "Parameters: trainable adapter weights without the task head (the same head for "
+                "every method)."]}

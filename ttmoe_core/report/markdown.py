@@ -18,6 +18,7 @@ from .plots import SECTION_FIGURES
 SECTION_TITLES = {
     "contraction": "1. Contraction vs reconstruction (paper Table 3)",
     "methods": "2. TT-LoRA vs LoRA vs Adapter, one expert per task and seed (paper Tables 4 and 6)",
+    "frontier": "2b. Accuracy per parameter: every method at several sizes",
     "routers": "3. Router variants (paper Table 5)",
     "integration": "4. Expert integration (paper Table 6, expert integration)",
     "mixed": "5. Mixed-task evaluation (the \"4 points over AdapterFusion\" claim)",
@@ -230,7 +231,44 @@ def _section_mixed(exp: dict) -> list[str]:
                     "routed right"], rows), "Parameters:", params, ratio]
 
 
+def _section_frontier(exp: dict) -> list[str]:
+    if "skipped" in exp:
+        return [exp["skipped"] + "."]
+    front = {(task, tag) for task, tags in exp["front"].items() for tag in tags}
+    points = _table(["task", "setting", "modules", "rank", "adapter params", "seeds", "metric",
+                     "mean ± std", "steps run", "CPU s", "on the front"],
+                    [[p["task"], p["setting"], p["modules"], str(p["rank"]), fmt(p["params"], "int"),
+                      str(p["n"]), p["metric"], _pm(p["value_mean"], p["value_std"]),
+                      fmt(p["steps_mean"], "int"), fmt(p["cpu_seconds_mean"], "f1"),
+                      _yes_no((p["task"], p["setting"]) in front)] for p in exp["points"]])
+    matched = _table(["task", "TT-LoRA", "adapter params", "TT-LoRA mean ± std", "LoRA at equal params",
+                      "LoRA mean ± std", "difference", "seed spread", "verdict"],
+                     [[m["task"], m["setting"], fmt(m["params"], "int"), _pm(m["tt_mean"], m["tt_std"]),
+                       m["how"], _pm(m["lora_mean"], m["lora_std"]), fmt(m["difference"], "signed3"),
+                       fmt(m["spread"], "f3"), m["verdict"]] for m in exp["matched"]])
+    smallest = _table(["task", "reference", "reference mean", "smallest TT-LoRA within 1 point",
+                       "its params", "fraction of the reference", "best TT-LoRA (gap, points)"],
+                      [[e["task"], e["reference"], fmt(e.get("reference_mean"), "f3"), e.get("setting") or "none",
+                        fmt(e.get("params"), "int"), fmt(e.get("fraction"), "pct1"),
+                        f"{e.get('best_tt_setting') or '–'} ({fmt(e.get('best_tt_gap_points'), 'signed1')})"]
+                       for e in exp["smallest_within"]])
+    rows = _table(["task", "setting", "seed", "adapter params", "value", "steps run", "best step", "CPU s",
+                   "from experiment 2"],
+                  [[r["task"], r["setting"], str(r["seed"]), fmt(r["adapter_params"], "int"),
+                    fmt(r["value"], "f3"), fmt(r["steps_run"], "int"), fmt(r["best_step"], "int"),
+                    fmt(r["cpu_seconds"], "f1"), _yes_no(r["from_experiment_2"])] for r in exp["rows"]])
+    return [f"Each setting on {', '.join(exp['tasks'])}, seeds {', '.join(map(str, exp['seeds']))}: mean ± "
+            "sample std of the validation metric; on the front: no other setting of the task has at "
+            "most as many parameters and a higher mean:", points,
+            f"TT-LoRA against LoRA at equal parameters (a LoRA size within ±{100 * exp['match_tolerance']:.0f}% "
+            "of the count, else LoRA interpolated linearly in log(parameters) between its two sizes "
+            f"around it). Rule: {exp['spread_rule']}.", matched,
+            "The smallest TT-LoRA at most 1 point below the reference LoRA:", smallest,
+            "Every run:", rows]
+
+
 _SECTION_BODIES = {"contraction": _section_contraction, "methods": _section_methods,
+                   "frontier": _section_frontier,
                    "routers": _section_routers, "integration": _section_integration,
                    "mixed": _section_mixed}
 

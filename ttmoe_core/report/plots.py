@@ -19,6 +19,7 @@ from .plan import METHOD_LABELS, METHODS
 
 SECTION_FIGURES = {"contraction": ("contraction_ms", "contraction_ratio"),
                    "methods": ("methods_metric", "methods_params"),
+                   "frontier": ("frontier",),
                    "routers": ("router_frontier", *(f"router_confusion_{v}" for v in VARIANTS)),
                    "integration": ("integration", "integration_fusion"),
                    "mixed": ("mixed",)}
@@ -51,7 +52,7 @@ def build_figures(results: dict) -> dict:
     """Plotly figures of the experiments present in ``results`` (pure: data in, figures out)."""
     import plotly.graph_objects as go
 
-    from ..services.figures import apply_layout, confusion_heatmap
+    from ..services.figures import apply_layout, confusion_heatmap, frontier_figure
 
     out = {}
     exps = results["experiments"]
@@ -85,6 +86,9 @@ def build_figures(results: dict) -> dict:
             {"TT-LoRA": [r["tt_lora"] for r in exp["ratios"]], "LoRA": [r["lora"] for r in exp["ratios"]],
              "Adapter": [r["adapter"] for r in exp["ratios"]]},
             "Adapter parameters by method (log scale)", "parameters", log=True)
+    if "frontier" in exps and "points" in exps["frontier"]:
+        exp = exps["frontier"]
+        out["frontier"] = frontier_figure(exp["points"], exp["front"])
     if "routers" in exps:
         exp = exps["routers"]
         fig = go.Figure([go.Scatter(x=[r["ms_per_input"] for r in exp["rows"] if r["variant"] == v],
@@ -124,16 +128,20 @@ def build_figures(results: dict) -> dict:
 
 
 def _png(figure, path: Path) -> None:
-    """A static rendering of a single-axes plotly figure (bar, scatter, heatmap traces) via matplotlib."""
+    """A static rendering of a plotly figure (bar, scatter with error bars, heatmap traces) via
+    matplotlib; subplots side by side (one panel per x axis of the figure)."""
     import numpy as np
     from matplotlib.figure import Figure
 
     layout = figure.layout
     heatmap = any(t.type == "heatmap" for t in figure.data)
-    canvas = Figure(figsize=(6.4, 5.6) if heatmap else (8, 4.5), layout="constrained")
-    ax = canvas.subplots()
+    panels = list(dict.fromkeys(t.xaxis or "x" for t in figure.data)) or ["x"]
+    width = 8 if len(panels) == 1 else 5.5 * len(panels)
+    canvas = Figure(figsize=(6.4, 5.6) if heatmap else (width, 4.5), layout="constrained")
+    axes = np.atleast_1d(canvas.subplots(1, len(panels)))
     bars = [t for t in figure.data if t.type == "bar"]
     for trace in figure.data:
+        ax = axes[panels.index(trace.xaxis or "x")]
         if trace.type == "heatmap":
             z = np.array(trace.z, dtype=float)                          # [rows, columns]
             ax.imshow(z, cmap="Blues", vmin=0, vmax=max(1.0, float(np.nanmax(z))) if z.size else 1)
@@ -144,28 +152,36 @@ def _png(figure, path: Path) -> None:
                     ax.text(j, i, text, ha="center", va="center", fontsize=8,
                             color="white" if z[i, j] > 0.6 * np.nanmax(z) else "black")
         elif trace.type == "bar":
-            k, width = bars.index(trace), 0.8 / len(bars)
-            positions = np.arange(len(trace.x)) + (k - (len(bars) - 1) / 2) * width
-            ax.bar(positions, [np.nan if v is None else v for v in trace.y], width, label=trace.name)
+            k, bar_width = bars.index(trace), 0.8 / len(bars)
+            positions = np.arange(len(trace.x)) + (k - (len(bars) - 1) / 2) * bar_width
+            ax.bar(positions, [np.nan if v is None else v for v in trace.y], bar_width, label=trace.name)
             ax.set_xticks(range(len(trace.x)), list(trace.x), rotation=30 if len(trace.x) > 6 else 0,
                           ha="right" if len(trace.x) > 6 else "center")
         elif trace.type == "scatter":
             mode = trace.mode or "lines+markers"
-            ax.plot(list(trace.x), list(trace.y), marker="o" if "markers" in mode else None,
-                    linestyle="-" if "lines" in mode else "none", label=trace.name)
+            errors = trace.error_y.array if trace.error_y and trace.error_y.array is not None else None
+            ax.errorbar(list(trace.x), list(trace.y), yerr=None if errors is None else list(errors),
+                        marker="o" if "markers" in mode else None, capsize=2 if errors is not None else 0,
+                        linestyle=("--" if trace.line.dash == "dash" else "-") if "lines" in mode else "none",
+                        label=trace.name if trace.showlegend is not False else None)
             if "text" in mode and trace.text is not None:
                 for x, y, text in zip(trace.x, trace.y, trace.text):
                     ax.annotate(text, (x, y), textcoords="offset points", xytext=(0, 5), ha="center",
                                 fontsize=8)
-    if layout.xaxis.type == "log":
-        ax.set_xscale("log", base=2)
-    if layout.yaxis.type == "log":
-        ax.set_yscale("log")
-    ax.set_xlabel(layout.xaxis.title.text or "")
-    ax.set_ylabel(layout.yaxis.title.text or "")
-    ax.set_title(layout.title.text or "", loc="left", fontsize=11)
-    if sum(1 for t in figure.data if t.name) > 1:
-        ax.legend(fontsize=8)
+    for n, (ax, panel) in enumerate(zip(axes, panels)):
+        xaxis = layout["xaxis" + panel[1:]]
+        yaxis = layout["yaxis" + panel[1:]]
+        if xaxis.type == "log":
+            ax.set_xscale("log", base=2 if len(panels) == 1 else 10)
+        if yaxis.type == "log":
+            ax.set_yscale("log")
+        ax.set_xlabel(xaxis.title.text or "")
+        ax.set_ylabel(yaxis.title.text or "")
+        if len(panels) > 1 and layout.annotations and n < len(layout.annotations):
+            ax.set_title(layout.annotations[n].text, fontsize=10)
+    canvas.suptitle(layout.title.text or "", x=0.01, ha="left", fontsize=11)
+    if sum(1 for t in figure.data if t.name and t.showlegend is not False) > 1:
+        axes[0].legend(fontsize=8)
     canvas.savefig(path, dpi=110)
 
 

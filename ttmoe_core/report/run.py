@@ -1,4 +1,4 @@
-"""One report run: check the data, run the five experiments in order, write the report folder.
+"""One report run: check the data, run the six experiments in order, write the report folder.
 
 ``run_report(budget, out)`` writes ``results.json`` (every number, with date, machine, load and
 timings), ``paper_tables.md`` and ``figures/``; ``report_job`` is the same as a ``jobs.Job``
@@ -21,6 +21,7 @@ from ..runtime import runinfo
 from ..tasks import DEMO_TASKS
 from .contraction import exp_contraction
 from .experiment import Run, check_jobs
+from .frontier import exp_frontier
 from .integration import exp_integration
 from .markdown import render_markdown
 from .methods import exp_methods, training_order
@@ -40,8 +41,8 @@ from .router_variants import exp_routers
 from .sessions import SessionLog, total_seconds
 
 EXPERIMENTS: dict[str, Callable[[Run], dict]] = {
-    "contraction": exp_contraction, "methods": exp_methods, "routers": exp_routers,
-    "integration": exp_integration, "mixed": exp_mixed}
+    "contraction": exp_contraction, "methods": exp_methods, "frontier": exp_frontier,
+    "routers": exp_routers, "integration": exp_integration, "mixed": exp_mixed}
 """Each experiment's function, in run order (the order of ``SECTIONS``)."""
 
 
@@ -106,19 +107,22 @@ def _write_text(path: Path, text: str) -> None:
 def run_report(budget: str | ReportBudget, out: str | Path, progress: Progress | None = None,
                data_dir: str | Path | None = None,
                should_stop: Callable[[], bool] | None = None,
-               work_dir: str | Path | None = None, resume: bool = False, jobs: int = 1) -> dict:
-    """Run the five experiments, write results.json, paper_tables.md and figures to ``out``.
+               work_dir: str | Path | None = None, resume: bool = False, jobs: int = 1,
+               reuse_from: Sequence[str | Path] = ()) -> dict:
+    """Run the six experiments, write results.json, paper_tables.md and figures to ``out``.
 
     ``progress(stage, done, total)`` is called often; ``should_stop()`` (checked as often) cancels
     with ReportError. Returns the results dict (what results.json holds).
     With ``work_dir`` every trained expert, training checkpoint and finished experiment's result
     is kept there; ``resume`` reuses them (same budget and data only: ReportError otherwise), so
-    an interrupted report continues where it stopped. ``jobs`` > 1 trains experiment 2's
-    experts that many at a time, each in its own process (CPU only: ``Run.train_side_by_side``).
+    an interrupted report continues where it stopped. ``jobs`` > 1 trains experiment 2's and
+    the frontier's experts that many at a time, each in its own process (CPU only:
+    ``Run.train_side_by_side``). ``reuse_from``: other work folders whose finished experts are
+    taken where their config is this run's (copied into ``work_dir``; not retrained).
     """
     b = resolve_budget(budget)
     data_path = None if data_dir is None else Path(data_dir).expanduser()
-    fixed = list(b.comparison_tasks or ()) + list(DEMO_TASKS) + list(b.fusion_tasks)
+    fixed = list(b.comparison_tasks or ()) + list(DEMO_TASKS) + list(b.fusion_tasks) + list(b.frontier_tasks)
     available = _check_data(data_path, fixed)
     comparison = list(b.comparison_tasks) if b.comparison_tasks else available
     integration = [t for t in tasks.TASKS if t in set(comparison) | set(DEMO_TASKS)]
@@ -134,7 +138,7 @@ def run_report(budget: str | ReportBudget, out: str | Path, progress: Progress |
     out.mkdir(parents=True, exist_ok=True)
     run = Run(budget=b, backbone=backbone, data_dir=data_path, progress=progress,
               should_stop=should_stop, comparison_tasks=comparison, integration_tasks=integration,
-              jobs=jobs)
+              jobs=jobs, reuse_from=tuple(Path(p) for p in reuse_from))
     meta = {"budget": b.name, "settings": b.to_dict(), "seed": b.seed, "seeds": list(b.seeds),
             "started": started,
             "machine": runinfo.machine_info(backbone.device, libraries=True),

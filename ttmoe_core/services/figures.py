@@ -292,3 +292,44 @@ def pipeline_diagram(expert_names: Sequence[str], chosen: str | None = None) -> 
     return apply_layout(fig, None, height=int(90 + 42 * height_units), plot_bgcolor="rgba(0,0,0,0)",
                         paper_bgcolor="rgba(0,0,0,0)")
 
+
+
+METHOD_COLORS = {"tt-lora": ACCENT, "lora": "#E8590C", "adapter": "#2F9E44"}
+
+
+def frontier_figure(points: Sequence[Mapping], fronts: Mapping[str, Sequence[str]],
+                    title: str | None = "Validation metric against trainable adapter parameters") -> go.Figure:
+    """Accuracy per parameter (report/frontier.py ``points``): one panel per task, one series per
+    method and modules (markers with ± seed std, log x), the Pareto front as a dashed line."""
+    from plotly.subplots import make_subplots
+
+    tasks = list(dict.fromkeys(p["task"] for p in points))
+    fig = make_subplots(rows=1, cols=max(len(tasks), 1), subplot_titles=tasks, horizontal_spacing=0.08)
+    shown = set()
+    for col, task in enumerate(tasks, start=1):
+        mine = [p for p in points if p["task"] == task and p["value_mean"] is not None]
+        for series in dict.fromkeys((p["method"], p["modules"]) for p in mine):
+            group = sorted((p for p in mine if (p["method"], p["modules"]) == series), key=lambda p: p["params"])
+            name = f"{series[0]} ({series[1]})"
+            fig.add_trace(go.Scatter(
+                x=[p["params"] for p in group], y=[p["value_mean"] for p in group],
+                error_y=dict(type="data", array=[p["value_std"] or 0.0 for p in group], visible=True),
+                text=[p["setting"] for p in group], mode="lines+markers", name=name,
+                legendgroup=name, showlegend=name not in shown,
+                marker=dict(color=METHOD_COLORS.get(series[0]),
+                            symbol="circle" if series[1] == "q,v" else "diamond", size=9),
+                line=dict(color=METHOD_COLORS.get(series[0]), width=1,
+                          dash="solid" if series[1] == "q,v" else "dot"),
+                hovertemplate="%{text}<br>%{x:,} parameters<br>%{y:.3f}<extra></extra>"), row=1, col=col)
+            shown.add(name)
+        by_tag = {p["setting"]: p for p in mine}
+        front = [by_tag[t] for t in fronts.get(task, ()) if t in by_tag]
+        fig.add_trace(go.Scatter(x=[p["params"] for p in front], y=[p["value_mean"] for p in front],
+                                 mode="lines", name="Pareto front", legendgroup="front",
+                                 showlegend="front" not in shown,
+                                 line=dict(color="#212529", dash="dash", width=1.5),
+                                 hoverinfo="skip"), row=1, col=col)
+        shown.add("front")
+        fig.update_xaxes(type="log", title="trainable adapter parameters", row=1, col=col)
+    fig.update_yaxes(title="validation metric (mean ± std over seeds)", row=1, col=1)
+    return apply_layout(fig, title, 440)
