@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from . import experts, mixture, models, report, routing
+from . import experts, mixture, models, report, routing, serve
 from .args import DEBUG_ENV, EXIT_BUG, EXIT_USAGE, Parser, UsageError
 
 __all__ = ["EXIT_BUG", "EXIT_USAGE", "Parser", "UsageError", "build_parser", "main"]
@@ -23,7 +23,7 @@ def build_parser() -> Parser:
     parser = Parser(prog="python -m ttmoe_core",
                     description="TT-LoRA MoE Studio: train, store, count and serve TT-LoRA experts.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
-    for module in (experts, mixture, routing, report, models):
+    for module in (experts, mixture, routing, report, models, serve):
         module.add_parsers(sub)
     return parser
 
