@@ -37,10 +37,12 @@ MODES = {"coalescing": True, "no coalescing": False}
 
 @contextmanager
 def serving(app) -> Iterator[str]:
-    """Run ``app`` on uvicorn in a thread on a free loopback port; yields its base URL."""
+    """Run ``app`` on uvicorn in a thread on a free loopback port; yields its base URL. TCP_NODELAY
+    as ``serve`` sets it (each connection inherits it)."""
     import uvicorn
 
     sock = socket.create_server((HOST, 0))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
