@@ -344,12 +344,12 @@ def test_slow_and_vanishing_clients_leave_the_server_serving(moe):
 def test_shutdown_answers_the_queued_requests():
     import httpx
 
-    app = create_app(StubMixture(0.05), ServeSettings(max_wait_ms=0, queue_size=64))
+    app = create_app(StubMixture(0.3), ServeSettings(max_wait_ms=0, queue_size=64))
     with ThreadPoolExecutor(8) as pool:
         with serving(app) as url:
             futures = [pool.submit(httpx.post, f"{url}/v1/predict", json={"text": f"t{k}"},
                                    timeout=10) for k in range(8)]
-            _wait(lambda: app.state.batcher.calls >= 1)
+            _wait(lambda: app.state.batcher.depth() == 7)     # one running, seven queued
         answers = [f.result() for f in futures]            # the server has stopped by now
     assert [a.status_code for a in answers] == [200] * 8
     assert [a.json()["results"][0]["text"] for a in answers] == [f"t{k}" for k in range(8)]
