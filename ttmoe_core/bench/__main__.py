@@ -1,4 +1,4 @@
-"""Benchmarks, measured side by side in one run: ``python -m ttmoe_core.bench adapters|moe|serve|jobs``.
+"""Benchmarks, measured side by side in one run: ``python -m ttmoe_core.bench adapters|moe|serve|http|jobs``.
 
 ``adapters``: on the base model (default: the embedded all-MiniLM-L6-v2)
   - inference: frozen model vs the same model with TT-LoRA (rank 5) on every query/value module;
@@ -19,6 +19,10 @@
   with upper-layer experts (router prefix shared), PEFT LoRA r16 with ``adapter_names=`` (one
   padded batch and the same micro-batches), the paper's scheme; the expert part per row and the
   memory for E = 6, 64, 1,000, 10,000; a 1,000-expert pack loaded from disk; single-row latency.
+``http``: the HTTP API (``python -m ttmoe_core serve``) on a loopback port of this process, mixed
+  validation rows from 1, 8, 32 and 64 concurrent clients: rows/s and latency p50/p95/p99 with
+  requests coalesced into one model call and without (each request alone), beside the offline
+  ``predict`` on the same rows in one call.
 
 ``jobs``: one expert training alone with every thread vs ``--jobs`` copies of it at once, each
   with its share of the threads, every one in a fresh process (what ``report --jobs`` does):
@@ -39,9 +43,18 @@ from collections.abc import Sequence
 import torch
 
 from ..base.backbone import pick_device
-from ..cli.args import EXIT_USAGE, Parser, UsageError, int_in, positive_int, positive_int_list
+from ..cli.args import (
+    EXIT_USAGE,
+    Parser,
+    UsageError,
+    int_in,
+    positive_float,
+    positive_int,
+    positive_int_list,
+)
 from ..runtime.runinfo import usable_cores
 from .adapters import ADAPTER_DEFAULTS, ADAPTER_QUICK, bench_adapters, format_adapters
+from .http import HTTP_DEFAULTS, HTTP_QUICK, bench_http, format_http
 from .jobs import JOBS_DEFAULTS, JOBS_QUICK, bench_jobs, format_jobs
 from .moe import DEMO_PACK, MOE_DEFAULTS, MOE_QUICK, bench_moe, format_moe
 from .serve import SERVE_DEFAULTS, SERVE_QUICK, bench_serve, format_serve
@@ -70,6 +83,19 @@ def _run_serve(args: argparse.Namespace, device: torch.device) -> tuple[dict, st
         settings["rss"] = False
     result = bench_serve(settings, args.pack, args.data_dir, device, upper_pack=args.upper_pack)
     return result, format_serve(result)
+
+
+def _run_http(args: argparse.Namespace, device: torch.device) -> tuple[dict, str]:
+    try:
+        import fastapi  # noqa: F401,E401 -- the optional serving packages
+        import httpx
+        import uvicorn
+    except ImportError as exc:
+        raise UsageError(f"the http benchmark needs fastapi, uvicorn and httpx ({exc.name} is "
+                         "missing): pip install -r requirements.txt") from None
+    result = bench_http(_settings(args, HTTP_DEFAULTS, HTTP_QUICK), args.pack, args.data_dir,
+                        device)
+    return result, format_http(result)
 
 
 def _run_jobs(args: argparse.Namespace, device: torch.device) -> tuple[dict, str]:
@@ -140,6 +166,25 @@ def build_parser() -> Parser:
     s.add_argument("--no-rss", action="store_true",
                    help="skip the memory probes (a fresh process per E)")
     s.set_defaults(run=_run_serve)
+
+    h = sub.add_parser("http", parents=[common], help="the HTTP server under 1-64 concurrent "
+                                                     "clients, coalescing on and off, vs offline")
+    h.add_argument("--pack", default=str(DEMO_PACK), help="pack folder (default: assets/demo)")
+    h.add_argument("--data-dir", default=None, help="task data folder (default: the engine's)")
+    h.add_argument("--rows", type=positive_int, default=None, help="mixed rows (default 256)")
+    h.add_argument("--clients", type=positive_int_list, default=None,
+                   help="concurrent clients per level (default 1,8,32,64)")
+    h.add_argument("--requests", type=positive_int, default=None,
+                   help="requests per level at most (default 256; quick 64)")
+    h.add_argument("--seconds", type=positive_float, default=None,
+                   help="seconds per level at most (default 20; quick 5)")
+    h.add_argument("--rows-per-request", type=positive_int, default=None,
+                   help="rows in each request (default 1)")
+    h.add_argument("--max-wait-ms", type=int_in(0, 10_000), default=None,
+                   help="the coalescing server's wait for more requests (default 5)")
+    h.add_argument("--max-length", type=positive_int, default=None,
+                   help="tokens per row at most (default: the pack's; quick 32)")
+    h.set_defaults(run=_run_http)
 
     j = sub.add_parser("jobs", parents=[common], help="one training with every thread vs several "
                                                      "side by side (report --jobs)")

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import one_line
-from . import base_models, experts, mixture, report, routing
+from . import base_models, experts, mixture, report, routing, serve
 from .args import DEBUG_ENV, EXIT_BUG, EXIT_USAGE, Parser, UsageError
 
 __all__ = ["EXIT_BUG", "EXIT_USAGE", "Parser", "UsageError", "build_parser", "main"]
@@ -26,7 +26,7 @@ def build_parser() -> Parser:
     parser = Parser(prog="python -m ttmoe_core",
                     description="TT-LoRA MoE Studio: train, store, count and serve TT-LoRA experts.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
-    for module in (experts, mixture, routing, report, base_models):
+    for module in (experts, mixture, routing, report, base_models, serve):
         module.add_parsers(sub)
     return parser
 

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import TTMoEError
+from ..services.workspace import default_pack
 from .args import UsageError
 
 
@@ -46,6 +47,27 @@ def load_pack(path: str | Path):
 
     try:
         return store.load_pack(path)
+    except TTMoEError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def load_mixture(pack: str | None, device: str | None, dtype: str = "float32"):
+    """The pack's mixture on its own base model, each file of the pack read once."""
+    from ..moe import TTLoRAMoE  # heavy: imports torch; kept out of the parser
+
+    loaded = load_pack(Path(pack) if pack else default_pack())
+    try:
+        return TTLoRAMoE.from_loaded_pack(loaded, device=device, dtype=dtype)
+    except TTMoEError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def load_adhoc(folders: list[str], device: str | None, dtype: str = "float32"):
+    """The router-less mixture of expert folders (``moe.mixture_from_folders``)."""
+    from ..moe import mixture_from_folders  # heavy: imports torch; kept out of the parser
+
+    try:
+        return mixture_from_folders(folders, device=device, dtype=dtype)
     except TTMoEError as exc:
         raise UsageError(str(exc)) from None
 

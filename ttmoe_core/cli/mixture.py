@@ -25,7 +25,7 @@ from .args import (
     targets_arg,
     task_lr_arg,
 )
-from .checks import check_max_length, check_output, load_pack
+from .checks import check_max_length, check_output, load_adhoc, load_mixture, load_pack
 from .experts import add_convergence_flags, convergence_settings
 from .show import confusion_text
 
@@ -87,27 +87,6 @@ def _shown(text: str, width: int = 60) -> str:
     return text if len(text) < width else text[:width - 3] + "..."
 
 
-def _load_moe(pack: str | None, device: str | None, dtype: str = "float32"):
-    """The pack's mixture on its own base model, each file of the pack read once."""
-    from ..moe import TTLoRAMoE  # heavy: imports torch; kept out of the parser
-
-    loaded = load_pack(Path(pack) if pack else default_pack())
-    try:
-        return TTLoRAMoE.from_loaded_pack(loaded, device=device, dtype=dtype)
-    except TTMoEError as exc:
-        raise UsageError(str(exc)) from None
-
-
-def _load_adhoc(folders: list[str], device: str | None, dtype: str = "float32"):
-    """The router-less mixture of expert folders (``moe.mixture_from_folders``)."""
-    from ..moe import mixture_from_folders  # heavy: imports torch; kept out of the parser
-
-    try:
-        return mixture_from_folders(folders, device=device, dtype=dtype)
-    except TTMoEError as exc:
-        raise UsageError(str(exc)) from None
-
-
 def cmd_predict(args: argparse.Namespace) -> int:
     if args.expert_dir and args.pack:
         raise UsageError("give --pack or --expert-dir, not both")
@@ -127,8 +106,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 raise UsageError(f"{_shown(text, 40)!r} is not UTF-8 text") from None
         rows = [(i + 1, {"text": t, "text_pair": args.text_pair}, None)
                 for i, t in enumerate(args.text)]
-    moe = (_load_adhoc(args.expert_dir, args.device, args.dtype) if args.expert_dir
-           else _load_moe(args.pack, args.device, args.dtype))
+    moe = (load_adhoc(args.expert_dir, args.device, args.dtype) if args.expert_dir
+           else load_mixture(args.pack, args.device, args.dtype))
     if args.expert_dir and args.expert is None:
         if len(moe.names) > 1:
             raise UsageError(f"several experts and no router: choose one with --expert "
@@ -186,7 +165,7 @@ def cmd_eval_moe(args: argparse.Namespace) -> int:
     # heavy: imports torch; kept out of the parser
     from ..moe import evaluate_mixture, openworld_report
 
-    moe = _load_moe(args.pack, args.device, args.dtype)
+    moe = load_mixture(args.pack, args.device, args.dtype)
     if moe.router is None:
         where = args.pack or default_pack()
         raise UsageError(f"the pack {where} has no router to evaluate: train one with "
