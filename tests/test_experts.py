@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.tinymodels import sample_rows
 from ttmoe_core import adapters, experts, store, tasks, tt
 from ttmoe_core.experts import ConfigError, ExpertConfig, TrainingError
 
@@ -22,8 +23,7 @@ def _config(**overrides) -> ExpertConfig:
 
 @pytest.fixture(scope="module")
 def sst2(samples_dir):
-    return (tasks.load_task("sst2", "train", data_dir=samples_dir, limit=16),
-            tasks.load_task("sst2", "validation", data_dir=samples_dir, limit=8))
+    return sample_rows(samples_dir, "sst2", 16, 8)
 
 
 @pytest.fixture(scope="module")

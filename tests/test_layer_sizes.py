@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.tinymodels import sample_rows
 from ttmoe_core import adapters, experts, moe, store, tasks
 from ttmoe_core.base import backbone
 from ttmoe_core.cli.args import UsageError
@@ -23,8 +24,7 @@ ROLES = {"attention.output.dense": (48, 48), "intermediate.dense": (48, 96),
 
 @pytest.fixture(scope="module")
 def sst2(samples_dir):
-    return (tasks.load_task("sst2", "train", data_dir=samples_dir, limit=12),
-            tasks.load_task("sst2", "validation", data_dir=samples_dir, limit=6))
+    return sample_rows(samples_dir, "sst2", 12, 6)
 
 
 @pytest.fixture(scope="module")

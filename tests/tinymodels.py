@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ttmoe_core import experts, routing, store
+from ttmoe_core import experts, routing, store, tasks
 from ttmoe_core.base import backbone
 
 SAMPLES = Path(__file__).resolve().parents[1] / "assets" / "samples"
@@ -97,6 +97,12 @@ def tiny_pack(pack_dir: str | Path, bb: backbone.Backbone, tasks: Sequence[str] 
                                          epochs=epochs)
     store.save_router(pack_dir, trained, train.names, {"accuracy": report.accuracy}, bb.info)
     return pack_dir, list(expert_list), trained
+
+
+def sample_rows(samples_dir: Path, task: str, train_rows: int, valid_rows: int):
+    """(train rows, validation rows) of ``task`` from the shipped samples, the first of each."""
+    return (tasks.load_task(task, "train", data_dir=samples_dir, limit=train_rows),
+            tasks.load_task(task, "validation", data_dir=samples_dir, limit=valid_rows))
 
 
 def tree_hashes(folder: str | Path) -> dict[str, str]:

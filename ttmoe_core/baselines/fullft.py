@@ -30,7 +30,14 @@ import torch
 
 from .. import tasks
 from ..base.backbone import Backbone, default_pooling, encode_rows, load_backbone
-from ..experts import ConfigError, ExpertModel, evaluate_model
+from ..experts import (
+    ConfigError,
+    ExpertModel,
+    evaluate_model,
+    holdout_scorer,
+    split_training_rows,
+    task_metric,
+)
 from ..experts import loop as training
 from ..runtime import precision
 
@@ -103,12 +110,7 @@ def train_full(config: FullConfig, backbone: Backbone | None = None, *,
     if train_data is None:
         train_data = tasks.load_task(cfg.task, "train", data_dir=data_dir, limit=cfg.train_limit,
                                      seed=cfg.seed)
-    if len(train_data) == 0:
-        raise ConfigError(f"no training rows for task {cfg.task!r}")
-    regression = not train_data.label_names
-    train_rows, holdout_rows = training.holdout_split(len(train_data), cfg.holdout_fraction,
-                                                      cfg.holdout_limit, cfg.seed)
-    fit_data = train_data.select(train_rows) if holdout_rows else train_data
+    fit_data, held, regression = split_training_rows(cfg, train_data)
     generator = torch.Generator().manual_seed(cfg.seed)     # head, batch order and dropout
     model = full_model(backbone, max(1, len(train_data.label_names)), generator)
     labels_all = torch.tensor(fit_data.labels)
@@ -118,13 +120,8 @@ def train_full(config: FullConfig, backbone: Backbone | None = None, *,
         return training.task_loss(model(encoded.batch(rows, device)), labels_all[rows].to(device),
                                   regression)
 
-    metric = tasks.primary_metric(tasks.TASKS[cfg.task] if cfg.task in tasks.TASKS else
-                                  ("pearson_spearman" if regression else "accuracy"))
-    holdout = None
-    if holdout_rows:
-        held = train_data.select(holdout_rows)
-        holdout = training.HoldOut(lambda: evaluate_model(
-            model, backbone, held, cfg.task, cfg.max_length, should_stop)["metrics"], metric)
+    metric = task_metric(cfg.task, regression)
+    holdout = holdout_scorer(model, backbone, held, cfg, regression, should_stop)
     checkpoint = None
     if checkpoint_dir is not None:
         fingerprint = {"method": METHOD, **cfg.to_dict(), "base_model": backbone.info.fingerprint,

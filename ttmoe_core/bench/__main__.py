@@ -109,6 +109,16 @@ def _run_jobs(args: argparse.Namespace, device: torch.device) -> tuple[dict, str
     return result, format_jobs(result)
 
 
+def _pack_flags(parser, quick_length: int | None = None) -> None:
+    """--pack, --data-dir and --max-length of the benchmarks that serve a pack's mixture on mixed
+    rows (``quick_length``: the row length of --quick, when it sets one)."""
+    parser.add_argument("--pack", default=str(DEMO_PACK), help="pack folder (default: assets/demo)")
+    parser.add_argument("--data-dir", default=None, help="task data folder (default: the engine's)")
+    quick = "" if quick_length is None else f"; quick {quick_length}"
+    parser.add_argument("--max-length", type=positive_int, default=None,
+                        help=f"tokens per row at most (default: the pack's{quick})")
+
+
 def build_parser() -> Parser:
     """One subcommand per benchmark; each sets ``run(args, device) -> (result, text)``."""
     parser = Parser(prog="python -m ttmoe_core.bench", description=__doc__,
@@ -135,55 +145,44 @@ def build_parser() -> Parser:
     a.set_defaults(run=_run_adapters)
 
     m = sub.add_parser("moe", parents=[common], help="mixture vs single expert vs paper scheme")
-    m.add_argument("--pack", default=str(DEMO_PACK), help="pack folder (default: assets/demo)")
-    m.add_argument("--data-dir", default=None, help="task data folder (default: the engine's)")
+    _pack_flags(m)
     m.add_argument("--rows", type=positive_int, default=None, help="mixed batch rows (default 48)")
-    m.add_argument("--max-length", type=positive_int, default=None,
-                   help="tokens per row at most (default: the pack's)")
     m.add_argument("--experts-scan", type=positive_int_list, default=None,
                    help="numbers of experts for the expert-part scan (default 1,6,16,64)")
     m.set_defaults(run=_run_moe)
 
     s = sub.add_parser("serve", parents=[common], help="mixed rows served: mixture vs frozen floor "
                                                       "vs PEFT adapter_names; large pools")
-    s.add_argument("--pack", default=str(DEMO_PACK), help="pack folder (default: assets/demo)")
+    _pack_flags(s)
     s.add_argument("--upper-pack", default=None,
                    help="pack of trained upper-layer experts (default: the pack's experts with "
                         "their cores below the router's layer zeroed, same cost)")
-    s.add_argument("--data-dir", default=None, help="task data folder (default: the engine's)")
     s.add_argument("--rows", type=positive_int, default=None, help="mixed rows (default 96)")
-    s.add_argument("--max-length", type=positive_int, default=None,
-                   help="tokens per row at most (default: the pack's)")
     s.add_argument("--experts-scan", type=positive_int_list, default=None,
                    help="numbers of experts for the expert part and memory "
                         "(default 6,64,1000,10000)")
-    s.add_argument("--disk-experts", type=positive_int, default=None,
-                   help="experts in the pack written and loaded back (default 1000)")
-    s.add_argument("--latency-rows", type=positive_int, default=None,
-                   help="rows timed one at a time (default 8)")
-    s.add_argument("--latency-repeats", type=positive_int, default=None,
-                   help="rounds per single row (default 15)")
+    serve_counts = (("--disk-experts", "experts in the pack written and loaded back (default 1000)"),
+                    ("--latency-rows", "rows timed one at a time (default 8)"),
+                    ("--latency-repeats", "rounds per single row (default 15)"))
+    for flag, text in serve_counts:
+        s.add_argument(flag, type=positive_int, default=None, help=text)
     s.add_argument("--no-rss", action="store_true",
                    help="skip the memory probes (a fresh process per E)")
     s.set_defaults(run=_run_serve)
 
     h = sub.add_parser("http", parents=[common], help="the HTTP server under 1-64 concurrent "
                                                      "clients, coalescing on and off, vs offline")
-    h.add_argument("--pack", default=str(DEMO_PACK), help="pack folder (default: assets/demo)")
-    h.add_argument("--data-dir", default=None, help="task data folder (default: the engine's)")
+    _pack_flags(h, quick_length=32)
     h.add_argument("--rows", type=positive_int, default=None, help="mixed rows (default 256)")
     h.add_argument("--clients", type=positive_int_list, default=None,
                    help="concurrent clients per level (default 1,8,32,64)")
-    h.add_argument("--requests", type=positive_int, default=None,
-                   help="requests per level at most (default 256; quick 64)")
-    h.add_argument("--seconds", type=positive_float, default=None,
-                   help="seconds per level at most (default 20; quick 5)")
-    h.add_argument("--rows-per-request", type=positive_int, default=None,
-                   help="rows in each request (default 1)")
+    load_limits = (("--requests", positive_int, "requests per level at most (default 256; quick 64)"),
+                   ("--seconds", positive_float, "seconds per level at most (default 20; quick 5)"),
+                   ("--rows-per-request", positive_int, "rows in each request (default 1)"))
+    for flag, kind, text in load_limits:
+        h.add_argument(flag, type=kind, default=None, help=text)
     h.add_argument("--max-wait-ms", type=int_in(0, 10_000), default=None,
                    help="the coalescing server's wait for more requests (default 5)")
-    h.add_argument("--max-length", type=positive_int, default=None,
-                   help="tokens per row at most (default: the pack's; quick 32)")
     h.set_defaults(run=_run_http)
 
     j = sub.add_parser("jobs", parents=[common], help="one training with every thread vs several "

@@ -73,10 +73,7 @@ def cmd_train_expert(args: argparse.Namespace) -> int:
           file=sys.stderr)
     bar = tqdm(total=config.steps, unit="step", file=sys.stderr,
                disable=args.quiet or not distributed.is_main_process())
-    checkpoint_dir = checkpoint_folder(out)
-    if checkpoint_dir.exists() and not args.resume:
-        print(f"a checkpoint of an earlier run is at {checkpoint_dir}: starting afresh (pass "
-              "--resume to continue it)", file=sys.stderr)
+    checkpoint_dir = announced_checkpoint(out, args.resume)
     try:
         expert = experts.train_expert(config, backbone, train_data=train, eval_data=valid,
                                       progress=progress_bar(bar), name=args.name or args.task,
@@ -131,10 +128,7 @@ def cmd_full_finetune(args: argparse.Namespace) -> int:
     print(f"full fine-tuning for {args.task}: {len(train)} train rows ({train.source}), "
           f"{len(valid)} validation rows, device {backbone.device}", file=sys.stderr)
     bar = tqdm(total=config.steps, unit="step", file=sys.stderr, disable=args.quiet)
-    checkpoint_dir = checkpoint_folder(out)
-    if checkpoint_dir.exists() and not args.resume:
-        print(f"a checkpoint of an earlier run is at {checkpoint_dir}: starting afresh (pass "
-              "--resume to continue it)", file=sys.stderr)
+    checkpoint_dir = announced_checkpoint(out, args.resume)
     try:
         record = fullft.train_full(config, backbone, train_data=train, eval_data=valid,
                                    progress=progress_bar(bar), checkpoint_dir=checkpoint_dir,
@@ -185,6 +179,16 @@ def convergence_settings(args: argparse.Namespace) -> dict:
 def checkpoint_folder(out: Path) -> Path:
     """Where a run writing ``out`` keeps its checkpoint: ``<out>.checkpoint`` next to it."""
     return out.parent / f"{out.name}.checkpoint"
+
+
+def announced_checkpoint(out: Path, resume: bool) -> Path:
+    """``checkpoint_folder(out)``, saying on stderr when an earlier run left one that this run
+    (without ``--resume``) starts afresh over."""
+    checkpoint_dir = checkpoint_folder(out)
+    if checkpoint_dir.exists() and not resume:
+        print(f"a checkpoint of an earlier run is at {checkpoint_dir}: starting afresh (pass "
+              "--resume to continue it)", file=sys.stderr)
+    return checkpoint_dir
 
 
 def progress_bar(bar):

@@ -168,6 +168,15 @@ def cmd_add_expert(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_flags(p) -> None:
+    """The flags every routing command that reads data and runs the base model takes."""
+    p.add_argument("--seed", type=seed_arg, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--json", action="store_true", help="the summary as one JSON object")
+    p.add_argument("--device", type=device_arg, default=None, help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--data-dir", default=None, help="task data folder (default: the engine's)")
+
+
 def add_parsers(sub) -> None:
     """Register this module's commands on a subparsers action."""
     p = sub.add_parser("train-router", help="train a pack's router (experts stay frozen)")
@@ -188,11 +197,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--hidden", type=int_in(1, MAX_HIDDEN), default=256)
     p.add_argument("--lr", type=positive_float, default=2e-3)
     p.add_argument("--max-length", type=positive_int, default=128)
-    p.add_argument("--seed", type=seed_arg, default=0)
-    p.add_argument("--quiet", action="store_true")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--device", type=device_arg, default=None)
-    p.add_argument("--data-dir", default=None)
+    run_flags(p)
     p.set_defaults(func=cmd_train_router)
 
     p = sub.add_parser("calibrate-pool", help="fit the pack's out-of-pool detector (in_pool, pool_score)")
@@ -203,11 +208,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--bank-per-class", type=positive_int, default=100, help="kNN rows kept a task")
     p.add_argument("--false-flag", type=float, default=0.02,
                    help="share of in-pool calibration rows allowed under the threshold")
-    p.add_argument("--seed", type=seed_arg, default=0)
-    p.add_argument("--quiet", action="store_true")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--device", type=device_arg, default=None)
-    p.add_argument("--data-dir", default=None)
+    run_flags(p)
     p.set_defaults(func=cmd_calibrate_pool)
 
     p = sub.add_parser("add-expert", help="add a trained expert to a pack, growing its router")

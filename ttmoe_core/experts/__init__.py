@@ -5,55 +5,24 @@ May import: files, runtime, tasks, tt, base, adapters.
 """
 
 from .checkpoint import FORMAT, JSON_LIMIT, Checkpointer, CheckpointError
-from .config import (
-    ADAPTER_NAME,
-    CHECKPOINT_ADDED,
-    METHOD_DEFAULTS,
-    METHODS,
-    ConfigError,
-    ExpertConfig,
-)
-from .loop import (
-    HOLDOUT_STREAM,
-    SCHEDULES,
-    HoldOut,
-    LoopConfig,
-    Progress,
-    TrainingError,
-    fit,
-    holdout_split,
-    lr_factor,
-    setting_problems,
-    summary,
-    task_loss,
-)
-from .model import (
-    Expert,
-    ExpertModel,
-    build_expert_model,
-    expert_tensors,
-    load_expert_tensors,
-    tt_layout,
-)
-from .quality import (
-    MARGIN,
-    MIN_MCC,
-    MIN_PEARSON,
-    ORDER,
-    Quality,
-    assess,
-    label_rates,
-    pack_entry,
-    words,
-)
+from .config import (ADAPTER_NAME, CHECKPOINT_ADDED, METHOD_DEFAULTS, METHODS, ConfigError,
+    ExpertConfig)
+from .loop import (HOLDOUT_STREAM, SCHEDULES, HoldOut, LoopConfig, Progress, TrainingError, fit,
+    holdout_split, lr_factor, setting_problems, summary, task_loss)
+from .model import (Expert, ExpertModel, build_expert_model, expert_tensors, load_expert_tensors,
+    tt_layout)
+from .quality import (MARGIN, MIN_MCC, MIN_PEARSON, ORDER, Quality, assess, label_rates, pack_entry,
+    words)
 from .spectra import delta_w_spectra
-from .train import evaluate_expert, evaluate_model, load_split, predict_logits, train_expert
+from .train import (evaluate_expert, evaluate_model, holdout_scorer, load_split, predict_logits,
+    split_training_rows, task_metric, train_expert)
 
 __all__ = ["ADAPTER_NAME", "CHECKPOINT_ADDED", "CheckpointError", "Checkpointer", "ConfigError",
            "Expert", "ExpertConfig", "ExpertModel", "FORMAT", "HOLDOUT_STREAM", "HoldOut",
            "JSON_LIMIT", "LoopConfig", "MARGIN", "METHODS", "METHOD_DEFAULTS", "MIN_MCC",
            "MIN_PEARSON", "ORDER", "Progress", "Quality", "SCHEDULES", "TrainingError", "assess",
            "build_expert_model", "delta_w_spectra", "evaluate_expert", "evaluate_model",
-           "expert_tensors", "fit", "holdout_split", "label_rates", "load_expert_tensors",
-           "load_split", "lr_factor", "pack_entry", "predict_logits", "setting_problems",
-           "summary", "task_loss", "train_expert", "tt_layout", "words"]
+           "expert_tensors", "fit", "holdout_scorer", "holdout_scorer", "holdout_split",
+           "label_rates", "load_expert_tensors", "load_split", "lr_factor", "pack_entry",
+           "predict_logits", "setting_problems", "split_training_rows", "split_training_rows",
+           "summary", "task_loss", "task_metric", "train_expert", "tt_layout", "words"]

@@ -37,6 +37,37 @@ def load_split(config: ExpertConfig, split: str, data_dir=None) -> "tasks.TaskDa
     return tasks.load_task(config.task, split, data_dir=data_dir, limit=limit, seed=config.seed)
 
 
+def split_training_rows(cfg, train_data: "tasks.TaskData"
+                        ) -> tuple["tasks.TaskData", "tasks.TaskData | None", bool]:
+    """(rows to fit, hold-out rows or None, regression?) of a run's training rows: the hold-out
+    comes out of the TRAIN rows (never the validation split), ``cfg.holdout_fraction`` of them
+    (at most ``cfg.holdout_limit``), seeded by ``cfg.seed``. ConfigError when there are none."""
+    if len(train_data) == 0:
+        raise ConfigError(f"no training rows for task {cfg.task!r}")
+    train_rows, holdout_rows = training.holdout_split(len(train_data), cfg.holdout_fraction,
+                                                      cfg.holdout_limit, cfg.seed)
+    fit_data = train_data.select(train_rows) if holdout_rows else train_data
+    held = train_data.select(holdout_rows) if holdout_rows else None
+    return fit_data, held, not train_data.label_names
+
+
+def holdout_scorer(model, backbone: Backbone, held: "tasks.TaskData | None", cfg, regression: bool,
+                   should_stop: Callable[[], bool] | None) -> "training.HoldOut | None":
+    """Early stopping's judge: ``model`` scored on the hold-out rows with the task's metric."""
+    if held is None:
+        return None
+    return training.HoldOut(lambda: evaluate_model(
+        model, backbone, held, cfg.task, cfg.max_length, should_stop)["metrics"],
+        task_metric(cfg.task, regression))
+
+
+def task_metric(task: str, regression: bool) -> str:
+    """The metric a run is judged by: the task's primary one (an unregistered task: accuracy, or
+    Pearson/Spearman for a regression)."""
+    return tasks.primary_metric(tasks.TASKS[task] if task in tasks.TASKS else
+                                ("pearson_spearman" if regression else "accuracy"))
+
+
 def train_expert(config: ExpertConfig, backbone: Backbone | None = None, *,
                  train_data: "tasks.TaskData | None" = None,
                  eval_data: "tasks.TaskData | None" = None,
@@ -60,13 +91,7 @@ def train_expert(config: ExpertConfig, backbone: Backbone | None = None, *,
     cfg.dtype = precision.dtype_name(backbone.dtype)     # what this run computes in
     device = backbone.device
     train_data = train_data if train_data is not None else load_split(cfg, "train", data_dir)
-    if len(train_data) == 0:
-        raise ConfigError(f"no training rows for task {cfg.task!r}")
-    regression = not train_data.label_names
-    # the hold-out comes out of the TRAIN rows (never the validation split), seeded by cfg.seed
-    train_rows, holdout_rows = training.holdout_split(len(train_data), cfg.holdout_fraction,
-                                                      cfg.holdout_limit, cfg.seed)
-    fit_data = train_data.select(train_rows) if holdout_rows else train_data
+    fit_data, held, regression = split_training_rows(cfg, train_data)
     generator = torch.Generator().manual_seed(cfg.seed)   # init, batch order and dropout
     cfg = resolve_targets_and_shapes(cfg, backbone.model)
     model = build_expert_model(cfg, backbone, num_labels=max(1, len(train_data.label_names)),
@@ -84,13 +109,7 @@ def train_expert(config: ExpertConfig, backbone: Backbone | None = None, *,
     if group is not None:
         batch_loss = group.sharded(batch_loss)
 
-    holdout = None
-    if holdout_rows:
-        held = train_data.select(holdout_rows)
-        metric = tasks.primary_metric(tasks.TASKS[cfg.task] if cfg.task in tasks.TASKS else
-                                      ("pearson_spearman" if regression else "accuracy"))
-        holdout = training.HoldOut(lambda: evaluate_model(
-            model, backbone, held, cfg.task, cfg.max_length, should_stop)["metrics"], metric)
+    holdout = holdout_scorer(model, backbone, held, cfg, regression, should_stop)
     checkpoint = None
     if checkpoint_dir is not None and group is None:  # (under accelerate: no checkpoints, each
                                                       # process would write the same folder)

@@ -10,82 +10,30 @@ May import: errors, files, runtime, tasks, tt, base, adapters.
 
 from ..errors import RouterError
 from .config import GROW_SOURCES, VARIANTS, RouterConfig
-from .detector import (
-    COMPONENTS,
-    NgramLM,
-    OpenWorldError,
-    PoolModel,
-    PoolScorer,
-    auroc,
-    calibrated,
-    expected_calibration_error,
-    fit_temperature,
-    ood_report,
-)
-from .features import (
-    SURFACE_DIM,
-    base_states,
-    batch_features,
-    extract_features,
-    pooled_states,
-    state_features,
-    surface_features,
-    text_features,
-)
-from .growth import (
-    SOURCES,
-    GrownRouter,
-    GrowthError,
-    base_outputs,
-    cached_outputs,
-    cat_rows,
-    grow_router,
-    last_linear,
-    phi_width,
-    replay_sample,
-)
-from .ngram import (
-    BUCKETS,
-    FLAGS,
-    MAX_NGRAMS,
-    NgramFusionRouter,
-    canonical,
-    ngram_features,
-    pool_dense,
-    segment_pools,
-    text_flags,
-)
+from .detector import (COMPONENTS, NgramLM, OpenWorldError, PoolModel, PoolScorer, auroc,
+    calibrated, expected_calibration_error, fit_temperature, ood_report)
+from .features import (SURFACE_DIM, base_states, batch_features, extract_features, pooled_states,
+    state_features, surface_features, text_features)
+from .growth import (SOURCES, GrownRouter, GrowthError, base_outputs, cached_outputs, cat_rows,
+    grow_router, last_linear, phi_width, replay_sample)
+from .ngram import (BUCKETS, FLAGS, MAX_NGRAMS, NgramFusionRouter, canonical, ngram_features,
+    pool_dense, segment_pools, text_flags)
 from .recipe import balanced, fit, recipe_rows, routing_splits, sentence_level, take
-from .registry import (
-    VariantSpec,
-    build,
-    grow,
-    known_variants,
-    params,
-    register_variant,
-    variant_spec,
-)
-from .train import (
-    RouterReport,
-    RoutingData,
-    evaluate_router,
-    router_metrics,
-    routing_data,
-    sweep_layers,
-    train_router,
-)
+from .registry import (VariantSpec, build, grow, known_variants, params, register_variant,
+    variant_spec)
+from .train import (RouterReport, RoutingData, evaluate_router, router_metrics, routing_data,
+    sweep_layers, train_router)
 from .variants import ROUTERS, FusionRouter, LinearRouter, MLPRouter, PaperRouter, Router
 
 __all__ = ["BUCKETS", "COMPONENTS", "FLAGS", "FusionRouter", "GROW_SOURCES", "GrownRouter",
-           "GrowthError", "LinearRouter", "MAX_NGRAMS", "MLPRouter", "NgramFusionRouter",
-           "NgramLM", "OpenWorldError", "PaperRouter", "PoolModel", "PoolScorer", "ROUTERS",
-           "Router", "RouterConfig", "RouterError", "RouterReport", "RoutingData", "SOURCES",
-           "SURFACE_DIM", "VARIANTS", "VariantSpec", "auroc", "balanced", "base_outputs",
-           "base_states", "batch_features", "build", "cached_outputs", "calibrated", "canonical",
-           "cat_rows", "evaluate_router", "expected_calibration_error", "extract_features", "fit",
+           "GrowthError", "LinearRouter", "MAX_NGRAMS", "MLPRouter", "NgramFusionRouter", "NgramLM",
+           "OpenWorldError", "PaperRouter", "PoolModel", "PoolScorer", "ROUTERS", "Router",
+           "RouterConfig", "RouterError", "RouterReport", "RoutingData", "SOURCES", "SURFACE_DIM",
+           "VARIANTS", "VariantSpec", "auroc", "balanced", "base_outputs", "base_states",
+           "batch_features", "build", "cached_outputs", "calibrated", "canonical", "cat_rows",
+           "evaluate_router", "expected_calibration_error", "extract_features", "fit",
            "fit_temperature", "grow", "grow_router", "known_variants", "last_linear",
            "ngram_features", "ood_report", "params", "phi_width", "pool_dense", "pooled_states",
            "recipe_rows", "register_variant", "replay_sample", "router_metrics", "routing_data",
            "routing_splits", "segment_pools", "sentence_level", "state_features",
-           "surface_features", "take", "text_features", "text_flags", "train_router",
-           "variant_spec"]
+           "surface_features", "take", "text_features", "text_flags", "train_router", "variant_spec"]

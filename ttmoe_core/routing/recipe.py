@@ -16,8 +16,7 @@ from .. import tasks
 from ..errors import RouterError
 from . import registry
 from .config import RouterConfig
-from .features import extract_features
-from .train import RoutingData, evaluate_router, train_router
+from .train import RoutingData, both_features, evaluate_router, train_router
 
 
 def sentence_level(text: str) -> bool:
@@ -121,13 +120,7 @@ def fit(config: RouterConfig, backbone, train: RoutingData, held_out: RoutingDat
     num_layers = backbone.info.num_layers
     config = config.resolved(num_layers)
 
-    def stage(name):
-        return (lambda done, total: progress(name, done, total)) if progress else None
-
-    feats = extract_features(backbone.model, backbone.tokenizer, train.texts, train.text_pairs,
-                             config, progress=stage("features"))
-    held = extract_features(backbone.model, backbone.tokenizer, held_out.texts,
-                            held_out.text_pairs, config, progress=stage("held-out features"))
+    feats, held = both_features(backbone, train, held_out, config, progress)
     index = torch.arange(len(train.texts)) if index is None else index
     model = registry.build(config, len(train.names), backbone.info.hidden_size, num_layers)
     history = train_router(model, {k: v[index] for k, v in feats.items()}, train.labels[index],

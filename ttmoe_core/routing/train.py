@@ -114,6 +114,21 @@ def routing_data(expert_tasks: Sequence[tuple[str, str]], split: str, per_task: 
     return RoutingData(texts, pairs, torch.tensor(labels), [n for n, _ in expert_tasks], sources)
 
 
+def both_features(backbone, train: RoutingData, held_out: RoutingData, config: RouterConfig,
+                  progress: Callable[[str, int, int], None] | None = None
+                  ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(training rows' features, held-out rows' features) under ``config``, each row once;
+    ``progress(stage, done, total)`` with stages "features" and "held-out features"."""
+    def stage(name):
+        return (lambda done, total: progress(name, done, total)) if progress else None
+
+    feats = extract_features(backbone.model, backbone.tokenizer, train.texts, train.text_pairs,
+                             config, progress=stage("features"))
+    held = extract_features(backbone.model, backbone.tokenizer, held_out.texts,
+                            held_out.text_pairs, config, progress=stage("held-out features"))
+    return feats, held
+
+
 def sweep_layers(config: RouterConfig, layers: Sequence[int], backbone, train: RoutingData,
                  held_out: RoutingData,
                  progress: Callable[[str, int, int], None] | None = None) -> list[dict]:
@@ -129,13 +144,7 @@ def sweep_layers(config: RouterConfig, layers: Sequence[int], backbone, train: R
     deepest = config.resolved(num_layers).layer if last_only else max(layers)
     cache_cfg = RouterConfig(**{**config.to_dict(), "layer": deepest}).resolved(num_layers)
 
-    def stage(name):
-        return (lambda done, total: progress(name, done, total)) if progress else None
-
-    feats = extract_features(backbone.model, backbone.tokenizer, train.texts, train.text_pairs,
-                             cache_cfg, progress=stage("features"))
-    held = extract_features(backbone.model, backbone.tokenizer, held_out.texts,
-                            held_out.text_pairs, cache_cfg, progress=stage("held-out features"))
+    feats, held = both_features(backbone, train, held_out, cache_cfg, progress)
     results = []
     for layer in ([deepest] if last_only else layers):
         cfg = RouterConfig(**{**config.to_dict(), "layer": layer})

@@ -7,19 +7,11 @@ from .distributed import DataParallel, current, is_main_process, launched_world_
 from .logs import without_log_line
 from .precision import DTYPES, autocast, cast_frozen, dtype_name, parse_dtype
 from .rng import Dropout, batch_rows, drawing_from, gaussian, given_or_seeded
-from .runinfo import (
-           cpu_name,
-           load_average,
-           machine_info,
-           memory_gib,
-           now,
-           peak_rss_mib,
-           rss_mib,
-           usable_cores,
-)
+from .runinfo import (cpu_name, load_average, machine_info, memory_gib, now, peak_rss_mib, rss_mib,
+    usable_cores)
 
-__all__ = ["DTYPES", "DataParallel", "Dropout", "autocast", "batch_rows", "cast_frozen",
-           "cpu_name", "current", "drawing_from", "dtype_name", "gaussian", "given_or_seeded",
+__all__ = ["DTYPES", "DataParallel", "Dropout", "autocast", "batch_rows", "cast_frozen", "cpu_name",
+           "current", "drawing_from", "dtype_name", "gaussian", "given_or_seeded",
            "is_main_process", "launched_world_size", "load_average", "machine_info", "memory_gib",
            "now", "parse_dtype", "peak_rss_mib", "rss_mib", "share", "usable_cores",
            "without_log_line"]

@@ -8,60 +8,17 @@ May import: files, runtime, tasks, tt, base, adapters, experts, routing.
 from ..base.backbone import BackboneInfo
 from ..files import tensorfile
 from ..files.safefs import StoreError, atomic_dir, write_json
-from .detector import (
-    HALF,
-    MAX_ROWS,
-    POOL_CONFIG_FILE,
-    POOL_FORMAT,
-    POOL_WEIGHTS_FILE,
-    REPLAY_CONFIG_FILE,
-    REPLAY_FORMAT,
-    REPLAY_WEIGHTS_FILE,
-    read_pool,
-    read_replay,
-    write_pool,
-    write_replay,
-)
-from .experts import (
-    OpenedExpert,
-    check_expert_name,
-    expert_config_dict,
-    load_expert,
-    open_expert,
-    save_expert,
-    write_expert,
-)
-from .layout import (
-    CONFIG_FILE,
-    FORMAT,
-    FORMAT_VERSION,
-    JSON_LIMIT,
-    PACK_FILE,
-    PACK_FORMAT,
-    ROUTER_COMPANIONS,
-    ROUTER_CONFIG_FILE,
-    ROUTER_FORMAT,
-    ROUTER_WEIGHTS_FILE,
-    WEIGHTS_FILE,
-    check_base,
-    check_replaceable,
-    expert_folder,
-    pack_manifest,
-    read_json,
-    read_pack_part,
-    recover,
-    save_tensors,
-)
-from .packs import (
-    Pack,
-    append_expert,
-    build_pack,
-    load_pack,
-    read_pack_manifest,
-    save_router,
-    update_pack,
-    write_expert_into,
-)
+from .detector import (HALF, MAX_ROWS, POOL_CONFIG_FILE, POOL_FORMAT, POOL_WEIGHTS_FILE,
+    REPLAY_CONFIG_FILE, REPLAY_FORMAT, REPLAY_WEIGHTS_FILE, read_pool, read_replay, write_pool,
+    write_replay)
+from .experts import (OpenedExpert, check_expert_name, expert_config_dict, load_expert, open_expert,
+    save_expert, write_expert)
+from .layout import (CONFIG_FILE, FORMAT, FORMAT_VERSION, JSON_LIMIT, PACK_FILE, PACK_FORMAT,
+    ROUTER_COMPANIONS, ROUTER_CONFIG_FILE, ROUTER_FORMAT, ROUTER_WEIGHTS_FILE, WEIGHTS_FILE,
+    check_base, check_replaceable, expert_folder, pack_manifest, read_json, read_pack_part, recover,
+    save_tensors)
+from .packs import (Pack, append_expert, build_pack, load_pack, read_pack_manifest, save_router,
+    update_pack, write_expert_into)
 from .routers import read_router, write_router_files, write_router_into
 from .shapes import ADAPTER_TENSORS, FLOAT_DTYPES, check_expert, check_router, router_shapes
 

@@ -6,31 +6,13 @@ public API (``from ttmoe_core import tasks; tasks.load_task(...)``).
 May import: errors and files only (data sets, no model).
 """
 
-from .loading import (
-                      DATA_DIR_ENV,
-                      HUB,
-                      LOGICAL_SPLITS,
-                      SPLIT_SEED,
-                      SPLIT_TRAIN_FRACTION,
-                      available_tasks,
-                      default_data_dir,
-                      load_file,
-                      load_task,
-)
+from .loading import (DATA_DIR_ENV, HUB, LOGICAL_SPLITS, SPLIT_SEED, SPLIT_TRAIN_FRACTION,
+    available_tasks, default_data_dir, load_file, load_task)
 from .metrics import compute_metrics, primary_metric
-from .registry import (
-                      DEMO_TASKS,
-                      KINDS,
-                      METRICS,
-                      TASKS,
-                      DataError,
-                      TaskData,
-                      TaskSpec,
-                      get_task,
-                      render_example,
-)
+from .registry import (DEMO_TASKS, KINDS, METRICS, TASKS, DataError, TaskData, TaskSpec, get_task,
+    render_example)
 
-__all__ = ["DATA_DIR_ENV", "DEMO_TASKS", "HUB", "KINDS", "LOGICAL_SPLITS", "METRICS", "SPLIT_SEED",
-           "SPLIT_TRAIN_FRACTION", "TASKS", "DataError", "TaskData", "TaskSpec", "available_tasks",
+__all__ = ["DATA_DIR_ENV", "DEMO_TASKS", "DataError", "HUB", "KINDS", "LOGICAL_SPLITS", "METRICS",
+           "SPLIT_SEED", "SPLIT_TRAIN_FRACTION", "TASKS", "TaskData", "TaskSpec", "available_tasks",
            "compute_metrics", "default_data_dir", "get_task", "load_file", "load_task",
            "primary_metric", "render_example"]
