@@ -25,7 +25,9 @@ from pathlib import Path
 from types import MappingProxyType
 
 from ttmoe_core import tt
-from ttmoe_core.base.dims import (
+
+# the base model's dimensions, re-exported: the calculator's callers (pages, tests) read them here
+from ttmoe_core.base.dims import (  # noqa: F401
     _PRESET_CONFIGS,
     BERT_LIKE,
     DISTILBERT,

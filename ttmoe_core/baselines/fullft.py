@@ -150,7 +150,7 @@ def train_full(config: FullConfig, backbone: Backbone | None = None, *,
             **training.summary(history),
             "curve": [{"step": h["step"], "holdout": h["holdout"]} for h in history if "holdout" in h],
             "data": {"train": train_data.source, "train_rows": len(fit_data),
-                     "holdout_rows": len(holdout_rows), "eval": eval_data.source,
+                     "holdout_rows": 0 if held is None else len(held), "eval": eval_data.source,
                      "eval_rows": len(eval_data)},
             "base_model": backbone.info.to_dict()}
     return (record, model) if return_model else record

@@ -25,7 +25,7 @@ from .args import (
     targets_arg,
     task_lr_arg,
 )
-from .checks import check_max_length, check_output, load_adhoc, load_mixture, load_pack
+from .checks import check_max_length, check_output, load_adhoc, load_mixture
 from .experts import add_convergence_flags, convergence_settings
 from .show import confusion_text
 

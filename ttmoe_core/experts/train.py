@@ -136,7 +136,7 @@ def train_expert(config: ExpertConfig, backbone: Backbone | None = None, *,
                       "eval_rows": len(eval_data),
                       **training.summary(history)}
     expert.data = {"train": train_data.source, "train_rows": len(fit_data),
-                   "holdout_rows": len(holdout_rows),
+                   "holdout_rows": 0 if held is None else len(held),
                    "eval": eval_data.source, "eval_rows": len(eval_data),
                    "processes": 1 if group is None else group.world_size}
     return expert

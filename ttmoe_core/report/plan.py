@@ -7,7 +7,7 @@ the experiments in order, the methods compared, the paper's headline numbers.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING, asdict, dataclass, fields, replace
 
 from ..errors import ReportError
