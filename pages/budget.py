@@ -7,6 +7,7 @@ import streamlit as st
 
 from pages import common
 from ttmoe_core import budget, tt
+from ttmoe_core import report as ttreport
 from ttmoe_core.errors import one_line
 from ttmoe_core.services import figures, views
 
@@ -142,6 +143,21 @@ with right:
     cells[5].metric("Weights in bf16", budget.format_bytes(report.bytes_bf16), border=True)
     for note in report.notes:
         st.caption(f"Note: {note}.")
+    size = int(reduction) if method == "adapter" else rank
+    results = common.committed_report()
+    found = [] if results is None else ttreport.measured(results, dims.name, method, size, targets)
+    if found:
+        st.markdown("**What this setting measured** (validation, mean ± std over seeds, "
+                    f"`{common.short_path(common.report_dir())}`): " + "; ".join(
+                        f"{m['task']} {m['metric']} {m['mean']:.3f}"
+                        + ("" if m["std"] is None else f" ± {m['std']:.3f}")
+                        + f" ({m['seeds']} seed{'s' * (m['seeds'] != 1)}, {m['source']})" for m in found))
+    else:
+        st.caption("No committed measurement of this setting: the report trained "
+                   + ("other sizes or modules on this model." if results is not None
+                      and results["meta"]["base_model"].get("name") == dims.name
+                      else "on another base model." if results is not None else "nothing yet.")
+                   + " Counts alone do not say what a setting scores.")
 
     if report.modules:
         rows = []

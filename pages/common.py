@@ -55,7 +55,7 @@ legacy_pages_dir_workaround()
 # the engine's (slow) imports come after the workaround, see its docstring
 import torch
 
-from ttmoe_core import budget, moe, store
+from ttmoe_core import budget, moe, report, store
 from ttmoe_core.base import backbone
 from ttmoe_core.errors import TTMoEError, one_line
 from ttmoe_core.files import names
@@ -316,6 +316,28 @@ def folder_packs(root: str, folder_stamp: float) -> tuple[list[str], dict[str, s
 def folder_experts(root: str, folder_stamp: float) -> tuple[list[dict], dict[str, str]]:
     """``views.folder_experts``, cached until the folder's files change."""
     return views.folder_experts(root)
+
+
+REPORT_ENV = "TTMOE_REPORT_DIR"        # another report folder to show (else <repo>/reports)
+
+
+def report_dir() -> Path:
+    """The report folder the app reads (``$TTMOE_REPORT_DIR``, else the committed ``reports/``)."""
+    return Path(os.environ.get(REPORT_ENV) or REPO_ROOT / "reports")
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def _report(path: str, folder_stamp: float) -> dict | None:
+    try:
+        return report.read_results(path)
+    except report.ReportError:
+        return None
+
+
+def committed_report() -> dict | None:
+    """The report's results (cached until results.json changes); None when there is none."""
+    folder = report_dir()
+    return _report(str(folder), views.stamp(folder / report.RESULTS_FILE))
 
 
 def try_experts(folders: list[str]) -> None:

@@ -1,8 +1,6 @@
 """Compare with the paper: the committed report (reports/) and a background re-run of `small`."""
 
 import datetime as dt
-import json
-import os
 from pathlib import Path
 
 import pandas as pd
@@ -13,7 +11,6 @@ from ttmoe_core import report
 from ttmoe_core.errors import one_line
 from ttmoe_core.services import views
 
-REPORT_ENV = "TTMOE_REPORT_DIR"        # another report folder to show (else <repo>/reports)
 COMMAND = "python -m ttmoe_core report --budget full-demo --out reports --work-dir reports/full-demo.work --resume"
 
 ws = common.setup()
@@ -22,22 +19,13 @@ owner = common.session_id()
 ss = st.session_state
 
 
-def committed_dir() -> Path:
-    return Path(os.environ.get(REPORT_ENV) or common.REPO_ROOT / "reports")
-
-
 @st.cache_data(show_spinner=False, max_entries=8)
 def load_results(path: str, folder_stamp: float) -> dict:
     """{"error"} or the report's results.json (``folder_stamp`` reloads it when files change)."""
     try:
-        data = json.loads((Path(path) / report.RESULTS_FILE).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {"error": f"no {report.RESULTS_FILE} in {path}"}
-    except (OSError, ValueError) as exc:
-        return {"error": f"cannot read {Path(path) / report.RESULTS_FILE}: {one_line(exc)}"}
-    if not isinstance(data, dict) or "experiments" not in data or "meta" not in data:
-        return {"error": f"{Path(path) / report.RESULTS_FILE} is not a report's results"}
-    return data
+        return report.read_results(path)
+    except report.ReportError as exc:
+        return {"error": one_line(exc)}
 
 
 def seed_words(meta: dict) -> str:
@@ -86,12 +74,17 @@ def show_report(results: dict, key: str) -> None:
                    f"gives: re-run it (`{COMMAND}`).", icon=":material/history:")
     # the verdict next to the experiment, long texts last and wrapped to fit at 1280 px
     st.dataframe(pd.DataFrame([{"experiment": report.SECTION_TITLES[name].split(" (")[0],
-                                "here": exp["claim"]["verdict"], "paper's claim": exp["claim"]["paper"],
+                                "here": exp["claim"]["verdict"],
+                                "points to": report.factor(name, results) or "",
+                                "paper's claim": exp["claim"]["paper"],
                                 "evidence": exp["claim"]["evidence"]}
                                for name, exp in exps.items()]), hide_index=True, column_config={
         "experiment": st.column_config.TextColumn(width="medium", pinned=True,
                                                   help="hover a cell for its full text"),
         "here": st.column_config.TextColumn("verdict here", width="small"),
+        "points to": st.column_config.TextColumn("what the measurements point to", width="large",
+                                                 help="for a claim that does not (fully) hold: the "
+                                                      "factor its numbers point to"),
         "paper's claim": st.column_config.TextColumn(width="large"),
         "evidence": st.column_config.TextColumn(width="large")})
     figures = report.build_figures(results)
@@ -124,7 +117,7 @@ st.caption("The experiments of Kunwar et al. (2025) re-run with this project's c
            "from a run, with its date, machine and settings.")
 
 st.header("Committed report")
-folder = committed_dir()
+folder = common.report_dir()
 committed = load_results(str(folder), views.stamp(folder))
 if "error" in committed:
     st.info(f"No report to show yet ({committed['error']}). Produce it with `{COMMAND}`.",

@@ -7,7 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from pages import common
-from ttmoe_core import experts, tasks
+from ttmoe_core import experts, report, tasks
 from ttmoe_core.services import figures, views, workflows
 
 ws = common.setup()
@@ -172,6 +172,19 @@ with col_a:
     defaults = experts.METHOD_DEFAULTS[method]
     rank = st.number_input("Reduction factor (bottleneck = 384 / factor)" if method == "adapter"
                            else "Rank", 1, 384, defaults["rank"], key=f"train_rank_{method}")
+    if method == "tt-lora" and task_name:
+        results = common.committed_report()
+        hint = None if results is None else report.suggested_rank(
+            results, common.EMBEDDED_BASE.name, task_name)
+        if hint is not None:
+            st.caption(f"Measured on {task_name} (q,v, committed report): rank {hint['rank']} "
+                       f"reaches {hint['metric']} {hint['mean']:.3f} with {hint['params']:,} "
+                       f"parameters, within 1 point of the best rank measured ({hint['best_rank']}: "
+                       f"{hint['best_mean']:.3f}); ranks measured "
+                       f"{', '.join(map(str, hint['ranks_measured']))}.")
+        else:
+            st.caption(f"No committed frontier measurement for {task_name}: the paper's rank 5 is "
+                       "the default.")
     alpha = st.number_input("α (scale of ΔW)", 0.01, 1024.0, defaults["alpha"],
                             key=f"train_alpha_{method}", disabled=method == "adapter")
     lr = st.number_input("Learning rate", 1e-6, 1.0, defaults["lr"], step=1e-4, format="%.1e",

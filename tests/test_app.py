@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from ttmoe_core import report
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = REPO_ROOT / "assets" / "samples"
 PACK = Path(os.environ.get("TTMOE_PACK") or REPO_ROOT / "assets" / "demo")
@@ -109,8 +111,6 @@ def test_compare_page_through_the_app_navigation(monkeypatch, tmp_path, with_rep
     how to produce one."""
     from test_report import synthetic_results
 
-    from ttmoe_core import report
-
     folder = tmp_path / "reports"
     if with_report:
         folder.mkdir()
@@ -119,7 +119,7 @@ def test_compare_page_through_the_app_navigation(monkeypatch, tmp_path, with_rep
     at = open_page("compare")
     assert at.title[0].value == "Compare with the paper" and not at.error
     if with_report:
-        assert metric(at, "Paper's claims that hold here") == "4 of 5"
+        assert metric(at, "Paper's claims that hold here") == "5 of 6"
         shown = "\n".join(m.value for m in at.markdown)
         assert all(report.SECTION_TITLES[name] in shown for name in report.SECTIONS)
     else:
@@ -205,6 +205,29 @@ def test_budget_paper_preset_gives_the_papers_counts():
     assert metric(at, "Trainable parameters") == "33,920"
     assert metric(at, "LoRA r16, same targets") == "1,703,936"
     assert by_label(at.text_input, "TT shape of q_proj").value == "16,8,4,4,4,4,8,16"
+
+
+def test_budget_shows_what_a_setting_measured_in_the_committed_report():
+    """MiniLM, LoRA r16 on q,v is experiment 2's LoRA: its committed validation metrics show
+    beside the count; LoRA r3 was never trained and the page says so."""
+    results = report.read_results(REPO_ROOT / "reports")
+    expected = report.measured(results, "all-minilm-l6-v2", "lora", 16, ["query", "value"])
+    assert expected                                        # the committed report holds it
+    at = open_page("budget")
+    by_label(at.selectbox, "Preset").set_value("all-minilm-l6-v2")
+    at.run()
+    by_label(at.selectbox, "Method").set_value("lora")
+    at.run()
+    by_label(at.number_input, "LoRA rank").set_value(16)
+    at.run()
+    assert not at.exception and not at.error
+    shown = "\n".join(m.value for m in at.markdown)
+    assert "What this setting measured" in shown
+    for entry in expected:
+        assert f"{entry['task']} {entry['metric']} {entry['mean']:.3f}" in shown
+    by_label(at.number_input, "LoRA rank").set_value(3)
+    at.run()
+    assert any("No committed measurement of this setting" in c.value for c in at.caption)
 
 
 @pytest.mark.parametrize("shape, message", [("16,8,4", "does not fit"),

@@ -109,3 +109,35 @@ def test_summary_is_json_ready():
     summary = frontier.summarise(_example())
     assert json.loads(json.dumps(summary)) == summary
     assert summary["reference"] == L16.tag and summary["front"]["sst2"][0] == TT2.tag
+
+
+# ----------------------------------------------------------------------------- what the app reads
+def _results(model: str = "all-minilm-l6-v2") -> dict:
+    rows = _example() + _rows("sst2", Setting("tt-lora", 8), 23_040, [0.842, 0.84, 0.844])
+    return {"meta": {"base_model": {"name": model}},
+            "experiments": {"frontier": frontier.summarise(rows),
+                            "methods": {"aggregate": [
+                                {"task": "cola", "method": "lora", "metric": "mcc", "value_mean": 0.29,
+                                 "value_std": 0.01, "n": 3},
+                                {"task": "sst2", "method": "lora", "metric": "accuracy", "value_mean": 0.9,
+                                 "value_std": 0.0, "n": 3}]}}}
+
+
+def test_measured_reads_the_frontier_then_experiment_2():
+    results = _results()
+    lora16 = frontier.measured(results, "all-minilm-l6-v2", "lora", 16, ["value", "query"])
+    # sst2 from the frontier (not experiment 2's 0.9), cola from experiment 2
+    assert [(m["task"], m["source"]) for m in lora16] == [("sst2", "frontier"), ("cola", "experiment 2")]
+    assert lora16[0]["mean"] == pytest.approx(statistics.fmean([0.866, 0.86, 0.872]))
+    assert frontier.measured(results, "all-minilm-l6-v2", "lora", 3, None) == []
+    assert frontier.measured(results, "all-minilm-l6-v2", "lora", 16, ["query", "key", "value"]) == []
+    assert frontier.measured(results, "bert-base-uncased", "lora", 16, None) == []
+
+
+def test_suggested_rank_is_the_smallest_within_one_point_of_the_best():
+    hint = frontier.suggested_rank(_results(), "all-minilm-l6-v2", "sst2")
+    # ranks 2 (0.827), 5 (0.841), 8 (0.842), 16 (0.843): best 16; 5 is the smallest within 1 point
+    assert hint["rank"] == 5 and hint["best_rank"] == 16 and hint["ranks_measured"] == [2, 5, 8, 16]
+    assert frontier.suggested_rank(_results(), "all-minilm-l6-v2", "qnli") is None
+    assert frontier.suggested_rank(_results("other-model"), "other-model", "sst2") is not None
+    assert frontier.suggested_rank(_results(), "other-model", "sst2") is None

@@ -34,7 +34,7 @@ May import: every engine package below it (services, moe, store, experts, routin
 """
 
 from .contraction import exp_contraction
-from .frontier import exp_frontier
+from .frontier import exp_frontier, measured, suggested_rank
 from .integration import exp_integration
 from .markdown import FORMATS, SECTION_TITLES, fmt, machine_summary, render_markdown, render_section
 from .methods import exp_methods
@@ -44,16 +44,18 @@ from .plan import (BUDGETS, FIGURES_DIR, MARKDOWN_FILE, METHOD_LABELS, METHODS, 
     budget_changes, resolve_budget)
 from .plots import SECTION_FIGURES, build_figures, png_available, write_figures
 from .router_variants import exp_routers, router_cost_ms
-from .run import EXPERIMENTS, report_job, run_report
+from .run import EXPERIMENTS, read_results, report_job, run_report
 from .sessions import duration, run_time
 from .sessions import rule as sessions_rule
 from .status import render_status, work_status
+from .verdicts import factor
 
 __all__ = ["BUDGETS", "EXPERIMENTS", "FIGURES_DIR", "FORMATS", "MARKDOWN_FILE", "METHODS",
            "METHOD_LABELS", "MIXTURE_ROUTER", "PAPER", "Progress", "RESULTS_FILE", "ReportBudget",
            "ReportError", "SECTIONS", "SECTION_FIGURES", "SECTION_TITLES", "Setting", "TOLERANCE",
            "budget_changes", "build_figures", "duration", "exp_contraction", "exp_frontier",
-           "exp_integration", "exp_methods", "exp_mixed", "exp_routers", "fmt", "machine_summary",
-           "png_available", "render_markdown", "render_section", "render_status", "report_job",
-           "resolve_budget", "router_cost_ms", "run_report", "run_time", "sessions_rule",
-           "work_status", "write_figures"]
+           "exp_integration", "exp_methods", "exp_mixed", "exp_routers", "factor", "fmt",
+           "machine_summary", "measured", "png_available", "read_results", "render_markdown",
+           "render_section", "render_status", "report_job", "resolve_budget", "router_cost_ms",
+           "run_report", "run_time", "sessions_rule", "suggested_rank", "work_status",
+           "write_figures"]

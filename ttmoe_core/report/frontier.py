@@ -226,3 +226,54 @@ def exp_frontier(run) -> dict:
                 "(the authors' code does not scale α or the rate with rank).",
                 "Parameters: trainable adapter weights without the task head (the same head for "
                 "every method)."]}
+
+
+# ----------------------------------------------------------------------------- what the app reads
+def _module_set(modules: str | Sequence[str] | None) -> frozenset[str]:
+    """Target modules as a set; "q,v" / None: the q and v projections (query, value)."""
+    if modules is None or modules == "q,v":
+        return frozenset({"query", "value"})
+    return frozenset(modules.split(",") if isinstance(modules, str) else modules)
+
+
+def measured(results: Mapping, model: str, method: str, rank: int,
+             targets: Sequence[str] | None) -> list[dict]:
+    """Per task, the committed validation metric (mean ± std over seeds) of ``method`` at ``rank``
+    on ``targets`` of ``model``: the frontier's point when it has the setting, else experiment 2's
+    run when the setting is that experiment's (its one size per method). [] when the report never
+    trained it (or ran on another base model)."""
+    if (results.get("meta") or {}).get("base_model", {}).get("name") != model:
+        return []
+    want = _module_set(targets)
+    exps = results.get("experiments") or {}
+    out = [{"task": p["task"], "metric": p["metric"], "mean": p["value_mean"], "std": p["value_std"],
+            "seeds": p["n"], "source": "frontier"}
+           for p in (exps.get("frontier") or {}).get("points", [])
+           if p["method"] == method and p["rank"] == rank and _module_set(p["modules"]) == want]
+    default_rank = {"tt-lora": 5, "lora": 16, "adapter": 16}.get(method)   # experiment 2's sizes
+    if rank == default_rank and want == _module_set(None):
+        covered = {e["task"] for e in out}
+        out += [{"task": a["task"], "metric": a["metric"], "mean": a["value_mean"], "std": a["value_std"],
+                 "seeds": a["n"], "source": "experiment 2"}
+                for a in (exps.get("methods") or {}).get("aggregate", [])
+                if a["method"] == method and a["task"] not in covered]
+    return out
+
+
+def suggested_rank(results: Mapping, model: str, task: str) -> dict | None:
+    """The TT rank the committed frontier suggests for ``task`` (q,v): the smallest whose mean is
+    within ``CLOSE`` of the best TT-LoRA rank's; None when the frontier did not measure the task."""
+    if (results.get("meta") or {}).get("base_model", {}).get("name") != model:
+        return None
+    frontier = (results.get("experiments") or {}).get("frontier") or {}
+    points = [p for p in frontier.get("points", []) if p["task"] == task and p["method"] == "tt-lora"
+              and p["modules"] == "q,v" and p["value_mean"] is not None]
+    if not points:
+        return None
+    best = max(points, key=lambda p: p["value_mean"])
+    choice = min((p for p in points if p["value_mean"] >= best["value_mean"] - CLOSE - 1e-12),
+                 key=lambda p: p["params"])
+    return {"task": task, "rank": choice["rank"], "mean": choice["value_mean"], "params": choice["params"],
+            "best_rank": best["rank"], "best_mean": best["value_mean"], "metric": choice["metric"],
+            "on_front": choice["setting"] in frontier.get("front", {}).get(task, []),
+            "ranks_measured": sorted(p["rank"] for p in points)}

@@ -67,7 +67,10 @@ def _run_line(exp: dict, meta: dict) -> str:
 
 def _claim(exp: dict) -> str:
     claim = exp["claim"]
-    return f"**Paper's claim:** {claim['paper']}. **Here it {claim['verdict']}:** {claim['evidence']}."
+    text = f"**Paper's claim:** {claim['paper']}. **Here it {claim['verdict']}:** {claim['evidence']}."
+    if claim.get("points_to"):
+        text += f" **What the measurements point to:** {claim['points_to']}."
+    return text
 
 
 def _differences(exp: dict) -> str:

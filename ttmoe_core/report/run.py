@@ -39,11 +39,27 @@ from .plan import (
 from .plots import build_figures, write_figures
 from .router_variants import exp_routers
 from .sessions import SessionLog, total_seconds
+from .verdicts import factor
 
 EXPERIMENTS: dict[str, Callable[[Run], dict]] = {
     "contraction": exp_contraction, "methods": exp_methods, "frontier": exp_frontier,
     "routers": exp_routers, "integration": exp_integration, "mixed": exp_mixed}
 """Each experiment's function, in run order (the order of ``SECTIONS``)."""
+
+
+def read_results(folder: str | Path) -> dict:
+    """A report folder's ``results.json``; ReportError when it is missing, unreadable or not a
+    report's results."""
+    path = Path(folder) / RESULTS_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ReportError(f"no {RESULTS_FILE} in {folder}") from None
+    except (OSError, ValueError, RecursionError) as exc:
+        raise ReportError(f"cannot read {path}: {type(exc).__name__}") from None
+    if not isinstance(data, dict) or "experiments" not in data or "meta" not in data:
+        raise ReportError(f"{path} is not a report's results")
+    return data
 
 
 def _check_data(data_dir: Path | None, needed: Sequence[str]) -> list[str]:
@@ -171,6 +187,8 @@ def run_report(budget: str | ReportBudget, out: str | Path, progress: Progress |
             store.write_json(run.work_dir / "experiments" / f"{name}.json",
                              results["experiments"][name])
             run.clock(True)
+    for name, exp in results["experiments"].items():     # one sentence per claim that does not hold
+        exp["claim"]["points_to"] = factor(name, results)
     results["trainings"] = list(run.trainings.values())
     meta["finished"] = runinfo.now()
     meta["seconds"] = round(time.perf_counter() - t0, 1)
