@@ -85,7 +85,8 @@ class Run:
     def variant(self, setting: Setting) -> str:
         """The training variant of ``setting``: its method's name when it is experiment 2's size
         of that method (so that run is reused), else its tag (registered on the run)."""
-        if setting.targets is None and setting.rank == experts.METHOD_DEFAULTS[setting.method]["rank"]:
+        if (setting.targets is None and setting.shape is None
+                and setting.rank == experts.METHOD_DEFAULTS[setting.method]["rank"]):
             return setting.method
         self.settings[setting.tag] = setting
         return setting.tag
@@ -238,7 +239,8 @@ class Run:
         seed = b.seed if seed is None else seed
         method, setting = self.method_of(variant)
         size = {} if setting is None else {
-            "rank": setting.rank, "targets": None if setting.targets is None else list(setting.targets)}
+            "rank": setting.rank, "targets": None if setting.targets is None else list(setting.targets),
+            "shapes": setting.shapes()}
         config = experts.ExpertConfig(task=task, method=method, steps=b.steps, batch_size=b.batch_size,
                                       max_length=b.max_length, seed=seed, train_limit=b.train_rows,
                                       eval_limit=b.eval_rows, eval_every=b.eval_every,

@@ -45,7 +45,7 @@ def aggregate_points(rows: Sequence[Mapping]) -> list[dict]:
         cpu, _, _ = seeds.mean_std(r.get("cpu_seconds") for r in mine)
         first = mine[0]
         points.append({"task": task, "setting": tag, "method": first["method"], "rank": first["rank"],
-                       "modules": first["modules"], "params": first["adapter_params"],
+                       "modules": first["modules"], "cores": first.get("cores", ""), "params": first["adapter_params"],
                        "metric": first["metric"], "seeds": [r["seed"] for r in mine], "n": n,
                        "value_mean": mean, "value_std": std, "steps_mean": steps, "cpu_seconds_mean": cpu})
     return points
@@ -177,7 +177,7 @@ def _row(run, task: str, setting: Setting, seed: int) -> dict:
     expert = run.expert(task, variant, seed=seed)
     info = run.trainings[(task, variant, seed)]
     return {"task": task, "setting": setting.tag, "method": setting.method, "modules": setting.modules,
-            "rank": setting.rank, "tt_shapes": expert.config.shapes if setting.method == "tt-lora" else None,
+            "rank": setting.rank, "cores": setting.cores, "tt_shapes": expert.config.shapes if setting.method == "tt-lora" else None,
             "adapter_params": expert.adapter_params(), "seed": seed, "metric": info["metric"],
             "value": info["value"], "steps_run": info.get("steps_run"), "best_step": info.get("best_step"),
             "cpu_seconds": info.get("cpu_seconds"), "train_seconds": info.get("train_seconds"),
@@ -249,7 +249,8 @@ def measured(results: Mapping, model: str, method: str, rank: int,
     out = [{"task": p["task"], "metric": p["metric"], "mean": p["value_mean"], "std": p["value_std"],
             "seeds": p["n"], "source": "frontier"}
            for p in (exps.get("frontier") or {}).get("points", [])
-           if p["method"] == method and p["rank"] == rank and _module_set(p["modules"]) == want]
+           if p["method"] == method and p["rank"] == rank and _module_set(p["modules"]) == want
+           and p.get("cores", "") in ("", "balanced")]
     default_rank = {"tt-lora": 5, "lora": 16, "adapter": 16}.get(method)   # experiment 2's sizes
     if rank == default_rank and want == _module_set(None):
         covered = {e["task"] for e in out}
@@ -267,7 +268,8 @@ def suggested_rank(results: Mapping, model: str, task: str) -> dict | None:
         return None
     frontier = (results.get("experiments") or {}).get("frontier") or {}
     points = [p for p in frontier.get("points", []) if p["task"] == task and p["method"] == "tt-lora"
-              and p["modules"] == "q,v" and p["value_mean"] is not None]
+              and p["modules"] == "q,v" and p.get("cores", "balanced") in ("", "balanced")
+              and p["value_mean"] is not None]
     if not points:
         return None
     best = max(points, key=lambda p: p["value_mean"])

@@ -238,9 +238,10 @@ def _section_frontier(exp: dict) -> list[str]:
     if "skipped" in exp:
         return [exp["skipped"] + "."]
     front = {(task, tag) for task, tags in exp["front"].items() for tag in tags}
-    points = _table(["task", "setting", "modules", "rank", "adapter params", "seeds", "metric",
+    points = _table(["task", "setting", "modules", "TT chain", "rank", "adapter params", "seeds", "metric",
                      "mean ± std", "steps run", "CPU s", "on the front"],
-                    [[p["task"], p["setting"], p["modules"], str(p["rank"]), fmt(p["params"], "int"),
+                    [[p["task"], p["setting"], p["modules"], p.get("cores") or "–", str(p["rank"]),
+                      fmt(p["params"], "int"),
                       str(p["n"]), p["metric"], _pm(p["value_mean"], p["value_std"]),
                       fmt(p["steps_mean"], "int"), fmt(p["cpu_seconds_mean"], "f1"),
                       _yes_no((p["task"], p["setting"]) in front)] for p in exp["points"]])

@@ -31,30 +31,49 @@ Progress = Callable[[str, int, int], None]   # (stage, done, total)
 @dataclass(frozen=True)
 class Setting:
     """One size of one method: ``rank`` is the TT rank (tt-lora), the LoRA rank (lora) or the
-    reduction factor (adapter); ``targets`` None is the method's default (q,v)."""
+    reduction factor (adapter); ``targets`` None is the method's default (q,v); ``shape`` a flat
+    TT shape for every target (None: the balanced default, 6 cores on MiniLM's 384 × 384)."""
     method: str
     rank: int
     targets: tuple[str, ...] | None = None
+    shape: tuple[int, ...] | None = None
 
     @property
     def tag(self) -> str:
-        """A short unique name: ``tt-lora-r5``, ``tt-lora-query+key+value+dense-r12``, ``adapter-rf64``."""
+        """A short unique name: ``tt-lora-r5``, ``tt-lora-query+key+value+dense-r12``,
+        ``tt-lora-s16.24.24.16-r5``, ``adapter-rf64``."""
         modules = "" if self.targets is None else "-" + "+".join(self.targets)
+        shape = "" if self.shape is None else "-s" + ".".join(map(str, self.shape))
         size = f"rf{self.rank}" if self.method == "adapter" else f"r{self.rank}"
-        return f"{self.method}{modules}-{size}"
+        return f"{self.method}{modules}{shape}-{size}"
 
     @property
     def modules(self) -> str:
         return "q,v" if self.targets is None else ",".join(self.targets)
 
+    @property
+    def cores(self) -> str:
+        """``6 cores (balanced)`` or ``4 cores 16,24,24,16``: how the TT chain is cut."""
+        if self.method != "tt-lora":
+            return ""
+        return "balanced" if self.shape is None else f"{len(self.shape)} cores {','.join(map(str, self.shape))}"
+
+    def shapes(self) -> dict[str, list[int]] | None:
+        """``ExpertConfig.shapes`` of this setting (None: the default factorisation)."""
+        if self.shape is None:
+            return None
+        return {target: list(self.shape) for target in (self.targets or ("query", "value"))}
+
     def to_dict(self) -> dict:
         return {"method": self.method, "rank": self.rank,
-                "targets": None if self.targets is None else list(self.targets)}
+                "targets": None if self.targets is None else list(self.targets),
+                "shape": None if self.shape is None else list(self.shape)}
 
 
 def settings_from(raw: Sequence[Sequence]) -> list[Setting]:
-    """``ReportBudget.frontier`` entries ((method, rank, targets or None), ...) as settings."""
-    return [Setting(m, int(r), None if t is None else tuple(t)) for m, r, t in raw]
+    """``ReportBudget.frontier`` entries ((method, rank, targets or None[, shape]), ...) as settings."""
+    return [Setting(entry[0], int(entry[1]), None if entry[2] is None else tuple(entry[2]),
+                    None if len(entry) < 4 or entry[3] is None else tuple(entry[3])) for entry in raw]
 
 
 @dataclass(frozen=True)
@@ -94,7 +113,7 @@ class ReportBudget:
     # accuracy per parameter (report/frontier.py): these tasks, every seed, each setting
     # (method, rank — the adapter's reduction factor —, targets or None for q,v)
     frontier_tasks: tuple[str, ...] = ()
-    frontier: tuple[tuple[str, int, tuple[str, ...] | None], ...] = ()
+    frontier: tuple[tuple, ...] = ()    # (method, rank, targets or None[, TT shape])
 
     def lr_of(self, method: str) -> float | None:
         """This budget's learning rate for ``method`` (None: the method's default)."""
@@ -110,12 +129,16 @@ class ReportBudget:
 
 
 QKVD = ("query", "key", "value", "dense")
+FOUR_CORES = (16, 24, 24, 16)        # MiniLM's 384 = 16·24: a 4-core chain instead of 6 (8,8,6|6,8,8)
 FRONTIER = (*((("tt-lora", r, None) for r in (2, 4, 5, 8, 12, 16))),
             ("tt-lora", 5, QKVD), ("tt-lora", 12, QKVD),
+            ("tt-lora", 5, None, FOUR_CORES), ("tt-lora", 8, None, FOUR_CORES),
             *((("lora", r, None) for r in (1, 2, 4, 8, 16))),
             ("adapter", 16, None), ("adapter", 64, None))
-"""The frontier of the full budgets: 15 settings (TT-LoRA r5, LoRA r16 and the adapter's
-reduction 16 are experiment 2's runs, reused)."""
+"""The frontier of the full budgets: 17 settings (TT-LoRA r5, LoRA r16 and the adapter's
+reduction 16 are experiment 2's runs, reused). The 4-core TT-LoRA settings come from the gap
+diagnosis (studies/tt_gap): on SST-2 a 4-core r5 chain reached 0.860 where the 6-core r5 reached
+0.841; 4-core r5 (16,320 parameters) and r8 (39,936) sit beside LoRA r2 (18,432) and r4 (36,864)."""
 BUDGETS: dict[str, ReportBudget] = {
     "small": ReportBudget(
         name="small", comparison_tasks=("sst2", "rte"), steps=8, batch_size=8, max_length=48,

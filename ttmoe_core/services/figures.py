@@ -308,16 +308,19 @@ def frontier_figure(points: Sequence[Mapping], fronts: Mapping[str, Sequence[str
     shown = set()
     for col, task in enumerate(tasks, start=1):
         mine = [p for p in points if p["task"] == task and p["value_mean"] is not None]
-        for series in dict.fromkeys((p["method"], p["modules"]) for p in mine):
-            group = sorted((p for p in mine if (p["method"], p["modules"]) == series), key=lambda p: p["params"])
-            name = f"{series[0]} ({series[1]})"
+        for series in dict.fromkeys((p["method"], p["modules"], p.get("cores") or "") for p in mine):
+            group = sorted((p for p in mine if (p["method"], p["modules"], p.get("cores") or "") == series),
+                           key=lambda p: p["params"])
+            chain = "" if series[2] in ("", "balanced") else f", {series[2].split(' cores')[0]} cores"
+            name = f"{series[0]} ({series[1]}{chain})"
             fig.add_trace(go.Scatter(
                 x=[p["params"] for p in group], y=[p["value_mean"] for p in group],
                 error_y=dict(type="data", array=[p["value_std"] or 0.0 for p in group], visible=True),
                 text=[p["setting"] for p in group], mode="lines+markers", name=name,
                 legendgroup=name, showlegend=name not in shown,
                 marker=dict(color=METHOD_COLORS.get(series[0]),
-                            symbol="circle" if series[1] == "q,v" else "diamond", size=9),
+                            symbol="square" if chain else ("circle" if series[1] == "q,v" else "diamond"),
+                            size=9),
                 line=dict(color=METHOD_COLORS.get(series[0]), width=1,
                           dash="solid" if series[1] == "q,v" else "dot"),
                 hovertemplate="%{text}<br>%{x:,} parameters<br>%{y:.3f}<extra></extra>"), row=1, col=col)
