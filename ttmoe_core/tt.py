@@ -270,6 +270,7 @@ def reconstruct(cores: Sequence[torch.Tensor], in_factors: Sequence[int],
 def tt_svd(matrix: torch.Tensor, in_factors: Sequence[int], out_factors: Sequence[int],
            rank: int | Sequence[int]) -> list[torch.Tensor]:
     """TT-SVD (tensorly) of a dense ``ΔW`` [d_out, d_in] into cores in our mode order."""
+    # optional: tensorly only for TT-SVD
     import tensorly as tl
     from tensorly.decomposition import tensor_train
 

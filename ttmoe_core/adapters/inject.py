@@ -216,6 +216,7 @@ def load_expert_cores(model: nn.Module, tensors: Mapping[str, torch.Tensor],
 def inject_lora(model: nn.Module, targets: Sequence[str], *, rank: int, alpha: float,
                 dropout: float = 0.0) -> nn.Module:
     """The LoRA baseline through PEFT; returns the PEFT-wrapped model (base frozen)."""
+    # optional: PEFT (the LoRA baseline), loaded on first use
     from peft import LoraConfig, get_peft_model
 
     find_targets(model, targets)  # same clear error as TT-LoRA when nothing matches
@@ -230,6 +231,7 @@ def inject_bottleneck(model: nn.Module, name: str, *, reduction: int = 16) -> nn
     Adds and activates adapter ``name``; only its weights are trainable. (The library wires its
     layers into the model itself; we do not patch anything.)
     """
+    # optional: the adapters library (bottleneck and fusion baselines), loaded on first use
     import adapters as adapters_lib
 
     adapters_lib.init(model)

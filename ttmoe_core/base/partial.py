@@ -63,6 +63,7 @@ def _decoder_context(model: nn.Module, hidden: torch.Tensor,
                      attention_mask: torch.Tensor) -> _DecoderContext:
     """Masks and rotary embeddings of a batch, built by the model's own helpers as its forward
     builds them (no cache; positions 0..T-1)."""
+    # heavy: transformers, loaded on first use
     from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
     cache_position = torch.arange(hidden.shape[1], device=hidden.device)      # [T]

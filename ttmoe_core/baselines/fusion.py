@@ -58,6 +58,7 @@ def fused_encoder(backbone: Backbone, adapter_experts: Mapping[str, experts.Expe
 
     Only the fusion layers are trainable; ``generator`` (None: seed 0) draws their initial weights.
     """
+    # optional: the adapters library (bottleneck and fusion baselines), loaded on first use
     import adapters as adapters_lib
     from adapters.composition import Fuse
 

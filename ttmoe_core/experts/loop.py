@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..base import batching
-from ..errors import TrainingError
+from ..errors import CheckpointError, TrainingError
 
 if TYPE_CHECKING:
     from .checkpoint import Checkpointer
@@ -212,8 +212,6 @@ def fit(model: nn.Module, batch_loss: Callable[[list[int]], torch.Tensor], num_r
     if checkpoint is not None and checkpoint.resume:
         saved = checkpoint.load()
         if saved is not None:
-            from .checkpoint import CheckpointError
-
             have = {n: list(t.shape) for n, t in saved["params"].items()}
             if have != {n: list(p.shape) for n, p in named}:
                 raise CheckpointError(f"{prefix}the checkpoint's tensors do not fit this model")

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .. import adapters
-from ..base.backbone import POOLINGS, Backbone, BackboneInfo, default_pooling, pool
+from ..base.backbone import POOLINGS, Backbone, BackboneInfo, default_pooling, default_targets, pool
 from ..errors import ConfigError
 from ..runtime import precision, rng
 from .config import ADAPTER_NAME, ExpertConfig
@@ -90,8 +90,6 @@ def resolve_targets_and_shapes(cfg: ExpertConfig, model: nn.Module) -> ExpertCon
     """Targets (the architecture's default when None) and, for TT-LoRA, a flat TT shape per
     layout key (``adapters.resolve_shapes``: per target, or per layer size where a target such
     as BERT's ``dense`` names layers of several sizes)."""
-    from ..base.backbone import default_targets
-
     cfg.targets = list(cfg.targets or default_targets(model.config.model_type))
     cfg.pooling = cfg.pooling or default_pooling(model.config.model_type)
     if cfg.method == "tt-lora":
@@ -155,6 +153,7 @@ def expert_tensors(model: ExpertModel, method: str) -> dict[str, torch.Tensor]:
         tensors = {k: v.detach().cpu().contiguous() for k, v in model.encoder.state_dict().items()
                    if f"adapters.{ADAPTER_NAME}." in k}
     else:
+        # optional: PEFT (the LoRA baseline), loaded on first use
         from peft import get_peft_model_state_dict
         tensors = {k: v.detach().cpu().contiguous()
                    for k, v in get_peft_model_state_dict(model.encoder).items()}
@@ -173,6 +172,7 @@ def load_expert_tensors(model: ExpertModel, expert: Expert) -> None:
         if missing.unexpected_keys:
             raise ConfigError(f"unexpected adapter tensors {missing.unexpected_keys[:3]}")
     else:
+        # optional: PEFT (the LoRA baseline), loaded on first use
         from peft import set_peft_model_state_dict
         set_peft_model_state_dict(model.encoder, {k: v for k, v in expert.tensors.items()
                                                   if not k.startswith("head.")})

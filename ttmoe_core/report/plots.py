@@ -30,8 +30,10 @@ def _grouped_bar(categories: Sequence[str], series: Mapping[str, Sequence[float]
                  y_title: str, log: bool = False, errors: Mapping[str, Sequence[float | None]] | None = None):
     """One bar group per category, one bar per series (None values: no bar); ``errors``: an
     error bar (± value) per bar of a series."""
+    # plotly only when a figure is built
     import plotly.graph_objects as go
 
+    # plotly-importing module, kept out of the report's import
     from ..services.figures import apply_layout
 
     def error(name):
@@ -50,8 +52,10 @@ def _grouped_bar(categories: Sequence[str], series: Mapping[str, Sequence[float]
 
 def build_figures(results: dict) -> dict:
     """Plotly figures of the experiments present in ``results`` (pure: data in, figures out)."""
+    # plotly only when a figure is built
     import plotly.graph_objects as go
 
+    # plotly-importing module, kept out of the report's import
     from ..services.figures import apply_layout, confusion_heatmap, frontier_figure
 
     out = {}
@@ -130,7 +134,10 @@ def build_figures(results: dict) -> dict:
 def _png(figure, path: Path) -> None:
     """A static rendering of a plotly figure (bar, scatter with error bars, heatmap traces) via
     matplotlib; subplots side by side (one panel per x axis of the figure)."""
+    # with matplotlib, only when a PNG is written
     import numpy as np
+
+    # optional: matplotlib (PNG figures) only when one is written
     from matplotlib.figure import Figure
 
     layout = figure.layout

@@ -34,6 +34,8 @@ def surface_features(texts: Sequence[str], text_pairs: Sequence[str | None] | No
     (``skip_parameter_validation``, a thread-local setting): the fixed cost matters for one row.
     """
     import sklearn  # heavy: sklearn, loaded when a router first reads text
+
+    # heavy: scikit-learn (~1 s to import), loaded on first use
     from sklearn.feature_extraction.text import HashingVectorizer
 
     pairs = list(text_pairs) if text_pairs is not None else [None] * len(texts)

@@ -55,6 +55,7 @@ def canonical(text: str | None) -> str:
 
 
 def _hashers(buckets: int):
+    # heavy: scikit-learn (~1 s to import), loaded on first use
     from sklearn.feature_extraction.text import HashingVectorizer
 
     word = HashingVectorizer(analyzer="word", ngram_range=(1, 2), lowercase=False, norm="l2",
@@ -73,6 +74,7 @@ def ngram_features(texts: Sequence[str], text_pairs: Sequence[str | None] | None
     [b·buckets, (b+1)·buckets); each block's weights are l2-normalised counts. Rows are padded
     with id 0, weight 0; L = the most n-grams of a row, at most ``max_ngrams`` (largest kept).
     """
+    # heavy: scipy, loaded on first use
     import scipy.sparse as sp
 
     pairs = list(text_pairs) if text_pairs is not None else [None] * len(texts)

@@ -77,6 +77,7 @@ class DataParallel:
         batch computed by the group: this process runs its share of ``rows``; the returned
         scalar's value is the mean over the whole batch, its gradient (after DDP's average) the
         gradient of that mean."""
+        # torch.distributed only for data-parallel runs
         import torch.distributed as dist
 
         def loss(rows: list[int]) -> torch.Tensor:
@@ -103,6 +104,7 @@ def current() -> DataParallel | None:
     with more than one process), or None for a plain single process."""
     if launched_world_size() <= 1:
         return None
+    # optional: accelerate only under `accelerate launch`
     from accelerate import Accelerator
 
     # without CUDA the group is CPU processes talking over gloo (accelerate's MULTI_CPU)

@@ -65,6 +65,7 @@ def machine_info(device: torch.device | str, libraries: bool = False) -> dict:
             "memory_gib": memory_gib(), "python": platform.python_version(),
             "torch": torch.__version__}
     if libraries:
+        # the libraries' versions, imported only when asked (adapters and peft are optional)
         import adapters as adapters_lib
         import peft
         import transformers
@@ -76,6 +77,7 @@ def machine_info(device: torch.device | str, libraries: bool = False) -> dict:
 
 def peak_rss_mib() -> float:
     """Peak resident memory of this process so far, MiB."""
+    # Unix only (peak RSS)
     import resource
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -13,6 +13,7 @@ import re
 from collections.abc import Mapping, Sequence
 
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 
 ACCENT = "#4C6EF5"        # the chosen / highlighted item
 MUTED = "#ADB5BD"         # everything else
@@ -301,8 +302,6 @@ def frontier_figure(points: Sequence[Mapping], fronts: Mapping[str, Sequence[str
                     title: str | None = "Validation metric against trainable adapter parameters") -> go.Figure:
     """Accuracy per parameter (report/frontier.py ``points``): one panel per task, one series per
     method and modules (markers with ± seed std, log x), the Pareto front as a dashed line."""
-    from plotly.subplots import make_subplots
-
     tasks = list(dict.fromkeys(p["task"] for p in points))
     fig = make_subplots(rows=1, cols=max(len(tasks), 1), subplot_titles=tasks, horizontal_spacing=0.08)
     shown = set()

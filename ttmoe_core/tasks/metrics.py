@@ -30,7 +30,10 @@ def compute_metrics(spec_or_metric: TaskSpec | str, labels: Sequence, prediction
     ``spec_or_metric``: a TaskSpec, a task name, or a metric name. ``predictions``: class indices
     [N] or scores [N, C] (argmax taken); for regression, scores [N] or [N, 1].
     """
+    # heavy: scipy, loaded on first use
     from scipy.stats import ConstantInputWarning, pearsonr, spearmanr
+
+    # heavy: scikit-learn (~1 s to import), loaded on first use
     from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
     metric = _metric_name(spec_or_metric)
