@@ -3,12 +3,16 @@
 May import: the standard library, torch.
 """
 
-from .distributed import DataParallel, current, is_main_process, launched_world_size, share
-from .logs import without_log_line
-from .precision import DTYPES, autocast, cast_frozen, dtype_name, parse_dtype
-from .rng import Dropout, batch_rows, drawing_from, gaussian, given_or_seeded
-from .runinfo import (cpu_name, load_average, machine_info, memory_gib, now, peak_rss_mib, rss_mib,
-    usable_cores)
+from .. import lazy_exports
+
+__getattr__ = lazy_exports(__name__, {
+    ".distributed": "DataParallel, current, is_main_process, launched_world_size, share",
+    ".logs": "without_log_line",
+    ".precision": "DTYPES, autocast, cast_frozen, dtype_name, parse_dtype",
+    ".rng": "Dropout, batch_rows, drawing_from, gaussian, given_or_seeded",
+    ".runinfo": "cpu_name, load_average, machine_info, memory_gib, now, peak_rss_mib, rss_mib, "
+                "usable_cores",
+})
 
 __all__ = ["DTYPES", "DataParallel", "Dropout", "autocast", "batch_rows", "cast_frozen", "cpu_name",
            "current", "drawing_from", "dtype_name", "gaussian", "given_or_seeded",

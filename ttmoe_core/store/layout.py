@@ -40,22 +40,11 @@ from ..base.backbone import BackboneInfo, check_fingerprint
 from ..files import safefs, schema, tensorfile
 from ..files.names import NameRuleError, inside
 from ..files.safefs import StoreError
+from .filenames import (CONFIG_FILE, FORMAT, FORMAT_VERSION, JSON_LIMIT, PACK_FILE, PACK_FORMAT,
+                        POOL_CONFIG_FILE, POOL_WEIGHTS_FILE, REPLAY_CONFIG_FILE,
+                        REPLAY_WEIGHTS_FILE, ROUTER_COMPANIONS, ROUTER_CONFIG_FILE, ROUTER_FORMAT,
+                        ROUTER_WEIGHTS_FILE, WEIGHTS_FILE)
 
-CONFIG_FILE = "adapter_config.json"
-WEIGHTS_FILE = "adapter_model.safetensors"
-FORMAT = "ttmoe-expert"
-FORMAT_VERSION = 1
-JSON_LIMIT = 64 << 20                  # bytes: the largest JSON file read
-
-PACK_FILE = "pack.json"
-ROUTER_CONFIG_FILE = "router_config.json"
-ROUTER_WEIGHTS_FILE = "router.safetensors"
-PACK_FORMAT = "ttmoe-pack"
-ROUTER_FORMAT = "ttmoe-router"
-# the router's companions (``detector``): valid only with the router they were made for
-POOL_CONFIG_FILE, POOL_WEIGHTS_FILE = "pool_config.json", "pool.safetensors"
-REPLAY_CONFIG_FILE, REPLAY_WEIGHTS_FILE = "router_replay.json", "router_replay.safetensors"
-ROUTER_COMPANIONS = (POOL_CONFIG_FILE, POOL_WEIGHTS_FILE, REPLAY_CONFIG_FILE, REPLAY_WEIGHTS_FILE)
 
 
 def read_json(path: Path, what: str, kind: str | None = None, fmt: str | None = None) -> dict:
