@@ -18,8 +18,8 @@ __getattr__ = lazy_exports(__name__, {
     ".partial": "continue_layers, hidden_states, is_layered_decoder, is_layered_encoder, "
                 "layer_mask, runs_in_parts",
     ".sources": "EMBEDDED, MARKER, MODELS_ENV, REGISTRY, ModelError, Progress, RegisteredModel, "
-                "Resolved, cache_dir, cached_snapshot, convert_gguf, embedded_path, hub_offline, "
-                "hub_unreachable, is_pulled, list_models, pull, resolve",
+                "Resolved, cache_dir, cached_snapshot, convert_gguf, embedded_path, hub_id, "
+                "hub_offline, hub_unreachable, is_pulled, list_models, pull, resolve",
 })
 
 __all__ = ["BERT_LIKE", "BUCKET_BATCHES", "Backbone", "BackboneError", "BackboneInfo",
@@ -30,7 +30,7 @@ __all__ = ["BERT_LIKE", "BUCKET_BATCHES", "Backbone", "BackboneError", "Backbone
            "bucketed_epoch", "cache_dir", "cached_snapshot", "check_fingerprint", "continue_layers",
            "convert_gguf", "default_model_path", "default_pooling", "default_targets",
            "dims_from_config", "distinct", "embedded_path", "encode_rows", "fingerprint",
-           "hidden_states", "hub_offline", "hub_unreachable", "is_decoder_type",
+           "hidden_states", "hub_id", "hub_offline", "hub_unreachable", "is_decoder_type",
            "is_layered_decoder", "is_layered_encoder", "is_pulled", "last_positions", "last_token",
            "layer_mask", "list_models", "load_backbone", "mean_pool", "pick_device", "plan", "pool",
            "pull", "resolve", "resolve_model", "restore_order", "runs_in_parts", "shuffled_epoch",

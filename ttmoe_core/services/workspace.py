@@ -253,8 +253,9 @@ def _valid(path: Path, kind: str, action: str):
         raise WorkspaceError(f"cannot {action} {path}: it is not a valid {kind} ({exc})") from None
 
 
-PACK_ENTRIES = {store.PACK_FILE, store.ROUTER_CONFIG_FILE, store.ROUTER_WEIGHTS_FILE, "experts"}
-EXPERT_ENTRIES = {store.CONFIG_FILE, store.WEIGHTS_FILE}
+PACK_ENTRIES = {store.PACK_FILE, store.ROUTER_CONFIG_FILE, store.ROUTER_WEIGHTS_FILE, "experts",
+                store.CARD_FILE}
+EXPERT_ENTRIES = {store.CONFIG_FILE, store.WEIGHTS_FILE, store.CARD_FILE}
 
 
 def _valid_or_only_ours(path: Path, kind: str, action: str) -> None:

@@ -6,6 +6,7 @@ WEIGHTS_FILE = "adapter_model.safetensors"
 FORMAT = "ttmoe-expert"
 FORMAT_VERSION = 1
 JSON_LIMIT = 64 << 20                  # bytes: the largest JSON file read
+CARD_FILE = "README.md"                # the model card of an expert or a pack (``publish``)
 
 PACK_FILE = "pack.json"
 ROUTER_CONFIG_FILE = "router_config.json"

@@ -40,11 +40,24 @@ from ..base.backbone import BackboneInfo, check_fingerprint
 from ..files import safefs, schema, tensorfile
 from ..files.names import NameRuleError, inside
 from ..files.safefs import StoreError
-from .filenames import (CONFIG_FILE, FORMAT, FORMAT_VERSION, JSON_LIMIT, PACK_FILE, PACK_FORMAT,
-                        POOL_CONFIG_FILE, POOL_WEIGHTS_FILE, REPLAY_CONFIG_FILE,
-                        REPLAY_WEIGHTS_FILE, ROUTER_COMPANIONS, ROUTER_CONFIG_FILE, ROUTER_FORMAT,
-                        ROUTER_WEIGHTS_FILE, WEIGHTS_FILE)
-
+from .filenames import (
+    CONFIG_FILE,
+    FORMAT,
+    FORMAT_VERSION,
+    JSON_LIMIT,
+    PACK_FILE,
+    PACK_FORMAT,
+    POOL_CONFIG_FILE,
+    POOL_WEIGHTS_FILE,
+    REPLAY_CONFIG_FILE,
+    REPLAY_WEIGHTS_FILE,
+    ROUTER_COMPANIONS,
+    ROUTER_CONFIG_FILE,
+    ROUTER_FORMAT,
+    ROUTER_WEIGHTS_FILE,
+    WEIGHTS_FILE,
+)
+from .publish import publishable
 
 
 def read_json(path: Path, what: str, kind: str | None = None, fmt: str | None = None) -> dict:
@@ -105,10 +118,10 @@ def expert_folder(pack: Path, name: str) -> Path:
 
 def pack_manifest(folder: Path, names: list[str], base: BackboneInfo, extra: Mapping | None) -> dict:
     """The new content of ``folder``'s pack.json: its experts ``names`` on ``base``, ``extra``
-    entries, and what it held before."""
+    entries (no absolute paths), and what it held before."""
     previous = read_json(folder / PACK_FILE, "pack") if (folder / PACK_FILE).exists() else {}
     return {**previous, "format": PACK_FORMAT, "format_version": FORMAT_VERSION,
-            "experts": names, "base_model": base.to_dict(), **(extra or {})}
+            "experts": names, "base_model": base.to_dict(), **publishable(extra or {})}
 
 
 def read_pack_part(path: Path, config_file: str, weights_file: str, kind: str, fmt: str,
