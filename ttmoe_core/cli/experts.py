@@ -13,6 +13,7 @@ from tqdm import tqdm
 from .. import tasks
 from ..errors import TTMoEError
 from ..files import safefs
+from ..runtime.tracking import TRACK_ENV, TRACKERS, default_tracker
 from .args import (
     MAX_BATCH,
     UsageError,
@@ -51,7 +52,7 @@ def cmd_train_expert(args: argparse.Namespace) -> int:
     before the first step; the expert is saved atomically at the end."""
     # heavy: imports torch; kept out of the parser
     from .. import experts, store
-    from ..runtime import distributed
+    from ..runtime import distributed, tracking
 
     config = experts.ExpertConfig(
         task=args.task, method=args.method, rank=args.rank, alpha=args.alpha,
@@ -74,10 +75,14 @@ def cmd_train_expert(args: argparse.Namespace) -> int:
     bar = tqdm(total=config.steps, unit="step", file=sys.stderr,
                disable=args.quiet or not distributed.is_main_process())
     checkpoint_dir = announced_checkpoint(out, args.resume)
+    tracker = args.track if distributed.is_main_process() else None
     try:
-        expert = experts.train_expert(config, backbone, train_data=train, eval_data=valid,
-                                      progress=progress_bar(bar), name=args.name or args.task,
-                                      checkpoint_dir=checkpoint_dir, resume=args.resume)
+        with tracking.tracked(tracker, args.name or args.task, config.to_dict(),
+                              progress_bar(bar)) as track:
+            expert = experts.train_expert(config, backbone, train_data=train, eval_data=valid,
+                                          progress=track.progress, name=args.name or args.task,
+                                          checkpoint_dir=checkpoint_dir, resume=args.resume)
+            track.end(expert.metrics)
     except TTMoEError as exc:
         raise UsageError(str(exc)) from None
     finally:
@@ -324,6 +329,8 @@ def add_parsers(sub) -> None:
                         "query,value)")
     add_run_flags(p, steps=300, batch_size=32)
     p.add_argument("--json", action="store_true", help="final metrics as one JSON object")
+    p.add_argument("--track", choices=TRACKERS, default=default_tracker(),
+                   help=f"log the run to a tracker (default: ${TRACK_ENV}, else none)")
     add_convergence_flags(p)
     common_model_flags(p)
     p.set_defaults(func=cmd_train_expert)

@@ -280,10 +280,11 @@ def add_parsers(sub) -> None:
     p.add_argument("text", nargs="*", help="input text(s)")
     p.add_argument("--text-pair", default=None, help="second text (pair tasks), for every text")
     p.add_argument("--input-file", default=None, help="JSONL with text and optional text_pair")
-    p.add_argument("--pack", default=None, help="pack folder (default: assets/demo)")
+    p.add_argument("--pack", default=None,
+                   help="pack folder or hub repo id (default: assets/demo)")
     p.add_argument("--expert-dir", action="append", default=[], metavar="DIR",
-                   help="serve this expert folder without a pack (repeatable; with several, "
-                        "--expert chooses one)")
+                   help="serve this expert folder or hub repo id without a pack (repeatable; "
+                        "with several, --expert chooses one)")
     p.add_argument("--expert", default=None, help="force this expert (oracle) instead of routing")
     p.add_argument("--json", action="store_true", help="one JSON line per input")
     p.add_argument("--abstain", action="store_true",

@@ -62,7 +62,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def add_parsers(sub) -> None:
     """Register this module's commands on a subparsers action."""
     p = sub.add_parser("serve", help="serve a pack over HTTP (predict, experts, health, metrics)")
-    p.add_argument("--pack", default=None, help="pack folder (default: assets/demo)")
+    p.add_argument("--pack", default=None,
+                   help="pack folder or hub repo id (default: assets/demo)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int_in(1, 65535), default=8000, help="TCP port to listen on")
     p.add_argument("--max-wait-ms", type=int_in(0, 10_000), default=5,

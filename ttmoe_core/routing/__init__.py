@@ -40,4 +40,5 @@ __all__ = ["BUCKETS", "COMPONENTS", "FLAGS", "FusionRouter", "GROW_SOURCES", "Gr
            "ngram_features", "ood_report", "params", "phi_width", "pool_dense", "pooled_states",
            "recipe_rows", "register_variant", "replay_sample", "router_metrics", "routing_data",
            "routing_splits", "segment_pools", "sentence_level", "state_features",
-           "surface_features", "take", "text_features", "text_flags", "train_router", "variant_spec"]
+           "surface_features", "sweep_layers", "take", "text_features", "text_flags",
+           "train_router", "variant_spec"]

@@ -28,7 +28,7 @@ def publishable(value: Any) -> Any:
     (a task's data file ``/data/dir/cola/train.parquet`` -> ``cola/train.parquet``): where the
     data lay on the machine that trained it is not part of what is shared."""
     if isinstance(value, str):
-        return _ABSOLUTE.sub(lambda m: "/".join(m.group(0).split("/")[-2:]), value)
+        return _ABSOLUTE.sub(lambda m: "/".join(m.group(0).split("/")[1:][-2:]), value)
     if isinstance(value, Mapping):
         return {k: publishable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
