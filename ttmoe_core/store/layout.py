@@ -1,12 +1,13 @@
 """What the store's folders hold: file names, formats and versions, bounded JSON reading, where an
 expert sits in a pack, the one base-model check, recovery and replace checks.
 
-An expert folder follows PEFT's layout:
+An expert folder (PEFT's file names; a LoRA expert's config also holds PEFT's keys):
 
     <expert>/adapter_config.json        method, task, labels, TT shapes/ranks, α, targets,
-                                        base model + fingerprint, training settings, metrics,
-                                        and a manifest of every tensor (shape, dtype)
+                                        base model + fingerprint + hub id, training settings,
+                                        metrics, and a manifest of every tensor (shape, dtype)
     <expert>/adapter_model.safetensors  TT cores (or LoRA A/B) + the task head
+    <expert>/README.md                  its model card (``publish``)
 
 A pack adds:
 
@@ -16,6 +17,7 @@ A pack adds:
     <pack>/router_config.json        RouterConfig, expert order, metrics, tensor manifest
     <pack>/router.safetensors
     <pack>/pool_*, router_replay.*   the router's companions (``detector``)
+    <pack>/README.md                 its model card (``publish``)
 
 Writes go to a temporary sibling folder published in one rename or swap (``safefs``): a reader
 finds the old or the new folder, never half of one; ``recover`` cleans what a killed process left.

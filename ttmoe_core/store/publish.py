@@ -115,7 +115,7 @@ def pack_card(folder: Path):
     command = (pack.get("build") or {}).get("command")
     body = "\n".join([
         f"A TT-LoRA MoE pack: {len(experts)} experts on one frozen base model behind a "
-        f"{router.get('variant', 'no')} router that picks one expert an input. "
+        f"router ({router.get('variant', 'none')}) that picks one expert per input. "
         "`ttmoe predict --pack <this repo id>` serves it.", "",
         "| expert | task | method | metrics |", "|---|---|---|---|", *rows, "",
         f"Router: {router.get('variant', 'none')}, routing accuracy "
