@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from .. import __version__
 from ..errors import one_line
@@ -24,7 +25,7 @@ __all__ = ["EXIT_BUG", "EXIT_USAGE", "Parser", "UsageError", "build_parser", "ma
 
 
 def build_parser() -> Parser:
-    parser = Parser(prog="python -m ttmoe_core",
+    parser = Parser(prog="ttmoe" if Path(sys.argv[0]).name == "ttmoe" else "python -m ttmoe_core",
                     description="TT-LoRA MoE Studio: train, store, count and serve TT-LoRA experts.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser,
