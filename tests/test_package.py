@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import types
+import warnings
 from pathlib import Path
 
 import pytest
@@ -167,7 +168,8 @@ def test_a_lora_expert_loads_in_peft_and_computes_what_ours_does(tiny_bert, sst2
     assert config["peft_type"] == "LORA" and config["r"] == expert.config.rank
     assert config["target_modules"] == ["query", "value"]
     ours = experts.build_expert_model(store.load_expert(path), tiny_bert).eval()   # still ours
-    with pytest.warns(UserWarning, match="Unexpected keyword arguments"):   # our own keys
+    with warnings.catch_warnings():           # PEFT warns of the keys it ignores (our own)
+        warnings.simplefilter("ignore", UserWarning)
         theirs = PeftModel.from_pretrained(copy.deepcopy(tiny_bert.model), str(path)).eval()
     batch = dict(tiny_bert.tokenizer(["a gorgeous movie", "the worst film"], padding=True,
                                      return_tensors="pt"))
