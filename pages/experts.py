@@ -140,8 +140,9 @@ def manage(info: dict) -> None:
 
 
 st.title("Experts")
-st.caption("Every expert folder of your workspace and of the demo pack (PEFT layout: "
-           "adapter_config.json + adapter_model.safetensors), validated on reading.")
+st.caption("Every expert folder of your workspace and of the demo pack (adapter_config.json + "
+           "adapter_model.safetensors: TT-LoRA cores in this project's format; a LoRA expert is "
+           "also a PEFT adapter), validated on reading.")
 
 st.header("Workspace")
 ws_infos, ws_invalid = common.folder_experts(str(ws.root), views.stamp(ws.root))

@@ -31,6 +31,7 @@ def _length(texts, text_pairs, config):
 @pytest.fixture
 def constant_variant(monkeypatch):
     """The test variant "constant", registered for one test only."""
+    routing.known_variants()        # the shipped variants registered first (lazy modules)
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
     return routing.register_variant("constant", ConstantRouter, routing.pooled_states, _length,
                                     last_layer_only=True)

@@ -76,7 +76,7 @@ def _core_key(expert, target="query", layer=0, k=0):
 
 
 def test_round_trip_is_exact(tt_expert, saved, tmp_path):
-    assert sorted(os.listdir(saved)) == sorted([CONFIG_FILE, WEIGHTS_FILE])
+    assert sorted(os.listdir(saved)) == sorted([CONFIG_FILE, WEIGHTS_FILE, store.CARD_FILE])
     assert os.listdir(saved.parent) == ["sst2"]                  # no temporary leftovers
     loaded = store.load_expert(saved, expected_fingerprint=tt_expert.base.fingerprint)
     assert set(loaded.tensors) == set(tt_expert.tensors)
@@ -136,7 +136,7 @@ def test_overwrite_replaces_whole_folder(tt_expert, saved):
     (saved / "stale.txt").write_text("from an older version")
     renamed = experts.Expert(**{**tt_expert.__dict__, "name": "renamed"})
     store.save_expert(renamed, saved)
-    assert sorted(os.listdir(saved)) == sorted([CONFIG_FILE, WEIGHTS_FILE])
+    assert sorted(os.listdir(saved)) == sorted([CONFIG_FILE, WEIGHTS_FILE, store.CARD_FILE])
     assert os.listdir(saved.parent) == ["sst2"]
     assert store.load_expert(saved).name == "renamed"
 

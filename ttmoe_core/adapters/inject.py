@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .. import tt
+from ..errors import ConfigError
 from ..runtime.logs import without_log_line
 from .layer import GatheredTTLinear, TTLoRALinear
 
@@ -216,8 +217,10 @@ def load_expert_cores(model: nn.Module, tensors: Mapping[str, torch.Tensor],
 def inject_lora(model: nn.Module, targets: Sequence[str], *, rank: int, alpha: float,
                 dropout: float = 0.0) -> nn.Module:
     """The LoRA baseline through PEFT; returns the PEFT-wrapped model (base frozen)."""
-    # optional: PEFT (the LoRA baseline), loaded on first use
-    from peft import LoraConfig, get_peft_model
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise ConfigError("the LoRA method needs PEFT: pip install -e '.[baselines]'") from None
 
     find_targets(model, targets)  # same clear error as TT-LoRA when nothing matches
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout,
@@ -231,8 +234,11 @@ def inject_bottleneck(model: nn.Module, name: str, *, reduction: int = 16) -> nn
     Adds and activates adapter ``name``; only its weights are trainable. (The library wires its
     layers into the model itself; we do not patch anything.)
     """
-    # optional: the adapters library (bottleneck and fusion baselines), loaded on first use
-    import adapters as adapters_lib
+    try:
+        import adapters as adapters_lib
+    except ImportError:
+        raise ConfigError("bottleneck adapters need the adapters library: pip install -e "
+                          "'.[baselines]'") from None
 
     adapters_lib.init(model)
     model.add_adapter(name, config=adapters_lib.SeqBnConfig(reduction_factor=reduction))

@@ -3,20 +3,24 @@
 May import: files, runtime, tasks, tt.
 """
 
-from .backbone import (DECODER_TYPES, DEFAULT_MODEL, POOLINGS, TARGETS_BY_TYPE, Backbone,
-    BackboneError, BackboneInfo, Encoded, check_fingerprint, default_model_path, default_pooling,
-    default_targets, encode_rows, fingerprint, is_decoder_type, last_positions, last_token,
-    load_backbone, mean_pool, pick_device, pool, tokenize, tokenize_mixed, weight_sharing_copy,
-    with_pad_token, wrap)
-from .batching import (BUCKET_BATCHES, MAX_ROWS, MAX_TOKENS, BatchStream, bucketed_batches,
-    bucketed_epoch, distinct, plan, restore_order, shuffled_epoch)
-from .dims import (BERT_LIKE, DISTILBERT, LLAMA_LIKE, PRESETS, SUPPORTED_MODEL_TYPES, ModelDims,
-    dims_from_config, resolve_model)
-from .partial import (continue_layers, hidden_states, is_layered_decoder, is_layered_encoder,
-    layer_mask, runs_in_parts)
-from .sources import (EMBEDDED, MARKER, MODELS_ENV, REGISTRY, ModelError, Progress, RegisteredModel,
-    Resolved, cache_dir, cached_snapshot, convert_gguf, embedded_path, hub_offline, hub_unreachable,
-    is_pulled, list_models, pull, resolve)
+from .. import lazy_exports
+
+__getattr__ = lazy_exports(__name__, {
+    ".backbone": "DECODER_TYPES, DEFAULT_MODEL, POOLINGS, TARGETS_BY_TYPE, Backbone, "
+                 "BackboneError, BackboneInfo, Encoded, check_fingerprint, default_model_path, "
+                 "default_pooling, default_targets, encode_rows, fingerprint, is_decoder_type, "
+                 "last_positions, last_token, load_backbone, mean_pool, pick_device, pool, "
+                 "tokenize, tokenize_mixed, weight_sharing_copy, with_pad_token, wrap",
+    ".batching": "BUCKET_BATCHES, MAX_ROWS, MAX_TOKENS, BatchStream, bucketed_batches, "
+                 "bucketed_epoch, distinct, plan, restore_order, shuffled_epoch",
+    ".dims": "BERT_LIKE, DISTILBERT, LLAMA_LIKE, PRESETS, SUPPORTED_MODEL_TYPES, ModelDims, "
+             "dims_from_config, resolve_model",
+    ".partial": "continue_layers, hidden_states, is_layered_decoder, is_layered_encoder, "
+                "layer_mask, runs_in_parts",
+    ".sources": "EMBEDDED, MARKER, MODELS_ENV, REGISTRY, ModelError, Progress, RegisteredModel, "
+                "Resolved, cache_dir, cached_snapshot, convert_gguf, embedded_path, hub_id, "
+                "hub_offline, hub_unreachable, is_pulled, list_models, pull, resolve",
+})
 
 __all__ = ["BERT_LIKE", "BUCKET_BATCHES", "Backbone", "BackboneError", "BackboneInfo",
            "BatchStream", "DECODER_TYPES", "DEFAULT_MODEL", "DISTILBERT", "EMBEDDED", "Encoded",
@@ -26,7 +30,7 @@ __all__ = ["BERT_LIKE", "BUCKET_BATCHES", "Backbone", "BackboneError", "Backbone
            "bucketed_epoch", "cache_dir", "cached_snapshot", "check_fingerprint", "continue_layers",
            "convert_gguf", "default_model_path", "default_pooling", "default_targets",
            "dims_from_config", "distinct", "embedded_path", "encode_rows", "fingerprint",
-           "hidden_states", "hub_offline", "hub_unreachable", "is_decoder_type",
+           "hidden_states", "hub_id", "hub_offline", "hub_unreachable", "is_decoder_type",
            "is_layered_decoder", "is_layered_encoder", "is_pulled", "last_positions", "last_token",
            "layer_mask", "list_models", "load_backbone", "mean_pool", "pick_device", "plan", "pool",
            "pull", "resolve", "resolve_model", "restore_order", "runs_in_parts", "shuffled_epoch",

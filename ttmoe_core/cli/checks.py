@@ -51,11 +51,23 @@ def load_pack(path: str | Path):
         raise UsageError(str(exc)) from None
 
 
+def shared_folder(spec: str, what: str) -> Path:
+    """A local folder, or the snapshot of a hub repo id (``owner/name``: from the local hub
+    cache, downloaded unless the hub is turned off), as a UsageError when neither exists."""
+    from .. import store  # heavy: imports torch; kept out of the parser
+
+    try:
+        return store.resolve_folder(spec, what)
+    except TTMoEError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def load_mixture(pack: str | None, device: str | None, dtype: str = "float32"):
-    """The pack's mixture on its own base model, each file of the pack read once."""
+    """The pack's mixture on its own base model, each file of the pack read once (``pack``: a
+    folder or a hub repo id)."""
     from ..moe import TTLoRAMoE  # heavy: imports torch; kept out of the parser
 
-    loaded = load_pack(Path(pack) if pack else default_pack())
+    loaded = load_pack(shared_folder(pack, "pack") if pack else default_pack())
     try:
         return TTLoRAMoE.from_loaded_pack(loaded, device=device, dtype=dtype)
     except TTMoEError as exc:
@@ -63,9 +75,10 @@ def load_mixture(pack: str | None, device: str | None, dtype: str = "float32"):
 
 
 def load_adhoc(folders: list[str], device: str | None, dtype: str = "float32"):
-    """The router-less mixture of expert folders (``moe.mixture_from_folders``)."""
+    """The router-less mixture of expert folders or hub repo ids (``moe.mixture_from_folders``)."""
     from ..moe import mixture_from_folders  # heavy: imports torch; kept out of the parser
 
+    folders = [shared_folder(folder, "expert") for folder in folders]
     try:
         return mixture_from_folders(folders, device=device, dtype=dtype)
     except TTMoEError as exc:

@@ -13,6 +13,7 @@ from tqdm import tqdm
 from .. import tasks
 from ..errors import TTMoEError
 from ..files import safefs
+from ..runtime.tracking import TRACK_ENV, TRACKERS, default_tracker
 from .args import (
     MAX_BATCH,
     UsageError,
@@ -51,7 +52,7 @@ def cmd_train_expert(args: argparse.Namespace) -> int:
     before the first step; the expert is saved atomically at the end."""
     # heavy: imports torch; kept out of the parser
     from .. import experts, store
-    from ..runtime import distributed
+    from ..runtime import distributed, tracking
 
     config = experts.ExpertConfig(
         task=args.task, method=args.method, rank=args.rank, alpha=args.alpha,
@@ -74,10 +75,14 @@ def cmd_train_expert(args: argparse.Namespace) -> int:
     bar = tqdm(total=config.steps, unit="step", file=sys.stderr,
                disable=args.quiet or not distributed.is_main_process())
     checkpoint_dir = announced_checkpoint(out, args.resume)
+    tracker = args.track if distributed.is_main_process() else None
     try:
-        expert = experts.train_expert(config, backbone, train_data=train, eval_data=valid,
-                                      progress=progress_bar(bar), name=args.name or args.task,
-                                      checkpoint_dir=checkpoint_dir, resume=args.resume)
+        with tracking.tracked(tracker, args.name or args.task, config.to_dict(),
+                              progress_bar(bar)) as track:
+            expert = experts.train_expert(config, backbone, train_data=train, eval_data=valid,
+                                          progress=track.progress, name=args.name or args.task,
+                                          checkpoint_dir=checkpoint_dir, resume=args.resume)
+            track.end(expert.metrics)
     except TTMoEError as exc:
         raise UsageError(str(exc)) from None
     finally:
@@ -210,12 +215,17 @@ def add_run_flags(p: argparse.ArgumentParser, steps: int, batch_size: int) -> No
     """The flags of one training run (train-expert, full-finetune): cap, batch, rows, output."""
     p.add_argument("--max-steps", type=positive_int, default=steps,
                    help="the step cap (early stopping may end sooner)")
-    p.add_argument("--batch-size", type=int_in(1, MAX_BATCH), default=batch_size)
-    p.add_argument("--max-length", type=positive_int, default=128)
-    p.add_argument("--seed", type=seed_arg, default=0)
-    p.add_argument("--train-limit", type=positive_int, default=None)
-    p.add_argument("--eval-limit", type=positive_int, default=2000)
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--batch-size", type=int_in(1, MAX_BATCH), default=batch_size,
+                   help="training rows per step")
+    p.add_argument("--max-length", type=positive_int, default=128,
+                   help="tokens an input is truncated to")
+    p.add_argument("--seed", type=seed_arg, default=0,
+                   help="seed of the initialisation, the batches and the hold-out split")
+    p.add_argument("--train-limit", type=positive_int, default=None,
+                   help="train on at most this many rows (default: all of the train split)")
+    p.add_argument("--eval-limit", type=positive_int, default=2000,
+                   help="validation rows scored at the end")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -281,40 +291,55 @@ def add_parsers(sub) -> None:
                    help="preset (llama-3.2-1b, llama-3.1-8b, roberta-base, bert-base-uncased, "
                         "all-minilm-l6-v2) or a config.json path")
     p.add_argument("--method", default="tt-lora",
-                   choices=["tt-lora", "lora", "adapter", "adapterfusion", "full"])
-    p.add_argument("--rank", type=positive_int, default=None)
+                   choices=["tt-lora", "lora", "adapter", "adapterfusion", "full"],
+                   help="the fine-tuning method counted")
+    p.add_argument("--rank", type=positive_int, default=None,
+                   help="rank (default: the method's: 5 for tt-lora, 16 for lora and adapters)")
     p.add_argument("--targets", type=targets_arg, default=None, help="comma-separated names")
     p.add_argument("--shape", type=shape_arg, action="append", metavar="TARGET=D1,D2,...",
                    help="TT shape of a target (input factors then output factors); repeatable")
     p.add_argument("--lora-rank", type=positive_int, default=16, help="LoRA rank to compare with")
-    p.add_argument("--adapter-reduction", type=positive_int, default=16)
-    p.add_argument("--adapter-kind", choices=["pfeiffer", "houlsby"], default="pfeiffer")
+    p.add_argument("--adapter-reduction", type=positive_int, default=16,
+                   help="bottleneck reduction factor of an adapter")
+    p.add_argument("--adapter-kind", choices=["pfeiffer", "houlsby"], default="pfeiffer",
+                   help="adapter placement: one per layer (pfeiffer) or two (houlsby)")
     p.add_argument("--num-tasks", type=positive_int, default=1, help="tasks fused (adapterfusion)")
     p.add_argument("--json", action="store_true", help="one JSON object")
     p.set_defaults(func=cmd_budget)
 
     p = sub.add_parser("train-expert", help="train one expert on one task")
-    p.add_argument("--task", required=True)
+    p.add_argument("--task", required=True, help="task name (see the README's task table)")
     p.add_argument("--out", required=True, help="expert folder to write")
     p.add_argument("--name", type=name_arg, default=None, help="expert name (default: the task)")
-    p.add_argument("--method", default="tt-lora", choices=["tt-lora", "lora"])
-    p.add_argument("--rank", type=int_in(1, MAX_RANK), default=None)
-    p.add_argument("--alpha", type=positive_float, default=None)
-    p.add_argument("--lr", type=positive_float, default=None)
-    p.add_argument("--init", choices=["kaiming", "zero"], default="zero")
-    p.add_argument("--shape", type=shape_arg, action="append", metavar="TARGET=D1,D2,...")
-    p.add_argument("--targets", type=targets_arg, default=None)
+    p.add_argument("--method", default="tt-lora", choices=["tt-lora", "lora"],
+                   help="tt-lora (tensor-train cores) or lora (the PEFT-loadable baseline)")
+    p.add_argument("--rank", type=int_in(1, MAX_RANK), default=None,
+                   help="TT rank or LoRA rank (default: 5 for tt-lora, 16 for lora)")
+    p.add_argument("--alpha", type=positive_float, default=None,
+                   help="scaling of the update (default: 16 for tt-lora, 8 for lora)")
+    p.add_argument("--lr", type=positive_float, default=None,
+                   help="learning rate (default: 5e-3 for tt-lora, 5e-4 for lora)")
+    p.add_argument("--init", choices=["kaiming", "zero"], default="zero",
+                   help="initialisation of the last TT core (zero: the update starts at 0)")
+    p.add_argument("--shape", type=shape_arg, action="append", metavar="TARGET=D1,D2,...",
+                   help="TT shape of a target (input factors then output factors); repeatable "
+                        "(default: factored from the layer's sizes)")
+    p.add_argument("--targets", type=targets_arg, default=None,
+                   help="comma-separated modules adapted (default: the architecture's "
+                        "query,value)")
     add_run_flags(p, steps=300, batch_size=32)
     p.add_argument("--json", action="store_true", help="final metrics as one JSON object")
+    p.add_argument("--track", choices=TRACKERS, default=default_tracker(),
+                   help=f"log the run to a tracker (default: ${TRACK_ENV}, else none)")
     add_convergence_flags(p)
     common_model_flags(p)
     p.set_defaults(func=cmd_train_expert)
 
     p = sub.add_parser("full-finetune", help="reference: fine-tune every base weight on one task "
                                              "(same loop and stopping rule; a JSON record)")
-    p.add_argument("--task", required=True)
+    p.add_argument("--task", required=True, help="task name (see the README's task table)")
     p.add_argument("--out", required=True, help="JSON file to write the run's record to")
-    p.add_argument("--lr", type=positive_float, default=3e-5)
+    p.add_argument("--lr", type=positive_float, default=3e-5, help="learning rate")
     add_run_flags(p, steps=4000, batch_size=16)
     p.add_argument("--json", action="store_true", help="a summary as one JSON object")
     add_convergence_flags(p)
@@ -326,7 +351,8 @@ def add_parsers(sub) -> None:
     p.add_argument("expert", help="expert folder")
     p.add_argument("--input-file", default=None,
                    help="JSONL/CSV with text, optional text_pair, label (default: validation split)")
-    p.add_argument("--limit", type=positive_int, default=None)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--limit", type=positive_int, default=None,
+                   help="score at most this many rows (default: all)")
+    p.add_argument("--json", action="store_true", help="the metrics as one JSON object")
     common_model_flags(p)
     p.set_defaults(func=cmd_eval_expert)

@@ -280,46 +280,58 @@ def add_parsers(sub) -> None:
     p.add_argument("text", nargs="*", help="input text(s)")
     p.add_argument("--text-pair", default=None, help="second text (pair tasks), for every text")
     p.add_argument("--input-file", default=None, help="JSONL with text and optional text_pair")
-    p.add_argument("--pack", default=None, help="pack folder (default: assets/demo)")
+    p.add_argument("--pack", default=None,
+                   help="pack folder or hub repo id (default: assets/demo)")
     p.add_argument("--expert-dir", action="append", default=[], metavar="DIR",
-                   help="serve this expert folder without a pack (repeatable; with several, "
-                        "--expert chooses one)")
+                   help="serve this expert folder or hub repo id without a pack (repeatable; "
+                        "with several, --expert chooses one)")
     p.add_argument("--expert", default=None, help="force this expert (oracle) instead of routing")
     p.add_argument("--json", action="store_true", help="one JSON line per input")
     p.add_argument("--abstain", action="store_true",
                    help="an input out of the pack's pool gets no expert and no label (default: "
                         "the router's top-1 answer, with in_pool reported)")
-    p.add_argument("--device", type=device_arg, default=None)
+    p.add_argument("--device", type=device_arg, default=None,
+                   help="cpu, cuda, cuda:N, mps or auto (default)")
     dtype_flag(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("eval-moe", help="routing accuracy and mixture vs oracle per task")
-    p.add_argument("--pack", default=None)
-    p.add_argument("--per-task", type=positive_int, default=500)
+    p.add_argument("--pack", default=None,
+                   help="pack folder or hub repo id (default: assets/demo)")
+    p.add_argument("--per-task", type=positive_int, default=500,
+                   help="validation inputs a task")
     p.add_argument("--no-openworld", action="store_true",
                    help="skip the out-of-pool report (AUROC, false flags over outside families)")
     p.add_argument("--save", action="store_true",
                    help="record the figures in the pack's pack.json (shown on the Router page)")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--device", type=device_arg, default=None)
+    p.add_argument("--json", action="store_true", help="the report as one JSON object")
+    p.add_argument("--device", type=device_arg, default=None,
+                   help="cpu, cuda, cuda:N, mps or auto (default)")
     dtype_flag(p)
-    p.add_argument("--data-dir", default=None)
+    p.add_argument("--data-dir", default=None, help="task data folder (default: the engine's)")
     p.set_defaults(func=cmd_eval_moe)
 
     p = sub.add_parser("build-demo", help="train the six demo experts and a router into a pack")
-    p.add_argument("--out", default=str(default_pack()))
-    p.add_argument("--tasks", type=names_list("task name"), default=list(tasks.DEMO_TASKS))
-    p.add_argument("--steps", type=positive_int, default=300)
-    p.add_argument("--batch-size", type=int_in(1, MAX_BATCH), default=32)
-    p.add_argument("--max-length", type=positive_int, default=128)
-    p.add_argument("--eval-limit", type=positive_int, default=2000)
-    p.add_argument("--init", choices=["kaiming", "zero"], default="zero")
-    p.add_argument("--variant", default="fusion", choices=list(VARIANTS))
-    p.add_argument("--layer", type=int_in(0), default=2)
-    p.add_argument("--per-task", type=positive_int, default=2000)
-    p.add_argument("--eval-per-task", type=positive_int, default=500)
-    p.add_argument("--seed", type=seed_arg, default=0)
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--out", default=str(default_pack()), help="pack folder to write")
+    p.add_argument("--tasks", type=names_list("task name"), default=list(tasks.DEMO_TASKS),
+                   help="comma-separated tasks, one expert each")
+    p.add_argument("--steps", type=positive_int, default=300, help="training steps an expert (cap)")
+    p.add_argument("--batch-size", type=int_in(1, MAX_BATCH), default=32,
+                   help="training rows per step")
+    p.add_argument("--max-length", type=positive_int, default=128,
+                   help="tokens an input is truncated to")
+    p.add_argument("--eval-limit", type=positive_int, default=2000,
+                   help="validation rows an expert is scored on")
+    p.add_argument("--init", choices=["kaiming", "zero"], default="zero",
+                   help="initialisation of the last TT core (zero: the update starts at 0)")
+    p.add_argument("--variant", default="fusion", choices=list(VARIANTS), help="router variant")
+    p.add_argument("--layer", type=int_in(0), default=2, help="base layer k read by the router")
+    p.add_argument("--per-task", type=positive_int, default=2000,
+                   help="router training inputs a task")
+    p.add_argument("--eval-per-task", type=positive_int, default=500,
+                   help="held-out router inputs a task")
+    p.add_argument("--seed", type=seed_arg, default=0, help="seed of every expert and the router")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--targets", type=targets_arg, default=None,
                    help="modules adapted (default: the architecture's query,value)")
     p.add_argument("--lr", type=positive_float, default=None,

@@ -170,7 +170,7 @@ def cmd_add_expert(args: argparse.Namespace) -> int:
 
 def run_flags(p) -> None:
     """The flags every routing command that reads data and runs the base model takes."""
-    p.add_argument("--seed", type=seed_arg, default=0)
+    p.add_argument("--seed", type=seed_arg, default=0, help="seed of the rows drawn and the fit")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument("--json", action="store_true", help="the summary as one JSON object")
     p.add_argument("--device", type=device_arg, default=None, help="cpu, cuda, cuda:N or auto")
@@ -180,8 +180,8 @@ def run_flags(p) -> None:
 def add_parsers(sub) -> None:
     """Register this module's commands on a subparsers action."""
     p = sub.add_parser("train-router", help="train a pack's router (experts stay frozen)")
-    p.add_argument("--pack", required=True)
-    p.add_argument("--variant", default="fusion", choices=list(VARIANTS))
+    p.add_argument("--pack", required=True, help="pack folder")
+    p.add_argument("--variant", default="fusion", choices=list(VARIANTS), help="router variant")
     p.add_argument("--layer", type=parse_layers, default=[2],
                    help="base layer k read by the router; a list (0,1,2) trains one per layer "
                         "and keeps the best on held-out inputs")
@@ -194,14 +194,16 @@ def add_parsers(sub) -> None:
                    help="with --all-rows: SST-2's whole sentences only, not its phrases")
     p.add_argument("--eval-per-task", type=positive_int, default=500, help="held-out inputs per task")
     p.add_argument("--epochs", type=positive_int, default=None, help="default 60 (8 with --all-rows)")
-    p.add_argument("--hidden", type=int_in(1, MAX_HIDDEN), default=256)
-    p.add_argument("--lr", type=positive_float, default=2e-3)
-    p.add_argument("--max-length", type=positive_int, default=128)
+    p.add_argument("--hidden", type=int_in(1, MAX_HIDDEN), default=256,
+                   help="hidden width of the router's MLP (mlp, fusion, ngram)")
+    p.add_argument("--lr", type=positive_float, default=2e-3, help="learning rate")
+    p.add_argument("--max-length", type=positive_int, default=128,
+                   help="tokens an input is truncated to")
     run_flags(p)
     p.set_defaults(func=cmd_train_router)
 
     p = sub.add_parser("calibrate-pool", help="fit the pack's out-of-pool detector (in_pool, pool_score)")
-    p.add_argument("--pack", required=True)
+    p.add_argument("--pack", required=True, help="pack folder")
     p.add_argument("--per-task", type=positive_int, default=2000, help="training rows a task to fit on")
     p.add_argument("--dims", type=int_in(0, 1 << 16), default=1024,
                    help="principal directions kept (0: all; the file grows with their square)")
@@ -212,14 +214,14 @@ def add_parsers(sub) -> None:
     p.set_defaults(func=cmd_calibrate_pool)
 
     p = sub.add_parser("add-expert", help="add a trained expert to a pack, growing its router")
-    p.add_argument("--pack", required=True)
+    p.add_argument("--pack", required=True, help="pack folder")
     p.add_argument("expert_dir", help="the expert folder to add")
     p.add_argument("--rows", type=positive_int, default=1000, help="the new task's training rows")
     p.add_argument("--max-capture", type=float, default=0.0025,
                    help="at most this share of the old tasks' calibration rows may go to the new expert")
     p.add_argument("--evaluate", type=positive_int, default=None, metavar="N",
                    help="also route N validation rows a task before and after (slower)")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--device", type=device_arg, default=None)
-    p.add_argument("--data-dir", default=None)
+    p.add_argument("--json", action="store_true", help="the summary as one JSON object")
+    p.add_argument("--device", type=device_arg, default=None, help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--data-dir", default=None, help="task data folder (default: the engine's)")
     p.set_defaults(func=cmd_add_expert)

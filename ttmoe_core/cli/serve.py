@@ -62,9 +62,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def add_parsers(sub) -> None:
     """Register this module's commands on a subparsers action."""
     p = sub.add_parser("serve", help="serve a pack over HTTP (predict, experts, health, metrics)")
-    p.add_argument("--pack", default=None, help="pack folder (default: assets/demo)")
+    p.add_argument("--pack", default=None,
+                   help="pack folder or hub repo id (default: assets/demo)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int_in(1, 65535), default=8000)
+    p.add_argument("--port", type=int_in(1, 65535), default=8000, help="TCP port to listen on")
     p.add_argument("--max-wait-ms", type=int_in(0, 10_000), default=5,
                    help="how long a request waits for others to share its model call (ms)")
     p.add_argument("--max-batch-rows", type=positive_int, default=256,
@@ -76,7 +77,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--no-coalesce", action="store_true",
                    help="serve each request alone (one model call per request)")
     p.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"],
-                   default="info")
-    p.add_argument("--device", type=device_arg, default=None)
+                   default="info", help="uvicorn's log level")
+    p.add_argument("--device", type=device_arg, default=None,
+                   help="cpu, cuda, cuda:N, mps or auto (default)")
     dtype_flag(p)
     p.set_defaults(func=cmd_serve)

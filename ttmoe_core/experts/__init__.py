@@ -4,18 +4,22 @@
 May import: files, runtime, tasks, tt, base, adapters.
 """
 
-from .checkpoint import FORMAT, JSON_LIMIT, Checkpointer, CheckpointError
-from .config import (ADAPTER_NAME, CHECKPOINT_ADDED, METHOD_DEFAULTS, METHODS, ConfigError,
-    ExpertConfig)
-from .loop import (HOLDOUT_STREAM, SCHEDULES, HoldOut, LoopConfig, Progress, TrainingError, fit,
-    holdout_split, lr_factor, setting_problems, summary, task_loss)
-from .model import (Expert, ExpertModel, build_expert_model, expert_tensors, load_expert_tensors,
-    tt_layout)
-from .quality import (MARGIN, MIN_MCC, MIN_PEARSON, ORDER, Quality, assess, label_rates, pack_entry,
-    words)
-from .spectra import delta_w_spectra
-from .train import (evaluate_expert, evaluate_model, holdout_scorer, load_split, predict_logits,
-    split_training_rows, task_metric, train_expert)
+from .. import lazy_exports
+
+__getattr__ = lazy_exports(__name__, {
+    ".checkpoint": "FORMAT, JSON_LIMIT, Checkpointer, CheckpointError",
+    ".config": "ADAPTER_NAME, CHECKPOINT_ADDED, METHOD_DEFAULTS, METHODS, ConfigError, "
+               "ExpertConfig",
+    ".loop": "HOLDOUT_STREAM, SCHEDULES, HoldOut, LoopConfig, Progress, TrainingError, fit, "
+             "holdout_split, lr_factor, setting_problems, summary, task_loss",
+    ".model": "Expert, ExpertModel, build_expert_model, expert_tensors, load_expert_tensors, "
+              "tt_layout",
+    ".quality": "MARGIN, MIN_MCC, MIN_PEARSON, ORDER, Quality, assess, label_rates, pack_entry, "
+                "words",
+    ".spectra": "delta_w_spectra",
+    ".train": "evaluate_expert, evaluate_model, holdout_scorer, load_split, predict_logits, "
+              "split_training_rows, task_metric, train_expert",
+})
 
 __all__ = ["ADAPTER_NAME", "CHECKPOINT_ADDED", "CheckpointError", "Checkpointer", "ConfigError",
            "Expert", "ExpertConfig", "ExpertModel", "FORMAT", "HOLDOUT_STREAM", "HoldOut",

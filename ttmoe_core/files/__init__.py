@@ -3,16 +3,21 @@
 May import: nothing else of ttmoe_core.
 """
 
-from .names import NAME_PATTERN, NAME_RULE, NameRuleError, check_name, inside, is_valid_name
-from .safefs import (LEGACY_AGE_S, StoreError, atomic_dir, exchange, fsync_tree, hidden_sibling,
-    is_leftover, link_tree, open_regular, read_bounded, recover, remove, replace_dir, write_json)
-from .schema import (BASE_MODEL, DTYPES, EXPERT_CONFIG, EXPERT_TRAINING, MAX_DIM,
-    MAX_ELEMENTS_PER_DIM, MAX_EXPERTS, MAX_FACTORS, MAX_LABELS, MAX_LAYERS, MAX_NAME, MAX_RANK,
-    MAX_TENSORS, MAX_VOCAB, MODEL_CONFIG, PACK_MANIFEST, POOL_COMPONENTS, POOL_CONFIG,
-    REPLAY_CONFIG, ROUTER_CONFIG, ROUTER_SETTINGS, SCHEMAS, TENSOR_MANIFEST, TT_LAYOUT, SchemaError,
-    validate)
-from .tensorfile import (ENTRY_KEYS, HEADER_LIMIT, Header, check_manifest, dtype_name, load,
-    manifest, read_header)
+from .. import lazy_exports
+
+__getattr__ = lazy_exports(__name__, {
+    ".names": "NAME_PATTERN, NAME_RULE, NameRuleError, check_name, inside, is_valid_name",
+    ".safefs": "LEGACY_AGE_S, StoreError, atomic_dir, exchange, fsync_tree, hidden_sibling, "
+               "is_leftover, link_tree, open_regular, read_bounded, recover, remove, replace_dir, "
+               "write_json",
+    ".schema": "BASE_MODEL, DTYPES, EXPERT_CONFIG, EXPERT_TRAINING, MAX_DIM, "
+               "MAX_ELEMENTS_PER_DIM, MAX_EXPERTS, MAX_FACTORS, MAX_LABELS, MAX_LAYERS, MAX_NAME, "
+               "MAX_RANK, MAX_TENSORS, MAX_VOCAB, MODEL_CONFIG, PACK_MANIFEST, POOL_COMPONENTS, "
+               "POOL_CONFIG, REPLAY_CONFIG, ROUTER_CONFIG, ROUTER_SETTINGS, SCHEMAS, "
+               "TENSOR_MANIFEST, TT_LAYOUT, SchemaError, validate",
+    ".tensorfile": "ENTRY_KEYS, HEADER_LIMIT, Header, check_manifest, dtype_name, load, manifest, "
+                   "read_header",
+})
 
 __all__ = ["BASE_MODEL", "DTYPES", "ENTRY_KEYS", "EXPERT_CONFIG", "EXPERT_TRAINING", "HEADER_LIMIT",
            "Header", "LEGACY_AGE_S", "MAX_DIM", "MAX_ELEMENTS_PER_DIM", "MAX_EXPERTS",

@@ -3,13 +3,17 @@
 May import: everything below services.
 """
 
-from .fit import (CALIBRATION_FAMILIES, CALIBRATION_PER_TASK, FAMILY_ROWS, FIT_PER_TASK,
-    REPLAY_PER_TASK, PoolFitError, add_expert, calibrate_pool, features, openworld_report,
-    outside_families, replay_sets)
-from .mixture import (MAX_BATCH_ROWS, MAX_BATCH_TOKENS, MoEError, Scores, TTLoRAMoE,
-    evaluate_mixture, mixture_from_folders)
-from .pool import (CHUNK_ROWS, NO_LAYER, ExpertCard, ExpertPool, Gathered, ModuleSlot, module_slots,
-    open_pack)
+from .. import lazy_exports
+
+__getattr__ = lazy_exports(__name__, {
+    ".fit": "CALIBRATION_FAMILIES, CALIBRATION_PER_TASK, FAMILY_ROWS, FIT_PER_TASK, "
+            "REPLAY_PER_TASK, PoolFitError, add_expert, calibrate_pool, features, "
+            "openworld_report, outside_families, replay_sets",
+    ".mixture": "MAX_BATCH_ROWS, MAX_BATCH_TOKENS, MoEError, Scores, TTLoRAMoE, evaluate_mixture, "
+                "mixture_from_folders",
+    ".pool": "CHUNK_ROWS, NO_LAYER, ExpertCard, ExpertPool, Gathered, ModuleSlot, module_slots, "
+             "open_pack",
+})
 
 __all__ = ["CALIBRATION_FAMILIES", "CALIBRATION_PER_TASK", "CHUNK_ROWS", "ExpertCard", "ExpertPool",
            "FAMILY_ROWS", "FIT_PER_TASK", "Gathered", "MAX_BATCH_ROWS", "MAX_BATCH_TOKENS",

@@ -33,22 +33,25 @@ in ``results`` (no arithmetic), through ``FORMATS``, so every number of a table 
 May import: every engine package below it (services, moe, store, experts, routing, base, files, runtime, tasks); never cli.
 """
 
-from .contraction import exp_contraction
-from .frontier import exp_frontier, measured, suggested_rank
-from .integration import exp_integration
-from .markdown import FORMATS, SECTION_TITLES, fmt, machine_summary, render_markdown, render_section
-from .methods import exp_methods
-from .mixed import exp_mixed
-from .plan import (BUDGETS, FIGURES_DIR, MARKDOWN_FILE, METHOD_LABELS, METHODS, MIXTURE_ROUTER,
-    PAPER, RESULTS_FILE, SECTIONS, TOLERANCE, Progress, ReportBudget, ReportError, Setting,
-    budget_changes, resolve_budget)
-from .plots import SECTION_FIGURES, build_figures, png_available, write_figures
-from .router_variants import exp_routers, router_cost_ms
-from .run import EXPERIMENTS, read_results, report_job, run_report
-from .sessions import duration, run_time
-from .sessions import rule as sessions_rule
-from .status import render_status, work_status
-from .verdicts import factor
+from .. import lazy_exports
+
+__getattr__ = lazy_exports(__name__, {
+    ".contraction": "exp_contraction",
+    ".frontier": "exp_frontier, measured, suggested_rank",
+    ".integration": "exp_integration",
+    ".markdown": "FORMATS, SECTION_TITLES, fmt, machine_summary, render_markdown, render_section",
+    ".methods": "exp_methods",
+    ".mixed": "exp_mixed",
+    ".plan": "BUDGETS, FIGURES_DIR, MARKDOWN_FILE, METHOD_LABELS, METHODS, MIXTURE_ROUTER, PAPER, "
+             "RESULTS_FILE, SECTIONS, TOLERANCE, Progress, ReportBudget, ReportError, Setting, "
+             "budget_changes, resolve_budget",
+    ".plots": "SECTION_FIGURES, build_figures, png_available, write_figures",
+    ".router_variants": "exp_routers, router_cost_ms",
+    ".run": "EXPERIMENTS, read_results, report_job, run_report",
+    ".sessions": "duration, run_time, rule as sessions_rule",
+    ".status": "render_status, work_status",
+    ".verdicts": "factor",
+})
 
 __all__ = ["BUDGETS", "EXPERIMENTS", "FIGURES_DIR", "FORMATS", "MARKDOWN_FILE", "METHODS",
            "METHOD_LABELS", "MIXTURE_ROUTER", "PAPER", "Progress", "RESULTS_FILE", "ReportBudget",

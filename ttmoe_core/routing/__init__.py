@@ -8,22 +8,26 @@ recipe), ``growth`` (experts appended to a trained router), ``detector`` (out-of
 May import: errors, files, runtime, tasks, tt, base, adapters.
 """
 
-from ..errors import RouterError
-from .config import GROW_SOURCES, VARIANTS, RouterConfig
-from .detector import (COMPONENTS, NgramLM, OpenWorldError, PoolModel, PoolScorer, auroc,
-    calibrated, expected_calibration_error, fit_temperature, ood_report)
-from .features import (SURFACE_DIM, base_states, batch_features, extract_features, pooled_states,
-    state_features, surface_features, text_features)
-from .growth import (SOURCES, GrownRouter, GrowthError, base_outputs, cached_outputs, cat_rows,
-    grow_router, last_linear, phi_width, replay_sample)
-from .ngram import (BUCKETS, FLAGS, MAX_NGRAMS, NgramFusionRouter, canonical, ngram_features,
-    pool_dense, segment_pools, text_flags)
-from .recipe import balanced, fit, recipe_rows, routing_splits, sentence_level, take
-from .registry import (VariantSpec, build, grow, known_variants, params, register_variant,
-    variant_spec)
-from .train import (RouterReport, RoutingData, evaluate_router, router_metrics, routing_data,
-    sweep_layers, train_router)
-from .variants import ROUTERS, FusionRouter, LinearRouter, MLPRouter, PaperRouter, Router
+from .. import lazy_exports
+
+__getattr__ = lazy_exports(__name__, {
+    "..errors": "RouterError",
+    ".config": "VARIANTS, RouterConfig",
+    ".detector": "COMPONENTS, NgramLM, OpenWorldError, PoolModel, PoolScorer, auroc, calibrated, "
+                 "expected_calibration_error, fit_temperature, ood_report",
+    ".features": "SURFACE_DIM, base_states, batch_features, extract_features, pooled_states, "
+                 "state_features, surface_features, text_features",
+    ".growth": "SOURCES as GROW_SOURCES, SOURCES, GrownRouter, GrowthError, base_outputs, "
+               "cached_outputs, cat_rows, grow_router, last_linear, phi_width, replay_sample",
+    ".ngram": "BUCKETS, FLAGS, MAX_NGRAMS, NgramFusionRouter, canonical, ngram_features, "
+              "pool_dense, segment_pools, text_flags",
+    ".recipe": "balanced, fit, recipe_rows, routing_splits, sentence_level, take",
+    ".registry": "VariantSpec, build, grow, known_variants, params, register_variant, "
+                 "variant_spec",
+    ".train": "RouterReport, RoutingData, evaluate_router, router_metrics, routing_data, "
+              "sweep_layers, train_router",
+    ".variants": "ROUTERS, FusionRouter, LinearRouter, MLPRouter, PaperRouter, Router",
+})
 
 __all__ = ["BUCKETS", "COMPONENTS", "FLAGS", "FusionRouter", "GROW_SOURCES", "GrownRouter",
            "GrowthError", "LinearRouter", "MAX_NGRAMS", "MLPRouter", "NgramFusionRouter", "NgramLM",
@@ -36,4 +40,5 @@ __all__ = ["BUCKETS", "COMPONENTS", "FLAGS", "FusionRouter", "GROW_SOURCES", "Gr
            "ngram_features", "ood_report", "params", "phi_width", "pool_dense", "pooled_states",
            "recipe_rows", "register_variant", "replay_sample", "router_metrics", "routing_data",
            "routing_splits", "segment_pools", "sentence_level", "state_features",
-           "surface_features", "take", "text_features", "text_flags", "train_router", "variant_spec"]
+           "surface_features", "sweep_layers", "take", "text_features", "text_flags",
+           "train_router", "variant_spec"]

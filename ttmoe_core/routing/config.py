@@ -5,10 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 from ..errors import RouterError
-from . import growth, registry
 
 VARIANTS = ("paper", "linear", "mlp", "fusion", "ngram")   # shipped (``variants``, ``ngram``)
-GROW_SOURCES = growth.SOURCES
 
 
 @dataclass
@@ -40,11 +38,12 @@ class RouterConfig:
         """The config with its layer fixed for a base model of ``num_layers`` layers (None, or a
         variant that reads the last layer only: ``num_layers``); RouterError for an unknown
         variant, a layer out of range or bad growth settings."""
+        from . import growth, registry  # heavy: imports torch; a config stays light for the CLI
         entry = registry.variant_spec(self.variant)
         layer = num_layers if (self.layer is None or entry.last_layer_only) else int(self.layer)
         if not 0 <= layer <= num_layers:
             raise RouterError(f"router layer {layer} out of range 0..{num_layers}")
-        if self.added_experts < 0 or self.grow_source not in GROW_SOURCES:
+        if self.added_experts < 0 or self.grow_source not in growth.SOURCES:
             raise RouterError(f"bad growth settings: {self.added_experts} added experts reading "
-                              f"{self.grow_source!r} (use one of {', '.join(GROW_SOURCES)})")
+                              f"{self.grow_source!r} (use one of {', '.join(growth.SOURCES)})")
         return RouterConfig(**{**self.to_dict(), "layer": layer})

@@ -10,6 +10,7 @@ name is a RouterError naming the known ones.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -48,6 +49,7 @@ class VariantSpec:
 
 
 _REGISTRY: dict[str, VariantSpec] = {}
+SHIPPED_MODULES = (".variants", ".ngram")   # they register the shipped variants
 
 
 def register_variant(name: str, builder: Builder, state_features: StateFn, text_features: TextFn,
@@ -61,14 +63,22 @@ def register_variant(name: str, builder: Builder, state_features: StateFn, text_
     return entry
 
 
+def _with_shipped() -> dict[str, VariantSpec]:
+    """The registry once the shipped variants are in it: their modules register them when
+    imported, and the package imports its modules lazily (by name, as for plug-ins)."""
+    for module in SHIPPED_MODULES:
+        importlib.import_module(module, __package__)
+    return _REGISTRY
+
+
 def known_variants() -> tuple[str, ...]:
     """The registered variants, in registration order."""
-    return tuple(_REGISTRY)
+    return tuple(_with_shipped())
 
 
 def variant_spec(name: str) -> VariantSpec:
     """The registered variant ``name``; RouterError naming the known ones for any other."""
-    if name not in _REGISTRY:
+    if name not in _with_shipped():
         raise RouterError(f"unknown router variant {name!r}: use one of {', '.join(_REGISTRY)}")
     return _REGISTRY[name]
 

@@ -1,17 +1,24 @@
-"""How a computation runs: local random generators, precision, distributed training, run information (time, machine, load, memory), log filters.
+"""How a computation runs: local random generators, precision, distributed training, run information (time, machine, load, memory), log filters, run tracking (trackio, TensorBoard).
 
 May import: the standard library, torch.
 """
 
-from .distributed import DataParallel, current, is_main_process, launched_world_size, share
-from .logs import without_log_line
-from .precision import DTYPES, autocast, cast_frozen, dtype_name, parse_dtype
-from .rng import Dropout, batch_rows, drawing_from, gaussian, given_or_seeded
-from .runinfo import (cpu_name, load_average, machine_info, memory_gib, now, peak_rss_mib, rss_mib,
-    usable_cores)
+from .. import lazy_exports
 
-__all__ = ["DTYPES", "DataParallel", "Dropout", "autocast", "batch_rows", "cast_frozen", "cpu_name",
-           "current", "drawing_from", "dtype_name", "gaussian", "given_or_seeded",
-           "is_main_process", "launched_world_size", "load_average", "machine_info", "memory_gib",
-           "now", "parse_dtype", "peak_rss_mib", "rss_mib", "share", "usable_cores",
-           "without_log_line"]
+__getattr__ = lazy_exports(__name__, {
+    ".distributed": "DataParallel, current, is_main_process, launched_world_size, share",
+    ".logs": "without_log_line",
+    ".precision": "DTYPES, autocast, cast_frozen, dtype_name, parse_dtype",
+    ".rng": "Dropout, batch_rows, drawing_from, gaussian, given_or_seeded",
+    ".tracking": "PROJECT, TRACK_DIR_ENV, TRACK_ENV, TRACKERS, Run, Tracking, default_tracker, "
+                 "event_metrics, open_run, tracked",
+    ".runinfo": "cpu_name, load_average, machine_info, memory_gib, now, peak_rss_mib, rss_mib, "
+                "usable_cores",
+})
+
+__all__ = ["DTYPES", "DataParallel", "Dropout", "PROJECT", "Run", "TRACKERS", "TRACK_DIR_ENV",
+           "TRACK_ENV", "Tracking", "autocast", "batch_rows", "cast_frozen", "cpu_name", "current",
+           "default_tracker", "drawing_from", "dtype_name", "event_metrics", "gaussian",
+           "given_or_seeded", "is_main_process", "launched_world_size", "load_average",
+           "machine_info", "memory_gib", "now", "open_run", "parse_dtype", "peak_rss_mib",
+           "rss_mib", "share", "tracked", "usable_cores", "without_log_line"]

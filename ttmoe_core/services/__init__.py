@@ -4,20 +4,24 @@ workflows (training an expert or a router, build-demo), what the pages show (vie
 May import: everything below report.
 """
 
-from .figures import (ACCENT, FONT, INPUT_CORE, MUTED, OUTPUT_CORE, apply_layout, compact_count,
-    confusion_heatmap, delta_w_norms, loss_curve, method_comparison_bar, metric_bar, normalise_rows,
-    params_bar, pipeline_diagram, probability_bar, router_probs_bar, short_layer_name,
-    singular_values, tt_cores_figure)
-from .jobs import Job, JobRegistry
-from .views import (confidence_words, decision_words, expert_info, expert_spectra, fmt_date,
-    folder_experts, folder_packs, holdout_words, lora_reference, pack_summary, parse_shape,
-    quality_note, shape_text, stamp, training_caption)
-from .workflows import (CHECKPOINTS, MIN_UPLOAD_ROWS, UPLOAD_SEED, build_demo, finished_part,
-    read_upload, save_trained_router, split_upload, start_router_training, start_training,
-    train_expert_job, train_router_job)
-from .workspace import (EXPERT_ENTRIES, PACK_ENTRIES, PACKS, REPO_ROOT, RESERVED, UNEXPECTED,
-    Workspace, WorkspaceError, default_pack, has_router, is_pack, list_experts, list_packs,
-    pack_experts, pack_file, router_file, sub_folders, sub_workspace)
+from .. import lazy_exports
+
+__getattr__ = lazy_exports(__name__, {
+    ".figures": "ACCENT, FONT, INPUT_CORE, MUTED, OUTPUT_CORE, apply_layout, compact_count, "
+                "confusion_heatmap, delta_w_norms, loss_curve, method_comparison_bar, metric_bar, "
+                "normalise_rows, params_bar, pipeline_diagram, probability_bar, router_probs_bar, "
+                "short_layer_name, singular_values, tt_cores_figure",
+    ".jobs": "Job, JobRegistry",
+    ".views": "confidence_words, decision_words, expert_info, expert_spectra, fmt_date, "
+              "folder_experts, folder_packs, holdout_words, lora_reference, pack_summary, "
+              "parse_shape, quality_note, shape_text, stamp, training_caption",
+    ".workflows": "CHECKPOINTS, MIN_UPLOAD_ROWS, UPLOAD_SEED, build_demo, finished_part, "
+                  "read_upload, save_trained_router, split_upload, start_router_training, "
+                  "start_training, train_expert_job, train_router_job",
+    ".workspace": "EXPERT_ENTRIES, PACK_ENTRIES, PACKS, REPO_ROOT, RESERVED, UNEXPECTED, "
+                  "Workspace, WorkspaceError, default_pack, has_router, is_pack, list_experts, "
+                  "list_packs, pack_experts, pack_file, router_file, sub_folders, sub_workspace",
+})
 
 __all__ = ["ACCENT", "CHECKPOINTS", "EXPERT_ENTRIES", "FONT", "INPUT_CORE", "Job", "JobRegistry",
            "MIN_UPLOAD_ROWS", "MUTED", "OUTPUT_CORE", "PACKS", "PACK_ENTRIES", "REPO_ROOT",

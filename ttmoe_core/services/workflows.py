@@ -26,6 +26,7 @@ import numpy as np
 from .. import experts, moe, routing, store, tasks
 from ..errors import CheckpointError, DataError, RouterError, StoreError, TrainingError, one_line
 from ..files import safefs
+from ..runtime import tracking
 from .jobs import Job, JobRegistry
 
 CHECKPOINTS = ".checkpoints"      # workspace folder of unfinished training runs (hidden)
@@ -169,8 +170,11 @@ def train_expert_job(job: Job, config, backbone, workspace, name: str, replace: 
 
         # a cancelled (or crashed) job of this name and settings continues where it stopped
         checkpoint_dir = workspace.root / CHECKPOINTS / name
-        expert = _train_resuming(config, backbone, train_data, eval_data, progress, job,
-                                 max(1, total // 60), name, checkpoint_dir)
+        with tracking.tracked(tracking.default_tracker(), name, config.to_dict(),
+                              progress) as track:          # $TTMOE_TRACK: off when unset
+            expert = _train_resuming(config, backbone, train_data, eval_data, track.progress, job,
+                                     max(1, total // 60), name, checkpoint_dir)
+            track.end(expert.metrics)
         if not job.commit():
             raise TrainingError("training cancelled after evaluation, before saving")
         job.report(stage="saving", path=str(target))

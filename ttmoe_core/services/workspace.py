@@ -18,12 +18,15 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import store
 from ..errors import WorkspaceError
-from ..experts import Expert
 from ..files import safefs
 from ..files.names import NameRuleError, check_name, inside, is_valid_name
+
+if TYPE_CHECKING:  # annotations only: the CLI's parser imports this module without torch
+    from ..experts import Expert
 
 PACKS = "packs"              # the sub-folder of the root that holds packs (not an expert name)
 RESERVED = {PACKS, "reports"}   # folders of a workspace root that are not sub-workspaces
@@ -250,8 +253,9 @@ def _valid(path: Path, kind: str, action: str):
         raise WorkspaceError(f"cannot {action} {path}: it is not a valid {kind} ({exc})") from None
 
 
-PACK_ENTRIES = {store.PACK_FILE, store.ROUTER_CONFIG_FILE, store.ROUTER_WEIGHTS_FILE, "experts"}
-EXPERT_ENTRIES = {store.CONFIG_FILE, store.WEIGHTS_FILE}
+PACK_ENTRIES = {store.PACK_FILE, store.ROUTER_CONFIG_FILE, store.ROUTER_WEIGHTS_FILE, "experts",
+                store.CARD_FILE}
+EXPERT_ENTRIES = {store.CONFIG_FILE, store.WEIGHTS_FILE, store.CARD_FILE}
 
 
 def _valid_or_only_ours(path: Path, kind: str, action: str) -> None:

@@ -1,36 +1,48 @@
 """Experts, packs, routers and detector files on disk (layout, versions, checks): ``layout``
 (file names, formats, JSON, the base-model check), ``experts``, ``packs``, ``routers``,
-``detector`` (out-of-pool detector and replay rows), ``shapes`` (tensor shapes a config implies).
+``detector`` (out-of-pool detector and replay rows), ``shapes`` (tensor shapes a config implies),
+``filenames`` (the file names and format tags, plain constants), ``publish`` (what a folder
+says when shared: no absolute paths, PEFT keys, model cards, hub repo ids).
 
 May import: files, runtime, tasks, tt, base, adapters, experts, routing.
 """
 
-from ..base.backbone import BackboneInfo
-from ..files import tensorfile
-from ..files.safefs import StoreError, atomic_dir, write_json
-from .detector import (HALF, MAX_ROWS, POOL_CONFIG_FILE, POOL_FORMAT, POOL_WEIGHTS_FILE,
-    REPLAY_CONFIG_FILE, REPLAY_FORMAT, REPLAY_WEIGHTS_FILE, read_pool, read_replay, write_pool,
-    write_replay)
-from .experts import (OpenedExpert, check_expert_name, expert_config_dict, load_expert, open_expert,
-    save_expert, write_expert)
-from .layout import (CONFIG_FILE, FORMAT, FORMAT_VERSION, JSON_LIMIT, PACK_FILE, PACK_FORMAT,
-    ROUTER_COMPANIONS, ROUTER_CONFIG_FILE, ROUTER_FORMAT, ROUTER_WEIGHTS_FILE, WEIGHTS_FILE,
-    check_base, check_replaceable, expert_folder, pack_manifest, read_json, read_pack_part, recover,
-    save_tensors)
-from .packs import (Pack, append_expert, build_pack, load_pack, read_pack_manifest, save_router,
-    update_pack, write_expert_into)
-from .routers import read_router, write_router_files, write_router_into
-from .shapes import ADAPTER_TENSORS, FLOAT_DTYPES, check_expert, check_router, router_shapes
+from .. import lazy_exports
 
-__all__ = ["ADAPTER_TENSORS", "BackboneInfo", "CONFIG_FILE", "FLOAT_DTYPES", "FORMAT",
+__getattr__ = lazy_exports(__name__, {
+    "..base.backbone": "BackboneInfo",
+    "..files": "tensorfile",
+    "..files.safefs": "StoreError, atomic_dir, write_json",
+    ".detector": "HALF, MAX_ROWS, POOL_FORMAT, REPLAY_FORMAT, read_pool, read_replay, write_pool, "
+                 "write_replay",
+    ".experts": "OpenedExpert, check_expert_name, expert_config_dict, load_expert, open_expert, "
+                "save_expert, write_expert",
+    ".filenames": "CARD_FILE, CONFIG_FILE, FORMAT, FORMAT_VERSION, JSON_LIMIT, PACK_FILE, "
+                  "PACK_FORMAT, "
+                  "POOL_CONFIG_FILE, POOL_WEIGHTS_FILE, REPLAY_CONFIG_FILE, REPLAY_WEIGHTS_FILE, "
+                  "ROUTER_COMPANIONS, ROUTER_CONFIG_FILE, ROUTER_FORMAT, ROUTER_WEIGHTS_FILE, "
+                  "WEIGHTS_FILE",
+    ".layout": "check_base, check_replaceable, expert_folder, pack_manifest, read_json, "
+               "read_pack_part, recover, save_tensors",
+    ".publish": "expert_card, pack_card, peft_keys, publishable, resolve_folder, train_command, "
+                "write_pack_card",
+    ".packs": "Pack, append_expert, build_pack, load_pack, read_pack_manifest, save_router, "
+              "update_pack, write_expert_into",
+    ".routers": "read_router, write_router_files, write_router_into",
+    ".shapes": "ADAPTER_TENSORS, FLOAT_DTYPES, check_expert, check_router, router_shapes",
+})
+
+__all__ = ["ADAPTER_TENSORS", "BackboneInfo", "CARD_FILE", "CONFIG_FILE", "FLOAT_DTYPES", "FORMAT",
            "FORMAT_VERSION", "HALF", "JSON_LIMIT", "MAX_ROWS", "OpenedExpert", "PACK_FILE",
            "PACK_FORMAT", "POOL_CONFIG_FILE", "POOL_FORMAT", "POOL_WEIGHTS_FILE", "Pack",
            "REPLAY_CONFIG_FILE", "REPLAY_FORMAT", "REPLAY_WEIGHTS_FILE", "ROUTER_COMPANIONS",
            "ROUTER_CONFIG_FILE", "ROUTER_FORMAT", "ROUTER_WEIGHTS_FILE", "StoreError",
            "WEIGHTS_FILE", "append_expert", "atomic_dir", "build_pack", "check_base",
-           "check_expert", "check_expert_name", "check_replaceable", "check_router",
+           "check_expert", "check_expert_name", "check_replaceable", "check_router", "expert_card",
            "expert_config_dict", "expert_folder", "load_expert", "load_pack", "open_expert",
-           "pack_manifest", "read_json", "read_pack_manifest", "read_pack_part", "read_pool",
-           "read_replay", "read_router", "recover", "router_shapes", "save_expert", "save_router",
-           "save_tensors", "tensorfile", "update_pack", "write_expert", "write_expert_into",
-           "write_json", "write_pool", "write_replay", "write_router_files", "write_router_into"]
+           "pack_card", "pack_manifest", "peft_keys", "publishable", "read_json",
+           "read_pack_manifest", "read_pack_part", "read_pool", "read_replay", "read_router",
+           "recover", "resolve_folder", "router_shapes", "save_expert", "save_router",
+           "save_tensors", "tensorfile", "train_command", "update_pack", "write_expert",
+           "write_expert_into", "write_json", "write_pack_card", "write_pool", "write_replay",
+           "write_router_files", "write_router_into"]

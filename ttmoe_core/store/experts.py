@@ -10,12 +10,14 @@ from pathlib import Path
 
 from .. import tt
 from ..base.backbone import BackboneInfo
+from ..base.sources import hub_id
 from ..experts import ConfigError, Expert, ExpertConfig
 from ..files import tensorfile
 from ..files.names import NAME_RULE, NameRuleError, check_name, is_valid_name
 from ..files.safefs import StoreError, atomic_dir, write_json
 from ..files.tensorfile import manifest
-from . import shapes
+from . import publish, shapes
+from .filenames import CARD_FILE
 from .layout import (
     CONFIG_FILE,
     FORMAT,
@@ -29,7 +31,9 @@ from .layout import (
 
 
 def expert_config_dict(expert: Expert) -> dict:
-    """The content of ``expert``'s ``adapter_config.json``."""
+    """The content of ``expert``'s ``adapter_config.json``: this project's keys, the base model's
+    hub id (``base_model_name_or_path``) and, for a LoRA expert, PEFT's (``publish.peft_keys``);
+    no absolute path."""
     cfg = expert.config
     tt_info = None
     if cfg.method == "tt-lora":
@@ -39,13 +43,15 @@ def expert_config_dict(expert: Expert) -> dict:
                                 layout["in_factors"], layout["out_factors"], cfg.rank)]}
                    for target, layout in expert.tt_layout.items()}
     return {
+        **(publish.peft_keys(cfg, expert.base.name) if cfg.method == "lora" else {}),
+        "base_model_name_or_path": hub_id(expert.base.name) or expert.base.name,
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "name": expert.name, "method": cfg.method, "task": cfg.task,
         "label_names": list(expert.label_names),
         "rank": cfg.rank, "alpha": cfg.alpha, "targets": cfg.targets, "tt": tt_info,
         "base_model": expert.base.to_dict(),
         "training": cfg.to_dict(),
-        "metrics": expert.metrics, "history": expert.history, "data": expert.data,
+        "metrics": expert.metrics, "history": expert.history, "data": publish.publishable(expert.data),
         "created": expert.created,
         "trainable_params": expert.trainable_params(),
         "tensors": manifest(expert.tensors),
@@ -60,12 +66,14 @@ def check_expert_name(name: object, folder: str = "a folder") -> str:
 
 
 def write_expert(expert: Expert, folder: Path) -> None:
-    """The two files of ``expert`` into the new (unpublished) folder ``folder``."""
+    """The files of ``expert`` (weights, config, model card) into the new (unpublished) folder
+    ``folder``."""
     config = expert_config_dict(expert)
     folder.mkdir(parents=True, exist_ok=True)
     save_tensors({k: v.contiguous() for k, v in expert.tensors.items()}, folder / WEIGHTS_FILE,
                  metadata={"format": FORMAT, "name": expert.name})
     write_json(folder / CONFIG_FILE, config)
+    publish.expert_card(config).save(folder / CARD_FILE)
 
 
 def save_expert(expert: Expert, path: str | Path) -> Path:

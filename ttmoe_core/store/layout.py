@@ -1,12 +1,13 @@
 """What the store's folders hold: file names, formats and versions, bounded JSON reading, where an
 expert sits in a pack, the one base-model check, recovery and replace checks.
 
-An expert folder follows PEFT's layout:
+An expert folder (PEFT's file names; a LoRA expert's config also holds PEFT's keys):
 
     <expert>/adapter_config.json        method, task, labels, TT shapes/ranks, α, targets,
-                                        base model + fingerprint, training settings, metrics,
-                                        and a manifest of every tensor (shape, dtype)
+                                        base model + fingerprint + hub id, training settings,
+                                        metrics, and a manifest of every tensor (shape, dtype)
     <expert>/adapter_model.safetensors  TT cores (or LoRA A/B) + the task head
+    <expert>/README.md                  its model card (``publish``)
 
 A pack adds:
 
@@ -16,6 +17,7 @@ A pack adds:
     <pack>/router_config.json        RouterConfig, expert order, metrics, tensor manifest
     <pack>/router.safetensors
     <pack>/pool_*, router_replay.*   the router's companions (``detector``)
+    <pack>/README.md                 its model card (``publish``)
 
 Writes go to a temporary sibling folder published in one rename or swap (``safefs``): a reader
 finds the old or the new folder, never half of one; ``recover`` cleans what a killed process left.
@@ -40,22 +42,24 @@ from ..base.backbone import BackboneInfo, check_fingerprint
 from ..files import safefs, schema, tensorfile
 from ..files.names import NameRuleError, inside
 from ..files.safefs import StoreError
-
-CONFIG_FILE = "adapter_config.json"
-WEIGHTS_FILE = "adapter_model.safetensors"
-FORMAT = "ttmoe-expert"
-FORMAT_VERSION = 1
-JSON_LIMIT = 64 << 20                  # bytes: the largest JSON file read
-
-PACK_FILE = "pack.json"
-ROUTER_CONFIG_FILE = "router_config.json"
-ROUTER_WEIGHTS_FILE = "router.safetensors"
-PACK_FORMAT = "ttmoe-pack"
-ROUTER_FORMAT = "ttmoe-router"
-# the router's companions (``detector``): valid only with the router they were made for
-POOL_CONFIG_FILE, POOL_WEIGHTS_FILE = "pool_config.json", "pool.safetensors"
-REPLAY_CONFIG_FILE, REPLAY_WEIGHTS_FILE = "router_replay.json", "router_replay.safetensors"
-ROUTER_COMPANIONS = (POOL_CONFIG_FILE, POOL_WEIGHTS_FILE, REPLAY_CONFIG_FILE, REPLAY_WEIGHTS_FILE)
+from .filenames import (
+    CONFIG_FILE,
+    FORMAT,
+    FORMAT_VERSION,
+    JSON_LIMIT,
+    PACK_FILE,
+    PACK_FORMAT,
+    POOL_CONFIG_FILE,
+    POOL_WEIGHTS_FILE,
+    REPLAY_CONFIG_FILE,
+    REPLAY_WEIGHTS_FILE,
+    ROUTER_COMPANIONS,
+    ROUTER_CONFIG_FILE,
+    ROUTER_FORMAT,
+    ROUTER_WEIGHTS_FILE,
+    WEIGHTS_FILE,
+)
+from .publish import publishable
 
 
 def read_json(path: Path, what: str, kind: str | None = None, fmt: str | None = None) -> dict:
@@ -116,10 +120,10 @@ def expert_folder(pack: Path, name: str) -> Path:
 
 def pack_manifest(folder: Path, names: list[str], base: BackboneInfo, extra: Mapping | None) -> dict:
     """The new content of ``folder``'s pack.json: its experts ``names`` on ``base``, ``extra``
-    entries, and what it held before."""
+    entries (no absolute paths), and what it held before."""
     previous = read_json(folder / PACK_FILE, "pack") if (folder / PACK_FILE).exists() else {}
     return {**previous, "format": PACK_FORMAT, "format_version": FORMAT_VERSION,
-            "experts": names, "base_model": base.to_dict(), **(extra or {})}
+            "experts": names, "base_model": base.to_dict(), **publishable(extra or {})}
 
 
 def read_pack_part(path: Path, config_file: str, weights_file: str, kind: str, fmt: str,

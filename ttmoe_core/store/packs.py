@@ -32,6 +32,7 @@ from .layout import (
     pack_manifest,
     read_json,
 )
+from .publish import write_pack_card
 from .routers import read_router, write_router_files, write_router_into
 
 
@@ -113,6 +114,7 @@ def append_expert(pack_dir: str | Path, expert: Expert) -> Path:
                    f"expert {expert.name!r}", reference="the pack's experts")
     with atomic_dir(pack_dir, template=pack_dir) as tmp:
         _list_expert(tmp, expert, names)
+        write_pack_card(tmp)
     return pack_dir
 
 
@@ -151,6 +153,7 @@ def build_pack(pack_dir: str | Path, experts: Sequence[Expert | str | Path], *, 
             write_router_files(building, router, names, router_metrics or {}, loaded[0].base, extra)
         elif extra:
             write_json(building / PACK_FILE, {**read_json(building / PACK_FILE, "pack"), **extra})
+        write_pack_card(building)
     return loaded
 
 
@@ -164,6 +167,7 @@ def update_pack(pack_dir: str | Path, write: Callable[[Path, list[str]], None]) 
     names = _check_pack_target(pack_dir)["experts"]
     with atomic_dir(pack_dir, template=pack_dir) as tmp:
         write(tmp, names)
+        write_pack_card(tmp)
 
 
 def write_expert_into(folder: Path, expert: Expert, names: list[str]) -> None:
@@ -193,6 +197,7 @@ def save_router(pack_dir: str | Path, router, names: list[str], metrics: Mapping
         write_router_into(tmp, router, names, metrics, base, extra)
         if companions is not None:
             companions(tmp)
+        write_pack_card(tmp)
 
 
 def load_pack(path: str | Path, expected_fingerprint: str | None = None) -> Pack:

@@ -28,6 +28,7 @@ from .layout import (
     read_pack_part,
     save_tensors,
 )
+from .publish import publishable
 
 
 def write_router_into(folder: Path, router, names: list[str], metrics: Mapping, base: BackboneInfo,
@@ -44,7 +45,7 @@ def write_router_files(folder: Path, router, names: list[str], metrics: Mapping,
     tensors = {k: v.detach().cpu().contiguous() for k, v in router.state_dict().items()}
     config = {"format": ROUTER_FORMAT, "format_version": FORMAT_VERSION,
               "config": router.config.to_dict(), "experts": list(names),
-              "base_model": base.to_dict(), "metrics": dict(metrics),
+              "base_model": base.to_dict(), "metrics": publishable(dict(metrics)),
               "params": sum(t.numel() for t in tensors.values()), "tensors": manifest(tensors)}
     save_tensors(tensors, folder / ROUTER_WEIGHTS_FILE)
     write_json(folder / ROUTER_CONFIG_FILE, config)

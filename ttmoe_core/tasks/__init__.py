@@ -6,11 +6,15 @@ public API (``from ttmoe_core import tasks; tasks.load_task(...)``).
 May import: errors and files only (data sets, no model).
 """
 
-from .loading import (DATA_DIR_ENV, HUB, LOGICAL_SPLITS, SPLIT_SEED, SPLIT_TRAIN_FRACTION,
-    available_tasks, default_data_dir, load_file, load_task)
-from .metrics import compute_metrics, primary_metric
-from .registry import (DEMO_TASKS, KINDS, METRICS, TASKS, DataError, TaskData, TaskSpec, get_task,
-    render_example)
+from .. import lazy_exports
+
+__getattr__ = lazy_exports(__name__, {
+    ".loading": "DATA_DIR_ENV, HUB, LOGICAL_SPLITS, SPLIT_SEED, SPLIT_TRAIN_FRACTION, "
+                "available_tasks, default_data_dir, load_file, load_task",
+    ".metrics": "compute_metrics, primary_metric",
+    ".registry": "DEMO_TASKS, KINDS, METRICS, TASKS, DataError, TaskData, TaskSpec, get_task, "
+                 "render_example",
+})
 
 __all__ = ["DATA_DIR_ENV", "DEMO_TASKS", "DataError", "HUB", "KINDS", "LOGICAL_SPLITS", "METRICS",
            "SPLIT_SEED", "SPLIT_TRAIN_FRACTION", "TASKS", "TaskData", "TaskSpec", "available_tasks",

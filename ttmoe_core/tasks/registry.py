@@ -28,12 +28,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from numbers import Integral, Real
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from ..errors import DataError
+
+if TYPE_CHECKING:  # annotations only: the registry's names stay light for the CLI's parser
+    import pandas as pd
 
 METRICS = ("accuracy", "mcc", "f1_accuracy", "pearson_spearman")
 KINDS = ("single", "pair", "multiple_choice", "regression")
