@@ -9,11 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import tt
+from ..tasks import TASKS
 from ..base.backbone import BackboneInfo
 from ..experts import ConfigError, Expert, ExpertConfig
 from ..files import tensorfile
 from ..files.names import NAME_RULE, NameRuleError, check_name, is_valid_name
-from ..files.safefs import StoreError, atomic_dir, write_json
+from ..files.safefs import StoreError, atomic_dir, nan_to_null, write_json
 from ..files.tensorfile import manifest
 from . import shapes
 from .layout import (
@@ -45,7 +46,8 @@ def expert_config_dict(expert: Expert) -> dict:
         "rank": cfg.rank, "alpha": cfg.alpha, "targets": cfg.targets, "tt": tt_info,
         "base_model": expert.base.to_dict(),
         "training": cfg.to_dict(),
-        "metrics": expert.metrics, "history": expert.history, "data": expert.data,
+        "metrics": nan_to_null(expert.metrics), "history": nan_to_null(expert.history),
+        "data": expert.data,
         "created": expert.created,
         "trainable_params": expert.trainable_params(),
         "tensors": manifest(expert.tensors),
@@ -118,6 +120,15 @@ def open_expert(path: str | Path, expected_fingerprint: str | None = None,
     tensorfile.check_manifest(header, data["tensors"], what)
     shapes.check_expert(header, config.method, config.rank, config.targets, data.get("tt"),
                         data["label_names"], base.hidden_size, base.num_layers, what)
+    known = TASKS.get(config.task)
+    labels = len(data["label_names"])
+    if known is not None and len(known.label_names) != labels:
+        raise StoreError(f"{what}: {CONFIG_FILE} names {labels} labels, the task {config.task!r} "
+                         f"has {len(known.label_names)}{'' if labels else ' (none: it would be served as regression)'}")
+    confusion = data.get("metrics", {}).get("confusion")
+    if confusion and (len(confusion) != labels or any(len(row) != labels for row in confusion)):
+        raise StoreError(f"{what}: {CONFIG_FILE}: metrics.confusion is not {labels}×{labels} "
+                         "(one row and column per label)")
     layout = {target: {"in_factors": info["in_factors"], "out_factors": info["out_factors"]}
               for target, info in (data.get("tt") or {}).items()}
     expert = Expert(name=data["name"], config=config, label_names=list(data["label_names"]),

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..files.safefs import MAX_JSON_DEPTH, json_depth
 from .registry import TASKS, DataError, TaskData, TaskSpec, get_task, is_missing, render_frame
 
 DATA_DIR_ENV = "TTMOE_DATA_DIR"
@@ -166,10 +167,14 @@ def _decode(raw: bytes, path: Path) -> str:
 def _read_jsonl(text: str, path: Path) -> list[tuple[int, dict]]:
     stripped = text.lstrip()
     if path.suffix.lower() == ".json" and stripped.startswith("["):
+        if json_depth(text) > MAX_JSON_DEPTH:
+            raise DataError(f"{path}: nests more than {MAX_JSON_DEPTH} levels deep")
         try:
             records = json.loads(text)
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}: invalid JSON on line {exc.lineno}: {exc.msg}") from None
+        except (ValueError, RecursionError) as exc:     # a 5,000-digit number
+            raise DataError(f"{path}: not JSON we can read ({type(exc).__name__})") from None
         rows = list(enumerate(records, start=1))
         where = "item"
     else:
@@ -177,11 +182,16 @@ def _read_jsonl(text: str, path: Path) -> list[tuple[int, dict]]:
         for line_no, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
+            if json_depth(line) > MAX_JSON_DEPTH:
+                raise DataError(f"{path}: line {line_no} nests more than {MAX_JSON_DEPTH} levels deep")
             try:
                 rows.append((line_no, json.loads(line)))
             except json.JSONDecodeError as exc:
                 raise DataError(f"{path}: line {line_no} is not valid JSON ({exc.msg}); "
                                 "each line must be one object like {\"text\": ..., \"label\": ...}") from None
+            except (ValueError, RecursionError) as exc:
+                raise DataError(f"{path}: line {line_no} is not JSON we can read "
+                                f"({type(exc).__name__})") from None
         where = "line"
     for pos, record in rows:
         if not isinstance(record, dict):
