@@ -9,13 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import tt
-from ..tasks import TASKS
 from ..base.backbone import BackboneInfo
 from ..experts import ConfigError, Expert, ExpertConfig
 from ..files import tensorfile
 from ..files.names import NAME_RULE, NameRuleError, check_name, is_valid_name
 from ..files.safefs import StoreError, atomic_dir, nan_to_null, write_json
 from ..files.tensorfile import manifest
+from ..tasks import TASKS
 from . import shapes
 from .layout import (
     CONFIG_FILE,
