@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 
 from ..errors import CheckpointError
 from ..files import safefs, schema, tensorfile
+from ..files.locks import locked
 from ..files.safefs import StoreError
 
 FORMAT = "ttmoe-checkpoint"
@@ -96,7 +97,7 @@ class Checkpointer:
     def save(self, state: Mapping) -> None:
         tensors, data = _split(state)
         data = safefs.nan_to_null({"format": FORMAT, "fingerprint": self.fingerprint, **data})
-        with safefs.atomic_dir(self.folder) as tmp:
+        with locked(self.folder), safefs.atomic_dir(self.folder) as tmp:
             save_file(tensors, str(tmp / TENSORS), metadata={"format": FORMAT})
             safefs.write_json(tmp / STATE, data)
 
@@ -109,10 +110,11 @@ class Checkpointer:
             return None
         what = f"checkpoint {self.folder}"
         try:
-            raw = safefs.read_bounded(self.folder / STATE, JSON_LIMIT, what)
-            data = safefs.parse_json(raw, what)
-            header = tensorfile.read_header(self.folder / TENSORS, what)
-            tensors = tensorfile.load(self.folder / TENSORS, header, what)
+            with locked(self.folder):       # never half of one save and half of the next
+                raw = safefs.read_bounded(self.folder / STATE, JSON_LIMIT, what)
+                data = safefs.parse_json(raw, what)
+                header = tensorfile.read_header(self.folder / TENSORS, what)
+                tensors = tensorfile.load(self.folder / TENSORS, header, what, max_abs=None)
         except (StoreError, OSError, ValueError) as exc:
             raise CheckpointError(f"{what} cannot be read: {exc}") from None
         if not isinstance(data, dict) or data.get("format") != FORMAT:

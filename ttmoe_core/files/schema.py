@@ -275,6 +275,7 @@ CHECKPOINT_STATE = {
 SCHEMAS: Mapping[str, dict] = MappingProxyType({
     "expert": EXPERT_CONFIG, "router": ROUTER_CONFIG, "pack": PACK_MANIFEST, "model": MODEL_CONFIG,
     "pool": POOL_CONFIG, "replay": REPLAY_CONFIG, "checkpoint": CHECKPOINT_STATE,
+    "training": EXPERT_TRAINING, "router_settings": ROUTER_SETTINGS,
 })
 
 # "integer" means a JSON integer literal: 5.0 is refused (a float where code needs an int);

@@ -141,10 +141,11 @@ def check_manifest(header: Header, expected: Mapping[str, Mapping], what: str) -
 
 
 def load(path: str | Path, header: Header, what: str,
-         empty_ok: Collection[str] = ()) -> dict[str, torch.Tensor]:
+         empty_ok: Collection[str] = (), max_abs: float | None = MAX_ABS) -> dict[str, torch.Tensor]:
     """The tensors of a file whose ``header`` was checked: they must still match it (the file may
     have changed since), have no dimension 0 (the maths divides by sizes; ``empty_ok`` names those
-    that may be empty) and hold only finite values within ±``MAX_ABS``."""
+    that may be empty) and hold only finite values within ±``max_abs`` (None: any finite value, for
+    optimizer moments)."""
     for key, (_, shape) in header.items():
         if 0 in shape and key not in empty_ok:
             raise StoreError(f"{what}: tensor {key} has shape {shape}: every dimension must be at "
@@ -161,7 +162,7 @@ def load(path: str | Path, header: Header, what: str,
         if not bool(torch.isfinite(tensor).all()):
             raise StoreError(f"{what}: tensor {key} holds NaN or infinite values")
         peak = float(tensor.abs().max())
-        if peak > MAX_ABS:
+        if max_abs is not None and peak > max_abs:
             raise StoreError(f"{what}: tensor {key} holds a value of magnitude {peak:.3g}, more than "
-                             f"the {MAX_ABS:.0e} a trained file can hold (tampered or diverged)")
+                             f"the {max_abs:.0e} a trained file can hold (tampered or diverged)")
     return tensors

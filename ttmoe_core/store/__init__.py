@@ -7,6 +7,7 @@ May import: files, runtime, tasks, tt, base, adapters, experts, routing.
 
 from ..base.backbone import BackboneInfo
 from ..files import tensorfile
+from ..files.locks import locked
 from ..files.safefs import StoreError, atomic_dir, write_json
 from .detector import (HALF, MAX_ROWS, POOL_CONFIG_FILE, POOL_FORMAT, POOL_WEIGHTS_FILE,
     REPLAY_CONFIG_FILE, REPLAY_FORMAT, REPLAY_WEIGHTS_FILE, read_pool, read_replay, write_pool,
@@ -29,7 +30,7 @@ __all__ = ["ADAPTER_TENSORS", "BackboneInfo", "CONFIG_FILE", "FLOAT_DTYPES", "FO
            "ROUTER_CONFIG_FILE", "ROUTER_FORMAT", "ROUTER_WEIGHTS_FILE", "StoreError",
            "WEIGHTS_FILE", "append_expert", "atomic_dir", "build_pack", "check_base",
            "check_expert", "check_expert_name", "check_replaceable", "check_router",
-           "expert_config_dict", "expert_folder", "load_expert", "load_pack", "open_expert",
+           "expert_config_dict", "expert_folder", "load_expert", "load_pack", "locked", "open_expert",
            "pack_manifest", "read_json", "read_pack_manifest", "read_pack_part", "read_pool",
            "read_replay", "read_router", "recover", "router_shapes", "save_expert", "save_router",
            "save_tensors", "tensorfile", "update_pack", "write_expert", "write_expert_into",

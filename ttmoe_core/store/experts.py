@@ -5,6 +5,7 @@ folder holds)."""
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from .. import tt
 from ..base.backbone import BackboneInfo
 from ..experts import ConfigError, Expert, ExpertConfig
 from ..files import tensorfile
+from ..files.locks import locked
 from ..files.names import NAME_RULE, NameRuleError, check_name, is_valid_name
 from ..files.safefs import StoreError, atomic_dir, nan_to_null, write_json
 from ..files.tensorfile import manifest
@@ -70,14 +72,18 @@ def write_expert(expert: Expert, folder: Path) -> None:
     write_json(folder / CONFIG_FILE, config)
 
 
-def save_expert(expert: Expert, path: str | Path) -> Path:
-    """Write an expert folder atomically; returns its path. An existing ``path`` is replaced only
-    when it is an empty folder or a valid expert."""
+def save_expert(expert: Expert, path: str | Path, new: bool = False) -> Path:
+    """Write an expert folder atomically, under its lock; returns its path. An existing ``path``
+    is replaced only when it is an empty folder or (unless ``new``) a valid expert."""
     path = Path(path)
     check_expert_name(expert.name)
-    check_replaceable(path, "expert", load_expert)
-    with atomic_dir(path) as tmp:
-        write_expert(expert, tmp)
+    with locked(path):
+        if new and os.path.lexists(path) and (not path.is_dir() or any(path.iterdir())):
+            raise StoreError(f"{path} already exists: another command wrote it meanwhile; "
+                             "choose another name")
+        check_replaceable(path, "expert", load_expert)
+        with atomic_dir(path) as tmp:
+            write_expert(expert, tmp)
     return path
 
 
