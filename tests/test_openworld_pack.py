@@ -163,6 +163,23 @@ def test_add_expert_keeps_old_bytes_and_routes_the_new_task(capsys, pack_copy, b
     assert code == 2 and "already has an expert" in err
 
 
+@pytest.mark.parametrize("kind", ["lora", "other shapes"])
+def test_add_expert_refuses_an_expert_the_pack_cannot_serve_before_writing(capsys, pack_copy,
+                                                                           base, tmp_path, kind):
+    """Once: "added expert", exit 0, and every later predict on the pack failed."""
+    if kind == "lora":
+        expert = tiny_expert(base, "rte", seed=3, method="lora")
+    else:
+        expert = tiny_expert(base, "rte", seed=3, shapes={"query": [4, 12, 6, 8]})
+    store.save_expert(expert, tmp_path / "rte")
+    before = tree_hashes(pack_copy)
+    code, _, err = run_cli(capsys, "add-expert", "--pack", pack_copy, tmp_path / "rte",
+                           "--data-dir", SAMPLES)
+    assert code == 2 and ("TT-LoRA experts only" if kind == "lora" else "same --targets") in err
+    assert tree_hashes(pack_copy) == before
+    assert TTLoRAMoE.from_pack(pack_copy, backbone=base).predict(["fine"])[0]["expert"]
+
+
 def test_add_expert_needs_replay_rows(capsys, pack_copy, base, tmp_path):
     for name in (store.REPLAY_CONFIG_FILE, store.REPLAY_WEIGHTS_FILE):
         (pack_copy / name).unlink()
