@@ -257,3 +257,54 @@ def test_an_untampered_checkpoint_resumes_to_the_cap(tmp_path):
         _run(folder, resume=False, stop_at=3)
     history = _run(folder, resume=True)
     assert history[-1]["step"] == CONFIG.steps
+
+
+# ----------------------------------------------------------------------------- unbounded inputs
+
+
+def test_a_huge_input_is_cut_before_tokenising_and_said_truncated(minilm_tokenizer, bb):
+    from ttmoe_core.base.backbone import char_limit, encode_rows
+
+    huge = "the movie was great and " * 400_000                       # 9.6 MB
+    encoded = encode_rows(minilm_tokenizer, [huge, "fine"], [None, huge[:100]], max_length=32)
+    assert len(encoded.texts[0]) == char_limit(32) and encoded.texts[1] == "fine"
+    assert encoded.truncated == (True, False)
+    # the cut never changes what the model sees: the first 32 tokens are the same
+    whole = minilm_tokenizer(huge[:20_000], truncation=True, max_length=32)["input_ids"]
+    assert list(encoded.input_ids[0]) == whole
+
+
+@pytest.mark.parametrize("label", [20_000_000, 300_000_000, 10_000])
+def test_an_upload_label_cannot_make_millions_of_classes(tmp_path, label):
+    upload = tmp_path / "up.jsonl"
+    upload.write_text("".join(json.dumps({"text": f"row {i}", "label": i % 2}) + "\n"
+                              for i in range(4)) + json.dumps({"text": "x", "label": label}) + "\n")
+    with pytest.raises(DataError, match="at most 10,000"):
+        tasks.load_file(upload)
+
+
+def test_ten_thousand_classes_are_still_read(tmp_path):
+    upload = tmp_path / "up.jsonl"
+    upload.write_text(json.dumps({"text": "a", "label": 9_999}) + "\n"
+                      + json.dumps({"text": "b", "label": 0}) + "\n")
+    assert len(tasks.load_file(upload).label_names) == 10_000
+
+
+_json = st.recursive(st.none() | st.integers() | st.text(alphabet='[]{}"\\ab'),
+                     lambda inner: st.lists(inner, max_size=3)
+                     | st.dictionaries(st.text(alphabet='[]{}"\\ab', max_size=4), inner, max_size=3),
+                     max_leaves=30)
+
+
+def _depth(value) -> int:
+    if isinstance(value, list):
+        return 1 + max((_depth(v) for v in value), default=0)
+    if isinstance(value, dict):
+        return 1 + max((_depth(v) for v in value.values()), default=0)
+    return 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=_json)
+def test_json_depth_matches_the_parsed_nesting(value):
+    assert safefs.json_depth(json.dumps(value)) == _depth(value)

@@ -249,18 +249,33 @@ def _no_constant(name: str) -> None:
     raise ValueError(f"{name} is not a JSON number")
 
 
-_JSON_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+_JSON_MARKS = re.compile(r'[\[\]{}"\\]')
 
 
 def json_depth(text: str) -> int:
-    """The deepest nesting of brackets in the JSON ``text`` (brackets inside strings ignored)."""
+    """The deepest nesting of brackets in the JSON ``text`` (brackets inside strings ignored);
+    one pass over its brackets, quotes and backslashes only, constant memory."""
     depth = deepest = 0
-    for match in _JSON_TOKENS.finditer(text):
-        token = match.group()
-        if token in "[{":
+    in_string = escaped = False
+    last = -2
+    for match in _JSON_MARKS.finditer(text):
+        mark, at = match.group(), match.start()
+        if escaped and at == last + 1:          # the character after a backslash
+            escaped = False
+            last = at
+            continue
+        escaped = False
+        last = at
+        if mark == "\\":
+            escaped = in_string
+        elif mark == '"':
+            in_string = not in_string
+        elif in_string:
+            continue
+        elif mark in "[{":
             depth += 1
             deepest = max(deepest, depth)
-        elif token in "]}":
+        else:
             depth -= 1
     return deepest
 
