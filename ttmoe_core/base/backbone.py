@@ -184,8 +184,12 @@ def load_backbone(spec: str | Path | None = None, device: str | torch.device | N
                                     f"folder, a .gguf file or a pulled model (`models list`)")
             path, offline = snapshot, True
     try:
-        model = AutoModel.from_pretrained(str(path), local_files_only=offline)
-        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=offline)
+        # never a model folder's own Python (config.json auto_map): transformers would ask on a
+        # terminal and run it on "y"; False refuses without asking
+        model = AutoModel.from_pretrained(str(path), local_files_only=offline,
+                                          trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=offline,
+                                                  trust_remote_code=False)
     except (OSError, ValueError, TypeError) as exc:
         # OSError: missing files; ValueError/TypeError: a folder transformers cannot make sense
         # of (e.g. weights without tokenizer files)
