@@ -308,3 +308,13 @@ def _depth(value) -> int:
 @given(value=_json)
 def test_json_depth_matches_the_parsed_nesting(value):
     assert safefs.json_depth(json.dumps(value)) == _depth(value)
+
+
+def test_a_max_length_beyond_the_model_s_positions_is_refused_when_the_pack_opens(tmp_path, bb):
+    pack, _, _ = tiny_pack(tmp_path / "pack", bb, ["sst2", "cola"], epochs=1)
+    path = pack / store.ROUTER_CONFIG_FILE
+    data = json.loads(path.read_text())
+    data["config"]["max_length"] = 100_000
+    path.write_text(json.dumps(data))
+    with pytest.raises(StoreError, match="max_length 100000 is more than the base model takes"):
+        TTLoRAMoE.from_pack(pack, backbone=bb)

@@ -301,6 +301,24 @@ def _frozen_backend(tokenizer, max_length: int):
         return copies[(max_length, side)]
 
 
+def max_positions(backbone: "Backbone") -> int | None:
+    """The most tokens ``backbone`` takes in one row (its position embeddings, its tokenizer's
+    limit), or None when neither says."""
+    limits = [getattr(backbone.model.config, "max_position_embeddings", None),
+              getattr(backbone.tokenizer, "model_max_length", None)]
+    known = [n for n in limits if isinstance(n, int) and 0 < n < 1_000_000]
+    return min(known) if known else None
+
+
+def check_positions(backbone: "Backbone", max_length: int, what: str) -> None:
+    """BackboneError when ``what``'s ``max_length`` exceeds what ``backbone`` takes (a long input
+    would otherwise fail deep in the model: "(702) must match (512)")."""
+    limit = max_positions(backbone)
+    if limit is not None and max_length > limit:
+        raise BackboneError(f"{what}: max_length {max_length} is more than the base model takes "
+                            f"({limit} tokens)")
+
+
 def char_limit(max_length: int) -> int:
     """The characters of one text kept before tokenising for ``max_length`` tokens: far more than
     any tokenizer turns into that many tokens, so a cut never changes an answer, and small enough

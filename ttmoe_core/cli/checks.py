@@ -141,9 +141,9 @@ def check_targets(model, targets: list[str] | None, shapes: dict[str, list[int]]
 
 def check_max_length(backbone, max_length: int) -> None:
     """UsageError when ``max_length`` tokens exceed what the base model's positions allow."""
-    limits = [getattr(backbone.model.config, "max_position_embeddings", None),
-              getattr(backbone.tokenizer, "model_max_length", None)]
-    known = [n for n in limits if isinstance(n, int) and 0 < n < 1_000_000]
-    if known and max_length > min(known):
+    from ..base.backbone import max_positions  # heavy: imports torch; kept out of the parser
+
+    limit = max_positions(backbone)
+    if limit is not None and max_length > limit:
         raise UsageError(f"--max-length {max_length} is more than the base model takes "
-                         f"({min(known)} tokens)")
+                         f"({limit} tokens)")

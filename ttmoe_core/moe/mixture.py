@@ -37,6 +37,7 @@ from ..base.backbone import (
     BackboneError,
     Encoded,
     check_fingerprint,
+    check_positions,
     encode_rows,
     load_backbone,
     pool,
@@ -97,6 +98,7 @@ class TTLoRAMoE(nn.Module):
                                       or openworld.layer > router.config.layer):
             raise MoEError("the out-of-pool detector does not fit the router and the experts: "
                            "recalibrate it (calibrate-pool)")
+        check_positions(backbone, max_length, "the pack's router or experts")
         self.openworld = openworld
         self.backbone = backbone
         self.max_length = max_length

@@ -128,9 +128,9 @@ def open_expert(path: str | Path, expected_fingerprint: str | None = None,
                         data["label_names"], base.hidden_size, base.num_layers, what)
     known = TASKS.get(config.task)
     labels = len(data["label_names"])
-    if known is not None and len(known.label_names) != labels:
-        raise StoreError(f"{what}: {CONFIG_FILE} names {labels} labels, the task {config.task!r} "
-                         f"has {len(known.label_names)}{'' if labels else ' (none: it would be served as regression)'}")
+    if known is not None and known.label_names and not labels:
+        raise StoreError(f"{what}: {CONFIG_FILE} names no labels for the classification task "
+                         f"{config.task!r} (it would be served as regression)")
     confusion = data.get("metrics", {}).get("confusion")
     if confusion and (len(confusion) != labels or any(len(row) != labels for row in confusion)):
         raise StoreError(f"{what}: {CONFIG_FILE}: metrics.confusion is not {labels}×{labels} "
