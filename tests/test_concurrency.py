@@ -31,7 +31,7 @@ from ttmoe_core.services.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[1]
 UPDATES = 100                 # per writer
-RENAMES_THREADS, RENAMES_PROCESSES, NEW_SAVES = 100, 100, 150      # trials (pairs of writers)
+RENAMES_THREADS, RENAMES_PROCESSES, NEW_SAVES = 200, 100, 300      # trials (pairs of writers)
 
 
 @pytest.fixture(scope="module")
