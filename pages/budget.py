@@ -1,7 +1,5 @@
 """Budget calculator: trainable parameters and weight memory of TT-LoRA, LoRA and adapters."""
 
-import json
-
 import pandas as pd
 import streamlit as st
 
@@ -9,6 +7,7 @@ from pages import common
 from ttmoe_core import budget, tt
 from ttmoe_core import report as ttreport
 from ttmoe_core.errors import one_line
+from ttmoe_core.files.safefs import parse_json
 from ttmoe_core.services import figures, views
 
 common.setup()
@@ -55,15 +54,10 @@ with left:
                     "DistilBERT), or pick a preset.")
         else:
             try:
-                config = json.loads(upload.getvalue().decode("utf-8"))
+                config = parse_json(upload.getvalue(), upload.name)     # depth-bounded
                 if not isinstance(config, dict):
                     raise ValueError(f"it holds a JSON {type(config).__name__}, not an object")
                 dims = budget.dims_from_config(config)
-            except UnicodeDecodeError:
-                st.error(f"{upload.name} is not UTF-8 text.", icon=":material/error:")
-            except json.JSONDecodeError as exc:
-                st.error(f"{upload.name} is not valid JSON: {exc.msg} (line {exc.lineno}).",
-                         icon=":material/error:")
             except ValueError as exc:
                 st.error(f"{upload.name}: {one_line(exc)}", icon=":material/error:")
     if dims is None:

@@ -148,9 +148,11 @@ with inputs:
                           args=(task, labels.index(label)))
 
     common.default_state("pg_text", DEFAULT_TEXT)
-    text = st.text_area("Text", key="pg_text", height=110, on_change=clear_gold)
+    text = st.text_area("Text", key="pg_text", height=110, on_change=clear_gold,
+                        max_chars=views.TEXT_MAX_CHARS)
     pair = st.text_area("Second text (pair tasks: hypothesis, second question, …) — optional",
-                        key="pg_pair", height=80, on_change=clear_gold)
+                        key="pg_pair", height=80, on_change=clear_gold,
+                        max_chars=views.TEXT_MAX_CHARS)
     if mixture.router is None:
         oracle = True
         forced = st.selectbox("Expert", mixture.names, key=f"pg_forced_{'_'.join(mixture.names)}",
@@ -260,7 +262,8 @@ with outputs:
 with batch:
     st.caption(f"One input per line; a pair as `text {PAIR_SEPARATOR} second text`. All lines "
                "are answered in ONE mixed-batch call: each row gets its own expert.")
-    lines_text = st.text_area("Inputs", BATCH_EXAMPLE, height=180, key="pg_batch")
+    lines_text = st.text_area("Inputs", BATCH_EXAMPLE, height=180, key="pg_batch",
+                              max_chars=views.BATCH_MAX_CHARS)
     batch_expert = None
     if mixture.router is None:
         batch_expert = st.selectbox("Expert for every line", mixture.names,

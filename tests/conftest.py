@@ -8,6 +8,7 @@ Session-scoped backbones are shared by many tests: a test must never mutate one 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -159,3 +160,14 @@ def _keep_the_main_module():
     main = sys.modules["__main__"]
     yield
     sys.modules["__main__"] = main
+
+
+def pytest_runtest_setup(item):
+    """``@pytest.mark.needs_data(folder)``: without ``folder`` the test is skipped locally and FAILS
+    under ``CI=true`` (CI must never pass by skipping what it is meant to check)."""
+    for mark in item.iter_markers("needs_data"):
+        folder = Path(mark.args[0])
+        if not folder.is_dir():
+            if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+                pytest.fail(f"no data at {folder}: this test must run in CI")
+            pytest.skip(f"no data at {folder}")

@@ -367,16 +367,14 @@ def test_known_bad_manifests_are_store_errors(pack_files, tmp_path, field, value
 
 
 def test_router_hidden_size_is_checked_before_memory_is_allocated(pack_files, tmp_path):
-    """A router config asking for a huge MLP is refused from its tensor manifest, not allocated."""
+    """A router config asking for a huge MLP is refused from its tensor manifest, before any
+    router is built (the refusal itself is required: a peak-RSS check cannot see a 12 MiB
+    allocation, so it proved nothing)."""
     data = json.loads(pack_files["router_config.json"])
     data["config"]["hidden"] = 60_000
     _write({**pack_files, "router_config.json": json.dumps(data).encode()}, tmp_path)
-    before = runinfo.peak_rss_mib()
-    try:
-        store.load_pack(tmp_path).build_router()
-    except store.StoreError:
-        pass
-    assert runinfo.peak_rss_mib() - before < 100
+    with pytest.raises(store.StoreError, match="router"):
+        store.load_pack(tmp_path)
 
 
 def test_fuzzing_does_not_grow_memory(pack_files):

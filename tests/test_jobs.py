@@ -298,7 +298,39 @@ def test_a_cancelled_training_job_resumes_to_the_uninterrupted_result(tmp_path):
     b = store.load_expert(tmp_path / "b" / "mine")
     for key, value in a.tensors.items():
         torch.testing.assert_close(b.tensors[key], value, rtol=0, atol=1e-6)
-    assert not (tmp_path / "b" / workflows.CHECKPOINTS / "mine").exists()   # removed once saved
+    assert not workflows.job_checkpoint(ws.root, "mine", config.resolved()).exists()  # saved: removed
+    assert not list((ws.root / workflows.CHECKPOINTS).iterdir())
+
+
+def test_app_checkpoints_are_keyed_by_the_job_and_held_while_it_runs(tmp_path):
+    """A second session training the same name never resumes or deletes the first one's run."""
+    from ttmoe_core import store
+
+    config = ExpertConfig(**TINY_CONFIG).resolved()
+    other = ExpertConfig(**{**TINY_CONFIG, "seed": 7}).resolved()
+    folder = workflows.job_checkpoint(tmp_path, "mine", config)
+    assert folder != workflows.job_checkpoint(tmp_path, "mine", other)
+    assert folder.parent == tmp_path / workflows.CHECKPOINTS and folder.name.startswith("mine-")
+    held, release = threading.Event(), threading.Event()
+
+    def first_session() -> None:
+        with store.locked(folder):                   # what a running job holds
+            held.set()
+            release.wait(60)
+
+    thread = threading.Thread(target=first_session)
+    thread.start()
+    held.wait(10)
+    try:
+        from tests.tinymodels import SAMPLES, tiny_bert
+
+        second = jobs.Job(workflows.train_expert_job, config, tiny_bert(), Workspace(tmp_path),
+                          "mine", data_dir=SAMPLES)
+        assert second.wait(120) and second.status == "failed"
+        assert "another job is training 'mine'" in second.error
+    finally:
+        release.set()
+        thread.join()
 
 
 def _router_job(tmp_path, stage: str):

@@ -79,6 +79,12 @@ def reference_probs(bb, expert: experts.Expert, text: str, pair: str | None) -> 
 def test_mixed_batch_equals_per_expert_runs_row_by_row(bb, three, moe64, rows):
     by_name = {e.name: e for e in three}
     assert {e.config.rank for e in three} == {3, 4, 5}
+    # repeated rows (computed once) among the others, and one text again under another expert: a
+    # mix-up of de-duplicated and input row indices cannot pass
+    first_name, first_text, first_pair = rows[0]
+    other = next(name for name, _, _ in rows if name != first_name)
+    rows = [rows[4], *rows[:4], rows[0], rows[4], *rows[4:], (other, first_text, first_pair), rows[0]]
+    assert len({(n, t, p) for n, t, p in rows}) < len(rows)
     out = moe64.predict([t for _, t, _ in rows], [p for _, _, p in rows],
                         expert=[name for name, _, _ in rows])
     assert len(out) == len(rows)

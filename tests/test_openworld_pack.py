@@ -163,6 +163,23 @@ def test_add_expert_keeps_old_bytes_and_routes_the_new_task(capsys, pack_copy, b
     assert code == 2 and "already has an expert" in err
 
 
+@pytest.mark.parametrize("kind", ["lora", "other shapes"])
+def test_add_expert_refuses_an_expert_the_pack_cannot_serve_before_writing(capsys, pack_copy,
+                                                                           base, tmp_path, kind):
+    """Once: "added expert", exit 0, and every later predict on the pack failed."""
+    if kind == "lora":
+        expert = tiny_expert(base, "rte", seed=3, method="lora")
+    else:
+        expert = tiny_expert(base, "rte", seed=3, shapes={"query": [4, 12, 6, 8]})
+    store.save_expert(expert, tmp_path / "rte")
+    before = tree_hashes(pack_copy)
+    code, _, err = run_cli(capsys, "add-expert", "--pack", pack_copy, tmp_path / "rte",
+                           "--data-dir", SAMPLES)
+    assert code == 2 and ("TT-LoRA experts only" if kind == "lora" else "same --targets") in err
+    assert tree_hashes(pack_copy) == before
+    assert TTLoRAMoE.from_pack(pack_copy, backbone=base).predict(["fine"])[0]["expert"]
+
+
 def test_add_expert_needs_replay_rows(capsys, pack_copy, base, tmp_path):
     for name in (store.REPLAY_CONFIG_FILE, store.REPLAY_WEIGHTS_FILE):
         (pack_copy / name).unlink()
@@ -198,11 +215,39 @@ CORRUPTIONS = {
     "labels out of range": lambda p: _rewrite_tensors(p / store.POOL_WEIGHTS_FILE,
                                                       lambda t: t["bank_labels"].fill_(7)),
     "a link": lambda p: _link(p / store.POOL_WEIGHTS_FILE),
+    "lm_tables without buckets": lambda p: _no_buckets(p),
+    "scale of 1e-38": lambda p: _rewrite_tensors(p / store.POOL_WEIGHTS_FILE,
+                                                 lambda t: t["scale"].fill_(1e-38)),
+    "means of 3e38": lambda p: _rewrite_tensors(p / store.POOL_WEIGHTS_FILE,
+                                                lambda t: t["means"].fill_(3e38)),
+    "threshold NaN in the JSON": lambda p: (p / store.POOL_CONFIG_FILE).write_text(
+        json.dumps({**json.loads((p / store.POOL_CONFIG_FILE).read_text()), "threshold": math.nan})),
     "replay offsets": lambda p: _rewrite_tensors(p / store.REPLAY_WEIGHTS_FILE,
                                                  lambda t: t["replay.ngram_ptr"].fill_(3)),
     "replay ids": lambda p: _rewrite_tensors(p / store.REPLAY_WEIGHTS_FILE,
                                              lambda t: t["replay.ngram_ids"].fill_(-1)),
 }
+
+
+def _no_buckets(pack: Path) -> None:
+    """lm_tables of shape [2, 0, E] and a manifest that agrees (once: SIGFPE in predict)."""
+    _rewrite_tensors(pack / store.POOL_WEIGHTS_FILE,
+                     lambda t: t.__setitem__("lm_tables", t["lm_tables"][:, :0].contiguous()))
+    data = json.loads((pack / store.POOL_CONFIG_FILE).read_text())
+    data["tensors"]["lm_tables"]["shape"][1] = 0
+    (pack / store.POOL_CONFIG_FILE).write_text(json.dumps(data))
+
+
+def test_predict_on_a_pack_with_a_zero_dimension_exits_with_a_message(pack_copy, base):
+    """In a child process: the SIGFPE this case once raised would kill the test run."""
+    import subprocess
+    import sys
+
+    _no_buckets(pack_copy)
+    done = subprocess.run([sys.executable, "-m", "ttmoe_core", "predict", "--pack", str(pack_copy),
+                           "fine"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == cli.EXIT_USAGE, done.stderr[-2000:]
+    assert "lm_tables" in done.stderr and "at least 1" in done.stderr
 
 
 def _edit_json(path: Path, **changes) -> None:

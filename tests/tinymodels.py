@@ -135,7 +135,8 @@ def random_expert(template: experts.Expert, name: str, rank: int, num_labels: in
     return dataclasses.replace(template, name=name,
                                config=dataclasses.replace(template.config, rank=rank),
                                label_names=[f"label{i}" for i in range(num_labels)],
-                               tensors=tensors)
+                               tensors=tensors,      # no confusion: it was the template's labels'
+                               metrics={k: v for k, v in template.metrics.items() if k != "confusion"})
 
 
 # ----------------------------------------------------------------------------- decoders

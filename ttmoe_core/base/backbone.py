@@ -28,6 +28,7 @@ from ..errors import BackboneError
 from . import sources as models
 
 DEFAULT_MODEL = "all-minilm-l6-v2"
+CHARS_PER_TOKEN = 64         # characters kept per token of max_length before tokenising
 
 # target modules per architecture family (q and v projections of attention)
 TARGETS_BY_TYPE = {
@@ -183,8 +184,12 @@ def load_backbone(spec: str | Path | None = None, device: str | torch.device | N
                                     f"folder, a .gguf file or a pulled model (`models list`)")
             path, offline = snapshot, True
     try:
-        model = AutoModel.from_pretrained(str(path), local_files_only=offline)
-        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=offline)
+        # never a model folder's own Python (config.json auto_map): transformers would ask on a
+        # terminal and run it on "y"; False refuses without asking
+        model = AutoModel.from_pretrained(str(path), local_files_only=offline,
+                                          trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=offline,
+                                                  trust_remote_code=False)
     except (OSError, ValueError, TypeError) as exc:
         # OSError: missing files; ValueError/TypeError: a folder transformers cannot make sense
         # of (e.g. weights without tokenizer files)
@@ -225,8 +230,9 @@ class Encoded:
     """N rows tokenized once, not padded; micro-batches are cut from it (``batch``).
 
     ``input_ids[i]`` / ``token_type_ids[i]``: row i's T_i ≤ max_length ids (truncated longest
-    first); ``truncated[i]``: the row had more than max_length tokens; ``texts`` / ``text_pairs``:
-    the raw rows (routers also read the text).
+    first); ``truncated[i]``: the row had more than max_length tokens or a text longer than
+    ``char_limit(max_length)`` characters; ``texts`` / ``text_pairs``: the rows as read, cut to
+    that limit (routers also read the text).
     """
     texts: tuple[str, ...]
     text_pairs: tuple[str | None, ...]
@@ -295,14 +301,53 @@ def _frozen_backend(tokenizer, max_length: int):
         return copies[(max_length, side)]
 
 
+def max_positions(backbone: "Backbone") -> int | None:
+    """The most tokens ``backbone`` takes in one row (its position embeddings, its tokenizer's
+    limit), or None when neither says."""
+    limits = [getattr(backbone.model.config, "max_position_embeddings", None),
+              getattr(backbone.tokenizer, "model_max_length", None)]
+    known = [n for n in limits if isinstance(n, int) and 0 < n < 1_000_000]
+    return min(known) if known else None
+
+
+def check_positions(backbone: "Backbone", max_length: int, what: str) -> None:
+    """BackboneError when ``what``'s ``max_length`` exceeds what ``backbone`` takes (a long input
+    would otherwise fail deep in the model: "(702) must match (512)")."""
+    limit = max_positions(backbone)
+    if limit is not None and max_length > limit:
+        raise BackboneError(f"{what}: max_length {max_length} is more than the base model takes "
+                            f"({limit} tokens)")
+
+
+def char_limit(max_length: int) -> int:
+    """The characters of one text kept before tokenising for ``max_length`` tokens: far more than
+    any tokenizer turns into that many tokens, so a cut never changes an answer, and small enough
+    that a 50 MB line costs nothing (a tokenizer holds ~100 bytes a character)."""
+    return CHARS_PER_TOKEN * max_length
+
+
+def cut_text(text: str | None, limit: int) -> tuple[str | None, bool]:
+    """(``text`` cut to ``limit`` characters, whether it was cut)."""
+    if text is None or len(text) <= limit:
+        return text, False
+    return text[:limit], True
+
+
 def encode_rows(tokenizer, texts: Sequence[str], text_pairs: Sequence[str | None] | None,
                 max_length: int) -> Encoded:
     """Tokenize rows that may or may not have a second text, each once, in one call (fast
-    tokenizers); safe when threads share ``tokenizer`` (its settings are never changed)."""
+    tokenizers); safe when threads share ``tokenizer`` (its settings are never changed). Each text
+    is first cut to ``char_limit(max_length)`` characters (the row is then ``truncated``; the
+    ``Encoded`` holds the cut texts)."""
     texts = tuple(texts)
     pairs = tuple(text_pairs) if text_pairs is not None else (None,) * len(texts)
     if len(pairs) != len(texts):
         raise ValueError(f"{len(texts)} texts but {len(pairs)} text pairs")
+    limit = char_limit(max_length)
+    cut_texts, cut_pairs = zip(*(cut_text(t, limit) for t in texts)) if texts else ((), ())
+    kept_pairs, pair_cut = zip(*(cut_text(p, limit) for p in pairs)) if pairs else ((), ())
+    cut = tuple(a or b for a, b in zip(cut_pairs, pair_cut))
+    texts, pairs = tuple(cut_texts), tuple(kept_pairs)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0   # masked anyway
     with_types = "token_type_ids" in tokenizer.model_input_names
     frozen = _frozen_backend(tokenizer, max_length)
@@ -316,7 +361,7 @@ def encode_rows(tokenizer, texts: Sequence[str], text_pairs: Sequence[str | None
         types = tuple(e.type_ids for e in found)
         truncated = tuple(bool(e.overflowing) for e in found)
     return Encoded(texts, pairs, tuple(ids), tuple(types) if with_types else None,
-                   tuple(truncated), pad_id)
+                   tuple(bool(t) or c for t, c in zip(truncated, cut)), pad_id)
 
 
 def _encode_slow(tokenizer, text: str, pair: str | None, max_length: int,

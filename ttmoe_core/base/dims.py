@@ -10,17 +10,18 @@ totals are checked against the models' published parameter counts in tests/test_
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
 from ttmoe_core.files import schema
+from ttmoe_core.files.safefs import StoreError, parse_json, read_bounded
 
 LLAMA_LIKE = frozenset({"llama", "mistral", "qwen2"})
 BERT_LIKE = frozenset({"bert", "roberta", "xlm-roberta"})
 DISTILBERT = "distilbert"
+CONFIG_LIMIT = 16 << 20               # bytes: the largest config.json read
 SUPPORTED_MODEL_TYPES = tuple(sorted(LLAMA_LIKE | BERT_LIKE | {DISTILBERT}))
 
 
@@ -204,9 +205,9 @@ def dims_from_config(config: Mapping | str | Path) -> ModelDims:
     if not path.is_file():
         raise ValueError(f"config file {str(path)!r} does not exist")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{str(path)!r} is not valid JSON: {err}") from err
+        data = parse_json(read_bounded(path, CONFIG_LIMIT, "model config"), f"{str(path)!r}")
+    except StoreError as err:
+        raise ValueError(str(err)) from None
     if not isinstance(data, Mapping):
         raise ValueError(f"{str(path)!r} must hold a JSON object, got {type(data).__name__}")
     name = data.get("_name_or_path")

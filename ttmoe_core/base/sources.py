@@ -232,8 +232,10 @@ def convert_gguf(path: Path, out: Path | None = None, progress: Progress | None 
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         try:
-            tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-            model = AutoModel.from_pretrained(str(path.parent), gguf_file=path.name)
+            tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                      trust_remote_code=False)
+            model = AutoModel.from_pretrained(str(path.parent), gguf_file=path.name,
+                                              trust_remote_code=False)
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             raise ModelError(f"could not read {path.name} as a GGUF model: "
                              f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc

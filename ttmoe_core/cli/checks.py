@@ -6,12 +6,43 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from ..errors import TTMoEError
+from ..errors import StoreError, TTMoEError
+from ..files import schema
+from ..files.locks import locked
 from ..services.workspace import default_pack
 from .args import UsageError
+
+
+def check_storable(settings: Mapping, kind: str = "training") -> None:
+    """UsageError when the store would refuse to read ``settings`` back (``schema``'s ``kind``:
+    "training" for an expert's, "router_settings" for a router's): checked before any work, so
+    an hour of training never ends in a file that ``eval-expert`` refuses."""
+    try:
+        schema.validate(dict(settings), kind, "the settings")
+    except schema.SchemaError as exc:
+        raise UsageError(f"{exc} (the store refuses such a value, so nothing is trained)") from None
+
+
+@contextmanager
+def writing(path: str | Path, flag: str = "--out") -> Iterator[None]:
+    """Hold the lock of ``path`` for the whole command: a second command writing there fails at
+    once with a UsageError, never replaces this one's result. The other processes of a
+    distributed run (accelerate launch) take no lock: the main process writes."""
+    from ..runtime import distributed  # heavy: imports torch; kept out of the parser
+
+    stack = ExitStack()
+    if distributed.is_main_process():
+        try:
+            stack.enter_context(locked(path, wait_s=0))
+        except StoreError:
+            raise UsageError(f"{flag} {path} is being written by another command: wait for it "
+                             "or choose another folder") from None
+    with stack:
+        yield
 
 
 def check_output(path: str | Path, kind: str, overwrite: bool, load: Callable[[Path], object],
@@ -123,9 +154,9 @@ def check_targets(model, targets: list[str] | None, shapes: dict[str, list[int]]
 
 def check_max_length(backbone, max_length: int) -> None:
     """UsageError when ``max_length`` tokens exceed what the base model's positions allow."""
-    limits = [getattr(backbone.model.config, "max_position_embeddings", None),
-              getattr(backbone.tokenizer, "model_max_length", None)]
-    known = [n for n in limits if isinstance(n, int) and 0 < n < 1_000_000]
-    if known and max_length > min(known):
+    from ..base.backbone import max_positions  # heavy: imports torch; kept out of the parser
+
+    limit = max_positions(backbone)
+    if limit is not None and max_length > limit:
         raise UsageError(f"--max-length {max_length} is more than the base model takes "
-                         f"({min(known)} tokens)")
+                         f"({limit} tokens)")

@@ -27,7 +27,14 @@ from .args import (
     shape_arg,
     targets_arg,
 )
-from .checks import check_max_length, check_output, check_targets, check_writable
+from .checks import (
+    check_max_length,
+    check_output,
+    check_storable,
+    check_targets,
+    check_writable,
+    writing,
+)
 
 MAX_RANK = 1024              # TT/LoRA rank or adapter reduction factor (the paper: 5 and 16)
 
@@ -65,7 +72,18 @@ def cmd_train_expert(args: argparse.Namespace) -> int:
         tasks.get_task(args.task)
     except TTMoEError as exc:
         raise UsageError(str(exc)) from None
-    out = check_output(args.out, "expert", args.overwrite, store.load_expert)
+    check_storable(config.to_dict(), "training")
+    with writing(args.out):
+        out = check_output(args.out, "expert", args.overwrite, store.load_expert)
+        return _train_and_save(args, config, out)
+
+
+def _train_and_save(args: argparse.Namespace, config, out: Path) -> int:
+    """``train-expert`` once its settings and --out are checked and --out is held."""
+    # heavy: imports torch; kept out of the parser
+    from .. import experts, store
+    from ..runtime import distributed
+
     train, valid, backbone = run_inputs(args, config)
     check_targets(backbone.model, config.targets, config.shapes)
     check_max_length(backbone, config.max_length)
@@ -90,7 +108,7 @@ def cmd_train_expert(args: argparse.Namespace) -> int:
     if not distributed.is_main_process():   # accelerate launch: the main process writes
         return 0
     try:
-        store.save_expert(expert, out)
+        store.save_expert(expert, out, new=not args.overwrite)
     except (TTMoEError, OSError) as exc:
         raise UsageError(f"the trained expert could not be saved to {out}: {exc}") from None
     safefs.remove(checkpoint_dir)                       # the expert is saved: nothing to resume
@@ -116,6 +134,9 @@ def cmd_full_finetune(args: argparse.Namespace) -> int:
         raise UsageError(f"--out {out} is a folder or a link: give a .json file to write")
     if out.exists() and not args.overwrite:
         raise UsageError(f"--out {out} exists: pass --overwrite to replace it")
+    if out.exists() and not _is_full_record(out):
+        raise UsageError(f"--out {out} is not a full fine-tuning record of this project, so "
+                         "--overwrite does not replace it: give another file")
     check_writable(out.parent, f"--out {out}")
     settings = convergence_settings(args)
     config = fullft.FullConfig(
@@ -155,6 +176,15 @@ def cmd_full_finetune(args: argparse.Namespace) -> int:
     print(json.dumps(summary) if args.json else
           "\n".join(f"{k:>18}: {v}" for k, v in summary.items()))
     return 0
+
+
+def _is_full_record(path: Path) -> bool:
+    """Whether ``path`` holds a record ``full-finetune`` wrote (a JSON object, method "full")."""
+    try:
+        data = safefs.parse_json(safefs.read_bounded(path, 64 << 20, "--out"), str(path))
+    except TTMoEError:
+        return False
+    return isinstance(data, dict) and data.get("method") == "full" and "task" in data
 
 
 def run_inputs(args: argparse.Namespace, config):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .. import tasks
 from ..errors import TTMoEError
+from ..files.safefs import MAX_JSON_DEPTH, json_depth
 from ..routing import VARIANTS
 from ..services.workspace import default_pack
 from .args import (
@@ -61,11 +62,13 @@ def _read_jsonl_inputs(path: str) -> list[tuple[int, dict | None, str | None]]:
 
 def _parse_input_line(number: int, line: str) -> tuple[dict | None, str | None]:
     """One JSONL line as ({"text", "text_pair"}, None) or (None, a one-line error)."""
+    if json_depth(line) > MAX_JSON_DEPTH:
+        return None, f"line {number} nests more than {MAX_JSON_DEPTH} levels deep"
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as exc:
         return None, f"line {number} is not JSON ({exc.msg})"
-    except (ValueError, RecursionError) as exc:    # e.g. a 5,000-digit number, [[[[...]]]]
+    except (ValueError, RecursionError) as exc:    # e.g. a 5,000-digit number
         return None, f"line {number} is not JSON we can read ({type(exc).__name__})"
     text = obj.get("text") if isinstance(obj, dict) else None
     if not isinstance(text, str) or not text.strip():

@@ -19,7 +19,8 @@ import torch
 from safetensors.torch import save_file
 
 from ..errors import CheckpointError
-from ..files import safefs, tensorfile
+from ..files import safefs, schema, tensorfile
+from ..files.locks import locked
 from ..files.safefs import StoreError
 
 FORMAT = "ttmoe-checkpoint"
@@ -95,27 +96,33 @@ class Checkpointer:
 
     def save(self, state: Mapping) -> None:
         tensors, data = _split(state)
-        data = {"format": FORMAT, "fingerprint": self.fingerprint, **data}
-        with safefs.atomic_dir(self.folder) as tmp:
+        data = safefs.nan_to_null({"format": FORMAT, "fingerprint": self.fingerprint, **data})
+        with locked(self.folder), safefs.atomic_dir(self.folder) as tmp:
             save_file(tensors, str(tmp / TENSORS), metadata={"format": FORMAT})
             safefs.write_json(tmp / STATE, data)
 
     def load(self) -> dict | None:
         """The saved state (None when there is no checkpoint); CheckpointError when it is
-        unreadable or was written by a run with other settings."""
+        unreadable, damaged (every value of ``state.json`` is checked against its schema) or was
+        written by a run with other settings."""
         safefs.recover(self.folder.parent, self.folder.name)
         if not self.exists():
             return None
         what = f"checkpoint {self.folder}"
         try:
-            raw = safefs.read_bounded(self.folder / STATE, JSON_LIMIT, what)
-            data = json.loads(raw)
-            header = tensorfile.read_header(self.folder / TENSORS, what)
-            tensors = tensorfile.load(self.folder / TENSORS, header, what)
+            with locked(self.folder):       # never half of one save and half of the next
+                raw = safefs.read_bounded(self.folder / STATE, JSON_LIMIT, what)
+                data = safefs.parse_json(raw, what)
+                header = tensorfile.read_header(self.folder / TENSORS, what)
+                tensors = tensorfile.load(self.folder / TENSORS, header, what, max_abs=None)
         except (StoreError, OSError, ValueError) as exc:
             raise CheckpointError(f"{what} cannot be read: {exc}") from None
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise CheckpointError(f"{what}: {STATE} is not a training checkpoint")
+        try:
+            schema.validate(data, "checkpoint", STATE)
+        except schema.SchemaError as exc:
+            raise CheckpointError(f"{what} is damaged: {exc}: remove it to start again") from None
         theirs = data.get("fingerprint")
         if isinstance(theirs, dict):
             theirs = {**{k: v for k, v in self.added.items() if k in self.fingerprint}, **theirs}

@@ -215,6 +215,11 @@ def fit(model: nn.Module, batch_loss: Callable[[list[int]], torch.Tensor], num_r
             have = {n: list(t.shape) for n, t in saved["params"].items()}
             if have != {n: list(p.shape) for n, p in named}:
                 raise CheckpointError(f"{prefix}the checkpoint's tensors do not fit this model")
+            rows = [r for b in saved["batches"]["epoch"] for r in b]
+            if saved["loop"]["step"] > steps or (rows and max(rows) >= num_rows) \
+                    or saved["batches"]["used"] > len(saved["batches"]["epoch"]):
+                raise CheckpointError(f"{prefix}the checkpoint is past this run's {steps} steps "
+                                      f"or {num_rows} rows: remove it to start again")
             with torch.no_grad():
                 for n, p in named:
                     p.copy_(saved["params"][n])

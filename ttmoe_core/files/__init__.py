@@ -1,4 +1,4 @@
-"""Safe file primitives, no ML: atomic swaps and bounded reads (safefs), safetensors files (tensorfile), JSON schemas (schema) and the one name rule (names).
+"""Safe file primitives, no ML: atomic swaps and bounded reads (safefs), one writer at a time (locks), safetensors files (tensorfile), JSON schemas (schema) and the one name rule (names).
 
 May import: nothing else of ttmoe_core.
 """
@@ -6,26 +6,30 @@ May import: nothing else of ttmoe_core.
 from .. import lazy_exports
 
 __getattr__ = lazy_exports(__name__, {
+    ".locks": "WAIT_S, lock_file, locked",
     ".names": "NAME_PATTERN, NAME_RULE, NameRuleError, check_name, inside, is_valid_name",
     ".safefs": "LEGACY_AGE_S, StoreError, atomic_dir, exchange, fsync_tree, hidden_sibling, "
-               "is_leftover, link_tree, open_regular, read_bounded, recover, remove, replace_dir, "
-               "write_json",
-    ".schema": "BASE_MODEL, DTYPES, EXPERT_CONFIG, EXPERT_TRAINING, MAX_DIM, "
+               "is_leftover, json_depth, link_tree, nan_to_null, open_regular, parse_json, "
+               "read_bounded, recover, remove, replace_dir, write_json",
+    ".schema": "BASE_MODEL, CHECKPOINT_STATE, DTYPES, EXPERT_CONFIG, EXPERT_TRAINING, MAX_DIM, "
                "MAX_ELEMENTS_PER_DIM, MAX_EXPERTS, MAX_FACTORS, MAX_LABELS, MAX_LAYERS, MAX_NAME, "
                "MAX_RANK, MAX_TENSORS, MAX_VOCAB, MODEL_CONFIG, PACK_MANIFEST, POOL_COMPONENTS, "
                "POOL_CONFIG, REPLAY_CONFIG, ROUTER_CONFIG, ROUTER_SETTINGS, SCHEMAS, "
                "TENSOR_MANIFEST, TT_LAYOUT, SchemaError, validate",
-    ".tensorfile": "ENTRY_KEYS, HEADER_LIMIT, Header, check_manifest, dtype_name, load, manifest, "
+    ".tensorfile": "ENTRY_KEYS, HEADER_LIMIT, MAX_ABS, Header, check_manifest, dtype_name, load, manifest, "
                    "read_header",
 })
 
-__all__ = ["BASE_MODEL", "DTYPES", "ENTRY_KEYS", "EXPERT_CONFIG", "EXPERT_TRAINING", "HEADER_LIMIT",
-           "Header", "LEGACY_AGE_S", "MAX_DIM", "MAX_ELEMENTS_PER_DIM", "MAX_EXPERTS",
-           "MAX_FACTORS", "MAX_LABELS", "MAX_LAYERS", "MAX_NAME", "MAX_RANK", "MAX_TENSORS",
+__all__ = ["BASE_MODEL", "CHECKPOINT_STATE", "DTYPES", "ENTRY_KEYS", "EXPERT_CONFIG",
+           "EXPERT_TRAINING", "HEADER_LIMIT", "Header", "LEGACY_AGE_S", "MAX_ABS",
+           "MAX_DIM", "MAX_ELEMENTS_PER_DIM", "MAX_EXPERTS", "MAX_FACTORS",
+           "MAX_LABELS", "MAX_LAYERS", "MAX_NAME", "MAX_RANK", "MAX_TENSORS",
            "MAX_VOCAB", "MODEL_CONFIG", "NAME_PATTERN", "NAME_RULE", "NameRuleError",
-           "PACK_MANIFEST", "POOL_COMPONENTS", "POOL_CONFIG", "REPLAY_CONFIG", "ROUTER_CONFIG",
-           "ROUTER_SETTINGS", "SCHEMAS", "SchemaError", "StoreError", "TENSOR_MANIFEST",
-           "TT_LAYOUT", "atomic_dir", "check_manifest", "check_name", "dtype_name", "exchange",
-           "fsync_tree", "hidden_sibling", "inside", "is_leftover", "is_valid_name", "link_tree",
-           "load", "manifest", "open_regular", "read_bounded", "read_header", "recover", "remove",
+           "PACK_MANIFEST", "POOL_COMPONENTS", "POOL_CONFIG", "REPLAY_CONFIG",
+           "ROUTER_CONFIG", "ROUTER_SETTINGS", "SCHEMAS", "SchemaError", "StoreError",
+           "TENSOR_MANIFEST", "TT_LAYOUT", "WAIT_S", "atomic_dir", "check_manifest",
+           "check_name", "dtype_name", "exchange", "fsync_tree", "hidden_sibling",
+           "inside", "is_leftover", "is_valid_name", "json_depth", "link_tree", "load",
+           "lock_file", "locked", "manifest", "nan_to_null", "open_regular",
+           "parse_json", "read_bounded", "read_header", "recover", "remove",
            "replace_dir", "validate", "write_json"]

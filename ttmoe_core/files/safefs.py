@@ -18,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import json
+import math
 import os
 import re
 import secrets
@@ -137,17 +138,35 @@ def remove(path: Path) -> None:
 
 
 def write_json(path: Path, data: Mapping) -> None:
-    """Write JSON atomically (temporary file, flushed to disk, renamed into place)."""
+    """Write strict JSON atomically (temporary file, flushed to disk, renamed into place):
+    StoreError, nothing written, for a NaN or infinite number (JSON has none; a reader would
+    refuse the file)."""
+    try:
+        text = json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n"
+    except ValueError as exc:
+        raise StoreError(f"{path.name}: not written: {exc} (a NaN or infinite number)") from None
     tmp = hidden_sibling(path, "tmp")
     try:
         with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
+            handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         remove(tmp)
         raise
+
+
+def nan_to_null(data: object) -> object:
+    """``data`` (JSON-like) with every NaN or infinite float replaced by None: how a metric that
+    is undefined (the correlation of a constant) is stored in strict JSON."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, Mapping):
+        return {k: nan_to_null(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [nan_to_null(v) for v in data]
+    return data
 
 
 def fsync_tree(folder: Path) -> None:
@@ -202,6 +221,63 @@ def read_bounded(path: Path, limit: int, what: str) -> bytes:
         raise StoreError(f"{what}: {path} is unreadable ({exc.strerror})") from None
     finally:
         os.close(fd)
+
+
+MAX_JSON_DEPTH = 64          # nesting levels any JSON the engine reads may have
+
+
+def parse_json(raw: bytes | str, what: str, max_depth: int = MAX_JSON_DEPTH) -> object:
+    """``raw`` parsed as JSON; StoreError (never RecursionError) when it is not JSON, not UTF-8,
+    or nests deeper than ``max_depth`` (checked on the text before parsing, so 100k levels cost
+    one pass). NaN and Infinity are refused: strict JSON has no such numbers."""
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise StoreError(f"{what} is not UTF-8 text") from None
+    if json_depth(raw) > max_depth:
+        raise StoreError(f"{what} nests more than {max_depth} levels deep")
+    try:
+        return json.loads(raw, parse_constant=_no_constant)
+    except json.JSONDecodeError as exc:
+        raise StoreError(f"{what} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except (ValueError, RecursionError) as exc:
+        raise StoreError(f"{what} is not valid JSON ({exc})") from None
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+_JSON_MARKS = re.compile(r'[\[\]{}"\\]')
+
+
+def json_depth(text: str) -> int:
+    """The deepest nesting of brackets in the JSON ``text`` (brackets inside strings ignored);
+    one pass over its brackets, quotes and backslashes only, constant memory."""
+    depth = deepest = 0
+    in_string = escaped = False
+    last = -2
+    for match in _JSON_MARKS.finditer(text):
+        mark, at = match.group(), match.start()
+        if escaped and at == last + 1:          # the character after a backslash
+            escaped = False
+            last = at
+            continue
+        escaped = False
+        last = at
+        if mark == "\\":
+            escaped = in_string
+        elif mark == '"':
+            in_string = not in_string
+        elif in_string:
+            continue
+        elif mark in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
 
 
 # ----------------------------------------------------------------------------- recovery

@@ -108,6 +108,37 @@ TT_LAYOUT = _nullable({
     },
 })
 
+# metrics and histories are shown by the app's pages: their content is typed, not only "an object"
+_SCORE = _nullable(_num(-1e12, 1e12))          # a metric; null: undefined (e.g. a constant's correlation)
+_SCORES = {"type": "object", "maxProperties": MAX_EXPERTS, "additionalProperties": _SCORE}
+_COUNT = _int(0, 1 << 62)
+CONFUSION = {"type": "array", "maxItems": MAX_EXPERTS,
+             "items": {"type": "array", "items": _COUNT, "maxItems": MAX_EXPERTS}}
+METRICS = {
+    "type": "object",
+    "properties": {
+        "confusion": CONFUSION, "per_task": _SCORES, "per_layer": _SCORES,
+        **{key: _SCORE for key in ("accuracy", "f1", "mcc", "pearson", "spearman", "loss",
+                                   "train_seconds", "train_cpu_seconds",
+                                   "cost_fraction_of_pass")},
+        **{key: _COUNT for key in ("rows", "eval_rows", "train_rows", "held_out_rows")},
+        "sources": {"type": "object", "additionalProperties": {"type": "string"}},
+        "added": {"type": "array", "maxItems": MAX_EXPERTS, "items": {
+            "type": "object", "required": ["expert", "task", "seconds", "rows_new"],
+            "properties": {"expert": {"type": "string"}, "task": {"type": "string"},
+                           "seconds": _num(0, 1e12), "rows_new": _COUNT}}},
+    },
+}
+HISTORY = {
+    "type": "array", "maxItems": 10_000_000,
+    "items": {"type": "object", "required": ["step", "loss"],
+              "properties": {"step": _int(0, 10**9), "loss": _num(-1e30, 1e30),
+                             "examples_per_s": _nullable(_num(0, 1e30)),
+                             "elapsed_s": _num(0, 1e12), "cpu_s": _num(0, 1e12),
+                             "holdout": {"type": "object", "additionalProperties": _SCORE},
+                             "best": {"type": "boolean"}}},
+}
+
 EXPERT_CONFIG = {
     "type": "object",
     "required": ["format", "name", "method", "task", "label_names", "base_model", "training", "tensors"],
@@ -115,11 +146,11 @@ EXPERT_CONFIG = {
         "format": {"const": "ttmoe-expert"}, "format_version": _int(1, 1),
         "name": {"type": "string"}, "method": {"enum": ["tt-lora", "lora", "adapter"]}, "task": _text(),
         "label_names": {"type": "array", "items": {"type": "string", "maxLength": MAX_NAME},
-                        "maxItems": MAX_LABELS},
+                        "maxItems": MAX_LABELS, "uniqueItems": True},
         "rank": _nullable(_int(1, MAX_RANK)), "alpha": _nullable({"type": "number"}),
         "targets": _nullable({"type": "array", "items": _text(), "maxItems": 256}),
         "tt": TT_LAYOUT, "base_model": BASE_MODEL, "training": EXPERT_TRAINING,
-        "metrics": {"type": "object"}, "history": {"type": "array"}, "data": {"type": "object"},
+        "metrics": METRICS, "history": HISTORY, "data": {"type": "object"},
         "created": {"type": "string"}, "trainable_params": _int(0, 1 << 62),
         "tensors": TENSOR_MANIFEST,
     },
@@ -143,7 +174,7 @@ ROUTER_CONFIG = {
         "format": {"const": "ttmoe-router"}, "format_version": _int(1, 1),
         "config": ROUTER_SETTINGS,
         "experts": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": MAX_EXPERTS},
-        "base_model": BASE_MODEL, "metrics": {"type": "object"}, "params": _int(0, 1 << 62),
+        "base_model": BASE_MODEL, "metrics": METRICS, "params": _int(0, 1 << 62),
         "tensors": TENSOR_MANIFEST,
     },
 }
@@ -206,9 +237,45 @@ MODEL_CONFIG = {
     },
 }
 
+# a training checkpoint's state.json (``experts.checkpoint``): every value the loop resumes from
+_STEP = _int(0, 10**9)
+CHECKPOINT_STATE = {
+    "type": "object",
+    "required": ["format", "fingerprint", "loop", "batches", "schedule", "optimizer", "has_best"],
+    "properties": {
+        "format": {"const": "ttmoe-checkpoint"}, "fingerprint": {"type": "object"},
+        "loop": {"type": "object",
+                 "required": ["step", "history", "running", "seen", "elapsed", "best_score",
+                              "best_step", "bad_evals", "stopped_early"],
+                 "properties": {"step": _STEP, "history": HISTORY,
+                                "running": {"type": "array", "items": _num(-1e30, 1e30),
+                                            "maxItems": 10**6},
+                                "seen": _COUNT, "elapsed": _num(0, 1e12), "cpu": _num(0, 1e12),
+                                "best_score": _nullable(_num(-1e30, 1e30)),
+                                "best_step": _nullable(_STEP), "bad_evals": _STEP,
+                                "stopped_early": {"type": "boolean"}}},
+        "batches": {"type": "object", "required": ["epoch", "used"],
+                    "properties": {"epoch": {"type": "array", "items": {
+                                       "type": "array", "items": _int(0, 1 << 40), "minItems": 1}},
+                                   "used": _STEP, "epochs": _STEP}},
+        "schedule": {"type": "object", "required": ["base_lrs", "last_epoch"],
+                     "properties": {"base_lrs": {"type": "array", "items": _num(0, 10)},
+                                    "last_epoch": _int(-1, 10**9)}},
+        "optimizer": {"type": "object", "required": ["param_groups", "state"],
+                      "properties": {"param_groups": {"type": "array", "minItems": 1, "items": {
+                          "type": "object", "required": ["lr", "params"],
+                          "properties": {"lr": _num(0, 10), "initial_lr": _num(0, 10),
+                                         "weight_decay": _num(0, 10),
+                                         "params": {"type": "array", "items": _int(0, 1 << 30)}}}},
+                          "state": {"type": "object"}}},
+        "has_best": {"type": "boolean"},
+    },
+}
+
 SCHEMAS: Mapping[str, dict] = MappingProxyType({
     "expert": EXPERT_CONFIG, "router": ROUTER_CONFIG, "pack": PACK_MANIFEST, "model": MODEL_CONFIG,
-    "pool": POOL_CONFIG, "replay": REPLAY_CONFIG,
+    "pool": POOL_CONFIG, "replay": REPLAY_CONFIG, "checkpoint": CHECKPOINT_STATE,
+    "training": EXPERT_TRAINING, "router_settings": ROUTER_SETTINGS,
 })
 
 # "integer" means a JSON integer literal: 5.0 is refused (a float where code needs an int);

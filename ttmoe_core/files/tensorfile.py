@@ -9,7 +9,7 @@ import json
 import math
 import os
 import struct
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 import torch
@@ -19,6 +19,10 @@ from safetensors.torch import load_file
 from .safefs import StoreError, open_regular
 
 HEADER_LIMIT = 100_000_000       # bytes of JSON header (safetensors' own limit)
+# the largest |value| a stored float may hold: far above what the engine's training produces
+# (TT cores, heads, routers and pool statistics stay within ±1e3), far below float32's 3.4e38, so a
+# product or a softmax of stored values cannot overflow to inf/NaN
+MAX_ABS = 1e6
 # safetensors dtype code -> (torch dtype name, bytes per element)
 DTYPES = {"F64": ("float64", 8), "F32": ("float32", 4), "F16": ("float16", 2),
           "BF16": ("bfloat16", 2), "I64": ("int64", 8), "I32": ("int32", 4), "I16": ("int16", 2),
@@ -136,9 +140,16 @@ def check_manifest(header: Header, expected: Mapping[str, Mapping], what: str) -
             raise StoreError(f"{what}: tensor {key} has dtype {dtype}, the config says {spec['dtype']}")
 
 
-def load(path: str | Path, header: Header, what: str) -> dict[str, torch.Tensor]:
+def load(path: str | Path, header: Header, what: str,
+         empty_ok: Collection[str] = (), max_abs: float | None = MAX_ABS) -> dict[str, torch.Tensor]:
     """The tensors of a file whose ``header`` was checked: they must still match it (the file may
-    have changed since) and hold only finite values."""
+    have changed since), have no dimension 0 (the maths divides by sizes; ``empty_ok`` names those
+    that may be empty) and hold only finite values within ±``max_abs`` (None: any finite value, for
+    optimizer moments)."""
+    for key, (_, shape) in header.items():
+        if 0 in shape and key not in empty_ok:
+            raise StoreError(f"{what}: tensor {key} has shape {shape}: every dimension must be at "
+                             "least 1")
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
@@ -146,6 +157,12 @@ def load(path: str | Path, header: Header, what: str) -> dict[str, torch.Tensor]
     if manifest(tensors) != {k: {"shape": s, "dtype": d} for k, (d, s) in sorted(header.items())}:
         raise StoreError(f"{what}: {path} changed while it was read")
     for key, tensor in tensors.items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        if not tensor.is_floating_point() or tensor.numel() == 0:
+            continue
+        if not bool(torch.isfinite(tensor).all()):
             raise StoreError(f"{what}: tensor {key} holds NaN or infinite values")
+        peak = float(tensor.abs().max())
+        if max_abs is not None and peak > max_abs:
+            raise StoreError(f"{what}: tensor {key} holds a value of magnitude {peak:.3g}, more than "
+                             f"the {max_abs:.0e} a trained file can hold (tampered or diverged)")
     return tensors

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -101,6 +102,37 @@ def _learned_weights(dev: dict, outside: dict, scorer: PoolScorer) -> dict[str, 
     return {n: float(w) for n, w in zip(names, fit.coef_[0])}
 
 
+def _holding_pack(function: Callable) -> Callable:
+    """``function(pack_dir, ...)`` run under the pack's lock (``store.locked``): what it reads of
+    the pack and what it writes back are one step, so no other writer's update is lost."""
+    @functools.wraps(function)
+    def run(pack_dir, *args, **kwargs):
+        with store.locked(pack_dir):
+            return function(pack_dir, *args, **kwargs)
+    return run
+
+
+def _layout(expert) -> set[tuple]:
+    return {(t, tuple(v["in_factors"]), tuple(v["out_factors"])) for t, v in expert.tt_layout.items()}
+
+
+def check_joins(pack, expert) -> None:
+    """PoolFitError unless ``expert`` can join ``pack``'s mixture: a TT-LoRA expert with the pack
+    experts' targets and TT shapes (the base model is checked on loading), and a new name."""
+    first = pack.experts[0]
+    if expert.name in pack.names:
+        raise PoolFitError(f"pack {pack.path} already has an expert named {expert.name!r}")
+    if expert.config.method != "tt-lora":
+        raise PoolFitError(f"expert {expert.name!r} is a {expert.config.method} expert: a pack "
+                           "serves TT-LoRA experts only")
+    if _layout(expert) != _layout(first):
+        raise PoolFitError(f"expert {expert.name!r} adapts {sorted(expert.tt_layout)} with TT "
+                           f"shapes {expert.tt_layout}; the pack's experts adapt "
+                           f"{sorted(first.tt_layout)} with {first.tt_layout}: train it with "
+                           "the same --targets and --shape")
+
+
+@_holding_pack
 def calibrate_pool(pack_dir: str | Path, backbone, data_dir=None, *, per_task: int = FIT_PER_TASK,
                    dims: int | None = 1024, bank_per_class: int = 100, false_flag: float = 0.02,
                    family_rows: int = FAMILY_ROWS, seed: int = 0,
@@ -204,6 +236,7 @@ def replay_sets(model, feats: dict, labels: torch.Tensor, cal_feats: dict | None
     return sets
 
 
+@_holding_pack
 def add_expert(pack_dir: str | Path, expert_dir: str | Path, backbone, data_dir=None, *,
                rows: int = 1000, max_capture: float = 0.0025, seed: int = 0,
                evaluate: int | None = None) -> dict:
@@ -215,8 +248,7 @@ def add_expert(pack_dir: str | Path, expert_dir: str | Path, backbone, data_dir=
     pack_dir = Path(pack_dir)
     pack = store.load_pack(pack_dir, expected_fingerprint=backbone.info.fingerprint)
     expert = store.load_expert(expert_dir, expected_fingerprint=backbone.info.fingerprint)
-    if expert.name in pack.names:
-        raise PoolFitError(f"pack {pack_dir} already has an expert named {expert.name!r}")
+    check_joins(pack, expert)
     if pack.router_state is None:
         raise PoolFitError(f"pack {pack_dir} has no router: build one with train-router")
     model = pack.build_router()

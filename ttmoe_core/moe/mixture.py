@@ -37,6 +37,7 @@ from ..base.backbone import (
     BackboneError,
     Encoded,
     check_fingerprint,
+    check_positions,
     encode_rows,
     load_backbone,
     pool,
@@ -97,6 +98,7 @@ class TTLoRAMoE(nn.Module):
                                       or openworld.layer > router.config.layer):
             raise MoEError("the out-of-pool detector does not fit the router and the experts: "
                            "recalibrate it (calibrate-pool)")
+        check_positions(backbone, max_length, "the pack's router or experts")
         self.openworld = openworld
         self.backbone = backbone
         self.max_length = max_length
@@ -276,10 +278,11 @@ class TTLoRAMoE(nn.Module):
         def in_order(parts: list[torch.Tensor]) -> torch.Tensor:      # [U, ...] -> [N, ...]
             return batching.restore_order(batches, parts)[slot_idx]
 
-        return Scores(expert_idx=in_order(idx_parts),
-                      router_probs=in_order(probs_parts) if route else None,
-                      logits=in_order(logit_parts), truncated=encoded.truncated,
-                      pool_score=in_order(pool_parts) if pool_parts else None)
+        return check_finite(Scores(expert_idx=in_order(idx_parts),
+                                   router_probs=in_order(probs_parts) if route else None,
+                                   logits=in_order(logit_parts), truncated=encoded.truncated,
+                                   pool_score=in_order(pool_parts) if pool_parts else None),
+                            self.names, self.num_labels)
 
     def answers(self, encoded: Encoded, scores: Scores, router_top: int | None = None,
                 abstain: bool = False) -> list[dict]:
@@ -373,6 +376,26 @@ class TTLoRAMoE(nn.Module):
             return cls(backbone, pool, router, max_length=max_length, openworld=openworld)
         except BackboneError as exc:
             raise StoreError(f"pack {Path(path).name!r}: {exc}") from None
+
+
+def check_finite(scores: Scores, names: Sequence[str], num_labels: Sequence[int]) -> Scores:
+    """``scores`` when no answer is NaN or infinite (a label's masked ``-inf`` beyond its expert's
+    labels aside); else MoEError naming the file that made it: the router, the out-of-pool
+    detector or the expert's weights. No NaN ever leaves the engine as an answer."""
+    if scores.router_probs is not None and not bool(torch.isfinite(scores.router_probs).all()):
+        raise MoEError("the router (router.safetensors) gave NaN or infinite probabilities: "
+                       "its weights are damaged; retrain the router")
+    if scores.pool_score is not None and not bool(torch.isfinite(scores.pool_score).all()):
+        raise MoEError("the out-of-pool detector (pool.safetensors) gave NaN or infinite scores: "
+                       "recalibrate it (calibrate-pool)")
+    counts = torch.tensor(num_labels, device=scores.logits.device)[scores.expert_idx]      # [N]
+    real = torch.arange(scores.logits.shape[1], device=counts.device) < counts[:, None]    # [N, C]
+    bad = (real & ~torch.isfinite(scores.logits)).any(-1)                                  # [N]
+    if bool(bad.any()):
+        name = names[int(scores.expert_idx[bad.nonzero()[0, 0]])]
+        raise MoEError(f"expert {name!r} (its adapter_model.safetensors) gave NaN or infinite "
+                       "logits: its weights are damaged; retrain it")
+    return scores
 
 
 def mixture_from_folders(folders: Sequence[str | Path], backbone: Backbone | None = None,

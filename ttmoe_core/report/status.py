@@ -12,10 +12,10 @@ stopped part-way already says what it has measured, and how much is left.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from .. import tasks as task_registry
+from ..files.safefs import StoreError, parse_json
 from . import seeds, sessions
 from .markdown import _pm, _table, fmt
 from .methods import MARGIN, claim_per_task
@@ -26,8 +26,8 @@ TRAINING_SUFFIX, CHECKPOINT_SUFFIX = ".training.json", ".checkpoint"
 
 def _read_json(path: Path) -> dict | None:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = parse_json(path.read_bytes(), str(path))
+    except (OSError, StoreError):
         return None
     return data if isinstance(data, dict) else None
 

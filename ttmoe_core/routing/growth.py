@@ -208,11 +208,12 @@ def _current(router: nn.Module, base: nn.Module, feats: dict[str, torch.Tensor],
 
 @torch.no_grad()
 def _capture_budget(router: nn.Module, base: nn.Module, probe: GrownRouter,
-                    calibration: dict[str, torch.Tensor] | None, max_capture: float) -> tuple[float, float]:
+                    calibration: dict[str, torch.Tensor] | None, max_capture: float) -> tuple[float, float | None]:
     """Lower ``probe``'s bias so that at most ``max_capture`` of the ``calibration`` rows (old
-    tasks) prefer the new logit; returns (bias shift ≤ 0, share captured before the shift)."""
+    tasks) prefer the new logit; returns (bias shift ≤ 0, share captured before the shift; None
+    without calibration rows)."""
     if calibration is None:
-        return 0.0, float("nan")
+        return 0.0, None
     logits, phi = _current(router, base, calibration, probe.source)
     margin = probe.added_logits(calibration, phi)[:, 0] - logits.max(-1).values     # [C]
     captured = float((margin > 0).float().mean())

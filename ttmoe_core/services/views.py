@@ -16,6 +16,9 @@ from ..errors import TTMoEError, one_line
 from ..routing import calibrated
 from . import workspace
 
+TEXT_MAX_CHARS = 20_000      # one Playground text (the engine keeps 64 characters a token anyway)
+BATCH_MAX_CHARS = 200_000    # the Playground's batch box, all lines together
+
 # ----------------------------------------------------------------------------- cache keys
 
 

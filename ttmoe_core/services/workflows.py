@@ -15,6 +15,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import hashlib
+import json
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -117,6 +119,28 @@ def _finish(job: Job, path: Path | None, reason: str = "", **fields: Any) -> Non
         job.report(stage="not saved", saved=False, path=None, reason=reason, **fields)
 
 
+def job_checkpoint(root: Path, name: str, config) -> Path:
+    """``<root>/.checkpoints/<name>-<hash of the settings>``: where an app job training ``name``
+    with ``config`` checkpoints (keyed by the job's name and settings, so jobs of other settings
+    under one name never share a folder)."""
+    digest = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True, default=str).encode())
+    return Path(root) / CHECKPOINTS / f"{name}-{digest.hexdigest()[:12]}"
+
+
+@contextlib.contextmanager
+def _holding(checkpoint_dir: Path, name: str):
+    """The lock of a job's checkpoint folder while it trains; TrainingError at once when another
+    job holds it."""
+    stack = contextlib.ExitStack()
+    try:
+        stack.enter_context(store.locked(checkpoint_dir, wait_s=0))
+    except StoreError:
+        raise TrainingError(f"another job is training {name!r} with these settings: wait for it "
+                            "or choose another name") from None
+    with stack:
+        yield
+
+
 def _train_resuming(config, backbone, train_data, eval_data, progress, job, log_every, name,
                     checkpoint_dir):
     """``experts.train_expert`` continuing ``checkpoint_dir`` when it holds this run; a
@@ -168,10 +192,13 @@ def train_expert_job(job: Job, config, backbone, workspace, name: str, replace: 
             if event.final:
                 job.report(stage="evaluating", rows=len(eval_data))
 
-        # a cancelled (or crashed) job of this name and settings continues where it stopped
-        checkpoint_dir = workspace.root / CHECKPOINTS / name
-        with tracking.tracked(tracking.default_tracker(), name, config.to_dict(),
-                              progress) as track:          # $TTMOE_TRACK: off when unset
+        # a cancelled (or crashed) job of this name and settings continues where it stopped;
+        # the folder is keyed by both and held while the job runs: another session's job never
+        # resumes or deletes it
+        checkpoint_dir = job_checkpoint(workspace.root, name, config)
+        with _holding(checkpoint_dir, name), tracking.tracked(
+                tracking.default_tracker(), name, config.to_dict(), progress) as track:
+            # $TTMOE_TRACK: off when unset
             expert = _train_resuming(config, backbone, train_data, eval_data, track.progress, job,
                                      max(1, total // 60), name, checkpoint_dir)
             track.end(expert.metrics)

@@ -194,26 +194,32 @@ class Workspace:
         return path
 
     def save_expert(self, expert: Expert, replace: bool = False) -> Path:
-        """Write ``expert`` to ``<root>/<expert.name>`` (atomic); ``replace``: over a valid expert."""
-        return store.save_expert(expert, self.expert_target(expert.name, replace))
+        """Write ``expert`` to ``<root>/<expert.name>`` (atomic); ``replace``: over a valid expert.
+        Without it, a folder another writer made meanwhile is never replaced."""
+        with store.locked(self.expert_dir(expert.name)):
+            return store.save_expert(expert, self.expert_target(expert.name, replace),
+                                     new=not replace)
 
     def rename_expert(self, name: str, new_name: str) -> Path:
         """Give the expert ``name`` the name ``new_name`` (its folder and config); returns the new
-        folder. The new folder is written whole before the old one is removed."""
+        folder. The new folder is written whole before the old one is removed; both names are
+        locked, so two renames to one name cannot both succeed."""
         source = self.expert_dir(name)
-        expert = _valid(source, "expert", "rename")
-        target = self.expert_target(new_name)
-        expert.name = new_name
-        store.save_expert(expert, target)
-        safefs.remove(source)
+        with store.locked(source, self.expert_dir(new_name)):
+            expert = _valid(source, "expert", "rename")
+            target = self.expert_target(new_name)
+            expert.name = new_name
+            store.save_expert(expert, target, new=True)
+            safefs.remove(source)
         return target
 
     def delete_expert(self, name: str) -> None:
         """Remove the folder of the expert ``name``: a valid expert, or a corrupt one whose folder
         holds only expert files."""
         path = self.expert_dir(name)
-        _valid_or_only_ours(path, "expert", "delete")
-        safefs.remove(path)
+        with store.locked(path):
+            _valid_or_only_ours(path, "expert", "delete")
+            safefs.remove(path)
 
     # ------------------------------------------------------------------ packs
 
@@ -222,25 +228,29 @@ class Workspace:
         lie outside the workspace: they are only read); ``router``: ``store.build_pack``'s router
         arguments. Refuses a name that is taken."""
         path = self.pack_dir(name)
-        if path.exists():
-            raise WorkspaceError(f"{path} already exists: choose another pack name")
-        return store.build_pack(path, experts, **router)
+        with store.locked(path):
+            if path.exists():
+                raise WorkspaceError(f"{path} already exists: choose another pack name")
+            return store.build_pack(path, experts, **router)
 
     def save_router(self, name: str, router, expert_names: Sequence[str], metrics: Mapping,
                     base, extra: Mapping | None = None, companions=None) -> Path:
         """Write (or replace) the router of the workspace's pack ``name`` (``store.save_router``;
         ``companions(folder)`` writes its replay rows in the same step)."""
         path = self.pack_dir(name)
-        _valid(path, "pack", "save a router to")
-        store.save_router(path, router, list(expert_names), metrics, base, extra, companions)
+        with store.locked(path):
+            _valid(path, "pack", "save a router to")
+            store.save_router(path, router, list(expert_names), metrics, base, extra,
+                              companions)
         return path
 
     def delete_pack(self, name: str) -> None:
         """Remove the folder of the pack ``name``: a valid pack, or a corrupt one whose folder
         holds only pack files and expert folders."""
         path = self.pack_dir(name)
-        _valid_or_only_ours(path, "pack", "delete")
-        safefs.remove(path)
+        with store.locked(path):
+            _valid_or_only_ours(path, "pack", "delete")
+            safefs.remove(path)
 
 
 def _valid(path: Path, kind: str, action: str):

@@ -12,6 +12,7 @@ from .. import lazy_exports
 __getattr__ = lazy_exports(__name__, {
     "..base.backbone": "BackboneInfo",
     "..files": "tensorfile",
+    "..files.locks": "locked",
     "..files.safefs": "StoreError, atomic_dir, write_json",
     ".detector": "HALF, MAX_ROWS, POOL_FORMAT, REPLAY_FORMAT, read_pool, read_replay, write_pool, "
                  "write_replay",
@@ -39,8 +40,8 @@ __all__ = ["ADAPTER_TENSORS", "BackboneInfo", "CARD_FILE", "CONFIG_FILE", "FLOAT
            "ROUTER_CONFIG_FILE", "ROUTER_FORMAT", "ROUTER_WEIGHTS_FILE", "StoreError",
            "WEIGHTS_FILE", "append_expert", "atomic_dir", "build_pack", "check_base",
            "check_expert", "check_expert_name", "check_replaceable", "check_router", "expert_card",
-           "expert_config_dict", "expert_folder", "load_expert", "load_pack", "open_expert",
-           "pack_card", "pack_manifest", "peft_keys", "publishable", "read_json",
+           "expert_config_dict", "expert_folder", "load_expert", "load_pack", "locked",
+           "open_expert", "pack_card", "pack_manifest", "peft_keys", "publishable", "read_json",
            "read_pack_manifest", "read_pack_part", "read_pool", "read_replay", "read_router",
            "recover", "resolve_folder", "router_shapes", "save_expert", "save_router",
            "save_tensors", "tensorfile", "train_command", "update_pack", "write_expert",

@@ -43,6 +43,7 @@ from .layout import (
 
 POOL_FORMAT = "ttmoe-pool"
 REPLAY_FORMAT = "ttmoe-replay"
+SCALE_FLOOR = 1e-6              # the smallest standardisation scale ``PoolScorer.fit`` makes
 HALF = ("precision", "bank", "basis", "lm_tables")      # stored as float16
 MAX_ROWS = 1 << 22
 
@@ -128,8 +129,8 @@ def read_pool(path: str | Path, pack: Mapping) -> PoolModel | None:
     labels = t["bank_labels"]
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= len(data["experts"])):
         raise StoreError(f"{what}: bank_labels outside 0..{len(data['experts']) - 1}")
-    if bool((t["scale"] <= 0).any()):
-        raise StoreError(f"{what}: scale must be positive")
+    if bool((t["scale"] < SCALE_FLOOR).any()):
+        raise StoreError(f"{what}: scale must be at least {SCALE_FLOOR:g} (fitting clamps it there)")
     scorer = PoolScorer(
         t["center"].double(), t["scale"].double(), t["means"].double(), t["precision"].double(),
         t["bank"].float(), labels, t["basis"].double() if "basis" in t else None, k=data["k"],

@@ -5,6 +5,7 @@ folder holds)."""
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,9 +14,11 @@ from ..base.backbone import BackboneInfo
 from ..base.sources import hub_id
 from ..experts import ConfigError, Expert, ExpertConfig
 from ..files import tensorfile
+from ..files.locks import locked
 from ..files.names import NAME_RULE, NameRuleError, check_name, is_valid_name
-from ..files.safefs import StoreError, atomic_dir, write_json
+from ..files.safefs import StoreError, atomic_dir, nan_to_null, write_json
 from ..files.tensorfile import manifest
+from ..tasks import TASKS
 from . import publish, shapes
 from .filenames import CARD_FILE
 from .layout import (
@@ -51,7 +54,8 @@ def expert_config_dict(expert: Expert) -> dict:
         "rank": cfg.rank, "alpha": cfg.alpha, "targets": cfg.targets, "tt": tt_info,
         "base_model": expert.base.to_dict(),
         "training": cfg.to_dict(),
-        "metrics": expert.metrics, "history": expert.history, "data": publish.publishable(expert.data),
+        "metrics": nan_to_null(expert.metrics), "history": nan_to_null(expert.history),
+        "data": publish.publishable(expert.data),
         "created": expert.created,
         "trainable_params": expert.trainable_params(),
         "tensors": manifest(expert.tensors),
@@ -76,14 +80,18 @@ def write_expert(expert: Expert, folder: Path) -> None:
     publish.expert_card(config).save(folder / CARD_FILE)
 
 
-def save_expert(expert: Expert, path: str | Path) -> Path:
-    """Write an expert folder atomically; returns its path. An existing ``path`` is replaced only
-    when it is an empty folder or a valid expert."""
+def save_expert(expert: Expert, path: str | Path, new: bool = False) -> Path:
+    """Write an expert folder atomically, under its lock; returns its path. An existing ``path``
+    is replaced only when it is an empty folder or (unless ``new``) a valid expert."""
     path = Path(path)
     check_expert_name(expert.name)
-    check_replaceable(path, "expert", load_expert)
-    with atomic_dir(path) as tmp:
-        write_expert(expert, tmp)
+    with locked(path):
+        if new and os.path.lexists(path) and (not path.is_dir() or any(path.iterdir())):
+            raise StoreError(f"{path} already exists: another command wrote it meanwhile; "
+                             "choose another name")
+        check_replaceable(path, "expert", load_expert)
+        with atomic_dir(path) as tmp:
+            write_expert(expert, tmp)
     return path
 
 
@@ -126,6 +134,15 @@ def open_expert(path: str | Path, expected_fingerprint: str | None = None,
     tensorfile.check_manifest(header, data["tensors"], what)
     shapes.check_expert(header, config.method, config.rank, config.targets, data.get("tt"),
                         data["label_names"], base.hidden_size, base.num_layers, what)
+    known = TASKS.get(config.task)
+    labels = len(data["label_names"])
+    if known is not None and known.label_names and not labels:
+        raise StoreError(f"{what}: {CONFIG_FILE} names no labels for the classification task "
+                         f"{config.task!r} (it would be served as regression)")
+    confusion = data.get("metrics", {}).get("confusion")
+    if confusion and (len(confusion) != labels or any(len(row) != labels for row in confusion)):
+        raise StoreError(f"{what}: {CONFIG_FILE}: metrics.confusion is not {labels}×{labels} "
+                         "(one row and column per label)")
     layout = {target: {"in_factors": info["in_factors"], "out_factors": info["out_factors"]}
               for target, info in (data.get("tt") or {}).items()}
     expert = Expert(name=data["name"], config=config, label_names=list(data["label_names"]),

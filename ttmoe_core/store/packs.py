@@ -17,6 +17,7 @@ import torch
 from ..base.backbone import BackboneInfo
 from ..experts import Expert
 from ..files import safefs, tensorfile
+from ..files.locks import locked
 from ..files.names import NAME_RULE, is_valid_name
 from ..files.safefs import StoreError, atomic_dir, write_json
 from ..routing.registry import build
@@ -105,16 +106,17 @@ def append_expert(pack_dir: str | Path, expert: Expert) -> Path:
     changes in one step (a hard-linked copy swapped into place)."""
     pack_dir = Path(pack_dir)
     check_expert_name(expert.name, "a folder of a pack")
-    manifest = _check_pack_target(pack_dir)
-    names = manifest["experts"] if manifest else []
-    if expert.name in names:
-        raise StoreError(f"pack {pack_dir} already has an expert named {expert.name!r}")
-    if names:
-        check_base(manifest["base_model"]["fingerprint"], expert.base.fingerprint,
-                   f"expert {expert.name!r}", reference="the pack's experts")
-    with atomic_dir(pack_dir, template=pack_dir) as tmp:
-        _list_expert(tmp, expert, names)
-        write_pack_card(tmp)
+    with locked(pack_dir):
+        manifest = _check_pack_target(pack_dir)
+        names = manifest["experts"] if manifest else []
+        if expert.name in names:
+            raise StoreError(f"pack {pack_dir} already has an expert named {expert.name!r}")
+        if names:
+            check_base(manifest["base_model"]["fingerprint"], expert.base.fingerprint,
+                       f"expert {expert.name!r}", reference="the pack's experts")
+        with atomic_dir(pack_dir, template=pack_dir) as tmp:
+            _list_expert(tmp, expert, names)
+            write_pack_card(tmp)
     return pack_dir
 
 
@@ -130,6 +132,12 @@ def build_pack(pack_dir: str | Path, experts: Sequence[Expert | str | Path], *, 
     folder name, or they were trained on different base models. Returns the experts.
     """
     pack_dir = Path(pack_dir)
+    with locked(pack_dir):
+        return _build_pack(pack_dir, experts, router, router_metrics, extra, replace)
+
+
+def _build_pack(pack_dir: Path, experts: Sequence[Expert | str | Path], router,
+                router_metrics: Mapping | None, extra: Mapping | None, replace: bool) -> list[Expert]:
     if os.path.lexists(pack_dir):
         if not replace:
             raise StoreError(f"{pack_dir} already exists: choose another pack name")
@@ -162,12 +170,13 @@ def update_pack(pack_dir: str | Path, write: Callable[[Path, list[str]], None]) 
     hard-linked copy (replace files with ``write_json`` / new files, never write through a
     link) that is swapped into place; untouched files keep their bytes."""
     pack_dir = Path(pack_dir)
-    if not os.path.lexists(pack_dir / PACK_FILE):
-        raise StoreError(f"{pack_dir} is not a pack (no {PACK_FILE})")
-    names = _check_pack_target(pack_dir)["experts"]
-    with atomic_dir(pack_dir, template=pack_dir) as tmp:
-        write(tmp, names)
-        write_pack_card(tmp)
+    with locked(pack_dir):          # read-modify-write: no other writer in between
+        if not os.path.lexists(pack_dir / PACK_FILE):
+            raise StoreError(f"{pack_dir} is not a pack (no {PACK_FILE})")
+        names = _check_pack_target(pack_dir)["experts"]
+        with atomic_dir(pack_dir, template=pack_dir) as tmp:
+            write(tmp, names)
+            write_pack_card(tmp)
 
 
 def write_expert_into(folder: Path, expert: Expert, names: list[str]) -> None:
@@ -187,17 +196,22 @@ def save_router(pack_dir: str | Path, router, names: list[str], metrics: Mapping
     router's companions (out-of-pool detector, replay rows) are removed; ``companions(folder)``
     may write new ones in the same step."""
     pack_dir = Path(pack_dir)
-    if not os.path.lexists(pack_dir / PACK_FILE):
-        raise StoreError(f"{pack_dir} is not a pack (no {PACK_FILE})")
-    _check_pack_target(pack_dir)
-    for name in names:
-        if not is_valid_name(name) or not expert_folder(pack_dir, name).is_dir():
-            raise StoreError(f"pack {pack_dir.name!r} has no expert {str(name)[:100]!r} for the router")
-    with atomic_dir(pack_dir, template=pack_dir) as tmp:
-        write_router_into(tmp, router, names, metrics, base, extra)
-        if companions is not None:
-            companions(tmp)
-        write_pack_card(tmp)
+    with locked(pack_dir):
+        if not os.path.lexists(pack_dir / PACK_FILE):
+            raise StoreError(f"{pack_dir} is not a pack (no {PACK_FILE})")
+        listed = _check_pack_target(pack_dir)["experts"]
+        if list(names) != listed:
+            raise StoreError(f"pack {pack_dir.name!r} lists experts {listed[:20]}, the router was "
+                             f"trained for {list(names)[:20]}: the pack changed meanwhile; "
+                             "train the router again")
+        for name in names:
+            if not is_valid_name(name) or not expert_folder(pack_dir, name).is_dir():
+                raise StoreError(f"pack {pack_dir.name!r} has no expert {str(name)[:100]!r} for the router")
+        with atomic_dir(pack_dir, template=pack_dir) as tmp:
+            write_router_into(tmp, router, names, metrics, base, extra)
+            if companions is not None:
+                companions(tmp)
+            write_pack_card(tmp)
 
 
 def load_pack(path: str | Path, expected_fingerprint: str | None = None) -> Pack:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..base.backbone import BackboneInfo
 from ..files import safefs, tensorfile
-from ..files.safefs import StoreError, write_json
+from ..files.safefs import StoreError, nan_to_null, write_json
 from ..files.tensorfile import manifest
 from ..routing import RouterConfig, RouterError
 from . import shapes
@@ -45,14 +45,14 @@ def write_router_files(folder: Path, router, names: list[str], metrics: Mapping,
     tensors = {k: v.detach().cpu().contiguous() for k, v in router.state_dict().items()}
     config = {"format": ROUTER_FORMAT, "format_version": FORMAT_VERSION,
               "config": router.config.to_dict(), "experts": list(names),
-              "base_model": base.to_dict(), "metrics": publishable(dict(metrics)),
+              "base_model": base.to_dict(), "metrics": publishable(nan_to_null(dict(metrics))),
               "params": sum(t.numel() for t in tensors.values()), "tensors": manifest(tensors)}
     save_tensors(tensors, folder / ROUTER_WEIGHTS_FILE)
     write_json(folder / ROUTER_CONFIG_FILE, config)
     write_json(folder / PACK_FILE, pack_manifest(folder, list(names), base, {
         "router": {"variant": router.config.variant, "layer": router.config.layer,
                    "params": config["params"]},
-        "metrics": {"router": dict(metrics)}, **(extra or {})}))
+        "metrics": {"router": nan_to_null(dict(metrics))}, **(extra or {})}))
 
 
 def read_router(path: Path, pack: Mapping) -> tuple[RouterConfig, tensorfile.Header, dict]:

@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..files.safefs import MAX_JSON_DEPTH, json_depth
+from ..files.schema import MAX_LABELS
 from .registry import TASKS, DataError, TaskData, TaskSpec, get_task, is_missing, render_frame
 
 DATA_DIR_ENV = "TTMOE_DATA_DIR"
@@ -166,10 +168,14 @@ def _decode(raw: bytes, path: Path) -> str:
 def _read_jsonl(text: str, path: Path) -> list[tuple[int, dict]]:
     stripped = text.lstrip()
     if path.suffix.lower() == ".json" and stripped.startswith("["):
+        if json_depth(text) > MAX_JSON_DEPTH:
+            raise DataError(f"{path}: nests more than {MAX_JSON_DEPTH} levels deep")
         try:
             records = json.loads(text)
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}: invalid JSON on line {exc.lineno}: {exc.msg}") from None
+        except (ValueError, RecursionError) as exc:     # a 5,000-digit number
+            raise DataError(f"{path}: not JSON we can read ({type(exc).__name__})") from None
         rows = list(enumerate(records, start=1))
         where = "item"
     else:
@@ -177,11 +183,16 @@ def _read_jsonl(text: str, path: Path) -> list[tuple[int, dict]]:
         for line_no, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
+            if json_depth(line) > MAX_JSON_DEPTH:
+                raise DataError(f"{path}: line {line_no} nests more than {MAX_JSON_DEPTH} levels deep")
             try:
                 rows.append((line_no, json.loads(line)))
             except json.JSONDecodeError as exc:
                 raise DataError(f"{path}: line {line_no} is not valid JSON ({exc.msg}); "
                                 "each line must be one object like {\"text\": ..., \"label\": ...}") from None
+            except (ValueError, RecursionError) as exc:
+                raise DataError(f"{path}: line {line_no} is not JSON we can read "
+                                f"({type(exc).__name__})") from None
         where = "line"
     for pos, record in rows:
         if not isinstance(record, dict):
@@ -288,13 +299,23 @@ def load_file(path: str | Path, task: str | None = None, label_names: Sequence[s
 
 
 def _infer_label_names(values: list[Any]) -> tuple[str, ...]:
-    """Sorted distinct names for string labels; "0".."max" for integer labels."""
+    """Sorted distinct names for string labels; "0".."max" for integer labels. DataError, before
+    any list is built, for more than ``MAX_LABELS`` classes (a label 20000000 once built 20
+    million names)."""
     as_int: list[int] = []
     for v in values:
         if isinstance(v, int) and not isinstance(v, bool):
             as_int.append(v)
-        elif isinstance(v, str) and v.strip().lstrip("-").isdigit():
+        elif isinstance(v, str) and v.strip().lstrip("-").isdigit() and len(v.strip()) < 20:
             as_int.append(int(v))
         else:
-            return tuple(sorted({str(x).strip() for x in values}))
-    return tuple(str(i) for i in range(max(as_int, default=-1) + 1))
+            names = sorted({str(x).strip() for x in values})
+            if len(names) > MAX_LABELS:
+                raise DataError(f"{len(names):,} distinct labels: an expert has at most "
+                                f"{MAX_LABELS:,} classes (a regression task needs numbers)")
+            return tuple(names)
+    top = max(as_int, default=-1)
+    if top >= MAX_LABELS:
+        raise DataError(f"label {top} means {top + 1:,} classes: an expert has at most "
+                        f"{MAX_LABELS:,} (labels are class indices 0, 1, …)")
+    return tuple(str(i) for i in range(top + 1))
