@@ -278,8 +278,10 @@ def get_adhoc_mixture(folders: tuple[str, ...], folder_stamp: float) -> moe.TTLo
 @st.cache_resource
 def job_registry() -> jobs.JobRegistry:
     """The server's background jobs (survive reruns and page changes); each session sees its own
-    (``session_id`` is their owner)."""
-    return jobs.JobRegistry()
+    (``session_id`` is their owner). At most ``$TTMOE_JOBS_PER_SESSION`` (2) of a session's jobs
+    and ``$TTMOE_JOBS_TOTAL`` (4) in all run at once; the rest wait in order ("queued")."""
+    return jobs.JobRegistry(per_owner=int(os.environ.get(JOBS_PER_SESSION_ENV, "2")),
+                            total=int(os.environ.get(JOBS_TOTAL_ENV, "4")))
 
 
 def session_id() -> str:
@@ -318,6 +320,8 @@ def folder_experts(root: str, folder_stamp: float) -> tuple[list[dict], dict[str
     return views.folder_experts(root)
 
 
+JOBS_PER_SESSION_ENV = "TTMOE_JOBS_PER_SESSION"   # a session's jobs running at once
+JOBS_TOTAL_ENV = "TTMOE_JOBS_TOTAL"                # the server's jobs running at once
 REPORT_ENV = "TTMOE_REPORT_DIR"        # another report folder to show (else <repo>/reports)
 
 
@@ -372,6 +376,10 @@ def staged_job_status(registry: jobs.JobRegistry, job_id: str, polling: bool, wh
         return None
     if polling and not job.running:
         st.rerun()
+    if job.status == "queued":
+        waiting = job.last(stage="queued") or {}
+        st.info(f"Queued: {waiting.get('reason', 'waiting for a free slot')}; it starts when one "
+                "of the running jobs ends.", icon=":material/schedule:")
     if job.running:
         last = job.last() or {}
         done, total = last.get("done", 0), max(1, last.get("total", 1))

@@ -366,3 +366,65 @@ def test_a_finished_router_job_says_what_it_wrote(tmp_path):
     assert "no router yet" in final["note"]
     assert [e["done"] for e in job.events if e["stage"] == "training layer 1"] == [1, 2, 3, 4]
     assert store.load_pack(final["path"]).router_config is None
+
+
+# ----------------------------------------------------------------------------- limits and the queue
+def _blocker(gate: threading.Event):
+    def run(job):
+        job.report(stage="working")
+        gate.wait(10)
+        return "ok"
+    return run
+
+
+def test_jobs_beyond_an_owners_limit_wait_in_order_and_start_as_others_end():
+    registry = jobs.JobRegistry(per_owner=1, total=None)
+    gates = [threading.Event() for _ in range(3)]
+    first, second, third = (registry.submit("me", "train", f"j{i}", _blocker(g)) for i, g in enumerate(gates))
+    other = registry.submit("you", "train", "theirs", _blocker(threading.Event()))
+    assert first.status == "running" and other.status == "running"      # one each
+    assert second.status == third.status == "queued"
+    assert "1 of your jobs are running (at most 1 at once)" in second.last(stage="queued")["reason"]
+    gates[0].set()
+    assert first.wait(5)
+    deadline = time.time() + 5
+    while second.status != "running" and time.time() < deadline:
+        time.sleep(0.01)
+    assert second.status == "running" and third.status == "queued"     # oldest first
+    gates[1].set(), gates[2].set()
+    assert second.wait(5) and third.wait(5)
+    assert (second.result, third.result) == ("ok", "ok")
+    other.cancel()
+
+
+def test_the_servers_limit_counts_every_owner():
+    registry = jobs.JobRegistry(per_owner=None, total=2)
+    gate = threading.Event()
+    running = [registry.submit(who, "train", who, _blocker(gate)) for who in ("a", "b")]
+    waiting = registry.submit("c", "train", "c", _blocker(gate))
+    assert [j.status for j in running] == ["running", "running"] and waiting.status == "queued"
+    assert "2 jobs are running on this server (at most 2 at once)" in waiting.last(stage="queued")["reason"]
+    gate.set()
+    assert waiting.wait(5) and waiting.result == "ok"
+
+
+def test_a_queued_job_cancelled_never_runs():
+    registry = jobs.JobRegistry(per_owner=1)
+    gate, ran = threading.Event(), []
+    first = registry.submit("me", "train", "first", _blocker(gate))
+    queued = registry.submit("me", "train", "queued", lambda job: ran.append(1))
+    assert queued.status == "queued" and registry.cancel("me", queued.id)
+    assert queued.wait(1) and queued.status == "cancelled" and not queued.running
+    gate.set()
+    assert first.wait(5)
+    time.sleep(0.1)
+    assert ran == []
+
+
+def test_without_limits_every_job_starts_at_once():
+    registry = jobs.JobRegistry()
+    gate = threading.Event()
+    started = [registry.submit("me", "train", str(i), _blocker(gate)) for i in range(5)]
+    assert all(j.status == "running" for j in started)
+    gate.set()
+    assert all(j.wait(5) for j in started)
