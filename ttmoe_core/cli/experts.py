@@ -59,7 +59,6 @@ def cmd_train_expert(args: argparse.Namespace) -> int:
     before the first step; the expert is saved atomically at the end."""
     # heavy: imports torch; kept out of the parser
     from .. import experts, store
-    from ..runtime import distributed, tracking
 
     config = experts.ExpertConfig(
         task=args.task, method=args.method, rank=args.rank, alpha=args.alpha,
@@ -82,7 +81,7 @@ def _train_and_save(args: argparse.Namespace, config, out: Path) -> int:
     """``train-expert`` once its settings and --out are checked and --out is held."""
     # heavy: imports torch; kept out of the parser
     from .. import experts, store
-    from ..runtime import distributed
+    from ..runtime import distributed, tracking
 
     train, valid, backbone = run_inputs(args, config)
     check_targets(backbone.model, config.targets, config.shapes)
