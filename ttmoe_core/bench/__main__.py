@@ -203,7 +203,7 @@ def build_parser() -> Parser:
 
     k = sub.add_parser("soak", parents=[common], help="10,000 requests to the HTTP server on "
                                                      "loopback: resident memory growth")
-    _pack_flags(k, quick_length=32)
+    _pack_flags(k)
     soak_limits = (("--requests", positive_int, "requests in all (default 10,000; quick 200)"),
                    ("--seconds", positive_float, "seconds at most (default 1800; quick 60)"),
                    ("--clients", positive_int, "concurrent clients (default 16)"))
