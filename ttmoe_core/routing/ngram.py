@@ -74,13 +74,15 @@ def ngram_features(texts: Sequence[str], text_pairs: Sequence[str | None] | None
     with id 0, weight 0; L = the most n-grams of a row, at most ``max_ngrams`` (largest kept).
     """
     import scipy.sparse as sp
+    import sklearn
 
     pairs = list(text_pairs) if text_pairs is not None else [None] * len(texts)
     first = [canonical(t) for t in texts]
     second = [canonical(p) for p in pairs]
     word, char = _hashers(buckets)
-    blocks = [word.transform(first), word.transform(second), char.transform(first),
-              char.transform(second)]
+    with sklearn.config_context(skip_parameter_validation=True):    # fixed cost, for one row
+        blocks = [word.transform(first), word.transform(second), char.transform(first),
+                  char.transform(second)]
     matrix = sp.hstack(blocks).tocsr()                                    # [N, 4·buckets]
     width = max(1, min(max_ngrams, int(np.diff(matrix.indptr).max(initial=1))))
     ids = np.zeros((len(texts), width), dtype=np.int64)
