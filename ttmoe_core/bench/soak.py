@@ -7,7 +7,9 @@ requests in all, bounded by ``seconds``: mixed validation rows of the pack's tas
 and every 50th is refused (an unknown expert: 422), so the error path is soaked too. The server's
 RSS (``/proc/PID/statm``, Linux) is read after a warm-up of ``warmup`` requests and then every
 ``sample_every`` requests; the figure is the growth from the warm-up to the end (target: under
-50 MB for 10,000 requests), beside the growth over the last half of the run. Not a test: a run.
+50 MB for 10,000 requests), beside the growth over the last half of the run. The server inherits
+this process's environment: ``MALLOC_MMAP_THRESHOLD_=131072`` (recorded) fixes glibc's mmap
+threshold, so large freed tensor buffers go back to the system. Not a test: a run.
 """
 
 from __future__ import annotations
@@ -143,6 +145,7 @@ def bench_soak(settings: dict, pack: str | Path, data_dir, device: torch.device)
         **envelope("soak", device, load_before),
         "settings": {"pack": str(pack), "experts": names, **settings, "host": "127.0.0.1",
                      "server": "python -m ttmoe_core serve, its own process",
+                     "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
                      "request_mix": "1 row each; every 10th names its expert, every 25th "
                                     "abstains, every 50th names an unknown expert (422)"},
         "requests": state["done"], "seconds": wall, "requests_per_s": state["done"] / wall,
