@@ -286,7 +286,10 @@ def test_serve_quick_json_on_a_tiny_pack(capsys, restore_threads, tiny_serve_pac
     from ttmoe_core.bench import serve
 
     assert serve.FLOOR in result["times"] and serve.PEFT_PLAN in result["times"]
-    assert len(result["times"]) == 8
+    assert serve.GIVEN in result["times"] and serve.GIVEN_ROUTED in result["times"]
+    assert len(result["times"]) == 9
+    assert result["settings"]["peft"].startswith(f"LoRA r16 alpha 8 on the experts' "
+                                                 f"{len(result['settings']['modules'])} modules")
     for times in result["times"].values():
         assert _positive_finite(times["median_s"])
         assert times["rows_per_s"] == pytest.approx(6 / times["median_s"])

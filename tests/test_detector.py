@@ -105,6 +105,22 @@ def test_add_class_accepts_the_new_task_and_keeps_the_others():
     assert float(after.mean()) > float(before.mean()) + 1.0
 
 
+def test_scores_after_growing_match_a_scorer_built_from_the_same_tensors():
+    scorer, parts = fitted()
+    scorer.calibrate(parts, weights={"maha": 1.0, "knn": 1.0})
+    rows, _ = pool_rows(20, seed=7, shift=2.0)
+
+    def fresh() -> detector.PoolScorer:            # nothing computed before: no cached terms
+        return detector.PoolScorer(scorer.center, scorer.scale, scorer.means, scorer.precision,
+                                   scorer.bank, scorer.bank_labels, scorer.basis, k=scorer.k,
+                                   z=scorer.z, weights=scorer.weights)
+
+    assert torch.equal(scorer.components(rows)["maha"], fresh().components(rows)["maha"])
+    scorer.add_class(pool_rows(40, seed=8, shift=6.0)[0])       # new means and bank
+    for name in ("maha", "knn"):
+        assert torch.equal(scorer.components(rows)[name], fresh().components(rows)[name])
+
+
 def test_fit_rejects_bad_shapes():
     with pytest.raises(detector.OpenWorldError):
         detector.PoolScorer.fit(torch.zeros(4, 3), torch.zeros(5, dtype=torch.long), 2)

@@ -16,7 +16,7 @@ import torch
 
 from tests.tinymodels import SAMPLES, saved_tiny_bert, tiny_expert, tree_hashes
 from ttmoe_core import cli, routing, store
-from ttmoe_core.moe import TTLoRAMoE
+from ttmoe_core.moe import MoEError, TTLoRAMoE
 from ttmoe_core.moe import fit as poolfit
 from ttmoe_core.store import detector as poolfiles
 
@@ -100,6 +100,36 @@ def test_forced_expert_without_router_scores_has_no_pool_fields(pack, base):
     assert scores.pool_score is None
     row = moe.answers(encoded, scores)[0]
     assert row["in_pool"] is None and row["pool_score"] is None
+
+
+def test_detector_reuses_the_router_pools_bit_for_bit(pack, base):
+    moe = TTLoRAMoE.from_pack(pack, backbone=base)
+    encoded, _ = moe.prepare(TEXTS, [None, "It was fine.", None, "A pair."])
+    batch = encoded.batch(list(range(len(encoded))), moe.backbone.device)
+    feats = moe._router_features(encoded.texts, encoded.text_pairs)
+    states, _, logits, state_feats = moe._route_states(batch, feats)
+    args = batch, states, logits, encoded.texts, encoded.text_pairs
+    reused = moe._pool_scores(*args, state_feats)
+    recomputed = moe._pool_scores(*args)                  # per-segment pools of the states again
+    assert torch.equal(reused, recomputed)
+
+
+def test_forced_rows_with_route_false_skip_router_and_detector(pack, base):
+    moe = TTLoRAMoE.from_pack(pack, backbone=base)
+    calls = []
+    moe.router.register_forward_hook(lambda *_: calls.append(1))
+    names = ["cola", "sst2", "sst2", "cola"]
+    routed = moe.predict(TEXTS, expert=names)
+    assert calls and all(r["pool_score"] is not None for r in routed)
+    calls.clear()
+    fast = moe.predict(TEXTS, expert=names, route=False)
+    assert calls == []                                    # the router never ran
+    for row, ref in zip(fast, routed):
+        assert row["router_probs"] == {} and row["in_pool"] is None and row["pool_score"] is None
+        assert (row["expert"], row["label"], row["label_probs"]) == (
+            ref["expert"], ref["label"], ref["label_probs"])
+    with pytest.raises(MoEError, match="route=False needs expert"):
+        moe.predict(TEXTS, route=False)
 
 
 def test_abstain_mode(pack, base):

@@ -1,4 +1,4 @@
-"""Benchmarks, measured side by side in one run: ``python -m ttmoe_core.bench adapters|moe|serve|http|jobs``.
+"""Benchmarks, measured side by side in one run: ``python -m ttmoe_core.bench adapters|moe|serve|http|soak|jobs``.
 
 ``adapters``: on the base model (default: the embedded all-MiniLM-L6-v2)
   - inference: frozen model vs the same model with TT-LoRA (rank 5) on every query/value module;
@@ -23,6 +23,8 @@
   validation rows from 1, 8, 32 and 64 concurrent clients: rows/s and latency p50/p95/p99 with
   requests coalesced into one model call and without (each request alone), beside the offline
   ``predict`` on the same rows in one call.
+``soak``: 10,000 requests to the HTTP API on a loopback port (bounded in time), the resident
+  memory of the process after a warm-up and along the way (growth target: under 50 MB).
 
 ``jobs``: one expert training alone with every thread vs ``--jobs`` copies of it at once, each
   with its share of the threads, every one in a fresh process (what ``report --jobs`` does):
@@ -58,6 +60,7 @@ from .http import HTTP_DEFAULTS, HTTP_QUICK, bench_http, format_http
 from .jobs import JOBS_DEFAULTS, JOBS_QUICK, bench_jobs, format_jobs
 from .moe import DEMO_PACK, MOE_DEFAULTS, MOE_QUICK, bench_moe, format_moe
 from .serve import SERVE_DEFAULTS, SERVE_QUICK, bench_serve, format_serve
+from .soak import SOAK_DEFAULTS, SOAK_QUICK, bench_soak, format_soak
 
 
 def _settings(args: argparse.Namespace, defaults: dict, quick: dict) -> dict:
@@ -96,6 +99,19 @@ def _run_http(args: argparse.Namespace, device: torch.device) -> tuple[dict, str
     result = bench_http(_settings(args, HTTP_DEFAULTS, HTTP_QUICK), args.pack, args.data_dir,
                         device)
     return result, format_http(result)
+
+
+def _run_soak(args: argparse.Namespace, device: torch.device) -> tuple[dict, str]:
+    try:
+        import fastapi  # noqa: F401,E401 -- the optional serving packages
+        import httpx
+        import uvicorn
+    except ImportError as exc:
+        raise UsageError(f"the soak run needs fastapi, uvicorn and httpx ({exc.name} is "
+                         "missing): pip install -r requirements.txt") from None
+    result = bench_soak(_settings(args, SOAK_DEFAULTS, SOAK_QUICK), args.pack, args.data_dir,
+                        device)
+    return result, format_soak(result)
 
 
 def _run_jobs(args: argparse.Namespace, device: torch.device) -> tuple[dict, str]:
@@ -184,6 +200,16 @@ def build_parser() -> Parser:
     h.add_argument("--max-wait-ms", type=int_in(0, 10_000), default=None,
                    help="the coalescing server's wait for more requests (default 5)")
     h.set_defaults(run=_run_http)
+
+    k = sub.add_parser("soak", parents=[common], help="10,000 requests to the HTTP server on "
+                                                     "loopback: resident memory growth")
+    _pack_flags(k)
+    soak_limits = (("--requests", positive_int, "requests in all (default 10,000; quick 200)"),
+                   ("--seconds", positive_float, "seconds at most (default 1800; quick 60)"),
+                   ("--clients", positive_int, "concurrent clients (default 16)"))
+    for flag, kind, text in soak_limits:
+        k.add_argument(flag, type=kind, default=None, help=text)
+    k.set_defaults(run=_run_soak)
 
     j = sub.add_parser("jobs", parents=[common], help="one training with every thread vs several "
                                                      "side by side (report --jobs)")

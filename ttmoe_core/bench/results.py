@@ -28,6 +28,8 @@ TARGETS = {
     "pool_1000_ready_eager_s": (10.0, "<="),
     "single_row_latency_vs_frozen": (1.3, "<="),
     "upper_single_row_latency_vs_frozen": (1.3, "<="),
+    # soak (issue 32): resident memory growth over 10,000 HTTP requests, MB
+    "soak_rss_growth_mb": (50.0, "<="),
 }
 
 

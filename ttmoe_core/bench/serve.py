@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from ..base import batching
-from ..base.backbone import Backbone, default_pooling, default_targets, encode_rows, pool
+from ..base.backbone import Backbone, default_pooling, encode_rows, pool
 from ..moe import TTLoRAMoE
 from ..runtime import rng
 from ..runtime.runinfo import load_average
@@ -54,17 +54,21 @@ FLOOR = "frozen floor (micro-batches)"
 MIXTURE = "mixture (micro-batches)"
 UPPER = "mixture, upper-layer experts (prefix shared)"
 PEFT_PLAN = "PEFT LoRA r16 adapter_names (micro-batches)"
+GIVEN = "mixture, experts given (route=False: no router)"
+GIVEN_ROUTED = "mixture, experts given (router + detector run)"
 
 
 class PeftMixture:
     """One PEFT LoRA r16 α8 adapter per expert (random init, ``init_lora_weights=False``) on a copy
-    of the base model; mixed batches through PEFT's ``adapter_names=``; heads as the mixture's."""
+    of the base model, on the very modules the mixture's experts adapt; mixed batches through
+    PEFT's ``adapter_names=``; heads as the mixture's."""
 
     def __init__(self, bb: Backbone, mixture: TTLoRAMoE, rank: int = 16, alpha: float = 8.0):
         from peft import LoraConfig, get_peft_model
 
+        self.modules = [slot.name for slot in mixture.pool.slots]
         config = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights=False,
-                            target_modules=default_targets(bb.info.model_type))
+                            target_modules=self.modules)
         with rng.drawing_from(torch.Generator().manual_seed(0)):
             model = get_peft_model(copy.deepcopy(bb.model), config, adapter_name=mixture.names[0])
             for name in mixture.names[1:]:
@@ -126,10 +130,11 @@ def one_padded_batch(mixture: TTLoRAMoE, texts, pairs) -> list[dict]:
     return mixture.answers(encoded, scores)
 
 
-def given_experts(mixture: TTLoRAMoE, texts, pairs, names: Sequence[str]) -> list[dict]:
-    """The mixture with each row's expert given: no router pass at all."""
-    encoded, forced = mixture.prepare(texts, pairs, names)
-    return mixture.answers(encoded, mixture.score(encoded, forced, route=False))
+def given_experts(mixture: TTLoRAMoE, texts, pairs, names: Sequence[str],
+                  route: bool = False) -> list[dict]:
+    """The mixture with each row's expert given: no router or detector pass at all
+    (``route=False``), or both still run for the router's probabilities (``predict``'s default)."""
+    return mixture.predict(texts, pairs, expert=list(names), route=route)
 
 
 def bench_serve(settings: dict, pack: str | Path, data_dir, device: torch.device,
@@ -163,8 +168,8 @@ def bench_serve(settings: dict, pack: str | Path, data_dir, device: torch.device
         "mixture, one padded batch (before)": lambda: one_padded_batch(mixture, texts, pairs),
         MIXTURE: lambda: mixture.predict(texts, pairs),
         UPPER: lambda: upper.predict(texts, pairs),
-        "mixture, experts given (no router)": lambda: given_experts(mixture, texts, pairs,
-                                                                    owner_names),
+        GIVEN: lambda: given_experts(mixture, texts, pairs, owner_names),
+        GIVEN_ROUTED: lambda: given_experts(mixture, texts, pairs, owner_names, route=True),
         "PEFT LoRA r16 adapter_names (one padded batch)": lambda: peft.serve(
             texts, pairs, routed, max_length, micro_batches=False),
         PEFT_PLAN: lambda: peft.serve(texts, pairs, routed, max_length, micro_batches=True),
@@ -188,6 +193,9 @@ def bench_serve(settings: dict, pack: str | Path, data_dir, device: torch.device
         "mixture_vs_floor": rate(MIXTURE) / rate(FLOOR),
         "upper_mixture_vs_floor": rate(UPPER) / rate(FLOOR),
         "mixture_vs_peft_same_batching": rate(MIXTURE) / rate(PEFT_PLAN),
+        "peft_same_batching_vs_floor": rate(PEFT_PLAN) / rate(FLOOR),
+        "given_experts_no_router_vs_floor": rate(GIVEN) / rate(FLOOR),
+        "given_experts_router_run_vs_floor": rate(GIVEN_ROUTED) / rate(FLOOR),
         "upper_mixture_vs_peft_same_batching": rate(UPPER) / rate(PEFT_PLAN),
         "gathered_vs_frozen_same_batches": same_batch["ratio_micro_batches"],
         "gathered_vs_frozen_one_padded_batch": same_batch["ratio_one_batch"],
@@ -209,7 +217,9 @@ def bench_serve(settings: dict, pack: str | Path, data_dir, device: torch.device
                      "micro_batch": {"max_rows": batching.MAX_ROWS,
                                      "max_tokens": batching.MAX_TOKENS},
                      "router": router.config.to_dict(), "upper_min_layer": k,
-                     "peft": "LoRA r16 alpha 8 on query/value, random init, not trained",
+                     "detector": mixture.openworld is not None, "modules": peft.modules,
+                     "peft": f"LoRA r16 alpha 8 on the experts' {len(peft.modules)} modules, "
+                             "random init, not trained",
                      "statistic": "median over interleaved rounds; tokenization included"},
         "check": {"same_answers_as_one_padded_batch": sum(same) / len(same),
                   "routing_accuracy": sum(r == o for r, o in zip(routed, owner)) / len(owner)},

@@ -157,22 +157,30 @@ class TTLoRAMoE(nn.Module):
         return {k: v.to(self.backbone.device) for k, v in feats.items()}
 
     def _route_states(self, batch: dict[str, torch.Tensor], text_feats: dict[str, torch.Tensor]
-                      ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
-        """(frozen hidden states 0..k, each [B, T, H]; router probabilities [B, E]; logits [B, E])."""
+                      ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor,
+                                 dict[str, torch.Tensor]]:
+        """(frozen hidden states 0..k, each [B, T, H]; router probabilities [B, E]; logits [B, E];
+        the router's state features, e.g. "pooled" [B, k+1, H], for the detector to reuse)."""
         rows = batch["input_ids"].shape[0]
         device = batch["input_ids"].device
         with adapters.adapters_off(rows, device), precision.autocast(device, self.backbone.dtype):
             states = hidden_states(self.encoder, batch, self.router.config.layer)
-        feats = state_features(states, batch, self.router.config) | text_feats
+        state_feats = state_features(states, batch, self.router.config)
+        feats = state_feats | text_feats
         dtype = next(self.router.parameters()).dtype
         logits = self.router({k: v.to(dtype) if v.is_floating_point() else v for k, v in feats.items()})
-        return states, torch.softmax(logits, dim=-1), logits
+        return states, torch.softmax(logits, dim=-1), logits, state_feats
 
     def _pool_scores(self, batch: dict[str, torch.Tensor], states: Sequence[torch.Tensor],
-                     logits: torch.Tensor, texts: Sequence[str], pairs: Sequence[str | None]
-                     ) -> torch.Tensor:
-        """``pool_score`` [B] of a routed micro-batch (states 0..k of the frozen base)."""
-        pooled, seg = segment_pools(states[: self.openworld.layer + 1], batch)
+                     logits: torch.Tensor, texts: Sequence[str], pairs: Sequence[str | None],
+                     state_feats: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """``pool_score`` [B] of a routed micro-batch (states 0..k of the frozen base). The
+        per-segment pools come from the router's ``state_feats`` when it computed them (the
+        ``ngram`` router: "pooled", "seg"), else from ``states``."""
+        if state_feats is not None and {"pooled", "seg"} <= state_feats.keys():
+            pooled, seg = state_feats["pooled"], state_feats["seg"]
+        else:
+            pooled, seg = segment_pools(states[: self.openworld.layer + 1], batch)
         dense = pool_dense({"pooled": pooled, "seg": seg}, self.openworld.layer)
         return self.openworld.score(dense.cpu(), logits.float().cpu(), texts, pairs).to(logits.device)
 
@@ -260,12 +268,12 @@ class TTLoRAMoE(nn.Module):
             states = probs = None
             if route:
                 rows_t = torch.tensor(rows, device=device)
-                states, probs, router_logits = self._route_states(
+                states, probs, router_logits, state_feats = self._route_states(
                     batch, {k: v[rows_t] for k, v in text_feats.items()})        # probs [B, E]
                 if self.openworld is not None:
                     pool_parts.append(self._pool_scores(
                         batch, states, router_logits, [unique.texts[r] for r in rows],
-                        [unique.text_pairs[r] for r in rows]))
+                        [unique.text_pairs[r] for r in rows], state_feats))
             if forced is not None:
                 idx = torch.tensor([forced[first[r]] for r in rows], device=device)
             else:
@@ -297,7 +305,8 @@ class TTLoRAMoE(nn.Module):
     def predict(self, texts: Sequence[str], text_pairs: Sequence[str | None] | None = None,
                 expert: str | Sequence[str] | None = None, batch_size: int = MAX_BATCH_ROWS,
                 max_tokens: int | None = MAX_BATCH_TOKENS,
-                router_top: int | None = None, abstain: bool = False) -> list[dict]:
+                router_top: int | None = None, abstain: bool = False,
+                route: bool = True) -> list[dict]:
         """One dict per row, in input order: text, text_pair, expert, task, router_probs, label,
         label_probs, truncated, in_pool, pool_score.
 
@@ -309,11 +318,16 @@ class TTLoRAMoE(nn.Module):
 
         ``expert``: a name (every row) or one name per row forces the choice (oracle); the
         router's probabilities are still reported when there is a router (all E of them, or the
-        ``router_top`` largest: for large pools). Rows run in length-sorted micro-batches of at
+        ``router_top`` largest: for large pools), unless ``route=False``: then neither the router
+        nor the detector runs (router_probs {}, in_pool and pool_score None; the fastest forced
+        call). Rows run in length-sorted micro-batches of at
         most ``batch_size`` rows and ``max_tokens`` tokens (padding included; None: no budget).
         """
         encoded, forced = self.prepare(texts, text_pairs, expert)
-        scores = self.score(encoded, forced, batch_size=batch_size, max_tokens=max_tokens)
+        if not route and forced is None:
+            raise MoEError("route=False needs expert=...: name the expert of every row")
+        scores = self.score(encoded, forced, route=route, batch_size=batch_size,
+                            max_tokens=max_tokens)
         return self.answers(encoded, scores, router_top, abstain=abstain and forced is None)
 
     def _row(self, text: str, pair: str | None, idx: int, probs: torch.Tensor | None,

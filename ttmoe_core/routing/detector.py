@@ -68,6 +68,8 @@ class PoolScorer:
     z: dict[str, tuple[float, float]] = field(default_factory=dict)
     weights: dict[str, float] = field(default_factory=lambda: {"maha": 1.0, "knn": 1.0})
     threshold: float = -math.inf
+    # (the tensors they were computed from, (μᵀPμ [E], bank in a dtype)): see ``_constants``
+    _cache: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     # ------------------------------------------------------------------ fitting
 
@@ -120,20 +122,27 @@ class PoolScorer:
         x = _standardise(feats, self.center, self.scale)
         return x if self.basis is None else x @ self.basis.to(x.dtype)
 
+    def _constants(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """(μᵀPμ of each task [E], the bank in ``dtype`` [M, K]): computed once for the current
+        means, precision and bank (``add_class`` replaces those tensors, so they are recomputed)."""
+        key = (self.means, self.precision, self.bank, dtype)
+        if self._cache is None or not all(a is b for a, b in zip(self._cache[0], key)):
+            mp = self.means @ self.precision                                  # [E, D]
+            self._cache = (key, ((mp * self.means).sum(1), self.bank.to(dtype)))
+        return self._cache[1]
+
     def components(self, feats: torch.Tensor, logits: torch.Tensor | None = None,
                    lm: torch.Tensor | None = None, chunk: int = 2048) -> dict[str, torch.Tensor]:
         """Each component [N] for rows ``feats`` [N, D], router ``logits`` [N, E] (else no msp,
         energy) and ``NgramLM.loglik`` [N, E] (else no lm). Higher: more like the pool."""
         x = self._project(feats)
         maha, knn = [], []
-        bank = self.bank.to(x.dtype)
+        mpm, bank = self._constants(x.dtype)                                  # [E], [M, K]
         for start in range(0, x.shape[0], chunk):
             part = x[start:start + chunk]
             xp = part @ self.precision                                        # [n, D]
-            mp = self.means @ self.precision                                  # [E, D]
             # (x - μ)ᵀ P (x - μ) = xᵀPx - 2 xᵀPμ + μᵀPμ: [n, E]
-            dist = ((xp * part).sum(1, keepdim=True) - 2 * xp @ self.means.T
-                    + (mp * self.means).sum(1)[None])
+            dist = ((xp * part).sum(1, keepdim=True) - 2 * xp @ self.means.T + mpm[None])
             maha.append(-dist.min(1).values / x.shape[1])
             sims = _unit(part) @ bank.T                                       # [n, M]
             kth = min(self.k, bank.shape[0])
@@ -242,6 +251,7 @@ class NgramLM:
     @staticmethod
     def _counts(texts, pairs, buckets: int):
         """Hashed n-gram counts of the two segments: two sparse [N, buckets] matrices."""
+        import sklearn
         from sklearn.feature_extraction.text import HashingVectorizer
 
         from .ngram import canonical
@@ -251,7 +261,8 @@ class NgramLM:
         pairs = list(pairs) if pairs is not None else [None] * len(texts)
         first = [f"<s> {canonical(t)} </s>" for t in texts]
         second = [f"<s> {canonical(p)} </s>" if p else "<none>" for p in pairs]
-        return hasher.transform(first), hasher.transform(second)
+        with sklearn.config_context(skip_parameter_validation=True):   # fixed cost, for one row
+            return hasher.transform(first), hasher.transform(second)
 
     @staticmethod
     def _log_probs(matrix, rows: torch.Tensor, alpha: float) -> torch.Tensor:

@@ -76,13 +76,15 @@ def ngram_features(texts: Sequence[str], text_pairs: Sequence[str | None] | None
     """
     # heavy: scipy, loaded on first use
     import scipy.sparse as sp
+    import sklearn
 
     pairs = list(text_pairs) if text_pairs is not None else [None] * len(texts)
     first = [canonical(t) for t in texts]
     second = [canonical(p) for p in pairs]
     word, char = _hashers(buckets)
-    blocks = [word.transform(first), word.transform(second), char.transform(first),
-              char.transform(second)]
+    with sklearn.config_context(skip_parameter_validation=True):    # fixed cost, for one row
+        blocks = [word.transform(first), word.transform(second), char.transform(first),
+                  char.transform(second)]
     matrix = sp.hstack(blocks).tocsr()                                    # [N, 4·buckets]
     width = max(1, min(max_ngrams, int(np.diff(matrix.indptr).max(initial=1))))
     ids = np.zeros((len(texts), width), dtype=np.int64)
@@ -105,14 +107,15 @@ def text_flags(texts: Sequence[str], text_pairs: Sequence[str | None] | None) ->
     rows = []
     for text, pair in zip(texts, pairs):
         row: list[float] = []
-        for segment in (canonical(text), canonical(pair)):
+        segments = canonical(text), canonical(pair)           # each once per row
+        for segment in segments:
             words = segment.split()
             letters = sum(c.isalpha() for c in segment)
             row += [float(bool(segment)), math.log1p(len(words)) / 4, math.log1p(letters) / 6,
                     float(segment[-1:] in ".!?"), float("?" in segment),
                     sum(c.isdigit() for c in segment) / max(1, len(segment)) * 10,
                     sum(w in ".!?" for w in words) / max(1, len(words)) * 10]
-        a, b = set(canonical(text).split()), set(canonical(pair).split())
+        a, b = set(segments[0].split()), set(segments[1].split())
         row.append(len(a & b) / max(1, len(b)))
         rows.append(row)
     return torch.tensor(rows, dtype=torch.float32)
