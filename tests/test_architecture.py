@@ -192,5 +192,7 @@ def test_each_package_says_what_it_is_for_and_exports_its_names(package):
     tree = ast.parse(init.read_text())
     doc = ast.get_docstring(tree) or ""
     assert doc and "May import" in doc, f"{package}/__init__.py: docstring without 'May import'"
-    assert any(isinstance(n, ast.Assign) and any(getattr(t, "id", "") == "__all__" for t in n.targets)
+    def names(target) -> list[str]:
+        return [e.id for e in target.elts] if isinstance(target, ast.Tuple) else [getattr(target, "id", "")]
+    assert any(isinstance(n, ast.Assign) and any("__all__" in names(t) for t in n.targets)
                for n in tree.body), f"{package}/__init__.py has no __all__"

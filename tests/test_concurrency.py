@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.threads import held_elsewhere
 from tests.tinymodels import tiny_bert, tiny_expert
 from ttmoe_core import store
 from ttmoe_core.errors import StoreError
@@ -161,25 +162,11 @@ def test_a_new_expert_folder_is_written_by_one_writer_only(tmp_path, expert):
 
 
 def test_a_held_lock_refuses_at_once_with_no_wait(tmp_path):
-    held = threading.Event()
-    release = threading.Event()
-
-    def holder() -> None:
-        with locks.locked(tmp_path / "x"):
-            held.set()
-            release.wait(10)
-
-    thread = threading.Thread(target=holder)
-    thread.start()
-    held.wait(10)
-    try:
+    with held_elsewhere(tmp_path / "x"):
         with pytest.raises(StoreError, match="being changed by another command"):
             with locks.locked(tmp_path / "x", wait_s=0):
                 pass
         with locks.locked(tmp_path / "y", wait_s=0):     # another folder: free
             pass
-    finally:
-        release.set()
-        thread.join()
     with locks.locked(tmp_path / "x", wait_s=0), locks.locked(tmp_path / "x", wait_s=0):
         pass                                             # re-entrant in one thread

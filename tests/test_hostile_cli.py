@@ -4,14 +4,13 @@ project wrote, and a 50 MB input line is cut before tokenising."""
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import pytest
 
+from tests.threads import held_elsewhere
 from tests.tinymodels import SAMPLES
 from ttmoe_core import cli
-from ttmoe_core.files import locks
 
 
 def run_cli(capsys, *argv) -> tuple[int, str, str]:
@@ -33,22 +32,9 @@ def test_settings_the_store_refuses_are_refused_before_training(capsys, tmp_path
 
 def test_a_held_out_folder_is_refused_at_once(capsys, tmp_path):
     out = tmp_path / "e"
-    held, release = threading.Event(), threading.Event()
-
-    def other_command() -> None:
-        with locks.locked(out):
-            held.set()
-            release.wait(60)
-
-    thread = threading.Thread(target=other_command)
-    thread.start()
-    held.wait(10)
-    try:
+    with held_elsewhere(out):                            # another command writes it
         code, _, err = run_cli(capsys, "train-expert", "--task", "sst2", "--out", out,
                                "--data-dir", SAMPLES, "--max-steps", "1")
-    finally:
-        release.set()
-        thread.join()
     assert code == cli.EXIT_USAGE and "being written by another command" in err
     assert not out.exists()
 

@@ -304,33 +304,19 @@ def test_a_cancelled_training_job_resumes_to_the_uninterrupted_result(tmp_path):
 
 def test_app_checkpoints_are_keyed_by_the_job_and_held_while_it_runs(tmp_path):
     """A second session training the same name never resumes or deletes the first one's run."""
-    from ttmoe_core import store
-
     config = ExpertConfig(**TINY_CONFIG).resolved()
     other = ExpertConfig(**{**TINY_CONFIG, "seed": 7}).resolved()
     folder = workflows.job_checkpoint(tmp_path, "mine", config)
     assert folder != workflows.job_checkpoint(tmp_path, "mine", other)
     assert folder.parent == tmp_path / workflows.CHECKPOINTS and folder.name.startswith("mine-")
-    held, release = threading.Event(), threading.Event()
+    from tests.threads import held_elsewhere
+    from tests.tinymodels import SAMPLES, tiny_bert
 
-    def first_session() -> None:
-        with store.locked(folder):                   # what a running job holds
-            held.set()
-            release.wait(60)
-
-    thread = threading.Thread(target=first_session)
-    thread.start()
-    held.wait(10)
-    try:
-        from tests.tinymodels import SAMPLES, tiny_bert
-
+    with held_elsewhere(folder):                     # what the first session's running job holds
         second = jobs.Job(workflows.train_expert_job, config, tiny_bert(), Workspace(tmp_path),
                           "mine", data_dir=SAMPLES)
         assert second.wait(120) and second.status == "failed"
         assert "another job is training 'mine'" in second.error
-    finally:
-        release.set()
-        thread.join()
 
 
 def _router_job(tmp_path, stage: str):

@@ -79,14 +79,22 @@ def test_every_option_has_help_and_shows_its_default():
 
 @pytest.mark.parametrize("name", PACKAGES)
 def test_a_package_exports_exactly_its_all_and_every_name_resolves(name):
+    """``__all__`` is the lazy map's names (``lazy_exports`` returns both), each listed once, each
+    found in the module the map names; an unknown name is an AttributeError."""
     init = ROOT / "ttmoe_core" / name / "__init__.py"
     call = next(n.value for n in ast.parse(init.read_text()).body
-                if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "__getattr__")
-    names = {entry.strip().partition(" as ")[2] or entry.strip().partition(" as ")[0]
-             for value in ast.literal_eval(call.args[1]).values() for entry in value.split(",")}
+                if isinstance(n, ast.Assign) and isinstance(n.targets[0], ast.Tuple)
+                and [e.id for e in n.targets[0].elts] == ["__getattr__", "__all__"])
+    listed = [entry.strip().partition(" as ")[2] or entry.strip().partition(" as ")[0]
+              for value in ast.literal_eval(call.args[1]).values() for entry in value.split(",")]
+    assert len(listed) == len(set(listed)), "a name exported from two modules"
     package = importlib.import_module(f"ttmoe_core.{name}")
-    assert names == set(package.__all__)
-    assert [n for n in package.__all__ if getattr(package, n, None) is None] == []
+    assert package.__all__ == sorted(listed)
+    for module, value in ast.literal_eval(call.args[1]).items():
+        source = importlib.import_module(module, f"ttmoe_core.{name}")
+        for entry in value.split(","):
+            attr, _, alias = entry.strip().partition(" as ")
+            assert getattr(package, alias or attr) is getattr(source, attr)
     with pytest.raises(AttributeError):
         package.no_such_name     # noqa: B018
 

@@ -1,12 +1,17 @@
-"""One helper for concurrency tests: start callables together on threads, collect results.
+"""Helpers for concurrency tests: start callables together on threads and collect their
+results; hold a folder's lock on another thread for a block.
 
-Import explicitly: ``from tests.threads import run_together``.
+Import explicitly: ``from tests.threads import held_elsewhere, run_together``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+from ttmoe_core.files import locks
 
 
 def run_together(calls: Sequence[Callable[[], object]], timeout: float = 120) -> list:
@@ -32,3 +37,24 @@ def run_together(calls: Sequence[Callable[[], object]], timeout: float = 120) ->
     assert not any(thread.is_alive() for thread in threads), "a thread did not finish"
     assert not errors, errors
     return results
+
+
+@contextlib.contextmanager
+def held_elsewhere(folder: str | Path) -> Iterator[None]:
+    """``locks.locked(folder)`` held by another thread (another command, another session's job)
+    for the duration of the block."""
+    held, release = threading.Event(), threading.Event()
+
+    def other() -> None:
+        with locks.locked(folder):
+            held.set()
+            release.wait(60)
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    held.wait(10)
+    try:
+        yield
+    finally:
+        release.set()
+        thread.join()

@@ -1,8 +1,8 @@
 """TT-LoRA MoE: tensor-train LoRA experts on a frozen transformer behind a sparse router.
 
-Modules: ``tt`` (TT math), ``adapters`` (TT-LoRA layers, injection), ``backbone`` (base model),
-``tasks`` (data), ``experts`` (train/evaluate one expert), ``store`` (disk format), ``budget``
-(parameter counts), ``router`` / ``moe`` (routing and the mixture), ``bench`` and ``cli``.
+Layers, lowest first (README "Layout"): ``errors``, ``tt``, ``files``, ``runtime``, ``tasks``;
+``base``, ``adapters``; ``experts``, ``routing``, ``budget``; ``store``, ``baselines``; ``moe``;
+``services``; ``report``; ``cli``, ``bench``.
 
 Every engine package re-exports its names lazily (:func:`lazy_exports`): importing one module
 of a package imports that module only, so ``python -m ttmoe_core --help`` never loads torch.
@@ -18,10 +18,11 @@ from typing import Any
 __version__ = "0.1.0"
 
 
-def lazy_exports(package: str, exports: Mapping[str, str]) -> Callable[[str], Any]:
-    """A module ``__getattr__`` (PEP 562) for ``package`` that imports each name from its module
-    on first use and keeps it on the package. ``exports``: relative module (``".names"``,
-    ``"..errors"``) -> its names as in an import list (``"check_name, rule as sessions_rule"``)."""
+def lazy_exports(package: str, exports: Mapping[str, str]) -> tuple[Callable[[str], Any], list[str]]:
+    """(a module ``__getattr__`` (PEP 562) for ``package`` that imports each name from its module
+    on first use and keeps it on the package, the sorted names: the package's ``__all__``).
+    ``exports``: relative module (``".names"``, ``"..errors"``) -> its names as in an import list
+    (``"check_name, rule as sessions_rule"``)."""
     where: dict[str, tuple[str, str]] = {}
     for module, names in exports.items():
         for entry in names.split(","):
@@ -36,4 +37,4 @@ def lazy_exports(package: str, exports: Mapping[str, str]) -> Callable[[str], An
         setattr(sys.modules[package], name, value)
         return value
 
-    return __getattr__
+    return __getattr__, sorted(where)

@@ -5,7 +5,7 @@ May import: files, runtime, tasks, tt, base.
 
 from .. import lazy_exports
 
-__getattr__ = lazy_exports(__name__, {
+__getattr__, __all__ = lazy_exports(__name__, {
     ".inject": "expert_cores, find_targets, freeze_below, inject_bottleneck, inject_gathered, "
                "inject_lora, inject_tt_lora, layer_index, layout_for, layout_key, "
                "load_expert_cores, module_role, replace_submodule, resolve_factors, "
@@ -14,9 +14,3 @@ __getattr__ = lazy_exports(__name__, {
               "adapters_off, current_expert_index, use_experts, use_row_halves",
 })
 
-__all__ = ["GatheredTTLinear", "ReconstructedTTLoRALinear", "RowHalves", "TTLoRALinear",
-           "adapters_off", "current_expert_index", "expert_cores", "find_targets", "freeze_below",
-           "inject_bottleneck", "inject_gathered", "inject_lora", "inject_tt_lora", "layer_index",
-           "layout_for", "layout_key", "load_expert_cores", "module_role", "replace_submodule",
-           "resolve_factors", "resolve_shapes", "target_layout_keys", "tt_layer_shapes",
-           "tt_layers", "use_experts", "use_row_halves"]

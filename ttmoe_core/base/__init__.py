@@ -5,7 +5,7 @@ May import: files, runtime, tasks, tt.
 
 from .. import lazy_exports
 
-__getattr__ = lazy_exports(__name__, {
+__getattr__, __all__ = lazy_exports(__name__, {
     ".backbone": "DECODER_TYPES, DEFAULT_MODEL, POOLINGS, TARGETS_BY_TYPE, Backbone, "
                  "BackboneError, BackboneInfo, Encoded, check_fingerprint, default_model_path, "
                  "default_pooling, default_targets, encode_rows, fingerprint, is_decoder_type, "
@@ -22,16 +22,3 @@ __getattr__ = lazy_exports(__name__, {
                 "hub_offline, hub_unreachable, is_pulled, list_models, pull, resolve",
 })
 
-__all__ = ["BERT_LIKE", "BUCKET_BATCHES", "Backbone", "BackboneError", "BackboneInfo",
-           "BatchStream", "DECODER_TYPES", "DEFAULT_MODEL", "DISTILBERT", "EMBEDDED", "Encoded",
-           "LLAMA_LIKE", "MARKER", "MAX_ROWS", "MAX_TOKENS", "MODELS_ENV", "ModelDims",
-           "ModelError", "POOLINGS", "PRESETS", "Progress", "REGISTRY", "RegisteredModel",
-           "Resolved", "SUPPORTED_MODEL_TYPES", "TARGETS_BY_TYPE", "bucketed_batches",
-           "bucketed_epoch", "cache_dir", "cached_snapshot", "check_fingerprint", "continue_layers",
-           "convert_gguf", "default_model_path", "default_pooling", "default_targets",
-           "dims_from_config", "distinct", "embedded_path", "encode_rows", "fingerprint",
-           "hidden_states", "hub_id", "hub_offline", "hub_unreachable", "is_decoder_type",
-           "is_layered_decoder", "is_layered_encoder", "is_pulled", "last_positions", "last_token",
-           "layer_mask", "list_models", "load_backbone", "mean_pool", "pick_device", "plan", "pool",
-           "pull", "resolve", "resolve_model", "restore_order", "runs_in_parts", "shuffled_epoch",
-           "tokenize", "tokenize_mixed", "weight_sharing_copy", "with_pad_token", "wrap"]

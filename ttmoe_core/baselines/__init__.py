@@ -5,12 +5,9 @@ May import: files, runtime, tasks, tt, base, adapters, experts.
 
 from .. import lazy_exports
 
-__getattr__ = lazy_exports(__name__, {
+__getattr__, __all__ = lazy_exports(__name__, {
     ".fullft": "DEFAULT_LR, METHOD, FullConfig, full_model, train_full",
     ".fusion": "FusionConfig, FusionError, FusionModel, FusionResult, evaluate_fusion, experts, "
                "fused_encoder, train_fusion",
 })
 
-__all__ = ["DEFAULT_LR", "FullConfig", "FusionConfig", "FusionError", "FusionModel", "FusionResult",
-           "METHOD", "evaluate_fusion", "experts", "full_model", "fused_encoder", "train_full",
-           "train_fusion"]

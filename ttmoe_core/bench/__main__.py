@@ -88,29 +88,26 @@ def _run_serve(args: argparse.Namespace, device: torch.device) -> tuple[dict, st
     return result, format_serve(result)
 
 
-def _run_http(args: argparse.Namespace, device: torch.device) -> tuple[dict, str]:
+def _serving_packages(what: str) -> None:
+    """UsageError naming the missing one when fastapi, uvicorn or httpx (the serve extra) is absent."""
     try:
         import fastapi  # noqa: F401,E401 -- the optional serving packages
         import httpx
         import uvicorn
     except ImportError as exc:
-        raise UsageError(f"the http benchmark needs fastapi, uvicorn and httpx ({exc.name} is "
-                         "missing): pip install -r requirements.txt") from None
-    result = bench_http(_settings(args, HTTP_DEFAULTS, HTTP_QUICK), args.pack, args.data_dir,
-                        device)
+        raise UsageError(f"{what} needs fastapi, uvicorn and httpx ({exc.name} is missing): "
+                         "pip install -e '.[serve]'") from None
+
+
+def _run_http(args: argparse.Namespace, device: torch.device) -> tuple[dict, str]:
+    _serving_packages("the http benchmark")
+    result = bench_http(_settings(args, HTTP_DEFAULTS, HTTP_QUICK), args.pack, args.data_dir, device)
     return result, format_http(result)
 
 
 def _run_soak(args: argparse.Namespace, device: torch.device) -> tuple[dict, str]:
-    try:
-        import fastapi  # noqa: F401,E401 -- the optional serving packages
-        import httpx
-        import uvicorn
-    except ImportError as exc:
-        raise UsageError(f"the soak run needs fastapi, uvicorn and httpx ({exc.name} is "
-                         "missing): pip install -r requirements.txt") from None
-    result = bench_soak(_settings(args, SOAK_DEFAULTS, SOAK_QUICK), args.pack, args.data_dir,
-                        device)
+    _serving_packages("the soak run")
+    result = bench_soak(_settings(args, SOAK_DEFAULTS, SOAK_QUICK), args.pack, args.data_dir, device)
     return result, format_soak(result)
 
 

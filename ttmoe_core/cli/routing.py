@@ -168,8 +168,10 @@ def cmd_add_expert(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_flags(p) -> None:
-    """The flags every routing command that reads data and runs the base model takes."""
+def run_flags(p, func) -> None:
+    """The flags every routing command that reads data and runs the base model takes; ``func``
+    runs the command."""
+    p.set_defaults(func=func)
     p.add_argument("--seed", type=seed_arg, default=0, help="seed of the rows drawn and the fit")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument("--json", action="store_true", help="the summary as one JSON object")
@@ -199,8 +201,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--lr", type=positive_float, default=2e-3, help="learning rate")
     p.add_argument("--max-length", type=positive_int, default=128,
                    help="tokens an input is truncated to")
-    run_flags(p)
-    p.set_defaults(func=cmd_train_router)
+    run_flags(p, cmd_train_router)
 
     p = sub.add_parser("calibrate-pool", help="fit the pack's out-of-pool detector (in_pool, pool_score)")
     p.add_argument("--pack", required=True, help="pack folder")
@@ -210,8 +211,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--bank-per-class", type=positive_int, default=100, help="kNN rows kept a task")
     p.add_argument("--false-flag", type=float, default=0.02,
                    help="share of in-pool calibration rows allowed under the threshold")
-    run_flags(p)
-    p.set_defaults(func=cmd_calibrate_pool)
+    run_flags(p, cmd_calibrate_pool)
 
     p = sub.add_parser("add-expert", help="add a trained expert to a pack, growing its router")
     p.add_argument("--pack", required=True, help="pack folder")

@@ -6,7 +6,7 @@ May import: files, runtime, tasks, tt, base, adapters.
 
 from .. import lazy_exports
 
-__getattr__ = lazy_exports(__name__, {
+__getattr__, __all__ = lazy_exports(__name__, {
     ".checkpoint": "FORMAT, JSON_LIMIT, Checkpointer, CheckpointError",
     ".config": "ADAPTER_NAME, CHECKPOINT_ADDED, METHOD_DEFAULTS, METHODS, ConfigError, "
                "ExpertConfig",
@@ -21,12 +21,3 @@ __getattr__ = lazy_exports(__name__, {
               "split_training_rows, task_metric, train_expert",
 })
 
-__all__ = ["ADAPTER_NAME", "CHECKPOINT_ADDED", "CheckpointError", "Checkpointer", "ConfigError",
-           "Expert", "ExpertConfig", "ExpertModel", "FORMAT", "HOLDOUT_STREAM", "HoldOut",
-           "JSON_LIMIT", "LoopConfig", "MARGIN", "METHODS", "METHOD_DEFAULTS", "MIN_MCC",
-           "MIN_PEARSON", "ORDER", "Progress", "Quality", "SCHEDULES", "TrainingError", "assess",
-           "build_expert_model", "delta_w_spectra", "evaluate_expert", "evaluate_model",
-           "expert_tensors", "fit", "holdout_scorer", "holdout_scorer", "holdout_split",
-           "label_rates", "load_expert_tensors", "load_split", "lr_factor", "pack_entry",
-           "predict_logits", "setting_problems", "split_training_rows", "split_training_rows",
-           "summary", "task_loss", "task_metric", "train_expert", "tt_layout", "words"]

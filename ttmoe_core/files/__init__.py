@@ -5,7 +5,7 @@ May import: nothing else of ttmoe_core.
 
 from .. import lazy_exports
 
-__getattr__ = lazy_exports(__name__, {
+__getattr__, __all__ = lazy_exports(__name__, {
     ".locks": "WAIT_S, lock_file, locked",
     ".names": "NAME_PATTERN, NAME_RULE, NameRuleError, check_name, inside, is_valid_name",
     ".safefs": "LEGACY_AGE_S, StoreError, atomic_dir, exchange, fsync_tree, hidden_sibling, "
@@ -20,16 +20,3 @@ __getattr__ = lazy_exports(__name__, {
                    "read_header",
 })
 
-__all__ = ["BASE_MODEL", "CHECKPOINT_STATE", "DTYPES", "ENTRY_KEYS", "EXPERT_CONFIG",
-           "EXPERT_TRAINING", "HEADER_LIMIT", "Header", "LEGACY_AGE_S", "MAX_ABS",
-           "MAX_DIM", "MAX_ELEMENTS_PER_DIM", "MAX_EXPERTS", "MAX_FACTORS",
-           "MAX_LABELS", "MAX_LAYERS", "MAX_NAME", "MAX_RANK", "MAX_TENSORS",
-           "MAX_VOCAB", "MODEL_CONFIG", "NAME_PATTERN", "NAME_RULE", "NameRuleError",
-           "PACK_MANIFEST", "POOL_COMPONENTS", "POOL_CONFIG", "REPLAY_CONFIG",
-           "ROUTER_CONFIG", "ROUTER_SETTINGS", "SCHEMAS", "SchemaError", "StoreError",
-           "TENSOR_MANIFEST", "TT_LAYOUT", "WAIT_S", "atomic_dir", "check_manifest",
-           "check_name", "dtype_name", "exchange", "fsync_tree", "hidden_sibling",
-           "inside", "is_leftover", "is_valid_name", "json_depth", "link_tree", "load",
-           "lock_file", "locked", "manifest", "nan_to_null", "open_regular",
-           "parse_json", "read_bounded", "read_header", "recover", "remove",
-           "replace_dir", "validate", "write_json"]

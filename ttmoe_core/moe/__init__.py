@@ -5,7 +5,7 @@ May import: everything below services.
 
 from .. import lazy_exports
 
-__getattr__ = lazy_exports(__name__, {
+__getattr__, __all__ = lazy_exports(__name__, {
     ".fit": "CALIBRATION_FAMILIES, CALIBRATION_PER_TASK, FAMILY_ROWS, FIT_PER_TASK, "
             "REPLAY_PER_TASK, PoolFitError, add_expert, calibrate_pool, features, "
             "openworld_report, outside_families, replay_sets",
@@ -15,9 +15,3 @@ __getattr__ = lazy_exports(__name__, {
              "open_pack",
 })
 
-__all__ = ["CALIBRATION_FAMILIES", "CALIBRATION_PER_TASK", "CHUNK_ROWS", "ExpertCard", "ExpertPool",
-           "FAMILY_ROWS", "FIT_PER_TASK", "Gathered", "MAX_BATCH_ROWS", "MAX_BATCH_TOKENS",
-           "MoEError", "ModuleSlot", "NO_LAYER", "PoolFitError", "REPLAY_PER_TASK", "Scores",
-           "TTLoRAMoE", "add_expert", "calibrate_pool", "evaluate_mixture", "features",
-           "mixture_from_folders", "module_slots", "open_pack", "openworld_report",
-           "outside_families", "replay_sets"]

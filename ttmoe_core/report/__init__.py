@@ -35,7 +35,7 @@ May import: every engine package below it (services, moe, store, experts, routin
 
 from .. import lazy_exports
 
-__getattr__ = lazy_exports(__name__, {
+__getattr__, __all__ = lazy_exports(__name__, {
     ".contraction": "exp_contraction",
     ".frontier": "exp_frontier, measured, suggested_rank",
     ".integration": "exp_integration",
@@ -53,12 +53,3 @@ __getattr__ = lazy_exports(__name__, {
     ".verdicts": "factor",
 })
 
-__all__ = ["BUDGETS", "EXPERIMENTS", "FIGURES_DIR", "FORMATS", "MARKDOWN_FILE", "METHODS",
-           "METHOD_LABELS", "MIXTURE_ROUTER", "PAPER", "Progress", "RESULTS_FILE", "ReportBudget",
-           "ReportError", "SECTIONS", "SECTION_FIGURES", "SECTION_TITLES", "Setting", "TOLERANCE",
-           "budget_changes", "build_figures", "duration", "exp_contraction", "exp_frontier",
-           "exp_integration", "exp_methods", "exp_mixed", "exp_routers", "factor", "fmt",
-           "machine_summary", "measured", "png_available", "read_results", "render_markdown",
-           "render_section", "render_status", "report_job", "resolve_budget", "router_cost_ms",
-           "run_report", "run_time", "sessions_rule", "suggested_rank", "work_status",
-           "write_figures"]

@@ -48,10 +48,9 @@ def _routers(exp: Mapping, exps: Mapping) -> str | None:
 
 
 def _integration(exp: Mapping, exps: Mapping) -> str | None:
-    rows = exp.get("rows") or []
-    if not rows or exp.get("routing_accuracy") is None:
+    if not exp.get("rows") or exp.get("routing_accuracy") is None:
         return None
-    worst = min(rows, key=lambda r: r["gap"])
+    worst = min(exp["rows"], key=lambda r: r["gap"])
     return (f"routing: {100 * exp['routing_accuracy']:.1f}% of rows reach their own expert "
             f"(worst {worst['task']}: {100 * worst['routing_accuracy']:.1f}% routed right, "
             f"{100 * worst['gap']:+.1f} points); a misrouted row is answered by another task's "

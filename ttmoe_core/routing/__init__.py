@@ -10,7 +10,7 @@ May import: errors, files, runtime, tasks, tt, base, adapters.
 
 from .. import lazy_exports
 
-__getattr__ = lazy_exports(__name__, {
+__getattr__, __all__ = lazy_exports(__name__, {
     "..errors": "RouterError",
     ".config": "VARIANTS, RouterConfig",
     ".detector": "COMPONENTS, NgramLM, OpenWorldError, PoolModel, PoolScorer, auroc, calibrated, "
@@ -29,16 +29,3 @@ __getattr__ = lazy_exports(__name__, {
     ".variants": "ROUTERS, FusionRouter, LinearRouter, MLPRouter, PaperRouter, Router",
 })
 
-__all__ = ["BUCKETS", "COMPONENTS", "FLAGS", "FusionRouter", "GROW_SOURCES", "GrownRouter",
-           "GrowthError", "LinearRouter", "MAX_NGRAMS", "MLPRouter", "NgramFusionRouter", "NgramLM",
-           "OpenWorldError", "PaperRouter", "PoolModel", "PoolScorer", "ROUTERS", "Router",
-           "RouterConfig", "RouterError", "RouterReport", "RoutingData", "SOURCES", "SURFACE_DIM",
-           "VARIANTS", "VariantSpec", "auroc", "balanced", "base_outputs", "base_states",
-           "batch_features", "build", "cached_outputs", "calibrated", "canonical", "cat_rows",
-           "evaluate_router", "expected_calibration_error", "extract_features", "fit",
-           "fit_temperature", "grow", "grow_router", "known_variants", "last_linear",
-           "ngram_features", "ood_report", "params", "phi_width", "pool_dense", "pooled_states",
-           "recipe_rows", "register_variant", "replay_sample", "router_metrics", "routing_data",
-           "routing_splits", "segment_pools", "sentence_level", "state_features",
-           "surface_features", "sweep_layers", "take", "text_features", "text_flags",
-           "train_router", "variant_spec"]

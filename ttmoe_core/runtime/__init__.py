@@ -5,7 +5,7 @@ May import: the standard library, torch.
 
 from .. import lazy_exports
 
-__getattr__ = lazy_exports(__name__, {
+__getattr__, __all__ = lazy_exports(__name__, {
     ".distributed": "DataParallel, current, is_main_process, launched_world_size, share",
     ".logs": "without_log_line",
     ".precision": "DTYPES, autocast, cast_frozen, dtype_name, parse_dtype",
@@ -16,9 +16,3 @@ __getattr__ = lazy_exports(__name__, {
                 "usable_cores",
 })
 
-__all__ = ["DTYPES", "DataParallel", "Dropout", "PROJECT", "Run", "TRACKERS", "TRACK_DIR_ENV",
-           "TRACK_ENV", "Tracking", "autocast", "batch_rows", "cast_frozen", "cpu_name", "current",
-           "default_tracker", "drawing_from", "dtype_name", "event_metrics", "gaussian",
-           "given_or_seeded", "is_main_process", "launched_world_size", "load_average",
-           "machine_info", "memory_gib", "now", "open_run", "parse_dtype", "peak_rss_mib",
-           "rss_mib", "share", "tracked", "usable_cores", "without_log_line"]

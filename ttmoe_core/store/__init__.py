@@ -9,7 +9,7 @@ May import: files, runtime, tasks, tt, base, adapters, experts, routing.
 
 from .. import lazy_exports
 
-__getattr__ = lazy_exports(__name__, {
+__getattr__, __all__ = lazy_exports(__name__, {
     "..base.backbone": "BackboneInfo",
     "..files": "tensorfile",
     "..files.locks": "locked",
@@ -33,17 +33,3 @@ __getattr__ = lazy_exports(__name__, {
     ".shapes": "ADAPTER_TENSORS, FLOAT_DTYPES, check_expert, check_router, router_shapes",
 })
 
-__all__ = ["ADAPTER_TENSORS", "BackboneInfo", "CARD_FILE", "CONFIG_FILE", "FLOAT_DTYPES", "FORMAT",
-           "FORMAT_VERSION", "HALF", "JSON_LIMIT", "MAX_ROWS", "OpenedExpert", "PACK_FILE",
-           "PACK_FORMAT", "POOL_CONFIG_FILE", "POOL_FORMAT", "POOL_WEIGHTS_FILE", "Pack",
-           "REPLAY_CONFIG_FILE", "REPLAY_FORMAT", "REPLAY_WEIGHTS_FILE", "ROUTER_COMPANIONS",
-           "ROUTER_CONFIG_FILE", "ROUTER_FORMAT", "ROUTER_WEIGHTS_FILE", "StoreError",
-           "WEIGHTS_FILE", "append_expert", "atomic_dir", "build_pack", "check_base",
-           "check_expert", "check_expert_name", "check_replaceable", "check_router", "expert_card",
-           "expert_config_dict", "expert_folder", "load_expert", "load_pack", "locked",
-           "open_expert", "pack_card", "pack_manifest", "peft_keys", "publishable", "read_json",
-           "read_pack_manifest", "read_pack_part", "read_pool", "read_replay", "read_router",
-           "recover", "resolve_folder", "router_shapes", "save_expert", "save_router",
-           "save_tensors", "tensorfile", "train_command", "update_pack", "write_expert",
-           "write_expert_into", "write_json", "write_pack_card", "write_pool", "write_replay",
-           "write_router_files", "write_router_into"]

@@ -8,7 +8,7 @@ May import: errors and files only (data sets, no model).
 
 from .. import lazy_exports
 
-__getattr__ = lazy_exports(__name__, {
+__getattr__, __all__ = lazy_exports(__name__, {
     ".loading": "DATA_DIR_ENV, HUB, LOGICAL_SPLITS, SPLIT_SEED, SPLIT_TRAIN_FRACTION, "
                 "available_tasks, default_data_dir, load_file, load_task",
     ".metrics": "compute_metrics, primary_metric",
@@ -16,7 +16,3 @@ __getattr__ = lazy_exports(__name__, {
                  "render_example",
 })
 
-__all__ = ["DATA_DIR_ENV", "DEMO_TASKS", "DataError", "HUB", "KINDS", "LOGICAL_SPLITS", "METRICS",
-           "SPLIT_SEED", "SPLIT_TRAIN_FRACTION", "TASKS", "TaskData", "TaskSpec", "available_tasks",
-           "compute_metrics", "default_data_dir", "get_task", "load_file", "load_task",
-           "primary_metric", "render_example"]
