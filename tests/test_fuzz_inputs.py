@@ -137,7 +137,9 @@ def check(content: bytes, code: int, out: str, err: str) -> None:
         if expected_line(line):
             obj = json.loads(line)
             assert "error" not in record, (line[:200], record)
-            assert record["text"] == obj["text"] and record["expert"] in ("sst2", "rte")
+            # a text longer than the character cap is answered cut, and says so
+            assert obj["text"].startswith(record["text"]) and record["expert"] in ("sst2", "rte")
+            assert record["text"] == obj["text"] or record["truncated"]
             assert record["label"] is not None
         else:
             failed += 1
