@@ -307,11 +307,13 @@ class StubMixture:
 
     def __init__(self, delay: float, gate: threading.Event | None = None):
         self.delay, self.gate = delay, gate
+        self.taken: list[str] = []           # texts handed to predict so far
 
     def expert_index(self, expert):
         return [0]
 
     def predict(self, texts, pairs, expert=None, abstain=False):
+        self.taken += texts
         if self.gate is not None:
             self.gate.wait(30)
         time.sleep(self.delay)
@@ -365,12 +367,15 @@ def test_shutdown_answers_the_queued_requests():
     import httpx
 
     gate = threading.Event()
-    app = create_app(StubMixture(0.05, gate), ServeSettings(max_wait_ms=0, queue_size=64))
+    stub = StubMixture(0.05, gate)
+    app = create_app(stub, ServeSettings(max_wait_ms=0, queue_size=64))
     with ThreadPoolExecutor(8) as pool:
         with serving(app) as url:
             futures = [pool.submit(httpx.post, f"{url}/v1/predict", json={"text": f"t{k}"},
                                    timeout=30) for k in range(8)]
-            _wait(lambda: app.state.batcher.depth() == 7, seconds=20)   # one running, seven queued
+            # every request arrived: the first call holds some (behind the gate), the rest queue
+            _wait(lambda: len(stub.taken) + app.state.batcher.depth() == 8, seconds=20)
+            assert app.state.batcher.depth() >= 1
             threading.Timer(0.5, gate.set).start()        # opens while the server shuts down
         answers = [f.result() for f in futures]            # the server has stopped by now
     assert [a.status_code for a in answers] == [200] * 8
