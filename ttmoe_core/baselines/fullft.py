@@ -39,6 +39,7 @@ from ..experts import (
     task_metric,
 )
 from ..experts import loop as training
+from ..experts.checkpoint import Checkpointer
 from ..runtime import precision
 
 METHOD = "full"
@@ -101,7 +102,6 @@ def train_full(config: FullConfig, backbone: Backbone | None = None, *,
     """Fine-tune every weight on ``config.task``; returns the run's record (``METHOD``, metrics of
     the best hold-out step's weights on the validation rows, hold-out curve, steps, times), and
     with ``return_model`` the trained model too (those weights)."""
-    from ..experts.checkpoint import Checkpointer
 
     cfg = config.checked()
     backbone = backbone or load_backbone(device=cfg.device, dtype=cfg.dtype)

@@ -39,6 +39,7 @@ MODES = {"coalescing": True, "no coalescing": False}
 def serving(app) -> Iterator[str]:
     """Run ``app`` on uvicorn in a thread on a free loopback port; yields its base URL. TCP_NODELAY
     as ``serve`` sets it (each connection inherits it)."""
+    # optional: the serve extra
     import uvicorn
 
     sock = socket.create_server((HOST, 0))
@@ -68,6 +69,7 @@ def load_level(url: str, bodies: Sequence[dict], clients: int, requests: int,
                seconds: float) -> dict:
     """``clients`` threads POST ``bodies`` (round-robin, client k starting at k) until
     ``requests`` are answered in all or ``seconds`` pass: rows/s and latency percentiles (s)."""
+    # optional: the serve extra
     import httpx
 
     per_client = max(1, requests // clients)
@@ -110,6 +112,7 @@ def load_level(url: str, bodies: Sequence[dict], clients: int, requests: int,
 def bench_http(settings: dict, pack: str | Path, data_dir, device: torch.device) -> dict:
     """Run the benchmark with ``settings`` (keys of ``HTTP_DEFAULTS``) on a pack with a router;
     the result is JSON-ready (seconds)."""
+    # optional: the serve extra (fastapi)
     from ..services.server import ServeSettings, create_app
 
     load_before = load_average()
@@ -137,6 +140,7 @@ def bench_http(settings: dict, pack: str | Path, data_dir, device: torch.device)
     levels: dict[str, list[dict]] = {mode: [] for mode in MODES}
     with serving(apps["coalescing"]) as url_on, serving(apps["no coalescing"]) as url_off:
         urls = {"coalescing": url_on, "no coalescing": url_off}
+        # optional: the serve extra
         import httpx
 
         first = httpx.post(f"{url_on}/v1/predict", json={"rows": bodies[0]["rows"]}, timeout=60)

@@ -64,6 +64,7 @@ class PeftMixture:
     PEFT's ``adapter_names=``; heads as the mixture's."""
 
     def __init__(self, bb: Backbone, mixture: TTLoRAMoE, rank: int = 16, alpha: float = 8.0):
+        # optional: PEFT (the baselines extra), loaded on first use
         from peft import LoraConfig, get_peft_model
 
         self.modules = [slot.name for slot in mixture.pool.slots]

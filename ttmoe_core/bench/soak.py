@@ -57,6 +57,7 @@ def _rss_mib(pid: int) -> float:
 def _start_server(pack: str | Path, device: torch.device, settings: dict) -> tuple:
     """``python -m ttmoe_core serve`` on a free loopback port, one torch thread as this process;
     (process, base URL) once ``/healthz`` answers 200."""
+    # optional: the serve extra
     import httpx
 
     with socket.socket() as sock:
@@ -84,6 +85,7 @@ def _start_server(pack: str | Path, device: torch.device, settings: dict) -> tup
 
 def bench_soak(settings: dict, pack: str | Path, data_dir, device: torch.device) -> dict:
     """Run the soak with ``settings`` (keys of ``SOAK_DEFAULTS``); JSON-ready (seconds, MiB)."""
+    # optional: the serve extra
     import httpx
 
     load_before = load_average()

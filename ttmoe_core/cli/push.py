@@ -18,6 +18,7 @@ def cmd_push(args: argparse.Namespace) -> int:
     # heavy: imports torch; kept out of the parser
     from huggingface_hub import HfApi
 
+    # heavy: imports torch; kept out of the parser
     from .. import store
 
     folder = Path(args.dir)

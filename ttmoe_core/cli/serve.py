@@ -31,8 +31,10 @@ def _listen(host: str, port: int) -> socket.socket:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     try:
+        # optional: the serve extra
         import uvicorn
 
+        # optional: the serve extra (fastapi)
         from ..services.server import ServeSettings, create_app
     except ImportError as exc:
         raise UsageError(f"serve needs fastapi, uvicorn and prometheus_client ({exc.name} is "

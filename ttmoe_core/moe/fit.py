@@ -89,6 +89,7 @@ def features(backbone, model, texts, pairs, pool_layer: int, progress=None) -> d
 
 def _learned_weights(dev: dict, outside: dict, scorer: PoolScorer) -> dict[str, float]:
     """Logistic-regression weights of the z-scored components: dev (in pool) vs outside rows."""
+    # heavy: scikit-learn (~1 s to import), loaded on first use
     from sklearn.linear_model import LogisticRegression
 
     names = sorted(dev)

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .. import adapters
+from .. import adapters, tasks
 from ..base import batching
 from ..base.backbone import (
     Backbone,
@@ -444,7 +444,6 @@ def evaluate_mixture(moe: TTLoRAMoE, expert_tasks: Sequence[tuple[str, str]], pe
     right expert give the same answer either way, so only misrouted rows run a second time (expert
     pass only, in length-sorted micro-batches of at most ``batch_size`` rows).
     """
-    from .. import tasks
 
     names = moe.names
     confusion = [[0] * len(names) for _ in names]

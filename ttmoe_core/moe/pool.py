@@ -37,6 +37,7 @@ from ..base.backbone import BackboneInfo
 from ..errors import MoEError
 from ..experts import Expert
 from ..files import tensorfile
+from ..routing.registry import build
 
 CHUNK_ROWS = 64              # experts per storage chunk
 NO_LAYER = 1 << 30           # first_layer of an expert that adapts no layer
@@ -426,7 +427,6 @@ def _open_folder(folder: Path, expected_fingerprint: str | None,
 def open_pack(path: str | Path) -> tuple[ExpertPool, "object | None", int]:
     """(lazy pool of a pack's experts, its router or None, max_length): the pack's manifest and
     router are read and checked now, the experts' weights on first use."""
-    from ..routing.registry import build
 
     path = Path(path)
     if not path.is_dir():

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import OpenWorldError
+from .ngram import canonical
 
 COMPONENTS = ("msp", "energy", "maha", "knn", "lm")
 
@@ -251,10 +252,9 @@ class NgramLM:
     @staticmethod
     def _counts(texts, pairs, buckets: int):
         """Hashed n-gram counts of the two segments: two sparse [N, buckets] matrices."""
+        # heavy: scikit-learn (~1 s to import), loaded on first use
         import sklearn
         from sklearn.feature_extraction.text import HashingVectorizer
-
-        from .ngram import canonical
 
         hasher = HashingVectorizer(analyzer="word", ngram_range=(1, 3), lowercase=False, norm=None,
                                    token_pattern=r"\S+", alternate_sign=False, n_features=buckets)

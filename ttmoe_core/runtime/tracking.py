@@ -33,6 +33,7 @@ class Run(Protocol):
 
 class _Trackio:
     def __init__(self, name: str, config: Mapping[str, Any]) -> None:
+        # optional: the track extra
         import trackio
 
         self._run = trackio.init(project=PROJECT, name=name, config=dict(config))
@@ -46,6 +47,7 @@ class _Trackio:
 
 class _TensorBoard:
     def __init__(self, name: str, config: Mapping[str, Any], log_dir: Path) -> None:
+        # optional: the tensorboard extra
         from torch.utils.tensorboard import SummaryWriter
 
         self._writer = SummaryWriter(log_dir=str(log_dir / PROJECT / name))

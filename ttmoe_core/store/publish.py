@@ -63,6 +63,7 @@ def train_command(training: Mapping) -> str:
 
 
 def _card(base_name: str, tags: list[str], library: str, title: str, body: str):
+    # network clients, only when a hub id is resolved or a card is written
     from huggingface_hub import ModelCard, ModelCardData
 
     data = ModelCardData(base_model=hub_id(base_name), library_name=library, license=None,
@@ -140,6 +141,7 @@ def resolve_folder(spec: str | Path, what: str = "pack") -> Path:
         return path
     found = cached_snapshot(str(spec))
     if found is None and not hub_offline():
+        # network clients, only when a hub id is resolved or a card is written
         from huggingface_hub import snapshot_download
 
         try:

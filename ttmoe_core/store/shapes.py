@@ -18,6 +18,8 @@ from .. import tt
 from ..adapters.inject import layout_key
 from ..files.safefs import StoreError
 from ..files.tensorfile import Header
+from ..routing import RouterError
+from ..routing.registry import build
 
 ADAPTER_TENSORS = {"tt-lora": ".cores.", "lora": ".lora_"}
 FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64")
@@ -124,8 +126,6 @@ def _check_modules(shapes: Mapping[str, list[int]], method: str, expected: Mappi
 def router_shapes(config, num_experts: int, hidden_size: int, num_layers: int) -> dict[str, list[int]]:
     """{tensor name: shape} of the state of the router ``config`` (a ``RouterConfig``)
     would build, from a copy built on the meta device: no memory is allocated."""
-    from ..routing import RouterError
-    from ..routing.registry import build
 
     try:
         with torch.device("meta"):
