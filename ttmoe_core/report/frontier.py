@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
+from .. import experts
 from . import seeds
 from .experiment import verdict
 from .plan import METHOD_LABELS, Setting, settings_from
@@ -251,7 +252,7 @@ def measured(results: Mapping, model: str, method: str, rank: int,
            for p in (exps.get("frontier") or {}).get("points", [])
            if p["method"] == method and p["rank"] == rank and _module_set(p["modules"]) == want
            and p.get("cores", "") in ("", "balanced")]
-    default_rank = {"tt-lora": 5, "lora": 16, "adapter": 16}.get(method)   # experiment 2's sizes
+    default_rank = experts.METHOD_DEFAULTS.get(method, {}).get("rank")   # experiment 2's sizes
     if rank == default_rank and want == _module_set(None):
         covered = {e["task"] for e in out}
         out += [{"task": a["task"], "metric": a["metric"], "mean": a["value_mean"], "std": a["value_std"],
