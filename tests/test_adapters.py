@@ -439,3 +439,22 @@ def test_bottleneck_injection_is_silent_and_leaves_the_library_log_open(tiny_ber
         assert list(encoder.active_adapters.flatten()) == ["expert"]
         logging.getLogger("adapters.model_mixin").warning("There are adapters available but none are activated")
     assert [r.getMessage() for r in caplog.records] == ["There are adapters available but none are activated"]
+
+
+@pytest.mark.parametrize("rows, tokens", [(1, 2), (3, 40)])      # below / above the merge point
+def test_shared_update_equals_the_float64_update_on_either_path(rows, tokens):
+    """One expert's halves for every row: the skinny products (few tokens) and the merged weight
+    (many) both give W x + b + (x A) B; a GatheredTTLinear with [1, ...] halves takes that path."""
+    gen = torch.Generator().manual_seed(0)
+    base = nn.Linear(24, 40)
+    left, right = torch.randn(24, 3, generator=gen), torch.randn(3, 40, generator=gen)
+    x = torch.randn(rows, tokens, 24, generator=gen)
+    expected = (x.double() @ base.weight.double().T + base.bias.double()
+                + (x.double() @ left.double()) @ right.double())
+    got = adapters.shared_update(base, x, left, right)
+    torch.testing.assert_close(got.double(), expected, rtol=0, atol=1e-4)
+    layer = adapters.GatheredTTLinear(base, "m")
+    with adapters.use_row_halves({"m": (left[None], right[None])}):
+        torch.testing.assert_close(layer(x), got, rtol=0, atol=0)
+    with adapters.use_row_halves({"m": (left.expand(rows, -1, -1), right.expand(rows, -1, -1))}):
+        torch.testing.assert_close(layer(x).double(), expected, rtol=0, atol=1e-4)

@@ -3,11 +3,14 @@ answers back in input order, repeated rows found."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ttmoe_core.base import batching
 
@@ -138,3 +141,79 @@ def test_bucketed_batches_draw_every_row_uniformly_over_positions():
 def test_bucketed_batches_refuse_empty_sizes():
     with pytest.raises(ValueError):
         next(batching.bucketed_batches([1, 2], 0, torch.Generator()))
+
+
+def greedy_cost(lengths, max_tokens, max_rows, overhead):
+    """The cost of the old greedy plan (fill each micro-batch while it fits), for comparison."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches = []
+    for row in order:
+        cur = batches[-1] if batches else None
+        if cur and len(cur) < max_rows and (max_tokens is None
+                                            or (len(cur) + 1) * lengths[cur[0]] <= max_tokens):
+            cur.append(row)
+        else:
+            batches.append([row])
+    return sum(overhead + len(b) * lengths[b[0]] for b in batches)
+
+
+def plan_cost(lengths, batches, overhead):
+    return sum(overhead + len(b) * max(lengths[r] for r in b) for b in batches)
+
+
+@settings(max_examples=150, deadline=None)
+@given(lengths=st.lists(st.integers(1, 300), max_size=60),
+       max_tokens=st.one_of(st.none(), st.integers(1, 2000)), max_rows=st.integers(1, 20),
+       overhead=st.integers(0, 64))
+def test_plan_is_the_cheapest_cut_of_the_sorted_rows(lengths, max_tokens, max_rows, overhead):
+    """The plan keeps the rules and costs no more than greedy filling; on small inputs it is the
+    optimum over every cut of the sorted rows (checked by brute force)."""
+    batches = batching.plan(lengths, max_tokens, max_rows, overhead_tokens=overhead)
+    check_plan(lengths, batches, max_tokens, max_rows)
+    cost = plan_cost(lengths, batches, overhead)
+    assert cost <= greedy_cost(lengths, max_tokens, max_rows, overhead)
+    if len(lengths) <= 9:
+        order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+        best = math.inf
+        for cuts in itertools.product([False, True], repeat=max(0, len(order) - 1)):
+            parts, start = [], 0
+            for i, cut in enumerate(cuts, start=1):
+                if cut:
+                    parts.append(order[start:i])
+                    start = i
+            parts.append(order[start:])
+            if all(len(p) <= max_rows and (len(p) == 1 or max_tokens is None
+                                           or len(p) * lengths[p[0]] <= max_tokens)
+                   for p in parts if p):
+                best = min(best, plan_cost(lengths, [p for p in parts if p], overhead))
+        assert cost == (best if order else 0)
+
+
+def test_plan_gives_a_long_row_its_own_batch_when_that_is_cheaper():
+    # one row of 100 tokens and 15 of 5: greedy pads all 16 to 100 (1,600 tokens)
+    lengths = [100] + [5] * 15
+    assert batching.plan(lengths, 2048, 16, overhead_tokens=24) == [[0], list(range(1, 16))]
+    assert len(batching.plan(lengths, 2048, 16, overhead_tokens=10_000)) == 1
+
+
+@settings(max_examples=100, deadline=None)
+@given(rows=st.lists(st.tuples(st.integers(1, 200), st.integers(0, 5)), max_size=80),
+       min_rows=st.integers(1, 20), max_rows=st.integers(1, 16))
+def test_plan_by_group_keeps_large_groups_apart(rows, min_rows, max_rows):
+    lengths = [length for length, _ in rows]
+    groups = [group for _, group in rows]
+    batches = batching.plan_by_group(lengths, groups, 1024, max_rows, min_rows)
+    flat = sorted(r for b in batches for r in b)
+    assert flat == list(range(len(rows)))                                   # every row once
+    sizes = {g: groups.count(g) for g in groups}
+    for batch in batches:
+        assert 1 <= len(batch) <= max_rows
+        if len(batch) > 1:
+            assert len(batch) * max(lengths[r] for r in batch) <= 1024
+        members = {groups[r] for r in batch}
+        if any(sizes[g] >= min_rows for g in members):
+            assert len(members) == 1                                        # a large group alone
+    with pytest.raises(ValueError):
+        batching.plan_by_group([1, 2], [0], 100, 4, 2)
+    with pytest.raises(ValueError):
+        batching.plan_by_group([1], [0], 100, 4, 0)

@@ -246,11 +246,14 @@ def shuffled_with_repeats(rows) -> tuple[list[str], list[str | None]]:
 
 
 @pytest.mark.parametrize("batch_size, max_tokens", [(3, 160), (16, 2048), (64, None)])
-def test_micro_batches_equal_one_padded_batch(routed, rows, batch_size, max_tokens):
+@pytest.mark.parametrize("group_min_rows", [None, 2])
+def test_micro_batches_equal_one_padded_batch(routed, rows, batch_size, max_tokens,
+                                              group_min_rows):
     """float32, routed: same experts, router probabilities and logits (to 1e-5) row for row."""
     texts, pairs = shuffled_with_repeats(rows)
     encoded, forced = routed.prepare(texts, pairs)
-    got = routed.score(encoded, forced, batch_size=batch_size, max_tokens=max_tokens)
+    got = routed.score(encoded, forced, batch_size=batch_size, max_tokens=max_tokens,
+                       group_min_rows=group_min_rows)
     idx, probs, logits, truncated = one_padded_batch(routed, texts, pairs)
     assert torch.equal(got.expert_idx, idx)
     torch.testing.assert_close(got.router_probs, probs, rtol=0, atol=1e-5)
@@ -260,11 +263,15 @@ def test_micro_batches_equal_one_padded_batch(routed, rows, batch_size, max_toke
 
 
 @pytest.mark.parametrize("batch_size, max_tokens", [(1, None), (4, 300), (16, 2048)])
-def test_micro_batches_equal_one_padded_batch_float64(moe64, rows, batch_size, max_tokens):
-    """float64, every row forced to an expert (interleaved): logits equal to 1e-10."""
+@pytest.mark.parametrize("group_min_rows", [None, 1, 3, 10_000])
+def test_micro_batches_equal_one_padded_batch_float64(moe64, rows, batch_size, max_tokens,
+                                                      group_min_rows):
+    """float64, every row forced to an expert (interleaved): logits equal to 1e-10, whether an
+    expert's rows run mixed with the others' or in micro-batches of their own (merged weights)."""
     texts, pairs = shuffled_with_repeats(rows)
     encoded, forced = moe64.prepare(texts, pairs, [moe64.names[i % 3] for i in range(len(texts))])
-    got = moe64.score(encoded, forced, batch_size=batch_size, max_tokens=max_tokens)
+    got = moe64.score(encoded, forced, batch_size=batch_size, max_tokens=max_tokens,
+                      group_min_rows=group_min_rows)
     _, _, logits, _ = one_padded_batch(moe64, texts, pairs, forced)
     assert got.router_probs is None and got.expert_idx.tolist() == forced
     torch.testing.assert_close(got.logits, logits, rtol=0, atol=1e-10)

@@ -188,3 +188,42 @@ def test_lazy_pool_refuses_another_base_model(pack):
     other = tiny_bert(seed=1)
     with pytest.raises(store.StoreError, match="another base model"):
         TTLoRAMoE.from_pack(pack, backbone=other, lazy=True)
+
+
+def test_one_expert_batches_get_its_halves_once_and_the_cache_follows_the_pool(experts):
+    """A batch of one expert gets [1, ...] halves (``shared_update``); halves come from the cache
+    when hot and equal a fresh merge; converting the pool drops them."""
+    pool = ExpertPool.from_experts(experts)
+    one = pool.gather(torch.tensor([2, 2, 2]))
+    mixed = pool.gather(torch.tensor([2, 0]))
+    for module, (left, right) in one.halves.items():
+        assert left.shape[0] == 1 and right.shape[0] == 1
+        torch.testing.assert_close(left[0], mixed.halves[module][0][0], rtol=0, atol=0)
+        torch.testing.assert_close(right[0], mixed.halves[module][1][0], rtol=0, atol=0)
+    assert one.head_weight.shape[0] == 3
+    pool64 = pool.double()
+    assert not pool64._halves_cache
+    fresh = pool64.gather(torch.tensor([2]))
+    module = pool.slots[0].name
+    reference = dense_reference(experts[2], module, pool.rank)
+    torch.testing.assert_close(fresh.halves[module][0][0], reference[0], rtol=0, atol=1e-12)
+    assert fresh.halves[module][0].dtype == torch.float64
+
+
+def test_lazy_pool_skips_the_training_curve_the_full_load_checks_it(bb, pack, tmp_path):
+    """Serving never reads an expert's history, so a lazy pool neither checks nor keeps it (most
+    of the cost of opening an expert); loading the expert itself still refuses a bad one."""
+    import json
+    import shutil
+
+    copy = tmp_path / "curve"
+    shutil.copytree(pack, copy)
+    config = copy / "experts" / "r2" / store.CONFIG_FILE
+    data = json.loads(config.read_text())
+    data["history"] = [{"step": "not a number"}]
+    config.write_text(json.dumps(data))
+    lazy = TTLoRAMoE.from_pack(copy, backbone=bb, lazy=True)
+    assert lazy.experts[lazy.names.index("r2")].history == []
+    assert lazy.predict(["ok"], expert="r2")[0]["expert"] == "r2"
+    with pytest.raises(store.StoreError, match="expert 'r2'.*history"):
+        store.load_expert(copy / "experts" / "r2")

@@ -11,6 +11,6 @@ __getattr__, __all__ = lazy_exports(__name__, {
                "load_expert_cores, module_role, replace_submodule, resolve_factors, "
                "resolve_shapes, target_layout_keys, tt_layer_shapes, tt_layers",
     ".layer": "GatheredTTLinear, ReconstructedTTLoRALinear, RowHalves, TTLoRALinear, "
-              "adapters_off, current_expert_index, use_experts, use_row_halves",
+              "adapters_off, current_expert_index, shared_update, use_experts, use_row_halves",
 })
 

@@ -47,7 +47,8 @@ def current_expert_index() -> torch.Tensor | None:
 
 
 # Per-row merged halves of the running forward, by qualified module name: A [B, d_in, R] and
-# B [B, R, d_out] (row b: its expert's update is x_b @ A[b] @ B[b]); None: no update anywhere.
+# B [B, R, d_out] (row b: its expert's update is x_b @ A[b] @ B[b]), or [1, ...]: one expert's
+# halves for every row; None: no update anywhere.
 RowHalves = Mapping[str, tuple[torch.Tensor, torch.Tensor]]
 _ROW_HALVES: contextvars.ContextVar[RowHalves | None] = contextvars.ContextVar(
     "ttmoe_row_halves", default=None)
@@ -141,7 +142,8 @@ class TTLoRALinear(nn.Module):
 
 class GatheredTTLinear(nn.Module):
     """Frozen linear layer + the per-row TT-LoRA updates given with the call (``use_row_halves``
-    under ``self.name``): ``y_b = W x_b + b + (x_b @ A[b]) @ B[b]`` for x [B, T, d_in]. Holds no
+    under ``self.name``): ``y_b = W x_b + b + (x_b @ A[b]) @ B[b]`` for x [B, T, d_in]; halves
+    with one row (A [1, d_in, R]) are one expert's for every row (``shared_update``). Holds no
     expert weights; without halves for its name it is the frozen layer."""
 
     def __init__(self, base: nn.Linear, name: str):
@@ -152,19 +154,39 @@ class GatheredTTLinear(nn.Module):
             p.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.base(x)
         halves = _ROW_HALVES.get()
         pair = None if halves is None else halves.get(self.name)
         if pair is None:
-            return out
+            return self.base(x)
         left, right = pair                                       # [B, d_in, R], [B, R, d_out]
+        if left.shape[0] == 1:                                   # one expert for every row
+            return shared_update(self.base, x, left[0], right[0])
         if left.shape[0] != x.shape[0]:
             raise ValueError(f"{self.name}: halves for {left.shape[0]} rows, input has {x.shape[0]}")
+        out = self.base(x)
         x3 = x.reshape(x.shape[0], -1, x.shape[-1])              # [B, T, d_in]
         out3 = out.reshape(x.shape[0], -1, out.shape[-1])        # [B, T, d_out]
         # out3 + (x3 @ A) @ B in one call: no [B, T, d_out] temporary for the update
         return torch.baddbmm(out3, torch.bmm(x3, left), right).reshape(out.shape)
 
+
+def shared_update(base: nn.Linear, x: torch.Tensor, left: torch.Tensor, right: torch.Tensor
+                  ) -> torch.Tensor:
+    """``base(x) + (x @ A) @ B`` for one expert's halves A [d_in, R], B [R, d_out] shared by every
+    row of x [..., d_in]. Over N tokens the update costs 2·N·R·(d_in + d_out) FLOPs as two skinny
+    products, or 2·d_in·d_out·R once to merge ``W + ΔW`` and then nothing: past
+    N = d_in·d_out / (d_in + d_out) tokens (192 for 384 × 384) the merged weight is cheaper, and
+    its one GEMM runs at the frozen layer's speed (bench/RESULTS.md: 1.01–1.02× vs 1.06–1.22×)."""
+    d_in, d_out = left.shape[0], right.shape[1]
+    tokens = x.numel() // d_in
+    weight = base.weight                                         # [d_out, d_in]
+    if tokens * (d_in + d_out) >= d_in * d_out:
+        merged = torch.addmm(weight, right.mT.to(weight.dtype), left.mT.to(weight.dtype))
+        return nn.functional.linear(x, merged, base.bias)
+    out = base(x)
+    x2 = x.reshape(-1, d_in)                                     # [N, d_in]
+    update = (x2 @ left.to(x2.dtype)) @ right.to(x2.dtype)       # [N, d_out]
+    return (out.reshape(-1, d_out) + update.to(out.dtype)).reshape(out.shape)
 
 
 class ReconstructedTTLoRALinear(nn.Module):

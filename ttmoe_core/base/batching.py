@@ -6,6 +6,7 @@ neighbours alike, so micro-batches of them carry little padding and the cost tra
 Pure functions on lengths and indices (no model, no tokenizer):
 
     batches = plan(lengths, max_tokens=2048, max_rows=16)      # [[row, ...], ...]
+    batches = plan_by_group(lengths, experts, 1024, 16, 4)     # one expert a batch where it pays
     outputs = [run(rows) for rows in batches]                  # each [len(rows), ...]
     answer = restore_order(batches, outputs)                   # [N, ...] in input order
 
@@ -16,36 +17,79 @@ as with uniformly shuffled batches.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Hashable, Iterator, Sequence
 
 import torch
 
 MAX_ROWS = 16          # rows per micro-batch when serving or evaluating (CPU-tuned)
 MAX_TOKENS = 1024      # padded tokens (rows × longest row) per micro-batch (CPU-tuned)
+GROUP_MIN_ROWS = 32    # serving: an expert with this many rows gets micro-batches of its own
+OVERHEAD_TOKENS = 24   # a forward's fixed cost in padded tokens: MiniLM on one core costs
+                       # ≈ 5 ms + 0.26 ms a token (bench/RESULTS.md, "Micro-batch plans")
 BUCKET_BATCHES = 4     # training: a length bucket holds this many batches
 
 
-def plan(lengths: Sequence[int], max_tokens: int | None, max_rows: int) -> list[list[int]]:
+def plan(lengths: Sequence[int], max_tokens: int | None, max_rows: int,
+         overhead_tokens: int = OVERHEAD_TOKENS) -> list[list[int]]:
     """Micro-batches of row indices, longest rows first (equal lengths in input order).
 
     ``lengths[i]``: tokens of row i. A micro-batch holds at most ``max_rows`` rows, and its padded
     size (rows × its longest row) stays within ``max_tokens`` (None: no budget); a row longer than
-    the budget goes alone. Every row appears in exactly one micro-batch.
+    the budget goes alone. Every row appears in exactly one micro-batch. Among the cuts of the
+    sorted rows into such runs, the one of least cost Σ (``overhead_tokens`` + padded tokens):
+    a forward's fixed cost counted in tokens, so a long row is not made to pad a whole batch of
+    short ones when a batch of its own costs less (dynamic programming over the sorted rows,
+    O(N · max_rows)).
     """
     if max_rows < 1:
         raise ValueError(f"max_rows must be at least 1, got {max_rows}")
     if max_tokens is not None and max_tokens < 1:
         raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    n = len(order)
+    best = [0.0] + [math.inf] * n            # best[j]: least cost of the first j sorted rows
+    cut = [0] * (n + 1)                      # cut[j]: where the last batch of that cost starts
+    for j in range(1, n + 1):
+        for i in range(j - 1, max(-1, j - 1 - max_rows), -1):
+            rows, longest = j - i, lengths[order[i]]          # batch order[i:j]; order[i] longest
+            if rows > 1 and max_tokens is not None and rows * longest > max_tokens:
+                break                                          # longer runs only pad more
+            cost = best[i] + overhead_tokens + rows * longest
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
     batches: list[list[int]] = []
-    for row in order:
-        current = batches[-1] if batches else None
-        fits = (current is not None and len(current) < max_rows
-                and (max_tokens is None or (len(current) + 1) * lengths[current[0]] <= max_tokens))
-        if fits:
-            current.append(row)
-        else:
-            batches.append([row])
+    j = n
+    while j > 0:
+        batches.append(order[cut[j]:j])
+        j = cut[j]
+    return batches[::-1]
+
+
+def plan_by_group(lengths: Sequence[int], groups: Sequence[Hashable], max_tokens: int | None,
+                  max_rows: int, min_rows: int) -> list[list[int]]:
+    """``plan``'s micro-batches, but each group (e.g. the expert of a row) of at least
+    ``min_rows`` rows is planned on its own, so its micro-batches hold that group only; the rows
+    of smaller groups are planned together after them. Every row appears in exactly one
+    micro-batch; groups in order of first appearance."""
+    if min_rows < 1:
+        raise ValueError(f"min_rows must be at least 1, got {min_rows}")
+    if len(groups) != len(lengths):
+        raise ValueError(f"{len(lengths)} lengths but {len(groups)} groups")
+    members: dict[Hashable, list[int]] = {}
+    for row, group in enumerate(groups):
+        members.setdefault(group, []).append(row)
+    batches: list[list[int]] = []
+    mixed: list[int] = []
+    for rows in members.values():
+        if len(rows) < min_rows:
+            mixed += rows
+            continue
+        batches += [[rows[i] for i in batch]
+                    for batch in plan([lengths[r] for r in rows], max_tokens, max_rows)]
+    mixed.sort()
+    batches += [[mixed[i] for i in batch]
+                for batch in plan([lengths[r] for r in mixed], max_tokens, max_rows)]
     return batches
 
 

@@ -65,7 +65,8 @@ def cmd_train_expert(args: argparse.Namespace) -> int:
         shapes=dict(args.shape) if args.shape else None, targets=args.targets, init=args.init,
         lr=args.lr, steps=args.max_steps, batch_size=args.batch_size, max_length=args.max_length,
         seed=args.seed, device=args.device, train_limit=args.train_limit,
-        eval_limit=args.eval_limit, dtype=args.dtype, **convergence_settings(args))
+        eval_limit=args.eval_limit, dtype=args.dtype, min_layer=args.min_layer,
+        **convergence_settings(args))
     try:
         config = config.resolved()
         tasks.get_task(args.task)
@@ -356,6 +357,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--targets", type=targets_arg, default=None,
                    help="comma-separated modules adapted (default: the architecture's "
                         "query,value)")
+    p.add_argument("--min-layer", type=int_in(0, 1000), default=0,
+                   help="first layer adapted (tt-lora): a mixture whose router reads layers "
+                        "below it computes them once for router and expert")
     add_run_flags(p, steps=300, batch_size=32)
     p.add_argument("--json", action="store_true", help="final metrics as one JSON object")
     p.add_argument("--track", choices=TRACKERS, default=default_tracker(),

@@ -9,7 +9,9 @@ the cost tracks real tokens, not the longest row; repeated rows run once. Per mi
    merges each chain once; ONE pass of the base model adds each row's update in every adapted
    layer (``adapters.GatheredTTLinear``): the cost does not grow with E. When no chosen expert
    adapts a layer below k, the pass starts from the router's state after layer k instead of
-   from the embeddings (layers 0..k run once for both);
+   from the embeddings (layers 0..k run once for both). Otherwise the rows' expert pass runs
+   after routing, regrouped: an expert with enough rows gets micro-batches of its own, where its
+   update is merged into the weights (the frozen model's speed), the other rows run mixed;
 3. each row's head (padded to the largest label count, extra logits masked) on its expert's
    pooling of the last hidden state (mean, or the last real token for decoder experts).
 Answers come back in input order. Without a router (``mixture_from_folders``: chosen expert
@@ -60,6 +62,7 @@ from .pool import ExpertCard, ExpertPool, MoEError, open_pack
 
 MAX_BATCH_ROWS = batching.MAX_ROWS        # rows per micro-batch when serving
 MAX_BATCH_TOKENS = batching.MAX_TOKENS    # padded tokens (rows × longest row) per micro-batch
+GROUP_MIN_ROWS = batching.GROUP_MIN_ROWS  # an expert with this many rows: micro-batches of its own
 
 __all__ = ["MAX_BATCH_ROWS", "MAX_BATCH_TOKENS", "MoEError", "Scores", "TTLoRAMoE",
            "evaluate_mixture"]
@@ -241,14 +244,17 @@ class TTLoRAMoE(nn.Module):
     @torch.inference_mode()
     def score(self, encoded: Encoded, forced: Sequence[int] | None = None, route: bool = True,
               batch_size: int = MAX_BATCH_ROWS, max_tokens: int | None = MAX_BATCH_TOKENS,
-              share_prefix: bool = True) -> Scores:
+              share_prefix: bool = True, group_min_rows: int | None = GROUP_MIN_ROWS) -> Scores:
         """Route and answer N prepared rows in length-sorted micro-batches (at most
         ``batch_size`` rows and ``max_tokens`` padded tokens each); results in input order.
 
         ``forced[i]``: the expert of row i instead of the router's choice; ``route=False`` skips
         the router when every row is forced. Repeated rows (same texts, same forced expert) are
-        computed once. ``share_prefix=False``: the expert pass always starts from the embeddings
-        (the simple path, for comparison).
+        computed once. The expert pass of a routed micro-batch continues from the router's prefix
+        when its experts adapt no lower layer (``share_prefix=False``: never; the simple path,
+        for comparison); other rows run after routing, an expert with at least
+        ``group_min_rows`` rows in micro-batches of its own (its merged weights: the frozen
+        model's speed, ``adapters.shared_update``), the rest mixed (None: all mixed).
         """
         if forced is None and (not route or self.router is None):
             raise MoEError("this mixture has no router: pass expert=... to choose one")
@@ -261,36 +267,59 @@ class TTLoRAMoE(nn.Module):
         unique = encoded.take(first)
         batches = batching.plan(unique.lengths, max_tokens, batch_size)
         device = self.backbone.device
+        chosen = torch.tensor([forced[f] for f in first] if forced is not None
+                              else [0] * len(first), device=device)             # [U]
         text_feats = self._router_features(unique.texts, unique.text_pairs) if route else {}
-        probs_parts, idx_parts, logit_parts, pool_parts = [], [], [], []
+        probs_parts, pool_parts = [], []
+        expert_batches, logit_parts, later = [], [], []
         for rows in batches:
+            rows_t = torch.tensor(rows, device=device)
+            if not route:
+                later += rows
+                continue
             batch = unique.batch(rows, device)                                   # [B, T_max] each
-            states = probs = None
-            if route:
-                rows_t = torch.tensor(rows, device=device)
-                states, probs, router_logits, state_feats = self._route_states(
-                    batch, {k: v[rows_t] for k, v in text_feats.items()})        # probs [B, E]
-                if self.openworld is not None:
-                    pool_parts.append(self._pool_scores(
-                        batch, states, router_logits, [unique.texts[r] for r in rows],
-                        [unique.text_pairs[r] for r in rows], state_feats))
-            if forced is not None:
-                idx = torch.tensor([forced[first[r]] for r in rows], device=device)
-            else:
-                idx = probs.argmax(-1)                                           # [B]
-            idx_parts.append(idx)
+            states, probs, router_logits, state_feats = self._route_states(
+                batch, {k: v[rows_t] for k, v in text_feats.items()})            # probs [B, E]
+            if self.openworld is not None:
+                pool_parts.append(self._pool_scores(
+                    batch, states, router_logits, [unique.texts[r] for r in rows],
+                    [unique.text_pairs[r] for r in rows], state_feats))
             probs_parts.append(probs)
-            logit_parts.append(self.expert_logits(batch, idx, states if share_prefix else None))
+            if forced is None:
+                chosen[rows_t] = probs.argmax(-1)                                # [B]
+            idx = chosen[rows_t]
+            if share_prefix and self._continues(idx, len(states) - 1):
+                expert_batches.append(rows)
+                logit_parts.append(self.expert_logits(batch, idx, states))
+            else:
+                later += rows
+        if later:
+            later_lengths = [unique.lengths[r] for r in later]
+            later_experts = chosen[torch.tensor(later, device=device)].tolist()
+            plan = (batching.plan(later_lengths, max_tokens, batch_size) if group_min_rows is None
+                    else batching.plan_by_group(later_lengths, later_experts, max_tokens,
+                                                batch_size, group_min_rows))
+            for part in plan:
+                rows = [later[i] for i in part]
+                expert_batches.append(rows)
+                logit_parts.append(self.expert_logits(unique.batch(rows, device),
+                                                      chosen[torch.tensor(rows, device=device)]))
         slot_idx = torch.tensor(slot, device=device)
 
-        def in_order(parts: list[torch.Tensor]) -> torch.Tensor:      # [U, ...] -> [N, ...]
-            return batching.restore_order(batches, parts)[slot_idx]
+        def in_order(plan: list[list[int]], parts: list[torch.Tensor]) -> torch.Tensor:
+            return batching.restore_order(plan, parts)[slot_idx]                # [U, ...] -> [N, ...]
 
-        return check_finite(Scores(expert_idx=in_order(idx_parts),
-                                   router_probs=in_order(probs_parts) if route else None,
-                                   logits=in_order(logit_parts), truncated=encoded.truncated,
-                                   pool_score=in_order(pool_parts) if pool_parts else None),
+        return check_finite(Scores(expert_idx=chosen[slot_idx],
+                                   router_probs=in_order(batches, probs_parts) if route else None,
+                                   logits=in_order(expert_batches, logit_parts),
+                                   truncated=encoded.truncated,
+                                   pool_score=in_order(batches, pool_parts) if pool_parts else None),
                             self.names, self.num_labels)
+
+    def _continues(self, expert_idx: torch.Tensor, start: int) -> bool:
+        """Whether the expert pass of these rows can start from the frozen state after layer
+        ``start`` (no row's expert adapts a lower layer, and the encoder runs in parts)."""
+        return self.pool.first_layer(expert_idx.tolist()) >= start and runs_in_parts(self.encoder)
 
     def answers(self, encoded: Encoded, scores: Scores, router_top: int | None = None,
                 abstain: bool = False) -> list[dict]:

@@ -13,8 +13,9 @@ may share the pool).
 
 ``gather(expert_idx)`` serves one micro-batch: the rows of the batch's distinct experts, each chain
 merged once into its halves A [d_in, R] and B [R, d_out] (modules with the same TT factors in one
-batched call), then indexed per row for ``adapters.GatheredTTLinear``. The cost grows with the
-distinct experts of the batch, never with E. Modules below the lowest layer that one of these
+batched call; the last ``HALVES_CACHE`` experts' halves are kept, so a hot expert is merged once,
+not once per call), then indexed per row for ``adapters.GatheredTTLinear`` (or given once when the
+batch has one expert). The cost grows with the distinct experts of the batch, never with E. Modules below the lowest layer that one of these
 experts adapts are left out (their ΔW is 0); ``Gathered.first_layer`` tells the mixture when the
 router's prefix of the frozen model is also the experts' (computed once).
 """
@@ -24,6 +25,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +42,8 @@ from ..files import tensorfile
 from ..routing.registry import build
 
 CHUNK_ROWS = 64              # experts per storage chunk
+HALVES_CACHE = 64            # experts whose merged halves stay cached (a MiniLM q,k,v,dense
+                             # expert's: 0.85 MB, 7× its cores)
 NO_LAYER = 1 << 30           # first_layer of an expert that adapts no layer
 
 
@@ -145,6 +149,7 @@ class ExpertPool(nn.Module):
         self._first_layer: list[int | None] = []
         self._pending: dict[int, _Lazy] = {}
         self._lock = threading.RLock()
+        self._halves_cache: OrderedDict[int, dict] = OrderedDict()   # expert -> its halves (LRU)
         self._groups: list[_Group] = []
         offset = 0
         for factors in dict.fromkeys((s.in_factors, s.out_factors) for s in self.slots):
@@ -303,6 +308,8 @@ class ExpertPool(nn.Module):
         self._buffers[f"rows_{chunk}"][slot].copy_(row)
         self._buffers[f"head_w_{chunk}"][slot].copy_(head_w)
         self._buffers[f"head_b_{chunk}"][slot].copy_(head_b)
+        with self._lock:
+            self._halves_cache.pop(idx, None)
         self._first_layer[idx] = self._first_layer_of(row)
 
     # ------------------------------------------------------------------ lazy loading
@@ -349,33 +356,74 @@ class ExpertPool(nn.Module):
                             for i in ids])
 
     def gather(self, expert_idx: torch.Tensor) -> Gathered:
-        """Halves and heads of each row's expert (``expert_idx`` [B], long, 0..E-1)."""
+        """Halves and heads of each row's expert (``expert_idx`` [B], long, 0..E-1). When every
+        row has the same expert its halves have one row ([1, d_in, R]: ``shared_update``)."""
         if expert_idx.numel() and not 0 <= int(expert_idx.min()) <= int(expert_idx.max()) < len(self):
             raise MoEError(f"expert indices must be in 0..{len(self) - 1}")
         unique, inverse = torch.unique(expert_idx, return_inverse=True)     # [U], [B]
         ids = unique.tolist()
         self._load(ids)
-        rows = self._rows(ids, "rows")                                       # [U, P]
+        per_expert = self._halves_of(ids)                  # U × {module: (A [d_in, R], B [R, d_out])}
         first = min(self._first_layer[i] for i in ids)
         halves = {}
-        for group in self._groups:
-            chosen = [j for j, s in enumerate(group.slots) if (s.layer or 0) >= first]
-            if not chosen:
+        for slot in self.slots:
+            if (slot.layer or 0) < first:
                 continue
-            block = rows[:, group.offset: group.offset + group.size * len(group.slots)]
-            block = block.view(len(ids), len(group.slots), group.size)[:, chosen]   # [U, M, size]
-            cores = [block[..., start:start + numel].reshape(-1, *shape)    # [U·M, R, s, R']
-                     for start, numel, shape in group.cores]
-            slot = group.slots[0]
-            left, right = tt.tt_halves(cores, slot.in_factors, slot.out_factors)
-            left = left.view(len(ids), len(chosen), *left.shape[1:])[inverse]       # [B, M, d_in, R]
-            right = right.view(len(ids), len(chosen), *right.shape[1:])[inverse]    # [B, M, R, d_out]
-            for m, j in enumerate(chosen):
-                halves[group.slots[j].name] = (left[:, m], right[:, m])
+            if len(ids) == 1:
+                left, right = per_expert[0][slot.name]
+                halves[slot.name] = (left[None], right[None])                  # [1, d_in, R], ...
+            else:
+                left = torch.stack([h[slot.name][0] for h in per_expert])[inverse]   # [B, d_in, R]
+                right = torch.stack([h[slot.name][1] for h in per_expert])[inverse]  # [B, R, d_out]
+                halves[slot.name] = (left, right)
         last = torch.tensor([self.cards[i].pooling == "last" for i in ids],
                             dtype=torch.bool, device=expert_idx.device)              # [U]
         return Gathered(halves, self._rows(ids, "head_w")[inverse],
                         self._rows(ids, "head_b")[inverse], first, last[inverse])
+
+    def first_layer(self, ids: Sequence[int]) -> int:
+        """The lowest layer that one of the experts ``ids`` adapts (read first if lazy)."""
+        ids = sorted(set(ids))
+        self._load(ids)
+        return min(self._first_layer[i] for i in ids)
+
+    def _halves_of(self, ids: Sequence[int]) -> list[dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+        """Each expert's merged halves of every module, from the cache of the last
+        ``HALVES_CACHE`` experts served or merged now (one batched call per group of modules with
+        the same factors, for the experts not cached)."""
+        with self._lock:
+            cached = {i: self._halves_cache[i] for i in ids if i in self._halves_cache}
+            for i in cached:
+                self._halves_cache.move_to_end(i)
+        missing = [i for i in ids if i not in cached]
+        if missing:
+            rows = self._rows(missing, "rows")                                # [U', P]
+            fresh: dict[int, dict] = {i: {} for i in missing}
+            for group in self._groups:
+                block = rows[:, group.offset: group.offset + group.size * len(group.slots)]
+                block = block.view(len(missing), len(group.slots), group.size)  # [U', M, size]
+                cores = [block[..., start:start + numel].reshape(-1, *shape)  # [U'·M, R, s, R']
+                         for start, numel, shape in group.cores]
+                slot = group.slots[0]
+                left, right = tt.tt_halves(cores, slot.in_factors, slot.out_factors)
+                left = left.view(len(missing), len(group.slots), *left.shape[1:])     # [U', M, d_in, R]
+                right = right.view(len(missing), len(group.slots), *right.shape[1:])  # [U', M, R, d_out]
+                for u, i in enumerate(missing):
+                    for m, member in enumerate(group.slots):
+                        fresh[i][member.name] = (left[u, m], right[u, m])
+            with self._lock:
+                for i in missing:
+                    self._halves_cache[i] = fresh[i]
+                while len(self._halves_cache) > HALVES_CACHE:
+                    self._halves_cache.popitem(last=False)
+            cached |= fresh
+        return [cached[i] for i in ids]
+
+    def _apply(self, fn, *args, **kwargs):
+        """Moving or converting the pool drops the cached halves (they follow its rows)."""
+        with self._lock:
+            self._halves_cache.clear()
+        return super()._apply(fn, *args, **kwargs)
 
     def row_layers(self) -> torch.Tensor:
         """The layer of each number of an expert row, [P] long (modules without a number: 0)."""
@@ -420,7 +468,7 @@ def _open_folder(folder: Path, expected_fingerprint: str | None,
                  reference: str) -> tuple[Expert, _Lazy]:
     """An expert folder's metadata (an Expert without tensors) and where its weights are: the
     store's checks of the JSON, the base model and the weights header, no tensor data read."""
-    opened = store.open_expert(folder, expected_fingerprint, reference)
+    opened = store.open_expert(folder, expected_fingerprint, reference, history=False)
     return opened.expert, _Lazy(opened, opened.expert.config.rank, opened.expert.config.alpha)
 
 

@@ -13,7 +13,7 @@ from .. import tt
 from ..base.backbone import BackboneInfo
 from ..base.sources import hub_id
 from ..experts import ConfigError, Expert, ExpertConfig
-from ..files import tensorfile
+from ..files import schema, tensorfile
 from ..files.locks import locked
 from ..files.names import NAME_RULE, NameRuleError, check_name, is_valid_name
 from ..files.safefs import StoreError, atomic_dir, nan_to_null, write_json
@@ -110,15 +110,25 @@ class OpenedExpert:
 
 
 def open_expert(path: str | Path, expected_fingerprint: str | None = None,
-                reference: str = "the loaded base model") -> OpenedExpert:
+                reference: str = "the loaded base model", history: bool = True) -> OpenedExpert:
     """Read and validate an expert folder's JSON and its weights file's header (no tensor data):
     StoreError on any problem, or when ``expected_fingerprint`` (of ``reference``) is not its
-    base model's. Lazy pools keep the result and read the data on first use."""
+    base model's. Lazy pools keep the result and read the data on first use.
+
+    ``history=False``: the training curve is neither checked nor kept (``Expert.history`` []):
+    serving never reads it, and checking its hundreds of entries is ~70 % of opening an expert
+    (a 1,000-expert pack's pool, bench/RESULTS.md)."""
     path = Path(path)
     what = f"expert {path.name!r}"
     if not path.is_dir():
         raise StoreError(f"{what}: folder {path} does not exist")
-    data = read_json(path / CONFIG_FILE, what, "expert", FORMAT)
+    data = read_json(path / CONFIG_FILE, what, None, FORMAT)
+    if not history:
+        data = {key: value for key, value in data.items() if key != "history"}
+    try:
+        schema.validate(data, "expert", CONFIG_FILE)
+    except schema.SchemaError as exc:
+        raise schema.SchemaError(f"{what}: {exc}") from None
     try:
         check_name(data["name"], f"{what}: {CONFIG_FILE}: the expert name")
         config = ExpertConfig.from_dict(data["training"]).resolved()
