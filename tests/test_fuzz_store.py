@@ -386,3 +386,38 @@ def test_fuzzing_does_not_grow_memory(pack_files):
         with tempfile.TemporaryDirectory() as tmp:
             _load_or_store_error(_write({**pack_files, FILES[i % len(FILES)]: bytes(content)}, Path(tmp)))
     assert runinfo.rss_mib() - rss < 100
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-3, 10) | st.floats(allow_nan=True) | st.text(max_size=4),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(key=st.sampled_from(["a", "b"]), field=st.sampled_from(["shape", "dtype", None]),
+       value=JSON_VALUES)
+def test_tensor_manifest_is_checked_exactly_against_the_header(key, field, value):
+    """The manifest needs no schema check of its own: anything but the header's own shapes
+    (ints, not 2.0 or true) and dtypes is a StoreError, never a crash or a pass."""
+    from ttmoe_core.files import tensorfile
+
+    header = {"a": ("float32", [2, 3]), "b": ("int64", [])}
+    good = {"a": {"shape": [2, 3], "dtype": "float32"}, "b": {"shape": [], "dtype": "int64"}}
+    tensorfile.check_manifest(header, good, "x")
+    bad = json.loads(json.dumps(good))
+    if field is None:
+        bad[key] = value
+    else:
+        bad[key][field] = value
+    if bad == good and all(type(d) is int for spec in bad.values() if isinstance(spec, dict)
+                           for d in spec.get("shape", [])):
+        tensorfile.check_manifest(header, bad, "x")
+        return
+    with pytest.raises(store.StoreError):
+        tensorfile.check_manifest(header, bad, "x")
+    for odd in ([2.0, 3], [True, 3], "2,3", [[2], 3]):
+        with pytest.raises(store.StoreError):
+            tensorfile.check_manifest(header, {**good, "a": {"shape": odd, "dtype": "float32"}}, "x")
+    with pytest.raises(store.StoreError):
+        tensorfile.check_manifest(header, [good], "x")

@@ -125,8 +125,9 @@ def open_expert(path: str | Path, expected_fingerprint: str | None = None,
     data = read_json(path / CONFIG_FILE, what, None, FORMAT)
     if not history:
         data = {key: value for key, value in data.items() if key != "history"}
-    try:
-        schema.validate(data, "expert", CONFIG_FILE)
+    try:      # the tensor manifest is checked exactly against the header below
+        schema.validate(data | ({"tensors": {}} if "tensors" in data else {}), "expert",
+                        CONFIG_FILE)
     except schema.SchemaError as exc:
         raise schema.SchemaError(f"{what}: {exc}") from None
     try:
@@ -141,7 +142,7 @@ def open_expert(path: str | Path, expected_fingerprint: str | None = None,
         check_base(expected_fingerprint, base.fingerprint, f"{what} (base model {base.name!r})",
                    reference)
     header = tensorfile.read_header(path / WEIGHTS_FILE, what)
-    tensorfile.check_manifest(header, data["tensors"], what)
+    tensorfile.check_manifest(header, data["tensors"], f"{what}: {CONFIG_FILE}")
     shapes.check_expert(header, config.method, config.rank, config.targets, data.get("tt"),
                         data["label_names"], base.hidden_size, base.num_layers, what)
     known = TASKS.get(config.task)
