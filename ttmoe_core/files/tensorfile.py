@@ -10,8 +10,8 @@ import math
 import os
 import struct
 from collections.abc import Collection, Mapping
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
