@@ -4,6 +4,7 @@ verdicts, and a resumed report run keeping each seed's finished expert."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import shutil
 import time
@@ -194,6 +195,18 @@ def test_methods_over_seeds_and_a_resumed_run_keeps_each_seed(tiny_bert, samples
     assert "**8 of 9**" in text and f"Rule: {seeds.SPREAD_RULE}." in text and "(sst2: 0, 1)" in text
     threads = torch.get_num_threads()
     assert f"| alone, {threads} thread{'s' if threads != 1 else ''} |" in text   # how each run shared the cores
+    # a frontier run (another size of a method) is the frontier's, never experiment 2's
+    frontier_run = json.loads((work / "experts" / "sst2-tt-lora-seed0.training.json").read_text())
+    store.write_json(work / "experts" / "sst2-tt-lora-r2-seed0.training.json",
+                     frontier_run | {"variant": "tt-lora-r2", "value": 0.25})
+    store.write_json(work / "settings.json", {"settings": dataclasses.replace(
+        budget, seeds=(0, 1, 2), frontier_tasks=("sst2",),
+        frontier=(("tt-lora", 2, None), ("tt-lora", 5, None))).to_dict()})
+    with_frontier = report.work_status(work)
+    assert with_frontier["trainings_done"] == partial["trainings_done"] - 3       # adapters gone
+    assert [r["variant"] for r in with_frontier["frontier_finished"]] == ["tt-lora-r2"]
+    assert with_frontier["frontier_total"] == 2 * 1 * 3
+    assert "| sst2 | tt-lora-r2 | 0 | accuracy | 0.250 |" in report.render_status(with_frontier)
     with pytest.raises(report.ReportError, match="not a report work folder"):
         report.work_status(tmp_path)
 

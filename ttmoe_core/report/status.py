@@ -39,6 +39,7 @@ def _running(folder: Path) -> dict | None:
         return None
     run, loop = state.get("fingerprint") or {}, state["loop"]
     return {"task": run.get("task"), "method": run.get("method"), "seed": run.get("seed"),
+            "run": folder.name.removesuffix(CHECKPOINT_SUFFIX),
             "step": loop.get("step"), "cap": run.get("steps"), "best_score": loop.get("best_score"),
             "best_step": loop.get("best_step"), "cpu_seconds": loop.get("cpu")}
 
@@ -54,13 +55,19 @@ def work_status(work_dir: str | Path) -> dict:
     # the full budget compares every task of its data folder (None in the settings)
     tasks = list(budget.get("comparison_tasks") or task_registry.available_tasks(settings.get("data_dir")))
     experts_dir = work / "experts"
-    finished = []
+    finished, frontier = [], []
+    frontier_tasks = list(budget.get("frontier_tasks") or [])
     for path in sorted(experts_dir.glob(f"*{TRAINING_SUFFIX}")):
         record = _read_json(path)
-        if (record is not None and {"task", "method", "seed", "value"} <= set(record)
-                and record["task"] in tasks and record["seed"] in seed_list
-                and record["method"] in METHODS):
-            finished.append(record)
+        if (record is None or not {"task", "method", "seed", "value"} <= set(record)
+                or record["seed"] not in seed_list or record["method"] not in METHODS):
+            continue
+        if record.get("variant") in (None, record["method"]):      # experiment 2's settings
+            if record["task"] in tasks:
+                finished.append(record)
+        elif record["task"] in frontier_tasks:                      # the frontier's other sizes
+            frontier.append(record)
+    frontier.sort(key=lambda r: (r["seed"], r["task"], str(r.get("variant"))))
     running = [r for r in (_running(p) for p in sorted(experts_dir.glob(f"*{CHECKPOINT_SUFFIX}")))
                if r is not None]
     order = {s: i for i, s in enumerate(seed_list)}
@@ -96,6 +103,8 @@ def work_status(work_dir: str | Path) -> dict:
             "trainings_total": total, "trainings_done": len(finished),
             "cpu_seconds_done": sum(r.get("cpu_seconds") or 0.0 for r in finished),
             "finished": finished, "running": running, "aggregate": aggregate,
+            "frontier_finished": frontier,
+            "frontier_total": len(frontier_tasks) * len(budget.get("frontier") or []) * len(seed_list),
             "compared_seeds": {t: sorted({r["seed"] for r in whole if r["task"] == t})
                                for t in dict.fromkeys(r["task"] for r in whole)},
             "comparisons": comparisons, "outcomes": outcomes, "margin": MARGIN,
@@ -140,8 +149,10 @@ def render_status(status: dict) -> str:
                   f"Hosts (starts): {sessions.hosts(starts)}.", ""]
     if status["running"]:
         lines += ["In progress (a checkpoint; `report --resume` continues it):", "",
-                  _table(["task", "method", "seed", "step", "cap", "best hold-out so far", "at step", "CPU s"],
-                         [[str(r["task"]), METHOD_LABELS.get(r["method"], str(r["method"])), str(r["seed"]),
+                  _table(["run", "task", "method", "seed", "step", "cap", "best hold-out so far", "at step",
+                          "CPU s"],
+                         [[str(r.get("run")), str(r["task"]), METHOD_LABELS.get(r["method"], str(r["method"])),
+                           str(r["seed"]),
                            fmt(r["step"], "int"), fmt(r["cap"], "int"), fmt(r["best_score"], "f3"),
                            fmt(r["best_step"], "int"), fmt(r["cpu_seconds"], "f1")]
                           for r in status["running"]]), ""]
@@ -151,6 +162,18 @@ def render_status(status: dict) -> str:
         lines += [f"AdapterFusion trainings (experiments 4 and 5): finished "
                   f"{', '.join(status.get('fusion_done', [])) or 'none'}"
                   + (f"; in progress (a checkpoint): {'; '.join(going)}" if going else "") + ".", ""]
+    if status.get("frontier_total"):
+        done = status.get("frontier_finished", [])
+        lines += [f"Frontier (accuracy per parameter): {len(done)} trainings of other sizes finished "
+                  f"(of {status['frontier_total']} settings × tasks × seeds; the settings experiment 2 "
+                  "also trains are its runs)" + (":" if done else "."), ""]
+        if done:
+            lines += [_table(["task", "setting", "seed", "metric", "value", "adapter params",
+                              "steps run", "best step", "CPU s"],
+                             [[r["task"], str(r.get("variant")), str(r["seed"]), r["metric"],
+                               fmt(r["value"], "f3"), fmt(r.get("adapter_params"), "int"),
+                               fmt(r.get("steps_run"), "int"), fmt(r.get("best_step"), "int"),
+                               fmt(r.get("cpu_seconds"), "f1")] for r in done]), ""]
     if not status["finished"]:
         return "\n".join(lines + ["No training has finished yet.", ""])
     lines += ["Every finished run (validation metric of the weights kept at the best hold-out step):", "",
