@@ -27,17 +27,19 @@ from ..experts import Expert
 from ..moe import TTLoRAMoE
 from ..moe.pool import CHUNK_ROWS, ExpertCard, ExpertPool, open_pack
 from ..routing import Router, build, variant_spec
+from ..runtime import precision
 from ..runtime.runinfo import rss_mib
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def random_pool(like: ExpertPool, num_experts: int, seed: int = 0, min_layer: int = 0,
-                scale: float = 0.3) -> ExpertPool:
+                scale: float = 0.3, storage: torch.dtype | None = None) -> ExpertPool:
     """``num_experts`` experts of random cores (N(0, scale²), zero below ``min_layer``) and heads
-    in ``like``'s layout, rank and label width; written chunk by chunk (no [E, P] temporary)."""
+    in ``like``'s layout, rank and label width, cores kept in ``storage`` (None: ``like``'s
+    compute dtype); written chunk by chunk (no [E, P] temporary)."""
     pool = ExpertPool(like.slots, like.rank, like.hidden_size, like.max_labels, like.base,
-                      dtype=like.dtype)
+                      dtype=like.dtype, storage=storage)
     generator = torch.Generator().manual_seed(seed)
     keep = (pool.row_layers() >= min_layer).to(pool.dtype)                     # [P]
     labels = [f"label{j}" for j in range(like.max_labels)]
@@ -89,12 +91,13 @@ def write_pack(folder: Path, experts: Sequence[Expert], router: Router) -> Path:
     return folder
 
 
-def rss_in_fresh_process(num_experts: int, pack: str | Path, timeout_s: float = 600) -> dict:
+def rss_in_fresh_process(num_experts: int, pack: str | Path, timeout_s: float = 600,
+                         storage: str = "float32") -> dict:
     """Resident memory of a fresh process: the base model alone, then with a mixture of
-    ``num_experts`` random experts in the pack's layout and a router with as many outputs
-    (``rss_main``); MiB."""
+    ``num_experts`` random experts in the pack's layout (cores kept in ``storage``) and a router
+    with as many outputs (``rss_main``); MiB."""
     cmd = [sys.executable, "-m", "ttmoe_core.bench.expert_pools", "--rss", str(num_experts),
-           "--pack", str(pack)]
+           "--pack", str(pack), "--storage", storage]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=timeout_s,
                           check=False)
     if done.returncode != 0:
@@ -102,7 +105,7 @@ def rss_in_fresh_process(num_experts: int, pack: str | Path, timeout_s: float = 
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def rss_main(num_experts: int, pack: str | Path) -> dict:
+def rss_main(num_experts: int, pack: str | Path, storage: str = "float32") -> dict:
     """Run in the fresh process: RSS after the base model (and one forward), then after the
     mixture is built and has answered four rows."""
     torch.set_num_threads(1)
@@ -115,13 +118,13 @@ def rss_main(num_experts: int, pack: str | Path) -> dict:
         bb.model(**batch)
     gc.collect()
     base = rss_mib()
-    pool = random_pool(template, num_experts)
+    pool = random_pool(template, num_experts, storage=precision.parse_dtype(storage))
     mixture = TTLoRAMoE(bb, pool, random_router(router, num_experts, bb.info.hidden_size,
                                                 bb.info.num_layers), max_length=max_length)
     mixture.predict(texts, router_top=3)
     gc.collect()
     total = rss_mib()
-    return {"experts": num_experts, "base_rss_mib": base, "rss_mib": total,
+    return {"experts": num_experts, "storage": storage, "base_rss_mib": base, "rss_mib": total,
             "added_mib": total - base, "pool_bytes": sum(b.numel() * b.element_size()
                                                          for b in pool.buffers())}
 
@@ -130,5 +133,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="RSS of a mixture of E random experts")
     parser.add_argument("--rss", type=int, required=True)
     parser.add_argument("--pack", required=True)
+    parser.add_argument("--storage", default="float32", choices=["float32", "float16"])
     args = parser.parse_args()
-    print(json.dumps(rss_main(args.rss, args.pack)))
+    print(json.dumps(rss_main(args.rss, args.pack, args.storage)))

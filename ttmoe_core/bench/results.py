@@ -24,6 +24,7 @@ TARGETS = {
     "gathered_vs_frozen_one_padded_batch": (1.10, "<="),
     "expert_time_per_row_e10000_vs_e6": (1.15, "<="),
     "rss_added_gb_e10000": (0.6, "<="),
+    "rss_added_gb_e10000_float16": (0.6, "<="),
     "pool_1000_ready_s": (10.0, "<="),
     "pool_1000_ready_eager_s": (10.0, "<="),
     "single_row_latency_vs_frozen": (1.3, "<="),

@@ -11,8 +11,9 @@ served side by side in one run, each variant from raw texts to answers (tokeniza
   values) through PEFT's ``adapter_names=`` on one padded batch and on the same micro-batches;
 - the paper's scheme (full router pass + gate-weighted pass over all E experts), micro-batches.
 Then: the gathered per-row expert pass vs the frozen model on the same batches; the expert part per
-row for E random experts (E up to 10,000) and the memory they add (fresh process each); a pack of
-``disk_experts`` experts loaded from disk, eagerly and lazily; single-row latency.
+row for E random experts (E up to 10,000) and the memory they add (fresh process each; the largest
+E again with the cores kept in float16), with the pack's answers under float16 cores against
+float32; a pack of ``disk_experts`` experts loaded from disk, eagerly and lazily; single-row latency.
 """
 
 from __future__ import annotations
@@ -182,7 +183,9 @@ def bench_serve(settings: dict, pack: str | Path, data_dir, device: torch.device
     same_batch = _same_batch(mixture, texts, pairs, owner, max_length, settings, device)
     scan = _expert_scan(mixture, texts, pairs, owner, max_length, settings, device)
     memory = ([rss_in_fresh_process(e, pack) for e in settings["experts_scan"]]
+              + [rss_in_fresh_process(max(settings["experts_scan"]), pack, storage="float16")]
               if settings["rss"] else [])
+    half = _half_precision_agreement(mixture, pack, texts, pairs)
     disk = _disk_pool(mixture, settings["disk_experts"], texts[0], pairs[0])
     latency = _latency(mixture, upper, texts, pairs, max_length, settings, device)
 
@@ -208,8 +211,9 @@ def bench_serve(settings: dict, pack: str | Path, data_dir, device: torch.device
     if max(per_row) > min(per_row):
         ratios[f"expert_time_per_row_e{max(per_row)}_vs_e{min(per_row)}"] = (
             per_row[max(per_row)] / per_row[min(per_row)])
-    if memory:
-        ratios[f"rss_added_gb_e{memory[-1]['experts']}"] = memory[-1]["added_mib"] * 2**20 / 1e9
+    for row in memory[-2:]:
+        suffix = "" if row["storage"] == "float32" else f"_{row['storage']}"
+        ratios[f"rss_added_gb_e{row['experts']}{suffix}"] = row["added_mib"] * 2**20 / 1e9
     return {
         **envelope("serve", device, load_before),
         "settings": {"pack": str(pack), "upper_pack": str(upper_pack) if upper_pack else None,
@@ -225,7 +229,7 @@ def bench_serve(settings: dict, pack: str | Path, data_dir, device: torch.device
         "check": {"same_answers_as_one_padded_batch": sum(same) / len(same),
                   "routing_accuracy": sum(r == o for r, o in zip(routed, owner)) / len(owner)},
         "times": times, "same_batch": same_batch, "expert_scan": scan, "memory": memory,
-        "disk": disk, "latency": latency,
+        "disk": disk, "latency": latency, "half_precision_cores": half,
         **ratios_and_targets(ratios),
     }
 
@@ -274,6 +278,17 @@ def _expert_scan(mixture: TTLoRAMoE, texts, pairs, owner, max_length: int, setti
     times = time_interleaved(fns, settings["repeats"], device)
     return [{"experts": num, **meta[num], **times[num],
              "per_row_s": times[num]["median_s"] / len(texts)} for num in fns]
+
+
+def _half_precision_agreement(mixture: TTLoRAMoE, pack: str | Path, texts, pairs) -> dict:
+    """The pack's mixture with its cores kept in float16 against float32 on the same rows: the
+    share of rows with the same expert and label, the largest label-probability change."""
+    half = TTLoRAMoE.from_pack(pack, backbone=mixture.backbone, pool_dtype="float16")
+    a, b = mixture.predict(texts, pairs), half.predict(texts, pairs)
+    same = [x["expert"] == y["expert"] and x["label"] == y["label"] for x, y in zip(a, b)]
+    change = max((abs(p - y["label_probs"].get(k, p)) for x, y in zip(a, b)
+                  for k, p in x["label_probs"].items()), default=0.0)
+    return {"rows": len(same), "same_answers": sum(same) / len(same), "max_prob_change": change}
 
 
 def _disk_pool(mixture: TTLoRAMoE, count: int, text: str, pair: str | None) -> dict:
@@ -344,7 +359,12 @@ def format_serve(result: dict) -> str:
         for row in result["memory"]:
             lines.append(f"{row['experts']:6d} base {row['base_rss_mib']:8.1f}  with mixture "
                          f"{row['rss_mib']:8.1f}  added {row['added_mib']:8.1f}  (pool tensors "
-                         f"{row['pool_bytes'] / 2**20:.1f})")
+                         f"{row['pool_bytes'] / 2**20:.1f}; cores in {row.get('storage', 'float32')})")
+    half = result.get("half_precision_cores")
+    if half:
+        lines.append(f"cores kept in float16 (--pool-dtype float16), the pack's experts on the same "
+                     f"rows: same expert and label on {half['same_answers']:.1%} of rows, largest "
+                     f"label-probability change {half['max_prob_change']:.2e}")
     disk = result["disk"]
     lines += ["", f"pack of {disk['experts']} experts on disk ({disk['note']}; written in "
                   f"{disk['write_s']:.1f} s): ready eager {disk['eager_ready_s']:.2f} s, lazy "

@@ -189,6 +189,12 @@ def dtype_flag(parser: argparse.ArgumentParser) -> None:
                              "stay float32); bfloat16/float16 are for GPUs, bfloat16 works on CPU")
 
 
+def pool_dtype_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pool-dtype", choices=["float32", "float16"], default="float32",
+                        help="precision the experts' cores are kept in: float16 halves a large "
+                             "pack's memory (answers agree, bench/RESULTS.md)")
+
+
 def common_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=model_arg, default=None,
                         help="base model: all-minilm-l6-v2 (embedded default), a folder, or a hub id")

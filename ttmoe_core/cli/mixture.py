@@ -20,6 +20,7 @@ from .args import (
     dtype_flag,
     int_in,
     names_list,
+    pool_dtype_flag,
     positive_float,
     positive_int,
     seed_arg,
@@ -110,7 +111,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         rows = [(i + 1, {"text": t, "text_pair": args.text_pair}, None)
                 for i, t in enumerate(args.text)]
     moe = (load_adhoc(args.expert_dir, args.device, args.dtype) if args.expert_dir
-           else load_mixture(args.pack, args.device, args.dtype))
+           else load_mixture(args.pack, args.device, args.dtype, args.pool_dtype))
     if args.expert_dir and args.expert is None:
         if len(moe.names) > 1:
             raise UsageError(f"several experts and no router: choose one with --expert "
@@ -168,7 +169,7 @@ def cmd_eval_moe(args: argparse.Namespace) -> int:
     # heavy: imports torch; kept out of the parser
     from ..moe import evaluate_mixture, openworld_report
 
-    moe = load_mixture(args.pack, args.device, args.dtype)
+    moe = load_mixture(args.pack, args.device, args.dtype, args.pool_dtype)
     if moe.router is None:
         where = args.pack or default_pack()
         raise UsageError(f"the pack {where} has no router to evaluate: train one with "
@@ -296,6 +297,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--device", type=device_arg, default=None,
                    help="cpu, cuda, cuda:N, mps or auto (default)")
     dtype_flag(p)
+    pool_dtype_flag(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("eval-moe", help="routing accuracy and mixture vs oracle per task")
@@ -311,6 +313,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--device", type=device_arg, default=None,
                    help="cpu, cuda, cuda:N, mps or auto (default)")
     dtype_flag(p)
+    pool_dtype_flag(p)
     p.add_argument("--data-dir", default=None, help="task data folder (default: the engine's)")
     p.set_defaults(func=cmd_eval_moe)
 

@@ -12,7 +12,15 @@ import socket
 import sys
 import threading
 
-from .args import UsageError, device_arg, dtype_flag, int_in, positive_float, positive_int
+from .args import (
+    UsageError,
+    device_arg,
+    dtype_flag,
+    int_in,
+    pool_dtype_flag,
+    positive_float,
+    positive_int,
+)
 from .checks import load_mixture
 
 
@@ -43,7 +51,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                              queue_size=args.queue_size, timeout_s=args.timeout_s,
                              coalesce=not args.no_coalesce)
     sock = _listen(args.host, args.port)
-    moe = load_mixture(args.pack, args.device, args.dtype)
+    moe = load_mixture(args.pack, args.device, args.dtype, args.pool_dtype)
     shown = ", ".join(moe.names[:10]) + (", ..." if len(moe.names) > 10 else "")
     print(f"serving {len(moe.names)} experts ({shown}) on http://{args.host}:{args.port} "
           "(API docs at /docs)", file=sys.stderr)
@@ -83,4 +91,5 @@ def add_parsers(sub) -> None:
     p.add_argument("--device", type=device_arg, default=None,
                    help="cpu, cuda, cuda:N, mps or auto (default)")
     dtype_flag(p)
+    pool_dtype_flag(p)
     p.set_defaults(func=cmd_serve)

@@ -83,15 +83,17 @@ class TTLoRAMoE(nn.Module):
     """Frozen base + a pool of experts + router; see module docstring.
 
     ``experts``: Expert objects (TT-LoRA, same targets and TT factors; ranks and label counts may
-    differ) or an ``ExpertPool`` (large or lazily loaded pools). ``router``: None, or a router
-    with one output per expert. ``openworld``: the pack's out-of-pool detector (its rows get
+    differ; their cores kept in ``pool_dtype``, None: float32) or an ``ExpertPool`` (large or
+    lazily loaded pools). ``router``: None, or a router with one output per expert. ``openworld``: the pack's out-of-pool detector (its rows get
     ``in_pool`` / ``pool_score``), or None.
     """
 
     def __init__(self, backbone: Backbone, experts: Sequence[Expert] | ExpertPool,
-                 router: Router | None, max_length: int = 128, openworld: PoolModel | None = None):
+                 router: Router | None, max_length: int = 128, openworld: PoolModel | None = None,
+                 pool_dtype: torch.dtype | None = None):
         super().__init__()
-        pool = experts if isinstance(experts, ExpertPool) else ExpertPool.from_experts(experts)
+        pool = (experts if isinstance(experts, ExpertPool)
+                else ExpertPool.from_experts(experts, storage=pool_dtype))
         if pool.base is not None:
             check_fingerprint(backbone.info, pool.base.fingerprint,
                               f"the experts ({pool.base.name!r} base model)")
@@ -386,7 +388,8 @@ class TTLoRAMoE(nn.Module):
 
     @classmethod
     def from_loaded_pack(cls, pack: Pack, backbone: Backbone | None = None,
-                         device: str | None = None, dtype: str | None = None) -> "TTLoRAMoE":
+                         device: str | None = None, dtype: str | None = None,
+                         pool_dtype: str | None = None) -> "TTLoRAMoE":
         """The mixture of a pack read by ``store.load_pack`` (nothing is read again), on
         ``backbone`` or else on the pack's base model loaded here (in ``dtype``: ``precision``).
         StoreError when the pack was built on another base model than ``backbone``."""
@@ -395,22 +398,24 @@ class TTLoRAMoE(nn.Module):
         openworld = read_pool(pack.path, pack.manifest) if router is not None else None
         try:
             return cls(backbone, pack.experts, router, max_length=pack.max_length,
-                       openworld=openworld)
+                       openworld=openworld, pool_dtype=_storage(pool_dtype))
         except BackboneError as exc:
             raise StoreError(f"pack {pack.path.name!r}: {exc}") from None
 
     @classmethod
     def from_pack(cls, path: str | Path, backbone: Backbone | None = None,
                   device: str | None = None, lazy: bool = False,
-                  dtype: str | None = None) -> "TTLoRAMoE":
+                  dtype: str | None = None, pool_dtype: str | None = None) -> "TTLoRAMoE":
         """Read a pack folder (experts + router) once and build its mixture (``from_loaded_pack``).
 
         ``lazy``: the experts' configs are checked now, their weights read (memory-mapped) when a
-        batch first needs them (``pool.open_pack``): large packs are ready at once."""
+        batch first needs them (``pool.open_pack``): large packs are ready at once.
+        ``pool_dtype``: "float16" keeps the experts' cores in half precision (half the memory of
+        a large pool; bench/RESULTS.md gives the answers' agreement with float32)."""
         if not lazy:
             return cls.from_loaded_pack(load_pack(path), backbone=backbone, device=device,
-                                        dtype=dtype)
-        pool, router, max_length = open_pack(path)
+                                        dtype=dtype, pool_dtype=pool_dtype)
+        pool, router, max_length = open_pack(path, storage=_storage(pool_dtype))
         openworld = None
         if router is not None:
             openworld = read_pool(path, read_pack_manifest(Path(path)))
@@ -419,6 +424,11 @@ class TTLoRAMoE(nn.Module):
             return cls(backbone, pool, router, max_length=max_length, openworld=openworld)
         except BackboneError as exc:
             raise StoreError(f"pack {Path(path).name!r}: {exc}") from None
+
+
+def _storage(pool_dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """The cores' dtype at rest named by ``pool_dtype`` (None: the compute dtype)."""
+    return None if pool_dtype is None else precision.parse_dtype(pool_dtype)
 
 
 def check_finite(scores: Scores, names: Sequence[str], num_labels: Sequence[int]) -> Scores:

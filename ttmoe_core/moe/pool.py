@@ -4,7 +4,10 @@ Storage: an expert is one row of P numbers, its cores of every adapted module (r
 the pool's rank R, which computes the same ΔW; its α folded into the first core), and one head
 padded to C_max labels (the extra biases -inf). Rows live in chunks of ``CHUNK_ROWS`` (buffers of
 the module): adding an expert fills a row or opens a chunk and never copies the others, so a pool
-grows to 10,000s of experts (a MiniLM expert is ~37 KB of cores).
+grows to 10,000s of experts (a MiniLM q,v expert is ~37 KB of cores, a q,k,v,dense one 120 KB).
+``storage=torch.float16`` keeps the cores in half precision at rest (half the memory; each batch's
+experts are widened to the compute dtype before their chains are merged); the heads stay in the
+compute dtype. Converting the pool (``.double()``) converts the stored cores too.
 
 Lazy experts (``open_folders``, ``open_pack``): each folder's ``adapter_config.json`` is read and
 checked at once; its safetensors file is memory-mapped (``safetensors.safe_open``) and read,
@@ -140,8 +143,10 @@ class ExpertPool(nn.Module):
     """E experts' cores and heads, growable and lazily loaded; see the module docstring."""
 
     def __init__(self, slots: Sequence[ModuleSlot], rank: int, hidden_size: int, max_labels: int,
-                 base: BackboneInfo | None = None, dtype: torch.dtype = torch.float32):
+                 base: BackboneInfo | None = None, dtype: torch.dtype = torch.float32,
+                 storage: torch.dtype | None = None):
         super().__init__()
+        self._storage = storage          # the cores' dtype at rest (None: ``dtype``); heads: ``dtype``
         self.slots, self.rank, self.base = list(slots), int(rank), base
         self.hidden_size, self.max_labels = int(hidden_size), int(max_labels)
         self.cards: list[ExpertCard] = []
@@ -168,23 +173,24 @@ class ExpertPool(nn.Module):
 
     @classmethod
     def from_experts(cls, experts: Sequence[Expert], rank: int | None = None,
-                     max_labels: int | None = None) -> "ExpertPool":
+                     max_labels: int | None = None, storage: torch.dtype | None = None
+                     ) -> "ExpertPool":
         """A pool holding ``experts`` (TT-LoRA, one base model, the same targets and factors;
         ranks may differ), room for ranks up to ``rank`` and ``max_labels`` labels (default:
-        the experts' largest). MoEError otherwise."""
+        the experts' largest), cores kept in ``storage`` (None: float32). MoEError otherwise."""
         first = _check_experts(experts)
         pool = cls(module_slots(first, _core_modules(first.tensors)),
                    rank or max(e.config.rank for e in experts),
                    first.tensors["head.weight"].shape[1],
-                   max_labels or max(e.num_labels for e in experts), first.base)
+                   max_labels or max(e.num_labels for e in experts), first.base, storage=storage)
         for expert in experts:
             pool.add(expert)
         return pool
 
     @classmethod
     def open_folders(cls, folders: Sequence[str | Path], expected_fingerprint: str | None = None,
-                     rank: int | None = None,
-                     reference: str = "the loaded base model") -> "ExpertPool":
+                     rank: int | None = None, reference: str = "the loaded base model",
+                     storage: torch.dtype | None = None) -> "ExpertPool":
         """A pool of expert folders read lazily: configs checked now (StoreError, MoEError; each
         made on the base model of ``expected_fingerprint``, named ``reference``, when given),
         weights read when a batch first needs each expert."""
@@ -193,7 +199,7 @@ class ExpertPool(nn.Module):
         first = _check_experts(metas)
         pool = cls(module_slots(first, _core_modules(opened[0][1].opened.header)),
                    rank or max(e.config.rank for e in metas), first.base.hidden_size,
-                   max(e.num_labels for e in metas), first.base)
+                   max(e.num_labels for e in metas), first.base, storage=storage)
         for meta, lazy in opened:
             pool._check_fits(meta)
             pool._check_manifest(meta, lazy)
@@ -288,7 +294,8 @@ class ExpertPool(nn.Module):
             if slot == 0:
                 dtype, device = self._probe.dtype, self._probe.device
                 self.register_buffer(f"rows_{chunk}", torch.zeros(
-                    CHUNK_ROWS, self.width, dtype=dtype, device=device), persistent=False)
+                    CHUNK_ROWS, self.width, dtype=self._storage or dtype, device=device),
+                    persistent=False)
                 self.register_buffer(f"head_w_{chunk}", torch.zeros(
                     CHUNK_ROWS, self.max_labels, self.hidden_size, dtype=dtype, device=device),
                     persistent=False)
@@ -330,7 +337,14 @@ class ExpertPool(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
+        """The dtype the pool computes in (halves, heads)."""
         return self._probe.dtype
+
+    @property
+    def storage_dtype(self) -> torch.dtype:
+        """The dtype the cores are kept in (float16 halves a large pool's memory)."""
+        return self._buffers["rows_0"].dtype if "rows_0" in self._buffers else (
+            self._storage or self.dtype)
 
     @property
     def device(self) -> torch.device:
@@ -397,7 +411,7 @@ class ExpertPool(nn.Module):
                 self._halves_cache.move_to_end(i)
         missing = [i for i in ids if i not in cached]
         if missing:
-            rows = self._rows(missing, "rows")                                # [U', P]
+            rows = self._rows(missing, "rows").to(self.dtype)                 # [U', P]
             fresh: dict[int, dict] = {i: {} for i in missing}
             for group in self._groups:
                 block = rows[:, group.offset: group.offset + group.size * len(group.slots)]
@@ -437,7 +451,7 @@ class ExpertPool(nn.Module):
         self._load(ids)
         group = next(g for g in self._groups if module in [s.name for s in g.slots])
         j = [s.name for s in group.slots].index(module)
-        block = self._rows(ids, "rows")[:, group.offset + j * group.size:][:, : group.size]
+        block = self._rows(ids, "rows").to(self.dtype)[:, group.offset + j * group.size:][:, : group.size]
         return [block[:, start:start + numel].reshape(-1, *shape)
                 for start, numel, shape in group.cores]
 
@@ -472,9 +486,11 @@ def _open_folder(folder: Path, expected_fingerprint: str | None,
     return opened.expert, _Lazy(opened, opened.expert.config.rank, opened.expert.config.alpha)
 
 
-def open_pack(path: str | Path) -> tuple[ExpertPool, "object | None", int]:
-    """(lazy pool of a pack's experts, its router or None, max_length): the pack's manifest and
-    router are read and checked now, the experts' weights on first use."""
+def open_pack(path: str | Path, storage: torch.dtype | None = None
+              ) -> tuple[ExpertPool, "object | None", int]:
+    """(lazy pool of a pack's experts, cores kept in ``storage`` (None: float32), its router or
+    None, max_length): the pack's manifest and router are read and checked now, the experts'
+    weights on first use."""
 
     path = Path(path)
     if not path.is_dir():
@@ -485,7 +501,7 @@ def open_pack(path: str | Path) -> tuple[ExpertPool, "object | None", int]:
         raise store.StoreError(f"pack {path.name!r} lists no experts")
     pool = ExpertPool.open_folders([store.expert_folder(path, name) for name in names],
                                    expected_fingerprint=base["fingerprint"],
-                                   reference="the pack's manifest")
+                                   reference="the pack's manifest", storage=storage)
     for name, card in zip(names, pool.cards):
         if card.name != name:
             raise store.StoreError(f"pack {path.name!r}: expert {name!r}: its folder holds the "
