@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import gc
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -31,6 +32,7 @@ from ..runtime import precision
 from ..runtime.runinfo import rss_mib
 
 REPO = Path(__file__).resolve().parents[2]
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}      # the RSS probes' allocator setting
 
 
 def random_pool(like: ExpertPool, num_experts: int, seed: int = 0, min_layer: int = 0,
@@ -98,11 +100,15 @@ def rss_in_fresh_process(num_experts: int, pack: str | Path, timeout_s: float = 
     with as many outputs (``rss_main``); MiB."""
     cmd = [sys.executable, "-m", "ttmoe_core.bench.expert_pools", "--rss", str(num_experts),
            "--pack", str(pack), "--storage", storage]
+    # glibc's dynamic mmap threshold keeps the freed float32 temporaries of the pool's
+    # construction in the heap (+230 MiB for 10,000 float16 experts); a fixed threshold, as the
+    # soak recommends for the server (bench/RESULTS.md), measures what the pool holds
+    env = {**os.environ, **MALLOC_ENV}
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=timeout_s,
-                          check=False)
+                          check=False, env=env)
     if done.returncode != 0:
         raise RuntimeError(f"RSS probe for {num_experts} experts failed: {done.stderr[-500:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads(done.stdout.strip().splitlines()[-1]) | {"malloc": MALLOC_ENV}
 
 
 def rss_main(num_experts: int, pack: str | Path, storage: str = "float32") -> dict:
