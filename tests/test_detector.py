@@ -155,3 +155,21 @@ def test_temperature_and_ece():
     ece_after = detector.expected_calibration_error(torch.softmax(sharp / t, -1), labels)
     assert ece_after < ece_before
     assert torch.equal((sharp / t).argmax(-1), sharp.argmax(-1))
+
+
+def test_float32_projection_agrees_with_float64():
+    """The projection runs in float32; the projected rows and the scores equal a float64
+    computation to ~1e-6 of their scale, on rows far from the training centre too."""
+    train, labels = pool_rows(200, seed=0)
+    scorer = detector.PoolScorer.fit(train * 50 + 300, labels, E, k=5, dims=4)  # offset, scale
+    rows = torch.cat([pool_rows(40, seed=1)[0], pool_rows(40, seed=3, shift=6.0)[0]]) * 50 + 300
+    got = scorer._project(rows)
+    want = ((rows.double() - scorer.center) / scorer.scale) @ scorer.basis
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5 * float(want.abs().max()))
+    maha = scorer.components(rows)["maha"]
+    xp = want @ scorer.precision
+    dist = ((xp * want).sum(1, keepdim=True) - 2 * xp @ scorer.means.T
+            + ((scorer.means @ scorer.precision) * scorer.means).sum(1)[None])
+    torch.testing.assert_close(maha.double(), -dist.min(1).values / want.shape[1],
+                               rtol=1e-4, atol=1e-4)
