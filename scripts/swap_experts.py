@@ -28,30 +28,37 @@ from ttmoe_core.experts import quality
 from ttmoe_core.files import safefs
 
 
-def swap(pack: Path, parts: Path, command: str) -> dict:
+def swap(pack: Path, parts: Path, command: str, only: list[str] | None = None) -> dict:
+    """Swap the experts ``only`` (default: every expert of the pack) for those in ``parts``."""
     old = store.load_pack(pack)
     names = [e.name for e in old.experts]
-    new = {name: store.load_expert(parts / name) for name in names}
+    unknown = sorted(set(only or []) - set(names))
+    if unknown:
+        raise SystemExit(f"the pack has no experts {unknown}")
+    swapped = [n for n in names if only is None or n in only]
+    new = {name: store.load_expert(parts / name) for name in swapped}
     fingerprint = old.manifest["base_model"]["fingerprint"]
     for name, expert in new.items():
         if expert.name != name:
             raise SystemExit(f"{parts / name} holds expert {expert.name!r}, not {name!r}")
         if expert.base.fingerprint != fingerprint:
             raise SystemExit(f"{name} was trained on another base model than the pack's")
-    targets = {tuple(e.config.targets or ()) for e in new.values()}
+    targets = {tuple(e.config.targets or ()) for e in [*new.values(), *old.experts]}
     if len(targets) != 1:
         raise SystemExit(f"the experts adapt different modules: {sorted(targets)}")
     with safefs.atomic_dir(pack, template=pack) as tmp:
-        for name in names:
+        for name in swapped:
             folder = store.expert_folder(tmp, name)
             safefs.remove(folder)                       # the hard links, not the old files
             shutil.copytree(parts / name, folder)
         manifest = json.loads((tmp / "pack.json").read_text(encoding="utf-8"))
         manifest["build"] = {"command": command, "experts_from": str(parts),
+                             "swapped": swapped,
                              "router": "kept: it reads only the frozen base model",
                              "lr": {name: e.config.lr for name, e in new.items()},
                              "previous": manifest.get("build")}
-        manifest["validation"] = {name: quality.pack_entry(e) for name, e in new.items()}
+        manifest["validation"] = {**manifest.get("validation", {}),
+                                  **{name: quality.pack_entry(e) for name, e in new.items()}}
         (tmp / "pack.json").unlink()                    # a hard link to the old manifest
         safefs.write_json(tmp / "pack.json", manifest)
         store.load_pack(tmp)                            # a pack that does not load is not published
@@ -63,8 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pack", type=Path, required=True)
     parser.add_argument("--parts", type=Path, required=True, help="folder of expert folders")
     parser.add_argument("--command", required=True, help="how the experts were trained")
+    parser.add_argument("--only", default=None,
+                        help="comma-separated experts to swap (default: all of the pack's)")
     args = parser.parse_args(argv)
-    for name, entry in swap(args.pack, args.parts, args.command).items():
+    only = args.only.split(",") if args.only else None
+    for name, entry in swap(args.pack, args.parts, args.command, only).items():
         print(name, json.dumps(entry))
     return 0
 

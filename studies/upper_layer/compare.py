@@ -1,0 +1,58 @@
+"""Upper-layer experts (``min_layer`` 2) against the shipped pack's experts, task by task.
+
+    python -m studies.upper_layer.compare [--runs studies/upper_layer/runs] [--pack assets/demo]
+
+Reads each finished run's JSON (``train-expert --json``) and the pack's validation entries
+(pack.json), prints a Markdown table (validation metric of each, the difference in points, steps
+and CPU seconds of the upper-layer run) and the experts whose loss is at most ``--max-loss``
+points: issue 32's rule for rebuilding the pack's experts (one seed each: the difference carries
+that seed's noise, about ±0.5–1 point on SST-2 over seeds, reports/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def compare(runs: Path, pack: Path, max_loss: float) -> tuple[list[dict], list[str]]:
+    shipped = json.loads((pack / "pack.json").read_text())["validation"]
+    rows, keep = [], []
+    for name, entry in shipped.items():
+        path = runs / f"{name}.json"
+        if not path.exists():
+            rows.append({"task": name, "metric": entry["metric"], "full": entry["value"]})
+            continue
+        run = json.loads(path.read_text())
+        upper = run[entry["metric"]]
+        diff = 100 * (upper - entry["value"])
+        rows.append({"task": name, "metric": entry["metric"], "full": entry["value"],
+                     "upper": upper, "points": diff, "steps": run["steps_run"],
+                     "best_step": run["best_step"], "cpu_s": run.get("train_cpu_seconds")})
+        if diff >= -max_loss:
+            keep.append(name)
+    return rows, keep
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=Path, default=Path("studies/upper_layer/runs"))
+    parser.add_argument("--pack", type=Path, default=Path("assets/demo"))
+    parser.add_argument("--max-loss", type=float, default=0.5, help="points")
+    args = parser.parse_args(argv)
+    rows, keep = compare(args.runs, args.pack, args.max_loss)
+    print("| task | metric | shipped (layers 0–5) | upper (layers 2–5) | points | steps (best) | CPU s |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        if "upper" not in r:
+            print(f"| {r['task']} | {r['metric']} | {r['full']:.4f} | (not finished) | | | |")
+            continue
+        print(f"| {r['task']} | {r['metric']} | {r['full']:.4f} | {r['upper']:.4f} | "
+              f"{r['points']:+.2f} | {r['steps']} ({r['best_step']}) | {r['cpu_s']:.0f} |")
+    print(f"\nwithin {args.max_loss} points (swap): {','.join(keep) or 'none'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
