@@ -16,7 +16,7 @@ from ttmoe_core import adapters, store, tt
 from ttmoe_core.adapters import layer_index
 from ttmoe_core.bench.expert_pools import random_pool, upper_layer_experts
 from ttmoe_core.moe import TTLoRAMoE
-from ttmoe_core.moe.pool import CHUNK_ROWS, NO_LAYER, ExpertPool, MoEError, open_pack
+from ttmoe_core.moe.pool import CHUNK_ROWS, NO_LAYER, ExpertCard, ExpertPool, MoEError, open_pack
 
 
 @pytest.fixture(scope="module")
@@ -257,3 +257,42 @@ def test_half_precision_storage_halves_the_cores_and_keeps_the_answers(bb, exper
                 assert abs(p - y["label_probs"][label]) < 1e-2
     with pytest.raises(ValueError, match="unknown dtype"):
         TTLoRAMoE.from_pack(pack, backbone=bb, pool_dtype="int3")
+
+
+def test_a_pool_of_upper_layer_experts_stores_no_lower_cores(bb, experts, tmp_path):
+    """Experts trained with min_layer k leave layers < k alone: the pool keeps no slot there
+    (less memory, frozen layers there), answers as before, and refuses what would break that."""
+    upper = upper_layer_experts(experts, 1)
+    full = ExpertPool.from_experts(upper)
+    assert full.min_layer == 1 and all(layer_index(s.name) >= 1 for s in full.slots)
+    assert full.width < ExpertPool.from_experts(experts).width
+    with pytest.raises(MoEError, match="adapts layers from 0"):
+        full.add(dataclasses.replace(experts[0], name="full-one"))
+    lying = dataclasses.replace(experts[1], name="lying",
+                                config=dataclasses.replace(experts[1].config, min_layer=1))
+    with pytest.raises(MoEError, match="below layer 1"):
+        full.add(lying)                                   # its layer-0 cores are not zero
+    texts = ["a fine film", "the cat sat on the mat", "it rains"]
+    pruned = TTLoRAMoE(bb, full, None, max_length=32)
+    kept = TTLoRAMoE(bb, upper, None, max_length=32)      # from_experts too: same pruned pool
+    reference = TTLoRAMoE(bb, ExpertPool(ExpertPool.from_experts(experts).slots, full.rank,
+                                         full.hidden_size, full.max_labels, full.base), None,
+                          max_length=32)
+    reference.pool.add_rows([ExpertCard(e.name, e.config.task, list(e.label_names), e)
+                             for e in upper],
+                            torch.stack([reference.pool._row_of(e.tensors, e.config.rank,
+                                                                e.config.alpha, e.name)
+                                         for e in upper]),
+                            *[torch.stack(part) for part in zip(*[reference.pool._head_of(
+                                e.tensors["head.weight"], e.tensors["head.bias"]) for e in upper])])
+    forced = [e.name for e in upper][:3]
+    assert pruned.predict(texts, expert=forced) == kept.predict(texts, expert=forced)
+    for a, b in zip(pruned.predict(texts, expert=forced), reference.predict(texts, expert=forced)):
+        assert a["label"] == b["label"]
+        for k, p in a["label_probs"].items():
+            assert abs(p - b["label_probs"][k]) < 1e-5
+    folder = tmp_path / "upper"
+    tiny_pack(folder, bb, expert_list=upper)
+    lazy = TTLoRAMoE.from_pack(folder, backbone=bb, lazy=True)
+    assert lazy.pool.min_layer == 1
+    assert lazy.predict(texts, expert=forced, route=False) == kept.predict(texts, expert=forced)

@@ -5,6 +5,9 @@ the pool's rank R, which computes the same ΔW; its α folded into the first cor
 padded to C_max labels (the extra biases -inf). Rows live in chunks of ``CHUNK_ROWS`` (buffers of
 the module): adding an expert fills a row or opens a chunk and never copies the others, so a pool
 grows to 10,000s of experts (a MiniLM q,v expert is ~37 KB of cores, a q,k,v,dense one 120 KB).
+Experts trained with ``ExpertConfig.min_layer = k`` leave layers < k alone: a pool of such experts
+has no slots there (``min_layer``; those layers stay plain frozen linears), refuses an expert that
+adapts them, and checks that the cores it does not store give ΔW = 0.
 ``storage=torch.float16`` keeps the cores in half precision at rest (half the memory; each batch's
 experts are widened to the compute dtype before their chains are merged); the heads stay in the
 compute dtype. Converting the pool (``.double()``) converts the stored cores too.
@@ -123,16 +126,26 @@ class _Lazy:
         return self.opened.what
 
 
-def module_slots(expert: Expert, names: Sequence[str]) -> list[ModuleSlot]:
-    """The slots of an expert's adapted modules ``names``, in layer order."""
+def module_slots(expert: Expert, names: Sequence[str], min_layer: int = 0) -> list[ModuleSlot]:
+    """The slots of an expert's adapted modules ``names`` in layer order, leaving out those of
+    layers below ``min_layer`` (modules without a layer number are kept)."""
     slots = []
     for name in sorted(set(names), key=lambda n: (layer_index(n) or 0, n)):
+        if (layer_index(name) if layer_index(name) is not None else min_layer) < min_layer:
+            continue
         layout = adapters.layout_for(expert.tt_layout, name)
         if layout is None:
             raise MoEError(f"expert {expert.name!r}: module {name!r} is not one of its targets")
         slots.append(ModuleSlot(name, layer_index(name), tuple(layout["in_factors"]),
                                 tuple(layout["out_factors"])))
     return slots
+
+
+def _pool_min_layer(experts: Sequence[Expert], modules: Sequence[str]) -> int:
+    """The lowest ``min_layer`` of the experts, at most the top layer of ``modules`` (every
+    target keeps a slot, so experts that adapt nothing still share the pool's TT shapes)."""
+    top = max((layer_index(m) for m in modules if layer_index(m) is not None), default=0)
+    return min(min(e.config.min_layer for e in experts), top)
 
 
 def _core_modules(keys) -> list[str]:
@@ -144,8 +157,9 @@ class ExpertPool(nn.Module):
 
     def __init__(self, slots: Sequence[ModuleSlot], rank: int, hidden_size: int, max_labels: int,
                  base: BackboneInfo | None = None, dtype: torch.dtype = torch.float32,
-                 storage: torch.dtype | None = None):
+                 storage: torch.dtype | None = None, min_layer: int = 0):
         super().__init__()
+        self.min_layer = int(min_layer)  # no expert adapts a lower layer: no slots there
         self._storage = storage          # the cores' dtype at rest (None: ``dtype``); heads: ``dtype``
         self.slots, self.rank, self.base = list(slots), int(rank), base
         self.hidden_size, self.max_labels = int(hidden_size), int(max_labels)
@@ -179,10 +193,12 @@ class ExpertPool(nn.Module):
         ranks may differ), room for ranks up to ``rank`` and ``max_labels`` labels (default:
         the experts' largest), cores kept in ``storage`` (None: float32). MoEError otherwise."""
         first = _check_experts(experts)
-        pool = cls(module_slots(first, _core_modules(first.tensors)),
+        min_layer = _pool_min_layer(experts, _core_modules(first.tensors))
+        pool = cls(module_slots(first, _core_modules(first.tensors), min_layer),
                    rank or max(e.config.rank for e in experts),
                    first.tensors["head.weight"].shape[1],
-                   max_labels or max(e.num_labels for e in experts), first.base, storage=storage)
+                   max_labels or max(e.num_labels for e in experts), first.base, storage=storage,
+                   min_layer=min_layer)
         for expert in experts:
             pool.add(expert)
         return pool
@@ -197,9 +213,11 @@ class ExpertPool(nn.Module):
         opened = [_open_folder(Path(f), expected_fingerprint, reference) for f in folders]
         metas = [meta for meta, _ in opened]
         first = _check_experts(metas)
-        pool = cls(module_slots(first, _core_modules(opened[0][1].opened.header)),
+        min_layer = _pool_min_layer(metas, _core_modules(opened[0][1].opened.header))
+        pool = cls(module_slots(first, _core_modules(opened[0][1].opened.header), min_layer),
                    rank or max(e.config.rank for e in metas), first.base.hidden_size,
-                   max(e.num_labels for e in metas), first.base, storage=storage)
+                   max(e.num_labels for e in metas), first.base, storage=storage,
+                   min_layer=min_layer)
         for meta, lazy in opened:
             pool._check_fits(meta)
             pool._check_manifest(meta, lazy)
@@ -228,6 +246,10 @@ class ExpertPool(nn.Module):
         if self.base is not None and expert.base.fingerprint != self.base.fingerprint:
             raise MoEError(f"expert {expert.name!r} was trained on another base model than the "
                            "pool's experts")
+        if expert.config.min_layer < self.min_layer:
+            raise MoEError(f"expert {expert.name!r} adapts layers from {expert.config.min_layer}, "
+                           f"the pool only from {self.min_layer} (its experts leave the lower "
+                           "layers alone): build a new pool with it")
         if expert.config.rank > self.rank or expert.num_labels > self.max_labels:
             raise MoEError(f"expert {expert.name!r} (rank {expert.config.rank}, "
                            f"{expert.num_labels} labels) exceeds the pool's rank {self.rank} or "
@@ -246,15 +268,35 @@ class ExpertPool(nn.Module):
                     enumerate(tt.core_shapes(s.in_factors, s.out_factors, lazy.rank))}
         expected |= {"head.weight": [meta.num_labels, self.hidden_size],
                      "head.bias": [meta.num_labels]}
-        got = {key: list(shape) for key, (_dtype, shape) in lazy.opened.header.items()}
+        got = {key: list(shape) for key, (_dtype, shape) in lazy.opened.header.items()
+               if key in expected or not self._below(key)}      # cores of unadapted layers: ΔW 0
         if got != expected:
             wrong = sorted(set(got) ^ set(expected)) or sorted(
                 k for k in got if got[k] != expected[k])
             raise store.StoreError(f"{lazy.what}: its tensors do not fit the pool's modules "
                                    f"(first differences: {wrong[:3]})")
 
+    def _below(self, key: str) -> bool:
+        """Whether ``key`` is a core of a module below the pool's first layer (not stored)."""
+        module = key.rpartition(".cores.")[0]
+        return bool(module) and layer_index(module) is not None and layer_index(module) < self.min_layer
+
+    def _check_below(self, tensors, name: str) -> None:
+        """The cores the pool does not store (layers below ``min_layer``) give ΔW = 0: some core
+        of each such chain is all zero (``ExpertConfig.min_layer`` zeroes them all)."""
+        chains: dict[str, bool] = {}
+        for key, core in tensors.items():
+            if self._below(key):
+                module = key.rpartition(".cores.")[0]
+                chains[module] = chains.get(module, False) or not bool(core.any())
+        adapted = sorted(m for m, zero in chains.items() if not zero)
+        if adapted:
+            raise MoEError(f"expert {name!r} adapts {adapted[0]}, below layer {self.min_layer} "
+                           "where this pool's experts adapt nothing")
+
     def _row_of(self, tensors, rank: int, alpha: float, name: str) -> torch.Tensor:
         """One expert's cores as a row [P]: padded to rank R, α folded into each first core."""
+        self._check_below(tensors, name)
         parts = []
         for group in self._groups:
             for slot in group.slots:
