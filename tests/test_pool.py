@@ -16,7 +16,8 @@ from ttmoe_core import adapters, store, tt
 from ttmoe_core.adapters import layer_index
 from ttmoe_core.bench.expert_pools import random_pool, upper_layer_experts
 from ttmoe_core.moe import TTLoRAMoE
-from ttmoe_core.moe.pool import CHUNK_ROWS, NO_LAYER, ExpertCard, ExpertPool, MoEError, open_pack
+from ttmoe_core.moe.lazy import open_pack
+from ttmoe_core.moe.pool import CHUNK_ROWS, NO_LAYER, ExpertCard, ExpertPool, MoEError
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,8 @@ from ..adapters import layer_index
 from ..base.backbone import Backbone, encode_rows, load_backbone
 from ..experts import Expert
 from ..moe import TTLoRAMoE
-from ..moe.pool import CHUNK_ROWS, ExpertCard, ExpertPool, open_pack
+from ..moe.lazy import open_pack
+from ..moe.pool import CHUNK_ROWS, ExpertCard, ExpertPool
 from ..routing import Router, build, variant_spec
 from ..runtime import precision
 from ..runtime.runinfo import rss_mib

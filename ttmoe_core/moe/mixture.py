@@ -58,7 +58,8 @@ from ..routing import (
 from ..runtime import precision
 from ..store import Pack, StoreError, load_expert, load_pack, read_pack_manifest
 from ..store.detector import read_pool
-from .pool import ExpertCard, ExpertPool, MoEError, open_pack
+from .lazy import open_pack
+from .pool import ExpertCard, ExpertPool, MoEError
 
 MAX_BATCH_ROWS = batching.MAX_ROWS        # rows per micro-batch when serving
 MAX_BATCH_TOKENS = batching.MAX_TOKENS    # padded tokens (rows × longest row) per micro-batch
@@ -409,7 +410,7 @@ class TTLoRAMoE(nn.Module):
         """Read a pack folder (experts + router) once and build its mixture (``from_loaded_pack``).
 
         ``lazy``: the experts' configs are checked now, their weights read (memory-mapped) when a
-        batch first needs them (``pool.open_pack``): large packs are ready at once.
+        batch first needs them (``lazy.open_pack``): large packs are ready at once.
         ``pool_dtype``: "float16" keeps the experts' cores in half precision (half the memory of
         a large pool; bench/RESULTS.md gives the answers' agreement with float32)."""
         if not lazy:

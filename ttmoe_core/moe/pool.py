@@ -29,7 +29,6 @@ router's prefix of the frozen model is also the experts' (computed once).
 from __future__ import annotations
 
 import math
-import os
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -44,8 +43,6 @@ from ..adapters import layer_index
 from ..base.backbone import BackboneInfo
 from ..errors import MoEError
 from ..experts import Expert
-from ..files import tensorfile
-from ..routing.registry import build
 
 CHUNK_ROWS = 64              # experts per storage chunk
 HALVES_CACHE = 64            # experts whose merged halves stay cached (a MiniLM q,k,v,dense
@@ -526,35 +523,3 @@ def _open_folder(folder: Path, expected_fingerprint: str | None,
     store's checks of the JSON, the base model and the weights header, no tensor data read."""
     opened = store.open_expert(folder, expected_fingerprint, reference, history=False)
     return opened.expert, _Lazy(opened, opened.expert.config.rank, opened.expert.config.alpha)
-
-
-def open_pack(path: str | Path, storage: torch.dtype | None = None
-              ) -> tuple[ExpertPool, "object | None", int]:
-    """(lazy pool of a pack's experts, cores kept in ``storage`` (None: float32), its router or
-    None, max_length): the pack's manifest and router are read and checked now, the experts'
-    weights on first use."""
-
-    path = Path(path)
-    if not path.is_dir():
-        raise store.StoreError(f"pack folder {path} does not exist")
-    manifest = store.read_pack_manifest(path)            # schema-checked, names valid and distinct
-    names, base = manifest["experts"], manifest["base_model"]
-    if not names:
-        raise store.StoreError(f"pack {path.name!r} lists no experts")
-    pool = ExpertPool.open_folders([store.expert_folder(path, name) for name in names],
-                                   expected_fingerprint=base["fingerprint"],
-                                   reference="the pack's manifest", storage=storage)
-    for name, card in zip(names, pool.cards):
-        if card.name != name:
-            raise store.StoreError(f"pack {path.name!r}: expert {name!r}: its folder holds the "
-                                   f"expert {card.name!r}")
-    if not os.path.lexists(path / store.ROUTER_CONFIG_FILE):
-        return pool, None, 128
-    config, header, _metrics = store.read_router(path, manifest)   # fits experts and base model
-    what = f"router of pack {path.name!r}"
-    state = tensorfile.load(path / store.ROUTER_WEIGHTS_FILE, header, what)
-    with torch.device("meta"):
-        router = build(config, len(names), base["hidden_size"], base["num_layers"])
-    router = router.to_empty(device="cpu")
-    router.load_state_dict(state)
-    return pool, router.eval(), config.max_length

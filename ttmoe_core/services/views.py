@@ -12,6 +12,7 @@ import datetime as dt
 from pathlib import Path
 
 from .. import budget, experts, store, tasks, tt
+from ..base import sources
 from ..errors import TTMoEError, one_line
 from ..routing import calibrated
 from . import workspace
@@ -77,6 +78,22 @@ def pack_summary(path: str | Path) -> dict:
     return {"path": str(path), "names": pack.names, "manifest": pack.manifest,
             "router": router_info, "experts": infos, "created": created,
             "base_model": pack.base_model}
+
+
+def pack_base_model(path: str | Path) -> dict:
+    """The base model a pack was built on and whether this machine can load it now:
+    {"name", "ready", "command"}: ``command`` pulls a registered model not pulled yet (None when
+    nothing is to be pulled: embedded, pulled, a local folder or a hub id, which loading tells)."""
+    try:
+        name = store.read_pack_manifest(Path(path))["base_model"]["name"]
+    except (TTMoEError, OSError, KeyError, TypeError):
+        return {"name": None, "ready": True, "command": None}     # loading the pack says why
+    known = {row["name"]: row for row in sources.list_models()}
+    row = known.get(str(name).lower())
+    if row is None or row["ready"]:
+        return {"name": name, "ready": True, "command": None}
+    return {"name": row["name"], "ready": False,
+            "command": f"python -m ttmoe_core models pull {row['name']}"}
 
 
 def folder_packs(root: str | Path) -> tuple[list[str], dict[str, str]]:

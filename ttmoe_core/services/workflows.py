@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from .. import experts, moe, routing, store, tasks
+from ..base import sources
 from ..errors import CheckpointError, DataError, RouterError, StoreError, TrainingError, one_line
 from ..files import safefs
 from ..runtime import tracking
@@ -104,7 +105,21 @@ def start_router_training(registry: JobRegistry, owner: str, variant: str, layer
                            eval_per_task)
 
 
+def start_model_pull(registry: JobRegistry, owner: str, name: str) -> Job:
+    """The "Pull it now" button: ``models pull NAME`` as a job of ``owner`` (``pull_model_job``)."""
+    return registry.submit(owner, "pull", f"pull {name}", pull_model_job, name)
+
+
 # ----------------------------------------------------------------------------- the jobs
+
+
+def pull_model_job(job: Job, name: str) -> dict:
+    """Fetch and convert a registered base model into the cache (``sources.pull``), each step a
+    progress event {"stage": what it is doing}; returns {"name", "path"}."""
+    job.report(stage=f"pulling {name}")
+    folder = sources.pull(name, progress=lambda message: job.report(stage=message))
+    job.report(stage="done", path=str(folder))
+    return {"name": name, "path": str(folder)}
 
 
 def _now() -> str:

@@ -39,6 +39,15 @@ def default_pack() -> Path:
     return REPO_ROOT / "assets" / "demo"
 
 
+def shipped_packs() -> list[Path]:
+    """The packs committed in this repository's ``assets/`` (the demo pack first), e.g. the
+    MiniLM demo and the SmolLM2 decoder demo."""
+    assets = REPO_ROOT / "assets"
+    others = sorted(p for p in assets.iterdir() if p.is_dir() and p != default_pack()
+                    and is_pack(p)) if assets.is_dir() else []
+    return [default_pack(), *others]
+
+
 def pack_file(folder: str | Path) -> Path:
     """The manifest whose presence makes ``folder`` a pack (``pack.json``)."""
     return Path(folder) / store.PACK_FILE
