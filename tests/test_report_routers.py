@@ -171,3 +171,16 @@ def test_markdown_renders_both_tables_and_old_results_without_them(routers_exp):
     tables = text.split("Routing accuracy against router parameters")[1:]
     marked = sum(t.split("Smallest router")[0].count("| yes |") for t in tables)
     assert marked == len(exp["params_frontier"]) + len(exp["decoder"]["params_frontier"])
+
+
+def test_what_the_routers_measurements_point_to_cites_the_decoder(routers_exp):
+    from ttmoe_core.report.verdicts import factor
+
+    _, exp = routers_exp
+    exp = {**exp, "claim": {**exp["claim"], "verdict": "does not hold"}}   # a sentence is given
+    paper = next(r for r in exp["decoder"]["rows"] if r["variant"] == "paper")
+    text = factor("routers", {"experiments": {"routers": exp}})
+    assert f"on tiny-llama the paper's router reaches {paper['accuracy']:.3f}" in text
+    assert f"the claim there {exp['decoder']['claim']['verdict']}" in text
+    old = {k: v for k, v in exp.items() if k != "decoder"}
+    assert "tiny-llama" not in factor("routers", {"experiments": {"routers": old}})

@@ -122,3 +122,40 @@ def test_train_router_flag_takes_a_power_of_two_only():
     for bad, words in (("300", "power of two"), ("8", "power of two"), ("1e3", "not an integer")):
         with pytest.raises(UsageError, match=f"--buckets: .*{words}"):
             parser.parse_args(["train-router", "--pack", "p", "--buckets", bad])
+
+
+def test_a_small_table_trains_saves_and_grows_through_the_cli(tmp_path):
+    """train-router --buckets 256 writes a 1,024-row table and replay n-gram ids below it;
+    add-expert reads them against that table and grows it by a column; the replay rows of a
+    larger table are refused for a smaller one."""
+    from tests.tinymodels import SAMPLES, saved_tiny_bert
+    from ttmoe_core import cli
+    from ttmoe_core.store import detector as poolfiles
+
+    base = saved_tiny_bert(tmp_path / "base")
+    pack = tmp_path / "pack"
+    for i, task in enumerate(("cola", "sst2")):
+        store.append_expert(pack, tiny_expert(base, task, seed=i))
+    assert cli.main(["train-router", "--pack", str(pack), "--variant", "ngram", "--all-rows",
+                     "--buckets", "256", "--cap", "40", "--epochs", "2", "--layer", "1",
+                     "--eval-per-task", "10", "--data-dir", str(SAMPLES), "--quiet", "--json"]) == 0
+    loaded = store.load_pack(pack)
+    assert loaded.router_config.buckets == 256
+    assert loaded.build_router().ngrams.weight.shape == (4 * 256, 2)
+    _, sets = poolfiles.read_replay(pack, loaded.manifest, 2, buckets=256)
+    assert 0 < int(sets["replay"]["ngram_ids"].max()) < 4 * 256
+    store.save_expert(tiny_expert(base, "mrpc", seed=5), tmp_path / "mrpc")
+    assert cli.main(["add-expert", "--pack", str(pack), str(tmp_path / "mrpc"), "--rows", "20",
+                     "--data-dir", str(SAMPLES), "--json"]) == 0
+    grown = store.load_pack(pack).build_router()
+    assert grown.config.buckets == 256 and grown.ngrams.shape == (4 * 256, 1)
+
+    # replay rows hashed into 2^16 buckets do not fit a 2^8 table: refused, not an IndexError
+    big = tmp_path / "big"
+    for i, task in enumerate(("cola", "sst2")):
+        store.append_expert(big, tiny_expert(base, task, seed=i))
+    assert cli.main(["train-router", "--pack", str(big), "--variant", "ngram", "--all-rows",
+                     "--cap", "40", "--epochs", "1", "--layer", "1", "--eval-per-task", "10",
+                     "--data-dir", str(SAMPLES), "--quiet", "--json"]) == 0
+    with pytest.raises(StoreError, match=r"ngram_ids outside 0\.\.1023"):
+        poolfiles.read_replay(big, store.load_pack(big).manifest, 2, buckets=256)
