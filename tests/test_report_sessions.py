@@ -257,3 +257,16 @@ def test_a_work_folder_resumes_from_another_path_to_the_same_data_and_refuses_ch
     # a folder written before fingerprints (no "data"): the path decides, as it did
     old = {"settings": budget, "data_dir": str(here)}
     assert report_run.same_run(old, settings(here)) and not report_run.same_run(old, settings(there))
+
+    # a folder begun before experiment 3's settings (router_buckets, router_decoder) resumes under
+    # today's; one begun before another setting holds it at its default (steps has none: refused)
+    full = json.loads(json.dumps(report.BUDGETS["full"].to_dict()))
+    before = {k: v for k, v in full.items() if k not in ("router_buckets", "router_decoder")}
+    assert full["router_decoder"] == "smollm2-135m"
+    assert report_run.same_run({"settings": before, "data_dir": "d"}, {"settings": full, "data_dir": "d"})
+    assert not report_run.same_run({"settings": {**before, "router_decoder": None}, "data_dir": "d"},
+                                   {"settings": full, "data_dir": "d"})
+    assert not report_run.same_run({"settings": {k: v for k, v in full.items() if k != "steps"},
+                                    "data_dir": "d"}, {"settings": full, "data_dir": "d"})
+    no_seeds = {k: v for k, v in full.items() if k != "seeds"}      # seeds' default is (0,): not full's
+    assert not report_run.same_run({"settings": no_seeds, "data_dir": "d"}, {"settings": full, "data_dir": "d"})

@@ -7,7 +7,7 @@ import json
 import sys
 
 from ..errors import TTMoEError
-from ..routing import VARIANTS
+from ..routing import BUCKET_RANGE, BUCKETS, VARIANTS, check_buckets
 from .args import (
     UsageError,
     device_arg,
@@ -23,6 +23,18 @@ from .show import confusion_text, stage_printer
 MAX_HIDDEN = 16384           # router MLP width
 
 
+def buckets_arg(text: str) -> int:
+    """An argparse type: n-gram buckets per block (``routing.config.check_buckets``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    try:
+        return check_buckets(value)
+    except TTMoEError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def cmd_train_router(args: argparse.Namespace) -> int:
     """``train-router``: the pack, its folder, the layers and sizes are checked before the
     features are read; the best layer's router is saved into the pack (an ngram router with its
@@ -35,7 +47,8 @@ def cmd_train_router(args: argparse.Namespace) -> int:
     pack = load_pack(args.pack)
     epochs = args.epochs or (8 if args.all_rows else 60)
     config = routing.RouterConfig(variant=args.variant, hidden=args.hidden, epochs=epochs,
-                                  lr=args.lr, seed=args.seed, max_length=args.max_length)
+                                  lr=args.lr, seed=args.seed, max_length=args.max_length,
+                                  buckets=args.buckets)
     if args.all_rows and len(args.layer) != 1:
         raise UsageError("--all-rows trains one router: give one --layer")
     progress = None if args.quiet else stage_printer()
@@ -198,6 +211,10 @@ def add_parsers(sub) -> None:
     p.add_argument("--epochs", type=positive_int, default=None, help="default 60 (8 with --all-rows)")
     p.add_argument("--hidden", type=int_in(1, MAX_HIDDEN), default=256,
                    help="hidden width of the router's MLP (mlp, fusion, ngram)")
+    p.add_argument("--buckets", type=buckets_arg, default=BUCKETS,
+                   help="ngram: hash buckets per n-gram block, a power of two from "
+                        f"{BUCKET_RANGE[0]:,} to {BUCKET_RANGE[1]:,} (the table has 4 × this × "
+                        "experts weights)")
     p.add_argument("--lr", type=positive_float, default=2e-3, help="learning rate")
     p.add_argument("--max-length", type=positive_int, default=128,
                    help="tokens an input is truncated to")

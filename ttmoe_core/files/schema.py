@@ -165,6 +165,8 @@ ROUTER_SETTINGS = {
         "epochs": _int(1, 10**6), "batch_size": _int(1, 1 << 20), "lr": _num(0, 10, exclusive_lo=True),
         "weight_decay": _num(0, 10), "dropout": {"type": "number", "minimum": 0, "exclusiveMaximum": 1},
         "seed": _int(-(1 << 63), (1 << 64) - 1), "max_length": _int(8, 1 << 20),
+        # the ngram router's hash buckets per block: a power of two 2^8..2^20 (routing.config)
+        "buckets": {"type": "integer", "enum": [1 << n for n in range(8, 21)]},
     },
 }
 

@@ -254,7 +254,8 @@ def add_expert(pack_dir: str | Path, expert_dir: str | Path, backbone, data_dir=
         raise PoolFitError(f"pack {pack_dir} has no router: build one with train-router")
     model = pack.build_router()
     base = model.base if isinstance(model, GrownRouter) else model
-    replay = poolfiles.read_replay(pack_dir, pack.manifest, base.num_experts)
+    replay = poolfiles.read_replay(pack_dir, pack.manifest, base.num_experts,
+                                   base.config.buckets)
     if replay is None:
         raise PoolFitError(f"pack {pack_dir} has no replay rows: retrain its router with "
                            "`train-router --variant ngram` (it writes them)")

@@ -1,7 +1,8 @@
 """What the five experiments share: the run's state and the small helpers of their results.
 
 ``Run`` holds the base model, the loaded data and the trained experts of one report run, so an
-expert trained for one experiment serves the next. The helpers give every experiment the same
+expert trained for one experiment serves the next (and loads, on first use, another base model
+that an experiment reads: experiment 3's decoder). The helpers give every experiment the same
 verdict words, the same mean, the same median timer and the same notes on how the setup
 differs from the paper's.
 """
@@ -16,13 +17,14 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from .. import baselines, experts, store, tasks
 from .. import moe as moe_mod
-from ..base.backbone import Backbone
+from ..base.backbone import Backbone, load_backbone
 from ..experts.checkpoint import Checkpointer
 from ..files import safefs
 from ..routing import Router, RoutingData, routing_data
@@ -52,8 +54,12 @@ class Run:
     settings: dict[str, Setting] = field(default_factory=dict)   # frontier variants by tag
     # the start's clock (sessions.json): clock(True) after a save, clock(False) as work goes on
     clock: Callable[[bool], None] | None = None
+    # another base model by name (experiment 3's decoder); None: ``load_backbone`` on this run's
+    # device. Tests pass a loader of tiny models.
+    load_model: Callable[[str], Backbone] | None = None
     _data: dict[tuple[str, str], tasks.TaskData] = field(default_factory=dict)
     _experts: dict[tuple[str, str, int], experts.Expert] = field(default_factory=dict)
+    _models: dict[str, Backbone] = field(default_factory=dict)
 
     def tell(self, stage: str, done: int, total: int) -> None:
         """Report progress; ReportError when ``should_stop()`` says the run is cancelled."""
@@ -68,6 +74,13 @@ class Run:
         if self.clock is not None:
             self.clock(False)
         return self.should_stop is not None and self.should_stop()
+
+    def other_model(self, name: str) -> Backbone:
+        """The base model ``name`` besides the run's own, loaded on first use (``load_model``)."""
+        if name not in self._models:
+            load = self.load_model or partial(load_backbone, device=self.backbone.device)
+            self._models[name] = load(name)
+        return self._models[name]
 
     def step_progress(self, stage: str) -> Callable:
         """A training callback (events with ``step`` and ``total_steps``) that tells ``stage``."""

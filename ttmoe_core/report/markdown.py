@@ -3,7 +3,8 @@
 Every number of a table is ``FORMATS[kind](value)`` of a value stored in the results (no
 arithmetic here), so each cell can be traced to ``results.json``. The renderer reads results
 written by older versions too (the committed ``reports/results.json``): machine keys
-``usable_cpus``/``torch_threads`` and a load average stored as one number.
+``usable_cpus``/``torch_threads`` and a load average stored as one number; experiment 3
+without n-gram sizes, its parameters' front or its decoder subsection.
 """
 
 from __future__ import annotations
@@ -183,20 +184,70 @@ def _section_methods(exp: dict) -> list[str]:
             "paper's TT shapes, rank 5, q/v, LoRA r16):", _methods_ratios(exp)]
 
 
-def _section_routers(exp: dict) -> list[str]:
-    rows = [[r["variant"], str(r["layer"]), fmt(r["cost_fraction"], "f2"), fmt(r["params"], "int"),
+def _router_name(row: dict) -> str:
+    """``fusion``, or ``ngram (4,096 buckets)`` for a row with an n-gram table size."""
+    buckets = row.get("buckets")
+    return row["variant"] if buckets is None else f"{row['variant']} ({fmt(buckets, 'int')} buckets)"
+
+
+def _routers_main(exp: dict) -> str:
+    rows = [[_router_name(r), str(r["layer"]), fmt(r["cost_fraction"], "f2"), fmt(r["params"], "int"),
              fmt(r["accuracy"], "f3"), fmt(r["ms_per_input"], "f2"), fmt(r["fit_seconds"], "f1")]
             for r in exp["rows"]]
-    main = _table(["variant", "layer k", "fraction of a full pass", "params", "held-out accuracy",
+    return _table(["variant", "layer k", "fraction of a full pass", "params", "held-out accuracy",
                    "ms per input", "fit s"], rows)
+
+
+def _routers_by_params(exp: dict) -> list[str]:
+    """Routing accuracy against router parameters, the front marked, and the smallest router
+    within a point of the best (results with ``params_frontier`` only)."""
+    if "params_frontier" not in exp:
+        return []
+    front = {(f["variant"], f["layer"], f.get("buckets")) for f in exp["params_frontier"]}
+    ordered = sorted(exp["rows"], key=lambda r: (r["params"], -r["accuracy"]))
+    table = _table(["variant", "layer k", "n-gram buckets", "params", "held-out accuracy",
+                    "ms per input", "on the front"],
+                   [[r["variant"], str(r["layer"]), fmt(r.get("buckets"), "int"), fmt(r["params"], "int"),
+                     fmt(r["accuracy"], "f3"), fmt(r["ms_per_input"], "f2"),
+                     _yes_no((r["variant"], r["layer"], r.get("buckets")) in front)] for r in ordered])
+    out = ["Routing accuracy against router parameters (smallest first; on the front: no other "
+           "router has at most as many parameters and a higher accuracy):", table]
+    near = exp.get("smallest_near_best")
+    if near:
+        best = near["best"]
+        out.append(f"Smallest router within {near['points']:g} point of the most accurate "
+                   f"({_router_name(best)} at layer {best['layer']}: {fmt(best['accuracy'], 'f3')}, "
+                   f"{fmt(best['params'], 'int')} parameters): **{_router_name(near)} at layer "
+                   f"{near['layer']}**, {fmt(near['params'], 'int')} parameters, accuracy "
+                   f"{fmt(near['accuracy'], 'f3')}.")
+    return out
+
+
+def _routers_on_decoder(dec: dict) -> list[str]:
+    """The subsection of experiment 3 on a decoder: its tables and the paper's verdict there."""
+    claim = dec["claim"]
+    return [f"### On a decoder ({dec['model']})",
+            f"The same routers on {dec['model']}'s frozen states ({dec['num_layers']} layers, hidden "
+            f"{dec['hidden_size']}; layers {', '.join(map(str, dec['layers']))}: the same fractions of "
+            "depth), the same rows; held-out routing accuracy, parameters and measured cost:",
+            _routers_main(dec), *_routers_by_params(dec),
+            f"**On the decoder, the paper's claim ({claim['paper']}) {claim['verdict']}:** "
+            f"{claim['evidence']}."]
+
+
+def _section_routers(exp: dict) -> list[str]:
     best = [r for r in exp["rows"] if r["layer"] == exp["best_layer"][r["variant"]]]
     recall = _table(["variant (best layer)"] + list(exp["names"]),
-                    [[f"{r['variant']} (k={r['layer']})"] + [fmt(r["per_task"][n], "f3") for n in exp["names"]]
+                    [[f"{_router_name(r)} (k={r['layer']})"] + [fmt(r["per_task"][n], "f3")
+                                                               for n in exp["names"]]
                      for r in best])
-    return [f"Held-out routing accuracy over {exp['held_out_rows']} inputs ({exp['train_rows']} to "
-            "train), router parameters and measured cost:", main,
-            "Recall per task (share of each task's inputs sent to its expert), best layer of each variant:",
-            recall]
+    out = [f"Held-out routing accuracy over {exp['held_out_rows']} inputs ({exp['train_rows']} to "
+           "train), router parameters and measured cost:", _routers_main(exp),
+           "Recall per task (share of each task's inputs sent to its expert), best layer of each variant:",
+           recall, *_routers_by_params(exp)]
+    if exp.get("decoder"):
+        out += _routers_on_decoder(exp["decoder"])
+    return out
 
 
 def _section_integration(exp: dict) -> list[str]:

@@ -114,6 +114,11 @@ class ReportBudget:
     # (method, rank — the adapter's reduction factor —, targets or None for q,v)
     frontier_tasks: tuple[str, ...] = ()
     frontier: tuple[tuple, ...] = ()    # (method, rank, targets or None[, TT shape])
+    # experiment 3: the ngram router's table sizes (hash buckets per block), fitted at
+    # MIXTURE_ROUTER's layer; and the decoder whose frozen states it is run on as well (a name of
+    # ``base.backbone.load_backbone``; None: the encoder only)
+    router_buckets: tuple[int, ...] = (1 << 12, 1 << 14, 1 << 16)
+    router_decoder: str | None = None
 
     def lr_of(self, method: str) -> float | None:
         """This budget's learning rate for ``method`` (None: the method's default)."""
@@ -171,7 +176,9 @@ BUDGETS: dict[str, ReportBudget] = {
         # AdapterFusion has no hold-out stop (baselines.train_fusion): a fixed 500 steps of 16
         # rows per fusion task (3,000 on the mixed set), a CPU-time budget, its convergence not
         # measured (the old full run: ~1.5 s a step of 8 rows over 16 adapters on this machine)
-        fusion_steps=500, frontier_tasks=("sst2", "qnli"), frontier=FRONTIER),
+        fusion_steps=500, frontier_tasks=("sst2", "qnli"), frontier=FRONTIER,
+        # experiment 3 on a decoder too: routing needs no expert, only the frozen states
+        router_decoder="smollm2-135m"),
 }
 # the full rule on the six demo tasks only (experiment 2 and the mixture): about a quarter of
 # the full budget's CPU time (reports/CONVERGENCE_BUDGET.md)
@@ -198,13 +205,25 @@ def budget_changes(meta: Mapping) -> list[tuple[str, object, object]]:
     then = meta.get("settings")
     if today is None or not isinstance(then, Mapping):
         return []
-    defaults = {f.name: f.default for f in fields(ReportBudget) if f.default is not MISSING}
+    then = with_defaults(then)
     changes = []
     for key, now in _json(today.to_dict()).items():
-        old = then[key] if key in then else _json(defaults.get(key))
+        old = then.get(key)
         if key != "name" and old != now:
             changes.append((key, old, now))
     return changes
+
+
+ROUTERS_ONLY = ("router_buckets", "router_decoder")
+"""Settings that shape experiment 3 only, which a resumed run reruns (``run.run_report``): a work
+folder begun before them resumes under today's values."""
+
+
+def with_defaults(settings: Mapping) -> dict:
+    """A budget's JSON ``settings`` with the settings it predates filled in with their defaults
+    (what the version that wrote it did)."""
+    defaults = {f.name: _json(f.default) for f in fields(ReportBudget) if f.default is not MISSING}
+    return {**defaults, **settings}
 
 
 def _json(value: object) -> object:

@@ -31,10 +31,12 @@ from .plan import (
     MARKDOWN_FILE,
     PAPER,
     RESULTS_FILE,
+    ROUTERS_ONLY,
     Progress,
     ReportBudget,
     ReportError,
     resolve_budget,
+    with_defaults,
 )
 from .plots import build_figures, write_figures
 from .router_variants import exp_routers
@@ -92,8 +94,18 @@ def data_fingerprint(data_dir: Path | None, names: Sequence[str]) -> dict[str, s
 
 def same_run(saved: dict, now: dict) -> bool:
     """Whether a work folder's ``settings.json`` (``saved``) is this run's (``now``): the same
-    budget settings and the same data (by fingerprint where both have one, else by folder path)."""
-    if saved.get("settings") != now.get("settings"):
+    budget settings and the same data (by fingerprint where both have one, else by folder path).
+    A setting the saved run predates counts as its default (``plan.with_defaults``), except the
+    ``plan.ROUTERS_ONLY`` ones, which it is not held to."""
+    then = saved.get("settings")
+    if not isinstance(then, dict):
+        return False
+    predated = {key for key in ROUTERS_ONLY if key not in then}
+
+    def held(settings: dict) -> dict:
+        return {k: v for k, v in with_defaults(settings).items() if k not in predated}
+
+    if held(then) != held(now.get("settings") or {}):
         return False
     if saved.get("data") is not None and now.get("data") is not None:
         return saved["data"] == now["data"]

@@ -41,10 +41,16 @@ def _routers(exp: Mapping, exps: Mapping) -> str | None:
     if not paper or not others:
         return None
     best = max(others, key=lambda r: r["accuracy"])
-    return (f"the base model: the paper's router reads the last token, which on an encoder such as "
+    text = (f"the base model: the paper's router reads the last token, which on an encoder such as "
             f"MiniLM is the [SEP] token ({paper[0]['accuracy']:.3f}); pooled states route better "
             f"({best['variant']} at layer {best['layer']}: {best['accuracy']:.3f}); a causal decoder's "
             "last token has read the whole input")
+    decoder = exp.get("decoder") or {}
+    on_decoder = [r for r in decoder.get("rows") or [] if r["variant"] == "paper"]
+    if on_decoder:          # measured (report/router_variants.on_decoder)
+        text += (f" (on {decoder['model']} the paper's router reaches {on_decoder[0]['accuracy']:.3f}; "
+                 f"the claim there {decoder['claim']['verdict']})")
+    return text
 
 
 def _integration(exp: Mapping, exps: Mapping) -> str | None:

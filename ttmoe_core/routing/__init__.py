@@ -12,14 +12,14 @@ from .. import lazy_exports
 
 __getattr__, __all__ = lazy_exports(__name__, {
     "..errors": "RouterError",
-    ".config": "VARIANTS, RouterConfig",
+    ".config": "BUCKET_RANGE, BUCKETS, VARIANTS, RouterConfig, check_buckets",
     ".detector": "COMPONENTS, NgramLM, OpenWorldError, PoolModel, PoolScorer, auroc, calibrated, "
                  "expected_calibration_error, fit_temperature, ood_report",
     ".features": "SURFACE_DIM, base_states, batch_features, extract_features, pooled_states, "
                  "state_features, surface_features, text_features",
     ".growth": "SOURCES as GROW_SOURCES, SOURCES, GrownRouter, GrowthError, base_outputs, "
                "cached_outputs, cat_rows, grow_router, last_linear, phi_width, replay_sample",
-    ".ngram": "BUCKETS, FLAGS, MAX_NGRAMS, NgramFusionRouter, canonical, ngram_features, "
+    ".ngram": "FLAGS, MAX_NGRAMS, NgramFusionRouter, canonical, ngram_features, "
               "pool_dense, segment_pools, text_flags",
     ".recipe": "balanced, fit, recipe_rows, routing_splits, sentence_level, take",
     ".registry": "VariantSpec, build, grow, known_variants, params, register_variant, "

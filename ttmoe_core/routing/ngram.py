@@ -10,7 +10,10 @@ them apart without relying on GLUE's preprocessing artefacts:
 - ``ngram_ids`` / ``ngram_w`` [B, L]: hashed word 1-2-grams and character 2-5-grams of each
   segment of the *canonical* text (``canonical``: lower-cased, punctuation and clitics split off),
   so "It's great." and GLUE's "it 's great ." give the same features: routing is invariant to
-  casing and to the tokenisation artefacts of SST-2's text by construction;
+  casing and to the tokenisation artefacts of SST-2's text by construction; hashed into 4 blocks
+  (word / char × first / second segment) of ``RouterConfig.buckets`` ids each (default 2^16:
+  the table, 4·buckets·E weights, is most of the router's parameters; smaller tables trade
+  accuracy for size, measured by the report's experiment 3);
 - ``flags`` [B, F]: case-free shape of the input (pair present, words and characters per
   segment, question mark, final punctuation, digits, word overlap of the segments).
 Logits = MLP(LayerNorm(pooled ⊕ seg) ⊕ flags) + a linear map of the n-grams (an embedding bag).
@@ -32,11 +35,12 @@ import torch
 from torch import nn
 
 from ..runtime import rng
-from .config import RouterConfig
+from .config import BUCKETS, RouterConfig
 from .registry import register_variant
 from .variants import Router
 
-BUCKETS = 1 << 16          # hash buckets per block; 4 blocks: (word, char) × (first, second segment)
+# BUCKETS (config): the default hash buckets per block; 4 blocks: (word, char) × (first, second
+# segment); a router's own count is ``RouterConfig.buckets``
 MAX_NGRAMS = 768           # n-grams kept per row (the most frequent); rows rarely have more
 FLAGS = 15
 
@@ -153,16 +157,17 @@ def ngram_states(states: Sequence[torch.Tensor], batch: dict[str, torch.Tensor],
 
 def ngram_text(texts: Sequence[str], text_pairs: Sequence[str | None] | None,
                config: RouterConfig) -> dict[str, torch.Tensor]:
-    """The ``ngram`` router's inputs read from the raw text: ngram_ids [N, L], ngram_w [N, L],
-    flags [N, FLAGS]."""
-    ids, weights = ngram_features(texts, text_pairs)
+    """The ``ngram`` router's inputs read from the raw text: ngram_ids [N, L] (< 4·buckets),
+    ngram_w [N, L], flags [N, FLAGS]."""
+    ids, weights = ngram_features(texts, text_pairs, config.buckets)
     return {"ngram_ids": ids, "ngram_w": weights, "flags": text_flags(texts, text_pairs)}
 
 
 class NgramFusionRouter(Router):
     """MLP over [LayerNorm(pooled ⊕ seg of layers 0..k), flags] + linear over hashed n-grams.
 
-    Parameters: (k+1)·3·H·(hidden+2) + (FLAGS+1)·hidden + hidden·E + 4·BUCKETS·E.
+    Parameters: (k+1)·3·H·(hidden+2) + (FLAGS+1)·hidden + hidden·E + E + 4·buckets·E
+    (``config.buckets``; the table dominates: 4·2^16·6 = 1,572,864 of the shipped pack's router).
     """
 
     def __init__(self, config: RouterConfig, num_experts: int, hidden_size: int,
@@ -173,7 +178,7 @@ class NgramFusionRouter(Router):
         self.mlp = nn.Sequential(nn.Linear(dense + FLAGS, config.hidden), nn.GELU(),
                                  rng.Dropout(config.dropout, self.generator),
                                  nn.Linear(config.hidden, num_experts))
-        self.ngrams = nn.Embedding(4 * BUCKETS, num_experts)              # [4·BUCKETS, E]
+        self.ngrams = nn.Embedding(4 * config.buckets, num_experts)       # [4·buckets, E]
         nn.init.zeros_(self.ngrams.weight)
 
     def dense_input(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:

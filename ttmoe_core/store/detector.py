@@ -182,10 +182,12 @@ def write_replay(folder: Path, sets: Mapping[str, dict[str, torch.Tensor]], name
     write_json(folder / REPLAY_CONFIG_FILE, config)
 
 
-def read_replay(path: str | Path, pack: Mapping, base_experts: int) -> tuple[str, dict] | None:
+def read_replay(path: str | Path, pack: Mapping, base_experts: int,
+                buckets: int = BUCKETS) -> tuple[str, dict] | None:
     """(source, {"replay": feats with "labels", "calibration": feats}) of the pack's replay rows
     (None when it has none); feats as ``growth.cached_outputs``. ``base_experts``: the router's
-    frozen outputs (its base logits' width). StoreError for any bad file."""
+    frozen outputs (its base logits' width); ``buckets``: its n-gram buckets per block (n-gram
+    ids must be below 4·buckets, its table's rows). StoreError for any bad file."""
     path = Path(path)
     if not os.path.lexists(path / REPLAY_CONFIG_FILE):
         return None
@@ -221,8 +223,8 @@ def read_replay(path: str | Path, pack: Mapping, base_experts: int) -> tuple[str
         if int(ptr[0]) != 0 or int(ptr[-1]) != len(ids) or bool((steps < 0).any()) \
                 or (len(steps) and int(steps.max()) > MAX_NGRAMS):
             raise StoreError(f"{what}: {prefix}.ngram_ptr is not a valid row index")
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= 4 * BUCKETS):
-            raise StoreError(f"{what}: {prefix}.ngram_ids outside 0..{4 * BUCKETS - 1}")
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= 4 * buckets):
+            raise StoreError(f"{what}: {prefix}.ngram_ids outside 0..{4 * buckets - 1}")
         ngram_ids, ngram_w = _padded(ptr, ids, t[f"{prefix}.ngram_w"])
         out[prefix] = {"base_logits": t[f"{prefix}.base_logits"].float(),
                        f"phi_{data['source']}": t[f"{prefix}.phi"].float(),
