@@ -59,7 +59,7 @@ from ttmoe_core import budget, moe, report, store
 from ttmoe_core.base import backbone
 from ttmoe_core.errors import TTMoEError, one_line
 from ttmoe_core.files import names
-from ttmoe_core.services import jobs, views, workspace
+from ttmoe_core.services import jobs, views, workflows, workspace
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -133,6 +133,8 @@ def pack_choices(ws: workspace.Workspace) -> dict[str, Path]:
     """{label: folder} of the demo pack and every pack (valid or not) of the workspace ``ws``."""
     demo = default_pack_dir()
     choices = {f"demo pack ({short_path(demo)})": demo}
+    for shipped in workspace.shipped_packs()[1:]:      # e.g. the SmolLM2 decoder demo
+        choices[f"shipped pack: {shipped.name} ({short_path(shipped)})"] = shipped
     packs = ws.packs_root
     valid, invalid = folder_packs(str(packs), views.stamp(packs))
     for folder in sorted(valid + list(invalid)):
@@ -146,8 +148,49 @@ def pick_pack(ws: workspace.Workspace, key: str) -> Path:
     if len(choices) == 1:
         return next(iter(choices.values()))
     label = st.selectbox("Pack", list(choices), key=key,
-                         help="The demo pack, or a pack built on the Router page.")
+                         help="A pack shipped with the app (the MiniLM demo; the SmolLM2 decoder "
+                              "demo), or a pack built on the Router page.")
     return choices[label]
+
+
+def base_model_missing(path: Path, key: str) -> bool:
+    """True (with the command that fetches it and a button that runs it as a background job,
+    its progress shown) when the pack's base model is a registered model not pulled yet."""
+    status = views.pack_base_model(path)
+    if status["ready"]:
+        return False
+    registry, job_key = job_registry(), f"pull_job_{status['name']}"
+    st.info(f"This pack was built on **{status['name']}**, which is not on this machine yet. "
+            f"Fetch it once (a few hundred MB, then converted) with\n\n```\n"
+            f"{status['command']}\n```\n\nor here, as a background job.",
+            icon=":material/download:")
+    job = registry.get(session_id(), st.session_state.get(job_key))
+    if job is None:
+        if st.button(f"Pull {status['name']} now", key=f"{key}_pull", icon=":material/download:"):
+            job = safe(workflows.start_model_pull, registry, session_id(), status["name"],
+                       what=f"pulling {status['name']}")
+            if job is not None:
+                st.session_state[job_key] = job.id
+                st.rerun()
+        return True
+    watch_job(job, lambda job_id, polling: _pull_view(registry, job_id, polling), every=1.0)
+    return True
+
+
+def _pull_view(registry: jobs.JobRegistry, job_id: str, polling: bool) -> None:
+    """A pull job's last step while it runs; when it is done, the page again (the pack loads)."""
+    job = registry.get(session_id(), job_id)
+    if job is None:
+        return
+    if polling and not job.running:
+        st.rerun()
+    if job.running:
+        last = job.last() or {}
+        st.progress(0.5, text=f"{last.get('stage', 'starting')} · {job.elapsed:.0f} s")
+    elif job.status == "done":
+        st.success(f"Pulled to `{job.result['path']}`.", icon=":material/check:")
+    else:
+        job_outcome(job, "Pulling the base model")
 
 
 def pack_missing(path: Path) -> bool:

@@ -78,7 +78,7 @@ def load_mixture(source: str):
     """(mixture, caption) of the chosen pack or experts; None when there is nothing to serve."""
     if source == SOURCE_PACK:
         pack_dir = common.pick_pack(ws, key="playground_pack")
-        if common.pack_missing(pack_dir):
+        if common.pack_missing(pack_dir) or common.base_model_missing(pack_dir, "playground"):
             return None
         mixture = common.safe(common.get_mixture, str(pack_dir), views.stamp(pack_dir),
                               what=f"loading {pack_dir}")

@@ -661,3 +661,20 @@ def test_decision_words_for_out_of_pool_and_unsure_choices():
     assert level == "warning" and "The router is unsure between mnli and rte" in words
     assert decision_words({"in_pool": True, "pool_score": 1.0, "router_probs": probs}, 1.0) is None
     assert decision_words({"in_pool": None, "pool_score": None, "router_probs": {}}, None) is None
+
+
+def test_playground_offers_to_pull_a_packs_base_model(monkeypatch, tmp_path):
+    """A pack built on a registered model that is not pulled yet (the SmolLM2 demo on a fresh
+    machine): the Playground names the command and offers the pull as a background job."""
+    pack = tmp_path / "decoder-pack"
+    pack.mkdir()
+    manifest = json.loads((REPO_ROOT / "assets" / "demo" / "pack.json").read_text())
+    manifest["base_model"] = {**manifest["base_model"], "name": "smollm2-135m",
+                              "model_type": "llama"}
+    (pack / "pack.json").write_text(json.dumps(manifest))
+    monkeypatch.setenv("TTMOE_PACK", str(pack))
+    monkeypatch.setenv("TTMOE_MODELS", str(tmp_path / "no-models"))
+    at = open_page("playground")
+    assert any("python -m ttmoe_core models pull smollm2-135m" in i.value for i in at.info)
+    assert button(at, "Pull smollm2-135m now") is not None
+    assert not at.error

@@ -58,3 +58,22 @@ def test_start_training_submits_one_labelled_job(tmp_path):
     job = workflows.start_training(registry, "me", {"task": "sst2", "steps": 3}, lambda: None, ws, "x")
     assert job.wait(30) and job.status == "failed" and "already exists" in job.error
     assert registry.list("me") == [(job, "x (sst2, tt-lora, 3 steps)")]
+
+
+def test_pull_job_reports_its_steps_and_fails_in_one_line(tmp_path, monkeypatch):
+    """The Playground's pull button runs ``models pull`` as a job: the embedded model needs no
+    download (its path comes back at once); an unknown name fails the job with one line."""
+    from ttmoe_core.base import sources
+    from ttmoe_core.services import JobRegistry, pack_base_model, start_model_pull
+
+    monkeypatch.setenv("TTMOE_MODELS", str(tmp_path / "models"))
+    registry = JobRegistry()
+    job = start_model_pull(registry, "me", "all-minilm-l6-v2")
+    job.wait(60)
+    assert job.status == "done" and job.result["path"] == str(sources.embedded_path())
+    assert any("nothing to pull" in e.get("stage", "") for e in job.events)
+    bad = start_model_pull(registry, "me", "no-such-model")
+    bad.wait(60)
+    assert bad.status == "failed" and "unknown model 'no-such-model'" in bad.error
+    assert pack_base_model(tmp_path / "not-a-pack") == {"name": None, "ready": True,
+                                                         "command": None}

@@ -122,7 +122,7 @@ def open_expert(path: str | Path, expected_fingerprint: str | None = None,
     what = f"expert {path.name!r}"
     if not path.is_dir():
         raise StoreError(f"{what}: folder {path} does not exist")
-    data = read_json(path / CONFIG_FILE, what, None, FORMAT)
+    data = read_json(path / CONFIG_FILE, what, "expert", FORMAT, check=False)
     if not history:
         data = {key: value for key, value in data.items() if key != "history"}
     try:      # the tensor manifest is checked exactly against the header below

@@ -62,9 +62,11 @@ from .filenames import (
 from .publish import publishable
 
 
-def read_json(path: Path, what: str, kind: str | None = None, fmt: str | None = None) -> dict:
+def read_json(path: Path, what: str, kind: str | None = None, fmt: str | None = None,
+              check: bool = True) -> dict:
     """A JSON object read from the regular file ``path`` (bounded size); with ``fmt``, its
-    ``format`` tag must be that; with ``kind``, it must follow that ``schema``."""
+    ``format`` tag must be that; with ``kind``, it must follow that ``schema`` (unless ``check``
+    is False: the caller checks it, e.g. part by part)."""
     raw = safefs.read_bounded(path, JSON_LIMIT, what)
     try:
         data = json.loads(raw.decode("utf-8"))
@@ -81,7 +83,7 @@ def read_json(path: Path, what: str, kind: str | None = None, fmt: str | None = 
         description = {"expert": "expert config", "pack": "pack manifest"}.get(kind, f"{kind} config")
         raise StoreError(f"{what}: {path.name} is not a TT-LoRA MoE {description} "
                          f"(format {data.get('format')!r:.80}, expected {fmt!r})")
-    if kind is not None:
+    if kind is not None and check:
         try:
             schema.validate(data, kind, path.name)
         except schema.SchemaError as exc:
