@@ -217,7 +217,11 @@ def test_budgets_share_one_stopping_rule_for_every_method():
     assert (full.steps, full.batch_size, full.max_length) == (4000, 16, 128)
     assert (full.eval_every, full.patience, full.min_steps, full.schedule) == (200, 5, 1600, "linear")
     assert full.lr_of("tt-lora") == 1e-3 and full.lr_of("lora") is None and full.lr_of("adapter") is None
-    assert full.fusion_budget == 500 and small.fusion_budget == small.steps
+    # AdapterFusion under the experts' rule and cap; the mixtures' router by the shipped recipe
+    assert full.fusion_budget == full.steps and small.fusion_budget == small.steps
+    assert report.MIXTURE_ROUTER == ("ngram", 2)
+    assert (full.mixture_router_cap, full.mixture_router_epochs) == (8000, 8)
+    assert small.mixture_router_cap < full.mixture_router_cap
     assert len(small.seeds) >= 2 and small.patience >= 1 and small.eval_every < small.steps
     demo = report.BUDGETS["full-demo"]
     assert demo.comparison_tasks == tuple(report.plan.DEMO_TASKS) and demo.min_integration_experts == 6

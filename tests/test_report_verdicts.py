@@ -58,3 +58,14 @@ def test_holds_and_missing_numbers_say_nothing():
     assert report.factor("integration", {"experiments": {"integration": {
         "claim": {"verdict": "does not hold"}}}}) is None
     assert report.factor("nonexistent", results) is None
+
+
+def test_integration_factor_skips_a_task_without_a_mixture_score():
+    """Over seeds a regression task's undefined gap is None (NaN in older results): left out."""
+    results = committed()
+    integration = results["experiments"]["integration"]
+    worst = min(integration["rows"], key=lambda r: r["gap"])
+    integration["rows"].insert(0, {**worst, "task": "stsb", "gap": None})
+    integration["rows"].insert(0, {**worst, "task": "stsb-old", "gap": float("nan")})
+    said = report.factor("integration", results)
+    assert said is not None and f"worst {worst['task']}:" in said and "stsb" not in said

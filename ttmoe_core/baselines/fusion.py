@@ -9,15 +9,21 @@ row's loss comes from its own task's head) are the same code.
 
 Training is ``experts.fit``, the experts' own loop: the base model runs in eval mode (no
 dropout), each head has dropout 0.1 on the mean-pooled last hidden state, AdamW with 6% linear
-warm-up then linear decay.
+warm-up then linear decay. With ``holdout_fraction`` > 0 it also follows the experts' stopping
+rule: a seeded hold-out of each task's TRAIN rows (``experts.holdout_split``, the split an expert
+of the same seed holds out) is scored every ``eval_every`` steps (the mean over tasks of each
+task's primary metric through its head), ``patience`` evaluations without a better score stop the
+run (never before ``min_steps``; ``steps`` is the cap) and the weights of the best evaluation are
+kept.
 """
 
 from __future__ import annotations
 
 import copy
+import statistics
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
@@ -41,6 +47,14 @@ class FusionConfig:
     warmup_fraction: float = 0.06
     weight_decay: float = 0.0
     head_dropout: float = 0.1
+    schedule: str = "linear"
+    # the experts' stopping rule (experts.ExpertConfig, loop.fit); holdout_fraction 0: every row
+    # trains and the run takes all ``steps`` (the rule needs a hold-out)
+    holdout_fraction: float = 0.0
+    holdout_limit: int | None = 1000   # hold-out rows a task, at most
+    eval_every: int = 0                # steps between hold-out evaluations (0: at the end only)
+    patience: int = 0                  # evaluations without a better score that stop the run
+    min_steps: int = 0                 # never stop early before this step
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -141,9 +155,16 @@ class FusionResult:
     config: FusionConfig
     adapters: list[str]           # fused adapters, in Fuse order
     tasks: list[str]              # tasks with a head
-    history: list[dict]           # [{step, loss, examples_per_s}]
+    history: list[dict]           # [{step, loss, examples_per_s[, holdout, best]}]
     train_seconds: float
-    train_rows: dict[str, int]
+    train_rows: dict[str, int]    # rows trained on, a task (the hold-out left out)
+    holdout_rows: dict[str, int] = field(default_factory=dict)   # hold-out rows, a task
+
+    @property
+    def summary(self) -> dict[str, float]:
+        """``experts.summary`` of the history: steps run; with a hold-out, the best step, the
+        number of evaluations and the best evaluation's ``holdout_<key>`` numbers."""
+        return experts.summary(self.history)
 
     def params(self, adapter_experts: Mapping[str, experts.Expert]) -> dict[str, int]:
         """Parameter counts: fused adapters (frozen), fusion layers and heads (trained)."""
@@ -162,8 +183,10 @@ def train_fusion(backbone: Backbone, adapter_experts: Mapping[str, experts.Exper
 
     Every epoch shuffles all tasks' rows together, so a batch mixes tasks in proportion to their
     sizes; each row's loss comes from its own task's head (batch loss = mean over rows). With
-    ``checkpoint`` the run saves itself as ``training.fit`` does and, resumed, ends where an
-    uninterrupted run ends (``train_seconds`` then counts every start's loop).
+    ``config.holdout_fraction`` > 0 the stopping rule of the module docstring applies (hold-out
+    metrics ``<task>_<metric>`` and their ``mean``). With ``checkpoint`` the run saves itself as
+    ``training.fit`` does and, resumed, ends where an uninterrupted run ends (``train_seconds``
+    then counts every start's loop).
     """
     if not train_sets:
         raise FusionError("no training data given")
@@ -173,33 +196,53 @@ def train_fusion(backbone: Backbone, adapter_experts: Mapping[str, experts.Exper
     num_labels = {t: max(1, len(d.label_names)) for t, d in train_sets.items()}
     model = FusionModel(encoder, backbone.info.hidden_size, num_labels, config.head_dropout,
                         generator).to(device)
-    pool = [(t, i) for t, data in train_sets.items() for i in range(len(data))]   # (task, row)
+    fit_sets, held_sets = {}, {}
+    for task, data in train_sets.items():      # the experts' split of each task's training rows
+        rows, held = experts.holdout_split(len(data), config.holdout_fraction, config.holdout_limit,
+                                           config.seed)
+        fit_sets[task] = data.select(rows) if held else data
+        if held:
+            held_sets[task] = data.select(held)
+    pool = [(t, i) for t, data in fit_sets.items() for i in range(len(data))]   # (task, row)
 
     def batch_loss(indices: list[int]) -> torch.Tensor:
         """Mean over the rows of each row's loss under its own task's head."""
         rows = [pool[i] for i in indices]
-        texts = [train_sets[t].texts[i] for t, i in rows]
-        pairs = [train_sets[t].text_pairs[i] if train_sets[t].text_pairs else None for t, i in rows]
+        texts = [fit_sets[t].texts[i] for t, i in rows]
+        pairs = [fit_sets[t].text_pairs[i] if fit_sets[t].text_pairs else None for t, i in rows]
         batch, _ = tokenize_mixed(backbone.tokenizer, texts, pairs, config.max_length, device)
         pooled = model.pooled(batch)                                          # [B, H]
         loss = pooled.new_zeros(())
         for task in dict.fromkeys(t for t, _ in rows):
             idx = [k for k, (t, _) in enumerate(rows) if t == task]
-            data = train_sets[task]
+            data = fit_sets[task]
             labels = torch.tensor([data.labels[rows[k][1]] for k in idx], device=device)
             loss = loss + experts.task_loss(model.heads[task](pooled[idx]), labels,
                                             not data.label_names) * len(idx)
         return loss / len(rows)
 
+    def holdout_metrics() -> dict[str, float]:
+        """Each task's primary metric on its hold-out rows through its head, and their mean."""
+        out = {}
+        for task, held in held_sets.items():
+            key = experts.task_metric(task, not held.label_names)
+            out[f"{task}_{key}"] = experts.evaluate_model(
+                model.for_task(task), backbone, held, task, config.max_length,
+                should_stop)["metrics"][key]
+        out["mean"] = statistics.fmean(out.values())       # NaN in: NaN out (counts as worst)
+        return out
+
+    holdout = experts.HoldOut(holdout_metrics, "mean") if held_sets else None
     start = time.perf_counter()
     history = experts.fit(model, batch_loss, len(pool), config, generator, progress=progress,
                           should_stop=should_stop, log_every=log_every, prefix="fusion ",
-                          checkpoint=checkpoint)
+                          holdout=holdout, checkpoint=checkpoint)
     elapsed = history[-1].get("elapsed_s") if history else None     # over every start
     return FusionResult(model=model, config=config, adapters=list(adapter_experts),
                         tasks=list(train_sets), history=history,
                         train_seconds=elapsed if elapsed is not None else time.perf_counter() - start,
-                        train_rows={t: len(d) for t, d in train_sets.items()})
+                        train_rows={t: len(d) for t, d in fit_sets.items()},
+                        holdout_rows={t: len(d) for t, d in held_sets.items()})
 
 
 def evaluate_fusion(result: FusionResult, backbone: Backbone, data: tasks.TaskData,

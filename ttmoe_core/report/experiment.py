@@ -46,7 +46,10 @@ class Run:
     # (task, variant, seed) → record; a variant is a method (experiment 2's size of it) or a
     # frontier setting's tag (``frontier.Setting.tag``: another size of a method)
     trainings: dict[tuple[str, str, int], dict] = field(default_factory=dict)
-    mixture_router: Router | None = None     # set by the router experiment
+    mixture_router: Router | None = None     # experiment 3's router at MIXTURE_ROUTER (not read
+                                             # by experiments 4-5: they train ``recipe_router``)
+    # experiments 4-5's routers by expert names (``mixture_seeds.recipe_router``): each trained once
+    recipe_router: dict[tuple[str, ...], dict] = field(default_factory=dict)
     jobs: int = 1                    # experiment 2: trainings side by side (train_side_by_side)
     work_dir: Path | None = None     # finished experts (+ records) and training checkpoints
     resume: bool = False             # reuse work_dir's finished experts, continue its checkpoints
@@ -344,19 +347,22 @@ class Run:
                 routing_data(pairs, "validation", b.router_eval_rows, self.data_dir, b.seed))
 
     def mixture(self, names: Sequence[str], router: Router, pack_dir: Path,
-                router_metrics: Mapping) -> moe_mod.TTLoRAMoE:
-        """A pack of the TT-LoRA experts of ``names`` with ``router``, written and loaded back."""
+                router_metrics: Mapping, seed: int | None = None) -> moe_mod.TTLoRAMoE:
+        """A pack of ``seed``'s TT-LoRA experts of ``names`` (None: the budget's ``seed``) with
+        ``router``, written and loaded back."""
         for name in names:
-            store.append_expert(pack_dir, self.expert(name, "tt-lora"))
+            store.append_expert(pack_dir, self.expert(name, "tt-lora", seed=seed))
         store.save_router(pack_dir, router, list(names), router_metrics, self.backbone.info)
         return moe_mod.TTLoRAMoE.from_pack(pack_dir, backbone=self.backbone)
 
     def fusion_scores(self, name: str, adapter_experts: Mapping[str, experts.Expert],
                       train_tasks: Sequence[str], eval_tasks: Sequence[str], steps: int,
                       stage: str) -> dict:
-        """AdapterFusion over ``adapter_experts`` trained on ``train_tasks``' rows for ``steps``
-        steps, scored on each of ``eval_tasks``' validation rows: {"metrics": {task: metrics},
-        "steps", "train_seconds", "params"}.
+        """AdapterFusion over ``adapter_experts`` trained on ``train_tasks``' rows under the
+        experts' stopping rule with ``steps`` as its cap (``fusion_config``), scored on each of
+        ``eval_tasks``' validation rows: {"metrics": {task: metrics}, "steps" (the cap),
+        "steps_run", "best_step", "holdout" (the best evaluation's numbers), "holdout_rows",
+        "train_seconds", "params"}.
 
         With a work folder the training checkpoints every 100 steps (``<work>/fusion/<name>.
         checkpoint``) and a resumed run continues it; the finished scores are kept beside it
@@ -388,7 +394,12 @@ class Run:
         scores = {"metrics": {t: baselines.evaluate_fusion(result, self.backbone,
                                                            self.data(t, "validation"), t)["metrics"]
                               for t in eval_tasks},
-                  "steps": result.config.steps, "train_seconds": round(result.train_seconds, 2),
+                  "steps": result.config.steps, "steps_run": result.summary["steps_run"],
+                  "best_step": result.summary.get("best_step"),
+                  "holdout": {k.removeprefix("holdout_"): v for k, v in result.summary.items()
+                              if k.startswith("holdout_")},
+                  "holdout_rows": result.holdout_rows,
+                  "train_seconds": round(result.train_seconds, 2),
                   "params": result.params(adapter_experts)}
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
@@ -399,10 +410,15 @@ class Run:
         return scores
 
     def fusion_config(self, steps: int) -> baselines.FusionConfig:
-        """AdapterFusion's settings: ``steps``, the budget's batch size, length and seed."""
+        """AdapterFusion's settings: cap ``steps``, the budget's batch size, length, seed and
+        stopping rule, the experts' hold-out (``ExpertConfig``'s fraction and limit)."""
         b = self.budget
+        held = experts.ExpertConfig(task="any")        # the hold-out the experts use: the defaults
         return baselines.FusionConfig(steps=steps, batch_size=b.batch_size, max_length=b.max_length,
-                                      seed=b.seed)
+                                      seed=b.seed, schedule=b.schedule,
+                                      holdout_fraction=held.holdout_fraction,
+                                      holdout_limit=held.holdout_limit, eval_every=b.eval_every,
+                                      patience=b.patience, min_steps=b.min_steps)
 
 
 def check_jobs(jobs: int, device: torch.device) -> None:
@@ -476,5 +492,6 @@ def setup_differences(run: Run) -> list[str]:
             "paper's epochs over full training sets.",
             f"Scores on {b.eval_rows} validation rows a task (seeded subset; tasks without a train "
             f"file here train on a seeded split, MNLI on validation_matched and is scored on "
-            f"validation_mismatched). Experiment 2: seeds {seeds} (mean ± sample std over seeds); the "
-            f"other experiments: the experts of seed {b.seed} only (no seed spread)."]
+            f"validation_mismatched). Experiments 2, 4 and 5: seeds {seeds} (mean ± sample std over "
+            f"seeds; AdapterFusion in 4 and 5: seed {b.seed}'s adapters only); the other experiments: "
+            f"the experts of seed {b.seed} only (no seed spread)."]

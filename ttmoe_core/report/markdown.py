@@ -250,28 +250,107 @@ def _section_routers(exp: dict) -> list[str]:
     return out
 
 
+def _pm_signed(mean, std, kind: str = "signed3") -> str:
+    """``+0.012 ± 0.004``: a signed mean, its std unsigned (``_pm`` for a plain one)."""
+    return fmt(mean, kind) + ("" if std is None else f" ± {fmt(std, kind.replace('signed', 'f'))}")
+
+
+def _recipe_router(router: dict) -> str:
+    """The mixtures' router (``mixtures.recipe_router``'s record) as a one-row table."""
+    r = router["recipe"]
+    return _table(["variant", "layer k", "params", "cap a task", "epochs", "training rows (distinct)",
+                   "held-out inputs", "held-out routing accuracy"],
+                  [[router["variant"], str(router["layer"]), fmt(router["params"], "int"),
+                    fmt(r["cap"], "int"), str(r["epochs"]),
+                    f"{fmt(r['train_rows'], 'int')} ({fmt(r['distinct_rows'], 'int')})",
+                    fmt(router["held_out_rows"], "int"), fmt(router["accuracy"], "f3")]])
+
+
+def _fusion_rows(exp: dict) -> list[str]:
+    """Experiment 4's AdapterFusion table (steps run and best step when it had a hold-out stop)."""
+    if not exp["fusion_rows"]:
+        return []
+    stopped = "steps_run" in exp["fusion_rows"][0]
+    frows = [[r["task"], r["metric"], fmt(r["adapter_alone"], "f3"), fmt(r["fusion"], "f3"),
+              fmt(r["gap"], "signed3"), fmt(r["params"]["trained"], "int")]
+             + ([fmt(r["steps_run"], "int"), fmt(r["best_step"], "int")] if stopped else [])
+             + [fmt(r["train_seconds"], "f1")] for r in exp["fusion_rows"]]
+    return [f"AdapterFusion over the same {len(exp['experts'])} tasks' adapters, trained for one task:",
+            _table(["task", "metric", "adapter alone", "AdapterFusion", "fusion − alone",
+                    "trained params (fusion + head)"] + (["steps run", "best step"] if stopped else [])
+                   + ["train s"], frows)]
+
+
+def _integration_over_seeds(exp: dict) -> list[str]:
+    """Experiment 4 with a mixture per seed: mean ± std per task and on average, every run."""
+    agg = exp["aggregate"]
+    tasks_table = _table(["task", "metric", "seeds", "expert alone", "through the mixture",
+                          "mixture − alone", "routed right"],
+                         [[r["task"], r["metric"], str(r["n"]), _pm(r["expert_alone"], r["expert_alone_std"]),
+                           _pm(r["mixture"], r["mixture_std"]), _pm_signed(r["gap"], r["gap_std"]),
+                           fmt(r["routing_accuracy"], "f3")] for r in exp["rows"]])
+    seeds_table = _table(["seed", "mean mixture − alone", "routing accuracy"],
+                         [[str(e["seed"]), fmt(e["mean_gap"], "signed3"), fmt(e["routing_accuracy"], "f3")]
+                          for e in exp["per_seed"]]
+                         + [["**mean ± std**", _pm_signed(agg["mean_gap"], agg["mean_gap_std"]),
+                             _pm(agg["routing_accuracy"], agg["routing_accuracy_std"])]])
+    runs = _table(["task", "seed", "expert alone", "through the mixture", "mixture − alone", "routed right"],
+                  [[r["task"], str(e["seed"]), fmt(r["expert_alone"], "f3"), fmt(r["mixture"], "f3"),
+                    fmt(r["gap"], "signed3"), fmt(r["routing_accuracy"], "f3")]
+                   for e in exp["per_seed"] for r in e["rows"]])
+    p = exp["params"]
+    params = _table(["TT-LoRA experts (cores + heads)", "router", "mixture in all"],
+                    [[fmt(p["experts"], "int"), fmt(p["router"], "int"), fmt(p["total"], "int")]])
+    return ["The mixtures' router (one, shared by every seed's mixture and experiment 5):",
+            _recipe_router(exp["router"]),
+            f"Mixture of {len(exp['experts'])} TT-LoRA experts, one per seed "
+            f"({', '.join(map(str, exp['seeds']))}): mean ± sample std over seeds per task:", tasks_table,
+            "Mean over tasks, per seed and over seeds:", seeds_table, "Every run (task, seed):", runs,
+            "Parameters of one mixture:", params] + _fusion_rows(exp)
+
+
 def _section_integration(exp: dict) -> list[str]:
+    if "per_seed" in exp:
+        return _integration_over_seeds(exp)
     rows = [[r["task"], r["metric"], fmt(r["expert_alone"], "f3"), fmt(r["mixture"], "f3"),
              fmt(r["gap"], "signed3"), fmt(r["routing_accuracy"], "f3")] for r in exp["rows"]]
     out = [f"Mixture of {len(exp['experts'])} TT-LoRA experts, router {exp['router']['variant']} at layer "
            f"{exp['router']['layer']} (held-out routing accuracy {exp['router']['accuracy']:.3f}):",
            _table(["task", "metric", "expert alone", "through the mixture", "mixture − alone",
                    "routed right"], rows)]
-    if exp["fusion_rows"]:
-        frows = [[r["task"], r["metric"], fmt(r["adapter_alone"], "f3"), fmt(r["fusion"], "f3"),
-                  fmt(r["gap"], "signed3"), fmt(r["params"]["trained"], "int"), fmt(r["train_seconds"], "f1")]
-                 for r in exp["fusion_rows"]]
-        out += [f"AdapterFusion over the same {len(exp['experts'])} tasks' adapters, trained for one task:",
-                _table(["task", "metric", "adapter alone", "AdapterFusion", "fusion − alone",
-                        "trained params (fusion + head)", "train s"], frows)]
-    return out
+    return out + _fusion_rows(exp)
 
 
-def _section_mixed(exp: dict) -> list[str]:
-    rows = [[r["task"], r["metric"], fmt(r["rows"], "int"), fmt(r["moe"], "f3"), fmt(r["fusion"], "f3"),
-             fmt(r["gain_points"], "signed1"), fmt(r["routed_right"], "f3")] for r in exp["per_task"]]
-    rows.append(["**average**", "", "", fmt(exp["moe_mean"], "f3"), fmt(exp["fusion_mean"], "f3"),
-                 fmt(exp["gain_points"], "signed1"), ""])
+def _mixed_over_seeds(exp: dict) -> list[str]:
+    """Experiment 5 with an MoE per seed: mean ± std per task and on average, every seed."""
+    agg = exp["aggregate"]
+    rows = [[r["task"], r["metric"], fmt(r["rows"], "int"), str(r["n"]), _pm(r["moe"], r["moe_std"]),
+             fmt(r["fusion"], "f3"), _pm_signed(r["gain_points"], r["gain_points_std"], "signed1"),
+             fmt(r["routed_right"], "f3")] for r in exp["per_task"]]
+    rows.append(["**average**", "", "", str(agg["n"]), _pm(exp["moe_mean"], exp["moe_mean_std"]),
+                 fmt(exp["fusion_mean"], "f3"),
+                 _pm_signed(exp["gain_points"], exp["gain_points_std"], "signed1"),
+                 _pm(agg["routed_right"], agg["routed_right_std"])])
+    seeds_table = _table(["seed", "TT-LoRA MoE average", "AdapterFusion average", "MoE − fusion (points)",
+                          "routed right"],
+                         [[str(e["seed"]), fmt(e["moe_mean"], "f3"), fmt(e["fusion_mean"], "f3"),
+                           fmt(e["gain_points"], "signed1"), fmt(e["routed_right"], "f3")]
+                          for e in exp["per_seed"]])
+    runs = _table(["task", "seed", "TT-LoRA MoE", "MoE − fusion (points)", "routed right"],
+                  [[r["task"], str(e["seed"]), fmt(r["moe"], "f3"), fmt(r["gain_points"], "signed1"),
+                    fmt(r["routed_right"], "f3")] for e in exp["per_seed"] for r in e["rows"]])
+    return ([f"{exp['rows']} inputs of six tasks in one shuffled test set; per-task metric and average, "
+             f"the MoE of each seed's experts ({', '.join(map(str, exp['seeds']))}: mean ± sample std over "
+             f"seeds) against one AdapterFusion (gain in points = 100 × difference; paper: "
+             f"{exp['paper_gain_points']:+.1f}):",
+             _table(["task", "metric", "rows", "seeds", "TT-LoRA MoE", "AdapterFusion",
+                     "MoE − fusion (points)", "routed right"], rows),
+             "Per seed (average over tasks):", seeds_table, "Every run (task, seed):", runs,
+             "The router (the same as experiment 4's when the experts are the same):",
+             _recipe_router(exp["router"])] + _mixed_params(exp))
+
+
+def _mixed_params(exp: dict) -> list[str]:
     p = exp["params"]
     params = _table(["system", "parameters", "of which trained for the mix"],
                     [["TT-LoRA MoE (experts + router)", fmt(p["moe_total"], "int"), fmt(p["moe_router"], "int")],
@@ -279,10 +358,20 @@ def _section_mixed(exp: dict) -> list[str]:
                       fmt(p["fusion_trained"], "int")]])
     ratio = _table(["MoE parameters % of AdapterFusion", "paper"],
                    [[fmt(p["moe_fraction_of_fusion"], "pct2"), fmt(p["paper_moe_fraction_of_fusion"], "pct2")]])
+    return ["Parameters:", params, ratio]
+
+
+def _section_mixed(exp: dict) -> list[str]:
+    if "per_seed" in exp:
+        return _mixed_over_seeds(exp)
+    rows = [[r["task"], r["metric"], fmt(r["rows"], "int"), fmt(r["moe"], "f3"), fmt(r["fusion"], "f3"),
+             fmt(r["gain_points"], "signed1"), fmt(r["routed_right"], "f3")] for r in exp["per_task"]]
+    rows.append(["**average**", "", "", fmt(exp["moe_mean"], "f3"), fmt(exp["fusion_mean"], "f3"),
+                 fmt(exp["gain_points"], "signed1"), ""])
     return [f"{exp['rows']} inputs of six tasks in one shuffled test set; per-task metric and average "
             f"(gain in points = 100 × difference; paper: {exp['paper_gain_points']:+.1f}):",
             _table(["task", "metric", "rows", "TT-LoRA MoE", "AdapterFusion", "MoE − fusion (points)",
-                    "routed right"], rows), "Parameters:", params, ratio]
+                    "routed right"], rows)] + _mixed_params(exp)
 
 
 def _section_frontier(exp: dict) -> list[str]:

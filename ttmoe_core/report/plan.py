@@ -15,7 +15,8 @@ from ..tasks import DEMO_TASKS
 
 METHODS = ("tt-lora", "lora", "adapter")
 METHOD_LABELS = {"tt-lora": "TT-LoRA", "lora": "LoRA", "adapter": "Adapter"}
-MIXTURE_ROUTER = ("fusion", 2)     # variant and layer of the mixtures' router (RouterConfig default)
+# variant and layer of experiments 4-5's router: the shipped pack's (routing.recipe, ROUTING_STUDY.md)
+MIXTURE_ROUTER = ("ngram", 2)
 TOLERANCE = 1e-5                   # contraction and reconstruction must agree to this (max |Δ|)
 MARKDOWN_FILE = "paper_tables.md"
 RESULTS_FILE = "results.json"
@@ -96,9 +97,10 @@ class ReportBudget:
     timing_repeats: int
     min_integration_experts: int
     measure_memory: bool                        # experiment 2: each training in a fresh process
-    seed: int = 0                               # data subsets, routers, fusion; experiments 3-5's experts
+    seed: int = 0                               # data subsets, routers, fusion; experiment 3
     # experiment 2 trains each (task, method) once per seed and reports mean ± std over seeds;
-    # the other experiments use the experts of ``seed``
+    # experiments 4-5 build one mixture of TT-LoRA experts per seed (AdapterFusion: ``seed``'s
+    # adapters); the other experiments use the experts of ``seed``
     seeds: tuple[int, ...] = (0,)
     # stopping rule, the same for every method (ExpertConfig / training.fit): ``steps`` is the
     # cap; the seeded hold-out of the TRAIN split is scored every ``eval_every`` steps; ``patience``
@@ -108,8 +110,12 @@ class ReportBudget:
     min_steps: int = 0
     schedule: str = "linear"                    # warm-up 6%, linear decay to 0 at the cap
     lr: tuple[tuple[str, float], ...] = ()      # (method, lr) overrides; others: METHOD_DEFAULTS
-    fusion_steps: int | None = None             # AdapterFusion (no hold-out): per fusion task,
-                                                # × 6 on the mixed set; None: ``steps``
+    # AdapterFusion follows the same stopping rule (hold-out of its tasks' TRAIN rows); its cap:
+    fusion_steps: int | None = None             # None: ``steps``
+    # experiments 4-5's router, trained once by the shipped recipe (routing.recipe: variant and
+    # layer MIXTURE_ROUTER, every training row balanced to this cap a task, SST-2 whole sentences)
+    mixture_router_cap: int = 8000              # rows a task (the shipped pack: 8,000)
+    mixture_router_epochs: int = 8              # the shipped pack: 8
     # accuracy per parameter (report/frontier.py): these tasks, every seed, each setting
     # (method, rank — the adapter's reduction factor —, targets or None for q,v)
     frontier_tasks: tuple[str, ...] = ()
@@ -126,7 +132,7 @@ class ReportBudget:
 
     @property
     def fusion_budget(self) -> int:
-        """AdapterFusion's steps per fusion task (``fusion_steps``, else ``steps``)."""
+        """AdapterFusion's cap of steps (``fusion_steps``, else ``steps``), under the stopping rule."""
         return self.steps if self.fusion_steps is None else self.fusion_steps
 
     def to_dict(self) -> dict:
@@ -153,6 +159,7 @@ BUDGETS: dict[str, ReportBudget] = {
         min_integration_experts=4, measure_memory=False,
         # two seeds and a tiny stopping rule: CI runs the mean ± std and early-stop code paths
         seeds=(0, 1), eval_every=2, patience=1, min_steps=4,
+        mixture_router_cap=48, mixture_router_epochs=8,    # the recipe's code path, in seconds
         # the frontier's code paths: two new sizes and two reused from experiment 2
         frontier_tasks=("sst2",), frontier=(("tt-lora", 2, None), ("tt-lora", 5, None),
                                             ("lora", 1, None), ("lora", 16, None))),
@@ -173,10 +180,9 @@ BUDGETS: dict[str, ReportBudget] = {
         timing_batch_sizes=(1, 2, 4, 8, 16, 32, 64, 128), timing_length=64, timing_repeats=3,
         min_integration_experts=10, measure_memory=True,
         seeds=(0, 1, 2), eval_every=200, patience=5, min_steps=1600, lr=(("tt-lora", 1e-3),),
-        # AdapterFusion has no hold-out stop (baselines.train_fusion): a fixed 500 steps of 16
-        # rows per fusion task (3,000 on the mixed set), a CPU-time budget, its convergence not
-        # measured (the old full run: ~1.5 s a step of 8 rows over 16 adapters on this machine)
-        fusion_steps=500, frontier_tasks=("sst2", "qnli"), frontier=FRONTIER,
+        # AdapterFusion: the same rule and cap as the experts (it was a fixed 500 steps a fusion
+        # task, 3,000 on the mixed set, with no hold-out stop, until issue 30)
+        frontier_tasks=("sst2", "qnli"), frontier=FRONTIER,
         # experiment 3 on a decoder too: routing needs no expert, only the frozen states
         router_decoder="smollm2-135m"),
 }

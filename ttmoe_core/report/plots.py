@@ -114,7 +114,10 @@ def build_figures(results: dict) -> dict:
             [r["task"] for r in exp["rows"]],
             {"expert alone": [r["expert_alone"] for r in exp["rows"]],
              "through the mixture": [r["mixture"] for r in exp["rows"]]},
-            f"Each task alone vs through the mixture of {len(exp['experts'])} experts", "metric")
+            f"Each task alone vs through the mixture of {len(exp['experts'])} experts", "metric",
+            errors={"expert alone": [r.get("expert_alone_std") for r in exp["rows"]],    # over seeds
+                    "through the mixture": [r.get("mixture_std") for r in exp["rows"]]}
+            if "per_seed" in exp else None)
         if exp["fusion_rows"]:
             out["integration_fusion"] = _grouped_bar(
                 [r["task"] for r in exp["fusion_rows"]],
@@ -127,7 +130,9 @@ def build_figures(results: dict) -> dict:
             [r["task"] for r in exp["per_task"]] + ["average"],
             {"TT-LoRA MoE": [r["moe"] for r in exp["per_task"]] + [exp["moe_mean"]],
              "AdapterFusion": [r["fusion"] for r in exp["per_task"]] + [exp["fusion_mean"]]},
-            "Mixed-task test set: TT-LoRA MoE vs AdapterFusion", "metric")
+            "Mixed-task test set: TT-LoRA MoE vs AdapterFusion", "metric",
+            errors={"TT-LoRA MoE": [r.get("moe_std") for r in exp["per_task"]]      # over seeds
+                    + [exp.get("moe_mean_std")]} if "per_seed" in exp else None)
     return out
 
 

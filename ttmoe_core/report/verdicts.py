@@ -8,6 +8,7 @@ Pure: the Compare page calls it on any results dict, old ones included.
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Callable, Mapping
 
@@ -54,9 +55,11 @@ def _routers(exp: Mapping, exps: Mapping) -> str | None:
 
 
 def _integration(exp: Mapping, exps: Mapping) -> str | None:
-    if not exp.get("rows") or exp.get("routing_accuracy") is None:
+    # a regression task may have no mixture score (None over seeds, NaN in older results)
+    rows = [r for r in exp.get("rows") or [] if r.get("gap") is not None and math.isfinite(r["gap"])]
+    if not rows or exp.get("routing_accuracy") is None:
         return None
-    worst = min(exp["rows"], key=lambda r: r["gap"])
+    worst = min(rows, key=lambda r: r["gap"])
     return (f"routing: {100 * exp['routing_accuracy']:.1f}% of rows reach their own expert "
             f"(worst {worst['task']}: {100 * worst['routing_accuracy']:.1f}% routed right, "
             f"{100 * worst['gap']:+.1f} points); a misrouted row is answered by another task's "
