@@ -97,16 +97,18 @@ def same_run(saved: dict, now: dict) -> bool:
     budget settings and the same data (by fingerprint where both have one, else by folder path).
     A setting the saved run predates counts as its default (``plan.with_defaults``), except the
     ``plan.ROUTERS_ONLY`` ones, which it is not held to."""
-    then = saved.get("settings")
-    if not isinstance(then, dict):
-        return False
-    predated = {key for key in ROUTERS_ONLY if key not in then}
+    then, today = saved.get("settings"), now.get("settings")
+    if not isinstance(then, dict) or not isinstance(today, dict):
+        if then != today:                        # settings that are not a budget's: as they are
+            return False
+    else:
+        predated = {key for key in ROUTERS_ONLY if key not in then}
 
-    def held(settings: dict) -> dict:
-        return {k: v for k, v in with_defaults(settings).items() if k not in predated}
+        def held(settings: dict) -> dict:
+            return {k: v for k, v in with_defaults(settings).items() if k not in predated}
 
-    if held(then) != held(now.get("settings") or {}):
-        return False
+        if held(then) != held(today):
+            return False
     if saved.get("data") is not None and now.get("data") is not None:
         return saved["data"] == now["data"]
     return saved.get("data_dir") == now.get("data_dir")
