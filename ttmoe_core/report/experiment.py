@@ -46,8 +46,6 @@ class Run:
     # (task, variant, seed) → record; a variant is a method (experiment 2's size of it) or a
     # frontier setting's tag (``frontier.Setting.tag``: another size of a method)
     trainings: dict[tuple[str, str, int], dict] = field(default_factory=dict)
-    mixture_router: Router | None = None     # experiment 3's router at MIXTURE_ROUTER (not read
-                                             # by experiments 4-5: they train ``recipe_router``)
     # experiments 4-5's routers by expert names (``mixture_seeds.recipe_router``): each trained once
     recipe_router: dict[tuple[str, ...], dict] = field(default_factory=dict)
     jobs: int = 1                    # experiment 2: trainings side by side (train_side_by_side)

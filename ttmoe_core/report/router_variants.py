@@ -5,8 +5,8 @@ Each variant (the paper's, linear, MLP, our fusion) at each layer k of the budge
 (``ReportBudget.router_buckets``, at ``MIXTURE_ROUTER``'s layer): held-out accuracy, parameters,
 measured cost per input, confusion. Over all rows, the Pareto front of accuracy against router
 parameters (``params_front``) and the smallest router within one point of the most accurate
-(``smallest_near_best``): a router that keeps the mixture small. The fusion router at
-``MIXTURE_ROUTER``'s layer is kept on the run for experiment 5.
+(``smallest_near_best``): a router that keeps the mixture small. (Experiments 4-5 train the
+shipped recipe's router themselves: ``mixture_seeds.recipe_router``.)
 
 With ``ReportBudget.router_decoder`` the same fits run again on that causal decoder's frozen
 states (routing trains no expert), at the same fractions of its depth (``layers_on``): there the
@@ -176,10 +176,8 @@ def exp_routers(run: Run) -> dict:
     b = run.budget
     train, held = run.routing(DEMO_TASKS)
     rows = []
-    for row, router in fit_rows(run, run.backbone, train, held, b.router_layers,
-                                MIXTURE_ROUTER[1], "router variants"):
-        if (row["variant"], row["layer"]) == MIXTURE_ROUTER:
-            run.mixture_router = router
+    for row, _router in fit_rows(run, run.backbone, train, held, b.router_layers,
+                                 MIXTURE_ROUTER[1], "router variants"):
         rows.append(row)
     out = {
         "tasks": list(DEMO_TASKS), "names": train.names, "rows": rows,
