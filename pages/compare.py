@@ -88,7 +88,7 @@ def show_report(results: dict, key: str) -> None:
         "paper's claim": st.column_config.TextColumn(width="large"),
         "evidence": st.column_config.TextColumn(width="large")})
     figures = report.build_figures(results)
-    names = [name for name in report.SECTIONS if name in exps]
+    names = [name for name in report.RENDER_ORDER if name in exps]
     for name, tab in zip(names, st.tabs([report.SECTION_TITLES[n].split(" (")[0] for n in names])):
         with tab:
             st.markdown(report.render_section(results, name, figure_links=False))

@@ -22,6 +22,11 @@ returning plain data):
    AdapterFusion over the same tasks' adapters, trained for one task, vs that adapter alone.
 5. ``mixed``: one test set mixing six tasks: TT-LoRA MoE vs one AdapterFusion trained on the mix.
 
+Besides them ``frontier`` (every method at several sizes) and, run last, ``decoder``: experiment
+2's methods on a decoder (SmolLM2-135M in the full budgets), whose TT-LoRA experts make the
+decoder pack (``scripts/build_decoder_pack.py``); ``decoder_section`` renders it, ``cells`` formats
+every table's cells.
+
 The rest: ``plan`` (how much to run, constants), ``experiment`` (run state, shared helpers),
 ``seeds`` (mean ± std over seeds, the rule for a difference beyond the seed spread),
 ``status`` (what a long run's work folder holds so far: ``report --status``),
@@ -36,10 +41,12 @@ May import: every engine package below it (services, moe, store, experts, routin
 from .. import lazy_exports
 
 __getattr__, __all__ = lazy_exports(__name__, {
+    ".cells": "FORMATS, fmt",
     ".contraction": "exp_contraction",
+    ".decoder": "exp_decoder, lora_rank_at",
     ".frontier": "exp_frontier, measured, suggested_rank",
     ".integration": "exp_integration",
-    ".markdown": "FORMATS, SECTION_TITLES, fmt, machine_summary, render_markdown, render_section",
+    ".markdown": "RENDER_ORDER, SECTION_TITLES, machine_summary, render_markdown, render_section",
     ".methods": "exp_methods",
     ".mixed": "exp_mixed",
     ".plan": "BUDGETS, FIGURES_DIR, MARKDOWN_FILE, METHOD_LABELS, METHODS, MIXTURE_ROUTER, PAPER, "

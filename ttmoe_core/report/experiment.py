@@ -99,7 +99,7 @@ class Run:
     def variant(self, setting: Setting) -> str:
         """The training variant of ``setting``: its method's name when it is experiment 2's size
         of that method (so that run is reused), else its tag (registered on the run)."""
-        if (setting.targets is None and setting.shape is None
+        if (setting.targets is None and setting.shape is None and setting.lr is None
                 and setting.rank == experts.METHOD_DEFAULTS[setting.method]["rank"]):
             return setting.method
         self.settings[setting.tag] = setting
@@ -259,7 +259,8 @@ class Run:
                                       max_length=b.max_length, seed=seed, train_limit=b.train_rows,
                                       eval_limit=b.eval_rows, eval_every=b.eval_every,
                                       patience=b.patience, min_steps=b.min_steps, schedule=b.schedule,
-                                      lr=b.lr_of(method), **size)
+                                      lr=b.lr_of(method) if setting is None or setting.lr is None
+                                      else setting.lr, **size)
         part = None if self.work_dir is None else self.work_dir / "experts" / f"{task}-{variant}-seed{seed}"
         return (task, variant, seed), config, part
 

@@ -9,11 +9,15 @@ without n-gram sizes, its parameters' front or its decoder subsection.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from . import sessions
-from .plan import METHOD_LABELS, SECTIONS
+from .cells import fmt
+from .cells import pm as _pm
+from .cells import table as _table
+from .cells import yes_no as _yes_no
+from .decoder_section import section_decoder
+from .plan import METHOD_LABELS
 from .plots import SECTION_FIGURES
 
 SECTION_TITLES = {
@@ -23,36 +27,10 @@ SECTION_TITLES = {
     "routers": "3. Router variants (paper Table 5)",
     "integration": "4. Expert integration (paper Table 6, expert integration)",
     "mixed": "5. Mixed-task evaluation (the \"4 points over AdapterFusion\" claim)",
+    "decoder": "2c. The methods on a decoder",     # + its model's name (``render_section``)
 }
-
-FORMATS: dict[str, Callable[[float], str]] = {
-    "int": lambda v: f"{int(round(v)):,}",
-    "f3": lambda v: f"{v:.3f}",
-    "f2": lambda v: f"{v:.2f}",
-    "f1": lambda v: f"{v:.1f}",
-    "signed3": lambda v: f"{v:+.3f}",
-    "signed1": lambda v: f"{v:+.1f}",
-    "pct1": lambda v: f"{100 * v:.1f}%",
-    "pct2": lambda v: f"{100 * v:.2f}%",
-    "pct3": lambda v: f"{100 * v:.3f}%",
-    "sci": lambda v: f"{v:.1e}",
-    "ratio": lambda v: f"{v:.2f}×",
-}
-"""Every number in a table is ``FORMATS[kind](value)`` of a value stored in the results."""
-
-
-def fmt(value, kind: str) -> str:
-    """``FORMATS[kind](value)``; a dash for a missing or NaN value."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    return FORMATS[kind](value)
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
-
+RENDER_ORDER = ("contraction", "methods", "frontier", "decoder", "routers", "integration", "mixed")
+"""The sections in the report's order: the decoder's beside experiment 2 (it runs last: ``SECTIONS``)."""
 
 def _one_minute(load: float | Sequence[float] | None) -> float | None:
     """The 1-minute load average of ``runinfo.load_average()``'s list (older results: one number)."""
@@ -99,15 +77,6 @@ def _section_contraction(exp: dict) -> list[str]:
     return [_table(["batch size", "contraction ms", "reconstruction ms", "contraction ms/input",
                     "reconstruction ms/input", "reconstruction / contraction", "max abs diff (logits)",
                     "max abs diff (last hidden)", "max abs last hidden"], rows)]
-
-
-def _pm(mean, std, kind: str = "f3") -> str:
-    """``mean ± std`` (just the mean when the std is unknown: one seed)."""
-    return fmt(mean, kind) + ("" if std is None else f" ± {fmt(std, kind)}")
-
-
-def _yes_no(value: bool | None) -> str:
-    return "–" if value is None else ("yes" if value else "no")
 
 
 def _methods_ratios(exp: dict) -> str:
@@ -414,13 +383,14 @@ def _section_frontier(exp: dict) -> list[str]:
 _SECTION_BODIES = {"contraction": _section_contraction, "methods": _section_methods,
                    "frontier": _section_frontier,
                    "routers": _section_routers, "integration": _section_integration,
-                   "mixed": _section_mixed}
+                   "mixed": _section_mixed, "decoder": section_decoder}
 
 
 def render_section(results: dict, name: str, figure_links: bool = True) -> str:
     """One experiment's section: title, run line, tables, claim, differences (+ figure links)."""
     exp = results["experiments"][name]
-    parts = [f"## {SECTION_TITLES[name]}", _run_line(exp, results["meta"]), *_SECTION_BODIES[name](exp),
+    title = SECTION_TITLES[name] + (f" ({exp['model']})" if name == "decoder" and "model" in exp else "")
+    parts = [f"## {title}", _run_line(exp, results["meta"]), *_SECTION_BODIES[name](exp),
              _claim(exp), _differences(exp)]
     links = _figure_links(results, SECTION_FIGURES[name]) if figure_links else ""
     return "\n\n".join(parts + ([links] if links else []))
@@ -484,7 +454,7 @@ def render_markdown(results: dict) -> str:
         "Paper: Kunwar et al., *TT-LoRA MoE* (arXiv 2504.21190), LLaMA-3.2-1B on 4 GPUs. Every "
         "number below comes from this run (`results.json`); the paper's are quoted only where named.",
     ]
-    sections = [render_section(results, name) for name in SECTIONS if name in results["experiments"]]
+    sections = [render_section(results, name) for name in RENDER_ORDER if name in results["experiments"]]
     trainings = results.get("trainings") or []
     appendix = []
     if trainings:

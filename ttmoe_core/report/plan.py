@@ -21,7 +21,9 @@ TOLERANCE = 1e-5                   # contraction and reconstruction must agree t
 MARKDOWN_FILE = "paper_tables.md"
 RESULTS_FILE = "results.json"
 FIGURES_DIR = "figures"
-SECTIONS = ("contraction", "methods", "frontier", "routers", "integration", "mixed")   # in run order
+# in run order; the decoder's methods run last (a running report's earlier experiments stay as
+# they are), its section renders after the frontier (markdown.RENDER_ORDER)
+SECTIONS = ("contraction", "methods", "frontier", "routers", "integration", "mixed", "decoder")
 # the paper's headline numbers (abstract): fractions of the baselines' parameters, points gained
 PAPER = {"tt_lora_fraction_of_lora": 0.02, "tt_lora_fraction_of_adapter": 0.003,
          "moe_fraction_of_adapterfusion": 0.0003, "mixed_gain_points": 4.0}
@@ -33,20 +35,23 @@ Progress = Callable[[str, int, int], None]   # (stage, done, total)
 class Setting:
     """One size of one method: ``rank`` is the TT rank (tt-lora), the LoRA rank (lora) or the
     reduction factor (adapter); ``targets`` None is the method's default (q,v); ``shape`` a flat
-    TT shape for every target (None: the balanced default, 6 cores on MiniLM's 384 × 384)."""
+    TT shape for every target (None: the balanced default, 6 cores on MiniLM's 384 × 384);
+    ``lr`` a learning rate of its own (None: the budget's for the method)."""
     method: str
     rank: int
     targets: tuple[str, ...] | None = None
     shape: tuple[int, ...] | None = None
+    lr: float | None = None
 
     @property
     def tag(self) -> str:
         """A short unique name: ``tt-lora-r5``, ``tt-lora-query+key+value+dense-r12``,
-        ``tt-lora-s16.24.24.16-r5``, ``adapter-rf64``."""
+        ``tt-lora-s16.24.24.16-r5``, ``adapter-rf64``, ``tt-lora-r5-lr0.003``."""
         modules = "" if self.targets is None else "-" + "+".join(self.targets)
         shape = "" if self.shape is None else "-s" + ".".join(map(str, self.shape))
         size = f"rf{self.rank}" if self.method == "adapter" else f"r{self.rank}"
-        return f"{self.method}{modules}{shape}-{size}"
+        rate = "" if self.lr is None else f"-lr{self.lr:g}"
+        return f"{self.method}{modules}{shape}-{size}{rate}"
 
     @property
     def modules(self) -> str:
@@ -66,9 +71,10 @@ class Setting:
         return {target: list(self.shape) for target in (self.targets or ("query", "value"))}
 
     def to_dict(self) -> dict:
-        return {"method": self.method, "rank": self.rank,
-                "targets": None if self.targets is None else list(self.targets),
-                "shape": None if self.shape is None else list(self.shape)}
+        out = {"method": self.method, "rank": self.rank,
+               "targets": None if self.targets is None else list(self.targets),
+               "shape": None if self.shape is None else list(self.shape)}
+        return out if self.lr is None else {**out, "lr": self.lr}
 
 
 def settings_from(raw: Sequence[Sequence]) -> list[Setting]:
@@ -125,6 +131,15 @@ class ReportBudget:
     # ``base.backbone.load_backbone``; None: the encoder only)
     router_buckets: tuple[int, ...] = (1 << 12, 1 << 14, 1 << 16)
     router_decoder: str | None = None
+    # experiment 2 on a decoder (report/decoder.py; None: not run): seed ``seeds[0]``, the same
+    # stopping rule, the paper's q,v modules; TT-LoRA r5 on ``decoder_tasks`` once per learning
+    # rate of ``decoder_lrs`` (() : the budget's TT-LoRA rate; the best hold-out score chooses,
+    # and that expert is the decoder pack's), LoRA r16 and LoRA at TT-LoRA's parameter count on
+    # ``decoder_baseline_tasks``
+    decoder_model: str | None = None
+    decoder_tasks: tuple[str, ...] = ()
+    decoder_baseline_tasks: tuple[str, ...] = ()
+    decoder_lrs: tuple[float, ...] = ()
 
     def lr_of(self, method: str) -> float | None:
         """This budget's learning rate for ``method`` (None: the method's default)."""
@@ -162,7 +177,10 @@ BUDGETS: dict[str, ReportBudget] = {
         mixture_router_cap=48, mixture_router_epochs=8,    # the recipe's code path, in seconds
         # the frontier's code paths: two new sizes and two reused from experiment 2
         frontier_tasks=("sst2",), frontier=(("tt-lora", 2, None), ("tt-lora", 5, None),
-                                            ("lora", 1, None), ("lora", 16, None))),
+                                            ("lora", 1, None), ("lora", 16, None)),
+        # the decoder experiment's plan; no decoder here (CI has none to load): tests name one
+        # and pass the Run a loader of tiny decoders, as for experiment 3's ``router_decoder``
+        decoder_tasks=("sst2", "mrpc"), decoder_baseline_tasks=("mrpc",), decoder_lrs=(1e-3, 3e-3)),
     # every method until its hold-out metric is flat, one rule for all three (CONVERGENCE.md):
     # cap 4,000 steps of 16 rows, an evaluation every 200 steps, 5 without a better score stop
     # the run (1,000 steps), never before step 1,600 (on CoLA both methods sit at the majority
@@ -184,7 +202,11 @@ BUDGETS: dict[str, ReportBudget] = {
         # task, 3,000 on the mixed set, with no hold-out stop, until issue 30)
         frontier_tasks=("sst2", "qnli"), frontier=FRONTIER,
         # experiment 3 on a decoder too: routing needs no expert, only the frozen states
-        router_decoder="smollm2-135m"),
+        router_decoder="smollm2-135m",
+        # experiment 2 on the decoder (issue 31): its TT-LoRA experts are the decoder pack's
+        # (scripts/build_decoder_pack.sh); about 1.2 CPU s a step (DECODERS.md), ~14 CPU-hours
+        decoder_model="smollm2-135m", decoder_tasks=("sst2", "mrpc", "qnli"),
+        decoder_baseline_tasks=("sst2", "mrpc"), decoder_lrs=(1e-3, 3e-3)),
 }
 # the full rule on the six demo tasks only (experiment 2 and the mixture): about a quarter of
 # the full budget's CPU time (reports/CONVERGENCE_BUDGET.md)
@@ -223,6 +245,9 @@ def budget_changes(meta: Mapping) -> list[tuple[str, object, object]]:
 ROUTERS_ONLY = ("router_buckets", "router_decoder")
 """Settings that shape experiment 3 only, which a resumed run reruns (``run.run_report``): a work
 folder begun before them resumes under today's values."""
+DECODER_ONLY = ("decoder_model", "decoder_tasks", "decoder_baseline_tasks", "decoder_lrs")
+"""Settings that shape the decoder experiment only, which runs last: a work folder begun before
+them resumes under today's values (its earlier experiments never read them)."""
 
 
 def with_defaults(settings: Mapping) -> dict:

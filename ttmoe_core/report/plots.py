@@ -22,7 +22,7 @@ SECTION_FIGURES = {"contraction": ("contraction_ms", "contraction_ratio"),
                    "frontier": ("frontier",),
                    "routers": ("router_frontier", *(f"router_confusion_{v}" for v in VARIANTS)),
                    "integration": ("integration", "integration_fusion"),
-                   "mixed": ("mixed",)}
+                   "mixed": ("mixed",), "decoder": ()}
 """The figures (``build_figures`` names) of each section, in display order."""
 
 

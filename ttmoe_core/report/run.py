@@ -1,4 +1,4 @@
-"""One report run: check the data, run the six experiments in order, write the report folder.
+"""One report run: check the data, run the seven experiments in order, write the report folder.
 
 ``run_report(budget, out)`` writes ``results.json`` (every number, with date, machine, load and
 timings), ``paper_tables.md`` and ``figures/``; ``report_job`` is the same as a ``jobs.Job``
@@ -20,6 +20,7 @@ from ..base.backbone import load_backbone
 from ..runtime import runinfo
 from ..tasks import DEMO_TASKS
 from .contraction import exp_contraction
+from .decoder import exp_decoder
 from .experiment import Run, check_jobs
 from .frontier import exp_frontier
 from .integration import exp_integration
@@ -27,6 +28,7 @@ from .markdown import render_markdown
 from .methods import exp_methods, training_order
 from .mixed import exp_mixed
 from .plan import (
+    DECODER_ONLY,
     FIGURES_DIR,
     MARKDOWN_FILE,
     PAPER,
@@ -45,7 +47,8 @@ from .verdicts import factor
 
 EXPERIMENTS: dict[str, Callable[[Run], dict]] = {
     "contraction": exp_contraction, "methods": exp_methods, "frontier": exp_frontier,
-    "routers": exp_routers, "integration": exp_integration, "mixed": exp_mixed}
+    "routers": exp_routers, "integration": exp_integration, "mixed": exp_mixed,
+    "decoder": exp_decoder}
 """Each experiment's function, in run order (the order of ``SECTIONS``)."""
 
 
@@ -96,13 +99,13 @@ def same_run(saved: dict, now: dict) -> bool:
     """Whether a work folder's ``settings.json`` (``saved``) is this run's (``now``): the same
     budget settings and the same data (by fingerprint where both have one, else by folder path).
     A setting the saved run predates counts as its default (``plan.with_defaults``), except the
-    ``plan.ROUTERS_ONLY`` ones, which it is not held to."""
+    ``plan.ROUTERS_ONLY`` and ``plan.DECODER_ONLY`` ones, which it is not held to."""
     then, today = saved.get("settings"), now.get("settings")
     if not isinstance(then, dict) or not isinstance(today, dict):
         if then != today:                        # settings that are not a budget's: as they are
             return False
     else:
-        predated = {key for key in ROUTERS_ONLY if key not in then}
+        predated = {key for key in ROUTERS_ONLY + DECODER_ONLY if key not in then}
 
         def held(settings: dict) -> dict:
             return {k: v for k, v in with_defaults(settings).items() if k not in predated}
@@ -139,7 +142,7 @@ def run_report(budget: str | ReportBudget, out: str | Path, progress: Progress |
                should_stop: Callable[[], bool] | None = None,
                work_dir: str | Path | None = None, resume: bool = False, jobs: int = 1,
                reuse_from: Sequence[str | Path] = ()) -> dict:
-    """Run the six experiments, write results.json, paper_tables.md and figures to ``out``.
+    """Run the seven experiments, write results.json, paper_tables.md and figures to ``out``.
 
     ``progress(stage, done, total)`` is called often; ``should_stop()`` (checked as often) cancels
     with ReportError. Returns the results dict (what results.json holds).
@@ -152,7 +155,8 @@ def run_report(budget: str | ReportBudget, out: str | Path, progress: Progress |
     """
     b = resolve_budget(budget)
     data_path = None if data_dir is None else Path(data_dir).expanduser()
-    fixed = list(b.comparison_tasks or ()) + list(DEMO_TASKS) + list(b.fusion_tasks) + list(b.frontier_tasks)
+    fixed = (list(b.comparison_tasks or ()) + list(DEMO_TASKS) + list(b.fusion_tasks) + list(b.frontier_tasks)
+             + (list(b.decoder_tasks) + list(b.decoder_baseline_tasks) if b.decoder_model else []))
     available = _check_data(data_path, fixed)
     comparison = list(b.comparison_tasks) if b.comparison_tasks else available
     integration = [t for t in tasks.TASKS if t in set(comparison) | set(DEMO_TASKS)]

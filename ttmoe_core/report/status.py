@@ -3,7 +3,8 @@
 ``report --status`` reads ``<work>/settings.json``, the finished trainings of experiment 2
 (``experts/<task>-<method>-seed<k>.training.json`` of the budget's comparison tasks and seeds;
 the other experiments' experts live in the same folder and are left out), the runs in progress
-(their checkpoints' ``state.json``: step, best hold-out score so far), the finished
+(their checkpoints' ``state.json``: step, best hold-out score so far), the decoder experiment's
+runs (``decoder/experts``, finished and in progress, apart), the finished
 experiments and the run's starts (``sessions.json``). The finished seeds fold into the same
 per-task comparison the full report makes (``seeds.aggregate``, ``methods.claim_per_task``),
 over the seeds where all three methods have finished (as ``exp_methods`` always has), so a run
@@ -17,7 +18,9 @@ from pathlib import Path
 from .. import tasks as task_registry
 from ..files.safefs import StoreError, parse_json
 from . import seeds, sessions
-from .markdown import _pm, _table, fmt
+from .cells import fmt
+from .cells import pm as _pm
+from .cells import table as _table
 from .methods import MARGIN, claim_per_task
 from .plan import METHOD_LABELS, METHODS, SECTIONS, ReportError
 
@@ -94,6 +97,7 @@ def work_status(work_dir: str | Path) -> dict:
                                    "step": state["loop"].get("step"), "cap": fusion.get("steps"),
                                    "cpu_seconds": state["loop"].get("cpu")})
     total = len(tasks) * len(METHODS) * len(seed_list)
+    decoder = _decoder_runs(work, budget)
     try:                                       # the run's starts so far (sessions.json)
         starts, starts_error = sessions.SessionLog.open(work, resume=True).entries, None
     except ReportError as exc:
@@ -109,8 +113,23 @@ def work_status(work_dir: str | Path) -> dict:
                                for t in dict.fromkeys(r["task"] for r in whole)},
             "comparisons": comparisons, "outcomes": outcomes, "margin": MARGIN,
             "spread_rule": seeds.SPREAD_RULE, "experiments_done": done,
-            "fusion_done": fusion_done, "fusion_running": fusion_running,
+            "fusion_done": fusion_done, "fusion_running": fusion_running, **decoder,
             "experiments": list(SECTIONS)}
+
+
+def _decoder_runs(work: Path, budget: dict) -> dict:
+    """The decoder experiment's trainings (``<work>/decoder/experts``): finished records, runs in
+    progress (checkpoints) and how many the budget plans (TT-LoRA: tasks × learning rates; LoRA r16
+    and LoRA at TT-LoRA's count on the baseline tasks: 2 a task, 1 where that rank is 16)."""
+    folder = work / "decoder" / "experts"
+    finished = [r for r in (_read_json(p) for p in sorted(folder.glob(f"*{TRAINING_SUFFIX}")))
+                if r is not None and {"task", "method", "value"} <= set(r)]
+    running = [r for r in (_running(p) for p in sorted(folder.glob(f"*{CHECKPOINT_SUFFIX}"))) if r is not None]
+    rates = len(budget.get("decoder_lrs") or [None])
+    total = (len(budget.get("decoder_tasks") or []) * rates
+             + 2 * len(budget.get("decoder_baseline_tasks") or [])) if budget.get("decoder_model") else 0
+    return {"decoder_model": budget.get("decoder_model"), "decoder_total": total,
+            "decoder_finished": finished, "decoder_running": running}
 
 
 def _how_it_ran(record: dict) -> str:
@@ -174,8 +193,9 @@ def render_status(status: dict) -> str:
                                fmt(r["value"], "f3"), fmt(r.get("adapter_params"), "int"),
                                fmt(r.get("steps_run"), "int"), fmt(r.get("best_step"), "int"),
                                fmt(r.get("cpu_seconds"), "f1")] for r in done]), ""]
+    lines += _decoder_lines(status)
     if not status["finished"]:
-        return "\n".join(lines + ["No training has finished yet.", ""])
+        return "\n".join(lines + ["No experiment 2 training has finished yet.", ""])
     lines += ["Every finished run (validation metric of the weights kept at the best hold-out step):", "",
               _table(["task", "method", "seed", "metric", "value", "steps run", "best step", "CPU s", "ran"],
                      [[r["task"], METHOD_LABELS.get(r["method"], r["method"]), str(r["seed"]), r["metric"],
@@ -199,3 +219,29 @@ def render_status(status: dict) -> str:
                            "–" if c["within_margin"] is None else ("yes" if c["within_margin"] else "no")]
                           for c in status["comparisons"]]), ""]
     return "\n".join(lines)
+
+
+def _decoder_lines(status: dict) -> list[str]:
+    """The decoder experiment's part of ``render_status`` ([] when the budget runs none and its
+    folder holds nothing)."""
+    done, going = status.get("decoder_finished") or [], status.get("decoder_running") or []
+    if not (status.get("decoder_total") or done or going):
+        return []
+    lines = [f"Decoder experiment (experiment 2's methods on {status.get('decoder_model')}, "
+             f"`decoder/experts`): {len(done)} of about {status.get('decoder_total')} trainings finished"
+             + (":" if done else "."), ""]
+    if done:
+        lines += [_table(["decoder run", "task", "method", "learning rate", "metric", "value", "steps run",
+                          "best step", "wall s", "CPU s"],
+                         [[str(r.get("variant")), r["task"], METHOD_LABELS.get(r["method"], r["method"]),
+                           fmt(r.get("lr"), "sci"), str(r.get("metric")), fmt(r["value"], "f3"),
+                           fmt(r.get("steps_run"), "int"), fmt(r.get("best_step"), "int"),
+                           fmt(r.get("wall_seconds"), "f1"), fmt(r.get("cpu_seconds"), "f1")] for r in done]), ""]
+    if going:
+        lines += ["Decoder runs in progress (a checkpoint; `report --resume` continues it):", "",
+                  _table(["decoder run", "task", "method", "step", "cap", "best hold-out so far", "at step",
+                          "CPU s"],
+                         [[str(r.get("run")), str(r["task"]), METHOD_LABELS.get(r["method"], str(r["method"])),
+                           fmt(r["step"], "int"), fmt(r["cap"], "int"), fmt(r["best_score"], "f3"),
+                           fmt(r["best_step"], "int"), fmt(r["cpu_seconds"], "f1")] for r in going]), ""]
+    return lines
