@@ -208,3 +208,41 @@ def test_a_setting_with_its_own_rate_is_its_own_variant():
     assert run.variant(plain) == "tt-lora" and run.variant(rated) == "tt-lora-r5-lr0.003"
     assert run._plan("sst2", "tt-lora-r5-lr0.003", 0)[1].lr == 3e-3
     assert run._plan("sst2", "tt-lora", 0)[1].lr == 1e-3           # the budget's TT-LoRA rate
+
+
+def _pack_script():
+    """scripts/build_decoder_pack.py as a module."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "build_decoder_pack.py"
+    spec = importlib.util.spec_from_file_location("build_decoder_pack", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_pack_script_takes_the_sections_pack_experts_into_a_pack(decoder_exp, tmp_path, capsys):
+    work, exp = decoder_exp
+    script = _pack_script()
+    chosen = script.choose(work, ["sst2", "mrpc"])
+    assert {t: p.name for t, p in chosen.items()} == {
+        r["task"]: r["expert"].rsplit("/", 1)[1] for r in exp["rows"] if r["chosen"]}
+    with pytest.raises(SystemExit, match="qnli"):
+        script.choose(work, ["sst2", "qnli"])
+    out = tmp_path / "demo-smollm2"
+    assert script.main(["--work-dir", str(work), "--out", str(out), "--tasks", "sst2,mrpc", "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert not out.exists() and f"train-router --pack {out} --variant ngram --layer 10 --all-rows" in printed
+    assert f"eval-moe --pack {out} --save" in printed and f"calibrate-pool --pack {out}" in printed
+    script.assemble(out, chosen, "the command")
+    pack = store.load_pack(out)
+    assert [e.name for e in pack.experts] == ["sst2", "mrpc"] and pack.manifest["base_model"]["name"] == "tiny-llama"
+    build = pack.manifest["build"]
+    assert build["command"] == "the command" and set(pack.manifest["validation"]) == {"sst2", "mrpc"}
+    lrs = {r["task"]: r["lr"] for r in exp["rows"] if r["chosen"]}
+    assert build["lr"] == lrs and build["experts_from"]["sst2"].endswith(f"decoder/experts/{chosen['sst2'].name}")
+    script.record(out, "python -m ttmoe_core calibrate-pool --pack x")
+    steps = store.load_pack(out).manifest["build"]["steps"]
+    assert [s["command"] for s in steps] == ["store.build_pack (this script)",
+                                             "python -m ttmoe_core calibrate-pool --pack x"]
