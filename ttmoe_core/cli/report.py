@@ -1,4 +1,5 @@
-"""``report``: the paper's five experiments into a report folder (also ``python -m ttmoe_core.report``)."""
+"""``report``: the paper's five experiments, the frontier and the methods on a decoder into a
+report folder (also ``python -m ttmoe_core.report``)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The paper's tables re-run on the embedded model: ``python -m ttmoe_core report --budget small|full``.
 
-``run_report(budget, out)`` runs five experiments of Kunwar et al. (2025) with the project's own
+``run_report(budget, out)`` runs the five experiments of Kunwar et al. (2025) with the project's own
 code and writes, under ``out``:
 
 - ``results.json``: every number of the run (raw results, settings, date, machine, timings);
