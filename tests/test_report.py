@@ -341,6 +341,27 @@ def test_unknown_budget_and_missing_tasks(tmp_path):
         report.run_report("small", tmp_path / "out", data_dir=tmp_path)
 
 
+def test_only_some_experiments_run_into_the_work_folder_and_write_no_report(tmp_path, capsys):
+    """``report --only contraction``: that experiment's JSON in the work folder, no report (a
+    partial one would read as a whole); bad names and a missing work folder are refused."""
+    from ttmoe_core import cli
+
+    with pytest.raises(report.ReportError, match="unknown experiments"):
+        report.run_report("small", tmp_path / "out", work_dir=tmp_path / "w", only=["nope"])
+    with pytest.raises(report.ReportError, match="needs a work folder"):
+        report.run_report("small", tmp_path / "out", only=["contraction"])
+    code = cli.main(["report", "--budget", "small", "--out", str(tmp_path / "out"), "--work-dir",
+                     str(tmp_path / "w"), "--only", "contraction", "--json"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["experiments"] == ["contraction"]
+    saved = json.loads((tmp_path / "w" / "experiments" / "contraction.json").read_text())
+    assert saved["rows"] and not (tmp_path / "out" / report.RESULTS_FILE).exists()
+    again = report.run_report("small", tmp_path / "out", work_dir=tmp_path / "w", resume=True,
+                              only=["contraction"])
+    assert again["experiments"]["contraction"] == saved          # taken as finished, not rerun
+
+
 # ----------------------------------------------------------------------------- AdapterFusion (tiny model)
 
 

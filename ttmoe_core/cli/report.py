@@ -36,9 +36,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     try:
         results = report.run_report(args.budget, out, progress=None if args.json else show,
                                     data_dir=args.data_dir, work_dir=work, resume=args.resume,
-                                    jobs=args.jobs, reuse_from=args.reuse_from)
+                                    jobs=args.jobs, reuse_from=args.reuse_from, only=args.only)
     except TTMoEError as exc:
         raise UsageError(str(exc)) from None
+    if args.only is not None:
+        done = sorted(results["experiments"])
+        summary = {"work_dir": str(work), "experiments": done,
+                   "seconds": round(sum(e.get("run", {}).get("seconds", 0)
+                                        for e in results["experiments"].values()), 1)}
+        print(json.dumps(summary) if args.json else
+              f"finished in {work}: {', '.join(done) or 'nothing'} (no report written: "
+              f"--only; a full run takes them with --reuse-from {work} or --resume)")
+        return 0
     summary = {"out": str(out), "markdown": str(out / report.MARKDOWN_FILE), "results": str(out / report.RESULTS_FILE),
                "figures": sorted(v["html"] for v in results["figures"].values()),
                "seconds": results["meta"]["seconds"],
@@ -88,6 +97,10 @@ def add_parsers(subparsers) -> argparse.ArgumentParser:
                              "2 one-thread jobs get through more steps an hour than one 2-thread job "
                              "(python -m ttmoe_core.bench jobs). Progress: a line per finished "
                              "training; --status shows the runs in progress")
+    parser.add_argument("--only", type=lambda text: [t for t in text.split(",") if t],
+                        default=None, metavar="EXPERIMENT[,...]",
+                        help="run only these experiments into --work-dir (e.g. decoder, to train "
+                             "the decoder pack's experts now), writing no report")
     parser.add_argument("--status", action="store_true",
                         help="run nothing: show what the work folder holds so far (finished "
                              "trainings, runs in progress, mean ± std over the seeds finished)")

@@ -141,7 +141,7 @@ def run_report(budget: str | ReportBudget, out: str | Path, progress: Progress |
                data_dir: str | Path | None = None,
                should_stop: Callable[[], bool] | None = None,
                work_dir: str | Path | None = None, resume: bool = False, jobs: int = 1,
-               reuse_from: Sequence[str | Path] = ()) -> dict:
+               reuse_from: Sequence[str | Path] = (), only: Sequence[str] | None = None) -> dict:
     """Run the seven experiments, write results.json, paper_tables.md and figures to ``out``.
 
     ``progress(stage, done, total)`` is called often; ``should_stop()`` (checked as often) cancels
@@ -152,7 +152,15 @@ def run_report(budget: str | ReportBudget, out: str | Path, progress: Progress |
     the frontier's experts that many at a time, each in its own process (CPU only:
     ``Run.train_side_by_side``). ``reuse_from``: other work folders whose finished experts are
     taken where their config is this run's (copied into ``work_dir``; not retrained).
+    ``only``: run just these experiments (into ``work_dir``, which is required; the others are
+    taken when finished there, else left out), and write no report: a partial one would read as
+    a whole. A later full run takes their experts with ``reuse_from`` (or resumes the folder).
     """
+    unknown = sorted(set(only or ()) - set(EXPERIMENTS))
+    if unknown:
+        raise ReportError(f"unknown experiments {unknown}: choose among {', '.join(EXPERIMENTS)}")
+    if only is not None and work_dir is None:
+        raise ReportError("running only some experiments needs a work folder (--work-dir)")
     b = resolve_budget(budget)
     data_path = None if data_dir is None else Path(data_dir).expanduser()
     fixed = (list(b.comparison_tasks or ()) + list(DEMO_TASKS) + list(b.fusion_tasks) + list(b.frontier_tasks)
@@ -190,7 +198,7 @@ def run_report(budget: str | ReportBudget, out: str | Path, progress: Progress |
         sessions = SessionLog.open(run.work_dir, resume)
         sessions.begin(started, jobs)
         run.clock = partial(_tick, sessions, t0)
-    if jobs > 1 and "methods" not in finished:
+    if jobs > 1 and "methods" not in finished and (only is None or "methods" in only):
         # every expert of experiment 2 side by side first, so that none of them (e.g. the one
         # experiment 1 times) trains alone under other conditions than the rest
         run.train_side_by_side(training_order(run), jobs)
@@ -201,11 +209,19 @@ def run_report(budget: str | ReportBudget, out: str | Path, progress: Progress |
         if name in finished:
             results["experiments"][name] = finished[name]
             continue
+        if only is not None and name not in only:
+            continue
         results["experiments"][name] = _timed(run, fn)
         if run.work_dir is not None:
             store.write_json(run.work_dir / "experiments" / f"{name}.json",
                              results["experiments"][name])
             run.clock(True)
+    if len(results["experiments"]) < len(EXPERIMENTS):            # ``only``: no report
+        if sessions is not None:
+            run.clock = None
+            sessions.mark(round(time.perf_counter() - t0, 1))
+        run.tell("done (only some experiments: no report written)", 1, 1)
+        return results
     for name, exp in results["experiments"].items():     # one sentence per claim that does not hold
         exp["claim"]["points_to"] = factor(name, results)
     results["trainings"] = list(run.trainings.values())
