@@ -579,6 +579,8 @@ def test_small_report_end_to_end(tmp_path, record_property):
     real_keys = {k: set(v) for k, v in results["experiments"].items()}
     fake = synthetic_results()["experiments"]
     for name, keys in real_keys.items():
+        if "skipped" in keys:           # the small budget skips the decoder: nothing to compare
+            continue
         assert set(fake[name]) <= keys | {"run"}, name
 
 
