@@ -246,6 +246,31 @@ def test_train_expert_resumes_exactly(tiny_bert, sst2, tmp_path, method):
                              resume=True)
 
 
+def test_head_learning_rate(tiny_bert, sst2, tmp_path):
+    """``head_lr``: None trains the head at ``lr`` (one optimizer group, as before; the same
+    weights as a separate group at that rate); 0 keeps the random head frozen (the authors' set-up)
+    while the cores train; a checkpoint written before the setting existed still resumes."""
+    train, valid = sst2
+    base = dict(task="sst2", steps=4, batch_size=4, max_length=32, holdout_fraction=0, lr=1e-2,
+                init="kaiming")
+    kwargs = dict(train_data=train, eval_data=valid)
+    default = experts.train_expert(experts.ExpertConfig(**base), tiny_bert, **kwargs)
+    same = experts.train_expert(experts.ExpertConfig(**base, head_lr=1e-2), tiny_bert, **kwargs)
+    for key, value in default.tensors.items():
+        torch.testing.assert_close(same.tensors[key], value, rtol=0, atol=1e-7)
+    frozen = experts.train_expert(experts.ExpertConfig(**base, head_lr=0.0), tiny_bert, **kwargs)
+    assert not torch.equal(frozen.tensors["head.weight"], default.tensors["head.weight"])
+    cores = [k for k in frozen.tensors if ".cores." in k]
+    assert any(not torch.equal(frozen.tensors[k], default.tensors[k]) for k in cores)
+    start = experts.train_expert(experts.ExpertConfig(**{**base, "steps": 1, "lr": 1e-12},
+                                                      head_lr=0.0), tiny_bert, **kwargs)
+    torch.testing.assert_close(frozen.tensors["head.weight"], start.tensors["head.weight"],
+                               rtol=0, atol=0)                  # the head never moved
+    with pytest.raises(experts.ConfigError, match="head lr"):
+        experts.ExpertConfig(task="sst2", head_lr=-1.0).resolved()
+    assert "head_lr" in experts.CHECKPOINT_ADDED
+
+
 @pytest.mark.parametrize("overrides,pattern", [
     ({"holdout_fraction": 1.0}, "hold-out fraction"), ({"eval_every": -1}, "eval every"),
     ({"patience": -2}, "patience"), ({"min_steps": -1}, "min steps"), ({"schedule": "steps"}, "schedule"),

@@ -66,6 +66,7 @@ def cmd_train_expert(args: argparse.Namespace) -> int:
         lr=args.lr, steps=args.max_steps, batch_size=args.batch_size, max_length=args.max_length,
         seed=args.seed, device=args.device, train_limit=args.train_limit,
         eval_limit=args.eval_limit, dtype=args.dtype, min_layer=args.min_layer,
+        head_lr=args.head_lr,
         **convergence_settings(args))
     try:
         config = config.resolved()
@@ -357,6 +358,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--targets", type=targets_arg, default=None,
                    help="comma-separated modules adapted (default: the architecture's "
                         "query,value)")
+    p.add_argument("--head-lr", type=float, default=None,
+                   help="the head's learning rate (default: --lr; 0: a random head kept frozen, "
+                        "as the authors' code trains none)")
     p.add_argument("--min-layer", type=int_in(0, 1000), default=0,
                    help="first layer adapted (tt-lora): a mixture whose router reads layers "
                         "below it computes them once for router and expert")

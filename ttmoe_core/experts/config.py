@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 
@@ -24,7 +25,7 @@ ADAPTER_NAME = "expert"   # name of the bottleneck adapter inside an `adapters` 
 
 
 # settings added to ExpertConfig after checkpoints existed, with the value older runs used
-CHECKPOINT_ADDED = {"pooling": "mean", "dtype": "float32"}
+CHECKPOINT_ADDED = {"pooling": "mean", "dtype": "float32", "head_lr": None}
 
 
 @dataclass
@@ -77,6 +78,9 @@ class ExpertConfig:
                                        # (decoders last, encoders mean). Files without it: mean
     # runtime
     dtype: str = "float32"             # compute precision (``precision``); cores/head float32
+    # optimiser
+    head_lr: float | None = None       # the head's learning rate (None: ``lr``; 0: a random head
+                                       # that stays frozen, as the authors' code trains none)
 
     def resolved(self) -> "ExpertConfig":
         """A copy with method defaults filled in; raises ConfigError on bad values."""
@@ -96,7 +100,9 @@ class ExpertConfig:
                   (cfg.pooling is None or cfg.pooling in POOLINGS,
                    f"pooling must be one of {', '.join(POOLINGS)}, got {cfg.pooling!r}"),
                   (cfg.dtype in precision.DTYPES,
-                   f"dtype must be one of {', '.join(precision.DTYPES)}, got {cfg.dtype!r}")]
+                   f"dtype must be one of {', '.join(precision.DTYPES)}, got {cfg.dtype!r}"),
+                  (cfg.head_lr is None or (cfg.head_lr >= 0 and math.isfinite(cfg.head_lr)),
+                   f"head lr must be >= 0, got {cfg.head_lr}")]
         problems = [message for ok, message in checks if not ok] + training.setting_problems(cfg)
         if problems:
             raise ConfigError(problems[0])

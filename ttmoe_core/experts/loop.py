@@ -190,7 +190,11 @@ def fit(model: nn.Module, batch_loss: Callable[[list[int]], torch.Tensor], num_r
     patience = int(getattr(config, "patience", 0) or 0)
     min_steps = int(getattr(config, "min_steps", 0) or 0)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW([p for _, p in named], lr=config.lr,
+    head_lr = getattr(config, "head_lr", None)
+    groups = ([{"params": [p for _, p in named]}] if head_lr is None else   # one group, as before
+              [{"params": [p for n, p in named if not n.startswith("head.")]},
+               {"params": [p for n, p in named if n.startswith("head.")], "lr": head_lr}])
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr,
                                   weight_decay=config.weight_decay)
     steps, warmup = config.steps, max(1, int(config.warmup_fraction * config.steps))
     lr_factor(schedule_name, 0, steps, warmup)                  # unknown name: ValueError now

@@ -86,6 +86,7 @@ EXPERT_TRAINING = {
                              "additionalProperties": _int_list(1, MAX_DIM, 2 * MAX_FACTORS, 2)}),
         "targets": _nullable({"type": "array", "items": _text(), "minItems": 1, "maxItems": 256}),
         "init": {"enum": ["kaiming", "zero"]}, "lr": _nullable(_num(0, 10, exclusive_lo=True)),
+        "head_lr": _nullable(_num(0, 10)),
         "steps": _int(1, 10**9), "batch_size": _int(1, 1 << 20), "max_length": _int(8, 1 << 20),
         "seed": _int(-(1 << 63), (1 << 64) - 1), "device": _nullable({"type": "string"}),
         "train_limit": _nullable(_int(1, 10**12)), "eval_limit": _nullable(_int(1, 10**12)),
