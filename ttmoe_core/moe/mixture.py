@@ -274,12 +274,10 @@ class TTLoRAMoE(nn.Module):
                               else [0] * len(first), device=device)             # [U]
         text_feats = self._router_features(unique.texts, unique.text_pairs) if route else {}
         probs_parts, pool_parts = [], []
-        expert_batches, logit_parts, later = [], [], []
-        for rows in batches:
+        expert_batches, logit_parts = [], []
+        later = [] if route else list(range(len(first)))        # unrouted: all after, grouped
+        for rows in batches if route else ():
             rows_t = torch.tensor(rows, device=device)
-            if not route:
-                later += rows
-                continue
             batch = unique.batch(rows, device)                                   # [B, T_max] each
             states, probs, router_logits, state_feats = self._route_states(
                 batch, {k: v[rows_t] for k, v in text_feats.items()})            # probs [B, E]
