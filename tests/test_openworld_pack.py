@@ -108,10 +108,14 @@ def test_detector_reuses_the_router_pools_bit_for_bit(pack, base):
     batch = encoded.batch(list(range(len(encoded))), moe.backbone.device)
     feats = moe._router_features(encoded.texts, encoded.text_pairs)
     states, _, logits, state_feats = moe._route_states(batch, feats)
-    args = batch, states, logits, encoded.texts, encoded.text_pairs
-    reused = moe._pool_scores(*args, state_feats)
-    recomputed = moe._pool_scores(*args)                  # per-segment pools of the states again
+    reused = moe._pool_dense(batch, states, state_feats)
+    recomputed = moe._pool_dense(batch, states)           # per-segment pools of the states again
     assert torch.equal(reused, recomputed)
+    plan = [[0, 1], [2, 3]]                               # scored at once, split per micro-batch
+    parts = moe._pool_scores(plan, [reused[:2], reused[2:]], [logits[:2], logits[2:]],
+                             encoded.texts, encoded.text_pairs)
+    whole = moe.openworld.score(reused, logits, encoded.texts, encoded.text_pairs)
+    assert torch.equal(torch.cat(parts), whole)
 
 
 def test_forced_rows_with_route_false_skip_router_and_detector(pack, base):

@@ -206,6 +206,7 @@ def test_tt_experts_and_packs_are_publishable(tiny_bert, sst2, tmp_path):
     assert "ttmoe train-expert --task sst2 --method tt-lora --rank 5" in expert_card
     pack_card = (tmp_path / "pack" / store.CARD_FILE).read_text()
     assert "- mixture-of-experts" in pack_card and "| sst2 | sst2 | tt-lora |" in pack_card
+    assert "# pack: TT-LoRA MoE pack" in pack_card      # the folder's name, not the temporary one's
     assert store.load_pack(tmp_path / "pack").names == ["sst2"]          # the card is allowed
 
 

@@ -125,7 +125,7 @@ def rss_main(num_experts: int, pack: str | Path, storage: str = "float32") -> di
         bb.model(**batch)
     gc.collect()
     base = rss_mib()
-    pool = random_pool(template, num_experts, storage=precision.parse_dtype(storage))
+    pool = random_pool(template, num_experts, storage=precision.parse_storage(storage))
     mixture = TTLoRAMoE(bb, pool, random_router(router, num_experts, bb.info.hidden_size,
                                                 bb.info.num_layers), max_length=max_length)
     mixture.predict(texts, router_top=3)
@@ -140,6 +140,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="RSS of a mixture of E random experts")
     parser.add_argument("--rss", type=int, required=True)
     parser.add_argument("--pack", required=True)
-    parser.add_argument("--storage", default="float32", choices=["float32", "float16"])
+    parser.add_argument("--storage", default="float32", choices=["float32", "float16", "int8"])
     args = parser.parse_args()
     print(json.dumps(rss_main(args.rss, args.pack, args.storage)))

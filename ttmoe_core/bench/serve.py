@@ -183,9 +183,10 @@ def bench_serve(settings: dict, pack: str | Path, data_dir, device: torch.device
     same_batch = _same_batch(mixture, texts, pairs, owner, max_length, settings, device)
     scan = _expert_scan(mixture, texts, pairs, owner, max_length, settings, device)
     memory = ([rss_in_fresh_process(e, pack) for e in settings["experts_scan"]]
-              + [rss_in_fresh_process(max(settings["experts_scan"]), pack, storage="float16")]
+              + [rss_in_fresh_process(max(settings["experts_scan"]), pack, storage=s)
+                 for s in ("float16", "int8")]
               if settings["rss"] else [])
-    half = _half_precision_agreement(mixture, pack, texts, pairs)
+    half = {s: _storage_agreement(mixture, pack, texts, pairs, s) for s in ("float16", "int8")}
     disk = _disk_pool(mixture, settings["disk_experts"], texts[0], pairs[0])
     latency = _latency(mixture, upper, texts, pairs, max_length, settings, device)
 
@@ -211,7 +212,7 @@ def bench_serve(settings: dict, pack: str | Path, data_dir, device: torch.device
     if max(per_row) > min(per_row):
         ratios[f"expert_time_per_row_e{max(per_row)}_vs_e{min(per_row)}"] = (
             per_row[max(per_row)] / per_row[min(per_row)])
-    for row in memory[-2:]:
+    for row in memory[-3:]:
         suffix = "" if row["storage"] == "float32" else f"_{row['storage']}"
         ratios[f"rss_added_gb_e{row['experts']}{suffix}"] = row["added_mib"] * 2**20 / 1e9
     return {
@@ -229,7 +230,7 @@ def bench_serve(settings: dict, pack: str | Path, data_dir, device: torch.device
         "check": {"same_answers_as_one_padded_batch": sum(same) / len(same),
                   "routing_accuracy": sum(r == o for r, o in zip(routed, owner)) / len(owner)},
         "times": times, "same_batch": same_batch, "expert_scan": scan, "memory": memory,
-        "disk": disk, "latency": latency, "half_precision_cores": half,
+        "disk": disk, "latency": latency, "stored_cores": half,
         **ratios_and_targets(ratios),
     }
 
@@ -280,10 +281,11 @@ def _expert_scan(mixture: TTLoRAMoE, texts, pairs, owner, max_length: int, setti
              "per_row_s": times[num]["median_s"] / len(texts)} for num in fns]
 
 
-def _half_precision_agreement(mixture: TTLoRAMoE, pack: str | Path, texts, pairs) -> dict:
-    """The pack's mixture with its cores kept in float16 against float32 on the same rows: the
-    share of rows with the same expert and label, the largest label-probability change."""
-    half = TTLoRAMoE.from_pack(pack, backbone=mixture.backbone, pool_dtype="float16")
+def _storage_agreement(mixture: TTLoRAMoE, pack: str | Path, texts, pairs, storage: str) -> dict:
+    """The pack's mixture with its cores kept in ``storage`` (float16, int8) against float32 on the
+    same rows: the share of rows with the same expert and label, the largest label-probability
+    change."""
+    half = TTLoRAMoE.from_pack(pack, backbone=mixture.backbone, pool_dtype=storage)
     a, b = mixture.predict(texts, pairs), half.predict(texts, pairs)
     same = [x["expert"] == y["expert"] and x["label"] == y["label"] for x, y in zip(a, b)]
     change = max((abs(p - y["label_probs"].get(k, p)) for x, y in zip(a, b)
@@ -360,11 +362,10 @@ def format_serve(result: dict) -> str:
             lines.append(f"{row['experts']:6d} base {row['base_rss_mib']:8.1f}  with mixture "
                          f"{row['rss_mib']:8.1f}  added {row['added_mib']:8.1f}  (pool tensors "
                          f"{row['pool_bytes'] / 2**20:.1f}; cores in {row.get('storage', 'float32')})")
-    half = result.get("half_precision_cores")
-    if half:
-        lines.append(f"cores kept in float16 (--pool-dtype float16), the pack's experts on the same "
-                     f"rows: same expert and label on {half['same_answers']:.1%} of rows, largest "
-                     f"label-probability change {half['max_prob_change']:.2e}")
+    for storage, half in (result.get("stored_cores") or {}).items():
+        lines.append(f"cores kept in {storage} (--pool-dtype {storage}), the pack's experts on the "
+                     f"same rows: same expert and label on {half['same_answers']:.1%} of rows, "
+                     f"largest label-probability change {half['max_prob_change']:.2e}")
     disk = result["disk"]
     lines += ["", f"pack of {disk['experts']} experts on disk ({disk['note']}; written in "
                   f"{disk['write_s']:.1f} s): ready eager {disk['eager_ready_s']:.2f} s, lazy "

@@ -12,6 +12,7 @@ import socket
 import sys
 import threading
 
+from ..runtime import allocator
 from .args import (
     UsageError,
     device_arg,
@@ -51,6 +52,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                              queue_size=args.queue_size, timeout_s=args.timeout_s,
                              coalesce=not args.no_coalesce)
     sock = _listen(args.host, args.port)
+    allocator.fix_mmap_threshold()           # a flat RSS over many requests (runtime.allocator)
     moe = load_mixture(args.pack, args.device, args.dtype, args.pool_dtype)
     shown = ", ".join(moe.names[:10]) + (", ..." if len(moe.names) > 10 else "")
     print(f"serving {len(moe.names)} experts ({shown}) on http://{args.host}:{args.port} "

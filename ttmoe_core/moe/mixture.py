@@ -177,18 +177,29 @@ class TTLoRAMoE(nn.Module):
         logits = self.router({k: v.to(dtype) if v.is_floating_point() else v for k, v in feats.items()})
         return states, torch.softmax(logits, dim=-1), logits, state_feats
 
-    def _pool_scores(self, batch: dict[str, torch.Tensor], states: Sequence[torch.Tensor],
-                     logits: torch.Tensor, texts: Sequence[str], pairs: Sequence[str | None],
-                     state_feats: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-        """``pool_score`` [B] of a routed micro-batch (states 0..k of the frozen base). The
-        per-segment pools come from the router's ``state_feats`` when it computed them (the
-        ``ngram`` router: "pooled", "seg"), else from ``states``."""
+    def _pool_dense(self, batch: dict[str, torch.Tensor], states: Sequence[torch.Tensor],
+                    state_feats: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """The detector's dense input [B, D] of a routed micro-batch (states 0..k of the frozen
+        base): the router's per-segment pools when it computed them (the ``ngram`` router:
+        "pooled", "seg"), else pooled from ``states``."""
         if state_feats is not None and {"pooled", "seg"} <= state_feats.keys():
             pooled, seg = state_feats["pooled"], state_feats["seg"]
         else:
             pooled, seg = segment_pools(states[: self.openworld.layer + 1], batch)
-        dense = pool_dense({"pooled": pooled, "seg": seg}, self.openworld.layer)
-        return self.openworld.score(dense.cpu(), logits.float().cpu(), texts, pairs).to(logits.device)
+        return pool_dense({"pooled": pooled, "seg": seg}, self.openworld.layer)
+
+    def _pool_scores(self, plan: Sequence[Sequence[int]], dense: Sequence[torch.Tensor],
+                     logits: Sequence[torch.Tensor], texts: Sequence[str],
+                     pairs: Sequence[str | None]) -> list[torch.Tensor]:
+        """``pool_score`` of every routed row, scored in one call (one text hashing, one product
+        with the detector's bank for all micro-batches), split back per micro-batch of ``plan``
+        (dense [B, D] and router logits [B, E] per micro-batch; texts and pairs of all rows)."""
+        order = [r for rows in plan for r in rows]
+        scores = self.openworld.score(torch.cat(list(dense)).cpu(),
+                                      torch.cat(list(logits)).float().cpu(),
+                                      [texts[r] for r in order], [pairs[r] for r in order])
+        device = logits[0].device
+        return list(scores.to(device).split([len(rows) for rows in plan]))
 
     @torch.inference_mode()
     def route(self, batch: dict[str, torch.Tensor], texts: Sequence[str],
@@ -273,7 +284,7 @@ class TTLoRAMoE(nn.Module):
         chosen = torch.tensor([forced[f] for f in first] if forced is not None
                               else [0] * len(first), device=device)             # [U]
         text_feats = self._router_features(unique.texts, unique.text_pairs) if route else {}
-        probs_parts, pool_parts = [], []
+        probs_parts, dense_parts, logits_parts = [], [], []
         expert_batches, logit_parts = [], []
         later = [] if route else list(range(len(first)))        # unrouted: all after, grouped
         for rows in batches if route else ():
@@ -282,9 +293,8 @@ class TTLoRAMoE(nn.Module):
             states, probs, router_logits, state_feats = self._route_states(
                 batch, {k: v[rows_t] for k, v in text_feats.items()})            # probs [B, E]
             if self.openworld is not None:
-                pool_parts.append(self._pool_scores(
-                    batch, states, router_logits, [unique.texts[r] for r in rows],
-                    [unique.text_pairs[r] for r in rows], state_feats))
+                dense_parts.append(self._pool_dense(batch, states, state_feats))
+                logits_parts.append(router_logits)
             probs_parts.append(probs)
             if forced is None:
                 chosen[rows_t] = probs.argmax(-1)                                # [B]
@@ -294,6 +304,8 @@ class TTLoRAMoE(nn.Module):
                 logit_parts.append(self.expert_logits(batch, idx, states))
             else:
                 later += rows
+        pool_parts = (self._pool_scores(batches, dense_parts, logits_parts, unique.texts,
+                                        unique.text_pairs) if dense_parts else [])
         if later:
             later_lengths = [unique.lengths[r] for r in later]
             later_experts = chosen[torch.tensor(later, device=device)].tolist()
@@ -427,7 +439,7 @@ class TTLoRAMoE(nn.Module):
 
 def _storage(pool_dtype: str | torch.dtype | None) -> torch.dtype | None:
     """The cores' dtype at rest named by ``pool_dtype`` (None: the compute dtype)."""
-    return None if pool_dtype is None else precision.parse_dtype(pool_dtype)
+    return precision.parse_storage(pool_dtype)
 
 
 def check_finite(scores: Scores, names: Sequence[str], num_labels: Sequence[int]) -> Scores:

@@ -10,7 +10,8 @@ has no slots there (``min_layer``; those layers stay plain frozen linears), refu
 adapts them, and checks that the cores it does not store give ΔW = 0.
 ``storage=torch.float16`` keeps the cores in half precision at rest (half the memory; each batch's
 experts are widened to the compute dtype before their chains are merged); the heads stay in the
-compute dtype. Converting the pool (``.double()``) converts the stored cores too.
+compute dtype. ``storage=torch.int8``: int8 codes and a float32 scale per TT core (``quant``; ~1.03 bytes a
+number). Converting the pool (``.double()``) converts float cores too.
 
 Lazy experts (``open_folders``, ``open_pack``): each folder's ``adapter_config.json`` is read and
 checked at once; its safetensors file is memory-mapped (``safetensors.safe_open``) and read,
@@ -43,6 +44,7 @@ from ..adapters import layer_index
 from ..base.backbone import BackboneInfo
 from ..errors import MoEError
 from ..experts import Expert
+from . import quant
 
 CHUNK_ROWS = 64              # experts per storage chunk
 HALVES_CACHE = 64            # experts whose merged halves stay cached (a MiniLM q,k,v,dense
@@ -158,6 +160,7 @@ class ExpertPool(nn.Module):
         super().__init__()
         self.min_layer = int(min_layer)  # no expert adapts a lower layer: no slots there
         self._storage = storage          # the cores' dtype at rest (None: ``dtype``); heads: ``dtype``
+        self._int8 = storage == torch.int8
         self.slots, self.rank, self.base = list(slots), int(rank), base
         self.hidden_size, self.max_labels = int(hidden_size), int(max_labels)
         self.cards: list[ExpertCard] = []
@@ -178,6 +181,9 @@ class ExpertPool(nn.Module):
             self._groups.append(_Group(members, offset, start, tuple(cores)))
             offset += start * len(members)
         self.width = offset                                       # P: numbers per expert row
+        sizes = [numel for g in self._groups for _ in g.slots for _, numel, _ in g.cores]
+        self._cores = len(sizes)                                  # TT cores per expert row
+        self.register_buffer("_segment", quant.segment_ids(sizes), persistent=False)   # [P]
         self.register_buffer("_probe", torch.zeros(0, dtype=dtype), persistent=False)
 
     # ------------------------------------------------------------------ building
@@ -335,6 +341,9 @@ class ExpertPool(nn.Module):
                 self.register_buffer(f"rows_{chunk}", torch.zeros(
                     CHUNK_ROWS, self.width, dtype=self._storage or dtype, device=device),
                     persistent=False)
+                if self._int8:                             # one scale per core of the row
+                    self.register_buffer(f"scale_{chunk}", torch.zeros(
+                        CHUNK_ROWS, self._cores, device=device), persistent=False)
                 self.register_buffer(f"head_w_{chunk}", torch.zeros(
                     CHUNK_ROWS, self.max_labels, self.hidden_size, dtype=dtype, device=device),
                     persistent=False)
@@ -351,7 +360,12 @@ class ExpertPool(nn.Module):
 
     def _write(self, idx: int, row: torch.Tensor, head_w: torch.Tensor, head_b: torch.Tensor) -> None:
         chunk, slot = divmod(idx, CHUNK_ROWS)
-        self._buffers[f"rows_{chunk}"][slot].copy_(row)
+        if self._int8:
+            codes, scales = quant.quantize(row.to(self._segment.device), self._segment, self._cores)
+            self._buffers[f"rows_{chunk}"][slot].copy_(codes)
+            self._buffers[f"scale_{chunk}"][slot].copy_(scales)
+        else:
+            self._buffers[f"rows_{chunk}"][slot].copy_(row)
         self._buffers[f"head_w_{chunk}"][slot].copy_(head_w)
         self._buffers[f"head_b_{chunk}"][slot].copy_(head_b)
         with self._lock:
@@ -408,6 +422,13 @@ class ExpertPool(nn.Module):
         return torch.stack([self._buffers[f"{prefix}_{i // CHUNK_ROWS}"][i % CHUNK_ROWS]
                             for i in ids])
 
+    def _core_rows(self, ids: Sequence[int]) -> torch.Tensor:
+        """The experts' rows [U, P] in the compute dtype (int8 storage: dequantised)."""
+        if self._int8:
+            return quant.dequantize(self._rows(ids, "rows"), self._rows(ids, "scale"),
+                                    self._segment, self.dtype)
+        return self._rows(ids, "rows").to(self.dtype)
+
     def gather(self, expert_idx: torch.Tensor) -> Gathered:
         """Halves and heads of each row's expert (``expert_idx`` [B], long, 0..E-1). When every
         row has the same expert its halves have one row ([1, d_in, R]: ``shared_update``)."""
@@ -450,7 +471,7 @@ class ExpertPool(nn.Module):
                 self._halves_cache.move_to_end(i)
         missing = [i for i in ids if i not in cached]
         if missing:
-            rows = self._rows(missing, "rows").to(self.dtype)                 # [U', P]
+            rows = self._core_rows(missing)                                   # [U', P]
             fresh: dict[int, dict] = {i: {} for i in missing}
             for group in self._groups:
                 block = rows[:, group.offset: group.offset + group.size * len(group.slots)]
@@ -490,7 +511,7 @@ class ExpertPool(nn.Module):
         self._load(ids)
         group = next(g for g in self._groups if module in [s.name for s in g.slots])
         j = [s.name for s in group.slots].index(module)
-        block = self._rows(ids, "rows").to(self.dtype)[:, group.offset + j * group.size:][:, : group.size]
+        block = self._core_rows(ids)[:, group.offset + j * group.size:][:, : group.size]
         return [block[:, start:start + numel].reshape(-1, *shape)
                 for start, numel, shape in group.cores]
 

@@ -34,6 +34,20 @@ def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
         raise ValueError(f"unknown dtype {dtype!r}: use one of {', '.join(DTYPES)}") from None
 
 
+STORAGE = {"float32": torch.float32, "float16": torch.float16, "int8": torch.int8}
+
+
+def parse_storage(name: str | torch.dtype | None) -> torch.dtype | None:
+    """The dtype experts' cores are kept in at rest (``ExpertPool(storage=...)``): "float32",
+    "float16" or "int8" (block-scaled, ``moe.quant``); None stays None (the compute dtype)."""
+    if name is None or isinstance(name, torch.dtype) and name in STORAGE.values():
+        return name
+    try:
+        return STORAGE[str(name)]
+    except KeyError:
+        raise ValueError(f"unknown pool dtype {name!r}: use one of {', '.join(STORAGE)}") from None
+
+
 def dtype_name(dtype: torch.dtype) -> str:
     return next(name for name, value in DTYPES.items() if value == dtype)
 

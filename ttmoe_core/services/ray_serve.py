@@ -25,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ..moe import MoEError, TTLoRAMoE
+from ..runtime import allocator
 from .server import ServeSettings, request_models
 
 Options = tuple[str | None, bool]                 # (expert, abstain): rows sharing them share a call
@@ -42,6 +43,7 @@ class MixtureDeployment:
     def __init__(self, pack: str, device: str | None = None, dtype: str | None = None,
                  max_batch_size: int = 32, batch_wait_timeout_s: float = 0.005,
                  max_rows: int = 256, max_text_chars: int = 10_000):
+        allocator.fix_mmap_threshold()       # a flat RSS over many requests (runtime.allocator)
         self.moe = TTLoRAMoE.from_pack(pack, device=device, dtype=dtype)
         self.settings = ServeSettings(max_rows=max_rows, max_text_chars=max_text_chars)
         _, self.request_model = request_models(self.settings)

@@ -102,8 +102,10 @@ def expert_card(config: Mapping):
                  "peft" if lora else "ttmoe", f"{config['name']}: {config['method']} expert", body)
 
 
-def pack_card(folder: Path):
-    """The model card of the pack in ``folder`` (its manifest and its experts' configs)."""
+def pack_card(folder: Path, name: str | None = None):
+    """The model card of the pack in ``folder`` (its manifest and its experts' configs), titled
+    ``name`` (default: the folder's name; a pack written through a temporary folder names the
+    folder it lands in)."""
     pack = json.loads((folder / PACK_FILE).read_text())          # written by the store just now
     experts = [json.loads((folder / "experts" / name / CONFIG_FILE).read_text())
                for name in pack["experts"]]
@@ -124,13 +126,14 @@ def pack_card(folder: Path):
         if "accuracy" in routing else "Router: none yet.", "",
         "## Built with", "", f"```bash\nttmoe {command}\n```" if command else "(not recorded)"])
     tags = ["ttmoe", "mixture-of-experts", "tt-lora", *sorted({e["task"] for e in experts})]
-    return _card(pack["base_model"]["name"], tags, "ttmoe", f"{folder.name}: TT-LoRA MoE pack",
+    return _card(pack["base_model"]["name"], tags, "ttmoe", f"{name or folder.name}: TT-LoRA MoE pack",
                  body)
 
 
-def write_pack_card(folder: Path) -> None:
-    """The pack card into ``folder``'s ``README.md`` (an unpublished pack folder)."""
-    pack_card(folder).save(folder / CARD_FILE)
+def write_pack_card(folder: Path, name: str | None = None) -> None:
+    """The pack card, titled ``name`` (default: the folder's), into ``folder``'s ``README.md``
+    (an unpublished pack folder)."""
+    pack_card(folder, name).save(folder / CARD_FILE)
 
 
 def resolve_folder(spec: str | Path, what: str = "pack") -> Path:
