@@ -138,6 +138,20 @@ def test_predict_json_one_line(capsys, pack):
     assert sum(row["router_probs"].values()) == pytest.approx(1.0, abs=1e-5)
 
 
+def test_predict_without_the_detector_answers_the_same_with_no_pool_fields(capsys, pack):
+    """The demo pack (it has a detector; the default pack) with and without it."""
+    text = "a gorgeous , witty , seductive movie ."
+    _, full, _ = run_cli(capsys, "predict", "--json", text)
+    code, lean, err = run_cli(capsys, "predict", "--json", "--no-detector", text)
+    assert code == 0, err
+    a, b = json.loads(full), json.loads(lean)
+    assert a["in_pool"] is not None and a["pool_score"] is not None
+    assert b["in_pool"] is None and b["pool_score"] is None
+    assert (a["expert"], a["label"], a["router_probs"]) == (b["expert"], b["label"], b["router_probs"])
+    code, _, err = run_cli(capsys, "predict", "--pack", pack, "--no-detector", "--abstain", text)
+    assert code == 2 and "--no-detector" in err
+
+
 def test_predict_with_smaller_cores_gives_the_same_answers(capsys, pack):
     text = "a gorgeous , witty , seductive movie ."
     _, full, _ = run_cli(capsys, "predict", "--json", "--pack", pack, text)

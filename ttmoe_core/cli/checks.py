@@ -94,15 +94,16 @@ def shared_folder(spec: str, what: str) -> Path:
 
 
 def load_mixture(pack: str | None, device: str | None, dtype: str = "float32",
-                 pool_dtype: str = "float32"):
+                 pool_dtype: str = "float32", detector: bool = True):
     """The pack's mixture on its own base model, each file of the pack read once (``pack``: a
-    folder or a hub repo id), its experts' cores kept in ``pool_dtype``."""
+    folder or a hub repo id), its experts' cores kept in ``pool_dtype``, its out-of-pool
+    detector left out when not ``detector``."""
     from ..moe import TTLoRAMoE  # heavy: imports torch; kept out of the parser
 
     loaded = load_pack(shared_folder(pack, "pack") if pack else default_pack())
     try:
         return TTLoRAMoE.from_loaded_pack(loaded, device=device, dtype=dtype,
-                                          pool_dtype=pool_dtype)
+                                          pool_dtype=pool_dtype, detector=detector)
     except TTMoEError as exc:
         raise UsageError(str(exc)) from None
 

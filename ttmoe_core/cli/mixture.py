@@ -20,6 +20,7 @@ from .args import (
     dtype_flag,
     int_in,
     names_list,
+    no_detector_flag,
     pool_dtype_flag,
     positive_float,
     positive_int,
@@ -94,6 +95,8 @@ def _shown(text: str, width: int = 60) -> str:
 def cmd_predict(args: argparse.Namespace) -> int:
     if args.expert_dir and args.pack:
         raise UsageError("give --pack or --expert-dir, not both")
+    if args.abstain and args.no_detector:
+        raise UsageError("--abstain needs the pack's out-of-pool detector: drop --no-detector")
     if args.input_file and args.text:
         raise UsageError("give texts or --input-file, not both")
     if args.input_file:
@@ -111,7 +114,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         rows = [(i + 1, {"text": t, "text_pair": args.text_pair}, None)
                 for i, t in enumerate(args.text)]
     moe = (load_adhoc(args.expert_dir, args.device, args.dtype) if args.expert_dir
-           else load_mixture(args.pack, args.device, args.dtype, args.pool_dtype))
+           else load_mixture(args.pack, args.device, args.dtype, args.pool_dtype,
+                             not args.no_detector))
     if args.expert_dir and args.expert is None:
         if len(moe.names) > 1:
             raise UsageError(f"several experts and no router: choose one with --expert "
@@ -298,6 +302,7 @@ def add_parsers(sub) -> None:
                    help="cpu, cuda, cuda:N, mps or auto (default)")
     dtype_flag(p)
     pool_dtype_flag(p)
+    no_detector_flag(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("eval-moe", help="routing accuracy and mixture vs oracle per task")

@@ -18,6 +18,7 @@ from .args import (
     device_arg,
     dtype_flag,
     int_in,
+    no_detector_flag,
     pool_dtype_flag,
     positive_float,
     positive_int,
@@ -53,7 +54,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                              coalesce=not args.no_coalesce)
     sock = _listen(args.host, args.port)
     allocator.fix_mmap_threshold()           # a flat RSS over many requests (runtime.allocator)
-    moe = load_mixture(args.pack, args.device, args.dtype, args.pool_dtype)
+    moe = load_mixture(args.pack, args.device, args.dtype, args.pool_dtype, not args.no_detector)
     shown = ", ".join(moe.names[:10]) + (", ..." if len(moe.names) > 10 else "")
     print(f"serving {len(moe.names)} experts ({shown}) on http://{args.host}:{args.port} "
           "(API docs at /docs)", file=sys.stderr)
@@ -94,4 +95,5 @@ def add_parsers(sub) -> None:
                    help="cpu, cuda, cuda:N, mps or auto (default)")
     dtype_flag(p)
     pool_dtype_flag(p)
+    no_detector_flag(p)
     p.set_defaults(func=cmd_serve)

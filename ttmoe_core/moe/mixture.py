@@ -400,13 +400,16 @@ class TTLoRAMoE(nn.Module):
     @classmethod
     def from_loaded_pack(cls, pack: Pack, backbone: Backbone | None = None,
                          device: str | None = None, dtype: str | None = None,
-                         pool_dtype: str | None = None) -> "TTLoRAMoE":
+                         pool_dtype: str | None = None, detector: bool = True) -> "TTLoRAMoE":
         """The mixture of a pack read by ``store.load_pack`` (nothing is read again), on
-        ``backbone`` or else on the pack's base model loaded here (in ``dtype``: ``precision``).
-        StoreError when the pack was built on another base model than ``backbone``."""
+        ``backbone`` or else on the pack's base model loaded here (in ``dtype``: ``precision``);
+        ``detector=False`` leaves the pack's out-of-pool detector out (no in_pool, pool_score:
+        a single row costs ~8 % less, bench/RESULTS.md). StoreError when the pack was built on
+        another base model than ``backbone``."""
         backbone = backbone or load_backbone(pack.base_model["name"], device=device, dtype=dtype)
         router = pack.build_router() if pack.router_state is not None else None
-        openworld = read_pool(pack.path, pack.manifest) if router is not None else None
+        openworld = (read_pool(pack.path, pack.manifest) if router is not None and detector
+                     else None)
         try:
             return cls(backbone, pack.experts, router, max_length=pack.max_length,
                        openworld=openworld, pool_dtype=_storage(pool_dtype))
@@ -421,8 +424,8 @@ class TTLoRAMoE(nn.Module):
 
         ``lazy``: the experts' configs are checked now, their weights read (memory-mapped) when a
         batch first needs them (``lazy.open_pack``): large packs are ready at once.
-        ``pool_dtype``: "float16" keeps the experts' cores in half precision (half the memory of
-        a large pool; bench/RESULTS.md gives the answers' agreement with float32)."""
+        ``pool_dtype``: "float16" or "int8" keeps the experts' cores smaller (half, or 28 %, of
+        a large pool's memory; bench/RESULTS.md gives the answers' agreement with float32)."""
         if not lazy:
             return cls.from_loaded_pack(load_pack(path), backbone=backbone, device=device,
                                         dtype=dtype, pool_dtype=pool_dtype)
