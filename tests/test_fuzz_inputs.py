@@ -38,7 +38,7 @@ def predict(tmp_path_factory):
     moe = TTLoRAMoE.from_pack(pack, backbone=tiny_bert())
     folder = Path(tempfile.mkdtemp(dir=tmp_path_factory.getbasetemp()))
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(cli_mixture, "load_mixture", lambda path, device, dtype="float32", pool_dtype="float32": moe)
+        patch.setattr(cli_mixture, "load_mixture", lambda path, device, dtype="float32", pool_dtype="float32", detector=True: moe)
 
         def run(content: bytes) -> tuple[int, str, str]:
             path = folder / "inputs.jsonl"

@@ -191,7 +191,7 @@ def _close(records):
 def test_answers_are_the_lines_of_predict_json(client, moe, tmp_path, capsys, monkeypatch):
     inputs = tmp_path / "inputs.jsonl"
     inputs.write_text("".join(json.dumps(row) + "\n" for row in ROWS))
-    monkeypatch.setattr(cli_mixture, "load_mixture", lambda pack, device, dtype="float32", pool_dtype="float32": moe)
+    monkeypatch.setattr(cli_mixture, "load_mixture", lambda pack, device, dtype="float32", pool_dtype="float32", detector=True: moe)
     assert cli.main(["predict", "--json", "--pack", str(tmp_path), "--input-file",
                      str(inputs)]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
