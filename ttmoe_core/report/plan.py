@@ -15,8 +15,9 @@ from ..tasks import DEMO_TASKS
 
 METHODS = ("tt-lora", "lora", "adapter")
 METHOD_LABELS = {"tt-lora": "TT-LoRA", "lora": "LoRA", "adapter": "Adapter"}
-# variant and layer of experiments 4-5's router: the shipped pack's (routing.recipe, ROUTING_STUDY.md)
-MIXTURE_ROUTER = ("ngram", 2)
+# variant and layer of experiments 4-5's router: the shipped pack's (routing.recipe, ROUTING_STUDY.md;
+# layer 0 since 2026-12-07: the experts' pass continues from the embeddings it reads, bench/RESULTS.md)
+MIXTURE_ROUTER = ("ngram", 0)
 TOLERANCE = 1e-5                   # contraction and reconstruction must agree to this (max |Δ|)
 MARKDOWN_FILE = "paper_tables.md"
 RESULTS_FILE = "results.json"
