@@ -41,10 +41,10 @@ def test_the_mixtures_router_is_the_shipped_recipe_trained_once_and_counted(done
     run, integration, mixed = done
     assert list(run.recipe_router) == [tuple(DEMO_TASKS)]           # one router for both experiments
     router = run.recipe_router[tuple(DEMO_TASKS)]["router"]
-    assert router.config.variant == "ngram" and router.config.layer == 2 and router.config.epochs == 2
+    assert (router.config.variant, router.config.layer) == report.MIXTURE_ROUTER and router.config.epochs == 2
     record = integration["router"]
     assert mixed["router"] == record
-    assert (record["variant"], record["layer"], record["params"]) == ("ngram", 2, routing.params(router))
+    assert (record["variant"], record["layer"], record["params"]) == (*report.MIXTURE_ROUTER, routing.params(router))
     assert record["recipe"]["train_rows"] == 16 * len(DEMO_TASKS)          # the cap, every task
     assert record["recipe"]["distinct_rows"] <= record["recipe"]["train_rows"] < record["recipe"]["rows_available"]
     assert record["held_out_rows"] == 8 * len(DEMO_TASKS) and 0.0 <= record["accuracy"] <= 1.0
@@ -124,9 +124,9 @@ def test_markdown_renders_the_seeds_tables_and_traces_every_number(done):
     text = report.render_markdown(results)
     four = report.render_section(results, "integration", figure_links=False)
     five = report.render_section(results, "mixed", figure_links=False)
-    assert "Mean over tasks, per seed and over seeds:" in four and "| ngram | 2 |" in four
+    assert "Mean over tasks, per seed and over seeds:" in four and f"| ngram | {report.MIXTURE_ROUTER[1]} |" in four
     assert f"| {report.fmt(integration['params']['total'], 'int')} |" in four
-    assert "Per seed (average over tasks):" in five and "| ngram | 2 |" in five
+    assert "Per seed (average over tasks):" in five and f"| ngram | {report.MIXTURE_ROUTER[1]} |" in five
     assert f"{report.fmt(mixed['gain_points'], 'signed1')} ± {report.fmt(mixed['gain_points_std'], 'f1')}" in five
     assert "steps run" in four and integration["claim"]["evidence"] in four
     assert untraced_numbers(text, results) == []

@@ -126,7 +126,7 @@ def routers_exp(tiny_bert, samples_dir):
 def _check_rows(exp, layers, last, buckets, experts=6):
     got = {(r["variant"], r["layer"], r["buckets"]) for r in exp["rows"]}
     want = ({("paper", last, None)} | {(v, k, None) for v in ("linear", "mlp", "fusion") for k in layers}
-            | {("ngram", layers_on([2], 2, last)[0], b) for b in buckets})
+            | {("ngram", layers_on([report.MIXTURE_ROUTER[1]], 2, last)[0], b) for b in buckets})
     assert got == want
     ngram = sorted((r for r in exp["rows"] if r["variant"] == "ngram"), key=lambda r: r["buckets"])
     sizes = [r["params"] for r in ngram]

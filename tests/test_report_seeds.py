@@ -9,6 +9,7 @@ import math
 import shutil
 import time
 from datetime import datetime
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -219,7 +220,8 @@ def test_budgets_share_one_stopping_rule_for_every_method():
     assert full.lr_of("tt-lora") == 1e-3 and full.lr_of("lora") is None and full.lr_of("adapter") is None
     # AdapterFusion under the experts' rule and cap; the mixtures' router by the shipped recipe
     assert full.fusion_budget == full.steps and small.fusion_budget == small.steps
-    assert report.MIXTURE_ROUTER == ("ngram", 2)
+    shipped = json.loads((Path(__file__).resolve().parents[1] / "assets" / "demo" / "router_config.json").read_text())["config"]
+    assert report.MIXTURE_ROUTER == (shipped["variant"], shipped["layer"])   # the shipped recipe
     assert (full.mixture_router_cap, full.mixture_router_epochs) == (8000, 8)
     assert small.mixture_router_cap < full.mixture_router_cap
     assert len(small.seeds) >= 2 and small.patience >= 1 and small.eval_every < small.steps
