@@ -232,8 +232,8 @@ def test_lazy_pool_skips_the_training_curve_the_full_load_checks_it(bb, pack, tm
 
 @pytest.mark.parametrize("storage", [torch.float16, torch.int8])
 def test_smaller_storage_shrinks_the_cores_and_keeps_the_answers(bb, experts, pack, storage):
-    """Cores kept in float16 take half the bytes, in int8 (+ a float32 scale per 32 numbers)
-    1.125 bytes a number; each batch's halves are widened to float32 (compute dtype) and equal
+    """Cores kept in float16 take half the bytes, in int8 (+ one float32 scale per TT core)
+    ~1.03 bytes a number; each batch's halves are widened to float32 (compute dtype) and equal
     the float32 pool's to that rounding; the answers stay."""
     full = ExpertPool.from_experts(experts)
     half = ExpertPool.from_experts(experts, storage=storage)

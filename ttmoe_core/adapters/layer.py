@@ -167,7 +167,7 @@ class GatheredTTLinear(nn.Module):
         x3 = x.reshape(x.shape[0], -1, x.shape[-1])              # [B, T, d_in]
         out3 = out.reshape(x.shape[0], -1, out.shape[-1])        # [B, T, d_out]
         # x3 @ A as (Aᵀ x3ᵀ)ᵀ: CPU BLAS runs [R, d_in] @ [d_in, T] 3-5x faster than the skinny
-        # [T, d_in] @ [d_in, R] (bench/RESULTS.md); same products, summed in the same order
+        # [T, d_in] @ [d_in, R] (bench/RESULTS.md); the same products (rounding may differ)
         low = torch.bmm(left.mT, x3.mT).mT                       # [B, T, R]
         if _in_place_ok(out3, low, right):                       # out3 += low @ B, no new tensor
             return out3.baddbmm_(low, right).reshape(out.shape)

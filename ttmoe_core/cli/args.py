@@ -192,7 +192,7 @@ def dtype_flag(parser: argparse.ArgumentParser) -> None:
 def pool_dtype_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pool-dtype", choices=["float32", "float16", "int8"], default="float32",
                         help="precision the experts' cores are kept in: float16 halves a large "
-                             "pack's memory, int8 (a scale per 32 numbers) keeps 28%% of it "
+                             "pack's memory, int8 (one scale per TT core) about 28%% with the heads "
                              "(answers agree, bench/RESULTS.md)")
 
 

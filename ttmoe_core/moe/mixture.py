@@ -419,8 +419,10 @@ class TTLoRAMoE(nn.Module):
     @classmethod
     def from_pack(cls, path: str | Path, backbone: Backbone | None = None,
                   device: str | None = None, lazy: bool = False,
-                  dtype: str | None = None, pool_dtype: str | None = None) -> "TTLoRAMoE":
-        """Read a pack folder (experts + router) once and build its mixture (``from_loaded_pack``).
+                  dtype: str | None = None, pool_dtype: str | None = None,
+                  detector: bool = True) -> "TTLoRAMoE":
+        """Read a pack folder (experts + router) once and build its mixture (``from_loaded_pack``;
+        ``detector=False``: without the pack's out-of-pool detector).
 
         ``lazy``: the experts' configs are checked now, their weights read (memory-mapped) when a
         batch first needs them (``lazy.open_pack``): large packs are ready at once.
@@ -428,10 +430,10 @@ class TTLoRAMoE(nn.Module):
         a large pool's memory; bench/RESULTS.md gives the answers' agreement with float32)."""
         if not lazy:
             return cls.from_loaded_pack(load_pack(path), backbone=backbone, device=device,
-                                        dtype=dtype, pool_dtype=pool_dtype)
+                                        dtype=dtype, pool_dtype=pool_dtype, detector=detector)
         pool, router, max_length = open_pack(path, storage=_storage(pool_dtype))
         openworld = None
-        if router is not None:
+        if router is not None and detector:
             openworld = read_pool(path, read_pack_manifest(Path(path)))
         backbone = backbone or load_backbone(pool.base.name, device=device, dtype=dtype)
         try:

@@ -20,7 +20,8 @@ import torch
 
 def segment_ids(sizes: Sequence[int]) -> torch.Tensor:
     """[P] long: the segment (core) of each number of a row made of segments of ``sizes``."""
-    return torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(list(sizes)))
+    return torch.repeat_interleave(torch.arange(len(sizes)),
+                                   torch.tensor(list(sizes), dtype=torch.long))
 
 
 def quantize(row: torch.Tensor, segments: torch.Tensor, count: int

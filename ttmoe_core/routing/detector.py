@@ -69,7 +69,7 @@ class PoolScorer:
     z: dict[str, tuple[float, float]] = field(default_factory=dict)
     weights: dict[str, float] = field(default_factory=lambda: {"maha": 1.0, "knn": 1.0})
     threshold: float = -math.inf
-    # (the tensors they were computed from, (μᵀPμ [E], bank in a dtype)): see ``_constants``
+    # (the tensors they were computed from, (μᵀPμ [E], P, μ, the bank) in a dtype): ``_constants``
     _cache: tuple | None = field(default=None, init=False, repr=False, compare=False)
     # (center, scale, basis, and their float32 copies): see ``_project``
     _cache32: tuple | None = field(default=None, init=False, repr=False, compare=False)
@@ -160,7 +160,7 @@ class PoolScorer:
             xp = part @ precision                                             # [n, D]
             # (x - μ)ᵀ P (x - μ) = xᵀPx - 2 xᵀPμ + μᵀPμ: [n, E]
             dist = ((xp * part).sum(1, keepdim=True) - 2 * xp @ means.T + mpm[None])
-            maha.append(-dist.min(1).values / x.shape[1])
+            maha.append(-dist.min(1).values.clamp(min=0) / x.shape[1])   # ≥ 0 in exact arithmetic
             sims = _unit(part) @ bank.T                                       # [n, M]
             kth = min(self.k, bank.shape[0])
             knn.append(sims.topk(kth, dim=1).values[:, -1])

@@ -34,12 +34,14 @@ def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
         raise ValueError(f"unknown dtype {dtype!r}: use one of {', '.join(DTYPES)}") from None
 
 
-STORAGE = {"float32": torch.float32, "float16": torch.float16, "int8": torch.int8}
+STORAGE = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+           "int8": torch.int8}
 
 
 def parse_storage(name: str | torch.dtype | None) -> torch.dtype | None:
     """The dtype experts' cores are kept in at rest (``ExpertPool(storage=...)``): "float32",
-    "float16" or "int8" (block-scaled, ``moe.quant``); None stays None (the compute dtype)."""
+    "float16", "bfloat16" or "int8" (a scale per TT core, ``moe.quant``); None stays None (the
+    compute dtype)."""
     if name is None or isinstance(name, torch.dtype) and name in STORAGE.values():
         return name
     try:

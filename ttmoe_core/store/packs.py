@@ -116,7 +116,7 @@ def append_expert(pack_dir: str | Path, expert: Expert) -> Path:
                        f"expert {expert.name!r}", reference="the pack's experts")
         with atomic_dir(pack_dir, template=pack_dir) as tmp:
             _list_expert(tmp, expert, names)
-            write_pack_card(tmp, pack_dir.name)
+            write_pack_card(tmp, pack_dir.resolve().name)
     return pack_dir
 
 
@@ -161,7 +161,7 @@ def _build_pack(pack_dir: Path, experts: Sequence[Expert | str | Path], router,
             write_router_files(building, router, names, router_metrics or {}, loaded[0].base, extra)
         elif extra:
             write_json(building / PACK_FILE, {**read_json(building / PACK_FILE, "pack"), **extra})
-        write_pack_card(building, pack_dir.name)
+        write_pack_card(building, pack_dir.resolve().name)
     return loaded
 
 
@@ -176,7 +176,7 @@ def update_pack(pack_dir: str | Path, write: Callable[[Path, list[str]], None]) 
         names = _check_pack_target(pack_dir)["experts"]
         with atomic_dir(pack_dir, template=pack_dir) as tmp:
             write(tmp, names)
-            write_pack_card(tmp, pack_dir.name)
+            write_pack_card(tmp, pack_dir.resolve().name)
 
 
 def write_expert_into(folder: Path, expert: Expert, names: list[str]) -> None:
@@ -211,7 +211,7 @@ def save_router(pack_dir: str | Path, router, names: list[str], metrics: Mapping
             write_router_into(tmp, router, names, metrics, base, extra)
             if companions is not None:
                 companions(tmp)
-            write_pack_card(tmp, pack_dir.name)
+            write_pack_card(tmp, pack_dir.resolve().name)
 
 
 def load_pack(path: str | Path, expected_fingerprint: str | None = None) -> Pack:

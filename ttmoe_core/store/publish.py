@@ -126,7 +126,7 @@ def pack_card(folder: Path, name: str | None = None):
         if "accuracy" in routing else "Router: none yet.", "",
         "## Built with", "", f"```bash\nttmoe {command}\n```" if command else "(not recorded)"])
     tags = ["ttmoe", "mixture-of-experts", "tt-lora", *sorted({e["task"] for e in experts})]
-    return _card(pack["base_model"]["name"], tags, "ttmoe", f"{name or folder.name}: TT-LoRA MoE pack",
+    return _card(pack["base_model"]["name"], tags, "ttmoe", f"{name or folder.resolve().name}: TT-LoRA MoE pack",
                  body)
 
 
